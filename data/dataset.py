@@ -1,0 +1,195 @@
+"""Slice dataset over the original KD-MRI / SFT-KD-Recon HDF5 layout, read unchanged.
+
+Layout: ``{root}/{split}/acc_{acc}/*.h5``, one file per volume, with datasets ``volfs`` (H, W, S) float
+(fully sampled), ``img_volus_{acc}`` (H, W, S) float (zero-filled) and ``kspace_volus_{acc}`` (H, W, S)
+complex (undersampled, unshifted); the mask is ``{root}/mask_{acc}.npy`` (H, W) unless a path is given.
+Any float / complex dtype is accepted (other tools write float64 / complex128) and converted per slice.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from data.masks import load_mask, parse_acc
+from utils import UserError
+
+TARGET_KEY = "volfs"
+
+
+def keys_for(acc: str) -> tuple[str, str, str]:
+    """HDF5 dataset names (target, zero-filled, k-space) for acceleration ``acc``, e.g. ``"4x"``."""
+    return TARGET_KEY, f"img_volus_{acc}", f"kspace_volus_{acc}"
+
+
+def _open_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise UserError(f"{path} is not a readable HDF5 file ({str(exc).splitlines()[0][:100]}); "
+                        "it may be truncated: re-copy it or re-run data/prepare.py") from exc
+
+
+class SliceDataset(Dataset):
+    """2-D slices of one split and one acceleration.
+
+    Each item is a dict with ``zero_filled`` (1, H, W) float32, ``kspace_under`` (1, H, W) complex64,
+    ``target`` (1, H, W) float32, ``mask`` (1, H, W) float32, ``fname`` (str, the file's name),
+    ``slice`` (int) and ``acc`` (str).
+
+    The (file, slice) index is built once here; HDF5 files are opened lazily in whichever process reads
+    them (each DataLoader worker gets its own handles). ``preload=True`` reads every slice into memory
+    up front (and checks them all for NaN/Inf), which is what a small data set should do.
+    """
+
+    def __init__(self, root: str | Path, split: str, acc: str, mask_path: str | Path | None = None,
+                 preload: bool = False):
+        parse_acc(acc)
+        self.root, self.split, self.acc = Path(root), split, acc
+        self.keys = keys_for(acc)
+        if not self.root.is_dir():
+            raise UserError(f"data root {self.root} does not exist; pass --data-root pointing at a folder "
+                            "made by data/prepare.py (with train/ and validation/ inside)")
+        folder = self.root / split / f"acc_{acc}"
+        if not folder.is_dir():
+            raise UserError(f"{folder} does not exist: no {split} data for acceleration {acc} under "
+                            f"{self.root}; check --data-root and --acc")
+        self.files = sorted(folder.glob("*.h5"))
+        if not self.files:
+            raise UserError(f"no .h5 files in {folder} (acceleration {acc}); check --acc or prepare the "
+                            "data with data/prepare.py")
+        self.samples: list[tuple[int, int]] = []
+        shape = None
+        for file_idx, path in enumerate(self.files):
+            n_slices, file_shape = self._inspect(path)
+            if shape is not None and file_shape != shape:
+                raise UserError(f"{path} has {file_shape[0]}x{file_shape[1]} slices but "
+                                f"{self.files[0].name} has {shape[0]}x{shape[1]}; one size per data set")
+            shape = file_shape
+            self.samples.extend((file_idx, s) for s in range(n_slices))
+        self.shape = shape
+        mask = load_mask(mask_path if mask_path is not None else self.root / f"mask_{acc}.npy", shape)
+        self.mask = torch.from_numpy(mask)[None]
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+        self._cache: list[dict[str, np.ndarray]] | None = None
+        if preload:
+            self.load_into_memory()
+
+    def load_into_memory(self) -> None:
+        """Read every slice now (checking all for NaN/Inf) and serve items from memory from then on."""
+        self._cache = [self._read_volume(i) for i in range(len(self.files))]
+
+    def _inspect(self, path: Path) -> tuple[int, tuple[int, int]]:
+        """Check keys, dtypes and shapes of one file; return its slice count and (H, W)."""
+        with _open_h5(path) as f:
+            shapes = []
+            for key in self.keys:
+                if key not in f:
+                    raise UserError(f"{path} has no dataset '{key}' (found: {', '.join(sorted(f.keys()))}); "
+                                    f"is it prepared for acceleration {self.acc}?")
+                ds = f[key]
+                want_complex = key.startswith("kspace")
+                kind = ds.dtype.kind
+                if (want_complex and kind != "c") or (not want_complex and kind not in "fiu"):
+                    raise UserError(f"{path}: dataset '{key}' has dtype {ds.dtype}; expected "
+                                    f"{'complex' if want_complex else 'real float'} values")
+                shapes.append(tuple(ds.shape))
+        if len(set(shapes)) != 1:
+            detail = ", ".join(f"{k} {s}" for k, s in zip(self.keys, shapes))
+            raise UserError(f"{path}: datasets disagree in shape ({detail}); all three must be (H, W, S)")
+        shape = shapes[0]
+        if len(shape) == 2:
+            shape = (*shape, 1)
+        if len(shape) != 3 or min(shape) < 1:
+            raise UserError(f"{path}: datasets have shape {shapes[0]}; expected (H, W, S)")
+        return shape[2], (shape[0], shape[1])
+
+    def _handle(self, file_idx: int) -> h5py.File:
+        if os.getpid() != self._pid:  # forked into a DataLoader worker: never share the parent's handles
+            self._handles, self._pid = {}, os.getpid()
+        if file_idx not in self._handles:
+            self._handles[file_idx] = _open_h5(self.files[file_idx])
+        return self._handles[file_idx]
+
+    def _read(self, file_idx: int, index) -> dict[str, np.ndarray]:
+        """Read slices ``index`` of one file as (H, W[, S]) arrays, checked for NaN/Inf."""
+        f = self._handle(file_idx)
+        target_key, zf_key, k_key = self.keys
+        arrays = {}
+        for name, key, dtype in (("target", target_key, np.float32), ("zero_filled", zf_key, np.float32),
+                                 ("kspace_under", k_key, np.complex64)):
+            ds = f[key]
+            try:
+                values = ds[()] if ds.ndim == 2 else ds[:, :, index]
+            except (OSError, KeyError) as exc:
+                raise UserError(f"{self.files[file_idx]}: cannot read '{key}' ({str(exc)[:80]}); the file "
+                                "is probably truncated: re-copy it or re-run data/prepare.py") from exc
+            values = values.astype(dtype, copy=False)
+            if not np.isfinite(values).all():
+                bad = np.argwhere(~np.isfinite(values))[0]
+                where = f"slice {index if np.isscalar(index) else bad[-1]}"
+                raise UserError(f"{self.files[file_idx]}: '{key}' has NaN or Inf values at {where}; "
+                                "fix or remove this file")
+            arrays[name] = values
+        return arrays
+
+    def _read_volume(self, file_idx: int) -> dict[str, np.ndarray]:
+        volume = self._read(file_idx, slice(None))
+        if volume["target"].ndim == 2:
+            return {k: v[None] for k, v in volume.items()}
+        return {k: np.ascontiguousarray(np.moveaxis(v, -1, 0)) for k, v in volume.items()}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        file_idx, s = self.samples[i]
+        if self._cache is not None:
+            arrays = {k: v[s] for k, v in self._cache[file_idx].items()}
+        else:
+            arrays = self._read(file_idx, s)
+        return {
+            "zero_filled": torch.from_numpy(np.array(arrays["zero_filled"]))[None],
+            "kspace_under": torch.from_numpy(np.array(arrays["kspace_under"]))[None],
+            "target": torch.from_numpy(np.array(arrays["target"]))[None],
+            "mask": self.mask,
+            "fname": self.files[file_idx].name,
+            "slice": s,
+            "acc": self.acc,
+        }
+
+    def nbytes(self) -> int:
+        """Bytes that :attr:`preload` would hold (float32 + float32 + complex64 per pixel)."""
+        return len(self.samples) * self.shape[0] * self.shape[1] * 16
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handles"] = {}  # h5py handles cannot cross processes; workers reopen lazily
+        return state
+
+    def __del__(self):
+        for handle in getattr(self, "_handles", {}).values():
+            try:
+                handle.close()
+            except Exception:
+                pass
+
+
+def build_dataset(root: str | Path, split: str, accs: list[str], mask_paths: dict[str, str] | None = None,
+                  preload: bool | str = "auto", preload_limit_bytes: int = 2 << 30) -> Dataset:
+    """One dataset over all accelerations ``accs`` (each sample carries its own mask).
+
+    ``preload="auto"`` holds the data in memory when it needs less than ``preload_limit_bytes``.
+    """
+    parts = []
+    for acc in accs:
+        part = SliceDataset(root, split, acc, (mask_paths or {}).get(acc))
+        if preload is True or (preload == "auto" and part.nbytes() <= preload_limit_bytes):
+            part.load_into_memory()
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)

@@ -1,0 +1,122 @@
+"""DC-CNN: cascades of a small CNN block followed by a parameter-free data-fidelity (DF) layer.
+
+Teacher D5C5 (5 cascades x 5 convs, 141,765 parameters) and student D3C5 (5 cascades x 3 convs, 49,285
+parameters), as in KD-MRI and SFT-KD-Recon.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from data.fft import data_fidelity
+
+
+@dataclass(frozen=True)
+class DCCNNConfig:
+    """Architecture hyperparameters; stored as JSON in every checkpoint.
+
+    ref_padding: the public code zero-pads each block input by 5 pixels and crops the CNN output back before
+    DF. Our default is 0: the convolutions already pad by 1, the crop throws the extra border away, and the
+    padding costs ~9 % more compute at 240 x 240. Set 5 to reproduce the public network exactly (imported
+    checkpoints do).
+    """
+    n_cascades: int = 5
+    n_convs: int = 5
+    channels: int = 32
+    residual: bool = False
+    ref_padding: int = 0
+
+    def to_dict(self) -> dict:
+        return {"kind": "dccnn", **asdict(self)}
+
+
+TEACHER = DCCNNConfig(n_convs=5)
+STUDENT = DCCNNConfig(n_convs=3)
+
+
+class ConvBlock(nn.Module):
+    """``n_convs`` 3x3 convolutions 1 -> C -> ... -> C -> 1, ReLU after all but the last, bias on.
+
+    Layers are named ``conv1 .. conv{n}`` like the public code, so its state dicts map one to one.
+    """
+
+    def __init__(self, n_convs: int, channels: int = 32, residual: bool = False):
+        super().__init__()
+        if n_convs < 2:
+            raise ValueError("a CNN block needs at least 2 convolutions")
+        widths = [1] + [channels] * (n_convs - 1) + [1]
+        self.names = [f"conv{j + 1}" for j in range(n_convs)]
+        for name, c_in, c_out in zip(self.names, widths[:-1], widths[1:]):
+            self.add_module(name, nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=True))
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x: (B, 1, H, W) float32. Returns the block output (B, 1, H, W) and the hidden activations,
+        a list of ``n_convs - 1`` (B, C, H, W) tensors (after ReLU), for feature-based KD."""
+        hidden = []
+        h = x
+        for name in self.names[:-1]:
+            # In-place ReLU is safe: a convolution's backward needs its input, not its output.
+            h = F.relu(getattr(self, name)(h), inplace=True)
+            hidden.append(h)
+        out = getattr(self, self.names[-1])(h)
+        return (out + x if self.residual else out), hidden
+
+
+class DCCNN(nn.Module):
+    """Cascade of (CNN block + DF). Input and output images are (B, 1, H, W) float32, any H x W."""
+
+    def __init__(self, config: DCCNNConfig = TEACHER):
+        super().__init__()
+        self.config = config
+        self.cascades = nn.ModuleList(ConvBlock(config.n_convs, config.channels, config.residual)
+                                      for _ in range(config.n_cascades))
+
+    def run_cascade(self, index: int, x: torch.Tensor, kspace_under: torch.Tensor,
+                    mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Cascade ``index`` (0-based) then DF.
+
+        x: (B, 1, H, W) float32; kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W) float32.
+        Returns the DF output (B, 1, H, W) float32 and the features
+        ``{"hidden": [(B, C, H', W')] * (n_convs - 1), "cnn_out": (B, 1, H, W), "out": (B, 1, H, W)}``
+        (H' = H + 2 * ref_padding).
+        """
+        pad = self.config.ref_padding
+        cnn_in = F.pad(x, (pad, pad, pad, pad)) if pad else x
+        cnn_out, hidden = self.cascades[index](cnn_in)
+        if pad:
+            cnn_out = cnn_out[..., pad:-pad, pad:-pad]
+        out = data_fidelity(cnn_out, kspace_under, mask)
+        return out, {"hidden": hidden, "cnn_out": cnn_out, "out": out}
+
+    def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
+                return_features: bool = False):
+        """zero_filled: (B, 1, H, W) float32; kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W).
+
+        Returns the reconstruction (B, 1, H, W) float32, and with ``return_features`` also a list with one
+        feature dict per cascade (see :meth:`run_cascade`).
+        """
+        x = zero_filled
+        features = []
+        for index in range(len(self.cascades)):
+            x, feats = self.run_cascade(index, x, kspace_under, mask)
+            if return_features:
+                features.append(feats)
+        return (x, features) if return_features else x
+
+
+def teacher() -> DCCNN:
+    """The D5C5 teacher: 5 cascades of 5 convs, 141,765 parameters."""
+    return DCCNN(TEACHER)
+
+
+def student() -> DCCNN:
+    """The D3C5 student: 5 cascades of 3 convs, 49,285 parameters."""
+    return DCCNN(STUDENT)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,96 @@
+"""The student-friendly teacher (SFT): teacher cascades T1..T5 trained jointly with student branches.
+
+Branch j (j = 1..4) starts from the teacher's intermediate output x_j and runs the shared student cascades
+S_{j+1}..S_5, each followed by DF. S1 is never used here; it stays at its initialisation.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.dccnn import DCCNN, STUDENT, TEACHER, DCCNNConfig
+
+N_BRANCHES = 4
+
+
+class SFTNet(nn.Module):
+    """Teacher D5C5 (``self.teacher``) and student D3C5 (``self.student``) in one module."""
+
+    def __init__(self, teacher_config: DCCNNConfig = TEACHER, student_config: DCCNNConfig = STUDENT):
+        super().__init__()
+        if teacher_config.n_cascades != student_config.n_cascades:
+            raise ValueError("SFT needs as many student cascades as teacher cascades")
+        self.teacher = DCCNN(teacher_config)
+        self.student = DCCNN(student_config)
+        # S1 is never in the SFT graph: freezing it keeps optimizers and DDP from expecting a gradient.
+        self.student.cascades[0].requires_grad_(False)
+
+    def arch(self) -> dict:
+        return {"kind": "sft", "teacher": self.teacher.config.to_dict(),
+                "student": self.student.config.to_dict()}
+
+    def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
+                branches: bool = True):
+        """zero_filled: (B, 1, H, W) float32; kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W).
+
+        Returns the teacher output (B, 1, H, W) and, with ``branches``, the list of the four branch outputs
+        [x^S_1, ..., x^S_4], each (B, 1, H, W) float32.
+
+        All branches that are alive at student stage k go through S_k as one batch: the result is the same
+        as running each branch alone (every op is per sample), with fewer, larger convolutions.
+        """
+        n_cascades = len(self.teacher.cascades)
+        x = zero_filled
+        running = None
+        for index in range(n_cascades):
+            x, _ = self.teacher.run_cascade(index, x, kspace_under, mask)
+            if not branches or index == n_cascades - 1:
+                continue
+            running = x if running is None else torch.cat([running, x])
+            n_alive = running.shape[0] // x.shape[0]
+            # Branches started earlier are already through S_{index+1}; the new one joins them here.
+            running = self._student_stage(index + 1, running, kspace_under, mask, n_alive)
+        if not branches:
+            return x
+        return x, list(running.chunk(N_BRANCHES))
+
+    def _student_stage(self, index: int, running: torch.Tensor, kspace_under: torch.Tensor,
+                       mask: torch.Tensor, n_alive: int) -> torch.Tensor:
+        repeat = (n_alive, 1, 1, 1)
+        out, _ = self.student.run_cascade(index, running, kspace_under.repeat(repeat), mask.repeat(repeat))
+        return out
+
+
+def sft_loss(teacher_out: torch.Tensor, branch_outs: list[torch.Tensor], target: torch.Tensor,
+             student_rec_weight: float = 1.0, imitation_weight: float = 1.0):
+    """``L_rec^T + w_s * mean_j |x^S_j - x|_1 + w_i * mean_j |x^S_j - x^T|_1`` (all mean L1).
+
+    teacher_out, target and each branch output: (B, 1, H, W) float32. The imitation term is not
+    detached on either side, so its gradient reaches the teacher: that is what makes it student-friendly.
+    Returns the scalar loss and a dict of detached terms for logging.
+    """
+    loss_teacher = F.l1_loss(teacher_out, target)
+    loss_branches = [F.l1_loss(b, target) for b in branch_outs]
+    loss_imitation = [F.l1_loss(b, teacher_out) for b in branch_outs]
+    loss_student = torch.stack(loss_branches).mean()
+    loss_imit = torch.stack(loss_imitation).mean()
+    total = loss_teacher + student_rec_weight * loss_student + imitation_weight * loss_imit
+    terms = {"teacher": loss_teacher, "student": loss_student, "imitation": loss_imit}
+    terms.update({f"student_branch{j + 1}": l for j, l in enumerate(loss_branches)})
+    return total, {k: v.detach() for k, v in terms.items()}
+
+
+def student_from_sft(sft: SFTNet, fresh: DCCNN) -> DCCNN:
+    """Student for step 2: S2..S5 copied from ``sft``, S1 taken from the freshly initialised ``fresh``.
+
+    S1 never ran during SFT training, so its weights are just the initial draw; the paper re-initialises it
+    and lets KD train it from scratch together with the copied cascades.
+    """
+    student = copy.deepcopy(fresh)
+    for index in range(1, len(student.cascades)):
+        student.cascades[index].load_state_dict(sft.student.cascades[index].state_dict())
+    student.requires_grad_(True)
+    return student

@@ -1,0 +1,199 @@
+"""Shared helpers: user-facing errors and CLI entry, seeding and RNG state, atomic files and checkpoints, metrics."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+DEBUG_ENV = "SFTKD_DEBUG"
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, flag, data) that is reported as one line, exit code 2."""
+
+
+def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
+    """Run a CLI ``main`` and turn a :class:`UserError` into ``error: ...`` on stderr and exit code 2.
+
+    ``--debug`` on the command line or ``SFTKD_DEBUG=1`` in the environment re-raises instead, so
+    developers see the traceback.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        main(args)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        # Disk full and permission problems are the user's to fix, not bugs; say which file.
+        if debug or exc.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise
+        print(f"error: {exc.strerror}: {exc.filename} (free space or fix permissions, then rerun)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------- seeding and RNG state
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def get_rng_state() -> dict:
+    """Python, NumPy and torch RNG states as plain values and tensors (loadable with weights_only)."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]),
+                  "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np.random.set_state({"bit_generator": np_state["bit_generator"],
+                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- atomic files
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` through ``write(fileobj)`` so that a crash never leaves a half-written file.
+
+    The data goes to a temporary file in the same directory, is flushed and fsynced, and is then renamed
+    over ``path`` (atomic on POSIX): readers see the old file or the new one, never a mix.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"), mode="w")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write a text file."""
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """Atomically ``torch.save`` a dict of tensors and JSON-able values."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+    """``torch.load(path, weights_only=True)`` onto the CPU, with one-line errors naming the file.
+
+    ``what`` names the role in messages, e.g. ``"--teacher-checkpoint"``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist (check the path)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ("it may come from the public SFT-KD-Recon code: convert it with "
+                "scripts/import_checkpoint.py --trust-pickle" if "weights_only" in str(exc) or
+                "Unsupported global" in str(exc) else "the file is corrupt or not a torch checkpoint")
+        raise UserError(f"{what} {path} cannot be loaded ({first[:120]}); {hint}") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
+        raise UserError(f"{what} {path} is not a checkpoint of this project (no 'model'/'arch' entries); "
+                        "convert public-code checkpoints with scripts/import_checkpoint.py")
+    return ckpt
+
+
+# --------------------------------------------------------------------------- metrics (per slice, numpy)
+
+def psnr(target: np.ndarray, recon: np.ndarray) -> float:
+    """PSNR in dB of ``recon`` against ``target``, both (H, W) float, ``data_range = target.max()``.
+
+    That range is the public SFT-KD-Recon / KD-MRI convention, so numbers compare with the paper.
+    """
+    from skimage.metrics import peak_signal_noise_ratio
+    return float(peak_signal_noise_ratio(target, recon, data_range=float(target.max())))
+
+
+def ssim(target: np.ndarray, recon: np.ndarray) -> float:
+    """SSIM (scikit-image defaults, 7x7 window) of (H, W) float images, ``data_range = target.max()``."""
+    from skimage.metrics import structural_similarity
+    return float(structural_similarity(target, recon, data_range=float(target.max())))
+
+
+def nmse(target: np.ndarray, recon: np.ndarray) -> float:
+    """Normalised MSE ``|target - recon|^2 / |target|^2`` of (H, W) float images."""
+    return float(np.sum((target - recon) ** 2) / np.sum(target ** 2))
+
+
+def hfn(target: np.ndarray, recon: np.ndarray, sigma: float = 1.5) -> float:
+    """High-frequency error norm: ``|LoG(target) - LoG(recon)|^2 / |LoG(target)|^2``, (H, W) float.
+
+    LoG is scipy's Gaussian-Laplace filter with ``sigma`` (the HFEN convention of Ravishankar & Bresler).
+    """
+    from scipy.ndimage import gaussian_laplace
+    log_t = gaussian_laplace(target.astype(np.float64), sigma)
+    log_r = gaussian_laplace(recon.astype(np.float64), sigma)
+    return float(np.sum((log_t - log_r) ** 2) / np.sum(log_t ** 2))
+
+
+def vif(target: np.ndarray, recon: np.ndarray) -> float:
+    """Pixel-domain visual information fidelity (Sheikh & Bovik 2006) of (H, W) float images.
+
+    Uses torchmetrics' implementation; images are scaled by ``target.max()`` first so the result does not
+    depend on intensity units. Images smaller than 41 x 41 (the largest Gaussian window) are reflect-padded.
+    """
+    from torchmetrics.functional.image import visual_information_fidelity
+    scale = float(target.max()) or 1.0
+    t = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float64) / scale)[None, None]
+    r = torch.from_numpy(np.ascontiguousarray(recon, dtype=np.float64) / scale)[None, None]
+    pad_h, pad_w = max(0, 41 - t.shape[-2]), max(0, 41 - t.shape[-1])
+    if pad_h or pad_w:
+        pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        t = torch.nn.functional.pad(t, pads, mode="reflect" if min(t.shape[-2:]) > max(pads) else "replicate")
+        r = torch.nn.functional.pad(r, pads, mode="reflect" if min(r.shape[-2:]) > max(pads) else "replicate")
+    return float(visual_information_fidelity(r, t))
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "PSNR": psnr, "SSIM": ssim, "NMSE": nmse, "HFN": hfn, "VIF": vif,
+}
