@@ -1,0 +1,543 @@
+"""The one training loop behind train_teacher.py, train_sft.py and train_student_kd.py.
+
+A script builds a :class:`TrainStep` (the network to train, its loss, its validation output) and calls
+:func:`train`. The loop owns everything else: flags common to all scripts, seeding, device, data loaders
+with a resumable shuffle, Adam + StepLR, validation with PSNR/SSIM, ``model.pt`` / ``best_model.pt``,
+exact ``--resume``, SIGINT/SIGTERM handling, torchrun (DDP), tqdm and TensorBoard.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from data.dataset import build_dataset
+from data.masks import parse_acc
+from models.checkpoint import model_payload
+from utils import (UserError, get_rng_state, load_checkpoint, psnr, save_checkpoint, seed_everything,
+                   set_rng_state, ssim, write_json)
+
+REPO = Path(__file__).resolve().parents[1]
+OWN_FILES = ("model.pt", "best_model.pt", "config.json", "summary")
+
+
+class TrainStep(nn.Module):
+    """What a training script plugs into the loop.
+
+    ``self.model`` is the network that is checkpointed under ``model``; any other registered submodule with
+    parameters (e.g. a KD loss's regressor) is optimised too and stored under ``extra``. Modules that must
+    not be trained or saved (a frozen teacher) are kept out of the registry (see :meth:`attach_frozen`).
+    """
+
+    model: nn.Module
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss (scalar) and its terms (detached scalars) for a batch (see data.dataset items)."""
+        raise NotImplementedError
+
+    def predict(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Validation outputs, (B, 1, H, W) float32 each; the key ``"output"`` defines the validation loss,
+        other keys (e.g. ``"student_branch1"``) get their own PSNR in the logs."""
+        raise NotImplementedError
+
+    def attach_frozen(self, name: str, module: nn.Module) -> None:
+        """Keep a frozen network (eval mode, no gradients) on this step without registering it, so it is
+        neither optimised, checkpointed nor wrapped by DDP."""
+        module.eval().requires_grad_(False)
+        object.__setattr__(self, name, module)
+        self._frozen = getattr(self, "_frozen", []) + [name]
+
+    def to_device(self, device: torch.device, memory_format=torch.contiguous_format) -> "TrainStep":
+        self.to(device=device, memory_format=memory_format)
+        for name in getattr(self, "_frozen", []):
+            getattr(self, name).to(device=device, memory_format=memory_format)
+        return self
+
+    def extra_state(self) -> dict:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
+
+    def hparams(self) -> dict:
+        """Script-specific hyperparameters for TensorBoard's hparams tab."""
+        return {}
+
+
+# --------------------------------------------------------------------------- flags
+
+def positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def acc_name(text: str) -> str:
+    try:
+        parse_acc(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace(f"--acc {text!r} is not an acceleration: ", ""))
+    return text
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that reports errors as one line and exit code 2 (argparse's own convention)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def common_parser(description: str) -> CliParser:
+    """Parser with the flags every training script shares (defaults are the paper's)."""
+    p = CliParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data-root", type=Path, required=True,
+                   help="folder with train/ and validation/ (acc_{acc}/*.h5) and mask_{acc}.npy")
+    g.add_argument("--acc", type=acc_name, nargs="+", default=["4x"],
+                   help="acceleration(s); several train one model on the union, e.g. --acc 4x 5x")
+    g.add_argument("--mask", type=Path, nargs="+", default=None,
+                   help="mask .npy per --acc (default {data-root}/mask_{acc}.npy)")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--preload", choices=["auto", "yes", "no"], default="auto",
+                   help="hold the data in memory (auto: when it needs < 2 GiB)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=positive(int), default=150)
+    g.add_argument("--batch-size", type=positive(int), default=4, help="per process")
+    g.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate")
+    g.add_argument("--lr-step-size", type=positive(int), default=40, help="StepLR step (epochs)")
+    g.add_argument("--lr-gamma", type=positive(float), default=0.1, help="StepLR factor")
+    g.add_argument("--scale-lr", action="store_true",
+                   help="multiply --lr by the number of processes (linear scaling rule under torchrun)")
+    g.add_argument("--seed", type=int, default=42)
+    g = p.add_argument_group("run")
+    g.add_argument("--exp-dir", type=Path, required=True, help="experiment folder for checkpoints and logs")
+    g.add_argument("--resume", action="store_true", help="continue from {exp-dir}/model.pt")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing experiment in --exp-dir")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--amp", action="store_true", help="bfloat16 autocast for the CNNs (CUDA only)")
+    g.add_argument("--save-every-iters", type=positive(int), default=None,
+                   help="also write model.pt every N iterations inside an epoch")
+    g.add_argument("--log-every", type=positive(int), default=10, help="iterations between loss logs")
+    g.add_argument("--image-every", type=positive(int), default=5, help="epochs between image grids")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bars (for log files)")
+    return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.mask is not None and len(args.mask) != len(args.acc):
+        raise UserError(f"--mask has {len(args.mask)} file(s) but --acc has {len(args.acc)}; give one per "
+                        "acceleration, in the same order")
+    if args.num_workers < 0:
+        raise UserError("--num-workers must be >= 0")
+    return args
+
+
+# --------------------------------------------------------------------------- distributed
+
+class Dist:
+    """Rank and world size from torchrun's environment; a single process when there is none."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if device == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+        self.device = torch.device(f"cuda:{self.local_rank}" if want_cuda else "cpu")
+        if want_cuda:
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if want_cuda else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            values = values.to(self.device)
+            torch.distributed.all_reduce(values)
+        return values.cpu()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+class EpochSampler(Sampler):
+    """Seeded shuffle whose order depends only on (seed, epoch): resuming needs no sampler state.
+
+    Under torchrun every rank draws the same permutation and takes every ``world``-th index (the list is
+    padded by wrapping, like DistributedSampler). ``skip`` drops the first indices of the epoch, so a run
+    resumed inside an epoch sees exactly the batches it had not seen.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
+        self.n, self.seed, self.rank, self.world, self.shuffle = n, seed, rank, world, shuffle
+        self.epoch, self.skip = 0, 0
+        self.per_rank = math.ceil(n / world)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.shuffle:  # training ranks must run the same number of steps; validation counts each slice once
+            order += order[: self.per_rank * self.world - self.n]
+        return order[self.rank::self.world]
+
+    def __iter__(self):
+        return iter(self._indices()[self.skip:])
+
+    def __len__(self) -> int:
+        return len(self._indices()) - self.skip
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------- experiment folder
+
+def prepare_exp_dir(args: argparse.Namespace) -> dict | None:
+    """Check --exp-dir against --resume / --overwrite; return the checkpoint to resume from, if any.
+
+    Nothing is deleted here: an --overwrite run removes the old files only once its own setup succeeded
+    (see :func:`clear_old_run`), so a refused or failed run never costs the previous one.
+    """
+    exp = args.exp_dir
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+    if exp.exists() and not exp.is_dir():
+        raise UserError(f"--exp-dir {exp} is a file, not a folder")
+    existing = [name for name in OWN_FILES if (exp / name).exists()]
+    if args.resume:
+        if not (exp / "model.pt").is_file():
+            raise UserError(f"--resume: there is no {exp / 'model.pt'} to resume from; start without --resume")
+        return load_checkpoint(exp / "model.pt", "--resume checkpoint")
+    if existing and not args.overwrite:
+        raise UserError(f"--exp-dir {exp} already holds a run ({', '.join(existing)}); add --resume to "
+                        "continue it, --overwrite to replace it, or choose another --exp-dir")
+    return None
+
+
+def clear_old_run(exp: Path) -> None:
+    for name in ("best_model.pt", "model.pt"):
+        (exp / name).unlink(missing_ok=True)
+    shutil.rmtree(exp / "summary", ignore_errors=True)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def jsonable(args: argparse.Namespace) -> dict:
+    out = {}
+    for key, value in vars(args).items():
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, list):
+            value = [str(v) if isinstance(v, Path) else v for v in value]
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- validation
+
+@torch.inference_mode()
+def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> dict:
+    """Mean validation L1 of ``output``, PSNR and SSIM per slice (overall and per acceleration), and the
+    PSNR of every extra output; sums are reduced over ranks so all ranks see the same numbers."""
+    step.eval()
+    # Sums per group: "" is every slice, "_4x" etc. one acceleration; counts sit under "n".
+    sums: dict[tuple[str, str], float] = {}
+    sample = None
+
+    def add(group: str, key: str, value: float) -> None:
+        sums[group, key] = sums.get((group, key), 0.0) + value
+
+    for batch in loader:
+        batch = to_device(batch, dist.device)
+        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
+            outputs = step.predict(batch)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        l1 = (outputs["output"] - batch["target"]).abs().mean(dim=(1, 2, 3)).cpu().numpy()
+        target = batch["target"][:, 0].double().cpu().numpy()
+        recons = {k: v[:, 0].double().cpu().numpy() for k, v in outputs.items()}
+        for i, acc in enumerate(batch["acc"]):
+            for group in ("", f"_{acc}"):
+                add(group, "n", 1.0)
+                add(group, "loss", float(l1[i]))
+                add(group, "psnr", psnr(target[i], recons["output"][i]))
+                add(group, "ssim", ssim(target[i], recons["output"][i]))
+            for key in recons.keys() - {"output"}:
+                add("", f"psnr_{key}", psnr(target[i], recons[key][i]))
+        if sample is None:
+            sample = {"target": batch["target"][:1].float().cpu(),
+                      "zero_filled": batch["zero_filled"][:1].float().cpu(),
+                      "output": outputs["output"][:1].cpu()}
+    keys = sorted(sums)
+    totals = dist.all_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
+    sums = dict(zip(keys, totals))
+    metrics = {f"{key}{group}": value / sums[group, "n"] for (group, key), value in sums.items() if key != "n"}
+    metrics["_sample"] = sample
+    return metrics
+
+
+def image_grid(sample: dict) -> torch.Tensor:
+    """(1, H, 4W) image: target | zero-filled | output | 5 x |error|, clipped to [0, 1] for display."""
+    target, zf, out = sample["target"][0, 0], sample["zero_filled"][0, 0], sample["output"][0, 0]
+    scale = float(target.max()) or 1.0
+    panels = [target / scale, zf / scale, out / scale, 5 * (out - target).abs() / scale]
+    return torch.cat(panels, dim=1).clamp(0, 1)[None]
+
+
+# --------------------------------------------------------------------------- the loop
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop finishes the current step, saves and exits."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(args: argparse.Namespace, build_step, run_name: str) -> Path:
+    """Train ``build_step(args)`` (a :class:`TrainStep`) with the common flags in ``args``.
+
+    Writes into ``args.exp_dir``: ``config.json``, ``model.pt`` (every epoch, and every
+    ``--save-every-iters``), ``best_model.pt`` (best validation L1) and ``summary/`` (TensorBoard).
+    Returns the experiment folder.
+    """
+    dist = Dist(args.device)
+    try:
+        return _train(args, build_step, run_name, dist)
+    finally:
+        dist.close()
+
+
+def _train(args, build_step, run_name: str, dist: Dist) -> Path:
+    resume = prepare_exp_dir(args)
+    exp = args.exp_dir
+    seed_everything(args.seed + dist.rank)
+    masks = dict(zip(args.acc, args.mask)) if args.mask else None
+    preload = {"auto": "auto", "yes": True, "no": False}[args.preload]
+    train_set = build_dataset(args.data_root, "train", args.acc, masks, preload)
+    val_set = build_dataset(args.data_root, "validation", args.acc, masks, preload)
+    step = build_step(args)
+    # channels_last lets oneDNN / cuDNN pick their fastest 3x3 kernels (measured in scripts/benchmark.py).
+    memory_format = torch.channels_last
+    step.to_device(dist.device, memory_format)
+    amp = bool(args.amp and dist.device.type == "cuda")
+    lr = args.lr * (dist.world if args.scale_lr else 1)
+    params = [p for p in step.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
+
+    start_epoch, start_batch, global_step, best_loss = 0, 0, 0, math.inf
+    if resume is not None:
+        try:
+            step.model.load_state_dict(resume["model"])
+            step.load_state_dict({**step.state_dict(), **resume.get("extra", {})})
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise UserError(f"--resume: {exp / 'model.pt'} does not match this script and flags "
+                            f"({str(exc).splitlines()[0][:120]}); resume with the original command") from exc
+        start_epoch, start_batch = resume["epoch"], resume["batch_in_epoch"]
+        global_step, best_loss = resume["global_step"], resume["best_val_loss"]
+        if resume.get("world_size", 1) != dist.world:
+            print(f"warning: resuming a {resume.get('world_size', 1)}-process run with {dist.world} "
+                  "process(es); training continues but is not bit-identical to an uninterrupted run",
+                  file=sys.stderr)
+        elif resume.get("rng_per_rank") and dist.rank < len(resume["rng_per_rank"]):
+            set_rng_state(resume["rng_per_rank"][dist.rank])
+
+    train_sampler = EpochSampler(len(train_set), args.seed, dist.rank, dist.world)
+    val_sampler = EpochSampler(len(val_set), args.seed, dist.rank, dist.world, shuffle=False)
+    loader_opts = dict(num_workers=args.num_workers, pin_memory=dist.device.type == "cuda",
+                       persistent_workers=args.num_workers > 0)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, **loader_opts)
+    val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=val_sampler, **loader_opts)
+
+    net = step
+    if dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            step, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+
+    writer = None
+    config = {**jsonable(args), "run_name": run_name, "git_commit": git_commit(),
+              "torch_version": torch.__version__, "device": str(dist.device), "world_size": dist.world,
+              "effective_batch_size": args.batch_size * dist.world, "effective_lr": lr,
+              "train_slices": len(train_set), "validation_slices": len(val_set),
+              "trainable_parameters": sum(p.numel() for p in params),
+              "model_parameters": sum(p.numel() for p in step.model.parameters())}
+    if dist.main:
+        if resume is None:
+            clear_old_run(exp)
+            write_json(exp / "config.json", config)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(exp / "summary"), purge_step=global_step if resume else None)
+        print(f"{run_name}: {len(train_set)} training / {len(val_set)} validation slices, "
+              f"{config['model_parameters']:,} parameters, device {dist.device}, "
+              f"batch {args.batch_size} x {dist.world} process(es) = {config['effective_batch_size']}, "
+              f"lr {lr:g}; writing to {exp}", flush=True)
+
+    def checkpoint(epoch: int, batch_in_epoch: int) -> dict:
+        rng = [get_rng_state()]
+        if dist.world > 1:
+            gathered = [None] * dist.world
+            torch.distributed.all_gather_object(gathered, rng[0])
+            rng = gathered
+        return {**model_payload(step.model, run_name, config), "extra": step.extra_state(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
+                "best_val_loss": best_loss, "rng_per_rank": rng, "world_size": dist.world}
+
+    def save_last(epoch: int, batch_in_epoch: int) -> None:
+        state = checkpoint(epoch, batch_in_epoch)
+        if dist.main:
+            save_checkpoint(state, exp / "model.pt")
+
+    show = dist.main and not args.no_progress
+    epochs_bar = tqdm(range(start_epoch, args.epochs), initial=start_epoch, total=args.epochs,
+                      desc=run_name, unit="epoch", disable=not show, dynamic_ncols=True)
+    with _StopRequest() as stop:
+        for epoch in epochs_bar:
+            skip = start_batch * args.batch_size if epoch == start_epoch else 0
+            train_sampler.set_epoch(epoch, skip)
+            step.train()
+            pending: list[tuple[int, torch.Tensor, dict]] = []
+            running, seen = 0.0, 0
+            first_batch = start_batch if epoch == start_epoch else 0
+            batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+                           disable=not show, unit="batch", dynamic_ncols=True,
+                           initial=first_batch, total=first_batch + len(train_loader))
+            t0 = time.time()
+            for i, batch in enumerate(batches, start=first_batch):
+                batch = to_device(batch, dist.device)
+                with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss, terms = net(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                global_step += 1
+                pending.append((i, loss.detach(), terms))
+                # Losses stay on the device until the logging interval: no per-iteration host sync.
+                if len(pending) >= args.log_every or i == first_batch + len(train_loader) - 1:
+                    losses = torch.stack([p[1] for p in pending]).float().cpu()
+                    bad = (~torch.isfinite(losses)).nonzero()
+                    if len(bad):
+                        iteration = pending[int(bad[0])][0] + 1
+                        raise UserError(f"training loss became {losses[int(bad[0])].item()} at epoch "
+                                        f"{epoch + 1}, iteration {iteration}; the last good checkpoints "
+                                        f"in {exp} are kept. Lower --lr or check the data")
+                    if writer is not None:
+                        for (it, value, t), g in zip(pending, range(global_step - len(pending) + 1,
+                                                                    global_step + 1)):
+                            writer.add_scalar("train/loss", float(value), g)
+                            for name, term in t.items():
+                                writer.add_scalar(f"train/{name}", float(term), g)
+                    running += float(losses.sum())
+                    seen += len(losses)
+                    batches.set_postfix(loss=f"{running / seen:.4g}")
+                    pending.clear()
+                if stop.signal or (args.save_every_iters and global_step % args.save_every_iters == 0):
+                    save_last(epoch, i + 1)
+                if stop.signal:
+                    if dist.main:
+                        print(f"\nstopped by {stop.signal} in epoch {epoch + 1}; model.pt is saved. "
+                              "Continue with the same command plus --resume", file=sys.stderr)
+                    sys.exit(130 if stop.signal == "SIGINT" else 143)
+            batches.close()
+            train_time = time.time() - t0
+            scheduler.step()
+            metrics = validate(step, val_loader, dist, amp)
+            sample = metrics.pop("_sample")
+            improved = metrics["loss"] < best_loss
+            if improved:
+                best_loss = metrics["loss"]
+            if dist.main:
+                if improved:
+                    save_checkpoint({**model_payload(step.model, run_name, config), "epoch": epoch + 1,
+                                     "val_metrics": metrics}, exp / "best_model.pt")
+                writer.add_scalar("train/epoch_loss", running / max(seen, 1), epoch + 1)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], epoch + 1)
+                writer.add_scalar("train/seconds_per_epoch", train_time, epoch + 1)
+                for key, value in metrics.items():
+                    writer.add_scalar(f"val/{key}", value, epoch + 1)
+                if sample is not None and (epoch == 0 or (epoch + 1) % args.image_every == 0
+                                           or epoch + 1 == args.epochs):
+                    writer.add_image("val/target_zf_output_error", image_grid(sample), epoch + 1)
+                writer.flush()
+                epochs_bar.set_postfix(val_loss=f"{metrics['loss']:.4g}", psnr=f"{metrics['psnr']:.2f}")
+                tqdm.write(f"epoch {epoch + 1}/{args.epochs}: train loss {running / max(seen, 1):.5f}, "
+                           f"val loss {metrics['loss']:.5f}, PSNR {metrics['psnr']:.2f} dB, "
+                           f"SSIM {metrics['ssim']:.4f}{' (best)' if improved else ''}, {train_time:.1f} s")
+            save_last(epoch + 1, 0)
+    if writer is not None:
+        writer.add_hparams({k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
+                            for k, v in {**jsonable(args), **step.hparams()}.items()},
+                           {"hparam/best_val_loss": best_loss}, run_name=".")
+        writer.close()
+        print(f"done: best validation L1 {best_loss:.5f}; checkpoints in {exp} "
+              f"(best_model.pt, model.pt); TensorBoard: tensorboard --logdir {exp / 'summary'}")
+    return exp
+
+
+def add_arch_args(parser: argparse.ArgumentParser) -> None:
+    """Architecture flags shared by the scripts that build fresh DC-CNNs."""
+    g = parser.add_argument_group("architecture")
+    g.add_argument("--ref-padding", type=int, default=0, choices=[0, 5],
+                   help="zero-pad each block input by 5 pixels and crop before DF, as the public code does")
+    g.add_argument("--residual", action="store_true", help="add the block input to its output (not in the paper)")
+
+
+def arch_config(base, args: argparse.Namespace):
+    """``base`` (a DCCNNConfig) with the architecture flags applied."""
+    from dataclasses import replace
+    return replace(base, ref_padding=args.ref_padding, residual=args.residual)

@@ -1,0 +1,44 @@
+"""Train the student-friendly teacher (SFT): teacher T1..T5 jointly with the student branches S2..S5."""
+from __future__ import annotations
+
+from models.dccnn import STUDENT, TEACHER
+from models.sft import SFTNet, sft_loss
+from models.training import TrainStep, add_arch_args, arch_config, common_parser, parse_args, train
+from utils import run_cli
+
+
+class SFTStep(TrainStep):
+    """``L_rec^T + w_s * L_rec^S + w_i * L_imit``; validation and the best checkpoint use the teacher."""
+
+    def __init__(self, model: SFTNet, student_rec_weight: float, imitation_weight: float):
+        super().__init__()
+        self.model = model
+        self.student_rec_weight, self.imitation_weight = student_rec_weight, imitation_weight
+
+    def forward(self, batch):
+        teacher_out, branches = self.model(batch["zero_filled"], batch["kspace_under"], batch["mask"])
+        return sft_loss(teacher_out, branches, batch["target"], self.student_rec_weight, self.imitation_weight)
+
+    def predict(self, batch):
+        teacher_out, branches = self.model(batch["zero_filled"], batch["kspace_under"], batch["mask"])
+        return {"output": teacher_out, "student_branch1": branches[0]}
+
+    def hparams(self):
+        return {"student_rec_weight": self.student_rec_weight, "imitation_weight": self.imitation_weight}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = common_parser(__doc__)
+    parser.add_argument("--student-rec-weight", type=float, default=1.0,
+                        help="weight w_s of the student branches' reconstruction loss")
+    parser.add_argument("--imitation-weight", type=float, default=1.0,
+                        help="weight w_i of the branches' L1 to the teacher output (the paper's formula; the "
+                             "public code effectively uses ~0)")
+    add_arch_args(parser)
+    args = parse_args(parser, argv)
+    train(args, lambda a: SFTStep(SFTNet(arch_config(TEACHER, a), arch_config(STUDENT, a)),
+                                  a.student_rec_weight, a.imitation_weight), run_name="sft")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,99 @@
+"""Distil a frozen teacher into the D3C5 student: ``|x_S - x|_1 + kd_weight * L_KD``.
+
+Std-KD: a standard teacher (train_teacher.py) and a student from scratch.
+SFT-KD-Recon: the SFT teacher (train_sft.py) and ``--init-from-sft`` with the same checkpoint.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch.nn import functional as F
+
+from models.checkpoint import load_model, load_sft
+from models.dccnn import DCCNN, STUDENT
+from models.kd_losses import KD_METHODS, KDLoss, build_kd_loss, describe_methods
+from models.sft import SFTNet, student_from_sft
+from models.training import TrainStep, add_arch_args, arch_config, common_parser, parse_args, train
+from utils import UserError, run_cli
+
+
+class KDStep(TrainStep):
+    """Student reconstruction L1 plus the weighted KD term against a frozen teacher."""
+
+    def __init__(self, student: DCCNN, teacher: DCCNN, kd_loss: KDLoss, kd_weight: float):
+        super().__init__()
+        self.model = student
+        self.kd_loss = kd_loss  # registered: its learnable parts train with the student, saved under "extra"
+        self.kd_weight = kd_weight
+        self.attach_frozen("teacher", teacher)
+
+    def forward(self, batch):
+        inputs = (batch["zero_filled"], batch["kspace_under"], batch["mask"])
+        features = self.kd_loss.needs_features
+        # no_grad rather than inference_mode: inference tensors would have to be cloned before the KD
+        # losses (which build autograd graphs on the student side) may use them.
+        with torch.no_grad():
+            teacher_out = self.teacher(*inputs, return_features=features)
+        teacher_out, teacher_feats = teacher_out if features else (teacher_out, None)
+        student_out = self.model(*inputs, return_features=features)
+        student_out, student_feats = student_out if features else (student_out, None)
+        loss_rec = F.l1_loss(student_out, batch["target"])
+        loss_kd = self.kd_loss(student_out, student_feats, teacher_out, teacher_feats)
+        loss = loss_rec + self.kd_weight * loss_kd
+        return loss, {"reconstruction": loss_rec.detach(), "kd": loss_kd.detach()}
+
+    def predict(self, batch):
+        return {"output": self.model(batch["zero_filled"], batch["kspace_under"], batch["mask"])}
+
+    def hparams(self):
+        return {"kd_weight": self.kd_weight}
+
+
+def load_teacher(path) -> DCCNN:
+    """The teacher network of a standard-teacher or an SFT checkpoint (detected from its architecture)."""
+    model, _ = load_model(path, "--teacher-checkpoint")
+    return model.teacher if isinstance(model, SFTNet) else model
+
+
+def build_step(args) -> KDStep:
+    teacher = load_teacher(args.teacher_checkpoint)
+    fresh = DCCNN(arch_config(STUDENT, args))
+    if args.init_from_sft is not None:
+        sft = load_sft(args.init_from_sft, "--init-from-sft")
+        if sft.student.config != fresh.config:
+            raise UserError(f"--init-from-sft {args.init_from_sft}: its student is {sft.student.config} but "
+                            f"this run builds {fresh.config}; match --ref-padding / --residual")
+        student = student_from_sft(sft, fresh)
+    else:
+        student = fresh
+    kd_loss = build_kd_loss(args.kd_method, student.config, teacher.config)
+    weight = kd_loss.default_weight if args.kd_weight is None else args.kd_weight
+    return KDStep(student, teacher, kd_loss, weight)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--kd-method=list" for a in argv) or any(
+            a == "--kd-method" and b == "list" for a, b in zip(argv, argv[1:])):
+        print(describe_methods())
+        return
+    parser = common_parser(__doc__)
+    parser.add_argument("--teacher-checkpoint", required=True,
+                        help="best_model.pt of train_teacher.py --model teacher (Std-KD) or of train_sft.py")
+    parser.add_argument("--init-from-sft", default=None, metavar="CKPT",
+                        help="copy student cascades S2..S5 from this SFT checkpoint (SFT-KD-Recon)")
+    parser.add_argument("--kd-method", default="at", metavar="NAME",
+                        help=f"one of {', '.join(KD_METHODS)}; 'list' describes them")
+    parser.add_argument("--kd-weight", type=float, default=None,
+                        help="lambda of the KD term (default: the method's own, see --kd-method list)")
+    add_arch_args(parser)
+    args = parse_args(parser, argv)
+    if args.kd_method not in KD_METHODS:
+        raise UserError(f"unknown --kd-method {args.kd_method!r}; choose one of: {', '.join(KD_METHODS)}")
+    kind = "sftkd" if args.init_from_sft else "stdkd"
+    train(args, build_step, run_name=f"{kind}-{args.kd_method}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
