@@ -72,12 +72,7 @@ def build_step(args) -> KDStep:
     return KDStep(student, teacher, kd_loss, weight)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a == "--kd-method=list" for a in argv) or any(
-            a == "--kd-method" and b == "list" for a, b in zip(argv, argv[1:])):
-        print(describe_methods())
-        return
+def build_parser():
     parser = common_parser(__doc__)
     parser.add_argument("--teacher-checkpoint", required=True,
                         help="best_model.pt of train_teacher.py --model teacher (Std-KD) or of train_sft.py")
@@ -88,7 +83,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kd-weight", type=float, default=None,
                         help="lambda of the KD term (default: the method's own, see --kd-method list)")
     add_arch_args(parser)
-    args = parse_args(parser, argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--kd-method=list" in argv or any(a == "--kd-method" and b == "list" for a, b in zip(argv, argv[1:])):
+        print(describe_methods())
+        return
+    args = parse_args(build_parser(), argv)
     if args.kd_method not in KD_METHODS:
         raise UserError(f"unknown --kd-method {args.kd_method!r}; choose one of: {', '.join(KD_METHODS)}")
     kind = "sftkd" if args.init_from_sft else "stdkd"

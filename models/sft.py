@@ -60,7 +60,9 @@ class SFTNet(nn.Module):
     def _student_stage(self, index: int, running: torch.Tensor, kspace_under: torch.Tensor,
                        mask: torch.Tensor, n_alive: int) -> torch.Tensor:
         repeat = (n_alive, 1, 1, 1)
-        out, _ = self.student.run_cascade(index, running, kspace_under.repeat(repeat), mask.repeat(repeat))
+        # A mask shared by the batch (leading dim 1) broadcasts as is; a per-sample mask is repeated per branch.
+        mask = mask.repeat(repeat) if mask.shape[0] > 1 else mask
+        out, _ = self.student.run_cascade(index, running, kspace_under.repeat(repeat), mask)
         return out
 
 

@@ -363,6 +363,10 @@ def train(args: argparse.Namespace, build_step, run_name: str) -> Path:
 def _train(args, build_step, run_name: str, dist: Dist) -> Path:
     resume = prepare_exp_dir(args)
     exp = args.exp_dir
+    if resume is not None and resume["epoch"] >= args.epochs and resume["batch_in_epoch"] == 0:
+        if dist.main:
+            print(f"{exp} already finished {resume['epoch']} of {args.epochs} epochs; nothing to resume")
+        return exp
     seed_everything(args.seed + dist.rank)
     masks = dict(zip(args.acc, args.mask)) if args.mask else None
     preload = {"auto": "auto", "yes": True, "no": False}[args.preload]
@@ -411,7 +415,7 @@ def _train(args, build_step, run_name: str, dist: Dist) -> Path:
 
     writer = None
     config = {**jsonable(args), "run_name": run_name, "git_commit": git_commit(),
-              "torch_version": torch.__version__, "device": str(dist.device), "world_size": dist.world,
+              "torch_version": str(torch.__version__), "device": str(dist.device), "world_size": dist.world,
               "effective_batch_size": args.batch_size * dist.world, "effective_lr": lr,
               "train_slices": len(train_set), "validation_slices": len(val_set),
               "trainable_parameters": sum(p.numel() for p in params),

@@ -43,6 +43,7 @@ def write_volume(path: Path, volfs: np.ndarray, masks: dict[str, np.ndarray],
 def make_dataset(root: Path, size: int = 32, accs=("4x",), train_volumes: int = 2, val_volumes: int = 1,
                  slices: int = 4, seed: int = 0) -> Path:
     """A tiny data set in the original layout under ``root``; returns ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
     masks = {acc: cartesian_row_mask((size, size), acc, seed=seed) for acc in accs}
     for acc, mask in masks.items():
         np.save(root / f"mask_{acc}.npy", mask)

@@ -1,0 +1,43 @@
+"""Convert a checkpoint of the public SFT-KD-Recon / KD-MRI code into this project's checkpoint format.
+
+    python scripts/import_checkpoint.py --input best_model.pt --output imported/teacher.pt --trust-pickle
+
+The output loads with ``torch.load(weights_only=True)`` and with ``models.checkpoint.load_model`` /
+``load_reconstructor`` / ``load_sft``; it computes what the source network computed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Run as `python scripts/import_checkpoint.py` from the repo root: make the top-level packages importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.checkpoint_import import describe, import_checkpoint  # noqa: E402
+from utils import run_cli  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, type=Path,
+                        help="public-code checkpoint (torch.save dict with 'model', or a bare state dict)")
+    parser.add_argument("--output", required=True, type=Path, help="where to write the converted checkpoint")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow unpickling the file (torch.load weights_only=False), which can run code "
+                             "stored in it; only for files from a trusted source")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    parser.add_argument("--ref-padding", type=int, default=None,
+                        help="zero padding around each block input in the source network "
+                             "(default: 5 for SFT-KD-Recon tcascade/scascade keys, 0 for KD-MRI cascade keys)")
+    args = parser.parse_args(argv)
+    summary = import_checkpoint(args.input, args.output, args.trust_pickle, overwrite=args.overwrite,
+                                ref_padding=args.ref_padding)
+    epoch = "unknown" if summary["epoch"] is None else summary["epoch"]
+    print(f"found {summary['layout']}: {describe(summary['arch'])}, {summary['parameters']:,} parameters, "
+          f"epoch {epoch}")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The paper's protocol for one data set and acceleration: teacher, student, SFT teacher, then Std-KD and
+# SFT-KD-Recon for each KD method, each in its own experiment folder under one results root.
+# Re-running skips finished runs and resumes interrupted ones.
+#
+#   bash scripts/train_all.sh DATA_ROOT ACC [EPOCHS]
+#   environment: RESULTS (default results/<data folder name>), KD_METHODS (default "at fitnet cc fsp sp"),
+#                TRAIN_FLAGS (extra flags for every training run, e.g. "--device cuda --num-workers 4")
+set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "usage: bash scripts/train_all.sh DATA_ROOT ACC [EPOCHS]   (e.g. data/mrbrains 4x 150)" >&2
+    exit 2
+fi
+DATA_ROOT=$1 ACC=$2 EPOCHS=${3:-150}
+RESULTS=${RESULTS:-results/$(basename "$DATA_ROOT")}
+KD_METHODS=${KD_METHODS:-at fitnet cc fsp sp}
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+OUT="$RESULTS/$ACC"
+
+run() {  # run NAME SCRIPT ARGS...: fresh, resumed or skipped depending on what NAME's folder holds
+    local name=$1 script=$2; shift 2
+    local exp="$OUT/$name" resume=()
+    [ -f "$exp/model.pt" ] && resume=(--resume)
+    echo "== $name ($script) -> $exp"
+    # shellcheck disable=SC2086
+    "$PYTHON" "$script" --data-root "$DATA_ROOT" --acc "$ACC" --epochs "$EPOCHS" --exp-dir "$exp" \
+        "${resume[@]}" ${TRAIN_FLAGS:-} "$@"
+}
+
+run teacher train_teacher.py --model teacher
+run student train_teacher.py --model student
+run sft train_sft.py
+for method in $KD_METHODS; do
+    run "stdkd-$method" train_student_kd.py --kd-method "$method" --teacher-checkpoint "$OUT/teacher/best_model.pt"
+    run "sftkd-$method" train_student_kd.py --kd-method "$method" --teacher-checkpoint "$OUT/sft/best_model.pt" \
+        --init-from-sft "$OUT/sft/best_model.pt"
+done
+echo "all runs for $ACC are in $OUT"

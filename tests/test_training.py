@@ -1,0 +1,170 @@
+"""The shared training loop and the three training scripts, end to end on tiny data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train_sft
+import train_student_kd
+import train_teacher
+from conftest import run_cli
+from models.dccnn import count_parameters
+from models.kd_losses import KD_METHODS
+from utils import UserError
+
+PAPER_METHODS = ["at", "fitnet", "cc", "fsp", "sp"]
+
+
+def common(data: Path, exp: Path, *extra: str, epochs: int = 1) -> list[str]:
+    return ["--data-root", str(data), "--exp-dir", str(exp), "--epochs", str(epochs), "--no-progress",
+            "--seed", "0", *extra]
+
+
+def scalars(exp: Path, tag: str) -> list[float]:
+    events = EventAccumulator(str(exp / "summary"))
+    events.Reload()
+    return [e.value for e in events.Scalars(tag)]
+
+
+def assert_run_outputs(exp: Path, n_params: int, kind: str = "dccnn") -> dict:
+    for name in ("config.json", "model.pt", "best_model.pt"):
+        assert (exp / name).is_file(), name
+    assert list((exp / "summary").glob("events.out.tfevents.*"))
+    config = json.loads((exp / "config.json").read_text())
+    for key in ("git_commit", "torch_version", "device", "lr", "batch_size", "seed", "effective_batch_size"):
+        assert key in config
+    for name in ("model.pt", "best_model.pt"):
+        ckpt = torch.load(exp / name, map_location="cpu", weights_only=True)
+        assert ckpt["arch"]["kind"] == kind
+        assert sum(v.numel() for v in ckpt["model"].values()) == n_params
+    return torch.load(exp / "model.pt", map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """One tiny data set, a standard teacher and an SFT teacher trained 1 epoch, shared by the KD tests."""
+    from conftest import make_dataset
+    root = tmp_path_factory.mktemp("train")
+    data = make_dataset(root / "data")
+    train_teacher.main(common(data, root / "teacher", "--model", "teacher"))
+    train_sft.main(common(data, root / "sft"))
+    return {"data": data, "teacher": root / "teacher", "sft": root / "sft", "root": root}
+
+
+def test_teacher_run_writes_everything(runs):
+    ckpt = assert_run_outputs(runs["teacher"], 141_765)
+    assert ckpt["epoch"] == 1 and ckpt["batch_in_epoch"] == 0
+    assert set(ckpt) >= {"optimizer", "scheduler", "rng_per_rank", "best_val_loss"}
+    assert len(scalars(runs["teacher"], "train/loss")) == 2  # 8 slices, batch 4
+    assert len(scalars(runs["teacher"], "val/psnr")) == 1
+
+
+def test_student_run_has_student_size(tmp_path, runs):
+    train_teacher.main(common(runs["data"], tmp_path / "student", "--model", "student"))
+    assert_run_outputs(tmp_path / "student", 49_285)
+
+
+def test_sft_run_logs_every_term_and_branch1(runs):
+    assert_run_outputs(runs["sft"], 141_765 + 49_285, kind="sft")
+    for tag in ("train/teacher", "train/student", "train/imitation", "train/student_branch4",
+                "val/psnr_student_branch1", "val/psnr"):
+        assert scalars(runs["sft"], tag), tag
+
+
+def test_sft_leaves_student_cascade_1_untouched(runs):
+    ckpt = torch.load(runs["sft"] / "model.pt", weights_only=True)
+    optimised = {i for group in ckpt["optimizer"]["param_groups"] for i in group["params"]}
+    assert len(optimised) == len([k for k in ckpt["model"] if not k.startswith("student.cascades.0.")])
+
+
+@pytest.mark.parametrize("method", PAPER_METHODS)
+def test_sft_kd_runs_for_paper_methods(tmp_path, runs, method):
+    exp = tmp_path / method
+    train_student_kd.main(common(runs["data"], exp, "--teacher-checkpoint", str(runs["sft"] / "best_model.pt"),
+                                 "--init-from-sft", str(runs["sft"] / "best_model.pt"), "--kd-method", method))
+    ckpt = assert_run_outputs(exp, 49_285)
+    assert ckpt["run_name"] == f"sftkd-{method}"
+    assert scalars(exp, "train/kd") and scalars(exp, "train/reconstruction")
+
+
+def test_std_kd_imitation_from_standard_teacher(tmp_path, runs):
+    exp = tmp_path / "imitation"
+    train_student_kd.main(common(runs["data"], exp, "--teacher-checkpoint",
+                                 str(runs["teacher"] / "best_model.pt"), "--kd-method", "imitation"))
+    ckpt = assert_run_outputs(exp, 49_285)
+    assert ckpt["run_name"] == "stdkd-imitation"
+
+
+def test_learnable_kd_parts_are_stored_apart(tmp_path, runs):
+    exp = tmp_path / "vid"
+    train_student_kd.main(common(runs["data"], exp, "--teacher-checkpoint",
+                                 str(runs["teacher"] / "best_model.pt"), "--kd-method", "vid"))
+    ckpt = assert_run_outputs(exp, 49_285)
+    assert ckpt["extra"] and all(k.startswith("kd_loss.") for k in ckpt["extra"])
+
+
+def test_init_from_sft_copies_s2_to_s5_and_reinitialises_s1(runs):
+    sft_path = runs["sft"] / "best_model.pt"
+    argv = common(runs["data"], runs["root"] / "unused", "--teacher-checkpoint", str(sft_path),
+                  "--init-from-sft", str(sft_path), "--kd-method", "at")
+    step = train_student_kd.build_step(train_student_kd.build_parser().parse_args(argv))
+    sft = torch.load(sft_path, weights_only=True)["model"]
+    student = step.model.state_dict()
+    assert count_parameters(step.model) == 49_285
+    for key, value in student.items():
+        source = sft["student." + key]
+        if key.startswith("cascades.0."):
+            assert not torch.equal(value, source), key
+        else:
+            assert torch.equal(value, source), key
+    assert all(p.requires_grad for p in step.model.parameters())
+    assert not any(p.requires_grad for p in step.teacher.parameters())
+    assert torch.equal(step.teacher.state_dict()["cascades.0.conv1.weight"], sft["teacher.cascades.0.conv1.weight"])
+
+
+def test_kd_method_list_names_all_13():
+    result = run_cli("train_student_kd.py", "--kd-method", "list")
+    assert result.returncode == 0, result.stderr
+    assert len(KD_METHODS) == 13
+    for name in KD_METHODS:
+        assert name in result.stdout
+
+
+def test_unknown_kd_method_lists_valid_ones(tmp_path, runs):
+    with pytest.raises(UserError, match="imitation"):
+        train_student_kd.main(common(runs["data"], tmp_path / "x", "--teacher-checkpoint",
+                                     str(runs["teacher"] / "best_model.pt"), "--kd-method", "nope"))
+
+
+def test_loss_decreases_over_epochs(tmp_path, runs):
+    exp = tmp_path / "long"
+    train_teacher.main(common(runs["data"], exp, "--model", "student", "--lr", "3e-3", epochs=6))
+    val = scalars(exp, "val/loss")
+    assert len(val) == 6 and val[-1] < val[0]
+    train = scalars(exp, "train/epoch_loss")
+    assert train[-1] < train[0]
+
+
+def test_existing_experiment_is_not_overwritten(tmp_path, runs):
+    exp = tmp_path / "teacher"
+    train_teacher.main(common(runs["data"], exp, "--model", "student"))
+    before = (exp / "best_model.pt").read_bytes()
+    with pytest.raises(UserError, match="--resume"):
+        train_teacher.main(common(runs["data"], exp, "--model", "student"))
+    assert (exp / "best_model.pt").read_bytes() == before
+    train_teacher.main(common(runs["data"], exp, "--model", "student", "--overwrite", "--seed", "1"))
+    assert (exp / "best_model.pt").read_bytes() != before
+
+
+def test_multi_acceleration_training_reports_each(tmp_path):
+    from conftest import make_dataset
+    data = make_dataset(tmp_path / "data", accs=("4x", "5x"), train_volumes=1, slices=3)
+    exp = tmp_path / "mixed"
+    train_teacher.main(common(data, exp, "--model", "student", "--acc", "4x", "5x"))
+    config = json.loads((exp / "config.json").read_text())
+    assert config["train_slices"] == 6 and config["validation_slices"] == 6
+    assert scalars(exp, "val/psnr_4x") and scalars(exp, "val/psnr_5x")
