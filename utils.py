@@ -179,13 +179,15 @@ def hfn(target: np.ndarray, recon: np.ndarray, sigma: float = 1.5) -> float:
 def vif(target: np.ndarray, recon: np.ndarray) -> float:
     """Pixel-domain visual information fidelity (Sheikh & Bovik 2006) of (H, W) float images.
 
-    Uses torchmetrics' implementation; images are scaled by ``target.max()`` first so the result does not
-    depend on intensity units. Images smaller than 41 x 41 (the largest Gaussian window) are reflect-padded.
+    Uses torchmetrics' implementation; images are scaled so that ``target.max()`` becomes 255 first, because
+    its visual-noise variance (2.0) is calibrated for 8-bit images: on [0, 1] images that noise swamps every
+    signal and VIF stays near 1 whatever the distortion. Images smaller than 41 x 41 (the largest Gaussian
+    window) are reflect-padded.
     """
     from torchmetrics.functional.image import visual_information_fidelity
-    scale = float(target.max()) or 1.0
-    t = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float64) / scale)[None, None]
-    r = torch.from_numpy(np.ascontiguousarray(recon, dtype=np.float64) / scale)[None, None]
+    scale = 255.0 / (float(target.max()) or 1.0)
+    t = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float64) * scale)[None, None]
+    r = torch.from_numpy(np.ascontiguousarray(recon, dtype=np.float64) * scale)[None, None]
     pad_h, pad_w = max(0, 41 - t.shape[-2]), max(0, 41 - t.shape[-1])
     if pad_h or pad_w:
         pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)

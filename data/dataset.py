@@ -132,7 +132,8 @@ class SliceDataset(Dataset):
             values = values.astype(dtype, copy=False)
             if not np.isfinite(values).all():
                 bad = np.argwhere(~np.isfinite(values))[0]
-                where = f"slice {index if np.isscalar(index) else bad[-1]}"
+                # A 2-D dataset is one slice; in a 3-D one the last axis is the slice.
+                where = f"slice {index if np.isscalar(index) else (bad[-1] if values.ndim == 3 else 0)}"
                 raise UserError(f"{self.files[file_idx]}: '{key}' has NaN or Inf values at {where}; "
                                 "fix or remove this file")
             arrays[name] = values

@@ -473,7 +473,8 @@ def _train(args, build_step, run_name: str, dist: Dist) -> Path:
                 pending.append((i, loss.detach(), terms))
                 # Losses stay on the device until the logging interval: no per-iteration host sync.
                 if len(pending) >= args.log_every or i == first_batch + len(train_loader) - 1:
-                    losses = torch.stack([p[1] for p in pending]).float().cpu()
+                    # Averaged over ranks so the logged loss is the global batch's, whatever the world size.
+                    losses = dist.all_sum(torch.stack([p[1] for p in pending]).float()) / dist.world
                     bad = (~torch.isfinite(losses)).nonzero()
                     if len(bad):
                         iteration = pending[int(bad[0])][0] + 1
