@@ -39,3 +39,15 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, script):
         # Adam divides by sqrt(v): float32 reduction-order noise on near-zero gradients can change single
         # elements' early steps by a fraction of lr (1e-3), never by more.
         assert float((a[key] - b[key]).abs().max()) < 1e-3, key
+
+
+def test_resume_with_another_world_size_warns(tmp_path):
+    data = make_dataset(tmp_path / "data", train_volumes=2, slices=4)
+    exp = tmp_path / "run"
+    common = ["train_teacher.py", "--model", "student", "--data-root", str(data), "--exp-dir", str(exp),
+              "--no-progress", "--batch-size", "2"]
+    assert torchrun(*common, "--epochs", "1").returncode == 0
+    result = run_cli(*common, "--epochs", "2", "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "not bit-identical" in result.stderr
+    assert torch.load(exp / "model.pt", weights_only=True)["epoch"] == 2
