@@ -1,0 +1,300 @@
+"""Turn evaluate.py output folders into the paper's comparison table (Markdown + CSV) with Wilcoxon tests.
+
+Usage::
+
+    python scripts/report.py --eval-dirs results/eval_4x results/eval_5x --out-dir results/report
+
+Each ``--eval-dirs`` folder is what ``evaluate.py`` wrote (``summary.json`` + ``metrics.csv``); its
+acceleration is ``summary.json``'s ``"acc"``. Folders with the same acceleration are merged (e.g. one
+folder per seed). Model names give each model's role (case does not matter):
+
+==================  =========================================
+``ZF``              zero-filled input (added by evaluate.py)
+``teacher``         teacher D5C5 trained alone
+``student``         student D3C5 trained alone
+``sft``             the student-friendly (SFT) teacher
+``stdkd-{method}``  student distilled from ``teacher`` (Std-KD)
+``sftkd-{method}``  student distilled from ``sft`` (SFT-KD-Recon)
+==================  =========================================
+
+Any of these may end in ``-seed{N}`` (``sftkd-at-seed2``); other names are listed and left out.
+
+Writes ``OUT/table.md`` and ``OUT/table.csv``. Rows: ZF, Teacher, Student, SFT teacher, then per KD method
+(alphabetical) "Std-KD (method)" and "SFT-KD-Recon (method)"; missing roles are omitted. Columns per
+acceleration: PSNR and SSIM as mean ± std over slices (``ddof=0``) for one run, or, when a model has
+several seeds, mean ± std over seeds (``ddof=0``) of each seed's mean over slices (marked †). A second
+table gives, per KD method and acceleration, the two-sided Wilcoxon signed-rank p-value of PSNR between
+the SFT-KD-Recon and the Std-KD student, paired by (volume, slice) (with several seeds, each slice's PSNR
+is first averaged over seeds). ``table.csv`` has the same rows with plain numbers
+(``PSNR_{acc}_mean``, ``PSNR_{acc}_std``, ``SSIM_{acc}_mean``, ``SSIM_{acc}_std``, ``seeds_{acc}``,
+``wilcoxon_p_{acc}`` on SFT-KD-Recon rows). The teacher-student gap (student minus teacher PSNR) and the
+same for the best SFT-KD-Recon student are printed and appended to ``table.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+# Run as `python scripts/report.py`: the repository root must be importable for utils / data.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.masks import parse_acc  # noqa: E402
+from utils import UserError, run_cli, write_text  # noqa: E402
+
+BASE_ROLES = {"zf": "ZF", "teacher": "Teacher", "student": "Student", "sft": "SFT teacher"}
+KD_ROLES = {"stdkd": "Std-KD", "sftkd": "SFT-KD-Recon"}
+_NAME = re.compile(r"^(?:(?P<base>zf|teacher|student|sft)|(?P<kd>stdkd|sftkd)-(?P<method>.+?))"
+                   r"(?:-seed(?P<seed>\d+))?$")
+SEED_MARK = "†"
+TABLE_METRICS = ("PSNR", "SSIM")
+
+
+def parse_model_name(name: str) -> tuple[str, str | None, int | None] | None:
+    """``(role, kd_method, seed)`` of a model name, e.g. ``("sftkd", "at", 2)``; None if it is not one of ours.
+
+    role is one of ``zf, teacher, student, sft, stdkd, sftkd``; kd_method is None for the first four.
+    """
+    match = _NAME.match(name.strip().lower())
+    if match is None or (match["base"] == "zf" and match["seed"] is not None):
+        return None
+    seed = int(match["seed"]) if match["seed"] is not None else None
+    if match["base"]:
+        return match["base"], None, seed
+    return match["kd"], match["method"], seed
+
+
+@dataclass
+class Run:
+    """One evaluated model: per-slice PSNR and SSIM keyed by (volume, slice), and where it came from."""
+    source: Path
+    values: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
+
+    def mean(self, metric: str) -> float:
+        return float(np.mean(list(self.values[metric].values())))
+
+
+def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
+    """Acceleration and per-model runs of one evaluate.py folder; bad folders are a :class:`UserError`."""
+    summary_path, metrics_path = folder / "summary.json", folder / "metrics.csv"
+    if not folder.is_dir():
+        raise UserError(f"--eval-dirs {folder} does not exist; pass folders written by evaluate.py")
+    for path in (summary_path, metrics_path):
+        if not path.is_file():
+            raise UserError(f"--eval-dirs {folder} has no {path.name}; is it an evaluate.py --out-dir?")
+    try:
+        acc = json.loads(summary_path.read_text())["acc"]
+        parse_acc(acc)
+    except (json.JSONDecodeError, KeyError, TypeError, UserError) as exc:
+        raise UserError(f"{summary_path} has no valid \"acc\" entry ({exc}); rerun evaluate.py") from exc
+    runs: dict[str, Run] = {}
+    with metrics_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"model", "volume", "slice", *TABLE_METRICS} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{metrics_path} lacks the columns {', '.join(sorted(missing))}; rerun evaluate.py")
+        try:
+            for row in reader:
+                run = runs.setdefault(row["model"], Run(folder, {m: {} for m in TABLE_METRICS}))
+                key = (row["volume"], int(row["slice"]))
+                for metric in TABLE_METRICS:
+                    run.values[metric][key] = float(row[metric])
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{metrics_path} line {reader.line_num}: not a number ({exc}); "
+                            "rerun evaluate.py") from exc
+    return acc, runs
+
+
+def collect(folders: list[Path]) -> tuple[dict, list[str]]:
+    """``{(role, method): {acc: {seed: Run}}}`` over all folders, and the names that fit no role.
+
+    ZF appears in every folder; the first one of each acceleration is kept. Any other model seen twice
+    with the same acceleration and seed is a :class:`UserError` naming both folders.
+    """
+    table: dict[tuple[str, str | None], dict[str, dict[int | None, Run]]] = {}
+    unknown: list[str] = []
+    for folder in folders:
+        acc, runs = read_eval_dir(folder)
+        for name, run in runs.items():
+            parsed = parse_model_name(name)
+            if parsed is None:
+                unknown.append(f"{name} ({folder})")
+                continue
+            role, method, seed = parsed
+            seeds = table.setdefault((role, method), {}).setdefault(acc, {})
+            if seed in seeds:
+                if role == "zf":
+                    continue
+                raise UserError(f"model {name} at {acc} is in both {seeds[seed].source} and {folder}; "
+                                "keep one, or rename one with a -seed{N} suffix (evaluate.py --names)")
+            seeds[seed] = run
+    return table, unknown
+
+
+def row_order(table: dict) -> list[tuple[tuple[str, str | None], str]]:
+    """Table rows as ``((role, method), label)``: base roles first, then each KD method's pair."""
+    rows = [((role, None), label) for role, label in BASE_ROLES.items() if (role, None) in table]
+    for method in sorted({method for role, method in table if method is not None}):
+        rows += [((role, method), f"{label} ({method})") for role, label in KD_ROLES.items()
+                 if (role, method) in table]
+    return rows
+
+
+def central(seeds: dict[int | None, Run], metric: str) -> tuple[float, float, int]:
+    """(mean, std, number of seeds): over slices for one run, over per-seed means for several."""
+    if len(seeds) == 1:
+        values = list(next(iter(seeds.values())).values[metric].values())
+    else:
+        values = [run.mean(metric) for run in seeds.values()]
+    return float(np.mean(values)), float(np.std(values)), len(seeds)
+
+
+def paired_psnr(std_kd: dict[int | None, Run], sft_kd: dict[int | None, Run]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice PSNR of two models (each averaged over its seeds), on the slices both have: two (N,) arrays."""
+    def per_slice(seeds):
+        keys = set.intersection(*(set(run.values["PSNR"]) for run in seeds.values()))
+        return {k: np.mean([run.values["PSNR"][k] for run in seeds.values()]) for k in keys}
+    a, b = per_slice(std_kd), per_slice(sft_kd)
+    keys = sorted(set(a) & set(b))
+    return np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
+
+
+def wilcoxon_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired samples x, y: (N,) float; NaN when undefined."""
+    if len(x) == 0 or np.all(x == y):
+        return float("nan")
+    return float(wilcoxon(y, x).pvalue)
+
+
+def format_cell(mean: float, std: float, metric: str) -> str:
+    """``39.76 ± 0.85`` for PSNR, ``0.9769 ± 0.0040`` for SSIM."""
+    digits = 2 if metric == "PSNR" else 4
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_p(p: float) -> str:
+    """A p-value as printed in the table: three significant digits, ``n/a`` when undefined."""
+    return "n/a" if not np.isfinite(p) else f"{p:.3g}"
+
+
+def build_report(table: dict) -> tuple[str, list[dict]]:
+    """The Markdown text (table, Wilcoxon table, gap lines) and the CSV rows of a :func:`collect` table."""
+    accs = sorted({acc for per_acc in table.values() for acc in per_acc}, key=parse_acc)
+    rows = row_order(table)
+    header = ["Method", *(f"{metric} {acc}" for acc in accs for metric in TABLE_METRICS)]
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    csv_rows, any_seeds = [], False
+    for key, label in rows:
+        cells, csv_row = [label], {"method": label}
+        for acc in accs:
+            seeds = table[key].get(acc)
+            for metric in TABLE_METRICS:
+                if not seeds:
+                    cells.append("–")
+                    continue
+                mean, std, n_seeds = central(seeds, metric)
+                any_seeds |= n_seeds > 1
+                cells.append(format_cell(mean, std, metric) + (f" {SEED_MARK}" if n_seeds > 1 else ""))
+                csv_row.update({f"{metric}_{acc}_mean": mean, f"{metric}_{acc}_std": std})
+            csv_row[f"seeds_{acc}"] = len(seeds) if seeds else ""
+            if key[0] == "sftkd" and seeds and table.get(("stdkd", key[1]), {}).get(acc):
+                csv_row[f"wilcoxon_p_{acc}"] = wilcoxon_p(*paired_psnr(table[("stdkd", key[1])][acc], seeds))
+        md.append("| " + " | ".join(cells) + " |")
+        csv_rows.append(csv_row)
+    md.append("")
+    md.append("Cells: mean ± std over slices (population std)." + (
+        f" {SEED_MARK} several seeds: mean ± std over seeds of each seed's mean over slices." if any_seeds else ""))
+    md += wilcoxon_table(table, accs)
+    gaps = gap_lines(table, accs)
+    if gaps:
+        md += ["", "Teacher-student gap (student minus teacher PSNR):", "", *(f"- {line}" for line in gaps)]
+    return "\n".join(md) + "\n", csv_rows
+
+
+def wilcoxon_table(table: dict, accs: list[str]) -> list[str]:
+    """Markdown lines: per KD method and acceleration, mean PSNR of both students, difference and p-value."""
+    lines = ["", "Paired Wilcoxon signed-rank test of per-slice PSNR, SFT-KD-Recon vs Std-KD "
+             "(two-sided, slices matched by volume and slice):", "",
+             "| KD method | acc | Std-KD PSNR | SFT-KD-Recon PSNR | difference (dB) | p | slices |",
+             "|---|---|---|---|---|---|---|"]
+    count = 0
+    for method in sorted({method for _, method in table if method is not None}):
+        for acc in accs:
+            std_kd = table.get(("stdkd", method), {}).get(acc)
+            sft_kd = table.get(("sftkd", method), {}).get(acc)
+            if not std_kd or not sft_kd:
+                continue
+            x, y = paired_psnr(std_kd, sft_kd)
+            diff = float(np.mean(y - x)) if len(x) else float("nan")
+            lines.append(f"| {method} | {acc} | {np.mean(x):.2f} | {np.mean(y):.2f} | {diff:+.2f} | "
+                         f"{format_p(wilcoxon_p(x, y))} | {len(x)} |")
+            count += 1
+    return lines if count else []
+
+
+def gap_lines(table: dict, accs: list[str]) -> list[str]:
+    """Per acceleration: student minus teacher PSNR, and the best SFT-KD-Recon student minus teacher."""
+    lines = []
+    for acc in accs:
+        teacher = table.get(("teacher", None), {}).get(acc)
+        if not teacher:
+            continue
+        teacher_psnr = central(teacher, "PSNR")[0]
+        parts = []
+        student = table.get(("student", None), {}).get(acc)
+        if student:
+            parts.append(f"student {central(student, 'PSNR')[0] - teacher_psnr:+.2f} dB")
+        sft_kd = {method: central(per_acc[acc], "PSNR")[0] for (role, method), per_acc in table.items()
+                  if role == "sftkd" and per_acc.get(acc)}
+        if sft_kd:
+            best = max(sft_kd, key=sft_kd.get)
+            parts.append(f"best SFT-KD-Recon student ({best}) {sft_kd[best] - teacher_psnr:+.2f} dB")
+        if parts:
+            lines.append(f"{acc}: " + ", ".join(parts))
+    return lines
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    """CSV text of the table rows; columns are the union of the rows' keys in first-seen order."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--eval-dirs", nargs="+", required=True, type=Path,
+                        help="evaluate.py --out-dir folders (summary.json + metrics.csv), any accelerations")
+    parser.add_argument("--out-dir", required=True, type=Path, help="where table.md and table.csv go")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing table.md / table.csv")
+    args = parser.parse_args(argv)
+    md_path, csv_path = args.out_dir / "table.md", args.out_dir / "table.csv"
+    existing = [p for p in (md_path, csv_path) if p.exists()]
+    if existing and not args.overwrite:
+        raise UserError(f"{existing[0]} already exists; pass --overwrite to replace it or choose another --out-dir")
+    table, unknown = collect(args.eval_dirs)
+    if unknown:
+        print("left out (names fit no role: teacher, student, sft, stdkd-M, sftkd-M[-seedN]): "
+              + ", ".join(unknown))
+    if not table:
+        raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
+    markdown, csv_rows = build_report(table)
+    write_text(md_path, markdown)
+    write_text(csv_path, rows_to_csv(csv_rows))
+    print(markdown)
+    print(f"wrote {md_path} and {csv_path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

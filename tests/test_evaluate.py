@@ -1,0 +1,173 @@
+"""Tests for evaluate.py: CSV / JSON / HDF5 outputs, ZF against scikit-image, a trained teacher, errors."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from conftest import make_dataset, phantom, run_cli, write_volume
+from data.dataset import SliceDataset
+from evaluate import default_names, evaluate, main
+from models.checkpoint import model_payload
+from models.dccnn import student, teacher
+from models.sft import SFTNet
+from utils import UserError, psnr, save_checkpoint, seed_everything
+
+HEADER = "model,volume,slice,PSNR,SSIM,NMSE,HFN,VIF"
+
+
+def train_teacher(root: Path, steps: int = 25):
+    """A D5C5 teacher after ``steps`` full-batch Adam steps on the tiny training split (about 2 s, +5 dB)."""
+    seed_everything(0)
+    data = SliceDataset(root, "train", "4x", preload=True)
+    batch = {k: torch.stack([data[i][k] for i in range(len(data))])
+             for k in ("zero_filled", "kspace_under", "target", "mask")}
+    model = teacher()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(steps):
+        loss = (model(batch["zero_filled"], batch["kspace_under"], batch["mask"]) - batch["target"]).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """Checkpoints (trained teacher, random student without run_name, random SFT) evaluated once by the CLI."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    root = make_dataset(tmp / "data")  # 32 x 32, 4x, validation: one volume of 4 slices
+    torch.manual_seed(1)
+    paths = {"teacher": tmp / "teacher.pt", "student": tmp / "student_run" / "best_model.pt", "sft": tmp / "sft.pt"}
+    nets = {"teacher": train_teacher(root), "student": student(), "sft": SFTNet()}
+    for name, net in nets.items():
+        save_checkpoint(model_payload(net, run_name="" if name == "student" else name), paths[name])
+    out = tmp / "eval"
+    result = run_cli("evaluate.py", "--checkpoints", *map(str, paths.values()), "--data-root", str(root),
+                     "--acc", "4x", "--out-dir", str(out), "--device", "cpu", "--batch-size", "3",
+                     "--save-recons")
+    assert result.returncode == 0, result.stderr
+    with (out / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {"root": root, "out": out, "paths": paths, "nets": nets, "rows": rows, "stdout": result.stdout}
+
+
+def test_csv_layout(evaluated):
+    out, rows = evaluated["out"], evaluated["rows"]
+    assert (out / "metrics.csv").read_text().splitlines()[0] == HEADER
+    names = ["ZF", "teacher", "student_run", "sft"]  # student_run: no run_name, so its folder's name
+    assert [r["model"] for r in rows] == [name for name in names for _ in range(4)]
+    assert [(r["volume"], int(r["slice"])) for r in rows[:4]] == [("vol02", s) for s in range(4)]
+    assert len({(r["model"], r["volume"], r["slice"]) for r in rows}) == len(rows)
+    assert all(np.isfinite(float(r[m])) for r in rows for m in ("PSNR", "SSIM", "NMSE", "HFN", "VIF"))
+    assert "ZF" in evaluated["stdout"] and "summary.json" in evaluated["stdout"]
+
+
+def test_summary_matches_csv(evaluated):
+    summary = json.loads((evaluated["out"] / "summary.json").read_text())
+    assert summary["acc"] == "4x" and summary["split"] == "validation"
+    assert summary["data_root"] == str(evaluated["root"])
+    assert summary["checkpoints"]["sft"] == str(evaluated["paths"]["sft"])
+    for name in ("ZF", "teacher", "student_run", "sft"):
+        for metric in ("PSNR", "SSIM", "NMSE", "HFN", "VIF"):
+            values = [float(r[metric]) for r in evaluated["rows"] if r["model"] == name]
+            stats = summary[name][metric]
+            assert stats["n"] == 4
+            assert stats["mean"] == pytest.approx(np.mean(values), rel=1e-12)
+            assert stats["std"] == pytest.approx(np.std(values), rel=1e-9, abs=1e-15)
+
+
+def test_zero_filled_matches_scikit_image(evaluated):
+    with h5py.File(evaluated["root"] / "validation" / "acc_4x" / "vol02.h5", "r") as f:
+        target, zero_filled = f["volfs"][()], f["img_volus_4x"][()]
+    zf_rows = [r for r in evaluated["rows"] if r["model"] == "ZF"]
+    for row in zf_rows:
+        s = int(row["slice"])
+        t, z = target[:, :, s], zero_filled[:, :, s]
+        assert float(row["PSNR"]) == pytest.approx(peak_signal_noise_ratio(t, z, data_range=t.max()), abs=0.05)
+        assert float(row["SSIM"]) == pytest.approx(structural_similarity(t, z, data_range=t.max()), abs=0.01)
+    assert np.mean([float(r["PSNR"]) for r in zf_rows]) < 30  # 4x undersampling really degrades the images
+
+
+def test_trained_teacher_beats_zero_filled(evaluated):
+    mean = {name: np.mean([float(r["PSNR"]) for r in evaluated["rows"] if r["model"] == name])
+            for name in ("ZF", "teacher")}
+    assert mean["teacher"] > mean["ZF"] + 2.0
+
+
+def test_saved_reconstructions(evaluated):
+    dataset = SliceDataset(evaluated["root"], "validation", "4x", preload=True)
+    for name, folder in (("teacher", "teacher"), ("sft", "sft")):
+        with h5py.File(evaluated["out"] / "recons" / folder / "vol02.h5", "r") as f:
+            assert list(f) == ["reconstruction"]
+            recon = f["reconstruction"][()]
+        assert recon.shape == (4, 32, 32) and recon.dtype == np.float32
+        net = evaluated["nets"][name]
+        net = net.teacher if isinstance(net, SFTNet) else net  # an SFT checkpoint is evaluated by its teacher
+        with torch.no_grad():
+            for s in range(4):
+                item = dataset[s]
+                expected = net(item["zero_filled"][None], item["kspace_under"][None], item["mask"][None])[0, 0]
+                np.testing.assert_allclose(recon[s], expected.numpy(), atol=1e-5)
+                row = next(r for r in evaluated["rows"] if r["model"] == folder and int(r["slice"]) == s)
+                assert float(row["PSNR"]) == pytest.approx(psnr(item["target"][0].double().numpy(),
+                                                                recon[s].astype(np.float64)), abs=1e-4)
+    assert not (evaluated["out"] / "recons" / "ZF").exists()  # ZF stays in the data file
+
+
+def test_evaluate_from_python(evaluated):
+    dataset = SliceDataset(evaluated["root"], "validation", "4x")
+    rows = evaluate({"sft": evaluated["paths"]["sft"]}, dataset, batch_size=4, progress=False)
+    cli = [r for r in evaluated["rows"] if r["model"] == "sft"]
+    assert [r["model"] for r in rows] == ["ZF"] * 4 + ["sft"] * 4
+    for mine, theirs in zip(rows[4:], cli):
+        assert mine["PSNR"] == pytest.approx(float(theirs["PSNR"]), abs=1e-6)
+    with pytest.raises(UserError, match="reserved"):
+        evaluate({"ZF": evaluated["nets"]["teacher"]}, dataset, progress=False)
+
+
+def test_count_mismatch_and_duplicates(evaluated, tmp_path):
+    paths = [str(p) for p in evaluated["paths"].values()]
+    common = ["--data-root", str(evaluated["root"]), "--acc", "4x", "--out-dir", str(tmp_path / "e")]
+    result = run_cli("evaluate.py", "--checkpoints", *paths, "--names", "a", "b", *common)
+    assert result.returncode == 2
+    assert "--names has 2 names" in result.stderr and "--checkpoints has 3 files" in result.stderr
+    with pytest.raises(UserError, match="repeats a"):
+        main(["--checkpoints", *paths, "--names", "a", "b", "a", *common])
+    assert not (tmp_path / "e").exists()
+
+
+def test_existing_out_dir_needs_overwrite(evaluated):
+    out = evaluated["out"]
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "metrics.csv", out / "summary.json")}
+    result = run_cli("evaluate.py", "--checkpoints", str(evaluated["paths"]["teacher"]), "--data-root",
+                     str(evaluated["root"]), "--acc", "4x", "--out-dir", str(out))
+    assert result.returncode == 2 and "--overwrite" in result.stderr and "metrics.csv" in result.stderr
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before} == before
+
+
+def test_default_names_are_unique(evaluated, tmp_path):
+    path = evaluated["paths"]["teacher"]
+    reserved = tmp_path / "checkpoints" / "model.pt"  # no run_name, and its folder is a summary.json key
+    save_checkpoint(model_payload(student()), reserved)
+    assert default_names([path, path, evaluated["paths"]["student"], reserved]) == \
+        ["teacher", "teacher-2", "student_run", "checkpoints-2"]
+
+
+def test_all_zero_slices_are_left_out(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    volume = phantom(32, 4, seed=5)
+    volume[:, :, 0] = 0.0  # e.g. an empty slice at the edge of a brain volume
+    write_volume(root / "validation" / "acc_4x" / "vol02.h5", volume, {"4x": np.load(root / "mask_4x.npy")})
+    rows = evaluate({"s": student()}, SliceDataset(root, "validation", "4x"), recons_dir=tmp_path / "r",
+                    progress=False)
+    assert [(r["model"], r["slice"]) for r in rows] == [(m, s) for m in ("ZF", "s") for s in (1, 2, 3)]
+    assert all(np.isfinite(r[m]) for r in rows for m in ("PSNR", "NMSE", "HFN", "VIF"))
+    with h5py.File(tmp_path / "r" / "s" / "vol02.h5", "r") as f:
+        assert f["reconstruction"].shape == (4, 32, 32)

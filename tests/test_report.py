@@ -1,0 +1,155 @@
+"""Tests for scripts/report.py: name parsing, the table's numbers, Wilcoxon p-values, gaps and errors."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from scripts.report import build_report, collect, format_p, main, parse_model_name
+from conftest import run_cli
+from utils import UserError
+
+KEYS = [(f"vol{v}", s) for v in range(2) for s in range(5)]  # 10 slices in 2 volumes
+
+
+def write_eval_dir(folder: Path, acc: str, models: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """An evaluate.py-like folder: models maps name -> (PSNR, SSIM) per slice, each (10,) float."""
+    folder.mkdir(parents=True)
+    lines = ["model,volume,slice,PSNR,SSIM,NMSE,HFN,VIF"]
+    for name, (psnr, ssim) in models.items():
+        lines += [f"{name},{vol},{s},{float(p)!r},{float(q)!r},0.01,0.1,0.9"
+                  for (vol, s), p, q in zip(KEYS, psnr, ssim)]
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    summary = {name: {"PSNR": {"mean": float(np.mean(p)), "std": float(np.std(p)), "n": len(p)}}
+               for name, (p, _) in models.items()}
+    (folder / "summary.json").write_text(json.dumps({**summary, "acc": acc, "split": "validation"}))
+    return folder
+
+
+def fake(rng, psnr_mean: float, ssim_mean: float) -> tuple[np.ndarray, np.ndarray]:
+    return psnr_mean + rng.normal(0, 0.8, 10), ssim_mean + rng.normal(0, 0.004, 10)
+
+
+@pytest.fixture
+def eval_dirs(tmp_path):
+    """4x: two seeds of both KD students (two folders); 5x: one unsuffixed run of each; plus an unknown name."""
+    rng = np.random.default_rng(7)
+    models = {}
+    base = {"ZF": (31.38, 0.6651), "teacher": (40.05, 0.9785), "student": (39.49, 0.9759), "sft": (40.23, 0.9799)}
+    models["4x"] = {name: fake(rng, *means) for name, means in base.items()}
+    models["4x"].update({"stdkd-at-seed1": fake(rng, 39.76, 0.9769), "sftkd-at-seed1": fake(rng, 40.07, 0.9789),
+                         "my-baseline": fake(rng, 30.0, 0.5)})
+    seed2 = {"ZF": models["4x"]["ZF"], "stdkd-at-seed2": fake(rng, 39.70, 0.9765),
+             "sftkd-at-seed2": fake(rng, 40.01, 0.9785)}
+    models["5x"] = {name: fake(rng, psnr - 1.0, ssim - 0.007) for name, (psnr, ssim) in base.items()}
+    models["5x"].update({"stdkd-at": fake(rng, 38.85, 0.9691), "sftkd-at": fake(rng, 38.92, 0.9699)})
+    dirs = [write_eval_dir(tmp_path / "eval_4x_seed1", "4x", models["4x"]),
+            write_eval_dir(tmp_path / "eval_4x_seed2", "4x", seed2),
+            write_eval_dir(tmp_path / "eval_5x", "5x", models["5x"])]
+    models["4x"].update(seed2)
+    return dirs, models
+
+
+def cell(values: np.ndarray, digits: int) -> str:
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def test_parse_model_name():
+    assert parse_model_name("ZF") == ("zf", None, None)
+    assert parse_model_name("Teacher") == ("teacher", None, None)
+    assert parse_model_name("sft-seed3") == ("sft", None, 3)
+    assert parse_model_name("sftkd-at-seed12") == ("sftkd", "at", 12)
+    assert parse_model_name("stdkd-svd-kd") == ("stdkd", "svd-kd", None)
+    assert parse_model_name("teacher_4x") is None
+    assert parse_model_name("kd-at") is None
+
+
+def test_report_table_numbers_pvalues_and_gaps(eval_dirs, tmp_path):
+    dirs, models = eval_dirs
+    out = tmp_path / "report"
+    result = run_cli("scripts/report.py", "--eval-dirs", *map(str, dirs), "--out-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "my-baseline" in result.stdout  # listed as left out
+    md = (out / "table.md").read_text()
+    lines = md.splitlines()
+    labels = [line.split("|")[1].strip() for line in lines[2:lines.index("")]]
+    assert labels == ["ZF", "Teacher", "Student", "SFT teacher", "Std-KD (at)", "SFT-KD-Recon (at)"]
+    assert "my-baseline" not in md
+
+    # Single runs: mean ± std over slices.
+    teacher_row = next(line for line in lines if line.startswith("| Teacher |"))
+    for acc in ("4x", "5x"):
+        psnr, ssim = models[acc]["teacher"]
+        assert cell(psnr, 2) in teacher_row and cell(ssim, 4) in teacher_row
+    # Two seeds at 4x: mean ± std over the per-seed means, marked and footnoted.
+    sft_row = next(line for line in lines if line.startswith("| SFT-KD-Recon (at) |"))
+    seed_means = [np.mean(models["4x"][f"sftkd-at-seed{s}"][0]) for s in (1, 2)]
+    assert f"{cell(np.array(seed_means), 2)} †" in sft_row
+    assert cell(models["5x"]["sftkd-at"][0], 2) in sft_row
+    assert "mean ± std over seeds" in md
+
+    # Wilcoxon: per-slice PSNR averaged over seeds, paired by slice.
+    std_4x = (models["4x"]["stdkd-at-seed1"][0] + models["4x"]["stdkd-at-seed2"][0]) / 2
+    sft_4x = (models["4x"]["sftkd-at-seed1"][0] + models["4x"]["sftkd-at-seed2"][0]) / 2
+    p_4x = wilcoxon(sft_4x, std_4x).pvalue
+    p_5x = wilcoxon(models["5x"]["sftkd-at"][0], models["5x"]["stdkd-at"][0]).pvalue
+    assert 0 < p_4x < 1 and p_4x != p_5x
+    line_4x = next(line for line in lines if line.startswith("| at | 4x |"))
+    line_5x = next(line for line in lines if line.startswith("| at | 5x |"))
+    assert f"| {format_p(p_4x)} | 10 |" in line_4x and f"| {format_p(p_5x)} | 10 |" in line_5x
+
+    # Gaps: student minus teacher, and the best SFT-KD student minus teacher.
+    t4, s4 = np.mean(models["4x"]["teacher"][0]), np.mean(models["4x"]["student"][0])
+    assert f"4x: student {s4 - t4:+.2f} dB, best SFT-KD-Recon student (at) {np.mean(seed_means) - t4:+.2f} dB" in md
+    assert "4x: student" in result.stdout
+
+    with (out / "table.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == labels
+    by_label = {r["method"]: r for r in rows}
+    assert float(by_label["Teacher"]["PSNR_5x_mean"]) == pytest.approx(np.mean(models["5x"]["teacher"][0]), abs=1e-9)
+    assert float(by_label["Teacher"]["SSIM_4x_std"]) == pytest.approx(np.std(models["4x"]["teacher"][1]), abs=1e-9)
+    assert by_label["SFT-KD-Recon (at)"]["seeds_4x"] == "2" and by_label["Teacher"]["seeds_4x"] == "1"
+    assert float(by_label["SFT-KD-Recon (at)"]["wilcoxon_p_4x"]) == pytest.approx(p_4x, rel=1e-9)
+    assert float(by_label["SFT-KD-Recon (at)"]["wilcoxon_p_5x"]) == pytest.approx(p_5x, rel=1e-9)
+    assert by_label["Std-KD (at)"]["wilcoxon_p_4x"] == ""
+
+
+def test_missing_roles_are_omitted(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = write_eval_dir(tmp_path / "e", "4x", {"ZF": fake(rng, 30, 0.7), "stdkd-fitnets": fake(rng, 39, 0.97)})
+    table, unknown = collect([folder])
+    markdown, rows = build_report(table)
+    assert [r["method"] for r in rows] == ["ZF", "Std-KD (fitnets)"]
+    assert "Wilcoxon" not in markdown and "gap" not in markdown and unknown == []
+
+
+def test_errors_name_the_folder(eval_dirs, tmp_path):
+    dirs, _ = eval_dirs
+    with pytest.raises(UserError, match="nowhere"):
+        main(["--eval-dirs", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "r")])
+    (dirs[2] / "metrics.csv").unlink()
+    with pytest.raises(UserError, match="eval_5x has no metrics.csv"):
+        main(["--eval-dirs", str(dirs[2]), "--out-dir", str(tmp_path / "r")])
+    duplicate = tmp_path / "copy"
+    duplicate.mkdir()
+    for name in ("metrics.csv", "summary.json"):
+        (duplicate / name).write_bytes((dirs[0] / name).read_bytes())
+    with pytest.raises(UserError, match="teacher at 4x is in both"):
+        main(["--eval-dirs", str(dirs[0]), str(duplicate), "--out-dir", str(tmp_path / "r")])
+
+
+def test_existing_output_needs_overwrite(eval_dirs, tmp_path):
+    dirs, _ = eval_dirs
+    out = tmp_path / "r"
+    main(["--eval-dirs", str(dirs[0]), "--out-dir", str(out)])
+    before = (out / "table.md").read_text()
+    result = run_cli("scripts/report.py", "--eval-dirs", *map(str, dirs), "--out-dir", str(out))
+    assert result.returncode == 2 and "--overwrite" in result.stderr
+    assert (out / "table.md").read_text() == before
+    main(["--eval-dirs", *map(str, dirs), "--out-dir", str(out), "--overwrite"])
+    assert (out / "table.md").read_text() != before
