@@ -1,0 +1,36 @@
+"""The one-command demo, shrunk (32 x 32, 1 epoch, 12 slices), end to end."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+
+from conftest import ROOT
+
+
+def run_demo(out, *args):
+    env = {**os.environ, "DEMO_OUT": str(out), "DEMO_SIZE": "32", "DEMO_EPOCHS": "1", "DEMO_SLICES": "12",
+           "OMP_NUM_THREADS": "2"}
+    return subprocess.run(["bash", "scripts/demo.sh", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_demo_writes_table_and_figure_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "demo"
+    result = run_demo(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (out / "table.md").read_text()
+    for row in ("ZF", "Teacher", "Student", "SFT teacher", "Std-KD (at)", "SFT-KD-Recon (at)"):
+        assert f"| {row} |" in table, row
+    assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "eval" / "metrics.csv") as f:
+        models = {row["model"] for row in csv.DictReader(f)}
+    assert models == {"ZF", "teacher", "student", "sft", "stdkd-at", "sftkd-at"}
+    for run in ("teacher", "student", "sft", "stdkd-at", "sftkd-at"):
+        assert list((out / "runs" / "4x" / run / "summary").glob("events.out.tfevents.*")), run
+    assert "tensorboard --logdir" in result.stdout
+
+    before = (out / "table.md").read_bytes()
+    again = run_demo(out)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert (out / "table.md").read_bytes() == before
