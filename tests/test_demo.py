@@ -34,3 +34,21 @@ def test_demo_writes_table_and_figure_and_refuses_to_overwrite(tmp_path):
     again = run_demo(out)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert (out / "table.md").read_bytes() == before
+
+
+def test_paper_protocol_runs_and_reruns_skip_finished_runs(tmp_path):
+    from conftest import make_dataset
+    data = make_dataset(tmp_path / "data", accs=("4x",), train_volumes=1, slices=4)
+    env = {**os.environ, "EPOCHS": "1", "ACCS": "4x", "KD_METHODS": "at", "OMP_NUM_THREADS": "2",
+           "TRAIN_FLAGS": "--no-progress"}
+    results = tmp_path / "results"
+    first = subprocess.run(["bash", "scripts/paper.sh", str(data), str(results)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "| SFT-KD-Recon (at) |" in (results / "table.md").read_text()
+    best = (results / "4x" / "sft" / "best_model.pt").read_bytes()
+    second = subprocess.run(["bash", "scripts/paper.sh", str(data), str(results)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("nothing to resume") == 5
+    assert (results / "4x" / "sft" / "best_model.pt").read_bytes() == best
