@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from models.checkpoint import load_model, load_sft
 from models.dccnn import DCCNN, STUDENT
-from models.kd_losses import KD_METHODS, KDLoss, build_kd_loss, describe_methods
+from models.kd_losses import KD_METHODS, Imitation, KDLoss, build_kd_loss, describe_methods
 from models.sft import SFTNet, student_from_sft
 from models.training import TrainStep, add_arch_args, arch_config, common_parser, parse_args, train
 from utils import UserError, run_cli
@@ -21,16 +21,24 @@ from utils import UserError, run_cli
 class KDStep(TrainStep):
     """Student reconstruction L1 plus the weighted KD term against a frozen teacher."""
 
-    def __init__(self, student: DCCNN, teacher: DCCNN, kd_loss: KDLoss, kd_weight: float):
+    def __init__(self, student: DCCNN, teacher: DCCNN, kd_loss: KDLoss, kd_weight: float,
+                 feature_epochs: int = 0):
         super().__init__()
         self.model = student
         self.kd_loss = kd_loss  # registered: its learnable parts train with the student, saved under "extra"
         self.kd_weight = kd_weight
+        self.feature_epochs = feature_epochs
+        self.feature_stage = False
+        self.imitation = Imitation(student.config, teacher.config)
         self.attach_frozen("teacher", teacher)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.feature_stage = epoch < self.feature_epochs
 
     def forward(self, batch):
         inputs = (batch["zero_filled"], batch["kspace_under"], batch["mask"])
-        features = self.kd_loss.needs_features
+        second_stage = bool(self.feature_epochs) and not self.feature_stage
+        features = self.kd_loss.needs_features and not second_stage
         # no_grad rather than inference_mode: inference tensors would have to be cloned before the KD
         # losses (which build autograd graphs on the student side) may use them.
         with torch.no_grad():
@@ -39,15 +47,20 @@ class KDStep(TrainStep):
         student_out = self.model(*inputs, return_features=features)
         student_out, student_feats = student_out if features else (student_out, None)
         loss_rec = F.l1_loss(student_out, batch["target"])
-        loss_kd = self.kd_loss(student_out, student_feats, teacher_out, teacher_feats)
-        loss = loss_rec + self.kd_weight * loss_kd
+        if second_stage:
+            # Second stage of the public code's schedule: L1 plus output imitation, features done.
+            loss_kd = self.imitation(student_out, None, teacher_out, None)
+            loss = loss_rec + loss_kd
+        else:
+            loss_kd = self.kd_loss(student_out, student_feats, teacher_out, teacher_feats)
+            loss = self.kd_weight * loss_kd if self.feature_stage else loss_rec + self.kd_weight * loss_kd
         return loss, {"reconstruction": loss_rec.detach(), "kd": loss_kd.detach()}
 
     def predict(self, batch):
         return {"output": self.model(batch["zero_filled"], batch["kspace_under"], batch["mask"])}
 
     def hparams(self):
-        return {"kd_weight": self.kd_weight}
+        return {"kd_weight": self.kd_weight, "feature_epochs": self.feature_epochs}
 
 
 def load_teacher(path) -> DCCNN:
@@ -69,7 +82,7 @@ def build_step(args) -> KDStep:
         student = fresh
     kd_loss = build_kd_loss(args.kd_method, student.config, teacher.config)
     weight = kd_loss.default_weight if args.kd_weight is None else args.kd_weight
-    return KDStep(student, teacher, kd_loss, weight)
+    return KDStep(student, teacher, kd_loss, weight, args.feature_epochs)
 
 
 def build_parser():
@@ -82,6 +95,9 @@ def build_parser():
                         help=f"one of {', '.join(KD_METHODS)}; 'list' describes them")
     parser.add_argument("--kd-weight", type=float, default=None,
                         help="lambda of the KD term (default: the method's own, see --kd-method list)")
+    parser.add_argument("--feature-epochs", type=int, default=0, metavar="N",
+                        help="two-stage schedule of the public code: N epochs of the KD loss alone, then L1 + "
+                             "output imitation (0: the paper's single stage, L1 + kd_weight * L_KD throughout)")
     add_arch_args(parser)
     return parser
 
@@ -92,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         print(describe_methods())
         return
     args = parse_args(build_parser(), argv)
+    if args.feature_epochs < 0 or args.feature_epochs >= args.epochs:
+        raise UserError(f"--feature-epochs {args.feature_epochs} must be in [0, --epochs) = [0, {args.epochs})")
     if args.kd_method not in KD_METHODS:
         raise UserError(f"unknown --kd-method {args.kd_method!r}; choose one of: {', '.join(KD_METHODS)}")
     kind = "sftkd" if args.init_from_sft else "stdkd"

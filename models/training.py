@@ -73,6 +73,9 @@ class TrainStep(nn.Module):
         """Script-specific hyperparameters for TensorBoard's hparams tab."""
         return {}
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called before each training epoch (0-based), for schedules that change the loss."""
+
 
 # --------------------------------------------------------------------------- flags
 
@@ -454,6 +457,7 @@ def _train(args, build_step, run_name: str, dist: Dist) -> Path:
         for epoch in epochs_bar:
             skip = start_batch * args.batch_size if epoch == start_epoch else 0
             train_sampler.set_epoch(epoch, skip)
+            step.start_epoch(epoch)
             step.train()
             pending: list[tuple[int, torch.Tensor, dict]] = []
             running, seen = 0.0, 0

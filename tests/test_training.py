@@ -168,3 +168,16 @@ def test_multi_acceleration_training_reports_each(tmp_path):
     config = json.loads((exp / "config.json").read_text())
     assert config["train_slices"] == 6 and config["validation_slices"] == 6
     assert scalars(exp, "val/psnr_4x") and scalars(exp, "val/psnr_5x")
+
+
+def test_two_stage_schedule_switches_to_l1_plus_imitation(tmp_path, runs):
+    exp = tmp_path / "two_stage"
+    sft = str(runs["sft"] / "best_model.pt")
+    train_student_kd.main(common(runs["data"], exp, "--teacher-checkpoint", sft, "--init-from-sft", sft,
+                                 "--kd-method", "at", "--feature-epochs", "1", epochs=2))
+    total, rec, kd = (scalars(exp, f"train/{t}") for t in ("loss", "reconstruction", "kd"))
+    per_epoch = len(total) // 2
+    # Stage 1: the loss is the weighted AT term alone; stage 2: L1 + L1 to the teacher output.
+    weight = train_student_kd.KD_METHODS["at"].default_weight
+    assert total[0] == pytest.approx(weight * kd[0], rel=1e-4)
+    assert total[per_epoch] == pytest.approx(rec[per_epoch] + kd[per_epoch], rel=1e-4)
