@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from data.dataset import SliceDataset, build_dataset
 from models.checkpoint import load_reconstructor
-from utils import METRICS, UserError, atomic_write, load_checkpoint, run_cli, write_json, write_text
+from utils import METRICS, CliParser, UserError, atomic_write, load_checkpoint, run_cli, write_json, write_text
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
@@ -203,7 +203,7 @@ def format_table(summary: dict) -> str:
 # --------------------------------------------------------------------------- CLI
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", nargs="+", required=True, type=Path,
                         help="checkpoints of this project (teacher, student, KD student or SFT -> its teacher)")
     parser.add_argument("--names", nargs="+", help="one model name per checkpoint (default: run_name)")
@@ -222,6 +222,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise UserError(f"--out-dir {args.out_dir} is a file; choose a folder")
     metrics_path, summary_path = args.out_dir / "metrics.csv", args.out_dir / "summary.json"
     existing = [p for p in (metrics_path, summary_path) if p.exists()]
     if existing and not args.overwrite:

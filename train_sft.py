@@ -1,10 +1,12 @@
 """Train the student-friendly teacher (SFT): teacher T1..T5 jointly with the student branches S2..S5."""
 from __future__ import annotations
 
+import math
+
 from models.dccnn import STUDENT, TEACHER
 from models.sft import SFTNet, sft_loss
 from models.training import TrainStep, add_arch_args, arch_config, common_parser, parse_args, train
-from utils import run_cli
+from utils import UserError, run_cli
 
 
 class SFTStep(TrainStep):
@@ -36,6 +38,10 @@ def main(argv: list[str] | None = None) -> None:
                              "public code effectively uses ~0)")
     add_arch_args(parser)
     args = parse_args(parser, argv)
+    for flag in ("student_rec_weight", "imitation_weight"):
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"--{flag.replace('_', '-')} {value} must be a finite number >= 0")
     train(args, lambda a: SFTStep(SFTNet(arch_config(TEACHER, a), arch_config(STUDENT, a)),
                                   a.student_rec_weight, a.imitation_weight), run_name="sft")
 

@@ -5,6 +5,7 @@ SFT-KD-Recon: the SFT teacher (train_sft.py) and ``--init-from-sft`` with the sa
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -111,7 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.feature_epochs < 0 or args.feature_epochs >= args.epochs:
         raise UserError(f"--feature-epochs {args.feature_epochs} must be in [0, --epochs) = [0, {args.epochs})")
     if args.kd_method not in KD_METHODS:
-        raise UserError(f"unknown --kd-method {args.kd_method!r}; choose one of: {', '.join(KD_METHODS)}")
+        raise UserError(f"unknown --kd-method {args.kd_method!r}; choose one of: {', '.join(KD_METHODS)} "
+                        "(--kd-method list describes them)")
+    if args.kd_weight is not None and not (math.isfinite(args.kd_weight) and args.kd_weight >= 0):
+        raise UserError(f"--kd-weight {args.kd_weight} must be a finite number >= 0 (0 turns the KD term off)")
     kind = "sftkd" if args.init_from_sft else "stdkd"
     train(args, build_step, run_name=f"{kind}-{args.kd_method}")
 

@@ -1,10 +1,12 @@
 """Shared helpers: user-facing errors and CLI entry, seeding and RNG state, atomic files and checkpoints, metrics."""
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +20,25 @@ DEBUG_ENV = "SFTKD_DEBUG"
 
 class UserError(Exception):
     """A problem with the user's input (file, flag, data) that is reported as one line, exit code 2."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that reports errors as one line, ``error: ... (see PROG --help)``, and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(exc: UserError) -> str:
+    """The message of ``exc``; for one re-raised by a DataLoader worker, the worker's own message.
+
+    torch re-raises a worker's exception with the message ``Caught UserError in DataLoader worker process 0.``
+    followed by the worker's whole traceback; the user needs only its last line, the original message.
+    """
+    text = str(exc).strip()
+    if "\nOriginal Traceback" in text:
+        text = text.splitlines()[-1].split("UserError: ", 1)[-1]
+    return text
 
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
@@ -34,7 +55,7 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     except UserError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:
         # Disk full and permission problems are the user's to fix, not bugs; say which file.
@@ -48,7 +69,9 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
 # --------------------------------------------------------------------------- seeding and RNG state
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    """Seed Python, NumPy and torch (CPU and every CUDA device); ``seed`` must fit NumPy's 0..2**32-1."""
+    if not 0 <= seed < 2 ** 32:
+        raise UserError(f"--seed {seed} is out of range; use a whole number from 0 to {2 ** 32 - 1}")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -125,6 +148,27 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+_PICKLED_GLOBAL = re.compile(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)")
+
+
+def pickled_global(exc: BaseException) -> str | None:
+    """The Python object (e.g. ``"argparse.Namespace"``) that made ``torch.load(weights_only=True)`` refuse a
+    file, or None when the failure has another cause (a damaged or foreign file)."""
+    match = _PICKLED_GLOBAL.search(str(exc))
+    return match.group(1) if match else None
+
+
+def unreadable_reason(path: str | Path) -> str:
+    """Why ``torch.load`` cannot read ``path``, judged from its first bytes (for error messages)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK":
+        return "a damaged zip archive: probably truncated by an interrupted copy or save"
+    if head[:1] == b"\x80":
+        return "an old-style torch file whose pickle data is damaged"
+    return "neither a zip archive nor a pickle, so not a file written by torch.save"
+
+
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     """``torch.load(path, weights_only=True)`` onto the CPU, with one-line errors naming the file.
 
@@ -136,11 +180,13 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = ("it may come from the public SFT-KD-Recon code: convert it with "
-                "scripts/import_checkpoint.py --trust-pickle" if "weights_only" in str(exc) or
-                "Unsupported global" in str(exc) else "the file is corrupt or not a torch checkpoint")
-        raise UserError(f"{what} {path} cannot be loaded ({first[:120]}); {hint}") from exc
+        name = pickled_global(exc)
+        if name is not None:
+            raise UserError(f"{what} {path} holds pickled Python objects ({name}), as checkpoints of the public "
+                            "SFT-KD-Recon code do; convert it once with: python scripts/import_checkpoint.py "
+                            f"--input {path} --output converted.pt --trust-pickle") from exc
+        raise UserError(f"{what} {path} cannot be loaded: it is {unreadable_reason(path)}; re-copy it, or pass "
+                        "a best_model.pt / model.pt written by this project") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
         raise UserError(f"{what} {path} is not a checkpoint of this project (no 'model'/'arch' entries); "
                         "convert public-code checkpoints with scripts/import_checkpoint.py")

@@ -30,8 +30,15 @@ def _open_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise UserError(f"{path} is not a readable HDF5 file ({str(exc).splitlines()[0][:100]}); "
-                        "it may be truncated: re-copy it or re-run data/prepare.py") from exc
+        detail = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "signature" in detail:
+            raise UserError(f"{path} is not an HDF5 file (no HDF5 signature); remove it from the data folder "
+                            "or re-run data/prepare.py") from exc
+        if "truncated" in detail or "eof" in detail:
+            raise UserError(f"{path} is a truncated HDF5 file (shorter than its header says); re-copy it or "
+                            "re-run data/prepare.py") from exc
+        raise UserError(f"{path} is not a readable HDF5 file ({detail[:100]}); re-copy it or re-run "
+                        "data/prepare.py") from exc
 
 
 class SliceDataset(Dataset):
@@ -52,7 +59,8 @@ class SliceDataset(Dataset):
         self.root, self.split, self.acc = Path(root), split, acc
         self.keys = keys_for(acc)
         if not self.root.is_dir():
-            raise UserError(f"data root {self.root} does not exist; pass --data-root pointing at a folder "
+            problem = "is a file, not a folder" if self.root.exists() else "does not exist"
+            raise UserError(f"data root {self.root} {problem}; pass --data-root pointing at a folder "
                             "made by data/prepare.py (with train/ and validation/ inside)")
         folder = self.root / split / f"acc_{acc}"
         if not folder.is_dir():
@@ -93,6 +101,9 @@ class SliceDataset(Dataset):
                     raise UserError(f"{path} has no dataset '{key}' (found: {', '.join(sorted(f.keys()))}); "
                                     f"is it prepared for acceleration {self.acc}?")
                 ds = f[key]
+                if not isinstance(ds, h5py.Dataset):
+                    raise UserError(f"{path}: '{key}' is an HDF5 group, not a dataset; expected an (H, W, S) "
+                                    "array (re-run data/prepare.py)")
                 want_complex = key.startswith("kspace")
                 kind = ds.dtype.kind
                 if (want_complex and kind != "c") or (not want_complex and kind not in "fiu"):
@@ -134,7 +145,8 @@ class SliceDataset(Dataset):
                 bad = np.argwhere(~np.isfinite(values))[0]
                 # A 2-D dataset is one slice; in a 3-D one the last axis is the slice.
                 where = f"slice {index if np.isscalar(index) else (bad[-1] if values.ndim == 3 else 0)}"
-                raise UserError(f"{self.files[file_idx]}: '{key}' has NaN or Inf values at {where}; "
+                kind = "NaN" if np.isnan(values[tuple(bad)]) else "Inf"
+                raise UserError(f"{self.files[file_idx]}: '{key}' has {kind} values at {where}; "
                                 "fix or remove this file")
             arrays[name] = values
         return arrays

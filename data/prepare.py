@@ -54,7 +54,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data.fft import fft2, zero_filled  # noqa: E402
 from data.masks import cartesian_row_mask, load_mask, parse_acc, save_mask  # noqa: E402
-from utils import UserError, run_cli  # noqa: E402
+from utils import CliParser, UserError, run_cli  # noqa: E402
 
 SPLITS = ("train", "validation")
 DEFAULT_ACCS = ("4x", "5x")
@@ -369,7 +369,8 @@ def _staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
 
 # --------------------------------------------------------------------------- the whole job
 
-def _check_options(inputs, demo, size, resize, accs, val_fraction, min_foreground, max_slices) -> list[str]:
+def _check_options(inputs, demo, size, resize, accs, val_fraction, min_foreground, max_slices,
+                   seed) -> list[str]:
     if demo and inputs:
         raise UserError("pass either --input or --demo, not both")
     if not demo and not inputs:
@@ -388,6 +389,8 @@ def _check_options(inputs, demo, size, resize, accs, val_fraction, min_foregroun
         raise UserError(f"--min-foreground {min_foreground} must be in [0, 1), e.g. 0.05")
     if max_slices is not None and max_slices < 1:
         raise UserError(f"--max-slices-per-volume {max_slices} must be at least 1")
+    if not 0 <= seed < 2 ** 32:
+        raise UserError(f"--seed {seed} is out of range; use a whole number from 0 to {2 ** 32 - 1}")
     return list(dict.fromkeys(accs))
 
 
@@ -448,7 +451,7 @@ def prepare(*, out: str | Path, inputs: list[str | Path] | None = None, demo: bo
     """
     start = time.perf_counter()
     accs = _check_options(inputs, demo, size, resize, list(accs), val_fraction, min_foreground,
-                          max_slices_per_volume)
+                          max_slices_per_volume, seed)
     if axis not in (0, 1, 2):
         raise UserError(f"--axis {axis} must be 0, 1 or 2")
     out = Path(out)
@@ -497,9 +500,8 @@ def prepare(*, out: str | Path, inputs: list[str | Path] | None = None, demo: bo
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CliParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", metavar="PATH",
                         help="NIfTI files (.nii/.nii.gz) or folders searched recursively; any 3-D volume, "
                              "4-D volumes are split along the last axis into {name}_t{k}")

@@ -46,18 +46,54 @@ def model_payload(model: nn.Module, run_name: str = "", config: dict | None = No
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
+def describe_arch(arch) -> str:
+    """A short name for a checkpoint's ``arch`` dict, e.g. ``"DC-CNN D3C5 (5 cascades x 3 convs)"``."""
+    def dccnn(a) -> str:
+        return f"D{a.get('n_convs')}C{a.get('n_cascades')} ({a.get('n_cascades')} cascades x {a.get('n_convs')} convs)"
+    if not isinstance(arch, dict):
+        return repr(arch)
+    if arch.get("kind") == "sft" and isinstance(arch.get("teacher"), dict) and isinstance(arch.get("student"), dict):
+        return f"SFT network (teacher {dccnn(arch['teacher'])}, student {dccnn(arch['student'])})"
+    return f"DC-CNN {dccnn(arch)}"
+
+
+def _misfit(model: nn.Module, state) -> str:
+    """What differs between ``model``'s state dict and ``state``: missing, unexpected and reshaped weights."""
+    if not isinstance(state, dict):
+        return f"its 'model' entry is a {type(state).__name__}, not a state dict"
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
+    parts = [f"{len(keys)} {label}, e.g. {keys[0]}" for keys, label in
+             ((missing, "weight(s) missing"), (unexpected, "unexpected weight(s)"), (reshaped, "of another shape"))
+             if keys]
+    return "; ".join(parts)
+
+
 def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, dict]:
     """Model and checkpoint dict of a file this project wrote (``weights_only=True``).
 
     ``what`` names the role in errors (e.g. ``"--teacher-checkpoint"``).
     """
     ckpt = load_checkpoint(path, what)
+    arch = ckpt["arch"]
+    kind = arch.get("kind") if isinstance(arch, dict) else None
+    if kind not in ("dccnn", "sft"):
+        raise UserError(f"{what} {path}: unknown model kind {kind!r} in its 'arch' entry (expected 'dccnn' or "
+                        "'sft'); pass a checkpoint written by this project's training scripts")
     try:
-        model = build_model(ckpt["arch"])
+        model = build_model(arch)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise UserError(f"{what} {path}: its 'arch' entry {arch} cannot build a network "
+                        f"({str(exc).splitlines()[0][:120]}); the file was edited or damaged") from exc
+    try:
         model.load_state_dict(ckpt["model"])
-    except (TypeError, KeyError, RuntimeError, ValueError) as exc:
-        raise UserError(f"{what} {path}: weights do not fit the architecture {ckpt['arch']} "
-                        f"({str(exc).splitlines()[0][:120]})") from exc
+    except (TypeError, KeyError, RuntimeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{what} {path}: its weights do not fit the architecture it declares, "
+                        f"{describe_arch(arch)} ({_misfit(model, ckpt['model']) or str(exc).splitlines()[0][:120]}); "
+                        "the file was edited or mixes two networks: use the unmodified best_model.pt / model.pt "
+                        "of a run") from exc
     return model, ckpt
 
 
@@ -71,6 +107,6 @@ def load_sft(path: str | Path, what: str = "--init-from-sft") -> SFTNet:
     """An :class:`SFTNet` checkpoint; anything else is a clear error."""
     model, ckpt = load_model(path, what)
     if not isinstance(model, SFTNet):
-        raise UserError(f"{what} {path} is a {ckpt['arch'].get('n_convs')}-conv DC-CNN checkpoint, not an "
-                        "SFT checkpoint; pass best_model.pt of a train_sft.py run")
+        raise UserError(f"{what} {path} is a {describe_arch(ckpt['arch'])} checkpoint, but an SFT checkpoint is "
+                        "required: pass best_model.pt of a train_sft.py run")
     return model

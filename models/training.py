@@ -27,11 +27,14 @@ from tqdm import tqdm
 from data.dataset import build_dataset
 from data.masks import parse_acc
 from models.checkpoint import model_payload
-from utils import (UserError, get_rng_state, load_checkpoint, psnr, save_checkpoint, seed_everything,
-                   set_rng_state, ssim, write_json)
+from utils import (CliParser, UserError, get_rng_state, load_checkpoint, psnr, save_checkpoint,
+                   seed_everything, set_rng_state, ssim, write_json)
 
 REPO = Path(__file__).resolve().parents[1]
 OWN_FILES = ("model.pt", "best_model.pt", "config.json", "summary")
+RESUME_KEYS = ("optimizer", "scheduler", "epoch", "batch_in_epoch", "global_step", "best_val_loss")
+# An --overwrite run parks the run it replaces here until it has saved its own first model.pt.
+REPLACED = ".replaced"
 
 
 class TrainStep(nn.Module):
@@ -95,15 +98,8 @@ def acc_name(text: str) -> str:
     try:
         parse_acc(text)
     except UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace(f"--acc {text!r} is not an acceleration: ", ""))
+        raise argparse.ArgumentTypeError(str(exc).replace(f"--acc {text!r}", repr(text)))
     return text
-
-
-class CliParser(argparse.ArgumentParser):
-    """argparse that reports errors as one line and exit code 2 (argparse's own convention)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def common_parser(description: str) -> CliParser:
@@ -231,8 +227,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
 def prepare_exp_dir(args: argparse.Namespace) -> dict | None:
     """Check --exp-dir against --resume / --overwrite; return the checkpoint to resume from, if any.
 
-    Nothing is deleted here: an --overwrite run removes the old files only once its own setup succeeded
-    (see :func:`clear_old_run`), so a refused or failed run never costs the previous one.
+    Nothing is deleted here: an --overwrite run sets the old files aside once its own setup succeeded and
+    deletes them only after saving its first model.pt (see :func:`set_aside_old_run`), so a refused or failed
+    run never costs the previous one.
     """
     exp = args.exp_dir
     if args.resume and args.overwrite:
@@ -243,17 +240,41 @@ def prepare_exp_dir(args: argparse.Namespace) -> dict | None:
     if args.resume:
         if not (exp / "model.pt").is_file():
             raise UserError(f"--resume: there is no {exp / 'model.pt'} to resume from; start without --resume")
-        return load_checkpoint(exp / "model.pt", "--resume checkpoint")
+        ckpt = load_checkpoint(exp / "model.pt", "--resume checkpoint")
+        missing = sorted(set(RESUME_KEYS) - set(ckpt))
+        if missing:
+            raise UserError(f"--resume: {exp / 'model.pt'} holds weights but no training state "
+                            f"({', '.join(missing)} missing), e.g. a copied best_model.pt; restore the model.pt "
+                            "the run wrote, or start again with --overwrite")
+        return ckpt
     if existing and not args.overwrite:
         raise UserError(f"--exp-dir {exp} already holds a run ({', '.join(existing)}); add --resume to "
                         "continue it, --overwrite to replace it, or choose another --exp-dir")
     return None
 
 
-def clear_old_run(exp: Path) -> None:
-    for name in ("best_model.pt", "model.pt"):
-        (exp / name).unlink(missing_ok=True)
-    shutil.rmtree(exp / "summary", ignore_errors=True)
+def set_aside_old_run(exp: Path) -> bool:
+    """Move an earlier run's files into ``exp/.replaced`` (replacing a stale one); False if there were none."""
+    names = [name for name in OWN_FILES if (exp / name).exists()]
+    shutil.rmtree(exp / REPLACED, ignore_errors=True)
+    if names:
+        (exp / REPLACED).mkdir(parents=True)
+        for name in names:
+            os.replace(exp / name, exp / REPLACED / name)
+    return bool(names)
+
+
+def restore_old_run(exp: Path) -> None:
+    """Undo :func:`set_aside_old_run` after a failure: drop the new run's files, move the earlier ones back."""
+    for name in OWN_FILES:
+        path = exp / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    for item in (exp / REPLACED).iterdir():
+        os.replace(item, exp / item.name)
+    (exp / REPLACED).rmdir()
 
 
 def git_commit() -> str:
@@ -357,13 +378,19 @@ def train(args: argparse.Namespace, build_step, run_name: str) -> Path:
     Returns the experiment folder.
     """
     dist = Dist(args.device)
+    parked = {"old_run": False}
     try:
-        return _train(args, build_step, run_name, dist)
+        return _train(args, build_step, run_name, dist, parked)
+    except BaseException:
+        # Still parked means this run never saved a model.pt: give the replaced run back.
+        if parked["old_run"] and (args.exp_dir / REPLACED).is_dir():
+            restore_old_run(args.exp_dir)
+        raise
     finally:
         dist.close()
 
 
-def _train(args, build_step, run_name: str, dist: Dist) -> Path:
+def _train(args, build_step, run_name: str, dist: Dist, parked: dict) -> Path:
     resume = prepare_exp_dir(args)
     exp = args.exp_dir
     if resume is not None and resume["epoch"] >= args.epochs and resume["batch_in_epoch"] == 0:
@@ -425,7 +452,7 @@ def _train(args, build_step, run_name: str, dist: Dist) -> Path:
               "model_parameters": sum(p.numel() for p in step.model.parameters())}
     if dist.main:
         if resume is None:
-            clear_old_run(exp)
+            parked["old_run"] = set_aside_old_run(exp)
             write_json(exp / "config.json", config)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(exp / "summary"), purge_step=global_step if resume else None)
@@ -449,6 +476,7 @@ def _train(args, build_step, run_name: str, dist: Dist) -> Path:
         state = checkpoint(epoch, batch_in_epoch)
         if dist.main:
             save_checkpoint(state, exp / "model.pt")
+            shutil.rmtree(exp / REPLACED, ignore_errors=True)  # the new run now stands on its own
 
     show = dist.main and not args.no_progress
     epochs_bar = tqdm(range(start_epoch, args.epochs), initial=start_epoch, total=args.epochs,

@@ -18,10 +18,14 @@ METHOD=${DEMO_METHOD:-at}
 PYTHON=${PYTHON:-python}
 ACC=4x
 
+if [ $# -gt 1 ]; then
+    echo "error: expected at most one argument, got $#; usage: bash scripts/demo.sh [--overwrite]" >&2
+    exit 2
+fi
 case "${1:-}" in
     "") ;;
     --overwrite) rm -rf "$OUT" ;;
-    *) echo "usage: bash scripts/demo.sh [--overwrite]" >&2; exit 2 ;;
+    *) echo "error: unknown argument '$1'; usage: bash scripts/demo.sh [--overwrite]" >&2; exit 2 ;;
 esac
 if [ -e "$OUT" ]; then
     echo "error: $OUT already exists; rerun with --overwrite to replace it (or set DEMO_OUT)" >&2

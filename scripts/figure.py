@@ -15,7 +15,6 @@ energy (sum of squares) in the chosen volume (default: the first volume of the s
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.dataset import keys_for  # noqa: E402
 from data.masks import parse_acc  # noqa: E402
 from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
-from utils import UserError, atomic_write, psnr, run_cli, ssim  # noqa: E402
+from utils import CliParser, UserError, atomic_write, psnr, run_cli, ssim  # noqa: E402
 
 
 def read_volume(path: Path, acc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -59,10 +58,14 @@ def read_recon(path: Path, n_slices: int) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path} does not exist; run evaluate.py with --save-recons (and this model) "
                         "into --eval-dir, or leave the model out of --models")
-    with h5py.File(path, "r") as f:
-        if RECON_KEY not in f:
-            raise UserError(f"{path} has no dataset '{RECON_KEY}'; rerun evaluate.py --save-recons")
-        recon = np.asarray(f[RECON_KEY][()], dtype=np.float64)
+    try:
+        with h5py.File(path, "r") as f:
+            if RECON_KEY not in f:
+                raise UserError(f"{path} has no dataset '{RECON_KEY}'; rerun evaluate.py --save-recons")
+            recon = np.asarray(f[RECON_KEY][()], dtype=np.float64)
+    except OSError as exc:
+        raise UserError(f"{path} is not a readable HDF5 file ({str(exc).splitlines()[0][:100]}); rerun "
+                        "evaluate.py --save-recons") from exc
     if recon.ndim != 3 or recon.shape[0] != n_slices:
         raise UserError(f"{path} holds {recon.shape} but the data volume has {n_slices} slices; was it "
                         "evaluated on another --split or --data-root?")
@@ -79,7 +82,12 @@ def eval_models(eval_dir: Path, acc: str) -> list[str]:
     summary_path = eval_dir / "summary.json"
     order: list[str] = []
     if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{summary_path} is not valid JSON ({exc}); rerun evaluate.py") from exc
+        if not isinstance(summary, dict):
+            raise UserError(f"{summary_path} is not an evaluate.py summary (a JSON object); rerun evaluate.py")
         if summary.get("acc") not in (None, acc):
             raise UserError(f"{summary_path} was evaluated at {summary['acc']} but --acc is {acc}; "
                             "use the matching --acc or --eval-dir")
@@ -134,7 +142,7 @@ def add_inset(ax, image: np.ndarray, vmax: float, inset: tuple[int, int, int]) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dir", required=True, type=Path, help="an evaluate.py --save-recons --out-dir")
     parser.add_argument("--data-root", required=True, type=Path, help="the data evaluate.py read")
     parser.add_argument("--acc", required=True, help="acceleration, e.g. 4x")
@@ -151,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.out.suffix.lower() != ".png":
         raise UserError(f"--out {args.out} must end in .png")
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out} is a folder; give a file name such as {args.out / 'figure.png'}")
     if args.out.exists() and not args.overwrite:
         raise UserError(f"{args.out} already exists; pass --overwrite to replace it or choose another --out")
     if not args.error_scale > 0:

@@ -7,7 +7,6 @@ The output loads with ``torch.load(weights_only=True)`` and with ``models.checkp
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,11 +14,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.checkpoint_import import describe, import_checkpoint  # noqa: E402
-from utils import run_cli  # noqa: E402
+from utils import CliParser, run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, type=Path,
                         help="public-code checkpoint (torch.save dict with 'model', or a bare state dict)")
     parser.add_argument("--output", required=True, type=Path, help="where to write the converted checkpoint")

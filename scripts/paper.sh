@@ -7,8 +7,9 @@
 #   environment: EPOCHS (150), ACCS ("4x 5x"), KD_METHODS ("at fitnet cc fsp sp"),
 #                TRAIN_FLAGS (e.g. "--device cuda --num-workers 4 --amp")
 set -euo pipefail
-if [ $# -lt 1 ]; then
-    echo "usage: bash scripts/paper.sh DATA_ROOT [RESULTS]   (DATA_ROOT made by data/prepare.py)" >&2
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then
+    echo "error: expected 1 or 2 arguments, got $#; usage: bash scripts/paper.sh DATA_ROOT [RESULTS]" \
+        "(DATA_ROOT made by data/prepare.py)" >&2
     exit 2
 fi
 DATA_ROOT=$1

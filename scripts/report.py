@@ -32,7 +32,6 @@ same for the best SFT-KD-Recon student are printed and appended to ``table.md``.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -48,7 +47,7 @@ from scipy.stats import wilcoxon
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.masks import parse_acc  # noqa: E402
-from utils import UserError, run_cli, write_text  # noqa: E402
+from utils import CliParser, UserError, run_cli, write_text  # noqa: E402
 
 BASE_ROLES = {"zf": "ZF", "teacher": "Teacher", "student": "Student", "sft": "SFT teacher"}
 KD_ROLES = {"stdkd": "Std-KD", "sftkd": "SFT-KD-Recon"}
@@ -273,12 +272,14 @@ def rows_to_csv(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dirs", nargs="+", required=True, type=Path,
                         help="evaluate.py --out-dir folders (summary.json + metrics.csv), any accelerations")
     parser.add_argument("--out-dir", required=True, type=Path, help="where table.md and table.csv go")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing table.md / table.csv")
     args = parser.parse_args(argv)
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise UserError(f"--out-dir {args.out_dir} is a file; choose a folder")
     md_path, csv_path = args.out_dir / "table.md", args.out_dir / "table.csv"
     existing = [p for p in (md_path, csv_path) if p.exists()]
     if existing and not args.overwrite:

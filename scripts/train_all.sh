@@ -7,8 +7,9 @@
 #   environment: RESULTS (default results/<data folder name>), KD_METHODS (default "at fitnet cc fsp sp"),
 #                TRAIN_FLAGS (extra flags for every training run, e.g. "--device cuda --num-workers 4")
 set -euo pipefail
-if [ $# -lt 2 ]; then
-    echo "usage: bash scripts/train_all.sh DATA_ROOT ACC [EPOCHS]   (e.g. data/mrbrains 4x 150)" >&2
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then
+    echo "error: expected 2 or 3 arguments, got $#; usage: bash scripts/train_all.sh DATA_ROOT ACC [EPOCHS]" \
+        "(e.g. data/mrbrains 4x 150)" >&2
     exit 2
 fi
 DATA_ROOT=$1 ACC=$2 EPOCHS=${3:-150}
