@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from data.fft import fft2, zero_filled
 from data.masks import cartesian_row_mask
 from models.dccnn import DCCNN, STUDENT, DCCNNConfig, student
-from models.sft import N_BRANCHES, SFTNet, sft_loss, student_from_sft
+from models.sft import SFTNet, sft_loss, student_from_sft
 
 SIZE = 32
 
@@ -48,7 +48,7 @@ def test_output_shapes():
         teacher_out, branches = _sft()(zf, k, m)
         teacher_only = _sft()(zf, k, m, branches=False)
     assert teacher_out.shape == (3, 1, SIZE, SIZE) and teacher_out.dtype == torch.float32
-    assert len(branches) == N_BRANCHES == 4
+    assert len(branches) == 4
     assert all(b.shape == (3, 1, SIZE, SIZE) and b.dtype == torch.float32 for b in branches)
     assert torch.equal(teacher_out, teacher_only)
 
