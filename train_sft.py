@@ -22,8 +22,9 @@ class SFTStep(TrainStep):
         return sft_loss(teacher_out, branches, batch["target"], self.student_rec_weight, self.imitation_weight)
 
     def predict(self, batch):
-        teacher_out, branches = self.model(batch["zero_filled"], batch["kspace_under"], batch["mask"])
-        return {"output": teacher_out, "student_branch1": branches[0]}
+        teacher_out, branch1 = self.model.teacher_and_branch1(batch["zero_filled"], batch["kspace_under"],
+                                                              batch["mask"])
+        return {"output": teacher_out, "student_branch1": branch1}
 
     def hparams(self):
         return {"student_rec_weight": self.student_rec_weight, "imitation_weight": self.imitation_weight}

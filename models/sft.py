@@ -56,6 +56,17 @@ class SFTNet(nn.Module):
             branch_outs.append(y)
         return x, branch_outs
 
+    def teacher_and_branch1(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor,
+                            mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher output and branch 1 (S2..S5 on x_1) only, each (B, 1, H, W) float32: what validation
+        logs, at 4 of the 10 student cascades of :meth:`forward`."""
+        x, _ = self.teacher.run_cascade(0, zero_filled, kspace_under, mask)
+        y = x
+        for index in range(1, len(self.teacher.cascades)):
+            x, _ = self.teacher.run_cascade(index, x, kspace_under, mask)
+            y, _ = self.student.run_cascade(index, y, kspace_under, mask)
+        return x, y
+
 
 def sft_loss(teacher_out: torch.Tensor, branch_outs: list[torch.Tensor], target: torch.Tensor,
              student_rec_weight: float = 1.0, imitation_weight: float = 1.0):

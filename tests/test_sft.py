@@ -204,3 +204,15 @@ def test_student_from_sft():
 def test_mismatched_cascade_counts_rejected():
     with pytest.raises(ValueError):
         SFTNet(DCCNNConfig(n_cascades=5), DCCNNConfig(n_cascades=4, n_convs=3))
+
+
+def test_teacher_and_branch1_equals_the_full_forward():
+    torch.manual_seed(0)
+    model = SFTNet()
+    zf = torch.rand(2, 1, 24, 24)
+    kspace = torch.randn(2, 1, 24, 24, dtype=torch.complex64)
+    mask = (torch.rand(1, 1, 24, 1) > 0.5).float().expand(2, 1, 24, 24)
+    teacher_out, branches = model(zf, kspace, mask)
+    teacher_only, branch1 = model.teacher_and_branch1(zf, kspace, mask)
+    torch.testing.assert_close(teacher_only, teacher_out, rtol=0, atol=0)
+    torch.testing.assert_close(branch1, branches[0], rtol=0, atol=0)
