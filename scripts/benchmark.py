@@ -159,18 +159,31 @@ def step_benchmarks(args, device: torch.device, sync) -> list[tuple[str, float]]
 
 
 def run_process(args: list[str], threads: int | None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
+    """Wall seconds and peak RSS (MB) of one child process.
+
+    The peak is the child's own VmHWM, polled from /proc: getrusage's ru_maxrss of a child also counts the
+    pages it inherited from this (large) benchmark process before exec.
+    """
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    status_file = Path(f"/proc/{proc.pid}/status")
+    peak_kb = 0
+    while proc.poll() is None:
+        try:
+            for line in status_file.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kb = max(peak_kb, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
     seconds = time.perf_counter() - start
-    if status != 0:
+    if proc.returncode != 0:
         raise SystemExit(f"benchmark run failed: {' '.join(args)}\n{proc.stderr.read()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, peak_kb / 1024
 
 
 def main(argv: list[str] | None = None) -> None:
