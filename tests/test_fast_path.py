@@ -78,3 +78,23 @@ def test_sft_training_path_matches_reference():
     assert got.keys() == expected.keys() and not any(k.startswith("student.cascades.0.") for k in got)
     for key, value in got.items():
         torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-6)
+
+
+def test_sft_branchwise_backward_matches_one_backward():
+    from models.sft import sft_forward_backward
+    torch.manual_seed(2)
+    model = SFTNet()
+    zf, kspace, mask, target = inputs(seed=2)
+    loss, terms = sft_loss(*model(zf, kspace, mask), target, 0.7, 1.3)
+    loss.backward()
+    expected = grads(model)
+    model.zero_grad()
+    loss2, terms2 = sft_forward_backward(model, zf, kspace, mask, target, 0.7, 1.3)
+    assert not loss2.requires_grad
+    torch.testing.assert_close(loss2, loss.detach(), rtol=1e-6, atol=1e-8)
+    for key in terms:
+        torch.testing.assert_close(terms2[key], terms[key], rtol=1e-6, atol=1e-8)
+    got = grads(model)
+    assert got.keys() == expected.keys()
+    for key, value in got.items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-7)
