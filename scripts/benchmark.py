@@ -31,7 +31,7 @@ from data.fft import fft2, zero_filled  # noqa: E402
 from data.masks import cartesian_row_mask  # noqa: E402
 from models.dccnn import DCCNN, STUDENT, TEACHER  # noqa: E402
 from models.kd_losses import build_kd_loss  # noqa: E402
-from models.sft import SFTNet, sft_loss  # noqa: E402
+from models.sft import SFTNet, sft_forward_backward  # noqa: E402
 from utils import run_cli, save_checkpoint  # noqa: E402
 
 CONV_FLOP = 2 * 9  # multiply-add per 3x3 tap
@@ -123,10 +123,11 @@ def step_benchmarks(args, device: torch.device, sync) -> list[tuple[str, float]]
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
 
         def step():
+            optimizer.zero_grad(set_to_none=True)
             with amp:
                 loss = loss_fn(net)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if loss.requires_grad:  # the SFT path runs its own branch-wise backward
+                loss.backward()
             optimizer.step()
         return step
 
@@ -135,7 +136,7 @@ def step_benchmarks(args, device: torch.device, sync) -> list[tuple[str, float]]
     for name, model, loss_fn in (
             ("teacher", DCCNN(TEACHER), lambda m: F.l1_loss(m(zf, k, mask), target)),
             ("student", DCCNN(STUDENT), lambda m: F.l1_loss(m(zf, k, mask), target)),
-            ("sft", SFTNet(), lambda m: sft_loss(*m(zf, k, mask), target)[0])):
+            ("sft", SFTNet(), lambda m: sft_forward_backward(m, zf, k, mask, target)[0])):
         results.append((name, timeit(trainer(model, loss_fn), args.repeats, sync=sync)))
     for method in ("imitation", "at", "fsp"):
         kd = build_kd_loss(method, STUDENT, TEACHER).to(device)
