@@ -29,12 +29,14 @@ def zero_filled(kspace_under: torch.Tensor) -> torch.Tensor:
 def data_fidelity(x_cnn: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Hard data consistency ``Re(ifft2(m * y + (1 - m) * fft2(x_cnn)))``.
 
-    x_cnn: (B, 1, H, W) float32 CNN output; kspace_under: (B, 1, H, W) complex64 measured k-space y;
+    x_cnn: (B, 1, H, W) float32 (or bfloat16 under autocast) CNN output;
+    kspace_under: (B, 1, H, W) complex64 measured k-space y;
     mask: (B, 1, H, W) or broadcastable, float {0, 1} (or bool). Returns (B, 1, H, W) float32.
 
     With a binary mask, ``m * y + (1 - m) * k`` equals ``where(m, y, k)`` bit for bit; ``where`` avoids two
     complex multiplies and one temporary per call, and DF runs ten to thirty times per training step.
     """
-    kspace_cnn = fft2(x_cnn)
+    # Under bf16 autocast the CNN output is bfloat16, which FFTs do not take: DF always runs in float32.
+    kspace_cnn = fft2(x_cnn.float())
     keep = mask if mask.dtype == torch.bool else mask > 0.5
     return ifft2(torch.where(keep, kspace_under, kspace_cnn)).real.contiguous()

@@ -135,7 +135,9 @@ def common_parser(description: str) -> CliParser:
     g.add_argument("--resume", action="store_true", help="continue from {exp-dir}/model.pt")
     g.add_argument("--overwrite", action="store_true", help="replace an existing experiment in --exp-dir")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    g.add_argument("--amp", action="store_true", help="bfloat16 autocast for the CNNs (CUDA only)")
+    g.add_argument("--amp", action="store_true",
+                   help="bfloat16 autocast for the CNNs (DF stays float32): faster on GPUs and on CPUs with "
+                        "AMX/AVX-512 bf16, numerically not identical to float32")
     g.add_argument("--save-every-iters", type=positive(int), default=None,
                    help="also write model.pt every N iterations inside an epoch")
     g.add_argument("--log-every", type=positive(int), default=10, help="iterations between loss logs")
@@ -412,7 +414,7 @@ def _train(args, build_step, run_name: str, dist: Dist, parked: dict) -> Path:
     # channels_last lets oneDNN / cuDNN pick their fastest 3x3 kernels (measured in scripts/benchmark.py).
     memory_format = torch.channels_last
     step.to_device(dist.device, memory_format)
-    amp = bool(args.amp and dist.device.type == "cuda")
+    amp = bool(args.amp)
     lr = args.lr * (dist.world if args.scale_lr else 1)
     params = [p for p in step.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)

@@ -85,8 +85,9 @@ def timeit(fn, repeats: int, warmup: int = 1, sync=lambda: None) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def roofline(batch: int, size: int, device: torch.device, repeats: int, sync) -> tuple[float, str]:
-    """Best GFLOP/s of a 3x3 32 -> 32 convolution, forward + backward (input and weight gradients)."""
+def roofline(batch: int, size: int, device: torch.device, repeats: int, sync, amp: bool) -> tuple[float, str]:
+    """Best GFLOP/s of a 3x3 32 -> 32 convolution, forward + backward (input and weight gradients), in the
+    precision the steps run in (bfloat16 autocast with ``amp``)."""
     best = (0.0, "")
     for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
         conv = torch.nn.Conv2d(32, 32, 3, padding=1).to(device, memory_format=fmt)
@@ -94,7 +95,9 @@ def roofline(batch: int, size: int, device: torch.device, repeats: int, sync) ->
         grad = torch.ones(batch, 32, size, size, device=device).to(memory_format=fmt)
 
         def step():
-            conv(x).backward(grad)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = conv(x)
+            out.backward(grad.to(out.dtype))
         seconds = timeit(step, repeats, sync=sync)
         gflops = 3 * CONV_FLOP * 32 * 32 * size * size * batch / seconds / 1e9
         best = max(best, (gflops, name))
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}")
     print(f"workload: {args.size} x {args.size}, batch {args.batch_size}, amp {args.amp}, compile {args.compile}")
-    roof, layout = roofline(args.batch_size, args.size, device, args.repeats, sync)
+    roof, layout = roofline(args.batch_size, args.size, device, args.repeats, sync, args.amp)
     print(f"roofline: 3x3 32->32 conv fwd+bwd {roof:.1f} GFLOP/s ({layout})\n")
     flops = flops_per_pixel()
     print(f"{'step':<14}{'s/slice':>10}{'slices/s':>10}{'GFLOP/s':>10}{'roofline':>10}")
