@@ -171,6 +171,8 @@ class Dist:
         self.device = torch.device(f"cuda:{self.local_rank}" if want_cuda else "cpu")
         if want_cuda:
             torch.cuda.set_device(self.device)
+            # Every step has the same shapes, so cuDNN's one-off autotuning per shape pays for itself.
+            torch.backends.cudnn.benchmark = True
         if self.world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if want_cuda else "gloo")
 
