@@ -191,3 +191,32 @@ def test_amp_trains_in_bfloat16_with_float32_data_fidelity(tmp_path, runs):
     assert all(torch.isfinite(torch.tensor(loss16)))
     # bfloat16 convolutions change the numbers a little, not the training.
     assert loss16[0] == pytest.approx(loss32[0], rel=0.05) and loss16 != loss32
+
+
+def test_cached_teacher_outputs_give_the_same_training(tmp_path, runs):
+    teacher = str(runs["teacher"] / "best_model.pt")
+    plain, cached = tmp_path / "plain", tmp_path / "cached"
+    train_student_kd.main(common(runs["data"], plain, "--teacher-checkpoint", teacher, "--kd-method",
+                                 "imitation", epochs=3))
+    train_student_kd.main(common(runs["data"], cached, "--teacher-checkpoint", teacher, "--kd-method",
+                                 "imitation", "--cache-teacher", epochs=3))
+    a = torch.load(plain / "model.pt", weights_only=True)["model"]
+    b = torch.load(cached / "model.pt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-7)
+    assert scalars(cached, "train/kd") == pytest.approx(scalars(plain, "train/kd"), rel=1e-5)
+
+
+def test_teacher_cache_skips_the_teacher_once_filled(runs):
+    argv = common(runs["data"], runs["root"] / "unused", "--teacher-checkpoint",
+                  str(runs["teacher"] / "best_model.pt"), "--kd-method", "imitation", "--cache-teacher")
+    step = train_student_kd.build_step(train_student_kd.build_parser().parse_args(argv))
+    calls = []
+    step.teacher.register_forward_hook(lambda *_: calls.append(1))
+    from data.dataset import SliceDataset
+    from torch.utils.data import DataLoader
+    batch = next(iter(DataLoader(SliceDataset(runs["data"], "train", "4x"), batch_size=4)))
+    first, _ = step(batch)
+    second, _ = step(batch)
+    assert len(calls) == 1 and len(step.teacher_cache) == 4
+    torch.testing.assert_close(first, second)
