@@ -10,31 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.dataset import build_dataset
 from data.masks import parse_acc
 from models.checkpoint import model_payload
-from utils import (CliParser, UserError, get_rng_state, load_checkpoint, psnr, save_checkpoint,
-                   seed_everything, set_rng_state, ssim, write_json)
-
-REPO = Path(__file__).resolve().parents[1]
-OWN_FILES = ("model.pt", "best_model.pt", "config.json", "summary")
-RESUME_KEYS = ("optimizer", "scheduler", "epoch", "batch_in_epoch", "global_step", "best_val_loss")
-# An --overwrite run parks the run it replaces here until it has saved its own first model.pt.
-REPLACED = ".replaced"
+from models.distributed import Dist, EpochSampler
+from models.experiment import (REPLACED, drop_replaced_run, git_commit, jsonable, prepare_exp_dir,
+                               restore_old_run, set_aside_old_run)
+from utils import (CliParser, UserError, get_rng_state, psnr, save_checkpoint, seed_everything, set_rng_state,
+                   ssim, write_json)
 
 
 class TrainStep(nn.Module):
@@ -156,157 +149,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
-# --------------------------------------------------------------------------- distributed
-
-class Dist:
-    """Rank and world size from torchrun's environment; a single process when there is none."""
-
-    def __init__(self, device: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-        self.device = torch.device(f"cuda:{self.local_rank}" if want_cuda else "cpu")
-        if want_cuda:
-            torch.cuda.set_device(self.device)
-            # Every step has the same shapes, so cuDNN's one-off autotuning per shape pays for itself.
-            torch.backends.cudnn.benchmark = True
-        if self.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if want_cuda else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            values = values.to(self.device)
-            torch.distributed.all_reduce(values)
-        return values.cpu()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-class EpochSampler(Sampler):
-    """Seeded shuffle whose order depends only on (seed, epoch): resuming needs no sampler state.
-
-    Under torchrun every rank draws the same permutation and takes every ``world``-th index (the list is
-    padded by wrapping, like DistributedSampler). ``skip`` drops the first indices of the epoch, so a run
-    resumed inside an epoch sees exactly the batches it had not seen.
-    """
-
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
-        self.n, self.seed, self.rank, self.world, self.shuffle = n, seed, rank, world, shuffle
-        self.epoch, self.skip = 0, 0
-        self.per_rank = math.ceil(n / world)
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def _indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        if self.shuffle:  # training ranks must run the same number of steps; validation counts each slice once
-            order += order[: self.per_rank * self.world - self.n]
-        return order[self.rank::self.world]
-
-    def __iter__(self):
-        return iter(self._indices()[self.skip:])
-
-    def __len__(self) -> int:
-        return len(self._indices()) - self.skip
-
+# --------------------------------------------------------------------------- batches and validation
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch dict with its tensors on ``device`` (names and indices stay as they are)."""
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
-
-# --------------------------------------------------------------------------- experiment folder
-
-def prepare_exp_dir(args: argparse.Namespace) -> dict | None:
-    """Check --exp-dir against --resume / --overwrite; return the checkpoint to resume from, if any.
-
-    Nothing is deleted here: an --overwrite run sets the old files aside once its own setup succeeded and
-    deletes them only after saving its first model.pt (see :func:`set_aside_old_run`), so a refused or failed
-    run never costs the previous one.
-    """
-    exp = args.exp_dir
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pick one")
-    if exp.exists() and not exp.is_dir():
-        raise UserError(f"--exp-dir {exp} is a file, not a folder")
-    existing = [name for name in OWN_FILES if (exp / name).exists()]
-    if args.resume:
-        if not (exp / "model.pt").is_file():
-            raise UserError(f"--resume: there is no {exp / 'model.pt'} to resume from; start without --resume")
-        ckpt = load_checkpoint(exp / "model.pt", "--resume checkpoint")
-        missing = sorted(set(RESUME_KEYS) - set(ckpt))
-        if missing:
-            raise UserError(f"--resume: {exp / 'model.pt'} holds weights but no training state "
-                            f"({', '.join(missing)} missing), e.g. a copied best_model.pt; restore the model.pt "
-                            "the run wrote, or start again with --overwrite")
-        return ckpt
-    if existing and not args.overwrite:
-        raise UserError(f"--exp-dir {exp} already holds a run ({', '.join(existing)}); add --resume to "
-                        "continue it, --overwrite to replace it, or choose another --exp-dir")
-    return None
-
-
-def set_aside_old_run(exp: Path) -> bool:
-    """Move an earlier run's files into ``exp/.replaced`` (replacing a stale one); False if there were none."""
-    names = [name for name in OWN_FILES if (exp / name).exists()]
-    shutil.rmtree(exp / REPLACED, ignore_errors=True)
-    if names:
-        (exp / REPLACED).mkdir(parents=True)
-        for name in names:
-            os.replace(exp / name, exp / REPLACED / name)
-    return bool(names)
-
-
-def restore_old_run(exp: Path) -> None:
-    """Undo :func:`set_aside_old_run` after a failure: drop the new run's files, move the earlier ones back."""
-    for name in OWN_FILES:
-        path = exp / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    for item in (exp / REPLACED).iterdir():
-        os.replace(item, exp / item.name)
-    (exp / REPLACED).rmdir()
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def jsonable(args: argparse.Namespace) -> dict:
-    out = {}
-    for key, value in vars(args).items():
-        if isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, list):
-            value = [str(v) if isinstance(v, Path) else v for v in value]
-        out[key] = value
-    return out
-
-
-# --------------------------------------------------------------------------- validation
 
 @torch.inference_mode()
 def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> dict:
@@ -487,7 +335,7 @@ def _train(args, build_step, run_name: str, dist: Dist, parked: dict) -> Path:
         state = checkpoint(epoch, batch_in_epoch)
         if dist.main:
             save_checkpoint(state, exp / "model.pt")
-            shutil.rmtree(exp / REPLACED, ignore_errors=True)  # the new run now stands on its own
+            drop_replaced_run(exp)
 
     show = dist.main and not args.no_progress
     epochs_bar = tqdm(range(start_epoch, args.epochs), initial=start_epoch, total=args.epochs,

@@ -1,7 +1,6 @@
 """torchrun with 2 CPU processes (gloo): rank 0 alone writes, and the run matches 1 process at the same global batch."""
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
