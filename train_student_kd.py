@@ -34,6 +34,8 @@ class KDStep(TrainStep):
         self.attach_frozen("teacher", teacher)
         # (file, slice, acc) -> (1, H, W) float32 teacher output on the CPU; None: no cache.
         self.teacher_cache: dict | None = {} if cache_teacher else None
+        # The second stage leaves a learnable KD loss (vid, ab, ft) without gradients.
+        self.find_unused_parameters = bool(feature_epochs) and kd_loss.has_parameters
 
     def start_epoch(self, epoch: int) -> None:
         self.feature_stage = epoch < self.feature_epochs

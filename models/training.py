@@ -43,6 +43,8 @@ class TrainStep(nn.Module):
     # Set by the loop: may forward() run the backward pass itself (returning a detached loss)? Not under
     # DDP, whose gradient hooks expect exactly one backward of the wrapped module's output.
     own_backward = False
+    # True when some trainable parameters sit out whole steps (DDP must then look for them every step).
+    find_unused_parameters = False
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss (scalar) and its terms (detached scalars) for a batch (see data.dataset items).
@@ -300,7 +302,8 @@ def _train(args, build_step, run_name: str, dist: Dist, parked: dict) -> Path:
     step.own_backward = dist.world == 1
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(
-            step, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+            step, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+            find_unused_parameters=step.find_unused_parameters)
 
     writer = None
     config = {**jsonable(args), "run_name": run_name, "git_commit": git_commit(),
