@@ -50,3 +50,17 @@ def test_resume_with_another_world_size_warns(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "not bit-identical" in result.stderr
     assert torch.load(exp / "model.pt", weights_only=True)["epoch"] == 2
+
+
+def test_two_stage_kd_with_a_learnable_loss_runs_under_torchrun(tmp_path):
+    from models.checkpoint import model_payload
+    from models.dccnn import teacher
+    from utils import save_checkpoint
+    data = make_dataset(tmp_path / "data", train_volumes=2, slices=4)
+    save_checkpoint(model_payload(teacher(), "teacher"), tmp_path / "teacher.pt")
+    exp = tmp_path / "kd"
+    result = torchrun("train_student_kd.py", "--data-root", str(data), "--exp-dir", str(exp), "--epochs", "2",
+                      "--batch-size", "2", "--no-progress", "--kd-method", "vid", "--feature-epochs", "1",
+                      "--teacher-checkpoint", str(tmp_path / "teacher.pt"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.load(exp / "model.pt", weights_only=True)["epoch"] == 2
