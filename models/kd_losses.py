@@ -11,8 +11,7 @@ keeps its 49,285 parameters and the training loop optimises and saves ``kd_loss.
 Default weights (``default_weight``, the ``--kd-weight`` lambda) make ``lambda * L_KD`` about 0.02, the
 size of a fresh student's L1 loss: each class docstring gives the raw value it was set from, measured on a
 batch of four 197 x 233 MNI152 brain slices at 4x with a briefly trained D5C5 teacher (300 Adam steps, L1
-0.005) and a freshly initialised D3C5 student (L1 0.021). ``at`` averages over pixels of L2-normalised
-maps, so it shrinks as 1 / (H W); its weight assumes ~200 x 200 images.
+0.005) and a freshly initialised D3C5 student (L1 0.021).
 
 To add a method: write one ``KDLoss`` subclass below and add one line to ``KD_METHODS``.
 """
@@ -169,18 +168,21 @@ def attention_map(features: torch.Tensor) -> torch.Tensor:
 
 class AttentionTransfer(KDLoss):
     """Attention transfer (Zagoruyko & Komodakis 2017), as in the SFT-KD-Recon code: per cascade, the
-    attention maps of the teacher's conv3 and the student's conv2 activations; the distance is the mean
-    squared difference of the L2-normalised maps (RepDistiller's formula), averaged over cascades.
+    attention maps of the teacher's conv3 and the student's conv2 activations; the distance is the squared
+    L2 distance of the L2-normalised maps per sample, averaged over the batch and the cascades.
 
-    default_weight 3e3: the loss is ~6e-6 at init at ~200 x 200 (the mean over H W pixels of unit-norm
-    maps scales as 1 / (H W)); RepDistiller's beta of 1e3 was for 32 x 32 CIFAR maps.
+    RepDistiller averages the squared differences over the H W pixels instead of summing them, which makes
+    the loss, and so the right weight, shrink as 1 / (H W); the sum keeps one default for ACDC's 150 x 150,
+    MRBrainS' 240 x 240 and the demo's 64 x 64 (it is RepDistiller's value times H W).
+
+    default_weight 0.07: the distance is ~0.28 at init (~6e-6 per pixel at ~200 x 200).
     """
     name = "at"
     description = "attention transfer: teacher conv3 vs student conv2 attention maps, every cascade"
-    default_weight = 3e3
+    default_weight = 0.07
 
     def compute(self, student_out, student_feats, teacher_out, teacher_feats):
-        return _mean([(attention_map(s) - attention_map(t)).pow(2).mean()
+        return _mean([(attention_map(s) - attention_map(t)).pow(2).sum(1).mean()
                       for s, t in self.paired_hidden(student_feats, teacher_feats)])
 
 

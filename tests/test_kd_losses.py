@@ -235,7 +235,7 @@ def test_attention_transfer_matches_numpy():
     rng = np.random.default_rng(0)
     student_hidden = [rng.random((2, 3, 4, 5)).astype(np.float32) for _ in range(5)]
     teacher_hidden = [rng.random((2, 4, 4, 5)).astype(np.float32) for _ in range(5)]
-    expected = np.mean([((numpy_attention(s) - numpy_attention(t)) ** 2).mean()
+    expected = np.mean([((numpy_attention(s) - numpy_attention(t)) ** 2).sum(axis=1).mean()
                         for s, t in zip(student_hidden, teacher_hidden)])
     dummy = torch.zeros(2, 1, 4, 5)
     student_feats = [{"hidden": [torch.zeros(2, 3, 4, 5), torch.from_numpy(s)], "cnn_out": dummy, "out": dummy}
