@@ -377,11 +377,15 @@ def _train(args, build_step, run_name: str, dist: Dist, parked: dict) -> Path:
                                         f"{epoch + 1}, iteration {iteration}; the last good checkpoints "
                                         f"in {exp} are kept. Lower --lr or check the data")
                     if writer is not None:
-                        for (it, value, t), g in zip(pending, range(global_step - len(pending) + 1,
-                                                                    global_step + 1)):
-                            writer.add_scalar("train/loss", float(value), g)
-                            for name, term in t.items():
-                                writer.add_scalar(f"train/{name}", float(term), g)
+                        names = list(pending[0][2])
+                        # One device-to-host copy for the whole interval, not one per scalar.
+                        terms = torch.stack([torch.stack([p[2][n] for n in names]) for p in pending]).float()
+                        first = global_step - len(pending) + 1
+                        for g, value, row in zip(range(first, global_step + 1), losses.tolist(),
+                                                 terms.cpu().tolist()):
+                            writer.add_scalar("train/loss", value, g)
+                            for name, term in zip(names, row):
+                                writer.add_scalar(f"train/{name}", term, g)
                     running += float(losses.sum())
                     seen += len(losses)
                     batches.set_postfix(loss=f"{running / seen:.4g}")
