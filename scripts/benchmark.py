@@ -22,13 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from data.fft import fft2, zero_filled  # noqa: E402
+from data.fft import fft2  # noqa: E402
 from data.masks import cartesian_row_mask  # noqa: E402
+from data.prepare import undersample, write_volume  # noqa: E402
 from models.dccnn import DCCNN, STUDENT, TEACHER  # noqa: E402
 from models.kd_losses import build_kd_loss  # noqa: E402
 from models.sft import SFTNet, sft_forward_backward  # noqa: E402
@@ -51,7 +51,7 @@ def flops_per_pixel() -> dict[str, float]:
 
 
 def synthetic_data(root: Path, size: int, n_train: int, n_val: int, acc: str = "4x") -> Path:
-    """Smooth random volumes in the original HDF5 layout (float32 / complex64), one file per 8 slices."""
+    """Smooth random volumes of 8 slices, written by data/prepare.py's own writer (the original layout)."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     mask = cartesian_row_mask((size, size), acc, seed=0)
@@ -64,13 +64,10 @@ def synthetic_data(root: Path, size: int, n_train: int, n_val: int, acc: str = "
             n = min(8, count - start)
             vol = np.stack([sum(rng.uniform(0.2, 1) * np.exp(-((yy - rng.uniform(.2, .8)) ** 2 +
                                                               (xx - rng.uniform(.2, .8)) ** 2) / .02)
-                                for _ in range(6)) for _ in range(n)]).astype(np.float32)
+                                for _ in range(6)) for _ in range(n)], axis=-1).astype(np.float32)
             vol /= vol.max()
-            k = fft2(torch.from_numpy(vol)) * torch.from_numpy(mask)
-            with h5py.File(folder / f"vol{v}.h5", "w") as f:
-                f["volfs"] = np.moveaxis(vol, 0, -1)
-                f[f"kspace_volus_{acc}"] = np.moveaxis(k.numpy(), 0, -1)
-                f[f"img_volus_{acc}"] = np.moveaxis(zero_filled(k).numpy(), 0, -1)
+            kspace, zf = undersample(vol, {acc: mask})[acc]
+            write_volume(folder / f"vol{v}.h5", vol, kspace, zf, acc, {})
     return root
 
 
