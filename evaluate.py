@@ -116,7 +116,7 @@ def write_recon(path: Path, volume: np.ndarray, model: str, acc: str) -> None:
 
 def evaluate(models: Mapping[str, nn.Module | str | Path], dataset: SliceDataset,
              device: str | torch.device = "cpu", batch_size: int = 4, recons_dir: str | Path | None = None,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, amp: bool = False) -> list[dict]:
     """Per-slice metrics of the zero-filled input (``ZF``) and of every model on ``dataset``.
 
     models: name -> a reconstructor (a :class:`models.dccnn.DCCNN`, called with
@@ -124,7 +124,7 @@ def evaluate(models: Mapping[str, nn.Module | str | Path], dataset: SliceDataset
     Returns rows ``{"model", "volume", "slice", "PSNR", "SSIM", "NMSE", "HFN", "VIF"}``: all ZF rows
     first, then each model's rows in the order of ``models``, slices in dataset order. Slices whose
     target is all zero (metrics undefined: PSNR -inf, NMSE inf) get no rows; a note says how many.
-    With ``recons_dir``, writes ``{recons_dir}/{name}/{volume}.h5`` (see the module docstring).
+    ``amp`` runs the networks under bfloat16 autocast. With ``recons_dir``, writes ``{recons_dir}/{name}/{volume}.h5`` (see the module docstring).
     """
     if ZF_NAME in models:
         raise UserError(f"model name {ZF_NAME!r} is reserved for the zero-filled input; rename that model")
@@ -143,7 +143,9 @@ def evaluate(models: Mapping[str, nn.Module | str | Path], dataset: SliceDataset
         for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
             inputs = [batch[key].to(device) for key in ("zero_filled", "kspace_under", "mask")]
             outputs = {ZF_NAME: batch["zero_filled"].numpy()}
-            outputs.update({name: net(*inputs).float().cpu().numpy() for name, net in nets.items()})
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                recons = {name: net(*inputs) for name, net in nets.items()}
+            outputs.update({name: out.float().cpu().numpy() for name, out in recons.items()})
             targets = batch["target"].numpy()
             for i, (fname, slice_idx) in enumerate(zip(batch["fname"], batch["slice"].tolist())):
                 volume = Path(fname).stem
@@ -214,6 +216,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", default="validation", help="data split folder (default: validation)")
     parser.add_argument("--out-dir", required=True, type=Path, help="where metrics.csv and summary.json go")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--amp", action="store_true",
+                        help="bfloat16 autocast of the CNNs (DF in float32): ~2x faster on GPUs and AMX CPUs; "
+                             "metrics then differ from float32 in the last digits")
     parser.add_argument("--batch-size", type=int, default=4,
                         help="slices per forward; 4 is fastest on CPU at 240 x 240 (larger tensors pass "
                              "glibc's 32 MB mmap threshold and are page-faulted in afresh)")
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
     models = {name: load_reconstructor(path, "--checkpoints") for name, path in zip(names, args.checkpoints)}
     recons_dir = args.out_dir / "recons" if args.save_recons else None
-    rows = evaluate(models, dataset, device, args.batch_size, recons_dir)
+    rows = evaluate(models, dataset, device, args.batch_size, recons_dir, amp=args.amp)
     summary = summarize(rows)
     write_text(metrics_path, rows_to_csv(rows))
     write_json(summary_path, {**summary, "acc": args.acc, "split": args.split,

@@ -171,3 +171,15 @@ def test_all_zero_slices_are_left_out(tmp_path):
     assert all(np.isfinite(r[m]) for r in rows for m in ("PSNR", "NMSE", "HFN", "VIF"))
     with h5py.File(tmp_path / "r" / "s" / "vol02.h5", "r") as f:
         assert f["reconstruction"].shape == (4, 32, 32)
+
+
+def test_amp_evaluation_is_close_to_float32(tmp_path):
+    torch.manual_seed(0)
+    data = make_dataset(tmp_path / "data", train_volumes=1, val_volumes=1, slices=2)
+    dataset = SliceDataset(data, "validation", "4x")
+    net = student()
+    exact = evaluate({"s": net}, dataset, progress=False)
+    fast = evaluate({"s": net}, dataset, progress=False, amp=True)
+    for a, b in zip(exact, fast):
+        assert a["model"] == b["model"] and a["slice"] == b["slice"]
+        assert b["PSNR"] == pytest.approx(a["PSNR"], abs=0.5)
