@@ -22,7 +22,12 @@ OUT="$RESULTS/$ACC"
 run() {  # run NAME SCRIPT ARGS...: fresh, resumed or skipped depending on what NAME's folder holds
     local name=$1 script=$2; shift 2
     local exp="$OUT/$name" resume=()
-    [ -f "$exp/model.pt" ] && resume=(--resume)
+    if [ -f "$exp/model.pt" ]; then
+        resume=(--resume)
+    elif [ -e "$exp" ]; then
+        # Killed before its first checkpoint: only config.json / summary exist, so start it again.
+        resume=(--overwrite)
+    fi
     echo "== $name ($script) -> $exp"
     # shellcheck disable=SC2086
     "$PYTHON" "$script" --data-root "$DATA_ROOT" --acc "$ACC" --epochs "$EPOCHS" --exp-dir "$exp" \

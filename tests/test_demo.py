@@ -52,3 +52,18 @@ def test_paper_protocol_runs_and_reruns_skip_finished_runs(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("nothing to resume") == 5
     assert (results / "4x" / "sft" / "best_model.pt").read_bytes() == best
+
+
+def test_train_all_restarts_a_run_killed_before_its_first_checkpoint(tmp_path):
+    from conftest import make_dataset
+    data = make_dataset(tmp_path / "data", accs=("4x",), train_volumes=1, slices=2)
+    results = tmp_path / "results"
+    stale = results / "4x" / "teacher"
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")
+    env = {**os.environ, "RESULTS": str(results), "KD_METHODS": "none", "OMP_NUM_THREADS": "2",
+           "TRAIN_FLAGS": "--no-progress"}
+    result = subprocess.run(["bash", "scripts/train_all.sh", str(data), "4x", "1"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (stale / "model.pt").is_file() and (stale / "config.json").read_text() != "{}"
