@@ -48,7 +48,8 @@ class KDStep(TrainStep):
             # no_grad rather than inference_mode: inference tensors would have to be cloned before the KD
             # losses (which build autograd graphs on the student side) may use them.
             with torch.no_grad():
-                teacher_out, teacher_feats = self.teacher(*inputs, return_features=True)
+                teacher_out, teacher_feats = self.teacher(*inputs, return_features=True,
+                                                          keep_hidden=self.kd_loss.keep_teacher_hidden())
         else:
             teacher_out, teacher_feats = self.teacher_output(batch, inputs), None
         student_out = self.model(*inputs, return_features=features)

@@ -59,6 +59,9 @@ class KDLoss(nn.Module):
     description = ""
     default_weight = 1.0
     needs_features = True
+    # The teacher hidden layers compute() reads, as indices into "hidden" (-1: the last; an index past the
+    # end means the last, as in hidden()); None: all of them. The frozen teacher keeps only these.
+    teacher_hidden: tuple[int, ...] | None = None
 
     def __init__(self, student_config: DCCNNConfig, teacher_config: DCCNNConfig):
         super().__init__()
@@ -81,7 +84,7 @@ class KDLoss(nn.Module):
         """
         teacher_out = _autograd_safe(teacher_out)
         if teacher_feats is not None:
-            teacher_feats = [{"hidden": [_autograd_safe(h) for h in f["hidden"]],
+            teacher_feats = [{"hidden": [None if h is None else _autograd_safe(h) for h in f["hidden"]],
                               "cnn_out": _autograd_safe(f["cnn_out"]), "out": _autograd_safe(f["out"])}
                              for f in teacher_feats]
         return self.compute(student_out, student_feats, teacher_out, teacher_feats)
@@ -101,6 +104,13 @@ class KDLoss(nn.Module):
         """Per cascade, hidden activation ``layer`` (-1 or past the end: the last one), with the ``ref_padding``
         border removed so teacher and student maps align: a list of (B, C, H, W) tensors."""
         return [_crop(f["hidden"][min(layer, len(f["hidden"]) - 1)], config.ref_padding) for f in feats]
+
+    def keep_teacher_hidden(self) -> set[int] | None:
+        """The 0-based teacher hidden layers to keep (see ``teacher_hidden``), for ``DCCNN.forward``."""
+        if self.teacher_hidden is None:
+            return None
+        n_hidden = self.teacher_config.n_convs - 1
+        return {min(i, n_hidden - 1) if i >= 0 else n_hidden + i for i in self.teacher_hidden}
 
     def paired_hidden(self, student_feats: list[dict], teacher_feats: list[dict]):
         """Per cascade (student conv2, teacher conv3) activations: (B, C_s, H, W), (B, C_t, H, W) pairs."""
@@ -149,6 +159,7 @@ class FitNet(KDLoss):
     default_weight 0.3: the hint MSE is ~0.065 at init.
     """
     name = "fitnet"
+    teacher_hidden = ()
     description = "FitNets hint: MSE between the middle cascade's CNN outputs"
     default_weight = 0.3
 
@@ -178,6 +189,7 @@ class AttentionTransfer(KDLoss):
     default_weight 0.07: the distance is ~0.28 at init (~6e-6 per pixel at ~200 x 200).
     """
     name = "at"
+    teacher_hidden = (TEACHER_LAYER,)
     description = "attention transfer: teacher conv3 vs student conv2 attention maps, every cascade"
     default_weight = 0.07
 
@@ -202,6 +214,7 @@ class CorrelationCongruence(KDLoss):
     default_weight 2: the loss is ~6e-3 at init (it falls below 1e-3 once the student reconstructs).
     """
     name = "cc"
+    teacher_hidden = ()
     description = "correlation congruence: batch RBF correlation of per-cascade CNN outputs"
     default_weight = 2.0
     gamma = 0.4
@@ -231,6 +244,7 @@ class FlowOfSolution(KDLoss):
     default_weight 50: FSP entries are channel products of activations (~1e-2), their MSE ~3e-4 at init.
     """
     name = "fsp"
+    teacher_hidden = (-1,)
     description = "FSP: flow matrices between consecutive cascades' last hidden activations"
     default_weight = 50.0
 
@@ -262,6 +276,7 @@ class SimilarityPreserving(KDLoss):
     default_weight 2: the loss is ~9e-3 at init (~1e-3 once the student reconstructs).
     """
     name = "sp"
+    teacher_hidden = ()
     description = "similarity preserving: batch similarity matrices of per-cascade CNN outputs"
     default_weight = 2.0
 
@@ -296,6 +311,7 @@ class RelationalKD(KDLoss):
     default_weight 1: distances and cosines are O(1) and normalised; the loss is ~0.02 at init.
     """
     name = "rkd"
+    teacher_hidden = ()
     description = "relational KD: distance + angle relations of per-cascade CNN outputs"
     default_weight = 1.0
 
@@ -323,6 +339,7 @@ class ProbabilisticKT(KDLoss):
     is ~3e-4 at init.
     """
     name = "pkt"
+    teacher_hidden = ()
     description = "probabilistic KT: KL between batch cosine-similarity distributions of CNN outputs"
     default_weight = 50.0
 
@@ -347,6 +364,7 @@ class NeuronSelectivityTransfer(KDLoss):
     default_weight 0.3: the MMD of unit-norm maps is ~0.065 at init.
     """
     name = "nst"
+    teacher_hidden = (TEACHER_LAYER,)
     description = "neuron selectivity transfer: polynomial MMD of teacher conv3 / student conv2 maps"
     default_weight = 0.3
 
@@ -370,6 +388,7 @@ class VariationalInformation(KDLoss):
     the learned variances fall towards the prediction error.
     """
     name = "vid"
+    teacher_hidden = (TEACHER_LAYER,)
     description = "variational information distillation: Gaussian NLL of teacher conv3 given student conv2"
     default_weight = 1.0
     init_variance = 1.0
@@ -401,6 +420,7 @@ class ActivationBoundaries(KDLoss):
     default_weight 0.01: connector outputs start inside the margin, so the loss is ~1.9 at init.
     """
     name = "ab"
+    teacher_hidden = (TEACHER_LAYER,)
     description = "activation boundaries: margin loss on teacher conv3 on/off via student conv2 connectors"
     default_weight = 0.01
     margin = 1.0
@@ -439,6 +459,7 @@ class FactorTransfer(KDLoss):
     default_weight 0.01: ``2 - 2 cos`` of unrelated factors is ~1.4 at init (reconstruction ~0.02).
     """
     name = "ft"
+    teacher_hidden = (TEACHER_LAYER,)
     description = "factor transfer: student translator matches the teacher paraphraser's factors"
     default_weight = 0.01
 

@@ -144,7 +144,8 @@ def step_benchmarks(args, device: torch.device, sync) -> list[tuple[str, float]]
 
         def kd_loss(m, kd=kd, feats=feats):
             with torch.no_grad():
-                t_out = teacher(zf, k, mask, return_features=feats)
+                t_out = (teacher(zf, k, mask, return_features=True, keep_hidden=kd.keep_teacher_hidden())
+                         if feats else teacher(zf, k, mask))
             t_out, t_feats = t_out if feats else (t_out, None)
             s_out = m(zf, k, mask, return_features=feats)
             s_out, s_feats = s_out if feats else (s_out, None)

@@ -260,3 +260,22 @@ def test_similarity_preserving_matches_hand_computation():
     assert got.item() == pytest.approx(per_cascade, rel=1e-6)
     # (1/sqrt2 - 1)^2 + (1/sqrt2)^2 + (1/sqrt5)^2 + (2/sqrt5 - 1)^2 = 0.0857864 + 0.5 + 0.2 + 0.0111456 = 0.796932
     assert per_cascade == pytest.approx(0.796932 / 4, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_teacher_keeps_exactly_the_hidden_layers_the_method_reads(name):
+    torch.manual_seed(0)
+    t_net, s_net = teacher(), student()
+    zf = torch.rand(2, 1, 16, 16)
+    kspace = torch.randn(2, 1, 16, 16, dtype=torch.complex64)
+    mask = (torch.rand(1, 1, 16, 1) > 0.5).float().expand(2, 1, 16, 16)
+    loss = build_kd_loss(name, STUDENT, TEACHER)
+    with torch.no_grad():
+        t_out, full = t_net(zf, kspace, mask, return_features=True)
+        _, kept = t_net(zf, kspace, mask, return_features=True, keep_hidden=loss.keep_teacher_hidden())
+    s_out, s_feats = s_net(zf, kspace, mask, return_features=True)
+    expected = loss(s_out, s_feats, t_out, full)
+    torch.testing.assert_close(loss(s_out, s_feats, t_out, kept), expected, rtol=0, atol=0)
+    if name not in ("none", "imitation"):
+        n_kept = sum(h is not None for f in kept for h in f["hidden"])
+        assert n_kept == 5 * len(loss.keep_teacher_hidden())
