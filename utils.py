@@ -29,6 +29,13 @@ class CliParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def first_line(exc: BaseException, limit: int = 120) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line
+    errors that quote a library's reason."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 def _one_line(exc: UserError) -> str:
     """The message of ``exc``; for one re-raised by a DataLoader worker, the worker's own message.
 

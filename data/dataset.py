@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from data.masks import load_mask, parse_acc
-from utils import UserError
+from utils import UserError, first_line
 
 TARGET_KEY = "volfs"
 
@@ -30,7 +30,7 @@ def _open_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        detail = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc, 1000)
         if "signature" in detail:
             raise UserError(f"{path} is not an HDF5 file (no HDF5 signature); remove it from the data folder "
                             "or re-run data/prepare.py") from exc

@@ -54,7 +54,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data.fft import fft2, zero_filled  # noqa: E402
 from data.masks import cartesian_row_mask, load_mask, parse_acc, save_mask  # noqa: E402
-from utils import CliParser, UserError, run_cli  # noqa: E402
+from utils import CliParser, UserError, first_line, run_cli  # noqa: E402
 
 SPLITS = ("train", "validation")
 DEFAULT_ACCS = ("4x", "5x")
@@ -93,11 +93,6 @@ def _base_name(path: Path) -> str:
 
 def _clean(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "volume"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:120]
 
 
 def find_nifti(inputs: list[str | Path], exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE) -> list[Path]:
@@ -165,7 +160,7 @@ def nifti_sources(inputs: list[str | Path], exclude: tuple[str, ...] | list[str]
         try:
             image = nib.load(str(path))
         except Exception as exc:  # nibabel raises many types for foreign or corrupt files
-            raise UserError(f"{path} cannot be read by nibabel ({_first_line(exc)}); pass NIfTI volumes "
+            raise UserError(f"{path} cannot be read by nibabel ({first_line(exc)}); pass NIfTI volumes "
                             "(.nii or .nii.gz)") from exc
         if not hasattr(image, "dataobj"):
             raise UserError(f"{path} is not a volume image ({type(image).__name__}); pass NIfTI volumes")
@@ -187,7 +182,7 @@ def read_volumes(source: Source) -> list[tuple[str, np.ndarray]]:
     try:
         data = np.asarray(source.image.dataobj, dtype=np.float64).reshape(source.shape)
     except Exception as exc:
-        raise UserError(f"{source.label}: cannot read the image data ({_first_line(exc)}); the file may be "
+        raise UserError(f"{source.label}: cannot read the image data ({first_line(exc)}); the file may be "
                         "truncated: re-copy it") from exc
     if not np.isfinite(data).all():
         raise UserError(f"{source.label} contains NaN or Inf values; fix or remove this volume")

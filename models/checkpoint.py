@@ -17,7 +17,7 @@ from torch import nn
 
 from models.dccnn import DCCNN, DCCNNConfig
 from models.sft import SFTNet
-from utils import UserError, load_checkpoint
+from utils import UserError, first_line, load_checkpoint
 
 FORMAT = "sftkd-v1"
 
@@ -86,12 +86,12 @@ def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, d
         model = build_model(arch)
     except (TypeError, KeyError, ValueError) as exc:
         raise UserError(f"{what} {path}: its 'arch' entry {arch} cannot build a network "
-                        f"({str(exc).splitlines()[0][:120]}); the file was edited or damaged") from exc
+                        f"({first_line(exc)}); the file was edited or damaged") from exc
     try:
         model.load_state_dict(ckpt["model"])
     except (TypeError, KeyError, RuntimeError, ValueError, AttributeError) as exc:
         raise UserError(f"{what} {path}: its weights do not fit the architecture it declares, "
-                        f"{describe_arch(arch)} ({_misfit(model, ckpt['model']) or str(exc).splitlines()[0][:120]}); "
+                        f"{describe_arch(arch)} ({_misfit(model, ckpt['model']) or first_line(exc)}); "
                         "the file was edited or mixes two networks: use the unmodified best_model.pt / model.pt "
                         "of a run") from exc
     return model, ckpt

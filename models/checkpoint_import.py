@@ -30,7 +30,7 @@ import torch
 
 from models.checkpoint import FORMAT, build_model, model_payload
 from models.dccnn import DCCNNConfig, count_parameters
-from utils import UserError, pickled_global, save_checkpoint
+from utils import UserError, first_line, pickled_global, save_checkpoint
 
 _KEY = re.compile(r"^(tcascade|scascade|cascade)(\d+)\.conv(\d+)\.(weight|bias)$")
 
@@ -195,9 +195,9 @@ def _load_source(src: Path, trust_pickle: bool) -> Any:
         return torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if pickled_global(exc) is None and not trust_pickle:
-            raise UserError(f"--input {src} is corrupt or not a torch checkpoint ({_first_line(exc)})") from exc
+            raise UserError(f"--input {src} is corrupt or not a torch checkpoint ({first_line(exc)})") from exc
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise UserError(f"--input {src} is corrupt or not a torch checkpoint ({_first_line(exc)})") from exc
+        raise UserError(f"--input {src} is corrupt or not a torch checkpoint ({first_line(exc)})") from exc
     if not trust_pickle:
         raise UserError(f"--input {src} contains pickled Python objects (such as the argparse.Namespace the "
                         "public SFT-KD-Recon code saves), and unpickling can run arbitrary code; load only "
@@ -207,12 +207,7 @@ def _load_source(src: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(src, map_location="cpu", weights_only=False)
     except Exception as exc:  # a class the pickle names may not exist here, or the file is damaged
-        raise UserError(f"--input {src} cannot be unpickled ({_first_line(exc)})") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:120]
+        raise UserError(f"--input {src} cannot be unpickled ({first_line(exc)})") from exc
 
 
 def describe(arch: dict) -> str:

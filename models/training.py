@@ -26,8 +26,8 @@ from models.checkpoint import model_payload
 from models.distributed import Dist, EpochSampler
 from models.experiment import (REPLACED, drop_replaced_run, git_commit, jsonable, prepare_exp_dir,
                                restore_old_run, set_aside_old_run)
-from utils import (CliParser, UserError, get_rng_state, psnr, save_checkpoint, seed_everything, set_rng_state,
-                   ssim, write_json)
+from utils import (CliParser, UserError, first_line, get_rng_state, psnr, save_checkpoint, seed_everything,
+                   set_rng_state, ssim, write_json)
 
 
 class TrainStep(nn.Module):
@@ -281,7 +281,7 @@ def _train(args, build_step, run_name: str, dist: Dist, parked: dict) -> Path:
             scheduler.load_state_dict(resume["scheduler"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"--resume: {exp / 'model.pt'} does not match this script and flags "
-                            f"({str(exc).splitlines()[0][:120]}); resume with the original command") from exc
+                            f"({first_line(exc)}); resume with the original command") from exc
         start_epoch, start_batch = resume["epoch"], resume["batch_in_epoch"]
         global_step, best_loss = resume["global_step"], resume["best_val_loss"]
         if resume.get("world_size", 1) != dist.world:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.dataset import keys_for  # noqa: E402
 from data.masks import parse_acc  # noqa: E402
 from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
-from utils import CliParser, UserError, atomic_write, psnr, run_cli, ssim  # noqa: E402
+from utils import CliParser, UserError, atomic_write, first_line, psnr, run_cli, ssim  # noqa: E402
 
 
 def read_volume(path: Path, acc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +47,7 @@ def read_volume(path: Path, acc: str) -> tuple[np.ndarray, np.ndarray]:
                 raise UserError(f"{path} has no dataset {missing[0]!r}; is it prepared for --acc {acc}?")
             target, zero_filled = (np.asarray(f[k][()], dtype=np.float64) for k in (target_key, zf_key))
     except OSError as exc:
-        raise UserError(f"{path} is not a readable HDF5 file ({str(exc).splitlines()[0][:100]})") from exc
+        raise UserError(f"{path} is not a readable HDF5 file ({first_line(exc, 100)})") from exc
     if target.ndim == 2:
         target, zero_filled = target[..., None], zero_filled[..., None]
     return np.moveaxis(target, -1, 0), np.moveaxis(zero_filled, -1, 0)
@@ -64,7 +64,7 @@ def read_recon(path: Path, n_slices: int) -> np.ndarray:
                 raise UserError(f"{path} has no dataset '{RECON_KEY}'; rerun evaluate.py --save-recons")
             recon = np.asarray(f[RECON_KEY][()], dtype=np.float64)
     except OSError as exc:
-        raise UserError(f"{path} is not a readable HDF5 file ({str(exc).splitlines()[0][:100]}); rerun "
+        raise UserError(f"{path} is not a readable HDF5 file ({first_line(exc, 100)}); rerun "
                         "evaluate.py --save-recons") from exc
     if recon.ndim != 3 or recon.shape[0] != n_slices:
         raise UserError(f"{path} holds {recon.shape} but the data volume has {n_slices} slices; was it "
