@@ -52,11 +52,15 @@ class EpochSampler(Sampler):
 
     Under torchrun every rank draws the same permutation and takes every ``world``-th index (the list is
     padded by wrapping, like DistributedSampler). ``skip`` drops the first indices of the epoch, so a run
-    resumed inside an epoch sees exactly the batches it had not seen.
+    resumed inside an epoch sees exactly the batches it had not seen. ``keys=True`` yields
+    ``(index, epoch)`` pairs instead of indices, for datasets whose items depend on the epoch
+    (:class:`data.augment.AugmentedSlices`): workers then need no epoch state of their own.
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True,
+                 keys: bool = False):
         self.n, self.seed, self.rank, self.world, self.shuffle = n, seed, rank, world, shuffle
+        self.keys = keys
         self.epoch, self.skip = 0, 0
         self.per_rank = math.ceil(n / world)
 
@@ -74,7 +78,8 @@ class EpochSampler(Sampler):
         return order[self.rank::self.world]
 
     def __iter__(self):
-        return iter(self._indices()[self.skip:])
+        indices = self._indices()[self.skip:]
+        return iter([(i, self.epoch) for i in indices] if self.keys else indices)
 
     def __len__(self) -> int:
         return len(self._indices()) - self.skip

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from data.augment import AugmentedSlices
 from data.dataset import build_dataset
 from data.masks import parse_acc
 from models.checkpoint import model_payload
@@ -114,6 +115,9 @@ def common_parser(description: str) -> CliParser:
     g.add_argument("--mask", type=Path, nargs="+", default=None,
                    help="mask .npy per --acc (default {data-root}/mask_{acc}.npy)")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--augment", action="store_true",
+                   help="random flips, 90-degree rotations and intensity scaling of the training slices, "
+                        "k-space recomputed (seeded by seed, epoch, slice; off in the paper's protocol)")
     g.add_argument("--preload", choices=["auto", "yes", "no"], default="auto",
                    help="hold the data in memory (auto: when it needs < 2 GiB)")
     g = p.add_argument_group("optimisation")
@@ -291,7 +295,9 @@ def _train(args, build_step, run_name: str, dist: Dist, parked: dict) -> Path:
         elif resume.get("rng_per_rank") and dist.rank < len(resume["rng_per_rank"]):
             set_rng_state(resume["rng_per_rank"][dist.rank])
 
-    train_sampler = EpochSampler(len(train_set), args.seed, dist.rank, dist.world)
+    if args.augment:
+        train_set = AugmentedSlices(train_set, args.seed)
+    train_sampler = EpochSampler(len(train_set), args.seed, dist.rank, dist.world, keys=args.augment)
     val_sampler = EpochSampler(len(val_set), args.seed, dist.rank, dist.world, shuffle=False)
     loader_opts = dict(num_workers=args.num_workers, pin_memory=dist.device.type == "cuda",
                        persistent_workers=args.num_workers > 0)

@@ -81,11 +81,13 @@ def sft_checkpoint(data, tmp_path_factory) -> Path:
     return exp / "best_model.pt"
 
 
-@pytest.mark.parametrize("kind", ["teacher", "sft", "kd"])
+@pytest.mark.parametrize("kind", ["teacher", "augment", "sft", "kd"])
 def test_kill_and_resume_is_bit_identical(tmp_path, data, sft_checkpoint, kind):
     def args(exp):
         if kind == "teacher":
             return teacher_args(data, exp)
+        if kind == "augment":
+            return [*teacher_args(data, exp), "--augment"]
         if kind == "sft":
             return command("train_sft.py", data, exp)
         return command("train_student_kd.py", data, exp, "--kd-method", "vid", "--teacher-checkpoint",

@@ -1,0 +1,74 @@
+"""Optional training-time augmentation (``--augment``): new anatomy poses from the stored slices.
+
+Each training item's fully sampled image is flipped, rotated by a multiple of 90 degrees (square slices
+only) and scaled in intensity, then its undersampled k-space and zero-filled image are computed again
+from it with the one FFT convention of ``data/fft.py``, so an augmented item obeys
+``kspace_under == mask * fft2(target)`` exactly as stored data does. Rotation matters more than it seems:
+the mask keeps whole rows, so a rotated slice is undersampled along the other anatomical axis.
+
+The transform of an item is a function of ``(seed, epoch, index)`` alone, never of a worker's or the
+process's random state: every epoch sees new poses, and a resumed run or another ``--num-workers``
+sees exactly the same ones. The sampler passes ``(index, epoch)`` keys (``EpochSampler(keys=True)``).
+Off by default: the paper trains on the stored slices as they are.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.fft import fft2, zero_filled
+
+# Scaling by at most 10 % either way: metrics use each slice's own maximum, so this changes what the
+# network sees, not what it is scored on.
+INTENSITY_RANGE = (0.9, 1.1)
+
+
+def augment_target(target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """One random pose and intensity of a fully sampled image.
+
+    target: (1, H, W) float32. Returns (1, H, W) float32 (a new tensor). Rotations by 90 / 270 degrees
+    are drawn only when H == W, so the shape never changes.
+    """
+    out = target
+    if rng.random() < 0.5:
+        out = torch.flip(out, dims=(-1,))
+    if rng.random() < 0.5:
+        out = torch.flip(out, dims=(-2,))
+    quarter_turns = int(rng.integers(4)) if target.shape[-1] == target.shape[-2] else 2 * int(rng.integers(2))
+    out = torch.rot90(out, quarter_turns, dims=(-2, -1))
+    scale = rng.uniform(*INTENSITY_RANGE)
+    return (out * scale).to(torch.float32).contiguous()
+
+
+def undersample(target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Retrospective undersampling under the project's FFT convention.
+
+    target: (1, H, W) float32; mask: (1, H, W) float32 {0, 1}. Returns ``(kspace_under, zero_filled)``:
+    (1, H, W) complex64 ``mask * fft2(target)`` and (1, H, W) float32 ``|ifft2(kspace_under)|``.
+    """
+    kspace = fft2(target) * mask
+    return kspace, zero_filled(kspace)
+
+
+class AugmentedSlices(Dataset):
+    """Wraps a slice dataset; item ``(index, epoch)`` is item ``index`` in a pose drawn from (seed, epoch, index).
+
+    Items keep the keys of :class:`data.dataset.SliceDataset` (``target``, ``zero_filled``,
+    ``kspace_under``, ``mask`` as (1, H, W) tensors, plus ``fname``, ``slice``, ``acc``); ``target``,
+    ``zero_filled`` and ``kspace_under`` are replaced by the augmented ones.
+    """
+
+    def __init__(self, base: Dataset, seed: int):
+        self.base, self.seed = base, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, epoch = key
+        item = dict(self.base[index])
+        rng = np.random.default_rng([self.seed, epoch, index])
+        item["target"] = augment_target(item["target"], rng)
+        item["kspace_under"], item["zero_filled"] = undersample(item["target"], item["mask"])
+        return item
