@@ -15,6 +15,8 @@ folder per seed). Model names give each model's role (case does not matter):
 ``sft``             the student-friendly (SFT) teacher
 ``stdkd-{method}``  student distilled from ``teacher`` (Std-KD)
 ``sftkd-{method}``  student distilled from ``sft`` (SFT-KD-Recon)
+``sft0``            SFT teacher trained with ``--imitation-weight 0``
+``sft0kd-{method}`` student distilled from ``sft0``
 ==================  =========================================
 
 Any of these may end in ``-seed{N}`` (``sftkd-at-seed2``); other names are listed and left out.
@@ -28,7 +30,10 @@ the SFT-KD-Recon and the Std-KD student, paired by (volume, slice) (with several
 is first averaged over seeds). ``table.csv`` has the same rows with plain numbers
 (``PSNR_{acc}_mean``, ``PSNR_{acc}_std``, ``SSIM_{acc}_mean``, ``SSIM_{acc}_std``, ``seeds_{acc}``,
 ``wilcoxon_p_{acc}`` on SFT-KD-Recon rows). The teacher-student gap (student minus teacher PSNR) and the
-same for the best SFT-KD-Recon student are printed and appended to ``table.md``.
+same for the best SFT-KD-Recon student are printed and appended to ``table.md``. An "Orderings" table
+gives the paper's claims as paired differences (teacher - student, KD student - student, SFT-KD-Recon -
+Std-KD, ...) with the per-slice Wilcoxon p, the difference per seed and a paired t-test over seeds; with
+several seeds a per-seed table follows. ``--plot FILE.png`` draws PSNR and SSIM per model with error bars.
 """
 from __future__ import annotations
 
@@ -41,17 +46,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import wilcoxon
+from scipy.stats import ttest_rel, wilcoxon
 
 # Run as `python scripts/report.py`: the repository root must be importable for utils / data.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.masks import parse_acc  # noqa: E402
-from utils import CliParser, UserError, run_cli, write_text  # noqa: E402
+from utils import CliParser, UserError, atomic_write, run_cli, write_text  # noqa: E402
 
-BASE_ROLES = {"zf": "ZF", "teacher": "Teacher", "student": "Student", "sft": "SFT teacher"}
-KD_ROLES = {"stdkd": "Std-KD", "sftkd": "SFT-KD-Recon"}
-_NAME = re.compile(r"^(?:(?P<base>zf|teacher|student|sft)|(?P<kd>stdkd|sftkd)-(?P<method>.+?))"
+# sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
+# vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
+BASE_ROLES = {"zf": "ZF", "teacher": "Teacher", "student": "Student", "sft": "SFT teacher",
+              "sft0": "SFT teacher, imitation 0"}
+KD_ROLES = {"stdkd": "Std-KD", "sftkd": "SFT-KD-Recon", "sft0kd": "SFT-KD-Recon, imitation 0"}
+_NAME = re.compile(r"^(?:(?P<base>zf|teacher|student|sft0|sft)|(?P<kd>stdkd|sftkd|sft0kd)-(?P<method>.+?))"
                    r"(?:-seed(?P<seed>\d+))?$")
 SEED_MARK = "†"
 TABLE_METRICS = ("PSNR", "SSIM")
@@ -212,6 +220,8 @@ def build_report(table: dict) -> tuple[str, list[dict]]:
     md.append("Cells: mean ± std over slices (population std)." + (
         f" {SEED_MARK} several seeds: mean ± std over seeds of each seed's mean over slices." if any_seeds else ""))
     md += wilcoxon_table(table, accs)
+    md += comparison_table(table, accs)
+    md += per_seed_table(table, accs)
     gaps = gap_lines(table, accs)
     if gaps:
         md += ["", "Teacher-student gap (student minus teacher PSNR):", "", *(f"- {line}" for line in gaps)]
@@ -261,6 +271,115 @@ def gap_lines(table: dict, accs: list[str]) -> list[str]:
     return lines
 
 
+def seed_means(seeds: dict[int | None, Run], metric: str) -> dict[int | None, float]:
+    """Each seed's mean over slices of ``metric``."""
+    return {seed: run.mean(metric) for seed, run in seeds.items()}
+
+
+def paired_over_seeds(a: dict[int | None, Run], b: dict[int | None, Run]) -> tuple[np.ndarray, float]:
+    """Per-seed PSNR difference ``b - a`` on the seeds both have ((n,) float) and its paired t-test p.
+
+    A t-test rather than a rank test: with 3 seeds the smallest two-sided Wilcoxon p is 0.25, so a rank
+    test could never speak. p is NaN with fewer than 2 common seeds or identical differences.
+    """
+    ma, mb = seed_means(a, "PSNR"), seed_means(b, "PSNR")
+    common = sorted((s for s in ma if s in mb), key=lambda s: -1 if s is None else s)
+    diffs = np.array([mb[s] - ma[s] for s in common])
+    if len(diffs) < 2 or np.all(diffs == diffs[0]):
+        return diffs, float("nan")
+    return diffs, float(ttest_rel([mb[s] for s in common], [ma[s] for s in common]).pvalue)
+
+
+def comparisons(table: dict) -> list[tuple[str, tuple, tuple]]:
+    """The paper's orderings as ``(label, key_a, key_b)`` pairs, read as "b minus a", present in ``table``."""
+    pairs = [("Teacher - Student", ("student", None), ("teacher", None)),
+             ("SFT teacher - Teacher", ("teacher", None), ("sft", None)),
+             ("SFT teacher, imitation 0 - Teacher", ("teacher", None), ("sft0", None))]
+    for method in sorted({method for _, method in table if method is not None}):
+        pairs += [(f"Std-KD ({method}) - Student", ("student", None), ("stdkd", method)),
+                  (f"SFT-KD-Recon ({method}) - Student", ("student", None), ("sftkd", method)),
+                  (f"SFT-KD-Recon ({method}) - Std-KD ({method})", ("stdkd", method), ("sftkd", method)),
+                  (f"SFT-KD-Recon, imitation 0 ({method}) - Std-KD ({method})", ("stdkd", method),
+                   ("sft0kd", method))]
+    return [(label, a, b) for label, a, b in pairs if a in table and b in table]
+
+
+def comparison_table(table: dict, accs: list[str]) -> list[str]:
+    """Markdown lines: each ordering's PSNR difference with a per-slice and an over-seeds paired test."""
+    lines = ["", "Orderings (PSNR difference in dB, b - a for the pair \"b - a\"; per-slice p: Wilcoxon "
+             "signed-rank over slices, each slice averaged over seeds; over seeds: the difference per seed "
+             "and a paired t-test over seeds):", "",
+             "| comparison | acc | difference (dB) | per-slice p | per seed (dB) | over-seeds p |",
+             "|---|---|---|---|---|---|"]
+    count = 0
+    for label, key_a, key_b in comparisons(table):
+        for acc in accs:
+            a, b = table[key_a].get(acc), table[key_b].get(acc)
+            if not a or not b:
+                continue
+            x, y = paired_psnr(a, b)
+            diffs, p_seeds = paired_over_seeds(a, b)
+            per_seed = " ".join(f"{d:+.2f}" for d in diffs) if len(diffs) > 1 else "–"
+            lines.append(f"| {label} | {acc} | {float(np.mean(y - x)):+.2f} | {format_p(wilcoxon_p(x, y))} | "
+                         f"{per_seed} | {format_p(p_seeds)} |")
+            count += 1
+    return lines if count else []
+
+
+def per_seed_table(table: dict, accs: list[str]) -> list[str]:
+    """Markdown lines: every model's mean PSNR / SSIM per seed (only when some model has several seeds)."""
+    all_seeds = sorted({seed for per_acc in table.values() for seeds in per_acc.values() for seed in seeds
+                        if seed is not None})
+    if len(all_seeds) < 2:
+        return []
+    lines = ["", "Per seed (mean over slices, PSNR dB / SSIM):", "",
+             "| Method | acc | " + " | ".join(f"seed {s}" for s in all_seeds) + " |",
+             "|---|---|" + "---|" * len(all_seeds)]
+    for key, label in row_order(table):
+        for acc in accs:
+            seeds = table[key].get(acc)
+            if not seeds or key[0] == "zf":
+                continue
+            cells = [f"{seeds[s].mean('PSNR'):.2f} / {seeds[s].mean('SSIM'):.4f}" if s in seeds else "–"
+                     for s in all_seeds]
+            lines.append(f"| {label} | {acc} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot(table: dict, path: Path) -> None:
+    """PNG: PSNR and SSIM per model and acceleration, mean with error bars (std over seeds, else over
+    slices) and each seed's mean as a dot. ZF is left out: its level would flatten every other difference."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    accs = sorted({acc for per_acc in table.values() for acc in per_acc}, key=parse_acc)
+    rows = [(key, label) for key, label in row_order(table) if key[0] != "zf"]
+    fig, axes = plt.subplots(len(accs), 2, figsize=(11, 1.2 + 0.45 * len(rows) * len(accs)), squeeze=False)
+    for r, acc in enumerate(accs):
+        for c, metric in enumerate(TABLE_METRICS):
+            ax = axes[r][c]
+            for y, (key, label) in enumerate(rows):
+                seeds = table[key].get(acc)
+                if not seeds:
+                    continue
+                mean, std, n_seeds = central(seeds, metric)
+                ax.errorbar(mean, y, xerr=std, fmt="o", color="C1" if key[0] in ("sftkd", "sft0kd") else "C0",
+                            capsize=3)
+                if n_seeds > 1:
+                    ax.plot(list(seed_means(seeds, metric).values()), [y] * n_seeds, ".", color="0.5")
+            ax.set_yticks(range(len(rows)), [label for _, label in rows] if c == 0 else [])
+            ax.invert_yaxis()
+            ax.grid(axis="x", alpha=0.3)
+            ax.set_title(f"{metric} {acc}")
+    fig.suptitle("mean ± std over seeds (grey: each seed) or over slices (one seed)", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
 def rows_to_csv(rows: list[dict]) -> str:
     """CSV text of the table rows; columns are the union of the rows' keys in first-seen order."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -277,11 +396,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="evaluate.py --out-dir folders (summary.json + metrics.csv), any accelerations")
     parser.add_argument("--out-dir", required=True, type=Path, help="where table.md and table.csv go")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing table.md / table.csv")
+    parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                        help="also draw PSNR and SSIM per model with error bars over seeds into this PNG")
     args = parser.parse_args(argv)
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} is a file; choose a folder")
     md_path, csv_path = args.out_dir / "table.md", args.out_dir / "table.csv"
-    existing = [p for p in (md_path, csv_path) if p.exists()]
+    existing = [p for p in (md_path, csv_path, args.plot) if p is not None and p.exists()]
     if existing and not args.overwrite:
         raise UserError(f"{existing[0]} already exists; pass --overwrite to replace it or choose another --out-dir")
     table, unknown = collect(args.eval_dirs)
@@ -293,6 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     markdown, csv_rows = build_report(table)
     write_text(md_path, markdown)
     write_text(csv_path, rows_to_csv(csv_rows))
+    if args.plot is not None:
+        plot(table, args.plot)
+        print(f"wrote {args.plot}")
     print(markdown)
     print(f"wrote {md_path} and {csv_path}")
 

@@ -153,3 +153,45 @@ def test_existing_output_needs_overwrite(eval_dirs, tmp_path):
     assert (out / "table.md").read_text() == before
     main(["--eval-dirs", *map(str, dirs), "--out-dir", str(out), "--overwrite"])
     assert (out / "table.md").read_text() != before
+
+
+def test_orderings_per_seed_table_over_seed_test_and_plot(tmp_path):
+    """Three seeds of the study's set: the orderings table's numbers match an independent computation."""
+    from scipy.stats import ttest_rel
+
+    rng = np.random.default_rng(3)
+    levels = {"teacher": 31.0, "student": 30.5, "sft": 30.9, "sft0": 31.1, "stdkd-at": 30.7, "sftkd-at": 30.9,
+              "sft0kd-at": 30.8}
+    dirs, psnr = [], {}
+    for seed in (1, 2, 3):
+        models = {"ZF": fake(rng, 20.0, 0.5)}
+        for name, level in levels.items():
+            models[f"{name}-seed{seed}"] = fake(rng, level + 0.1 * seed, 0.95)
+            psnr[(name, seed)] = models[f"{name}-seed{seed}"][0]
+        dirs.append(write_eval_dir(tmp_path / f"eval_seed{seed}", "4x", models))
+    out = tmp_path / "report"
+    main(["--eval-dirs", *map(str, dirs), "--out-dir", str(out), "--plot", str(out / "study.png")])
+    md = (out / "table.md").read_text()
+    assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| SFT teacher, imitation 0 |" in md and "| SFT-KD-Recon, imitation 0 (at) |" in md
+
+    def row(label: str) -> list[str]:
+        line = next(line for line in md.splitlines() if line.startswith(f"| {label} | 4x |"))
+        return [cell.strip() for cell in line.split("|")[3:-1]]
+
+    teacher = np.array([psnr[("teacher", s)].mean() for s in (1, 2, 3)])
+    student = np.array([psnr[("student", s)].mean() for s in (1, 2, 3)])
+    per_slice_t = np.mean([psnr[("teacher", s)] for s in (1, 2, 3)], axis=0)
+    per_slice_s = np.mean([psnr[("student", s)] for s in (1, 2, 3)], axis=0)
+    diff, p_slices, per_seed, p_seeds = row("Teacher - Student")
+    assert diff == f"{np.mean(per_slice_t - per_slice_s):+.2f}"
+    assert p_slices == format_p(wilcoxon(per_slice_t, per_slice_s).pvalue)
+    assert per_seed == " ".join(f"{d:+.2f}" for d in teacher - student)
+    assert p_seeds == format_p(ttest_rel(teacher, student).pvalue)
+    for label in ("SFT-KD-Recon (at) - Std-KD (at)", "Std-KD (at) - Student", "SFT teacher - Teacher",
+                  "SFT-KD-Recon, imitation 0 (at) - Std-KD (at)"):
+        assert len(row(label)) == 4
+    seed_row = next(line for line in md.splitlines() if line.startswith("| Student | 4x |"))
+    assert f"{student[2]:.2f} / " in seed_row.split("|")[5]
+    with pytest.raises(UserError, match="study.png already exists"):
+        main(["--eval-dirs", *map(str, dirs), "--out-dir", str(tmp_path / "other"), "--plot", str(out / "study.png")])
