@@ -65,12 +65,33 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:
-        # Disk full and permission problems are the user's to fix, not bugs; say which file.
-        if debug or exc.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+        # A path the user gave (an --out under a file, a folder that cannot be made), a full disk or missing
+        # permissions are the user's to fix, not bugs: say which file. Other errors naming no file stay tracebacks.
+        if debug or (exc.filename is None and exc.errno not in _ENVIRONMENT_ERRNOS):
             raise
-        print(f"error: {exc.strerror}: {exc.filename} (free space or fix permissions, then rerun)",
-              file=sys.stderr)
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
         sys.exit(2)
+
+
+# A full disk or a read-only mount, even where the error names no file (e.g. a failed flush).
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS)
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "free space, then rerun", errno.EDQUOT: "free space, then rerun",
+    errno.EACCES: "fix the permissions or choose another path",
+    errno.EPERM: "fix the permissions or choose another path",
+    errno.EROFS: "choose a path on a writable file system",
+    errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
+    errno.EEXIST: "something is already in the way there; choose another path",
+    errno.EISDIR: "it is a folder; give a file path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: ``<reason>: <file> (<what to do>)``."""
+    reason = exc.strerror or first_line(exc)
+    where = f": {exc.filename}" if exc.filename is not None else ""
+    return f"{reason}{where} ({_OS_ERROR_FIXES.get(exc.errno, 'check the path, then rerun')})"
 
 
 # --------------------------------------------------------------------------- seeding and RNG state
