@@ -1,40 +1,53 @@
 """Turn NIfTI volumes (or nilearn's MNI152 demo brain) into the original KD-MRI / SFT-KD-Recon HDF5 layout.
 
-    python data/prepare.py --input ACDC/database/training --out data/acdc --size 150
-    python data/prepare.py --input MRBrainS/TrainingData/*/T1.nii --out data/mrbrains --size 240
-    python data/prepare.py --demo --out data/demo --size 64 --max-slices-per-volume 40
+    python data/prepare.py --preset acdc --input ACDC/database/training --out datasets/acdc
+    python data/prepare.py --preset mrbrains --input MRBrainS/TrainingData --out datasets/mrbrains
+    python data/prepare.py --demo --out datasets/demo --size 64 --max-slices-per-volume 40
 
-Any 3-D NIfTI works; a 4-D volume (e.g. an ACDC cine ``patient001_4d.nii.gz``) is split along its last
-axis into 3-D volumes named ``{name}_t{k}`` (k zero-padded). Directories are searched recursively for
-``.nii`` / ``.nii.gz``; ``--exclude`` (default ``*_gt.nii*``, ACDC's segmentation label maps) drops files by
-name. For ACDC point ``--input`` at the patient folders (or their parent); each folder's cine
-``_4d`` and its ED/ES ``_frameXX`` files are then all used (the frames repeat cine frames); add
-``--exclude '*_gt.nii*' '*_4d.nii*'`` to keep only ED and ES. The paper used 150 x 150 slices for ACDC and
-240 x 240 for MRBrainS; MRBrainS folders also hold other sequences and label maps, so name the T1 files.
+Inputs. Folders are searched recursively (following folder symlinks, skipping hidden folders such as
+``.git``) for ``.nii`` / ``.nii.gz``. Every file, found or named, must match ``--include`` (default: all) and
+not match ``--exclude`` (default: the label-map names ``*_gt*``, ``*Label*``, ``*label*``, ``*seg*``,
+``*mask*``); a volume with at most 16 distinct values is refused as a label map unless
+``--allow-label-like``. A 4-D volume (a cine) is split along its last axis into 3-D volumes ``{name}_t{k}``.
+Presets set the defaults of the paper's data sets (flags still override them):
+``--preset acdc`` keeps the ED and ES frames ``patientNNN_frameNN`` (not the ``_4d`` cine, whose frames they
+repeat, nor the ``_gt`` labels) at 150 x 150; ``--preset mrbrains`` keeps ``T1.nii`` at 240 x 240.
+
+Subjects. The split is made over subjects, so no patient's anatomy is in both splits. A file's subject is
+the first subject token (``patient001``, ``sub-01``, ``subject_3``, ``case12``) in its path below the
+``--input`` folder (for named files: below their deepest common folder), else in that folder's own name;
+failing that, the folder directly under it (MRBrainS ``TrainingData/1/T1.nii`` -> ``1``); a file directly in
+that folder with no token is its own subject (with a warning). Symlinks are never resolved for this, so
+git-annex / DataLad copies group like the originals. ``--subject-regex`` replaces the token rule (its first
+group, or the whole match, is the subject). Subjects are shuffled with ``--seed`` and
+``round(--val-fraction * n)`` go to validation; ``--val-subjects`` or ``--split-file`` fix the split
+instead. With only one subject (the demo, a single patient) the slices are split in contiguous blocks: the
+highest kept slice positions form the validation block, the two positions below it are dropped as a gap,
+and the rest is training, the same positions for every volume of that subject.
 
 Per volume: float64, min-max scaled to [0, 1], slice axis moved last -> (H, W, S), centre crop/pad (or
-``--resize``) to N x N, near-empty slices dropped. The split is by volume group, never by slice, so no
-anatomy is shared: files are grouped by the folder holding them (one patient / subject per folder, as ACDC
-and MRBrainS ship, which keeps a patient's cine, ED and ES frames together) unless all files sit in one
-folder, in which case each file is its own group. A single input file (the demo) is split by slice blocks:
-the highest kept slices form the validation block, the two kept slices below it are dropped as a gap, and
-the rest is training, so no slice has a neighbour in the other split. The MNI152 template is one average
-brain: the demo exercises the pipeline, it is no benchmark.
+``--resize``) to N x N, near-empty and all-zero slices dropped.
 
-Output: ``{out}/mask_{acc}.npy`` (N, N) float32 and ``{out}/{train,validation}/acc_{acc}/{volume}.h5`` with
+Output: ``{out}/mask_{acc}.npy`` (N, N) float32, ``{out}/{train,validation}/acc_{acc}/{volume}.h5`` with
 ``volfs`` (H, W, S) float32, ``kspace_volus_{acc}`` (H, W, S) complex64 = mask * fft2(volfs) (unshifted,
-orthonormal) and ``img_volus_{acc}`` (H, W, S) float32 = |ifft2(kspace)|. Attributes ``source_file``,
-``slice_axis`` and ``source_slices`` (the slice index in the source volume of each of the S slices) are
-extras that the original readers ignore.
+orthonormal) and ``img_volus_{acc}`` (H, W, S) float32 = |ifft2(kspace)|, and ``{out}/split.json`` (per
+subject: split, source files, output files, slice counts). Volume names are the file names, prefixed by the
+subject where they do not contain it (``1_T1``); two inputs that would write the same name are an error,
+never an overwrite. Attributes ``source_file``, ``slice_axis``, ``source_slices`` (the slice index in the
+source of each of the S slices), ``subject`` and ``slice_hashes`` are extras that the original readers
+ignore; data/split_check.py uses them for the leak check run after every preparation (and at training
+start-up): no subject, source slice or identical slice in both splits.
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import math
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -54,27 +67,55 @@ from tqdm import tqdm  # noqa: E402
 
 from data.fft import fft2, zero_filled  # noqa: E402
 from data.masks import cartesian_row_mask, load_mask, parse_acc, save_mask  # noqa: E402
-from utils import CliParser, UserError, first_line, run_cli  # noqa: E402
+from data.split_check import check_split, slice_hashes  # noqa: E402
+from utils import CliParser, UserError, first_line, os_error_message, run_cli, write_json  # noqa: E402
 
 SPLITS = ("train", "validation")
 DEFAULT_ACCS = ("4x", "5x")
-DEFAULT_EXCLUDE = ("*_gt.nii*",)
+# Label maps: ACDC's *_gt, MRBrainS's LabelsForTraining / LabelsForTesting, and the usual names elsewhere.
+DEFAULT_EXCLUDE = ("*_gt*", "*Label*", "*label*", "*seg*", "*mask*")
+PRESETS: dict[str, dict[str, Any]] = {
+    # ACDC's patientNNN_frameNN files are the ED and ES frames (Info.cfg); the _4d cine repeats them.
+    "acdc": {"include": ("*_frame[0-9][0-9].nii*",), "exclude": (*DEFAULT_EXCLUDE, "*_4d*"), "size": 150},
+    # MRBrainS 2013: TrainingData/N/T1.nii beside T1_IR, T2_FLAIR and two label maps; the paper uses T1.
+    "mrbrains": {"include": ("T1.nii", "T1.nii.gz"), "exclude": DEFAULT_EXCLUDE, "size": 240},
+}
+# patient001, sub-01, subject_3, case12: a subject word, an optional - or _, digits, and no letter or digit
+# on either side (so "patient_4d" is not patient 4).
+SUBJECT_TOKEN = re.compile(r"(?<![a-z0-9])(?:patient|subject|subj|sub|case|pat)[-_]?\d+(?![a-z0-9])", re.I)
+# No MR image has this few distinct values; a segmentation has one per class.
+LABEL_LIKE_VALUES = 16
 # A pixel counts as foreground above 5% of the volume maximum (1 after min-max scaling).
 FOREGROUND_LEVEL = 0.05
-# Slices dropped between the train and validation blocks of a single volume, so no neighbours are shared.
+# Slice positions dropped between the train and validation blocks of a single subject.
 BLOCK_GAP = 2
 STAGE_PREFIX = ".prepare-"
 
 
 @dataclass
 class Source:
-    """One input image: ``name`` unique in the output, ``label`` for messages, ``group`` decides the split."""
+    """One input image: ``name`` unique in the output, ``label`` for messages and split.json, ``group`` the
+    subject it belongs to (the split is made over groups), ``found_by`` how that subject was found."""
 
     name: str
     label: str
     group: str
     image: Any  # nibabel image; its data is read only when the volume is processed
     shape: tuple[int, ...]  # 3-D or 4-D, trailing singleton dimensions past the third removed
+    found_by: str = "demo"
+
+
+@dataclass
+class InputFile:
+    """A NIfTI file as found or named (never symlink-resolved) and the folder its subject is judged from."""
+
+    path: Path
+    root: Path
+
+    @property
+    def rel(self) -> tuple[str, ...]:
+        """The path below ``root``, as parts (the last one the file name)."""
+        return Path(os.path.relpath(os.path.abspath(self.path), os.path.abspath(self.root))).parts
 
 
 # --------------------------------------------------------------------------- finding and opening inputs
@@ -95,47 +136,115 @@ def _clean(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "volume"
 
 
-def find_nifti(inputs: list[str | Path], exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE) -> list[Path]:
-    """Files named by ``inputs``: files as given, directories searched recursively for ``.nii``/``.nii.gz``.
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
-    Hidden files (``._x.nii`` from macOS) and names matching a glob in ``exclude`` are skipped inside
-    directories; an explicitly named file is always used. Duplicates are removed, order is kept.
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Files under ``folder`` in sorted order, following folder symlinks (DataLad and hand-made copies link
+    whole patient folders) but entering each real folder once, so a link cycle ends; hidden folders
+    (``.git`` with git-annex's object store, staging folders) are skipped."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield from (Path(dirpath) / name for name in sorted(filenames))
+
+
+def find_nifti(inputs: list[str | Path], include: tuple[str, ...] | list[str] | None = None,
+               exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE) -> tuple[list[InputFile], list[Path]]:
+    """The NIfTI files named by ``inputs`` (files, or folders searched recursively) that pass the filters.
+
+    A file is used when its name matches a glob of ``include`` (None: any) and none of ``exclude``; this holds
+    for named files too, so a shell glob that also catches label maps is safe. Hidden files (``._x.nii`` from
+    macOS) are skipped inside folders. Returns the kept files (duplicates removed, order kept; the root of
+    a named file is the deepest folder common to all named files) and the files skipped by name.
     """
-    files: list[Path] = []
+    named = []
     for item in inputs:
         path = Path(item)
         if not path.exists():
+            if path.is_symlink():
+                raise UserError(f"--input {path} is a symbolic link to a missing file; with git-annex / DataLad "
+                                "fetch the content first (datalad get / git annex get)")
             raise UserError(f"--input {path} does not exist; check the path")
         if not path.is_dir():
-            files.append(path)
-            continue
-        found = sorted(p for p in path.rglob("*")
-                       if p.is_file() and _is_nifti(p.name) and not p.name.startswith("."))
-        kept = [p for p in found if not any(fnmatch.fnmatch(p.name, pattern) for pattern in exclude)]
-        if not kept:
-            why = f" ({len(found)} matched --exclude {' '.join(exclude)})" if found else ""
-            raise UserError(f"--input {path}: no .nii or .nii.gz files found, searched recursively{why}; "
-                            "point --input at the folders holding the NIfTI volumes")
-        files.extend(kept)
-    unique: dict[Path, Path] = {}
-    for path in files:
-        unique.setdefault(path.resolve(), path)
-    return list(unique.values())
+            named.append(os.path.abspath(path.parent))
+    named_root = Path(os.path.commonpath(named)) if named else None
+
+    def wanted(path: Path) -> bool:
+        return (include is None or _matches(path.name, include)) and not _matches(path.name, exclude)
+
+    kept: dict[str, InputFile] = {}
+    skipped: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = [p for p in _walk(path) if _is_nifti(p.name) and not p.name.startswith(".")]
+            files = [p for p in found if wanted(p)]
+            if not files:
+                filters = " ".join([*(f"--include {g}" for g in include or ()), *(f"--exclude {g}" for g in exclude)])
+                why = f" ({len(found)} did not pass {filters})" if found else ""
+                raise UserError(f"--input {path}: no .nii or .nii.gz files found, searched recursively{why}; "
+                                "point --input at the folders holding the NIfTI volumes")
+            skipped.extend(p for p in found if not wanted(p))
+            for file in files:
+                kept.setdefault(os.path.abspath(file), InputFile(file, path))
+        elif wanted(path):
+            kept.setdefault(os.path.abspath(path), InputFile(path, named_root))
+        else:
+            skipped.append(path)
+    if not kept:
+        raise UserError(f"every file named by --input was skipped by --include / --exclude (e.g. {skipped[0]}); "
+                        "name image files, or change --include / --exclude")
+    return list(kept.values()), skipped
 
 
-def volume_names(paths: list[Path]) -> list[str]:
-    """Unique output names: the file name without ``.nii[.gz]``, prefixed by as many parent folders as needed.
+def subject_of(file: InputFile, pattern: re.Pattern | None = None) -> tuple[str, str]:
+    """The subject of ``file`` and how it was found: ``"token"``, ``"regex"``, ``"folder"`` or ``"file"``.
 
-    MRBrainS ships ``1/T1.nii``, ``2/T1.nii``, ...: they become ``1_T1``, ``2_T1``.
+    ``pattern`` (``--subject-regex``; default :data:`SUBJECT_TOKEN`) is searched in the path below the root,
+    then in the root's own name; a match's first group, or the whole match, is the subject. Without a match
+    the default rule falls back to the folder under the root, then to the file itself.
     """
-    bases = [_clean(_base_name(p)) for p in paths]
-    parents = [p.resolve().parent.parts for p in paths]
-    for depth in range(max(len(parts) for parts in parents) + 1):
-        names = ["_".join([*(_clean(part) for part in parts[len(parts) - depth:]), base])
-                 for parts, base in zip(parents, bases)]
-        if len(set(names)) == len(names):
-            return names
-    return [f"{base}_{i}" for i, base in enumerate(bases)]
+    regex = pattern or SUBJECT_TOKEN
+    for text in ("/".join(file.rel), file.root.name):
+        match = regex.search(text)
+        if match:
+            return ((match.group(1) if regex.groups else None) or match.group(0)), ("regex" if pattern else "token")
+    if pattern is not None:
+        raise UserError(f"--subject-regex {pattern.pattern!r} matches nothing in {file.path} (searched in "
+                        f"{'/'.join(file.rel)!r} and {file.root.name!r}); widen it, or --exclude that file")
+    if len(file.rel) > 1:
+        return file.rel[0], "folder"
+    return _base_name(file.path), "file"
+
+
+def volume_names(files: list[InputFile], subjects: list[str]) -> list[str]:
+    """Output names: the file name without ``.nii[.gz]``, prefixed by its subject unless it holds it already.
+
+    ACDC ``patient001_frame01`` stays as it is, MRBrainS ``1/T1.nii`` becomes ``1_T1``. Files that would
+    still share a name get the folders above them (below the root), as many as needed.
+    """
+    bases = []
+    for file, subject in zip(files, subjects):
+        base, tag = _clean(_base_name(file.path)), _clean(subject)
+        holds_tag = re.search(rf"(?<![a-z0-9]){re.escape(tag)}(?![a-z0-9])", base, re.I)
+        bases.append(base if holds_tag else f"{tag}_{base}")
+    folders = [file.rel[:-1] for file in files]
+    names = list(bases)
+    for depth in range(1, max(len(parts) for parts in folders) + 1):
+        lower = [name.lower() for name in names]
+        clashing = [i for i, name in enumerate(lower) if lower.count(name) > 1]
+        if not clashing:
+            break
+        for i in clashing:
+            names[i] = "_".join([*(_clean(part) for part in folders[i][-depth:]), bases[i]])
+    return names
 
 
 def _volume_shape(image: Any, label: str) -> tuple[int, ...]:
@@ -151,12 +260,27 @@ def _volume_shape(image: Any, label: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def nifti_sources(inputs: list[str | Path], exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE) -> list[Source]:
-    """Open (headers only) every NIfTI under ``inputs`` and assign split groups (see the module docstring)."""
-    paths = find_nifti(inputs, exclude)
-    folders = {p.resolve().parent for p in paths}
+def nifti_sources(inputs: list[str | Path], include: tuple[str, ...] | list[str] | None = None,
+                  exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE,
+                  subject_regex: str | None = None) -> tuple[list[Source], list[Path]]:
+    """Open (headers only) every NIfTI under ``inputs`` and find its subject (see the module docstring).
+
+    Returns the sources and the files skipped by name (:func:`find_nifti`).
+    """
+    try:
+        pattern = re.compile(subject_regex) if subject_regex is not None else None
+    except re.error as exc:
+        raise UserError(f"--subject-regex {subject_regex!r} is not a valid regular expression ({exc}); "
+                        r"e.g. --subject-regex 'patient\d+'") from exc
+    files, skipped = find_nifti(inputs, include, exclude)
+    found = [subject_of(file, pattern) for file in files]
+    subjects = [subject for subject, _ in found]
     sources = []
-    for path, name in zip(paths, volume_names(paths)):
+    for file, (subject, how), name in zip(files, found, volume_names(files, subjects)):
+        path = file.path
+        if path.is_symlink() and not path.exists():
+            raise UserError(f"{path} is a symbolic link to a missing file; with git-annex / DataLad fetch the "
+                            "content first (datalad get / git annex get), or --exclude it")
         try:
             image = nib.load(str(path))
         except Exception as exc:  # nibabel raises many types for foreign or corrupt files
@@ -164,9 +288,8 @@ def nifti_sources(inputs: list[str | Path], exclude: tuple[str, ...] | list[str]
                             "(.nii or .nii.gz)") from exc
         if not hasattr(image, "dataobj"):
             raise UserError(f"{path} is not a volume image ({type(image).__name__}); pass NIfTI volumes")
-        group = str(path.resolve().parent) if len(folders) > 1 else str(path.resolve())
-        sources.append(Source(name, str(path), group, image, _volume_shape(image, str(path))))
-    return sources
+        sources.append(Source(name, str(path), subject, image, _volume_shape(image, str(path)), how))
+    return sources, skipped
 
 
 def demo_source(resolution: int = 1) -> Source:
@@ -177,8 +300,44 @@ def demo_source(resolution: int = 1) -> Source:
     return Source(f"MNI152_T1_{resolution}mm", label, "demo", image, _volume_shape(image, label))
 
 
-def read_volumes(source: Source) -> list[tuple[str, np.ndarray]]:
-    """Read a source's data: ``[(name, (X, Y, Z) float64)]``, one entry per frame of a 4-D series."""
+def frame_names(source: Source) -> list[str]:
+    """Output volume names of a source: its name, or ``{name}_t{k}`` per frame of a 4-D series."""
+    if len(source.shape) == 3:
+        return [source.name]
+    width = len(str(source.shape[3] - 1))
+    return [f"{source.name}_t{t:0{width}d}" for t in range(source.shape[3])]
+
+
+def check_unique_names(sources: list[Source]) -> None:
+    """Refuse two inputs that would write one output volume (compared without case: macOS and Windows
+    disks would otherwise overwrite one with the other), e.g. frame 0 of ``scan.nii.gz`` and ``scan_t0.nii``."""
+    owners: dict[str, Source] = {}
+    for source in sources:
+        for name in frame_names(source):
+            other = owners.setdefault(name.lower(), source)
+            if other is not source:
+                raise UserError(f"{other.label} and {source.label} would both be written as volume {name}; "
+                                "rename one of the files or leave one out (--exclude GLOB)")
+
+
+def _few_values(data: np.ndarray, limit: int = LABEL_LIKE_VALUES) -> np.ndarray | None:
+    """The distinct values of ``data`` (any shape) when there are at most ``limit``, else None.
+
+    A strided sample settles almost every real image without sorting the whole volume.
+    """
+    flat = data.ravel()
+    if len(np.unique(flat[::101])) > limit:
+        return None
+    values = np.unique(flat)
+    return values if len(values) <= limit else None
+
+
+def read_volumes(source: Source, allow_label_like: bool = False) -> list[tuple[str, np.ndarray]]:
+    """Read a source's data: ``[(name, (X, Y, Z) float64)]``, one entry per frame of a 4-D series.
+
+    A volume with at most :data:`LABEL_LIKE_VALUES` distinct values is refused as a label map unless
+    ``allow_label_like``.
+    """
     try:
         data = np.asarray(source.image.dataobj, dtype=np.float64).reshape(source.shape)
     except Exception as exc:
@@ -186,10 +345,15 @@ def read_volumes(source: Source) -> list[tuple[str, np.ndarray]]:
                         "truncated: re-copy it") from exc
     if not np.isfinite(data).all():
         raise UserError(f"{source.label} contains NaN or Inf values; fix or remove this volume")
+    values = None if allow_label_like else _few_values(data)
+    if values is not None:
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise UserError(f"{source.label} looks like a label map, not an image: only {len(values)} distinct "
+                        f"value(s) ({shown}); leave it out (--exclude GLOB), or pass --allow-label-like if it "
+                        "is an image")
     if data.ndim == 3:
         return [(source.name, data)]
-    width = len(str(data.shape[3] - 1))
-    return [(f"{source.name}_t{t:0{width}d}", data[..., t]) for t in range(data.shape[3])]
+    return [(name, data[..., t]) for t, name in enumerate(frame_names(source))]
 
 
 # --------------------------------------------------------------------------- slices
@@ -253,7 +417,9 @@ def kept_slices(slices: np.ndarray, min_foreground: float, max_slices: int | Non
     slices: (H, W, S) float in [0, 1]. ``max_slices`` keeps only that many central ones of the kept slices.
     """
     fraction = (slices > FOREGROUND_LEVEL).mean(axis=(0, 1))
-    kept = np.flatnonzero(fraction >= min_foreground)
+    # Even at --min-foreground 0 an all-zero slice goes: it holds nothing to reconstruct, and its PSNR
+    # (data range 0) and NMSE (0 / 0) are undefined.
+    kept = np.flatnonzero((fraction >= min_foreground) & (slices.max(axis=(0, 1)) > 0))
     if max_slices is not None and len(kept) > max_slices:
         start = (len(kept) - max_slices) // 2
         kept = kept[start:start + max_slices]
@@ -261,14 +427,15 @@ def kept_slices(slices: np.ndarray, min_foreground: float, max_slices: int | Non
 
 
 def block_split(indices: np.ndarray, val_fraction: float, label: str) -> dict[str, np.ndarray]:
-    """Split sorted slice ``indices`` of one volume into a training block and a higher validation block.
+    """Split sorted slice positions ``indices`` (int64 (K,)) of one subject into a training block and a
+    higher validation block.
 
     The top ``ceil(val_fraction * K)`` indices are validation, the ``BLOCK_GAP`` below them are dropped.
     """
     n_val = math.ceil(val_fraction * len(indices))
     n_train = len(indices) - n_val - BLOCK_GAP
     if n_train < 1:
-        raise UserError(f"{label} has only {len(indices)} usable slices: too few to split one volume into "
+        raise UserError(f"{label} has only {len(indices)} usable slice positions: too few to split one subject into "
                         f"train and validation blocks with a {BLOCK_GAP}-slice gap; lower --min-foreground "
                         "or raise --max-slices-per-volume")
     return {"train": indices[:n_train], "validation": indices[len(indices) - n_val:]}
@@ -280,6 +447,67 @@ def split_groups(groups: list[str], val_fraction: float, seed: int) -> set[str]:
     np.random.default_rng(seed).shuffle(order)
     n_val = min(len(order) - 1, max(1, int(val_fraction * len(order) + 0.5)))
     return set(order[:n_val])
+
+
+def _read_split_file(path: Path) -> dict[str, str]:
+    """subject -> split from a split.json of this tool, or from ``{"train": [ids], "validation": [ids]}``."""
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"--split-file {path} does not exist; check the path") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"--split-file {path} is not a JSON file ({first_line(exc)}); pass a split.json "
+                        "written by data/prepare.py") from exc
+    if isinstance(content, dict) and isinstance(content.get("subjects"), dict):
+        table = {str(subject): entry.get("split") if isinstance(entry, dict) else entry
+                 for subject, entry in content["subjects"].items()}
+    elif isinstance(content, dict) and set(content) <= set(SPLITS) and content:
+        table = {str(subject): split for split, ids in content.items() for subject in ids}
+    else:
+        raise UserError(f"--split-file {path} holds neither a split.json of data/prepare.py nor "
+                        '{"train": [subject ids], "validation": [subject ids]}')
+    wrong = {subject: split for subject, split in table.items() if split not in SPLITS}
+    if wrong:
+        subject, split = next(iter(wrong.items()))
+        raise UserError(f"--split-file {path}: subject {subject} has split {split!r}; each subject must be "
+                        "'train' or 'validation' (a split by slice blocks cannot be reused)")
+    return table
+
+
+def assign_subjects(subjects: list[str], val_fraction: float, seed: int, val_subjects: list[str] | None = None,
+                    split_file: str | Path | None = None) -> dict[str, str] | None:
+    """subject -> ``"train"`` / ``"validation"``, or None when fewer than two subjects (split by slice blocks).
+
+    ``val_subjects`` or ``split_file`` fix the split; otherwise :func:`split_groups` draws it.
+    """
+    found = list(dict.fromkeys(subjects))
+    shown = ", ".join(found[:12]) + (", ..." if len(found) > 12 else "")
+    if val_subjects is not None:
+        unknown = [subject for subject in val_subjects if subject not in found]
+        if unknown:
+            raise UserError(f"--val-subjects {unknown[0]} is not among the {len(found)} subjects found ({shown})")
+        assigned = {subject: "validation" if subject in val_subjects else "train" for subject in found}
+    elif split_file is not None:
+        table = _read_split_file(Path(split_file))
+        missing = [subject for subject in found if subject not in table]
+        if missing:
+            raise UserError(f"--split-file {split_file} does not list subject {missing[0]} ({len(missing)} "
+                            "unlisted); add them to the file, or leave their files out of --input")
+        absent = [subject for subject in table if subject not in found]
+        if absent:
+            print(f"warning: --split-file {split_file} lists {len(absent)} subject(s) not in --input "
+                  f"(e.g. {absent[0]}); they are ignored", file=sys.stderr)
+        assigned = {subject: table[subject] for subject in found}
+    elif len(found) < 2:
+        return None
+    else:
+        validation = split_groups(found, val_fraction, seed)
+        return {subject: "validation" if subject in validation else "train" for subject in found}
+    for split in SPLITS:
+        if split not in assigned.values():
+            raise UserError(f"the explicit split puts no subject in {split} (subjects found: {shown}); "
+                            "give each split at least one subject")
+    return assigned
 
 
 # --------------------------------------------------------------------------- k-space and files
@@ -317,19 +545,48 @@ def write_volume(path: Path, volfs: np.ndarray, kspace: np.ndarray, zf: np.ndarr
             f.attrs[key] = value
 
 
+# --------------------------------------------------------------------------- the output folder
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _stage_owner(stage: Path) -> int | None:
+    """The process id a staging folder ``.prepare-{pid}-XXXX`` belongs to (None for other names)."""
+    match = re.fullmatch(rf"{re.escape(STAGE_PREFIX)}(\d+)-.*", stage.name)
+    return int(match.group(1)) if match else None
+
+
 def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an unusable or non-empty ``out``; delete staging folders that runs killed before they could
+    clean up (SIGKILL, power loss) left there."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not out.is_dir():
+        return
+    for stage in sorted(out.glob(f"{STAGE_PREFIX}*")):
+        owner = _stage_owner(stage)
+        if owner is not None and owner != os.getpid() and _alive(owner):
+            raise UserError(f"--out {out} is being written by another data/prepare.py run (process {owner}, "
+                            f"{stage.name}); wait for it or choose another --out (if no such run exists, delete "
+                            f"{stage})")
+        shutil.rmtree(stage) if stage.is_dir() and not stage.is_symlink() else stage.unlink()
+    if any(out.iterdir()) and not overwrite:
         raise UserError(f"--out {out} exists and is not empty; pass --overwrite to replace its mask_*.npy, "
-                        "train/ and validation/, or choose another folder")
+                        "split.json, train/ and validation/, or choose another folder")
 
 
 def _remove_outputs(out: Path, keep: Path) -> None:
-    """Delete what an earlier run of this tool wrote in ``out`` (and stale staging folders), nothing else."""
-    for path in out.glob("mask_*.npy"):
-        path.unlink()
-    for path in [*(out / split for split in SPLITS), *out.glob(f"{STAGE_PREFIX}*")]:
+    """Delete what an earlier run of this tool wrote in ``out``, nothing else."""
+    for path in [*out.glob("mask_*.npy"), out / "split.json"]:
+        path.unlink(missing_ok=True)
+    for path in (out / split for split in SPLITS):
         if path == keep or not (path.exists() or path.is_symlink()):
             continue
         if path.is_dir() and not path.is_symlink():
@@ -343,17 +600,21 @@ def _staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a staging folder inside ``out``; on success move its contents into ``out``, on failure delete it.
 
     A crash or a bad volume half-way therefore never leaves a partial data set, and with --overwrite the
-    old data stays until the new one is complete.
+    old data stays until the new one is complete. Folders this creates for ``out`` go again on failure.
     """
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out))
+    created = [path for path in (out, *out.parents) if not path.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=out))
+    except OSError as exc:
+        raise UserError(f"--out {out} cannot be created: {os_error_message(exc)}") from exc
     try:
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
+        for path in created:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
         raise
     if overwrite:
         _remove_outputs(out, keep=stage)
@@ -364,12 +625,16 @@ def _staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
 
 # --------------------------------------------------------------------------- the whole job
 
-def _check_options(inputs, demo, size, resize, accs, val_fraction, min_foreground, max_slices,
-                   seed) -> list[str]:
+def _check_options(inputs, demo, preset, size, resize, accs, val_fraction, min_foreground, max_slices,
+                   seed, val_subjects, split_file) -> list[str]:
     if demo and inputs:
         raise UserError("pass either --input or --demo, not both")
     if not demo and not inputs:
         raise UserError("no data: pass --input FILES_OR_FOLDERS (NIfTI) or --demo (MNI152 template)")
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"--preset {preset!r} is unknown; choose one of: {', '.join(PRESETS)}")
+    if demo and preset is not None:
+        raise UserError(f"--preset {preset} is for --input data; the demo takes --size directly")
     if size is not None and size < 8:
         raise UserError(f"--size {size} is too small; use at least 8 (the paper: 150 for ACDC, 240 for MRBrainS)")
     if resize and size is None:
@@ -386,6 +651,10 @@ def _check_options(inputs, demo, size, resize, accs, val_fraction, min_foregroun
         raise UserError(f"--max-slices-per-volume {max_slices} must be at least 1")
     if not 0 <= seed < 2 ** 32:
         raise UserError(f"--seed {seed} is out of range; use a whole number from 0 to {2 ** 32 - 1}")
+    if val_subjects is not None and split_file is not None:
+        raise UserError("pass either --val-subjects or --split-file, not both")
+    if val_subjects is not None and not val_subjects:
+        raise UserError("--val-subjects needs at least one subject id")
     return list(dict.fromkeys(accs))
 
 
@@ -405,141 +674,233 @@ def _masks(accs: list[str], size: int, mask_dir: str | Path | None, seed: int) -
     return masks
 
 
-def _plan_source(source: Source, axis: int, size: int, resize: bool, min_foreground: float,
-                 max_slices: int | None, val_fraction: float, by_blocks: bool, val_groups: set[str]
-                 ) -> tuple[list[tuple[str, np.ndarray, dict[str, np.ndarray]]], int]:
-    """Read one source and decide which slices of each of its volumes go to which split.
-
-    Returns ``[(name, slices (N, N, S) float32, {split: kept source slice indices})]`` and the number of
-    near-empty slices skipped. In block mode all frames of a 4-D source share one slice partition, so a
-    slice position is never in both splits.
-    """
-    frames, skipped = [], 0
-    for name, volume in read_volumes(source):
-        slices = make_slices(volume, axis, size, resize)
-        kept = kept_slices(slices, min_foreground, max_slices)
-        skipped += slices.shape[2] - len(kept)
-        frames.append((name, slices, kept))
-    if not by_blocks:
-        split = "validation" if source.group in val_groups else "train"
-        return [(name, slices, {split: kept}) for name, slices, kept in frames], skipped
-    union = np.unique(np.concatenate([kept for _, _, kept in frames]))
-    if len(union) == 0:
-        return [], skipped
-    blocks = block_split(union, val_fraction, source.label)
-    return [(name, slices, {split: np.intersect1d(kept, blocks[split]) for split in SPLITS})
-            for name, slices, kept in frames], skipped
+def _subjects_line(sources: list[Source]) -> str:
+    """How the subjects were found, for the log, e.g. ``8 subjects (patient001, ...; by the subject token)``."""
+    rules = {"token": "the subject token in the path", "regex": "--subject-regex",
+             "folder": "the folder under --input", "file": "one per file", "demo": "the demo's volumes"}
+    by_rule: dict[str, list[str]] = {}
+    for source in sources:
+        names = by_rule.setdefault(source.found_by, [])
+        if source.group not in names:
+            names.append(source.group)
+    parts = [f"{len(names)} by {rules[rule]} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+             for rule, names in by_rule.items()]
+    total = len({source.group for source in sources})
+    return f"{total} subject(s): {'; '.join(parts)}"
 
 
 def prepare(*, out: str | Path, inputs: list[str | Path] | None = None, demo: bool = False,
-            demo_resolution: int = 1, size: int | None = None, resize: bool = False, axis: int = 2,
-            accs: list[str] | tuple[str, ...] = DEFAULT_ACCS, mask_dir: str | Path | None = None,
+            demo_resolution: int = 1, preset: str | None = None, size: int | None = None, resize: bool = False,
+            axis: int = 2, accs: list[str] | tuple[str, ...] = DEFAULT_ACCS, mask_dir: str | Path | None = None,
             val_fraction: float = 0.2, seed: int = 42, min_foreground: float = 0.05,
             max_slices_per_volume: int | None = None, overwrite: bool = False,
-            exclude: list[str] | tuple[str, ...] = DEFAULT_EXCLUDE) -> dict[str, Any]:
-    """Prepare a data set (arguments mirror the CLI flags); returns a summary dict.
+            include: list[str] | tuple[str, ...] | None = None, exclude: list[str] | tuple[str, ...] | None = None,
+            subject_regex: str | None = None, val_subjects: list[str] | None = None,
+            split_file: str | Path | None = None, allow_label_like: bool = False) -> dict[str, Any]:
+    """Prepare a data set (arguments mirror the CLI flags; None means the preset's or the default); returns a
+    summary dict.
 
-    ``size=None`` keeps every slice whole: slices are zero-padded to a square of the largest in-plane
-    extent over all volumes, rounded up by :func:`fft_friendly` (the 1 mm template: 233 -> 240).
-    Summary keys: ``out``, ``size``, ``accs``, ``split`` ("volumes" or "slice blocks"), ``{split}_volumes``
-    (names), ``{split}_slices`` (counts), ``skipped_slices``, ``elapsed_s``.
+    ``size=None`` (and no preset) keeps every slice whole: slices are zero-padded to a square of the largest
+    in-plane extent over all volumes, rounded up by :func:`fft_friendly` (the 1 mm template: 233 -> 240).
+    Summary keys: ``out``, ``size``, ``accs``, ``split`` ("subjects" or "slice blocks"), ``subjects_found``
+    (a line saying how), ``{split}_subjects`` (ids), ``{split}_volumes`` (names), ``{split}_slices``
+    (counts), ``duplicates`` ({split: slices identical to another of the same split}), ``skipped_files``
+    (paths skipped by --include / --exclude), ``skipped_slices``, ``elapsed_s``.
     """
     start = time.perf_counter()
-    accs = _check_options(inputs, demo, size, resize, list(accs), val_fraction, min_foreground,
-                          max_slices_per_volume, seed)
+    accs = _check_options(inputs, demo, preset, size, resize, list(accs), val_fraction, min_foreground,
+                          max_slices_per_volume, seed, val_subjects, split_file)
     if axis not in (0, 1, 2):
         raise UserError(f"--axis {axis} must be 0, 1 or 2")
+    defaults = PRESETS.get(preset, {"include": None, "exclude": DEFAULT_EXCLUDE, "size": None})
+    include = defaults["include"] if include is None else include
+    exclude = defaults["exclude"] if exclude is None else exclude
+    size = defaults["size"] if size is None else size
     out = Path(out)
     _check_output(out, overwrite)
-    sources = [demo_source(demo_resolution)] if demo else nifti_sources(inputs, exclude)
+    if demo:
+        sources, skipped_files = [demo_source(demo_resolution)], []
+    else:
+        sources, skipped_files = nifti_sources(inputs, include, exclude, subject_regex)
+    check_unique_names(sources)
+    assigned = assign_subjects([s.group for s in sources], val_fraction, seed, val_subjects, split_file)
     if size is None:
         size = fft_friendly(max(extent for s in sources for i, extent in enumerate(s.shape[:3]) if i != axis))
     masks = _masks(accs, size, mask_dir, seed)
-    by_blocks = len({s.group for s in sources}) == 1
-    val_groups = set() if by_blocks else split_groups([s.group for s in sources], val_fraction, seed)
 
+    record = {subject: {"split": assigned[subject] if assigned else "slice blocks", "sources": [],
+                        "files": {split: [] for split in SPLITS}, "slices": dict.fromkeys(SPLITS, 0)}
+              for subject in dict.fromkeys(s.group for s in sources)}
     volumes: dict[str, list[str]] = {split: [] for split in SPLITS}
-    counts = dict.fromkeys(SPLITS, 0)
     skipped = 0
+
+    def frames_of(source: Source) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """``[(name, slices (N, N, S) float32, kept slice indices)]`` of one source."""
+        nonlocal skipped
+        frames = []
+        for name, volume in read_volumes(source, allow_label_like):
+            slices = make_slices(volume, axis, size, resize)
+            kept = kept_slices(slices, min_foreground, max_slices_per_volume)
+            skipped += slices.shape[2] - len(kept)
+            frames.append((name, slices, kept))
+        return frames
+
+    def write(stage: Path, source: Source, name: str, slices: np.ndarray, split: str, indices: np.ndarray) -> None:
+        if len(indices) == 0:
+            return
+        volfs = np.ascontiguousarray(slices[:, :, indices])
+        attrs = {"source_file": source.label, "slice_axis": axis, "source_slices": indices.astype(np.int64),
+                 "subject": source.group, "slice_hashes": slice_hashes(volfs)}
+        for acc, (kspace, zf) in undersample(volfs, masks).items():
+            write_volume(stage / split / f"acc_{acc}" / f"{name}.h5", volfs, kspace, zf, acc, attrs)
+        volumes[split].append(name)
+        record[source.group]["files"][split].append(f"{name}.h5")
+        record[source.group]["slices"][split] += len(indices)
+
     with _staged_output(out, overwrite) as stage:
         for acc, mask in masks.items():
             save_mask(stage / f"mask_{acc}.npy", mask)
             for split in SPLITS:
                 (stage / split / f"acc_{acc}").mkdir(parents=True)
-        for source in tqdm(sources, desc="volumes", unit="vol", disable=None):
-            plan, n_skipped = _plan_source(source, axis, size, resize, min_foreground, max_slices_per_volume,
-                                           val_fraction, by_blocks, val_groups)
-            skipped += n_skipped
-            for name, slices, assigned in plan:
-                for split, indices in assigned.items():
-                    if len(indices) == 0:
-                        continue
-                    volfs = np.ascontiguousarray(slices[:, :, indices])
-                    attrs = {"source_file": source.label, "slice_axis": axis,
-                             "source_slices": indices.astype(np.int64)}
-                    for acc, (kspace, zf) in undersample(volfs, masks).items():
-                        write_volume(stage / split / f"acc_{acc}" / f"{name}.h5", volfs, kspace, zf, acc, attrs)
-                    volumes[split].append(name)
-                    counts[split] += len(indices)
+        if assigned is not None:
+            for source in tqdm(sources, desc="volumes", unit="vol", disable=None):
+                record[source.group]["sources"].append(source.label)
+                for name, slices, kept in frames_of(source):
+                    write(stage, source, name, slices, assigned[source.group], kept)
+        else:
+            # One subject: every volume of it gets the same slice positions per split (an ED frame and the
+            # cine frame it repeats then land together), so the subject's frames are read first.
+            frames = [(source, *frame) for source in sources for frame in frames_of(source)]
+            positions = np.unique(np.concatenate([kept for *_, kept in frames]))
+            if len(positions):
+                label = sources[0].label if len(sources) == 1 else f"subject {sources[0].group}"
+                blocks = block_split(positions, val_fraction, label)
+                for source, name, slices, kept in frames:
+                    for split in SPLITS:
+                        write(stage, source, name, slices, split, np.intersect1d(kept, blocks[split]))
+            for source in sources:
+                record[source.group]["sources"].append(source.label)
+        counts = {split: sum(entry["slices"][split] for entry in record.values()) for split in SPLITS}
         if counts["train"] + counts["validation"] == 0:
             raise UserError(f"every slice was skipped as near-empty (--min-foreground {min_foreground}); "
                             "lower --min-foreground, e.g. 0.01 or 0")
         for split in SPLITS:
             if counts[split] == 0:
                 raise UserError(f"the {split} split got no slices (its volumes were all near-empty); lower "
-                                "--min-foreground or change --seed / --val-fraction")
-    return {"out": str(out), "size": size, "accs": accs, "split": "slice blocks" if by_blocks else "volumes",
+                                "--min-foreground or change --seed / --val-fraction / the subjects per split")
+        leak_check = check_split(stage, accs, fix=(
+            "the same image is filed under two subjects (a copy of a file, or a subject id the default rule "
+            "cannot see): remove the copy, or group the files with --subject-regex or --split-file"),
+            label=f"the data for --out {out}")
+        subjects = {split: [s for s, entry in record.items() if entry["slices"][split]] for split in SPLITS}
+        write_json(stage / "split.json", {
+            "split_by": "slice blocks" if assigned is None else "subjects",
+            "how": ("--val-subjects" if val_subjects is not None else f"--split-file {split_file}"
+                    if split_file is not None else f"seeded shuffle (--seed {seed}, --val-fraction {val_fraction})"),
+            "subjects_found": _subjects_line(sources),
+            "train_subjects": subjects["train"], "validation_subjects": subjects["validation"],
+            "subjects": record})
+    return {"out": str(out), "size": size, "accs": accs, "split": "slice blocks" if assigned is None else "subjects",
+            "subjects_found": _subjects_line(sources), "per_file_subjects": sorted(
+                {s.group for s in sources if s.found_by == "file"}),
+            "train_subjects": subjects["train"], "validation_subjects": subjects["validation"],
             "train_volumes": volumes["train"], "validation_volumes": volumes["validation"],
             "train_slices": counts["train"], "validation_slices": counts["validation"],
+            "duplicates": leak_check["duplicates"], "skipped_files": [str(p) for p in skipped_files],
             "skipped_slices": skipped, "elapsed_s": time.perf_counter() - start}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = CliParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="+", metavar="PATH",
-                        help="NIfTI files (.nii/.nii.gz) or folders searched recursively; any 3-D volume, "
-                             "4-D volumes are split along the last axis into {name}_t{k}")
-    parser.add_argument("--demo", action="store_true",
-                        help="use nilearn's MNI152 T1 template (shipped with nilearn, no network) instead of --input")
-    parser.add_argument("--demo-resolution", type=int, choices=(1, 2), default=1, help="template resolution in mm")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (train/, validation/, mask_*.npy)")
-    parser.add_argument("--size", type=int, default=None,
-                        help="slices become N x N (centre crop/pad; default: pad to a square of the largest "
-                             "in-plane extent rounded up to a 2-3-5 FFT size, nothing cropped). The paper: 150 "
-                             "(ACDC), 240 (MRBrainS)")
-    parser.add_argument("--resize", action="store_true",
-                        help="resample slices to --size (anti-aliased, aspect kept by padding) instead of crop/pad")
-    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=2, help="slice axis of the volumes")
-    parser.add_argument("--acc", nargs="+", default=list(DEFAULT_ACCS), help="accelerations, e.g. 4x 5x")
-    parser.add_argument("--mask-dir", type=Path, default=None,
-                        help="use mask_{acc}.npy from this folder instead of generating masks")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of volumes (or slices of a "
-                                                                         "single volume) for validation")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the masks and of the volume split")
-    parser.add_argument("--min-foreground", type=float, default=0.05,
-                        help="skip slices where fewer than this fraction of the N x N output slice's pixels "
-                             "exceed 5%% of the volume max")
-    parser.add_argument("--max-slices-per-volume", type=int, default=None,
-                        help="keep at most this many central slices of each volume (handy for the demo)")
-    parser.add_argument("--exclude", nargs="*", default=list(DEFAULT_EXCLUDE), metavar="GLOB",
-                        help="file-name patterns skipped inside --input folders (default: *_gt.nii*, ACDC "
-                             "label maps); pass --exclude alone to skip nothing")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace mask_*.npy, train/ and validation/ in a non-empty --out")
+    g = parser.add_argument_group("inputs")
+    g.add_argument("--input", nargs="+", metavar="PATH",
+                   help="NIfTI files (.nii/.nii.gz) or folders searched recursively; any 3-D volume, "
+                        "4-D volumes are split along the last axis into {name}_t{k}")
+    g.add_argument("--demo", action="store_true",
+                   help="use nilearn's MNI152 T1 template (shipped with nilearn, no network) instead of --input")
+    g.add_argument("--demo-resolution", type=int, choices=(1, 2), default=1, help="template resolution in mm")
+    g.add_argument("--preset", choices=sorted(PRESETS),
+                   help="defaults of the paper's data sets: acdc = ED/ES frames only (no _4d, no _gt), "
+                        "--size 150; mrbrains = T1.nii only, --size 240. Flags override them")
+    g.add_argument("--include", nargs="+", default=None, metavar="GLOB",
+                   help="use only files whose name matches one of these (default: all; acdc: "
+                        "*_frame[0-9][0-9].nii*; mrbrains: T1.nii T1.nii.gz)")
+    g.add_argument("--exclude", nargs="*", default=None, metavar="GLOB",
+                   help=f"skip files whose name matches one of these, named files too (default: "
+                        f"{' '.join(DEFAULT_EXCLUDE)}, the label-map names; acdc adds *_4d*); --exclude "
+                        "alone skips nothing")
+    g.add_argument("--allow-label-like", action="store_true",
+                   help=f"accept volumes with at most {LABEL_LIKE_VALUES} distinct values (refused by default "
+                        "as label maps)")
+    g = parser.add_argument_group("split")
+    g.add_argument("--subject-regex", default=None, metavar="REGEX",
+                   help="subject id of a file: the first group (or the match) of REGEX in its path below "
+                        "--input, e.g. 'TrainingData/(\\d+)' (default: a patientNNN / sub-NN / subjectN / "
+                        "caseN token, else the folder under --input)")
+    g.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of subjects (or, for a single subject, of slice positions) for validation")
+    g.add_argument("--seed", type=int, default=42, help="seed of the masks and of the subject split")
+    g.add_argument("--val-subjects", nargs="+", default=None, metavar="ID",
+                   help="these subjects are the validation split, all others training (e.g. a paper's split)")
+    g.add_argument("--split-file", type=Path, default=None, metavar="JSON",
+                   help="reuse a split.json written by this tool, or {\"train\": [ids], \"validation\": [ids]}")
+    g = parser.add_argument_group("slices and output")
+    g.add_argument("--out", required=True, type=Path,
+                   help="output folder (train/, validation/, mask_*.npy, split.json); keep it outside the "
+                        "source tree, e.g. datasets/acdc")
+    g.add_argument("--size", type=int, default=None,
+                   help="slices become N x N (centre crop/pad; default: the preset's, else pad to a square of "
+                        "the largest in-plane extent rounded up to a 2-3-5 FFT size, nothing cropped)")
+    g.add_argument("--resize", action="store_true",
+                   help="resample slices to --size (anti-aliased, aspect kept by padding) instead of crop/pad")
+    g.add_argument("--axis", type=int, choices=(0, 1, 2), default=2, help="slice axis of the volumes")
+    g.add_argument("--acc", nargs="+", default=list(DEFAULT_ACCS), help="accelerations, e.g. 4x 5x")
+    g.add_argument("--mask-dir", type=Path, default=None,
+                   help="use mask_{acc}.npy from this folder instead of generating masks")
+    g.add_argument("--min-foreground", type=float, default=0.05,
+                   help="skip slices where fewer than this fraction of the N x N output slice's pixels "
+                        "exceed 5%% of the volume max (all-zero slices are always skipped)")
+    g.add_argument("--max-slices-per-volume", type=int, default=None,
+                   help="keep at most this many central slices of each volume (handy for the demo)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace mask_*.npy, split.json, train/ and validation/ in a non-empty --out")
     args = parser.parse_args(argv)
     summary = prepare(out=args.out, inputs=args.input, demo=args.demo, demo_resolution=args.demo_resolution,
-                      size=args.size, resize=args.resize, axis=args.axis, accs=args.acc, mask_dir=args.mask_dir,
-                      val_fraction=args.val_fraction, seed=args.seed, min_foreground=args.min_foreground,
-                      max_slices_per_volume=args.max_slices_per_volume, overwrite=args.overwrite,
-                      exclude=args.exclude)
+                      preset=args.preset, size=args.size, resize=args.resize, axis=args.axis, accs=args.acc,
+                      mask_dir=args.mask_dir, val_fraction=args.val_fraction, seed=args.seed,
+                      min_foreground=args.min_foreground, max_slices_per_volume=args.max_slices_per_volume,
+                      overwrite=args.overwrite, include=args.include, exclude=args.exclude,
+                      subject_regex=args.subject_regex, val_subjects=args.val_subjects,
+                      split_file=args.split_file, allow_label_like=args.allow_label_like)
+    skipped_files = summary["skipped_files"]
+    if skipped_files:
+        names = ", ".join(Path(p).name for p in skipped_files[:3]) + (", ..." if len(skipped_files) > 3 else "")
+        print(f"skipped {len(skipped_files)} file(s) by --include / --exclude: {names}")
+    print(summary["subjects_found"])
+    if len(summary["per_file_subjects"]) > 1:
+        print(f"warning: {len(summary['per_file_subjects'])} files sit directly in their --input folder with no "
+              "subject token (patientNNN, sub-NN, ...), so each is taken as its own subject; if some belong to "
+              "one subject, give --subject-regex, --val-subjects or --split-file", file=sys.stderr)
+    if summary["split"] == "slice blocks":
+        print(f"only one subject: split by contiguous slice blocks with a {BLOCK_GAP}-slice gap, not by subject")
+    for split in SPLITS:
+        print(f"{split} subjects ({len(summary[f'{split}_subjects'])}): {' '.join(summary[f'{split}_subjects'])}")
+    duplicates = summary["duplicates"]
+    if any(duplicates.values()):
+        print(f"warning: {duplicates['train']} training and {duplicates['validation']} validation slices are "
+              "exact copies of other slices of their split (ACDC: the _frameNN files repeat _4d cine frames; "
+              "--preset acdc takes ED/ES only)", file=sys.stderr)
     size = summary["size"]
     print(f"train: {len(summary['train_volumes'])} volumes, {summary['train_slices']} slices; validation: "
           f"{len(summary['validation_volumes'])} volumes, {summary['validation_slices']} slices "
-          f"(split by {summary['split']}; {summary['skipped_slices']} near-empty slices skipped); "
-          f"{size}x{size}, acc {' '.join(summary['accs'])} -> {summary['out']} in {summary['elapsed_s']:.1f} s")
+          f"(split by {summary['split']}; {summary['skipped_slices']} near-empty slices skipped; leak check "
+          f"passed); {size}x{size}, acc {' '.join(summary['accs'])} -> {summary['out']} (split.json) in "
+          f"{summary['elapsed_s']:.1f} s")
     return summary
 
 
 if __name__ == "__main__":
+    # SIGTERM (a job's time limit, `kill`) unwinds like Ctrl-C, so the staging folder is removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     run_cli(main)

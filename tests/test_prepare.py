@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data.dataset import SliceDataset
-from data.prepare import BLOCK_GAP, fft_friendly, main, prepare, volume_names
+from data.prepare import BLOCK_GAP, InputFile, fft_friendly, main, prepare, subject_of, volume_names
 from tests.conftest import phantom, run_cli
 from utils import UserError, run_cli as run_main
 
@@ -59,11 +59,13 @@ def test_nifti_folder_to_original_layout(nifti_dir: Path, tmp_path: Path):
     out = tmp_path / "out"
     summary = prepare(inputs=[nifti_dir], out=out, size=32, accs=["4x", "5x"])
 
-    assert summary["split"] == "volumes" and summary["size"] == 32
+    assert summary["split"] == "subjects" and summary["size"] == 32
+    assert summary["per_file_subjects"] == ["vol0", "vol1", "vol2"]  # no token, no sub-folder: one per file
     assert len(summary["train_volumes"]) == 2 and len(summary["validation_volumes"]) == 1
     assert summary["train_slices"] + summary["validation_slices"] == 3 * (12 - len(EMPTY_SLICES))
     assert summary["skipped_slices"] == 3 * len(EMPTY_SLICES)
-    assert sorted(p.name for p in out.iterdir()) == ["mask_4x.npy", "mask_5x.npy", "train", "validation"]
+    assert sorted(p.name for p in out.iterdir()) == ["mask_4x.npy", "mask_5x.npy", "split.json", "train",
+                                                      "validation"]
     for acc, rows in (("4x", 8), ("5x", 6)):
         mask = np.load(out / f"mask_{acc}.npy")
         assert mask.shape == (32, 32) and mask.dtype == np.float32
@@ -130,9 +132,11 @@ def test_single_4d_volume_split_by_slice_blocks(tmp_path: Path):
 
 def test_resize_keeps_range_and_aspect(tmp_path: Path):
     volume = np.zeros((40, 20, 6))
-    volume[10:30, 5:15, :] = 1.0  # a 20 x 10 block: after padding to 40 x 40 and resizing, 8 x 4 at 16 x 16
+    # a 20 x 10 block, dimmer on every slice: after padding to 40 x 40 and resizing, 8 x 4 at 16 x 16
+    volume[10:30, 5:15, :] = np.linspace(1.0, 0.6, 6)
     source = write_nifti(tmp_path / "rect.nii", volume)
-    prepare(inputs=[source], out=tmp_path / "out", size=16, resize=True, accs=["4x"], min_foreground=0.01)
+    prepare(inputs=[source], out=tmp_path / "out", size=16, resize=True, accs=["4x"], min_foreground=0.01,
+            allow_label_like=True)  # 7 values: a test pattern, not a label map
     volfs = _read(tmp_path / "out" / "train" / "acc_4x" / "rect.h5", "4x")["volfs"]
     assert volfs.shape[:2] == (16, 16) and volfs.min() >= 0.0 and volfs.max() <= 1.0
     bright = volfs[:, :, 0] > 0.5
@@ -169,7 +173,8 @@ def test_refuses_non_empty_out_and_overwrite_removes_only_own_files(nifti_dir: P
     with pytest.raises(UserError, match="not empty"):
         prepare(inputs=[nifti_dir], out=out, size=32)
     prepare(inputs=[nifti_dir], out=out, size=32, accs=["4x"], overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["mask_4x.npy", "notes.txt", "train", "validation"]
+    assert sorted(p.name for p in out.iterdir()) == ["mask_4x.npy", "notes.txt", "split.json", "train",
+                                                      "validation"]
     assert (out / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in (out / "train").iterdir()) == ["acc_4x"]
 
@@ -261,5 +266,11 @@ def test_mask_dir_masks_are_used(nifti_dir: Path, tmp_path: Path):
 
 def test_helpers():
     assert [fft_friendly(n) for n in (150, 233, 240, 7)] == [150, 240, 240, 8]
-    names = volume_names([Path("/d/1/T1.nii"), Path("/d/2/T1.nii"), Path("/d/2/T2.nii.gz")])
-    assert names == ["1_T1", "2_T1", "2_T2"]
+    files = [InputFile(Path(p), Path("/d")) for p in ("/d/1/T1.nii", "/d/2/T1.nii", "/d/2/T2.nii.gz",
+                                                       "/d/patient3/patient3_frame01.nii.gz")]
+    assert [subject_of(f) for f in files] == [("1", "folder"), ("2", "folder"), ("2", "folder"),
+                                               ("patient3", "token")]
+    assert volume_names(files, ["1", "2", "2", "patient3"]) == ["1_T1", "2_T1", "2_T2", "patient3_frame01"]
+    # two files of one subject with the same name get the folders above them
+    pair = [InputFile(Path(p), Path("/d")) for p in ("/d/1/pre/T1.nii", "/d/1/orig/T1.nii")]
+    assert volume_names(pair, ["1", "1"]) == ["pre_1_T1", "orig_1_T1"]

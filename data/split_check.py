@@ -1,0 +1,102 @@
+"""Leak check of a prepared data set: no subject, no source slice and no identical slice in both splits.
+
+data/prepare.py records in every volume file it writes the attributes ``subject`` (str), ``source_file``
+(str), ``source_slices`` (S,) int64 and ``slice_hashes`` (S,) uint64 (:func:`slice_hashes` of ``volfs``).
+The check reads only these attributes, never the images, so it is cheap enough to run at every training
+start-up. Files written by other tools (the public KD-MRI data) carry none of them and are not checked.
+
+A subject may sit in both splits only when it is the data set's one subject: then data/prepare.py has split
+it by slice blocks, and the slice-position and hash checks are what guard the split.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+import h5py
+import numpy as np
+
+from utils import UserError, first_line
+
+SPLITS = ("train", "validation")
+
+
+def slice_hashes(volfs: np.ndarray) -> np.ndarray:
+    """64-bit BLAKE2b digest of each slice's bytes. volfs: (H, W, S) float32 -> (S,) uint64.
+
+    Identical digests mean bit-identical slices (a 2**-64 chance otherwise), e.g. an ACDC ``_frameNN`` file
+    that repeats a frame of the ``_4d`` cine.
+    """
+    digests = [hashlib.blake2b(np.ascontiguousarray(volfs[:, :, s]).tobytes(), digest_size=8).digest()
+               for s in range(volfs.shape[2])]
+    return np.frombuffer(b"".join(digests), dtype=np.uint64).copy()
+
+
+def _records(folder: Path) -> list[dict]:
+    """The split attributes of every ``.h5`` in ``folder`` (empty entries for files without them)."""
+    records = []
+    for path in sorted(folder.glob("*.h5")):
+        try:
+            with h5py.File(path, "r") as f:
+                attrs = {key: f.attrs[key] for key in ("subject", "source_file", "source_slices", "slice_hashes")
+                         if key in f.attrs}
+        except OSError as exc:
+            raise UserError(f"{path} is not a readable HDF5 file ({first_line(exc)}); re-copy it or re-run "
+                            "data/prepare.py") from exc
+        records.append({"path": path, **attrs})
+    return records
+
+
+def check_split(root: str | Path, accs: Iterable[str], fix: str = "re-run data/prepare.py into a fresh --out, "
+                "and never move files between train/ and validation/", label: str | None = None) -> dict:
+    """Raise :class:`UserError` if the splits of the data set at ``root`` share anything, over ``accs``.
+
+    Checked across all accelerations at once (a slice trained at 4x must not be validated at 5x): subjects
+    (unless there is only one), ``(source_file, source slice)`` pairs, and slice hashes. Messages name the
+    data set ``label`` (default: ``root``) and end with ``fix``. Returns ``{"subjects": {split: sorted ids}, "duplicates": {split: n}}``, where ``duplicates``
+    counts slices of the first acceleration identical to another slice of the same split (harmless for the
+    split, but wasted work, e.g. ACDC's ED/ES files next to the cine frames they repeat).
+    """
+    root = Path(root)
+    label = label or str(root)
+    accs = list(dict.fromkeys(accs))
+    # Per split: the first file holding each subject / source slice / slice hash.
+    subjects: dict[str, dict[str, dict]] = {split: {} for split in SPLITS}
+    positions: dict[str, dict[tuple[str, int], dict]] = {split: {} for split in SPLITS}
+    hashes: dict[str, dict[int, dict]] = {split: {} for split in SPLITS}
+    counts = {split: Counter() for split in SPLITS}
+    for split in SPLITS:
+        for acc in accs:
+            for record in _records(root / split / f"acc_{acc}"):
+                if "subject" in record:
+                    subjects[split].setdefault(str(record["subject"]), record)
+                if "source_file" in record and "source_slices" in record:
+                    for index in np.asarray(record["source_slices"]).tolist():
+                        positions[split].setdefault((str(record["source_file"]), int(index)), record)
+                if "slice_hashes" in record:
+                    values = np.asarray(record["slice_hashes"], dtype=np.uint64).tolist()
+                    if acc == accs[0]:
+                        counts[split].update(values)
+                    for value in values:
+                        hashes[split].setdefault(value, record)
+
+    def where(record: dict) -> str:
+        source = f" (from {record['source_file']})" if "source_file" in record else ""
+        return f"{record['path'].relative_to(root)}{source}"
+
+    shared = sorted(subjects["train"].keys() & subjects["validation"].keys())
+    if shared and len(subjects["train"].keys() | subjects["validation"].keys()) > 1:
+        name = shared[0]
+        raise UserError(f"leak in {label}: subject {name} is in both splits ({len(shared)} subject(s) in all), "
+                        f"e.g. {where(subjects['train'][name])} and {where(subjects['validation'][name])}; {fix}")
+    for what, table, show in (("source slice", positions, lambda key: f"{key[0]} slice {key[1]}"),
+                              ("identical slice", hashes, lambda key: f"hash {key:016x}")):
+        common = table["train"].keys() & table["validation"].keys()
+        if common:
+            key = min(common)
+            raise UserError(f"leak in {label}: {len(common)} {what}(s) in both splits, e.g. {show(key)} in "
+                            f"{where(table['train'][key])} and {where(table['validation'][key])}; {fix}")
+    return {"subjects": {split: sorted(subjects[split]) for split in SPLITS},
+            "duplicates": {split: sum(n - 1 for n in counts[split].values()) for split in SPLITS}}
