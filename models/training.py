@@ -23,6 +23,7 @@ from tqdm import tqdm
 from data.augment import AugmentedSlices
 from data.dataset import build_dataset
 from data.masks import parse_acc
+from data.split_check import check_split
 from models.checkpoint import model_payload
 from models.distributed import Dist, EpochSampler
 from models.experiment import (REPLACED, drop_replaced_run, git_commit, jsonable, prepare_exp_dir,
@@ -266,6 +267,8 @@ def _train(args, build_step, run_name: str, dist: Dist, parked: dict) -> Path:
     preload = {"auto": "auto", "yes": True, "no": False}[args.preload]
     train_set = build_dataset(args.data_root, "train", args.acc, masks, preload)
     val_set = build_dataset(args.data_root, "validation", args.acc, masks, preload)
+    # Files may have been moved or merged since data/prepare.py checked them; this reads only attributes.
+    check_split(args.data_root, args.acc)
     step = build_step(args)
     # channels_last lets oneDNN / cuDNN pick their fastest 3x3 kernels (measured in scripts/benchmark.py).
     memory_format = torch.channels_last
