@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from data.dataset import SliceDataset, build_dataset
 from models.checkpoint import load_reconstructor
+from models.speed import MEMORY_FORMATS, measured_layout
 from utils import METRICS, CliParser, UserError, atomic_write, load_checkpoint, run_cli, write_json, write_text
 
 ZF_NAME = "ZF"
@@ -130,10 +131,12 @@ def evaluate(models: Mapping[str, nn.Module | str | Path], dataset: SliceDataset
         raise UserError(f"model name {ZF_NAME!r} is reserved for the zero-filled input; rename that model")
     device = torch.device(device)
     nets = {}
+    # The layout a training run would measure here (models/speed.py): channels_last halves the teacher forward
+    # on AVX-512 CPUs, contiguous is faster on some AVX2 ones.
+    memory_format = MEMORY_FORMATS[measured_layout(device, dataset.shape, amp)[0]]
     for name, model in models.items():
         net = load_reconstructor(model, "--checkpoints") if isinstance(model, (str, Path)) else model
-        # channels_last: oneDNN / cuDNN's fastest 3x3 kernels (teacher forward ~2x faster on CPU, benchmark.py).
-        nets[name] = net.to(device, memory_format=torch.channels_last).eval()
+        nets[name] = net.to(device, memory_format=memory_format).eval()
     slices_per_volume = Counter(Path(dataset.files[file_idx]).stem for file_idx, _ in dataset.samples)
     pending: dict[str, dict[str, dict[int, np.ndarray]]] = {name: defaultdict(dict) for name in nets}
     rows: dict[str, list[dict]] = {name: [] for name in [ZF_NAME, *nets]}

@@ -5,6 +5,7 @@ import math
 
 from models.dccnn import STUDENT, TEACHER
 from models.sft import SFTNet, sft_forward_backward, sft_loss
+from models.speed import sft_variant
 from models.training import TrainStep, add_arch_args, arch_config, common_parser, parse_args, train
 from utils import UserError, run_cli
 
@@ -20,9 +21,10 @@ class SFTStep(TrainStep):
     def forward(self, batch):
         inputs = (batch["zero_filled"], batch["kspace_under"], batch["mask"])
         weights = (self.student_rec_weight, self.imitation_weight)
-        if self.own_backward and self.training:
+        variant = sft_variant(batch["target"].device)
+        if self.own_backward and self.training and variant == "branchwise":
             return sft_forward_backward(self.model, *inputs, batch["target"], *weights)
-        teacher_out, branches = self.model(*inputs)
+        teacher_out, branches = self.model(*inputs, batch_branches=variant == "joint-batched")
         return sft_loss(teacher_out, branches, batch["target"], *weights)
 
     def predict(self, batch):

@@ -30,15 +30,15 @@ class SFTNet(nn.Module):
                 "student": self.student.config.to_dict()}
 
     def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
-                branches: bool = True):
+                branches: bool = True, batch_branches: bool = False):
         """zero_filled: (B, 1, H, W) float32; kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W).
 
         Returns the teacher output (B, 1, H, W) and, with ``branches``, the list of the four branch outputs
         [x^S_1, ..., x^S_4], each (B, 1, H, W) float32.
 
-        Each branch runs at the caller's batch size. Batching the branches of one student stage together
-        (4x larger tensors) measured 12 % slower on CPU: tensors above glibc's 32 MB mmap limit are
-        page-faulted in afresh on every allocation (scripts/benchmark.py, 240 x 240, batch 4).
+        Each branch runs at the caller's batch size; ``batch_branches`` runs the branches that share a
+        student cascade as one batch instead (B, 2B, 3B, 4B: fewer, larger kernels). Which is faster on
+        which device is measured by scripts/benchmark.py and recorded in models/speed.py.
         """
         n_cascades = len(self.teacher.cascades)
         x = zero_filled
@@ -48,6 +48,8 @@ class SFTNet(nn.Module):
             intermediate.append(x)
         if not branches:
             return x
+        if batch_branches:
+            return x, self._batched_branches(intermediate, kspace_under, mask)
         branch_outs = []
         for start in range(1, n_cascades):  # branch j = start starts from x_j and runs S_{j+1}..S_5
             y = intermediate[start - 1]
@@ -55,6 +57,21 @@ class SFTNet(nn.Module):
                 y, _ = self.student.run_cascade(index, y, kspace_under, mask)
             branch_outs.append(y)
         return x, branch_outs
+
+    def _batched_branches(self, intermediate: list[torch.Tensor], kspace_under: torch.Tensor,
+                          mask: torch.Tensor) -> list[torch.Tensor]:
+        """Branch outputs of :meth:`forward` with one call per student cascade: cascade S_{i+1} runs on the
+        states of branches 1..i stacked along the batch. intermediate: the teacher outputs x_1..x_5, each
+        (B, 1, H, W); kspace_under (B, 1, H, W); mask (B or 1, 1, H, W). Returns [x^S_1, ..., x^S_4], each
+        (B, 1, H, W) float32."""
+        batch = intermediate[0].shape[0]
+        y = None
+        for index in range(1, len(self.teacher.cascades)):
+            # Branch `index` joins here, starting from the teacher's x_index, behind the branches already running.
+            y = intermediate[index - 1] if y is None else torch.cat([y, intermediate[index - 1]])
+            branch_mask = mask if mask.shape[0] == 1 else mask.repeat(index, 1, 1, 1)
+            y, _ = self.student.run_cascade(index, y, kspace_under.repeat(index, 1, 1, 1), branch_mask)
+        return list(y.split(batch))
 
     def teacher_and_branch1(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor,
                             mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,7 @@ from models.checkpoint import model_payload
 from models.distributed import Dist, EpochSampler
 from models.experiment import (REPLACED, drop_replaced_run, git_commit, jsonable, prepare_exp_dir,
                                restore_old_run, set_aside_old_run)
+from models.speed import MEMORY_FORMATS, resolve_memory_format
 from utils import (CliParser, UserError, first_line, get_rng_state, psnr, save_checkpoint, seed_everything,
                    set_rng_state, ssim, write_json)
 
@@ -135,6 +136,9 @@ def common_parser(description: str) -> CliParser:
     g.add_argument("--resume", action="store_true", help="continue from {exp-dir}/model.pt")
     g.add_argument("--overwrite", action="store_true", help="replace an existing experiment in --exp-dir")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--memory-format", choices=["auto", *MEMORY_FORMATS], default="auto",
+                   help="tensor layout of the CNNs; auto times both at start-up (a fraction of a second) and "
+                        "takes channels_last unless contiguous is 10%% faster; --resume reuses the run's layout")
     g.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast for the CNNs (DF stays float32): faster on GPUs and on CPUs with "
                         "AMX/AVX-512 bf16, numerically not identical to float32")
@@ -270,9 +274,10 @@ def _train(args, build_step, run_name: str, dist: Dist, parked: dict) -> Path:
     # Files may have been moved or merged since data/prepare.py checked them; this reads only attributes.
     check_split(args.data_root, args.acc)
     step = build_step(args)
-    # channels_last lets oneDNN / cuDNN pick their fastest 3x3 kernels (measured in scripts/benchmark.py).
-    memory_format = torch.channels_last
-    step.to_device(dist.device, memory_format)
+    recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
+    args.memory_format = resolve_memory_format(args.memory_format, dist.device,
+                                               tuple(train_set[0]["target"].shape[-2:]), bool(args.amp), recorded)
+    step.to_device(dist.device, MEMORY_FORMATS[args.memory_format])
     amp = bool(args.amp)
     lr = args.lr * (dist.world if args.scale_lr else 1)
     params = [p for p in step.parameters() if p.requires_grad]
