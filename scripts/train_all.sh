@@ -5,7 +5,10 @@
 #
 #   bash scripts/train_all.sh DATA_ROOT ACC [EPOCHS]
 #   environment: RESULTS (default results/<data folder name>), KD_METHODS (default "at fitnet cc fsp sp"),
-#                TRAIN_FLAGS (extra flags for every training run, e.g. "--device cuda --num-workers 4")
+#                TRAIN_FLAGS (extra flags for every training run, e.g. "--device cuda --num-workers 4"),
+#                SFT_IMITATION0=1 (also an SFT teacher with --imitation-weight 0, "sft0", and its students
+#                "sft0kd-<method>": the public code's imitation term is ~0, so users ask which one to use)
+# Each run's wall time is printed and appended to RESULTS/ACC/times.tsv (run, seconds, fresh|resumed|skipped).
 set -euo pipefail
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
     echo "error: expected 2 or 3 arguments, got $#; usage: bash scripts/train_all.sh DATA_ROOT ACC [EPOCHS]" \
@@ -29,17 +32,30 @@ run() {  # run NAME SCRIPT ARGS...: fresh, resumed or skipped depending on what 
         resume=(--overwrite)
     fi
     echo "== $name ($script) -> $exp"
+    local start how=fresh
+    start=$(date +%s)
+    [ ${#resume[@]} -gt 0 ] && [ "${resume[0]}" = --resume ] && how=resumed
     # shellcheck disable=SC2086
     "$PYTHON" "$script" --data-root "$DATA_ROOT" --acc "$ACC" --epochs "$EPOCHS" --exp-dir "$exp" \
         "${resume[@]}" ${TRAIN_FLAGS:-} "$@"
+    local seconds=$(( $(date +%s) - start ))
+    echo "== $name done in ${seconds} s"
+    printf '%s\t%s\t%s\n' "$name" "$seconds" "$how" >> "$OUT/times.tsv"
 }
 
 run teacher train_teacher.py --model teacher
 run student train_teacher.py --model student
 run sft train_sft.py
+sft_runs=(sft)
+if [ "${SFT_IMITATION0:-0}" = 1 ]; then
+    run sft0 train_sft.py --imitation-weight 0
+    sft_runs+=(sft0)
+fi
 for method in $KD_METHODS; do
     run "stdkd-$method" train_student_kd.py --kd-method "$method" --teacher-checkpoint "$OUT/teacher/best_model.pt"
-    run "sftkd-$method" train_student_kd.py --kd-method "$method" --teacher-checkpoint "$OUT/sft/best_model.pt" \
-        --init-from-sft "$OUT/sft/best_model.pt"
+    for sft in "${sft_runs[@]}"; do
+        run "${sft}kd-$method" train_student_kd.py --kd-method "$method" \
+            --teacher-checkpoint "$OUT/$sft/best_model.pt" --init-from-sft "$OUT/$sft/best_model.pt"
+    done
 done
 echo "all runs for $ACC are in $OUT"
