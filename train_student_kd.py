@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 
 import torch
 from torch.nn import functional as F
 
 from models.checkpoint import load_model, load_sft
-from models.dccnn import DCCNN, STUDENT
+from models.dccnn import DCCNN, STUDENT, DCCNNConfig
 from models.kd_losses import KD_METHODS, Imitation, KDLoss, build_kd_loss, describe_methods
 from models.sft import SFTNet, student_from_sft
-from models.training import TrainStep, add_arch_args, arch_config, common_parser, parse_args, train
+from models.training import TrainStep, common_parser, parse_args, train
 from utils import UserError, run_cli
 
 
@@ -92,17 +93,30 @@ def load_teacher(path) -> DCCNN:
     return model.teacher if isinstance(model, SFTNet) else model
 
 
+def student_config(args, sft: SFTNet | None) -> DCCNNConfig:
+    """The student's architecture. From ``--init-from-sft``: the checkpoint's student (an imported public
+    checkpoint brings ``ref_padding`` 5), with ``--ref-padding`` applied when given (a warning: the copied
+    cascades then start from other outputs); ``--residual`` against a plain student is an error. Without it:
+    D3C5 with ``--ref-padding`` (default 0) and ``--residual``."""
+    if sft is None:
+        return replace(STUDENT, ref_padding=args.ref_padding or 0, residual=bool(args.residual))
+    config = sft.student.config
+    if args.residual and not config.residual:
+        raise UserError(f"--residual conflicts with --init-from-sft {args.init_from_sft}, whose student has no "
+                        "residual connections (its weights were trained without them); drop --residual")
+    if args.ref_padding is not None and args.ref_padding != config.ref_padding:
+        print(f"warning: --ref-padding {args.ref_padding} overrides the {config.ref_padding} the student of "
+              f"--init-from-sft {args.init_from_sft} was trained with; its copied cascades S2..S5 then start "
+              "from outputs ~1e-2 away from that student's (KD trains on from there)", file=sys.stderr)
+        config = replace(config, ref_padding=args.ref_padding)
+    return config
+
+
 def build_step(args) -> KDStep:
     teacher = load_teacher(args.teacher_checkpoint)
-    fresh = DCCNN(arch_config(STUDENT, args))
-    if args.init_from_sft is not None:
-        sft = load_sft(args.init_from_sft, "--init-from-sft")
-        if sft.student.config != fresh.config:
-            raise UserError(f"--init-from-sft {args.init_from_sft}: its student is {sft.student.config} but "
-                            f"this run builds {fresh.config}; match --ref-padding / --residual")
-        student = student_from_sft(sft, fresh)
-    else:
-        student = fresh
+    sft = load_sft(args.init_from_sft, "--init-from-sft") if args.init_from_sft is not None else None
+    fresh = DCCNN(student_config(args, sft))
+    student = student_from_sft(sft, fresh) if sft is not None else fresh
     kd_loss = build_kd_loss(args.kd_method, student.config, teacher.config)
     weight = kd_loss.default_weight if args.kd_weight is None else args.kd_weight
     return KDStep(student, teacher, kd_loss, weight, args.feature_epochs, args.cache_teacher)
@@ -125,7 +139,13 @@ def build_parser():
                         help="keep the teacher's outputs in memory after the first epoch (output-only KD: "
                              "imitation, none, the second stage); ~H*W*4 bytes per slice, about a third "
                              "less time per later epoch")
-    add_arch_args(parser)
+    g = parser.add_argument_group("architecture (default: the --init-from-sft student's)")
+    g.add_argument("--ref-padding", type=int, default=None, choices=[0, 5],
+                   help="zero-pad each block input by 5 pixels and crop before DF, as the public code does "
+                        "(default: as the --init-from-sft student was trained, else 0)")
+    g.add_argument("--residual", action="store_true", default=None,
+                   help="add the block input to its output (not in the paper; default: as the --init-from-sft "
+                        "student, else off)")
     return parser
 
 
