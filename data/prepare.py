@@ -59,13 +59,11 @@ from typing import Any, Iterator
 # Run as `python data/prepare.py` from the repo root: make the top-level packages importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import h5py  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data.fft import fft2, zero_filled  # noqa: E402
+from data.layout import undersample, write_volume  # noqa: E402
 from data.masks import cartesian_row_mask, load_mask, parse_acc, save_mask  # noqa: E402
 from data.split_check import check_split, slice_hashes  # noqa: E402
 from utils import CliParser, UserError, first_line, os_error_message, run_cli, write_json  # noqa: E402
@@ -508,41 +506,6 @@ def assign_subjects(subjects: list[str], val_fraction: float, seed: int, val_sub
             raise UserError(f"the explicit split puts no subject in {split} (subjects found: {shown}); "
                             "give each split at least one subject")
     return assigned
-
-
-# --------------------------------------------------------------------------- k-space and files
-
-def undersample(volfs: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Undersampled k-space and zero-filled images of a volume for each acceleration.
-
-    volfs: (H, W, S) float32; masks: acc -> (H, W) float32 {0, 1}. Returns acc -> (``kspace`` (H, W, S)
-    complex64 = mask * fft2(volfs), ``zf`` (H, W, S) float32 = |ifft2(kspace)|), computed in double
-    precision from the stored values so the files satisfy these relations to float32 rounding.
-    """
-    full = fft2(torch.from_numpy(np.moveaxis(volfs, -1, 0).astype(np.float64)))
-    result = {}
-    for acc, mask in masks.items():
-        kspace = (full * torch.from_numpy(mask.astype(np.float64))).to(torch.complex64)
-        zf = zero_filled(kspace.to(torch.complex128)).to(torch.float32)
-        result[acc] = (np.ascontiguousarray(np.moveaxis(kspace.numpy(), 0, -1)),
-                       np.ascontiguousarray(np.moveaxis(zf.numpy(), 0, -1)))
-    return result
-
-
-def write_volume(path: Path, volfs: np.ndarray, kspace: np.ndarray, zf: np.ndarray, acc: str,
-                 attrs: dict[str, Any]) -> None:
-    """Write one volume file. volfs, zf: (H, W, S) float32; kspace: (H, W, S) complex64.
-
-    Uncompressed for read speed, but chunked one slice per chunk: with S last, a contiguous layout would
-    make reading one slice a strided gather over the whole dataset.
-    """
-    chunks = (volfs.shape[0], volfs.shape[1], 1)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("volfs", data=volfs, chunks=chunks)
-        f.create_dataset(f"kspace_volus_{acc}", data=kspace, chunks=chunks)
-        f.create_dataset(f"img_volus_{acc}", data=zf, chunks=chunks)
-        for key, value in attrs.items():
-            f.attrs[key] = value
 
 
 # --------------------------------------------------------------------------- the output folder
