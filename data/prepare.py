@@ -756,16 +756,20 @@ def prepare(*, out: str | Path, inputs: list[str | Path] | None = None, demo: bo
             "cannot see): remove the copy, or group the files with --subject-regex or --split-file"),
             label=f"the data for --out {out}")
         subjects = {split: [s for s, entry in record.items() if entry["slices"][split]] for split in SPLITS}
+        if val_subjects is not None:
+            how = "--val-subjects"
+        elif split_file is not None:
+            how = f"--split-file {split_file}"
+        else:
+            how = f"seeded (--seed {seed}, --val-fraction {val_fraction})"
+        split_by = "slice blocks" if assigned is None else "subjects"
+        found_line = _subjects_line(sources)
         write_json(stage / "split.json", {
-            "split_by": "slice blocks" if assigned is None else "subjects",
-            "how": ("--val-subjects" if val_subjects is not None else f"--split-file {split_file}"
-                    if split_file is not None else f"seeded shuffle (--seed {seed}, --val-fraction {val_fraction})"),
-            "subjects_found": _subjects_line(sources),
+            "split_by": split_by, "how": how, "subjects_found": found_line,
             "train_subjects": subjects["train"], "validation_subjects": subjects["validation"],
             "subjects": record})
-    return {"out": str(out), "size": size, "accs": accs, "split": "slice blocks" if assigned is None else "subjects",
-            "subjects_found": _subjects_line(sources), "per_file_subjects": sorted(
-                {s.group for s in sources if s.found_by == "file"}),
+    return {"out": str(out), "size": size, "accs": accs, "split": split_by, "subjects_found": found_line,
+            "per_file_subjects": sorted({s.group for s in sources if s.found_by == "file"}),
             "train_subjects": subjects["train"], "validation_subjects": subjects["validation"],
             "train_volumes": volumes["train"], "validation_volumes": volumes["validation"],
             "train_slices": counts["train"], "validation_slices": counts["validation"],
@@ -851,9 +855,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{split} subjects ({len(summary[f'{split}_subjects'])}): {' '.join(summary[f'{split}_subjects'])}")
     duplicates = summary["duplicates"]
     if any(duplicates.values()):
+        hint = "" if args.preset else " (ACDC: the _frameNN files repeat _4d cine frames; --preset acdc takes ED/ES only)"
         print(f"warning: {duplicates['train']} training and {duplicates['validation']} validation slices are "
-              "exact copies of other slices of their split (ACDC: the _frameNN files repeat _4d cine frames; "
-              "--preset acdc takes ED/ES only)", file=sys.stderr)
+              f"exact copies of other slices of their split{hint}", file=sys.stderr)
     size = summary["size"]
     print(f"train: {len(summary['train_volumes'])} volumes, {summary['train_slices']} slices; validation: "
           f"{len(summary['validation_volumes'])} volumes, {summary['validation_slices']} slices "
