@@ -709,6 +709,7 @@ def prepare(*, out: str | Path, inputs: list[str | Path] | None = None, demo: bo
         return frames
 
     def write(stage: Path, source: Source, name: str, slices: np.ndarray, split: str, indices: np.ndarray) -> None:
+        """Write slices[:, :, indices] ((N, N, S) float32, indices int64 (K,)) as volume ``name`` of ``split``."""
         if len(indices) == 0:
             return
         volfs = np.ascontiguousarray(slices[:, :, indices])

@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.checkpoint_import import describe, import_checkpoint  # noqa: E402
-from utils import CliParser, run_cli  # noqa: E402
+from utils import CliParser, UserError, run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="zero padding around each block input in the source network "
                              "(default: 5 for SFT-KD-Recon tcascade/scascade keys, 0 for KD-MRI cascade keys)")
     args = parser.parse_args(argv)
+    # Nothing may be created before the input is known to convert, so only look for a file in the way.
+    blocker = next((p for p in args.output.parents if p.exists() or p.is_symlink()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserError(f"--output {args.output}: {blocker} is a file, not a folder; choose another --output")
     summary = import_checkpoint(args.input, args.output, args.trust_pickle, overwrite=args.overwrite,
                                 ref_padding=args.ref_padding)
     epoch = "unknown" if summary["epoch"] is None else summary["epoch"]

@@ -363,7 +363,10 @@ def test_unusable_output_paths_are_one_line_errors(acdc: Path, tmp_path: Path, c
     src = save_public(reference("student", seed=0)[0], tmp_path / "public.pt")
     err = _one_line_error(import_script.main, ["--input", str(src), "--output", str(afile / "x.pt"),
                                                "--trust-pickle"], capsys)
-    assert str(afile) in err and "choose another path" in err
+    assert err == f"error: --output {afile / 'x.pt'}: {afile} is a file, not a folder; choose another --output"
+    err = _one_line_error(import_script.main, ["--input", str(src), "--output", "/proc/sftkd/x.pt",
+                                               "--trust-pickle"], capsys)
+    assert err.startswith("error: No such file or directory: /proc/sftkd")
     data = make_dataset(tmp_path / "data")
     err = _one_line_error(train_teacher.main, ["--data-root", str(data), "--exp-dir", str(afile / "run"),
                                                "--epochs", "1"], capsys)
