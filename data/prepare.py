@@ -184,11 +184,14 @@ def find_nifti(inputs: list[str | Path], include: tuple[str, ...] | list[str] | 
         if path.is_dir():
             found = [p for p in _walk(path) if _is_nifti(p.name) and not p.name.startswith(".")]
             files = [p for p in found if wanted(p)]
-            if not files:
-                filters = " ".join([*(f"--include {g}" for g in include or ()), *(f"--exclude {g}" for g in exclude)])
-                why = f" ({len(found)} did not pass {filters})" if found else ""
-                raise UserError(f"--input {path}: no .nii or .nii.gz files found, searched recursively{why}; "
+            if not found:
+                raise UserError(f"--input {path}: no .nii or .nii.gz files found, searched recursively; "
                                 "point --input at the folders holding the NIfTI volumes")
+            if not files:
+                filters = " ".join([*([f"--include {' '.join(include)}"] if include else []),
+                                    *([f"--exclude {' '.join(exclude)}"] if exclude else [])])
+                raise UserError(f"--input {path}: none of its {len(found)} NIfTI files passes {filters} (e.g. "
+                                f"{found[0].name}); change --include / --exclude or --preset")
             skipped.extend(p for p in found if not wanted(p))
             for file in files:
                 kept.setdefault(os.path.abspath(file), InputFile(file, path))

@@ -260,6 +260,8 @@ def test_mrbrains_folder_without_and_with_preset(tmp_path: Path):
     again = prepare(preset="mrbrains", inputs=[training.parent], out=tmp_path / "regex", size=SIZE, accs=["4x"],
                     subject_regex=r"TrainingData/(\d+)/")
     assert again["size"] == SIZE and again["validation_subjects"] == [validation]
+    with pytest.raises(UserError, match=r"none of its 25 NIfTI files passes --include \*_frame"):
+        prepare(preset="acdc", inputs=[training], out=tmp_path / "wrong")
 
 
 def test_a_volume_name_clash_is_an_error_not_an_overwrite(tmp_path: Path):
