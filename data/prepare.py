@@ -47,7 +47,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -531,7 +530,7 @@ def _stage_owner(stage: Path) -> int | None:
 
 def _check_output(out: Path, overwrite: bool) -> None:
     """Refuse an unusable or non-empty ``out``; delete staging folders that runs killed before they could
-    clean up (SIGKILL, power loss) left there."""
+    clean up (SIGTERM, SIGKILL, power loss) left there."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a folder")
     if not out.is_dir():
@@ -872,6 +871,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    # SIGTERM (a job's time limit, `kill`) unwinds like Ctrl-C, so the staging folder is removed.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     run_cli(main)
