@@ -7,12 +7,14 @@ more (``tests/test_speed.py``). Runs record the layout they used (``memory_forma
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
 
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 # channels_last unless contiguous is clearly faster: oneDNN on AVX-512/AMX CPUs and cuDNN's tensor-core
-# kernels are NHWC. The margin keeps two near-equal layouts from flipping between runs on measurement noise.
+# kernels are NHWC. The margin, required in every round, keeps near-equal layouts from flipping between runs
+# on measurement noise (a flip would change results in the last bits, see the module docstring).
 DEFAULT_LAYOUT = "channels_last"
 SWITCH_MARGIN = 0.10
 # Start-up cost of the measurement: interleaved rounds of both layouts until this much time is spent.
@@ -34,7 +36,7 @@ SFT_VARIANT = {
     "cuda": "branchwise",
 }
 
-_layout_decisions: dict[tuple, tuple[str, dict[str, float]]] = {}
+_layout_decisions: dict[tuple, tuple[str, dict[str, list[float]]]] = {}
 
 
 def sync(device: torch.device) -> None:
@@ -43,11 +45,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_conv_layouts(device: torch.device, size: tuple[int, int], amp: bool = False) -> dict[str, float]:
-    """Best seconds of one 3x3 32 -> 32 convolution, forward + backward, per layout of :data:`MEMORY_FORMATS`.
+def time_conv_layouts(device: torch.device, size: tuple[int, int], amp: bool = False) -> dict[str, list[float]]:
+    """Seconds of one 3x3 32 -> 32 convolution, forward + backward, per round and per layout of
+    :data:`MEMORY_FORMATS`.
 
-    Input (1, 32, H, W) float32 at the run's ``size`` (H, W), in bfloat16 autocast with ``amp``. The layouts
-    alternate round by round, so a burst of load from other processes hits both.
+    Input (1, 32, H, W) float32 at the run's ``size`` (H, W), in bfloat16 autocast with ``amp``. Within a
+    round the layouts run back to back, so a burst of load from other processes hits both.
     """
     steps = {}
     for name, fmt in MEMORY_FORMATS.items():
@@ -61,32 +64,34 @@ def time_conv_layouts(device: torch.device, size: tuple[int, int], amp: bool = F
         steps[name] = step
     for step in steps.values():  # first calls pick kernels (oneDNN primitives, cuDNN autotuning)
         step()
-    best = {name: float("inf") for name in steps}
+    seconds = {name: [] for name in steps}
     start = time.perf_counter()
-    rounds = 0
-    while rounds < MEASURE_ROUNDS[1] and (rounds < MEASURE_ROUNDS[0]
-                                          or time.perf_counter() - start < MEASURE_BUDGET_S):
+    while len(seconds[DEFAULT_LAYOUT]) < MEASURE_ROUNDS[1] and (
+            len(seconds[DEFAULT_LAYOUT]) < MEASURE_ROUNDS[0] or time.perf_counter() - start < MEASURE_BUDGET_S):
         for name, step in steps.items():
             sync(device)
             t0 = time.perf_counter()
             step()
             sync(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
-        rounds += 1
-    return best
+            seconds[name].append(time.perf_counter() - t0)
+    return seconds
 
 
-def pick_layout(seconds: dict[str, float]) -> str:
-    """The layout for measured ``seconds`` per layout: the default unless another is faster by the margin."""
-    fastest = min(seconds, key=seconds.get)
-    if seconds[fastest] < (1 - SWITCH_MARGIN) * seconds[DEFAULT_LAYOUT]:
-        return fastest
+def pick_layout(seconds: dict[str, list[float]]) -> str:
+    """The layout for ``seconds`` per round and layout: the default, unless another one beat it by the margin
+    in every round (a burst of load that slows one layout in one round cannot flip the choice)."""
+    rounds = range(len(seconds[DEFAULT_LAYOUT]))
+    for name, times in seconds.items():
+        if name != DEFAULT_LAYOUT and all(times[r] < (1 - SWITCH_MARGIN) * seconds[DEFAULT_LAYOUT][r]
+                                          for r in rounds):
+            return name
     return DEFAULT_LAYOUT
 
 
-def measured_layout(device: torch.device, size: tuple[int, int], amp: bool = False) -> tuple[str, dict[str, float]]:
-    """The layout :func:`pick_layout` chooses on this device, and the figures, measured once per process
-    and (device, size, amp), like cuDNN's benchmark mode."""
+def measured_layout(device: torch.device, size: tuple[int, int],
+                    amp: bool = False) -> tuple[str, dict[str, list[float]]]:
+    """The layout :func:`pick_layout` chooses on this device and the seconds it saw, measured once per process
+    and (device, size, amp, threads), like cuDNN's benchmark mode."""
     key = (str(device), tuple(size), amp, torch.get_num_threads())
     if key not in _layout_decisions:
         seconds = time_conv_layouts(device, size, amp)
@@ -109,6 +114,32 @@ def resolve_memory_format(requested: str, device: torch.device, size: tuple[int,
         torch.distributed.broadcast_object_list(shared, src=0)
         choice = shared[0]
     return choice
+
+
+@contextmanager
+def float32_mode(tf32: bool):
+    """Within the block, CUDA float32 convolutions (cuDNN) and matmuls (cuBLAS) run in TF32 (10-bit mantissa)
+    or in IEEE float32; the previous settings come back afterwards.
+
+    PyTorch's default is TF32 for convolutions and IEEE for matmuls, so the training scripts' float32
+    convolutions on a GPU are TF32. torch >= 2.9 has ``fp32_precision`` settings and refuses to mix them with
+    the older ``allow_tf32`` flags: this uses whichever the installed torch has.
+    """
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        targets = [(conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision")]
+        value = "tf32" if tf32 else "ieee"
+    else:
+        targets = [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")]
+        value = tf32
+    saved = [getattr(obj, name) for obj, name in targets]
+    for obj, name in targets:
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for (obj, name), old in zip(targets, saved):
+            setattr(obj, name, old)
 
 
 def sft_variant(device: torch.device) -> str:

@@ -1,15 +1,36 @@
 """scripts/benchmark.py keeps running (tiny sizes; it measures, it never asserts a speed)."""
 from __future__ import annotations
 
+import re
+
 from conftest import run_cli
 
 
-def test_benchmark_prints_every_row_and_the_whole_process_runs():
+def test_benchmark_prints_every_row_and_the_whole_process_runs(tmp_path):
     result = run_cli("scripts/benchmark.py", "--size", "16", "--slices", "4", "--val-slices", "2",
-                     "--repeats", "1", "--threads", "1")
+                     "--repeats", "2", "--threads", "1", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
-    for row in ("roofline:", "teacher", "student", "sft", "kd-imitation", "kd-at", "kd-fsp", "eval",
-                "train_sft.py", "train_student_kd.py imitation", "train_student_kd.py at"):
-        assert row in result.stdout, row
-    process_rows = [line for line in result.stdout.splitlines() if line.startswith("train_")]
-    assert all(float(line.split()[-1]) > 0 for line in process_rows)  # a peak RSS was read for each run
+    out = result.stdout
+    assert re.search(r"CPU .+, \d+ cores", out)  # the CPU model and its vector ISA
+    assert "--memory-format auto picks" in out and "roofline, 3x3 32->32 conv" in out
+    for step in ("teacher", "student", "sft (branchwise)", "kd-imitation", "kd-at", "kd-fsp", "eval"):
+        for layout in ("channels_last", "contiguous"):
+            assert f"| {step}, {layout} | " in out, (step, layout)
+    rows = [line for line in out.splitlines() if line.startswith("| train_")]
+    assert [row.split(" (whole process)")[0] for row in rows] == [
+        "| train_sft.py", "| train_student_kd.py imitation", "| train_student_kd.py at"]
+    assert all(float(re.search(r"peak RSS (\d+) MB", row).group(1)) > 0 for row in rows)
+    assert (tmp_path / "table.md").read_text() in out
+
+
+def test_one_layout_and_bf16_only_time_what_was_asked():
+    result = run_cli("scripts/benchmark.py", "--size", "8", "--repeats", "1", "--threads", "1",
+                     "--memory-format", "contiguous", "--precision", "bf16", "--skip-processes")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| teacher, contiguous | " in result.stdout and "channels_last |" not in result.stdout
+    assert "| step | bf16 (--amp) |" in result.stdout
+
+
+def test_bad_sizes_are_one_line_errors():
+    result = run_cli("scripts/benchmark.py", "--size", "0")
+    assert result.returncode == 2 and result.stderr.strip() == "error: --size must be at least 1, got 0"
