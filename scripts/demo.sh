@@ -7,7 +7,8 @@
 # Outputs in results/demo (DEMO_OUT): table.md, figure.png, eval/ (per-slice metrics), runs/ (checkpoints and
 # TensorBoard logs), data/. The defaults (64 x 64, 40 epochs) take about 6 minutes on 2 CPU cores; --device
 # auto uses a GPU when there is one.
-# Environment knobs (the test suite shrinks them): DEMO_SIZE, DEMO_EPOCHS, DEMO_SLICES, DEMO_METHOD, DEMO_OUT.
+# Environment knobs (the test suite shrinks them): DEMO_SIZE, DEMO_EPOCHS, DEMO_SLICES, DEMO_METHOD, DEMO_ACC,
+# DEMO_TRAIN_FLAGS (flags of every training run), DEMO_OUT.
 # One template brain and a few epochs: a demonstration of the pipeline, not the paper's benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,8 @@ EPOCHS=${DEMO_EPOCHS:-40}
 SLICES=${DEMO_SLICES:-100}
 METHOD=${DEMO_METHOD:-at}
 PYTHON=${PYTHON:-python}
-ACC=4x
+ACC=${DEMO_ACC:-4x}
+DEMO_TRAIN_FLAGS=${DEMO_TRAIN_FLAGS:---augment}
 
 if [ $# -gt 1 ]; then
     echo "error: expected at most one argument, got $#; usage: bash scripts/demo.sh [--overwrite]" >&2
@@ -37,7 +39,7 @@ echo "SFT-KD-Recon demo: MNI152 template, ${SIZE}x${SIZE} slices, up to ${SLICES
 
 "$PYTHON" data/prepare.py --demo --out "$OUT/data" --size "$SIZE" --resize --acc "$ACC" \
     --max-slices-per-volume "$SLICES"
-RESULTS="$OUT/runs" KD_METHODS="$METHOD" TRAIN_FLAGS="--device auto --image-every 2" \
+RESULTS="$OUT/runs" KD_METHODS="$METHOD" TRAIN_FLAGS="--device auto --image-every 2 $DEMO_TRAIN_FLAGS" \
     bash scripts/train_all.sh "$OUT/data" "$ACC" "$EPOCHS"
 
 RUNS="$OUT/runs/$ACC"

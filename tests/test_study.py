@@ -31,4 +31,5 @@ def test_study_runs_every_arm_for_every_seed_and_reports_over_seeds(tmp_path):
                 "| SFT-KD-Recon, imitation 0 (imitation) - Std-KD (imitation) | 4x |", "| seed 1 | seed 2 |"):
         assert row in table, row
     assert (results / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert result.stdout.count("== seed") == 2 and "done in" in result.stdout
+    assert result.stdout.count("trained in") == 2
+    assert "== sft0kd-imitation done in" in (results / "seed2" / "train.log").read_text()
