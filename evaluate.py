@@ -131,9 +131,9 @@ def evaluate(models: Mapping[str, nn.Module | str | Path], dataset: SliceDataset
         raise UserError(f"model name {ZF_NAME!r} is reserved for the zero-filled input; rename that model")
     device = torch.device(device)
     nets = {}
-    # The layout a training run would measure here (models/speed.py): channels_last halves the teacher forward
-    # on AVX-512 CPUs, contiguous is faster on some AVX2 ones.
-    memory_format = MEMORY_FORMATS[measured_layout(device, dataset.shape, amp)[0]]
+    # The faster layout for forward passes on this device, measured once (models/speed.py): channels_last
+    # halves the teacher forward on AVX-512 CPUs; results differ between layouts only by float rounding.
+    memory_format = MEMORY_FORMATS[measured_layout(device, dataset.shape, amp, backward=False)[0]]
     for name, model in models.items():
         net = load_reconstructor(model, "--checkpoints") if isinstance(model, (str, Path)) else model
         nets[name] = net.to(device, memory_format=memory_format).eval()

@@ -18,7 +18,7 @@ MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.cont
 DEFAULT_LAYOUT = "channels_last"
 SWITCH_MARGIN = 0.10
 # Start-up cost of the measurement: interleaved rounds of both layouts until this much time is spent.
-MEASURE_BUDGET_S = 0.3
+MEASURE_BUDGET_S = 0.2
 MEASURE_ROUNDS = (2, 5)  # at least, at most
 
 # SFT training step per device type, from scripts/benchmark.py's "SFT step variants" (240 x 240, batch 4):
@@ -27,10 +27,12 @@ MEASURE_ROUNDS = (2, 5)  # at least, at most
 #   joint-batched  one backward; the branches of each student cascade run as one (up to 4x) larger batch
 SFT_VARIANTS = ("branchwise", "joint", "joint-batched")
 SFT_VARIANT = {
+    # Branch-wise: level with joint (Intel) or within ~5 % of it (AMD), and ~0.45 GB less peak memory.
     # Intel Xeon AVX-512/AMX, 2 cores, float32: joint-batched 12 % slower than joint (tensors above glibc's
-    # 32 MB mmap threshold are page-faulted in on every allocation); branchwise as fast as joint with peak
-    # memory 1.24 GB instead of 1.70 GB. AMD EPYC Zen 3, 2 cores, float32, contiguous (interleaved, ranges over
-    # rounds): branchwise 0.93-1.06, joint 0.96-1.12, joint-batched 1.04-1.21 s/slice.
+    # 32 MB mmap threshold are page-faulted in on every allocation); branchwise as fast as joint, peak memory
+    # 1.24 GB instead of 1.70 GB. AMD EPYC Zen 3 (AVX2), 1 thread, contiguous, 5 interleaved rounds on a loaded
+    # VM: branchwise 3.43-3.78, joint 3.11-3.49, joint-batched 4.10-4.76 s/slice; 2 threads under heavier load
+    # all three within noise (5.7-6.9 s/slice).
     "cpu": "branchwise",
     # Not yet measured on a GPU: the CPU choice. `bash scripts/gpu_check.sh` prints which variant wins.
     "cuda": "branchwise",
@@ -45,9 +47,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_conv_layouts(device: torch.device, size: tuple[int, int], amp: bool = False) -> dict[str, list[float]]:
-    """Seconds of one 3x3 32 -> 32 convolution, forward + backward, per round and per layout of
-    :data:`MEMORY_FORMATS`.
+def time_conv_layouts(device: torch.device, size: tuple[int, int], amp: bool = False,
+                      backward: bool = True) -> dict[str, list[float]]:
+    """Seconds of one 3x3 32 -> 32 convolution, forward + backward (forward alone without ``backward``), per
+    round and per layout of :data:`MEMORY_FORMATS`.
 
     Input (1, 32, H, W) float32 at the run's ``size`` (H, W), in bfloat16 autocast with ``amp``. Within a
     round the layouts run back to back, so a burst of load from other processes hits both.
@@ -55,12 +58,13 @@ def time_conv_layouts(device: torch.device, size: tuple[int, int], amp: bool = F
     steps = {}
     for name, fmt in MEMORY_FORMATS.items():
         conv = torch.nn.Conv2d(32, 32, 3, padding=1).to(device, memory_format=fmt)
-        x = torch.randn(1, 32, *size, device=device).to(memory_format=fmt).requires_grad_()
+        x = torch.randn(1, 32, *size, device=device).to(memory_format=fmt).requires_grad_(backward)
 
         def step(conv=conv, x=x):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(backward):
                 out = conv(x)
-            out.float().sum().backward()
+            if backward:
+                out.float().sum().backward()
         steps[name] = step
     for step in steps.values():  # first calls pick kernels (oneDNN primitives, cuDNN autotuning)
         step()
@@ -88,13 +92,14 @@ def pick_layout(seconds: dict[str, list[float]]) -> str:
     return DEFAULT_LAYOUT
 
 
-def measured_layout(device: torch.device, size: tuple[int, int],
-                    amp: bool = False) -> tuple[str, dict[str, list[float]]]:
+def measured_layout(device: torch.device, size: tuple[int, int], amp: bool = False,
+                    backward: bool = True) -> tuple[str, dict[str, list[float]]]:
     """The layout :func:`pick_layout` chooses on this device and the seconds it saw, measured once per process
-    and (device, size, amp, threads), like cuDNN's benchmark mode."""
-    key = (str(device), tuple(size), amp, torch.get_num_threads())
+    and (device, size, amp, backward, threads), like cuDNN's benchmark mode. Evaluation passes
+    ``backward=False``: on an AVX2 EPYC, contiguous trains 1.5x faster but channels_last infers ~8 % faster."""
+    key = (str(device), tuple(size), amp, backward, torch.get_num_threads())
     if key not in _layout_decisions:
-        seconds = time_conv_layouts(device, size, amp)
+        seconds = time_conv_layouts(device, size, amp, backward)
         _layout_decisions[key] = (pick_layout(seconds), seconds)
     return _layout_decisions[key]
 

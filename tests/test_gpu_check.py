@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -24,6 +25,10 @@ def test_cpu_side_runs_every_part_and_writes_the_table(tmp_path):
                 "SFT variant branchwise", "SFT variant joint-batched", "train_sft.py (whole process)",
                 "train_student_kd.py at (whole process)"):
         assert f"| {row}" in table, row
+    rows = [line for line in table.splitlines() if line.startswith("| train_")]
+    assert [row.split(" (whole process)")[0] for row in rows] == [
+        "| train_sft.py", "| train_student_kd.py imitation", "| train_student_kd.py at"]
+    assert all(int(re.search(r"peak RSS (\d+) MB", row).group(1)) > 0 for row in rows)
     assert "fastest SFT step variant on cpu" in table
     assert "resume: train_sft.py ok: SIGINT stopped it in epoch 1" in table
     assert "FAILED" not in table

@@ -23,7 +23,7 @@ def test_default_layout_unless_the_other_wins_by_the_margin_in_every_round():
 def test_layout_is_measured_once_per_process_and_size(monkeypatch):
     calls = []
 
-    def fake(device, size, amp=False):
+    def fake(device, size, amp=False, backward=True):
         calls.append(size)
         return {"channels_last": [2.0, 2.0], "contiguous": [1.0, 1.0]}
     monkeypatch.setattr(speed, "time_conv_layouts", fake)
