@@ -19,7 +19,7 @@ SLICES=${DEMO_SLICES:-100}
 METHOD=${DEMO_METHOD:-at}
 PYTHON=${PYTHON:-python}
 ACC=${DEMO_ACC:-4x}
-DEMO_TRAIN_FLAGS=${DEMO_TRAIN_FLAGS:---augment}
+DEMO_TRAIN_FLAGS=${DEMO_TRAIN_FLAGS:-}
 
 if [ $# -gt 1 ]; then
     echo "error: expected at most one argument, got $#; usage: bash scripts/demo.sh [--overwrite]" >&2
