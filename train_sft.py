@@ -18,12 +18,17 @@ class SFTStep(TrainStep):
         self.model = model
         self.student_rec_weight, self.imitation_weight = student_rec_weight, imitation_weight
 
+    def runs_own_backward(self, batch):
+        # Branch by branch, each graph is freed right after its backward (see sft_forward_backward).
+        return (self.allow_own_backward and self.training
+                and sft_variant(batch["target"].device) == "branchwise")
+
     def forward(self, batch):
         inputs = (batch["zero_filled"], batch["kspace_under"], batch["mask"])
         weights = (self.student_rec_weight, self.imitation_weight)
-        variant = sft_variant(batch["target"].device)
-        if self.own_backward and self.training and variant == "branchwise":
+        if self.runs_own_backward(batch):
             return sft_forward_backward(self.model, *inputs, batch["target"], *weights)
+        variant = sft_variant(batch["target"].device)
         teacher_out, branches = self.model(*inputs, batch_branches=variant == "joint-batched")
         return sft_loss(teacher_out, branches, batch["target"], *weights)
 

@@ -16,7 +16,7 @@ from models.checkpoint import load_model, load_sft
 from models.dccnn import DCCNN, STUDENT, DCCNNConfig
 from models.kd_losses import KD_METHODS, Imitation, KDLoss, build_kd_loss, describe_methods
 from models.sft import SFTNet, student_from_sft
-from models.training import TrainStep, common_parser, parse_args, train
+from models.training import Frozen, TrainStep, common_parser, parse_args, train
 from utils import UserError, run_cli
 
 
@@ -32,11 +32,15 @@ class KDStep(TrainStep):
         self.feature_epochs = feature_epochs
         self.feature_stage = False
         self.imitation = Imitation(student.config, teacher.config)
-        self.attach_frozen("teacher", teacher)
+        self.frozen_teacher = Frozen(teacher)
         # (file, slice, acc) -> (1, H, W) float32 teacher output on the CPU; None: no cache.
         self.teacher_cache: dict | None = {} if cache_teacher else None
         # The second stage leaves a learnable KD loss (vid, ab, ft) without gradients.
         self.find_unused_parameters = bool(feature_epochs) and kd_loss.has_parameters
+
+    @property
+    def teacher(self) -> DCCNN:
+        return self.frozen_teacher.module
 
     def start_epoch(self, epoch: int) -> None:
         self.feature_stage = epoch < self.feature_epochs
@@ -157,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(build_parser(), argv)
     if args.feature_epochs < 0 or args.feature_epochs >= args.epochs:
         raise UserError(f"--feature-epochs {args.feature_epochs} must be in [0, --epochs) = [0, {args.epochs})")
+    if args.feature_epochs and args.kd_method == "none":
+        raise UserError("--feature-epochs trains the KD loss alone first, but --kd-method none has no KD loss; "
+                        "drop --feature-epochs or choose a KD method")
     if args.kd_method not in KD_METHODS:
         raise UserError(f"unknown --kd-method {args.kd_method!r}; choose one of: {', '.join(KD_METHODS)} "
                         "(--kd-method list describes them)")

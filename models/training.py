@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -32,46 +33,47 @@ from models.speed import MEMORY_FORMATS, resolve_memory_format
 from utils import (CliParser, UserError, first_line, get_rng_state, psnr, save_checkpoint, seed_everything,
                    set_rng_state, ssim, write_json)
 
+# Test hook (see fault_point): ITERATION[:SIGNAL].
+FAULT_ENV = "SFTKD_FAULT_AT"
+
 
 class TrainStep(nn.Module):
     """What a training script plugs into the loop.
 
     ``self.model`` is the network that is checkpointed under ``model``; any other registered submodule with
-    parameters (e.g. a KD loss's regressor) is optimised too and stored under ``extra``. Modules that must
-    not be trained or saved (a frozen teacher) are kept out of the registry (see :meth:`attach_frozen`).
+    parameters (e.g. a KD loss's regressor) is optimised too and stored under ``extra``. A network that must
+    not be trained or saved (a frozen teacher) is held through :class:`Frozen`.
     """
 
     model: nn.Module
 
-    # Set by the loop: may forward() run the backward pass itself (returning a detached loss)? Not under
-    # DDP, whose gradient hooks expect exactly one backward of the wrapped module's output.
-    own_backward = False
+    # Set by the loop: may forward() run the backward pass itself? Not under DDP, whose gradient hooks expect
+    # exactly one backward of the wrapped module's output.
+    allow_own_backward = False
     # True when some trainable parameters sit out whole steps (DDP must then look for them every step).
     find_unused_parameters = False
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss (scalar) and its terms (detached scalars) for a batch (see data.dataset items).
 
-        With :attr:`own_backward` the step may also compute the gradients and return the loss detached."""
+        The loss keeps its autograd graph, unless :meth:`runs_own_backward` says this call computes the
+        gradients itself; then it is returned detached."""
         raise NotImplementedError
+
+    def runs_own_backward(self, batch: dict) -> bool:
+        """Whether ``forward(batch)`` will run the backward pass itself (only when :attr:`allow_own_backward`).
+        The loop checks the answer against the loss it gets, so a loss detached by mistake is an error
+        rather than a step that trains nothing."""
+        return False
 
     def predict(self, batch: dict) -> dict[str, torch.Tensor]:
         """Validation outputs, (B, 1, H, W) float32 each; the key ``"output"`` defines the validation loss,
         other keys (e.g. ``"student_branch1"``) get their own PSNR in the logs."""
         raise NotImplementedError
 
-    def attach_frozen(self, name: str, module: nn.Module) -> None:
-        """Keep a frozen network (eval mode, no gradients) on this step without registering it, so it is
-        neither optimised, checkpointed nor wrapped by DDP."""
-        module.eval().requires_grad_(False)
-        object.__setattr__(self, name, module)
-        self._frozen = getattr(self, "_frozen", []) + [name]
-
     def to_device(self, device: torch.device, memory_format=torch.contiguous_format) -> "TrainStep":
-        self.to(device=device, memory_format=memory_format)
-        for name in getattr(self, "_frozen", []):
-            getattr(self, name).to(device=device, memory_format=memory_format)
-        return self
+        """``self.to(device, memory_format)``: a frozen teacher held through :class:`Frozen` moves with it."""
+        return self.to(device=device, memory_format=memory_format)
 
     def extra_state(self) -> dict:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
@@ -82,6 +84,32 @@ class TrainStep(nn.Module):
 
     def start_epoch(self, epoch: int) -> None:
         """Called before each training epoch (0-based), for schedules that change the loss."""
+
+
+class Frozen(nn.Module):
+    """Holds a network that follows its owner's ``.to()`` / ``.cuda()`` (device and memory layout) but is
+    never trained, optimised, saved in ``state_dict()`` or synchronised by DDP: it stays in eval mode without
+    gradients, and it is kept outside the module registry, which is what parameters(), state_dict() and DDP
+    walk, while :meth:`_apply` (what ``.to()`` calls on every submodule) forwards to it."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        # A tuple is not a Module, so nn.Module stores it as a plain attribute, outside the registry.
+        self._held = (module.eval().requires_grad_(False),)
+
+    @property
+    def module(self) -> nn.Module:
+        return self._held[0]
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> "Frozen":
+        return self  # the owner's train() must not switch dropout or batch norm of a frozen network
+
+    def _apply(self, fn, recurse: bool = True):
+        self.module._apply(fn)
+        return self
 
 
 # --------------------------------------------------------------------------- flags
@@ -168,13 +196,16 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 @torch.inference_mode()
-def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> dict:
+def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tuple[dict, dict | None]:
     """Mean validation L1 of ``output``, PSNR and SSIM per slice (overall and per acceleration), and the
-    PSNR of every extra output; sums are reduced over ranks so all ranks see the same numbers."""
+    PSNR of every extra output; sums are reduced over ranks so all ranks see the same numbers.
+
+    Also returns the first slice this rank saw as images for the logs, ``{"target", "zero_filled",
+    "output"}`` each (1, 1, H, W) float32 on the CPU (None for an empty loader)."""
     step.eval()
     # Sums per group: "" is every slice, "_4x" etc. one acceleration; counts sit under "n".
     sums: dict[tuple[str, str], float] = {}
-    sample = None
+    images = None
 
     def add(group: str, key: str, value: float) -> None:
         sums[group, key] = sums.get((group, key), 0.0) + value
@@ -195,21 +226,20 @@ def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> dict
                 add(group, "ssim", ssim(target[i], recons["output"][i]))
             for key in recons.keys() - {"output"}:
                 add("", f"psnr_{key}", psnr(target[i], recons[key][i]))
-        if sample is None:
-            sample = {"target": batch["target"][:1].float().cpu(),
+        if images is None:
+            images = {"target": batch["target"][:1].float().cpu(),
                       "zero_filled": batch["zero_filled"][:1].float().cpu(),
                       "output": outputs["output"][:1].cpu()}
     keys = sorted(sums)
     totals = dist.all_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
     sums = dict(zip(keys, totals))
     metrics = {f"{key}{group}": value / sums[group, "n"] for (group, key), value in sums.items() if key != "n"}
-    metrics["_sample"] = sample
-    return metrics
+    return metrics, images
 
 
-def image_grid(sample: dict) -> torch.Tensor:
+def image_grid(images: dict) -> torch.Tensor:
     """(1, H, 4W) image: target | zero-filled | output | 5 x |error|, clipped to [0, 1] for display."""
-    target, zf, out = sample["target"][0, 0], sample["zero_filled"][0, 0], sample["output"][0, 0]
+    target, zf, out = images["target"][0, 0], images["zero_filled"][0, 0], images["output"][0, 0]
     scale = float(target.max()) or 1.0
     panels = [target / scale, zf / scale, out / scale, 5 * (out - target).abs() / scale]
     return torch.cat(panels, dim=1).clamp(0, 1)[None]
@@ -239,6 +269,286 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def fault_point() -> tuple[int, signal.Signals] | None:
+    """The test hook ``SFTKD_FAULT_AT=ITERATION[:SIGNAL]``: the run sends itself SIGNAL (default SIGKILL)
+    right after global iteration ITERATION (and its --save-every-iters checkpoint), so tests interrupt at
+    an exact place instead of racing a timer. None when the variable is unset."""
+    text = os.environ.get(FAULT_ENV, "")
+    if not text:
+        return None
+    iteration, _, name = text.partition(":")
+    return int(iteration), signal.Signals[name or "SIGKILL"]
+
+
+class Trainer:
+    """One run of the loop, in the order a reader meets it: :meth:`build` (data, step, optimiser),
+    :meth:`resume_from`, :meth:`open_logs`, then per epoch :meth:`train_epoch`, :meth:`validate`,
+    :meth:`end_epoch` (best checkpoint, logs, ``model.pt``), and :meth:`finish`."""
+
+    def __init__(self, args: argparse.Namespace, build_step, run_name: str, dist: Dist):
+        self.args, self.build_step, self.run_name, self.dist = args, build_step, run_name, dist
+        self.exp: Path = args.exp_dir
+        self.epoch, self.start_batch, self.global_step, self.best_loss = 0, 0, 0, math.inf
+        self.writer = None
+        self.parked_old_run = False  # a replaced run set aside in exp/.replaced, given back on failure
+        self.fault = fault_point()
+
+    def run(self) -> Path:
+        resume = prepare_exp_dir(self.args)
+        if resume is not None and resume["epoch"] >= self.args.epochs and resume["batch_in_epoch"] == 0:
+            if self.dist.main:
+                print(f"{self.exp} already finished {resume['epoch']} of {self.args.epochs} epochs; "
+                      "nothing to resume")
+            return self.exp
+        self.build(resume)
+        if resume is not None:
+            self.resume_from(resume)
+        self.make_loaders()
+        self.wrap()
+        self.open_logs(resume)
+        show = self.dist.main and not self.args.no_progress
+        epochs_bar = tqdm(range(self.epoch, self.args.epochs), initial=self.epoch, total=self.args.epochs,
+                          desc=self.run_name, unit="epoch", disable=not show, dynamic_ncols=True)
+        with _StopRequest() as stop:
+            for epoch in epochs_bar:
+                self.epoch = epoch
+                train_loss, seconds = self.train_epoch(stop, show)
+                self.scheduler.step()
+                metrics, images = validate(self.step, self.val_loader, self.dist, self.amp)
+                self.end_epoch(metrics, images, train_loss, seconds, epochs_bar)
+        self.finish()
+        return self.exp
+
+    # ----------------------------------------------------------------------- set-up
+
+    def build(self, resume: dict | None) -> None:
+        """Seed, data sets, the step on its device in its memory layout, Adam and StepLR."""
+        args, dist = self.args, self.dist
+        seed_everything(args.seed + dist.rank)
+        masks = dict(zip(args.acc, args.mask)) if args.mask else None
+        preload = {"auto": "auto", "yes": True, "no": False}[args.preload]
+        self.train_set = build_dataset(args.data_root, "train", args.acc, masks, preload)
+        self.val_set = build_dataset(args.data_root, "validation", args.acc, masks, preload)
+        # Files may have been moved or merged since data/prepare.py checked them; this reads only attributes.
+        check_split(args.data_root, args.acc)
+        self.step = step = self.build_step(args)
+        recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
+        shape = tuple(self.train_set[0]["target"].shape[-2:])
+        args.memory_format = resolve_memory_format(args.memory_format, dist.device, shape, bool(args.amp),
+                                                   recorded)
+        step.to(device=dist.device, memory_format=MEMORY_FORMATS[args.memory_format])
+        self.amp = bool(args.amp)
+        self.lr = args.lr * (dist.world if args.scale_lr else 1)
+        self.params = [p for p in step.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=self.lr)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=args.lr_step_size,
+                                                         gamma=args.lr_gamma)
+
+    def resume_from(self, resume: dict) -> None:
+        """Weights, optimiser, schedule, position and (same world size) every rank's RNG from ``model.pt``."""
+        step = self.step
+        try:
+            step.model.load_state_dict(resume["model"])
+            step.load_state_dict({**step.state_dict(), **resume.get("extra", {})})
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.scheduler.load_state_dict(resume["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise UserError(f"--resume: {self.exp / 'model.pt'} does not match this script and flags "
+                            f"({first_line(exc)}); resume with the original command") from exc
+        self.epoch, self.start_batch = resume["epoch"], resume["batch_in_epoch"]
+        self.global_step, self.best_loss = resume["global_step"], resume["best_val_loss"]
+        world = resume.get("world_size", 1)
+        if world != self.dist.world:
+            print(f"warning: resuming a {world}-process run with {self.dist.world} process(es); training "
+                  "continues but is not bit-identical to an uninterrupted run", file=sys.stderr)
+        elif resume.get("rng_per_rank") and self.dist.rank < len(resume["rng_per_rank"]):
+            set_rng_state(resume["rng_per_rank"][self.dist.rank])
+
+    def make_loaders(self) -> None:
+        """Loaders over the resumable sampler; built after the RNG is restored, as the original run did."""
+        args, dist = self.args, self.dist
+        if args.augment:
+            self.train_set = AugmentedSlices(self.train_set, args.seed)
+        self.train_sampler = EpochSampler(len(self.train_set), args.seed, dist.rank, dist.world,
+                                          keys=args.augment)
+        val_sampler = EpochSampler(len(self.val_set), args.seed, dist.rank, dist.world, shuffle=False)
+        opts = dict(batch_size=args.batch_size, num_workers=args.num_workers,
+                    pin_memory=dist.device.type == "cuda", persistent_workers=args.num_workers > 0)
+        self.train_loader = DataLoader(self.train_set, sampler=self.train_sampler, **opts)
+        self.val_loader = DataLoader(self.val_set, sampler=val_sampler, **opts)
+
+    def wrap(self) -> None:
+        """The module the loop calls: the step itself, or under torchrun the step inside DDP."""
+        step, dist = self.step, self.dist
+        # DDP's gradient hooks expect exactly one backward of the wrapped module's output.
+        step.allow_own_backward = dist.world == 1
+        self.net = step
+        if dist.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                step, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+                find_unused_parameters=step.find_unused_parameters)
+
+    def open_logs(self, resume: dict | None) -> None:
+        """``config.json`` (fresh runs), the TensorBoard writer and the start-up line, on rank 0."""
+        args, dist = self.args, self.dist
+        self.config = {**jsonable(args), "run_name": self.run_name, "git_commit": git_commit(),
+                       "torch_version": str(torch.__version__), "device": str(dist.device),
+                       "world_size": dist.world, "effective_batch_size": args.batch_size * dist.world,
+                       "effective_lr": self.lr, "train_slices": len(self.train_set),
+                       "validation_slices": len(self.val_set),
+                       "trainable_parameters": sum(p.numel() for p in self.params),
+                       "model_parameters": sum(p.numel() for p in self.step.model.parameters())}
+        if not dist.main:
+            return
+        if resume is None:
+            self.parked_old_run = set_aside_old_run(self.exp)
+            write_json(self.exp / "config.json", self.config)
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(self.exp / "summary"), purge_step=self.global_step if resume else None)
+        print(f"{self.run_name}: {len(self.train_set)} training / {len(self.val_set)} validation slices, "
+              f"{self.config['model_parameters']:,} parameters, device {dist.device}, "
+              f"batch {args.batch_size} x {dist.world} process(es) = {self.config['effective_batch_size']}, "
+              f"lr {self.lr:g}; writing to {self.exp}", flush=True)
+
+    # ----------------------------------------------------------------------- training
+
+    def train_epoch(self, stop: _StopRequest, show: bool) -> tuple[float, float]:
+        """One epoch (the rest of it when resumed inside it); returns (mean training loss, seconds)."""
+        args, dist, epoch = self.args, self.dist, self.epoch
+        first_batch, self.start_batch = self.start_batch, 0
+        self.train_sampler.set_epoch(epoch, first_batch * args.batch_size)
+        self.step.start_epoch(epoch)
+        self.step.train()
+        pending: list[tuple[int, torch.Tensor, dict]] = []
+        running, seen = 0.0, 0
+        last = first_batch + len(self.train_loader) - 1
+        batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+                       disable=not show, unit="batch", dynamic_ncols=True, initial=first_batch,
+                       total=last + 1)
+        t0 = time.time()
+        for i, batch in enumerate(batches, start=first_batch):
+            loss, terms = self.train_step(to_device(batch, dist.device))
+            pending.append((i, loss, terms))
+            # Losses stay on the device until the logging interval: no per-iteration host sync.
+            if len(pending) >= args.log_every or i == last:
+                losses = self.log_interval(pending)
+                running += float(losses.sum())
+                seen += len(losses)
+                batches.set_postfix(loss=f"{running / seen:.4g}")
+                pending.clear()
+            if stop.signal or (args.save_every_iters and self.global_step % args.save_every_iters == 0):
+                self.save_last(epoch, i + 1)
+            if stop.signal:
+                if dist.main:
+                    print(f"\nstopped by {stop.signal} in epoch {epoch + 1}; model.pt is saved. "
+                          "Continue with the same command plus --resume", file=sys.stderr)
+                sys.exit(130 if stop.signal == "SIGINT" else 143)
+            if self.fault is not None and self.global_step == self.fault[0]:
+                os.kill(os.getpid(), self.fault[1])
+        batches.close()
+        return running / max(seen, 1), time.time() - t0
+
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """One optimiser step; returns the detached loss and its terms."""
+        self.optimizer.zero_grad(set_to_none=True)
+        own_backward = self.step.runs_own_backward(batch)
+        with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss, terms = self.net(batch)
+        if own_backward == loss.requires_grad:
+            kind = type(self.step).__name__
+            raise RuntimeError(
+                f"{kind}.runs_own_backward() said {own_backward} but forward() returned a loss "
+                f"{'with' if loss.requires_grad else 'without'} an autograd graph: a step that runs its own "
+                "backward returns the loss detached, any other returns it attached (else nothing trains)")
+        if not own_backward:
+            loss.backward()
+        self.optimizer.step()
+        self.global_step += 1
+        return loss.detach(), terms
+
+    def log_interval(self, pending: list[tuple[int, torch.Tensor, dict]]) -> torch.Tensor:
+        """The NaN check and TensorBoard scalars for the iterations in ``pending`` (iteration in epoch, loss,
+        terms); returns their losses averaged over ranks (the global batch's, whatever the world size)."""
+        losses = self.dist.all_sum(torch.stack([p[1] for p in pending]).float()) / self.dist.world
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            iteration = pending[int(bad[0])][0] + 1
+            raise UserError(f"training loss became {losses[int(bad[0])].item()} at epoch {self.epoch + 1}, "
+                            f"iteration {iteration}; the last good checkpoints in {self.exp} are kept. "
+                            "Lower --lr or check the data")
+        if self.writer is not None:
+            names = list(pending[0][2])
+            # One device-to-host copy for the whole interval, not one per scalar.
+            terms = torch.stack([torch.stack([p[2][n] for n in names]) for p in pending]).float()
+            first = self.global_step - len(pending) + 1
+            for g, value, row in zip(range(first, self.global_step + 1), losses.tolist(), terms.cpu().tolist()):
+                self.writer.add_scalar("train/loss", value, g)
+                for name, term in zip(names, row):
+                    self.writer.add_scalar(f"train/{name}", term, g)
+        return losses
+
+    # ----------------------------------------------------------------------- checkpoints and logs
+
+    def checkpoint(self, epoch: int, batch_in_epoch: int) -> dict:
+        """Everything ``--resume`` needs; every rank's RNG state is gathered (a collective call)."""
+        rng = [get_rng_state()]
+        if self.dist.world > 1:
+            gathered = [None] * self.dist.world
+            torch.distributed.all_gather_object(gathered, rng[0])
+            rng = gathered
+        return {**model_payload(self.step.model, self.run_name, self.config), "extra": self.step.extra_state(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": self.global_step,
+                "best_val_loss": self.best_loss, "rng_per_rank": rng, "world_size": self.dist.world}
+
+    def save_last(self, epoch: int, batch_in_epoch: int) -> None:
+        """``model.pt`` at this position (all ranks take part; rank 0 writes); the replaced run goes."""
+        state = self.checkpoint(epoch, batch_in_epoch)
+        if self.dist.main:
+            save_checkpoint(state, self.exp / "model.pt")
+            drop_replaced_run(self.exp)
+            self.parked_old_run = False
+
+    def end_epoch(self, metrics: dict, images: dict | None, train_loss: float, seconds: float,
+                  epochs_bar) -> None:
+        """``best_model.pt`` when validation improved, the epoch's logs, then ``model.pt``."""
+        epoch = self.epoch + 1  # epochs completed
+        improved = metrics["loss"] < self.best_loss
+        if improved:
+            self.best_loss = metrics["loss"]
+        if self.dist.main:
+            if improved:
+                save_checkpoint({**model_payload(self.step.model, self.run_name, self.config), "epoch": epoch,
+                                 "val_metrics": metrics}, self.exp / "best_model.pt")
+            writer = self.writer
+            writer.add_scalar("train/epoch_loss", train_loss, epoch)
+            writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], epoch)
+            writer.add_scalar("train/seconds_per_epoch", seconds, epoch)
+            for key, value in metrics.items():
+                writer.add_scalar(f"val/{key}", value, epoch)
+            if images is not None and (epoch == 1 or epoch % self.args.image_every == 0
+                                       or epoch == self.args.epochs):
+                writer.add_image("val/target_zf_output_error", image_grid(images), epoch)
+            writer.flush()
+            epochs_bar.set_postfix(val_loss=f"{metrics['loss']:.4g}", psnr=f"{metrics['psnr']:.2f}")
+            tqdm.write(f"epoch {epoch}/{self.args.epochs}: train loss {train_loss:.5f}, "
+                       f"val loss {metrics['loss']:.5f}, PSNR {metrics['psnr']:.2f} dB, "
+                       f"SSIM {metrics['ssim']:.4f}{' (best)' if improved else ''}, {seconds:.1f} s")
+        self.save_last(epoch, 0)
+
+    def finish(self) -> None:
+        """TensorBoard's hparams entry and the closing line (rank 0)."""
+        if self.writer is None:
+            return
+        hparams = {**jsonable(self.args), **self.step.hparams()}
+        self.writer.add_hparams({k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
+                                 for k, v in hparams.items()},
+                                {"hparam/best_val_loss": self.best_loss}, run_name=".")
+        self.writer.close()
+        print(f"done: best validation L1 {self.best_loss:.5f}; checkpoints in {self.exp} "
+              f"(best_model.pt, model.pt); TensorBoard: tensorboard --logdir {self.exp / 'summary'}")
+
+
 def train(args: argparse.Namespace, build_step, run_name: str) -> Path:
     """Train ``build_step(args)`` (a :class:`TrainStep`) with the common flags in ``args``.
 
@@ -247,204 +557,16 @@ def train(args: argparse.Namespace, build_step, run_name: str) -> Path:
     Returns the experiment folder.
     """
     dist = Dist(args.device)
-    parked = {"old_run": False}
+    trainer = Trainer(args, build_step, run_name, dist)
     try:
-        return _train(args, build_step, run_name, dist, parked)
+        return trainer.run()
     except BaseException:
-        # Still parked means this run never saved a model.pt: give the replaced run back.
-        if parked["old_run"] and (args.exp_dir / REPLACED).is_dir():
+        # A run that never saved a model.pt gives the run it replaced back.
+        if trainer.parked_old_run and (args.exp_dir / REPLACED).is_dir():
             restore_old_run(args.exp_dir)
         raise
     finally:
         dist.close()
-
-
-def _train(args, build_step, run_name: str, dist: Dist, parked: dict) -> Path:
-    resume = prepare_exp_dir(args)
-    exp = args.exp_dir
-    if resume is not None and resume["epoch"] >= args.epochs and resume["batch_in_epoch"] == 0:
-        if dist.main:
-            print(f"{exp} already finished {resume['epoch']} of {args.epochs} epochs; nothing to resume")
-        return exp
-    seed_everything(args.seed + dist.rank)
-    masks = dict(zip(args.acc, args.mask)) if args.mask else None
-    preload = {"auto": "auto", "yes": True, "no": False}[args.preload]
-    train_set = build_dataset(args.data_root, "train", args.acc, masks, preload)
-    val_set = build_dataset(args.data_root, "validation", args.acc, masks, preload)
-    # Files may have been moved or merged since data/prepare.py checked them; this reads only attributes.
-    check_split(args.data_root, args.acc)
-    step = build_step(args)
-    recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
-    args.memory_format = resolve_memory_format(args.memory_format, dist.device,
-                                               tuple(train_set[0]["target"].shape[-2:]), bool(args.amp), recorded)
-    step.to_device(dist.device, MEMORY_FORMATS[args.memory_format])
-    amp = bool(args.amp)
-    lr = args.lr * (dist.world if args.scale_lr else 1)
-    params = [p for p in step.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
-
-    start_epoch, start_batch, global_step, best_loss = 0, 0, 0, math.inf
-    if resume is not None:
-        try:
-            step.model.load_state_dict(resume["model"])
-            step.load_state_dict({**step.state_dict(), **resume.get("extra", {})})
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise UserError(f"--resume: {exp / 'model.pt'} does not match this script and flags "
-                            f"({first_line(exc)}); resume with the original command") from exc
-        start_epoch, start_batch = resume["epoch"], resume["batch_in_epoch"]
-        global_step, best_loss = resume["global_step"], resume["best_val_loss"]
-        if resume.get("world_size", 1) != dist.world:
-            print(f"warning: resuming a {resume.get('world_size', 1)}-process run with {dist.world} "
-                  "process(es); training continues but is not bit-identical to an uninterrupted run",
-                  file=sys.stderr)
-        elif resume.get("rng_per_rank") and dist.rank < len(resume["rng_per_rank"]):
-            set_rng_state(resume["rng_per_rank"][dist.rank])
-
-    if args.augment:
-        train_set = AugmentedSlices(train_set, args.seed)
-    train_sampler = EpochSampler(len(train_set), args.seed, dist.rank, dist.world, keys=args.augment)
-    val_sampler = EpochSampler(len(val_set), args.seed, dist.rank, dist.world, shuffle=False)
-    loader_opts = dict(num_workers=args.num_workers, pin_memory=dist.device.type == "cuda",
-                       persistent_workers=args.num_workers > 0)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, **loader_opts)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=val_sampler, **loader_opts)
-
-    net = step
-    step.own_backward = dist.world == 1
-    if dist.world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            step, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-            find_unused_parameters=step.find_unused_parameters)
-
-    writer = None
-    config = {**jsonable(args), "run_name": run_name, "git_commit": git_commit(),
-              "torch_version": str(torch.__version__), "device": str(dist.device), "world_size": dist.world,
-              "effective_batch_size": args.batch_size * dist.world, "effective_lr": lr,
-              "train_slices": len(train_set), "validation_slices": len(val_set),
-              "trainable_parameters": sum(p.numel() for p in params),
-              "model_parameters": sum(p.numel() for p in step.model.parameters())}
-    if dist.main:
-        if resume is None:
-            parked["old_run"] = set_aside_old_run(exp)
-            write_json(exp / "config.json", config)
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(exp / "summary"), purge_step=global_step if resume else None)
-        print(f"{run_name}: {len(train_set)} training / {len(val_set)} validation slices, "
-              f"{config['model_parameters']:,} parameters, device {dist.device}, "
-              f"batch {args.batch_size} x {dist.world} process(es) = {config['effective_batch_size']}, "
-              f"lr {lr:g}; writing to {exp}", flush=True)
-
-    def checkpoint(epoch: int, batch_in_epoch: int) -> dict:
-        rng = [get_rng_state()]
-        if dist.world > 1:
-            gathered = [None] * dist.world
-            torch.distributed.all_gather_object(gathered, rng[0])
-            rng = gathered
-        return {**model_payload(step.model, run_name, config), "extra": step.extra_state(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
-                "best_val_loss": best_loss, "rng_per_rank": rng, "world_size": dist.world}
-
-    def save_last(epoch: int, batch_in_epoch: int) -> None:
-        state = checkpoint(epoch, batch_in_epoch)
-        if dist.main:
-            save_checkpoint(state, exp / "model.pt")
-            drop_replaced_run(exp)
-
-    show = dist.main and not args.no_progress
-    epochs_bar = tqdm(range(start_epoch, args.epochs), initial=start_epoch, total=args.epochs,
-                      desc=run_name, unit="epoch", disable=not show, dynamic_ncols=True)
-    with _StopRequest() as stop:
-        for epoch in epochs_bar:
-            skip = start_batch * args.batch_size if epoch == start_epoch else 0
-            train_sampler.set_epoch(epoch, skip)
-            step.start_epoch(epoch)
-            step.train()
-            pending: list[tuple[int, torch.Tensor, dict]] = []
-            running, seen = 0.0, 0
-            first_batch = start_batch if epoch == start_epoch else 0
-            batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
-                           disable=not show, unit="batch", dynamic_ncols=True,
-                           initial=first_batch, total=first_batch + len(train_loader))
-            t0 = time.time()
-            for i, batch in enumerate(batches, start=first_batch):
-                batch = to_device(batch, dist.device)
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
-                    loss, terms = net(batch)
-                if loss.requires_grad:  # a step that ran its own backward returns a detached loss
-                    loss.backward()
-                optimizer.step()
-                global_step += 1
-                pending.append((i, loss.detach(), terms))
-                # Losses stay on the device until the logging interval: no per-iteration host sync.
-                if len(pending) >= args.log_every or i == first_batch + len(train_loader) - 1:
-                    # Averaged over ranks so the logged loss is the global batch's, whatever the world size.
-                    losses = dist.all_sum(torch.stack([p[1] for p in pending]).float()) / dist.world
-                    bad = (~torch.isfinite(losses)).nonzero()
-                    if len(bad):
-                        iteration = pending[int(bad[0])][0] + 1
-                        raise UserError(f"training loss became {losses[int(bad[0])].item()} at epoch "
-                                        f"{epoch + 1}, iteration {iteration}; the last good checkpoints "
-                                        f"in {exp} are kept. Lower --lr or check the data")
-                    if writer is not None:
-                        names = list(pending[0][2])
-                        # One device-to-host copy for the whole interval, not one per scalar.
-                        terms = torch.stack([torch.stack([p[2][n] for n in names]) for p in pending]).float()
-                        first = global_step - len(pending) + 1
-                        for g, value, row in zip(range(first, global_step + 1), losses.tolist(),
-                                                 terms.cpu().tolist()):
-                            writer.add_scalar("train/loss", value, g)
-                            for name, term in zip(names, row):
-                                writer.add_scalar(f"train/{name}", term, g)
-                    running += float(losses.sum())
-                    seen += len(losses)
-                    batches.set_postfix(loss=f"{running / seen:.4g}")
-                    pending.clear()
-                if stop.signal or (args.save_every_iters and global_step % args.save_every_iters == 0):
-                    save_last(epoch, i + 1)
-                if stop.signal:
-                    if dist.main:
-                        print(f"\nstopped by {stop.signal} in epoch {epoch + 1}; model.pt is saved. "
-                              "Continue with the same command plus --resume", file=sys.stderr)
-                    sys.exit(130 if stop.signal == "SIGINT" else 143)
-            batches.close()
-            train_time = time.time() - t0
-            scheduler.step()
-            metrics = validate(step, val_loader, dist, amp)
-            sample = metrics.pop("_sample")
-            improved = metrics["loss"] < best_loss
-            if improved:
-                best_loss = metrics["loss"]
-            if dist.main:
-                if improved:
-                    save_checkpoint({**model_payload(step.model, run_name, config), "epoch": epoch + 1,
-                                     "val_metrics": metrics}, exp / "best_model.pt")
-                writer.add_scalar("train/epoch_loss", running / max(seen, 1), epoch + 1)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], epoch + 1)
-                writer.add_scalar("train/seconds_per_epoch", train_time, epoch + 1)
-                for key, value in metrics.items():
-                    writer.add_scalar(f"val/{key}", value, epoch + 1)
-                if sample is not None and (epoch == 0 or (epoch + 1) % args.image_every == 0
-                                           or epoch + 1 == args.epochs):
-                    writer.add_image("val/target_zf_output_error", image_grid(sample), epoch + 1)
-                writer.flush()
-                epochs_bar.set_postfix(val_loss=f"{metrics['loss']:.4g}", psnr=f"{metrics['psnr']:.2f}")
-                tqdm.write(f"epoch {epoch + 1}/{args.epochs}: train loss {running / max(seen, 1):.5f}, "
-                           f"val loss {metrics['loss']:.5f}, PSNR {metrics['psnr']:.2f} dB, "
-                           f"SSIM {metrics['ssim']:.4f}{' (best)' if improved else ''}, {train_time:.1f} s")
-            save_last(epoch + 1, 0)
-    if writer is not None:
-        writer.add_hparams({k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
-                            for k, v in {**jsonable(args), **step.hparams()}.items()},
-                           {"hparam/best_val_loss": best_loss}, run_name=".")
-        writer.close()
-        print(f"done: best validation L1 {best_loss:.5f}; checkpoints in {exp} "
-              f"(best_model.pt, model.pt); TensorBoard: tensorboard --logdir {exp / 'summary'}")
-    return exp
 
 
 def add_arch_args(parser: argparse.ArgumentParser) -> None:

@@ -220,3 +220,46 @@ def test_teacher_cache_skips_the_teacher_once_filled(runs):
     second, _ = step(batch)
     assert len(calls) == 1 and len(step.teacher_cache) == 4
     torch.testing.assert_close(first, second)
+
+
+def test_frozen_teacher_moves_with_the_step_but_is_neither_saved_nor_trained(runs):
+    argv = common(runs["data"], runs["root"] / "unused", "--teacher-checkpoint",
+                  str(runs["teacher"] / "best_model.pt"), "--kd-method", "vid")
+    step = train_student_kd.build_step(train_student_kd.build_parser().parse_args(argv))
+    step.to(dtype=torch.float64, memory_format=torch.channels_last)
+    weight = step.teacher.cascades[0].conv1.weight
+    assert weight.dtype == torch.float64 and weight.is_contiguous(memory_format=torch.channels_last)
+    step.train()
+    assert not step.teacher.training and step.model.training
+    assert not any(k.startswith(("frozen_teacher", "teacher")) for k in step.state_dict())
+    assert {id(p) for p in step.parameters()}.isdisjoint(id(p) for p in step.teacher.parameters())
+    assert all(k.startswith("kd_loss.") for k in step.extra_state())
+
+
+class _Detached(train_teacher.ReconStep):
+    """A step that detaches its loss by mistake (and says it does not run its own backward)."""
+
+    def forward(self, batch):
+        loss, terms = super().forward(batch)
+        return loss.detach(), terms
+
+
+def test_a_detached_loss_is_an_error_not_a_step_that_trains_nothing(tmp_path, runs):
+    from models.dccnn import DCCNN, STUDENT
+    from models.training import common_parser, train
+    args = common_parser("t").parse_args(common(runs["data"], tmp_path / "exp"))
+    with pytest.raises(RuntimeError, match="runs_own_backward"):
+        train(args, lambda a: _Detached(DCCNN(STUDENT)), run_name="detached")
+    assert not (tmp_path / "exp" / "model.pt").exists()
+
+
+def test_sft_step_declares_its_own_backward_only_where_it_runs_one(runs):
+    from models.sft import SFTNet
+    from models.speed import sft_variant
+    step = train_sft.SFTStep(SFTNet(), 1.0, 1.0)
+    batch = {"target": torch.zeros(1, 1, 8, 8)}
+    assert not step.runs_own_backward(batch)  # not allowed until the loop says so (never under DDP)
+    step.allow_own_backward = True
+    assert step.runs_own_backward(batch) == (sft_variant(torch.device("cpu")) == "branchwise")
+    step.eval()
+    assert not step.runs_own_backward(batch)
