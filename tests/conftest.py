@@ -15,6 +15,9 @@ from data.masks import cartesian_row_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
+# The shell scripts the tests start (demo.sh, paper.sh, train_all.sh, study.sh) run "$PYTHON": make it the
+# interpreter running the tests, so `.venv/bin/python -m pytest` works without an activated venv.
+os.environ["PYTHON"] = sys.executable
 
 
 def phantom(size: int, n_slices: int, seed: int) -> np.ndarray:

@@ -5,7 +5,11 @@ import csv
 import os
 import subprocess
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow
 
 
 def run_demo(out, *args):

@@ -8,6 +8,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import make_dataset, run_cli
 
+pytestmark = pytest.mark.slow
+
 
 def torchrun(*args: str):
     return run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args)

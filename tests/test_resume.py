@@ -13,6 +13,8 @@ import torch
 from conftest import make_dataset, run_cli
 from models.training import FAULT_ENV
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
