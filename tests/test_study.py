@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow
 
 
 def test_study_runs_every_arm_for_every_seed_and_reports_over_seeds(tmp_path):
