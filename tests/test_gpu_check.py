@@ -10,9 +10,10 @@ from conftest import ROOT
 
 
 def gpu_check(*args: str, out) -> subprocess.CompletedProcess:
+    """Run the script; about a minute on an idle 2-core machine (five Python start-ups), far longer under load."""
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     return subprocess.run(["bash", "scripts/gpu_check.sh", *args, "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1800)
 
 
 def test_cpu_side_runs_every_part_and_writes_the_table(tmp_path):
@@ -26,8 +27,7 @@ def test_cpu_side_runs_every_part_and_writes_the_table(tmp_path):
                 "train_student_kd.py at (whole process)"):
         assert f"| {row}" in table, row
     rows = [line for line in table.splitlines() if line.startswith("| train_")]
-    assert [row.split(" (whole process)")[0] for row in rows] == [
-        "| train_sft.py", "| train_student_kd.py imitation", "| train_student_kd.py at"]
+    assert [row.split(" (whole process)")[0] for row in rows] == ["| train_sft.py", "| train_student_kd.py at"]
     assert all(int(re.search(r"peak RSS (\d+) MB", row).group(1)) > 0 for row in rows)
     assert "fastest SFT step variant on cpu" in table
     assert "resume: train_sft.py ok: SIGINT stopped it in epoch 1" in table
