@@ -25,8 +25,6 @@ Model names default to each checkpoint's ``run_name``, then its folder name, the
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -42,7 +40,9 @@ from tqdm import tqdm
 from data.dataset import SliceDataset, build_dataset
 from models.checkpoint import load_reconstructor
 from models.speed import MEMORY_FORMATS, measured_layout
-from utils import METRICS, CliParser, UserError, atomic_write, load_checkpoint, run_cli, write_json, write_text
+from models.distributed import resolve_device
+from utils import (METRICS, CliParser, UserError, acc_type, atomic_write, csv_text, load_checkpoint, run_cli,
+                   write_json, write_text)
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
@@ -87,15 +87,6 @@ def check_names(names: list[str], n_checkpoints: int) -> None:
                             f"{', '.join(META_KEYS)} are summary.json entries); pass another with --names")
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise UserError(f"model name {name!r} cannot be a folder name; pass another with --names")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; asking for CUDA without it is a :class:`UserError`."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA device is available; use --device cpu or auto")
-    return torch.device(device)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -184,15 +175,6 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
             for model, metrics in values.items()}
 
 
-def rows_to_csv(rows: list[dict]) -> str:
-    """The ``metrics.csv`` text; floats keep full precision so means recomputed from it match the summary."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def format_table(summary: dict) -> str:
     """A fixed-width text table: model | PSNR | SSIM | NMSE | HFN | VIF, each mean +- std."""
     digits = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "HFN": 4, "VIF": 4}
@@ -214,7 +196,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="checkpoints of this project (teacher, student, KD student or SFT -> its teacher)")
     parser.add_argument("--names", nargs="+", help="one model name per checkpoint (default: run_name)")
     parser.add_argument("--data-root", required=True, type=Path, help="folder with train/ and validation/")
-    parser.add_argument("--acc", required=True, help="acceleration, e.g. 4x")
+    parser.add_argument("--acc", required=True, type=acc_type, help="acceleration, e.g. 4x")
     parser.add_argument("--mask", type=Path, help="mask .npy (default: DATA_ROOT/mask_{acc}.npy)")
     parser.add_argument("--split", default="validation", help="data split folder (default: validation)")
     parser.add_argument("--out-dir", required=True, type=Path, help="where metrics.csv and summary.json go")
@@ -255,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     recons_dir = args.out_dir / "recons" if args.save_recons else None
     rows = evaluate(models, dataset, device, args.batch_size, recons_dir, amp=args.amp)
     summary = summarize(rows)
-    write_text(metrics_path, rows_to_csv(rows))
+    write_text(metrics_path, csv_text(rows, CSV_COLUMNS))
     write_json(summary_path, {**summary, "acc": args.acc, "split": args.split,
                               "data_root": str(args.data_root), "mask": str(args.mask) if args.mask else None,
                               "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)}})

@@ -1,13 +1,11 @@
 """Train the student-friendly teacher (SFT): teacher T1..T5 jointly with the student branches S2..S5."""
 from __future__ import annotations
 
-import math
-
 from models.dccnn import STUDENT, TEACHER
 from models.sft import SFTNet, sft_forward_backward, sft_loss
 from models.speed import sft_variant
 from models.training import TrainStep, add_arch_args, arch_config, common_parser, parse_args, train
-from utils import UserError, run_cli
+from cli import run_cli, weight_type
 
 
 class SFTStep(TrainStep):
@@ -43,17 +41,13 @@ class SFTStep(TrainStep):
 
 def main(argv: list[str] | None = None) -> None:
     parser = common_parser(__doc__)
-    parser.add_argument("--student-rec-weight", type=float, default=1.0,
+    parser.add_argument("--student-rec-weight", type=weight_type, default=1.0,
                         help="weight w_s of the student branches' reconstruction loss")
-    parser.add_argument("--imitation-weight", type=float, default=1.0,
+    parser.add_argument("--imitation-weight", type=weight_type, default=1.0,
                         help="weight w_i of the branches' L1 to the teacher output (the paper's formula; the "
                              "public code effectively uses ~0)")
     add_arch_args(parser)
     args = parse_args(parser, argv)
-    for flag in ("student_rec_weight", "imitation_weight"):
-        value = getattr(args, flag)
-        if not (math.isfinite(value) and value >= 0):
-            raise UserError(f"--{flag.replace('_', '-')} {value} must be a finite number >= 0")
     train(args, lambda a: SFTStep(SFTNet(arch_config(TEACHER, a), arch_config(STUDENT, a)),
                                   a.student_rec_weight, a.imitation_weight), run_name="sft")
 

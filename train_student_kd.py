@@ -5,19 +5,19 @@ SFT-KD-Recon: the SFT teacher (train_sft.py) and ``--init-from-sft`` with the sa
 """
 from __future__ import annotations
 
-import math
+import argparse
 import sys
 from dataclasses import replace
 
 import torch
 from torch.nn import functional as F
 
-from models.checkpoint import load_model, load_sft
+from models.checkpoint import load_reconstructor, load_sft
 from models.dccnn import DCCNN, STUDENT, DCCNNConfig
-from models.kd_losses import KD_METHODS, Imitation, KDLoss, build_kd_loss, describe_methods
+from models.kd_losses import KD_METHODS, Imitation, KDLoss, KDMethodError, build_kd_loss, describe_methods
 from models.sft import SFTNet, student_from_sft
 from models.training import Frozen, TrainStep, common_parser, parse_args, train
-from utils import UserError, run_cli
+from cli import UserError, run_cli, weight_type
 
 
 class KDStep(TrainStep):
@@ -91,12 +91,6 @@ class KDStep(TrainStep):
         return {"kd_weight": self.kd_weight, "feature_epochs": self.feature_epochs}
 
 
-def load_teacher(path) -> DCCNN:
-    """The teacher network of a standard-teacher or an SFT checkpoint (detected from its architecture)."""
-    model, _ = load_model(path, "--teacher-checkpoint")
-    return model.teacher if isinstance(model, SFTNet) else model
-
-
 def student_config(args, sft: SFTNet | None) -> DCCNNConfig:
     """The student's architecture. From ``--init-from-sft``: the checkpoint's student (an imported public
     checkpoint brings ``ref_padding`` 5), with ``--ref-padding`` applied when given (a warning: the copied
@@ -117,13 +111,28 @@ def student_config(args, sft: SFTNet | None) -> DCCNNConfig:
 
 
 def build_step(args) -> KDStep:
-    teacher = load_teacher(args.teacher_checkpoint)
+    # A standard teacher as is, the teacher of an SFT checkpoint (detected from its architecture).
+    teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint")
     sft = load_sft(args.init_from_sft, "--init-from-sft") if args.init_from_sft is not None else None
     fresh = DCCNN(student_config(args, sft))
     student = student_from_sft(sft, fresh) if sft is not None else fresh
-    kd_loss = build_kd_loss(args.kd_method, student.config, teacher.config)
+    try:
+        kd_loss = build_kd_loss(args.kd_method, student.config, teacher.config)
+    except KDMethodError as exc:
+        raise UserError(f"--kd-method {exc}") from exc
     weight = kd_loss.default_weight if args.kd_weight is None else args.kd_weight
     return KDStep(student, teacher, kd_loss, weight, args.feature_epochs, args.cache_teacher)
+
+
+class _KDMethod(argparse.Action):
+    """``--kd-method NAME``; ``--kd-method list`` prints the registry and exits before the required flags
+    are checked."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value == "list":
+            print(describe_methods())
+            parser.exit(0)
+        setattr(namespace, self.dest, value)
 
 
 def build_parser():
@@ -132,9 +141,9 @@ def build_parser():
                         help="best_model.pt of train_teacher.py --model teacher (Std-KD) or of train_sft.py")
     parser.add_argument("--init-from-sft", default=None, metavar="CKPT",
                         help="copy student cascades S2..S5 from this SFT checkpoint (SFT-KD-Recon)")
-    parser.add_argument("--kd-method", default="at", metavar="NAME",
+    parser.add_argument("--kd-method", default="at", metavar="NAME", action=_KDMethod,
                         help=f"one of {', '.join(KD_METHODS)}; 'list' describes them")
-    parser.add_argument("--kd-weight", type=float, default=None,
+    parser.add_argument("--kd-weight", type=weight_type, default=None,
                         help="lambda of the KD term (default: the method's own, see --kd-method list)")
     parser.add_argument("--feature-epochs", type=int, default=0, metavar="N",
                         help="two-stage schedule of the public code: N epochs of the KD loss alone, then L1 + "
@@ -154,10 +163,6 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--kd-method=list" in argv or any(a == "--kd-method" and b == "list" for a, b in zip(argv, argv[1:])):
-        print(describe_methods())
-        return
     args = parse_args(build_parser(), argv)
     if args.feature_epochs < 0 or args.feature_epochs >= args.epochs:
         raise UserError(f"--feature-epochs {args.feature_epochs} must be in [0, --epochs) = [0, {args.epochs})")
@@ -167,8 +172,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.kd_method not in KD_METHODS:
         raise UserError(f"unknown --kd-method {args.kd_method!r}; choose one of: {', '.join(KD_METHODS)} "
                         "(--kd-method list describes them)")
-    if args.kd_weight is not None and not (math.isfinite(args.kd_weight) and args.kd_weight >= 0):
-        raise UserError(f"--kd-weight {args.kd_weight} must be a finite number >= 0 (0 turns the KD term off)")
     kind = "sftkd" if args.init_from_sft else "stdkd"
     train(args, build_step, run_name=f"{kind}-{args.kd_method}")
 

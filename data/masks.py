@@ -12,12 +12,17 @@ from utils import UserError, atomic_write
 _ACC_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)x$")
 
 
+class AccelerationError(UserError):
+    """An acceleration name that is not one, or one too high for the image."""
+
+
 def parse_acc(acc: str) -> float:
-    """Acceleration factor of a name such as ``"4x"`` or ``"6.5x"``; anything else is a :class:`UserError`."""
+    """Acceleration factor of a name such as ``"4x"`` or ``"6.5x"``; anything else is an
+    :class:`AccelerationError`."""
     match = _ACC_PATTERN.match(str(acc))
     if not match or float(match.group(1)) < 1.0:
-        raise UserError(f"--acc {acc!r} is not an acceleration: write a factor >= 1 followed by 'x', "
-                        "e.g. 4x, 5x or 6.5x")
+        raise AccelerationError(f"{acc!r} is not an acceleration: write a factor >= 1 followed by 'x', "
+                                "e.g. 4x, 5x or 6.5x")
     return float(match.group(1))
 
 
@@ -36,7 +41,7 @@ def cartesian_row_mask(shape: tuple[int, int], acc: str, seed: int = 0,
     height, width = shape
     n_rows = math.floor(height / parse_acc(acc))
     if n_rows < 2:
-        raise UserError(f"--acc {acc} keeps fewer than 2 of {height} rows; use a smaller acceleration")
+        raise AccelerationError(f"acceleration {acc} keeps fewer than 2 of {height} rows; use a smaller one")
     n_low = min(n_rows, max(2, round(center_fraction * height)))
     low = np.r_[np.arange(0, math.ceil(n_low / 2)), np.arange(height - n_low // 2, height)]
     rest = np.setdiff1d(np.arange(height), low)

@@ -1,8 +1,8 @@
 """Turn NIfTI volumes (or nilearn's MNI152 demo brain) into the original KD-MRI / SFT-KD-Recon HDF5 layout.
 
-    python data/prepare.py --preset acdc --input ACDC/database/training --out datasets/acdc
-    python data/prepare.py --preset mrbrains --input MRBrainS/TrainingData --out datasets/mrbrains
-    python data/prepare.py --demo --out datasets/demo --size 64 --max-slices-per-volume 40
+    python data/prepare.py --preset acdc --input ACDC/database/training --out-dir datasets/acdc
+    python data/prepare.py --preset mrbrains --input MRBrainS/TrainingData --out-dir datasets/mrbrains
+    python data/prepare.py --demo --out-dir datasets/demo --size 64 --max-slices-per-volume 40
 
 Inputs. Folders are searched recursively (following folder symlinks, skipping hidden folders such as
 ``.git``) for ``.nii`` / ``.nii.gz``. Every file, found or named, must match ``--include`` (default: all) and
@@ -65,7 +65,8 @@ from tqdm import tqdm  # noqa: E402
 from data.layout import undersample, write_volume  # noqa: E402
 from data.masks import cartesian_row_mask, load_mask, parse_acc, save_mask  # noqa: E402
 from data.split_check import check_split, slice_hashes  # noqa: E402
-from utils import CliParser, UserError, first_line, os_error_message, run_cli, write_json  # noqa: E402
+from utils import (CliParser, UserError, acc_type, check_seed, first_line, os_error_message, run_cli,  # noqa: E402
+                   old_spellings, seed_type, write_json)
 
 SPLITS = ("train", "validation")
 DEFAULT_ACCS = ("4x", "5x")
@@ -387,16 +388,10 @@ def fft_friendly(n: int) -> int:
     """Smallest integer >= ``n`` whose only prime factors are 2, 3 and 5 (e.g. 233 -> 240).
 
     Training runs 10 to 30 FFTs per step; a prime side such as the template's 233 makes each several
-    times slower than a 5-smooth one.
+    times slower than a 5-smooth one. scipy's real-transform size is exactly that 5-smooth number.
     """
-    while True:
-        rest = n
-        for prime in (2, 3, 5):
-            while rest % prime == 0:
-                rest //= prime
-        if rest == 1:
-            return n
-        n += 1
+    from scipy.fft import next_fast_len
+    return next_fast_len(n, real=True)
 
 
 def make_slices(volume: np.ndarray, axis: int, size: int, resize: bool = False) -> np.ndarray:
@@ -532,18 +527,18 @@ def _check_output(out: Path, overwrite: bool) -> None:
     """Refuse an unusable or non-empty ``out``; delete staging folders that runs killed before they could
     clean up (SIGTERM, SIGKILL, power loss) left there."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; choose a folder")
+        raise UserError(f"--out-dir {out} is a file; choose a folder")
     if not out.is_dir():
         return
     for stage in sorted(out.glob(f"{STAGE_PREFIX}*")):
         owner = _stage_owner(stage)
         if owner is not None and owner != os.getpid() and _alive(owner):
-            raise UserError(f"--out {out} is being written by another data/prepare.py run (process {owner}, "
-                            f"{stage.name}); wait for it or choose another --out (if no such run exists, delete "
+            raise UserError(f"--out-dir {out} is being written by another data/prepare.py run (process {owner}, "
+                            f"{stage.name}); wait for it or choose another --out-dir (if no such run exists, delete "
                             f"{stage})")
         shutil.rmtree(stage) if stage.is_dir() and not stage.is_symlink() else stage.unlink()
     if any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {out} exists and is not empty; pass --overwrite to replace its mask_*.npy, "
+        raise UserError(f"--out-dir {out} exists and is not empty; pass --overwrite to replace its mask_*.npy, "
                         "split.json, train/ and validation/, or choose another folder")
 
 
@@ -572,7 +567,7 @@ def _staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
         out.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=out))
     except OSError as exc:
-        raise UserError(f"--out {out} cannot be created: {os_error_message(exc)}") from exc
+        raise UserError(f"--out-dir {out} cannot be created: {os_error_message(exc)}") from exc
     try:
         yield stage
     except BaseException:
@@ -614,8 +609,7 @@ def _check_options(inputs, demo, preset, size, resize, accs, val_fraction, min_f
         raise UserError(f"--min-foreground {min_foreground} must be in [0, 1), e.g. 0.05")
     if max_slices is not None and max_slices < 1:
         raise UserError(f"--max-slices-per-volume {max_slices} must be at least 1")
-    if not 0 <= seed < 2 ** 32:
-        raise UserError(f"--seed {seed} is out of range; use a whole number from 0 to {2 ** 32 - 1}")
+    check_seed(seed)
     if val_subjects is not None and split_file is not None:
         raise UserError("pass either --val-subjects or --split-file, not both")
     if val_subjects is not None and not val_subjects:
@@ -757,7 +751,7 @@ def prepare(*, out: str | Path, inputs: list[str | Path] | None = None, demo: bo
         leak_check = check_split(stage, accs, fix=(
             "the same image is filed under two subjects (a copy of a file, or a subject id the default rule "
             "cannot see): remove the copy, or group the files with --subject-regex or --split-file"),
-            label=f"the data for --out {out}")
+            label=f"the data for --out-dir {out}")
         subjects = {split: [s for s, entry in record.items() if entry["slices"][split]] for split in SPLITS}
         if val_subjects is not None:
             how = "--val-subjects"
@@ -810,22 +804,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "caseN token, else the folder under --input)")
     g.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of subjects (or, for a single subject, of slice positions) for validation")
-    g.add_argument("--seed", type=int, default=42, help="seed of the masks and of the subject split")
+    g.add_argument("--seed", type=seed_type, default=42, help="seed of the masks and of the subject split")
     g.add_argument("--val-subjects", nargs="+", default=None, metavar="ID",
                    help="these subjects are the validation split, all others training (e.g. a paper's split)")
     g.add_argument("--split-file", type=Path, default=None, metavar="JSON",
                    help="reuse a split.json written by this tool, or {\"train\": [ids], \"validation\": [ids]}")
     g = parser.add_argument_group("slices and output")
-    g.add_argument("--out", required=True, type=Path,
-                   help="output folder (train/, validation/, mask_*.npy, split.json); keep it outside the "
-                        "source tree, e.g. datasets/acdc")
+    old_spellings(g.add_argument("--out-dir", "--out", dest="out", required=True, type=Path,
+                                 help="output folder (train/, validation/, mask_*.npy, split.json); keep it "
+                                      "outside the source tree, e.g. datasets/acdc"), "--out")
     g.add_argument("--size", type=int, default=None,
                    help="slices become N x N (centre crop/pad; default: the preset's, else pad to a square of "
                         "the largest in-plane extent rounded up to a 2-3-5 FFT size, nothing cropped)")
     g.add_argument("--resize", action="store_true",
                    help="resample slices to --size (anti-aliased, aspect kept by padding) instead of crop/pad")
     g.add_argument("--axis", type=int, choices=(0, 1, 2), default=2, help="slice axis of the volumes")
-    g.add_argument("--acc", nargs="+", default=list(DEFAULT_ACCS), help="accelerations, e.g. 4x 5x")
+    g.add_argument("--acc", nargs="+", type=acc_type, default=list(DEFAULT_ACCS), help="accelerations, e.g. 4x 5x")
     g.add_argument("--mask-dir", type=Path, default=None,
                    help="use mask_{acc}.npy from this folder instead of generating masks")
     g.add_argument("--min-foreground", type=float, default=0.05,
@@ -834,7 +828,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     g.add_argument("--max-slices-per-volume", type=int, default=None,
                    help="keep at most this many central slices of each volume (handy for the demo)")
     g.add_argument("--overwrite", action="store_true",
-                   help="replace mask_*.npy, split.json, train/ and validation/ in a non-empty --out")
+                   help="replace mask_*.npy, split.json, train/ and validation/ in a non-empty --out-dir")
     args = parser.parse_args(argv)
     summary = prepare(out=args.out, inputs=args.input, demo=args.demo, demo_resolution=args.demo_resolution,
                       preset=args.preset, size=args.size, resize=args.resize, axis=args.axis, accs=args.acc,

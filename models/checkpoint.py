@@ -3,11 +3,14 @@
 A checkpoint is a dict of plain tensors and JSON-able values, loadable with
 ``torch.load(path, weights_only=True)``:
 
-- ``format``: ``"sftkd-v1"``; ``arch``: ``{"kind": "dccnn", n_cascades, n_convs, channels, residual,
-  ref_padding}`` or ``{"kind": "sft", "teacher": {...}, "student": {...}}``; ``model``: the state dict;
-  ``run_name`` and ``config`` (the run's flags).
-- Training checkpoints (``model.pt``) add ``optimizer``, ``scheduler``, ``epoch``, ``best_val_loss``,
-  ``rng`` and, for KD, ``kd_loss`` (the learnable parts of the KD loss, kept apart from the student).
+- ``format``: ``"sftkd-v1"`` (checked on load: another version is a clear error); ``arch``:
+  ``{"kind": "dccnn", n_cascades, n_convs, channels, residual, ref_padding}`` or
+  ``{"kind": "sft", "teacher": {...}, "student": {...}}``; ``model``: the state dict; ``run_name`` and
+  ``config`` (the run's flags and set-up).
+- ``best_model.pt`` adds ``epoch`` and ``val_metrics``.
+- ``model.pt`` (training state for ``--resume``) adds ``extra`` (other trainable parts of the step, e.g. a KD
+  loss's regressors, kept apart from the student), ``optimizer``, ``scheduler``, ``epoch``,
+  ``batch_in_epoch``, ``global_step``, ``best_val_loss``, ``rng_per_rank`` and ``world_size``.
 """
 from __future__ import annotations
 
@@ -20,6 +23,22 @@ from models.sft import SFTNet
 from utils import UserError, first_line, load_checkpoint
 
 FORMAT = "sftkd-v1"
+
+
+def check_format(ckpt: dict, path, what: str) -> None:
+    """A :class:`UserError` when ``ckpt`` declares a format other than :data:`FORMAT` (newer, older or
+    foreign); files without the entry are read as the current format."""
+    found = ckpt.get("format", FORMAT)
+    if found == FORMAT:
+        return
+    prefix = FORMAT.rsplit("v", 1)[0]
+    version = str(found)[len(prefix):] if str(found).startswith(prefix) else ""
+    if version.isdigit():
+        age = "a newer" if int(version) > int(FORMAT.rsplit("v", 1)[1]) else "an older"
+        raise UserError(f"{what} {path} was written by {age} version of this project (format {found}; this "
+                        f"code reads {FORMAT}); use the code that wrote it, or retrain")
+    raise UserError(f"{what} {path} has format {found!r}, not this project's {FORMAT!r}; convert public-code "
+                    "checkpoints with scripts/import_checkpoint.py")
 
 
 def arch_of(model: nn.Module) -> dict:
@@ -46,10 +65,13 @@ def model_payload(model: nn.Module, run_name: str = "", config: dict | None = No
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
-def describe_arch(arch) -> str:
-    """A short name for a checkpoint's ``arch`` dict, e.g. ``"DC-CNN D3C5 (5 cascades x 3 convs)"``."""
+def describe_arch(arch, detail: bool = False) -> str:
+    """A short name for a checkpoint's ``arch`` dict, e.g. ``"DC-CNN D3C5 (5 cascades x 3 convs)"``;
+    ``detail`` adds channels and ref_padding."""
     def dccnn(a) -> str:
-        return f"D{a.get('n_convs')}C{a.get('n_cascades')} ({a.get('n_cascades')} cascades x {a.get('n_convs')} convs)"
+        extra = f", {a.get('channels')} channels, ref_padding {a.get('ref_padding')}" if detail else ""
+        n_convs, n_cascades = a.get("n_convs"), a.get("n_cascades")
+        return f"D{n_convs}C{n_cascades} ({n_cascades} cascades x {n_convs} convs{extra})"
     if not isinstance(arch, dict):
         return repr(arch)
     if arch.get("kind") == "sft" and isinstance(arch.get("teacher"), dict) and isinstance(arch.get("student"), dict):
@@ -77,6 +99,7 @@ def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, d
     ``what`` names the role in errors (e.g. ``"--teacher-checkpoint"``).
     """
     ckpt = load_checkpoint(path, what)
+    check_format(ckpt, path, what)
     arch = ckpt["arch"]
     kind = arch.get("kind") if isinstance(arch, dict) else None
     if kind not in ("dccnn", "sft"):

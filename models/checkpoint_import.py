@@ -210,16 +210,6 @@ def _load_source(src: Path, trust_pickle: bool) -> Any:
         raise UserError(f"--input {src} cannot be unpickled ({first_line(exc)})") from exc
 
 
-def describe(arch: dict) -> str:
-    """One phrase naming a checkpoint's network, e.g. ``"DC-CNN D5C5 (5 cascades x 5 convs, ...)"``."""
-    def dccnn(a: dict) -> str:
-        return (f"D{a['n_convs']}C{a['n_cascades']} ({a['n_cascades']} cascades x {a['n_convs']} convs, "
-                f"{a['channels']} channels, ref_padding {a['ref_padding']})")
-    if arch.get("kind") == "sft":
-        return f"SFT network: teacher {dccnn(arch['teacher'])} + student {dccnn(arch['student'])}"
-    return f"DC-CNN {dccnn(arch)}"
-
-
 def import_checkpoint(src: str | Path, dst: str | Path, trust_pickle: bool = False, *,
                       overwrite: bool = False, ref_padding: int | None = None) -> dict:
     """Convert the public-code checkpoint ``src`` into this project's format at ``dst``.

@@ -10,6 +10,16 @@ from torch.utils.data import Sampler
 from utils import UserError
 
 
+def resolve_device(device: str, index: int = 0) -> torch.device:
+    """The torch device for ``--device auto|cpu|cuda``: ``auto`` is CUDA when available, else the CPU;
+    ``index`` picks the GPU (torchrun's local rank). CUDA without a visible GPU is a :class:`UserError`."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return torch.device(f"cuda:{index}")
+    return torch.device("cpu")
+
+
 class Dist:
     """Rank and world size from torchrun's environment; a single process when there is none."""
 
@@ -17,10 +27,8 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-        self.device = torch.device(f"cuda:{self.local_rank}" if want_cuda else "cpu")
+        self.device = resolve_device(device, self.local_rank)
+        want_cuda = self.device.type == "cuda"
         if want_cuda:
             torch.cuda.set_device(self.device)
             # Every step has the same shapes, so cuDNN's one-off autotuning per shape pays for itself.

@@ -6,7 +6,9 @@ scalar. ``*_out``: (B, 1, H, W) float32 reconstructions. ``*_feats``: what
 (B, C, H', W') after-ReLU activations of conv1 .. conv{n-1}), ``"cnn_out"`` (B, 1, H, W) and ``"out"``
 (B, 1, H, W). The models return features; each loss only chooses which ones it compares. Learnable parts
 (regressors, connectors, paraphrasers) are submodules of the loss, never of the student, so the student
-keeps its 49,285 parameters and the training loop optimises and saves ``kd_loss.parameters()`` on its own.
+keeps its 49,285 parameters; the training loop optimises them with the student and stores them under the
+checkpoint's ``extra``. Each class declares the teacher hidden layers it reads (``teacher_hidden``) so the
+frozen teacher keeps only those. Errors are :class:`KDMethodError` without flag names; the CLI adds them.
 
 Default weights (``default_weight``, the ``--kd-weight`` lambda) make ``lambda * L_KD`` about 0.02, the
 size of a fresh student's L1 loss: each class docstring gives the raw value it was set from, measured on a
@@ -48,6 +50,10 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.flatten(1)
 
 
+class KDMethodError(UserError):
+    """A KD method that does not exist or does not fit the student / teacher pair."""
+
+
 class KDLoss(nn.Module):
     """Base class: names the method and picks features; subclasses implement :meth:`compute`.
 
@@ -66,7 +72,7 @@ class KDLoss(nn.Module):
     def __init__(self, student_config: DCCNNConfig, teacher_config: DCCNNConfig):
         super().__init__()
         if self.needs_features and student_config.n_cascades != teacher_config.n_cascades:
-            raise UserError(f"--kd-method {self.name} pairs cascades one to one, but the student has "
+            raise KDMethodError(f"{self.name} pairs cascades one to one, but the student has "
                             f"{student_config.n_cascades} and the teacher {teacher_config.n_cascades}")
         self.student_config = student_config
         self.teacher_config = teacher_config
@@ -204,6 +210,13 @@ def _centred_unit(tensor: torch.Tensor) -> torch.Tensor:
     return F.normalize(flat - flat.mean(1, keepdim=True), dim=1, eps=EPS)
 
 
+def _squared_distances(embedding: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> (B, B) squared Euclidean distances by the Gram expansion, one matmul (may dip below 0 by
+    rounding: callers clamp)."""
+    squared = embedding.pow(2).sum(1)
+    return squared[:, None] + squared[None, :] - 2 * embedding @ embedding.T
+
+
 class CorrelationCongruence(KDLoss):
     """Correlation congruence (Peng et al. 2019): per cascade, the B x B correlation matrix of the samples'
     CNN-output embeddings (Gaussian RBF kernel ``exp(-gamma |e_i - e_j|^2)``, computed exactly instead of
@@ -220,9 +233,7 @@ class CorrelationCongruence(KDLoss):
     gamma = 0.4
 
     def correlation(self, tensor: torch.Tensor) -> torch.Tensor:
-        embedding = _centred_unit(tensor)
-        squared = embedding.pow(2).sum(1)
-        distance2 = (squared[:, None] + squared[None, :] - 2 * embedding @ embedding.T).clamp(min=0)
+        distance2 = _squared_distances(_centred_unit(tensor)).clamp(min=0)
         return torch.exp(-self.gamma * distance2)
 
     def compute(self, student_out, student_feats, teacher_out, teacher_feats):
@@ -251,7 +262,7 @@ class FlowOfSolution(KDLoss):
     def __init__(self, student_config: DCCNNConfig, teacher_config: DCCNNConfig):
         super().__init__(student_config, teacher_config)
         if student_config.channels != teacher_config.channels:
-            raise UserError(f"--kd-method fsp needs equal channels, but the student has "
+            raise KDMethodError(f"fsp needs equal channels, but the student has "
                             f"{student_config.channels} and the teacher {teacher_config.channels}")
 
     def flows(self, feats: list[dict], config: DCCNNConfig) -> list[torch.Tensor]:
@@ -288,9 +299,7 @@ class SimilarityPreserving(KDLoss):
 
 def _pairwise_distance(embedding: torch.Tensor) -> torch.Tensor:
     """(B, D) -> (B, B) Euclidean distances; clamped before the root so equal rows have finite gradients."""
-    squared = embedding.pow(2).sum(1)
-    distance2 = squared[:, None] + squared[None, :] - 2 * embedding @ embedding.T
-    distance = distance2.clamp(min=EPS).sqrt()
+    distance = _squared_distances(embedding).clamp(min=EPS).sqrt()
     return distance * (1 - torch.eye(len(embedding), device=embedding.device, dtype=embedding.dtype))
 
 
@@ -491,9 +500,9 @@ KD_METHODS: dict[str, type[KDLoss]] = {cls.name: cls for cls in (
 
 
 def build_kd_loss(name: str, student_config: DCCNNConfig, teacher_config: DCCNNConfig) -> KDLoss:
-    """The KD loss registered as ``name``; an unknown name is a :class:`UserError` listing the valid ones."""
+    """The KD loss registered as ``name``; an unknown name is a :class:`KDMethodError` listing the valid ones."""
     if name not in KD_METHODS:
-        raise UserError(f"unknown --kd-method {name!r}; choose one of: {', '.join(KD_METHODS)}")
+        raise KDMethodError(f"unknown KD method {name!r}; choose one of: {', '.join(KD_METHODS)}")
     return KD_METHODS[name](student_config, teacher_config)
 
 

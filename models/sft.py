@@ -40,23 +40,33 @@ class SFTNet(nn.Module):
         student cascade as one batch instead (B, 2B, 3B, 4B: fewer, larger kernels). Which is faster on
         which device is measured by scripts/benchmark.py and recorded in models/speed.py.
         """
-        n_cascades = len(self.teacher.cascades)
-        x = zero_filled
-        intermediate = []
-        for index in range(n_cascades):
-            x, _ = self.teacher.run_cascade(index, x, kspace_under, mask)
-            intermediate.append(x)
+        intermediate = self.teacher_states(zero_filled, kspace_under, mask)
+        x = intermediate[-1]
         if not branches:
             return x
         if batch_branches:
             return x, self._batched_branches(intermediate, kspace_under, mask)
-        branch_outs = []
-        for start in range(1, n_cascades):  # branch j = start starts from x_j and runs S_{j+1}..S_5
-            y = intermediate[start - 1]
-            for index in range(start, n_cascades):
-                y, _ = self.student.run_cascade(index, y, kspace_under, mask)
-            branch_outs.append(y)
-        return x, branch_outs
+        return x, [self.branch(start, intermediate[start - 1], kspace_under, mask)
+                   for start in range(1, len(intermediate))]
+
+    def teacher_states(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor,
+                       mask: torch.Tensor) -> list[torch.Tensor]:
+        """The teacher's outputs after each cascade, x_1..x_5, each (B, 1, H, W) float32 (inputs as in
+        :meth:`forward`); the last is the teacher's reconstruction."""
+        x, states = zero_filled, []
+        for index in range(len(self.teacher.cascades)):
+            x, _ = self.teacher.run_cascade(index, x, kspace_under, mask)
+            states.append(x)
+        return states
+
+    def branch(self, start: int, x_start: torch.Tensor, kspace_under: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor:
+        """Student branch ``start`` (1..4): S_{start+1}..S_5 run on the teacher's x_start, (B, 1, H, W)
+        float32 in and out."""
+        y = x_start
+        for index in range(start, len(self.student.cascades)):
+            y, _ = self.student.run_cascade(index, y, kspace_under, mask)
+        return y
 
     def _batched_branches(self, intermediate: list[torch.Tensor], kspace_under: torch.Tensor,
                           mask: torch.Tensor) -> list[torch.Tensor]:
@@ -97,20 +107,14 @@ def sft_forward_backward(model: SFTNet, zero_filled: torch.Tensor, kspace_under:
     backward alone, leaving gradients on those cut points, and a last backward carries them through the
     teacher. Peak memory drops by the activations of three branches (~350 MB at 240 x 240, batch 4).
     """
-    n_cascades = len(model.teacher.cascades)
-    n_branches = n_cascades - 1
-    x = zero_filled
-    intermediate = []
-    for index in range(n_cascades):
-        x, _ = model.teacher.run_cascade(index, x, kspace_under, mask)
-        intermediate.append(x)
-    teacher_out = x
+    intermediate = model.teacher_states(zero_filled, kspace_under, mask)
+    n_branches = len(intermediate) - 1
+    teacher_out = intermediate[-1]
     teacher_cut = teacher_out.detach().requires_grad_()
     starts = [t.detach().requires_grad_() for t in intermediate[:-1]]
     branch_losses, imitation_losses = [], []
-    for start, y in enumerate(starts, 1):
-        for index in range(start, n_cascades):
-            y, _ = model.student.run_cascade(index, y, kspace_under, mask)
+    for start, x_start in enumerate(starts, 1):
+        y = model.branch(start, x_start, kspace_under, mask)
         loss_branch, loss_imitation = F.l1_loss(y, target), F.l1_loss(y, teacher_cut)
         (student_rec_weight * loss_branch + imitation_weight * loss_imitation).div(n_branches).backward()
         branch_losses.append(loss_branch.detach())

@@ -23,15 +23,16 @@ from tqdm import tqdm
 
 from data.augment import AugmentedSlices
 from data.dataset import build_dataset
-from data.masks import parse_acc
 from data.split_check import check_split
 from models.checkpoint import model_payload
 from models.distributed import Dist, EpochSampler
 from models.experiment import (REPLACED, drop_replaced_run, git_commit, jsonable, prepare_exp_dir,
                                restore_old_run, set_aside_old_run)
 from models.speed import MEMORY_FORMATS, resolve_memory_format
-from utils import (CliParser, UserError, first_line, get_rng_state, psnr, save_checkpoint, seed_everything,
-                   set_rng_state, ssim, write_json)
+from cli import CliParser, UserError, acc_type, first_line, seed_type
+from files import save_checkpoint, write_json
+from metrics import psnr, ssim
+from rng import get_rng_state, seed_everything, set_rng_state
 
 # Test hook (see fault_point): ITERATION[:SIGNAL].
 FAULT_ENV = "SFTKD_FAULT_AT"
@@ -126,21 +127,13 @@ def positive(kind):
     return parse
 
 
-def acc_name(text: str) -> str:
-    try:
-        parse_acc(text)
-    except UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace(f"--acc {text!r}", repr(text)))
-    return text
-
-
 def common_parser(description: str) -> CliParser:
     """Parser with the flags every training script shares (defaults are the paper's)."""
     p = CliParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data-root", type=Path, required=True,
                    help="folder with train/ and validation/ (acc_{acc}/*.h5) and mask_{acc}.npy")
-    g.add_argument("--acc", type=acc_name, nargs="+", default=["4x"],
+    g.add_argument("--acc", type=acc_type, nargs="+", default=["4x"],
                    help="acceleration(s); several train one model on the union, e.g. --acc 4x 5x")
     g.add_argument("--mask", type=Path, nargs="+", default=None,
                    help="mask .npy per --acc (default {data-root}/mask_{acc}.npy)")
@@ -158,7 +151,7 @@ def common_parser(description: str) -> CliParser:
     g.add_argument("--lr-gamma", type=positive(float), default=0.1, help="StepLR factor")
     g.add_argument("--scale-lr", action="store_true",
                    help="multiply --lr by the number of processes (linear scaling rule under torchrun)")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--seed", type=seed_type, default=42)
     g = p.add_argument_group("run")
     g.add_argument("--exp-dir", type=Path, required=True, help="experiment folder for checkpoints and logs")
     g.add_argument("--resume", action="store_true", help="continue from {exp-dir}/model.pt")

@@ -32,9 +32,9 @@ from matplotlib.patches import Rectangle  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.dataset import keys_for  # noqa: E402
-from data.masks import parse_acc  # noqa: E402
 from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
-from utils import CliParser, UserError, atomic_write, first_line, psnr, run_cli, ssim  # noqa: E402
+from utils import (CliParser, UserError, acc_type, atomic_write, first_line, old_spellings, psnr, run_cli,  # noqa: E402
+                   ssim)
 
 
 def read_volume(path: Path, acc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dir", required=True, type=Path, help="an evaluate.py --save-recons --out-dir")
     parser.add_argument("--data-root", required=True, type=Path, help="the data evaluate.py read")
-    parser.add_argument("--acc", required=True, help="acceleration, e.g. 4x")
+    parser.add_argument("--acc", required=True, type=acc_type, help="acceleration, e.g. 4x")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--volume", help="volume (file name, .h5 optional; default: the first)")
     parser.add_argument("--slice", type=int, help="slice index (default: largest target energy)")
@@ -153,19 +153,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--error-scale", type=float, default=5.0, help="error map magnification (default 5)")
     parser.add_argument("--inset", nargs=3, type=int, metavar=("Y0", "X0", "SIZE"),
                         help="zoom on the square of SIZE pixels whose top-left corner is (Y0, X0)")
-    parser.add_argument("--out", required=True, type=Path, help="output .png")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    old_spellings(parser.add_argument("--output", "--out", dest="out", required=True, type=Path,
+                                      help="output .png"), "--out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     args = parser.parse_args(argv)
 
     if args.out.suffix.lower() != ".png":
-        raise UserError(f"--out {args.out} must end in .png")
+        raise UserError(f"--output {args.out} must end in .png")
     if args.out.is_dir():
-        raise UserError(f"--out {args.out} is a folder; give a file name such as {args.out / 'figure.png'}")
+        raise UserError(f"--output {args.out} is a folder; give a file name such as {args.out / 'figure.png'}")
     if args.out.exists() and not args.overwrite:
-        raise UserError(f"{args.out} already exists; pass --overwrite to replace it or choose another --out")
+        raise UserError(f"{args.out} already exists; pass --overwrite to replace it or choose another --output")
     if not args.error_scale > 0:
         raise UserError(f"--error-scale {args.error_scale} must be positive")
-    parse_acc(args.acc)
     if not args.eval_dir.is_dir():
         raise UserError(f"--eval-dir {args.eval_dir} does not exist; pass an evaluate.py --out-dir")
     available = eval_models(args.eval_dir, args.acc)

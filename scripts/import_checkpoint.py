@@ -13,7 +13,8 @@ from pathlib import Path
 # Run as `python scripts/import_checkpoint.py` from the repo root: make the top-level packages importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.checkpoint_import import describe, import_checkpoint  # noqa: E402
+from models.checkpoint import describe_arch  # noqa: E402
+from models.checkpoint_import import import_checkpoint  # noqa: E402
 from utils import CliParser, UserError, run_cli  # noqa: E402
 
 
@@ -37,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = import_checkpoint(args.input, args.output, args.trust_pickle, overwrite=args.overwrite,
                                 ref_padding=args.ref_padding)
     epoch = "unknown" if summary["epoch"] is None else summary["epoch"]
-    print(f"found {summary['layout']}: {describe(summary['arch'])}, {summary['parameters']:,} parameters, "
-          f"epoch {epoch}")
+    print(f"found {summary['layout']}: {describe_arch(summary['arch'], detail=True)}, "
+          f"{summary['parameters']:,} parameters, epoch {epoch}")
     print(f"wrote {args.output}")
 
 

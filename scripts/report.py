@@ -52,7 +52,7 @@ from scipy.stats import ttest_rel, wilcoxon
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.masks import parse_acc  # noqa: E402
-from utils import CliParser, UserError, atomic_write, run_cli, write_text  # noqa: E402
+from utils import CliParser, UserError, atomic_write, csv_text, run_cli, write_text  # noqa: E402
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
 # vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
@@ -380,16 +380,6 @@ def plot(table: dict, path: Path) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
-def rows_to_csv(rows: list[dict]) -> str:
-    """CSV text of the table rows; columns are the union of the rows' keys in first-seen order."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dirs", nargs="+", required=True, type=Path,
@@ -413,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
     markdown, csv_rows = build_report(table)
     write_text(md_path, markdown)
-    write_text(csv_path, rows_to_csv(csv_rows))
+    write_text(csv_path, csv_text(csv_rows))
     if args.plot is not None:
         plot(table, args.plot)
         print(f"wrote {args.plot}")

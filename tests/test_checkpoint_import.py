@@ -324,3 +324,21 @@ def test_own_checkpoint_and_missing_input_are_clear_errors(tmp_path):
         import_checkpoint(first, tmp_path / "second.pt")
     with pytest.raises(UserError, match="does not exist"):
         import_checkpoint(tmp_path / "nope.pt", tmp_path / "third.pt")
+
+
+@pytest.mark.parametrize("fmt, fragments", [
+    ("sftkd-v2", ["newer version", "format sftkd-v2", "reads sftkd-v1"]),
+    ("sftkd-v0", ["older version", "format sftkd-v0"]),
+    ("other-1", ["'other-1'", "import_checkpoint.py"]),
+])
+def test_checkpoint_format_is_checked_on_load(tmp_path, fmt, fragments):
+    from models.checkpoint import load_model, model_payload
+    from models.dccnn import DCCNN, STUDENT
+    from utils import UserError, save_checkpoint
+    path = tmp_path / "model.pt"
+    save_checkpoint({**model_payload(DCCNN(STUDENT)), "format": fmt}, path)
+    with pytest.raises(UserError) as info:
+        load_model(path, "--teacher-checkpoint")
+    assert all(f in str(info.value) for f in fragments) and str(path) in str(info.value)
+    save_checkpoint(model_payload(DCCNN(STUDENT)), path)
+    assert isinstance(load_model(path)[0], DCCNN)

@@ -18,6 +18,9 @@ import torch
 
 from conftest import ROOT, make_dataset, phantom, run_cli, write_volume
 
+# About fifty subprocesses, each importing torch: the full suite runs them, `-m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 TRAIN = "train_teacher.py"
 QUICK = ("--model", "student", "--epochs", "1", "--no-progress")
 TRAIN_FILE = Path("train") / "acc_4x" / "vol00.h5"
@@ -278,7 +281,7 @@ def test_lazy_read_error_with_overwrite_keeps_the_replaced_run(broken, run_dir, 
     (["--batch-size", "-4"], ["--batch-size", "must be > 0, got -4"]),
     (["--lr", "0"], ["--lr", "must be > 0, got 0"]),
     (["--lr", "-0.001"], ["--lr", "must be > 0, got -0.001"]),
-    (["--seed", "-1"], ["--seed -1", "0 to 4294967295"]),
+    (["--seed", "-1"], ["--seed", "'-1'", "0 to 4294967295"]),
 ])
 def test_bad_training_flags(base, tmp_path, flags, fragments):
     result = run_cli(*train_args(base, tmp_path / "exp"), *flags)
@@ -296,8 +299,8 @@ def test_unknown_kd_method_lists_the_valid_ones(base, checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("script, flags, fragments", [
-    ("train_student_kd.py", ["--kd-weight", "-1"], ["--kd-weight -1", ">= 0"]),
-    ("train_sft.py", ["--imitation-weight", "nan"], ["--imitation-weight nan", ">= 0"]),
+    ("train_student_kd.py", ["--kd-weight", "-1"], ["--kd-weight", "-1", ">= 0"]),
+    ("train_sft.py", ["--imitation-weight", "nan"], ["--imitation-weight", "nan", ">= 0"]),
 ])
 def test_negative_loss_weights(base, checkpoints, tmp_path, script, flags, fragments):
     args = [script, "--epochs", "1", "--no-progress", "--data-root", str(base), "--exp-dir", str(tmp_path / "exp")]
@@ -376,7 +379,7 @@ def test_prepare_refuses_an_existing_out(tmp_path):
     out.mkdir()
     (out / "mask_4x.npy").write_bytes(b"old")
     result = run_cli("data/prepare.py", "--demo", "--out", str(out), "--size", "32")
-    assert_one_line_error(result, f"--out {out}", "--overwrite")
+    assert_one_line_error(result, f"--out-dir {out}", "--overwrite")
     assert snapshot(out) == {"mask_4x.npy": b"old"}
 
 

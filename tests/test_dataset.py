@@ -13,6 +13,7 @@ from data.dataset import SliceDataset, build_dataset
 from data.fft import zero_filled
 from data.masks import cartesian_row_mask
 from tests.conftest import make_dataset, phantom, write_volume
+from data.masks import AccelerationError
 from utils import UserError
 
 SIZE = 32
@@ -183,7 +184,7 @@ def test_missing_split_dir(tiny_data):
 
 
 def test_bad_acc_name(tiny_data):
-    with pytest.raises(UserError, match="--acc"):
+    with pytest.raises(AccelerationError, match="'4' is not an acceleration"):
         SliceDataset(tiny_data, "train", "4")
 
 

@@ -45,11 +45,11 @@ def test_figure_with_and_without_inset(eval_dir, tmp_path):
     root, out, _ = eval_dir
     plain, zoomed = tmp_path / "plain.png", tmp_path / "inset.png"
     common = ["--eval-dir", str(out), "--data-root", str(root), "--acc", "4x"]
-    result = run_cli("scripts/figure.py", *common, "--out", str(plain))
+    result = run_cli("scripts/figure.py", *common, "--output", str(plain))
     assert result.returncode == 0, result.stderr
     assert "ZF, teacher, sftkd-at" in result.stdout
     main([*common, "--inset", "4", "6", "12", "--error-scale", "10", "--models", "sftkd-at", "--slice", "1",
-          "--out", str(zoomed)])
+          "--out", str(zoomed)])  # --out: the old spelling of --output still works
     image_plain, image_zoomed = check_png(plain), check_png(zoomed)
     assert image_zoomed.shape[1] < image_plain.shape[1]  # one model fewer: narrower figure
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file

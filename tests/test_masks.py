@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from data.masks import cartesian_row_mask, load_mask, parse_acc, save_mask, validate_mask
+from data.masks import AccelerationError, cartesian_row_mask, load_mask, parse_acc, save_mask, validate_mask
 from utils import UserError
 
 
@@ -54,7 +54,7 @@ def test_seeded():
 
 
 def test_too_high_acceleration_is_user_error():
-    with pytest.raises(UserError, match="--acc"):
+    with pytest.raises(AccelerationError, match="10x keeps fewer than 2 of 16 rows"):
         cartesian_row_mask((16, 16), "10x")
 
 
@@ -65,7 +65,7 @@ def test_parse_acc_accepts(name, value):
 
 @pytest.mark.parametrize("name", ["4", "x4", "0.5x", "four", "", "-4x", "4xx"])
 def test_parse_acc_rejects(name):
-    with pytest.raises(UserError, match="--acc"):
+    with pytest.raises(AccelerationError, match="is not an acceleration"):
         parse_acc(name)
 
 

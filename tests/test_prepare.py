@@ -211,7 +211,10 @@ def test_cli_errors_are_one_line(nifti_dir: Path, tmp_path: Path, capsys):
     fake = tmp_path / "fake.nii"
     fake.write_bytes(b"\x00" * 100)
     assert "fake.nii cannot be read by nibabel" in _cli_error(["--input", str(fake), "--out", out], capsys)
-    assert "--acc '4'" in _cli_error(["--input", str(nifti_dir), "--out", out, "--acc", "4"], capsys)
+    assert "argument --acc: '4' is not an acceleration" in _cli_error(
+        ["--input", str(nifti_dir), "--out", out, "--acc", "4"], capsys)
+    # --out is the old spelling of --out-dir: both reach the same checks.
+    assert "fake.nii cannot be read by nibabel" in _cli_error(["--input", str(fake), "--out-dir", out], capsys)
 
     mask_dir = tmp_path / "masks"
     mask_dir.mkdir()

@@ -359,7 +359,7 @@ def test_unusable_output_paths_are_one_line_errors(acdc: Path, tmp_path: Path, c
     source = str(acdc / "patient001" / "patient001_frame01.nii.gz")
     for out, reason in ((afile / "sub", "Not a directory"), (Path("/proc/sftkd/out"), "No such file")):
         err = _one_line_error(main, ["--input", source, "--out", str(out), "--size", str(SIZE)], capsys)
-        assert f"--out {out} cannot be created" in err and reason in err
+        assert f"--out-dir {out} cannot be created" in err and reason in err
     assert afile.read_text() == "a file"
 
     src = save_public(reference("student", seed=0)[0], tmp_path / "public.pt")

@@ -240,3 +240,48 @@ def test_run_cli_disk_full_is_user_facing(capsys, monkeypatch):
 
     with pytest.raises(OSError):
         run_cli(bug, [])
+
+
+def _renamed_parser():
+    from cli import CliParser, old_spellings
+    parser = CliParser(prog="tool")
+    old_spellings(parser.add_argument("--out-dir", "--out", dest="out", required=True), "--out")
+    return parser
+
+
+def test_old_spelling_of_a_renamed_flag_still_parses_but_is_hidden(capsys):
+    parser = _renamed_parser()
+    assert parser.parse_args(["--out", "a"]).out == parser.parse_args(["--out-dir", "a"]).out == "a"
+    text = parser.format_help()
+    assert "--out-dir" in text and "--out " not in text and "--out," not in text
+    assert "--debug" in text and "SFTKD_DEBUG" in text
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
+    err = capsys.readouterr().err
+    assert "required: --out-dir (see tool --help)" in err and "--out-dir/--out" not in err
+    # --debug is consumed by run_cli, so it never reaches config.json through the parsed flags.
+    assert "debug" not in vars(parser.parse_args(["--out-dir", "a"]))
+
+
+@pytest.mark.parametrize("text, ok", [("0", True), ("42", True), (str(2 ** 32 - 1), True), (str(2 ** 32), False),
+                                      ("-1", False), ("1.5", False)])
+def test_seed_type_takes_numpy_seeds_only(text, ok):
+    import argparse
+    from cli import seed_type
+    if ok:
+        assert seed_type(text) == int(text)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="0 to 4294967295"):
+            seed_type(text)
+
+
+@pytest.mark.parametrize("text, ok", [("0", True), ("0.5", True), ("-1", False), ("nan", False), ("inf", False),
+                                      ("x", False)])
+def test_weight_type(text, ok):
+    import argparse
+    from cli import weight_type
+    if ok:
+        assert weight_type(text) == float(text)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError):
+            weight_type(text)
