@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from conftest import run_cli
+
+pytestmark = pytest.mark.slow
 
 
 def test_benchmark_prints_every_step_in_both_layouts(tmp_path):
