@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import platform
 import re
@@ -127,7 +128,6 @@ def synthetic_data(root: Path, size: int, n_train: int, n_val: int, acc: str = "
 @dataclass
 class Timing:
     """One measured configuration: seconds per step of each round, peak GPU memory of its warm-up (MB)."""
-    name: str
     seconds: list[float] = field(default_factory=list)
     peak_mb: float | None = None
 
@@ -141,7 +141,7 @@ def time_interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: t
 
     The first call of each is a warm-up (kernel selection, cuDNN autotuning, allocator growth) and gives the
     peak GPU memory of one step."""
-    timings = {name: Timing(name) for name in fns}
+    timings = {name: Timing() for name in fns}
     for name, fn in fns.items():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -307,9 +307,7 @@ def interrupt_and_resume(args: list[str], exp: Path, threads: int | None, epochs
 
 def run_tests(device: torch.device, out: Path | None) -> tuple[bool, str]:
     """``pytest tests/test_cuda.py``; (ok, its summary line). Without a GPU every test there is skipped."""
-    try:
-        import pytest  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("pytest") is None:
         return False, "not run: pytest is not installed"
     # addopts cleared: pytest.ini's -q plus ours would hide the summary line read below.
     result = subprocess.run([sys.executable, "-m", "pytest", "tests/test_cuda.py", "-o", "addopts=", "-q", "-rs",
