@@ -5,7 +5,7 @@ from models.dccnn import STUDENT, TEACHER
 from models.sft import SFTNet, sft_forward_backward, sft_loss
 from models.speed import sft_variant
 from models.training import TrainStep, add_arch_args, arch_config, common_parser, parse_args, train
-from cli import run_cli, weight_type
+from utils import run_cli, weight_type
 
 
 class SFTStep(TrainStep):

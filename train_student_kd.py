@@ -17,7 +17,7 @@ from models.dccnn import DCCNN, STUDENT, DCCNNConfig
 from models.kd_losses import KD_METHODS, Imitation, KDLoss, KDMethodError, build_kd_loss, describe_methods
 from models.sft import SFTNet, student_from_sft
 from models.training import Frozen, TrainStep, common_parser, parse_args, train
-from cli import UserError, run_cli, weight_type
+from utils import UserError, run_cli, weight_type
 
 
 class KDStep(TrainStep):

@@ -1,8 +1,376 @@
-"""The shared helpers under their historical name: each lives in the module for its job (cli, rng, files,
-metrics); this module re-exports them so ``from utils import ...`` keeps working."""
-from cli import (DEBUG_ENV, CliParser, UserError, _one_line, acc_type, first_line,  # noqa: F401
-                 old_spellings, os_error_message, run_cli, seed_type, weight_type)
-from files import (atomic_write, csv_text, load_checkpoint, pickled_global, save_checkpoint, unreadable_reason,  # noqa: F401
-                   write_json, write_text)
-from metrics import METRICS, hfn, nmse, psnr, ssim, vif  # noqa: F401
-from rng import SeedError, check_seed, get_rng_state, seed_everything, set_rng_state  # noqa: F401
+"""Shared helpers, one section per job: errors and the CLI entry (one-line user errors, the CLI entry
+with ``--debug``, shared argparse types), seeding and RNG state, atomic files and checkpoint loading, and the
+per-slice image metrics."""
+from __future__ import annotations
+
+import argparse
+import csv
+import errno
+import io
+import json
+import math
+import os
+import random
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+# --------------------------------------------------------------------------- errors and the CLI entry
+
+DEBUG_ENV = "SFTKD_DEBUG"
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, flag, data) that is reported as one line, exit code 2."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that reports errors as one line, ``error: ... (see PROG --help)``, and exit code 2, and lists
+    ``--debug`` (which :func:`run_cli` acts on) in every tool's ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # SUPPRESS keeps it out of the parsed flags (and so out of config.json): run_cli consumes it first.
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help=f"show the full traceback instead of a one-line error (or set {DEBUG_ENV}=1)")
+
+    def error(self, message: str):
+        for action, visible in self._renamed():
+            message = message.replace("/".join(action.option_strings), "/".join(visible))
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def format_help(self) -> str:
+        renamed = list(self._renamed())
+        for action, visible in renamed:
+            action.option_strings, action.all_spellings = visible, action.option_strings
+        try:
+            return super().format_help()
+        finally:
+            for action, _ in renamed:
+                action.option_strings = action.all_spellings
+
+    def _renamed(self):
+        """(action, its current spellings) for every flag with old spellings (see :func:`old_spellings`)."""
+        for action in self._actions:
+            old = getattr(action, "old_spellings", ())
+            if old:
+                yield action, [s for s in action.option_strings if s not in old]
+
+
+def old_spellings(action: argparse.Action, *names: str) -> argparse.Action:
+    """Mark ``names`` (given to ``add_argument`` after the current spelling) as old spellings of a renamed
+    flag: still accepted, left out of ``--help`` and of error messages."""
+    action.old_spellings = names
+    return action
+
+
+def first_line(exc: BaseException, limit: int = 120) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line
+    errors that quote a library's reason."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def _one_line(exc: UserError) -> str:
+    """The message of ``exc``; for one re-raised by a DataLoader worker, the worker's own message.
+
+    torch re-raises a worker's exception with the message ``Caught UserError in DataLoader worker process 0.``
+    followed by the worker's whole traceback; the user needs only its last line, the original message.
+    """
+    text = str(exc).strip()
+    if "\nOriginal Traceback" in text:
+        text = text.splitlines()[-1].split("UserError: ", 1)[-1]
+    return text
+
+
+def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
+    """Run a CLI ``main`` and turn a :class:`UserError` into ``error: ...`` on stderr and exit code 2.
+
+    ``--debug`` on the command line or ``SFTKD_DEBUG=1`` in the environment re-raises instead, so
+    developers see the traceback.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        main(args)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        # A path the user gave (an --out under a file, a folder that cannot be made), a full disk or missing
+        # permissions are the user's to fix, not bugs: say which file. Other errors naming no file stay tracebacks.
+        if debug or (exc.filename is None and exc.errno not in _ENVIRONMENT_ERRNOS):
+            raise
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        sys.exit(2)
+
+
+# A full disk or a read-only mount, even where the error names no file (e.g. a failed flush).
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS)
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "free space, then rerun", errno.EDQUOT: "free space, then rerun",
+    errno.EACCES: "fix the permissions or choose another path",
+    errno.EPERM: "fix the permissions or choose another path",
+    errno.EROFS: "choose a path on a writable file system",
+    errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
+    errno.EEXIST: "something is already in the way there; choose another path",
+    errno.EISDIR: "it is a folder; give a file path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: ``<reason>: <file> (<what to do>)``."""
+    reason = exc.strerror or first_line(exc)
+    where = f": {exc.filename}" if exc.filename is not None else ""
+    return f"{reason}{where} ({_OS_ERROR_FIXES.get(exc.errno, 'check the path, then rerun')})"
+
+
+
+
+# --------------------------------------------------------------------------- argparse types shared by the tools
+# One type per concept, so every tool accepts and refuses the same values with the same words.
+
+def acc_type(text: str) -> str:
+    """``--acc``: an acceleration name such as ``4x`` or ``6.5x`` (kept as the name)."""
+    from data.masks import AccelerationError, parse_acc
+    try:
+        parse_acc(text)
+    except AccelerationError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return text
+
+
+def seed_type(text: str) -> int:
+    """``--seed``: a whole number NumPy can seed with (0 .. 2**32 - 1)."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, SeedError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed; use a whole number from 0 to {2 ** 32 - 1}") \
+            from exc
+
+
+def weight_type(text: str) -> float:
+    """A loss weight: a finite number >= 0 (0 turns the term off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0 (0 turns the term off)")
+    return value
+
+
+# --------------------------------------------------------------------------- seeding and RNG state
+
+class SeedError(UserError):
+    """A seed NumPy cannot take."""
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` itself when it fits NumPy's 0 .. 2**32 - 1, else :class:`SeedError`."""
+    if not 0 <= seed < 2 ** 32:
+        raise SeedError(f"seed {seed} is out of range; use a whole number from 0 to {2 ** 32 - 1}")
+    return seed
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device); ``seed`` must fit NumPy's 0..2**32-1."""
+    random.seed(check_seed(seed))
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def get_rng_state() -> dict:
+    """Python, NumPy and torch RNG states as plain values and tensors (loadable with weights_only)."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]),
+                  "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np.random.set_state({"bit_generator": np_state["bit_generator"],
+                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- atomic files and checkpoint loading
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` through ``write(fileobj)`` so that a crash never leaves a half-written file.
+
+    The data goes to a temporary file in the same directory, is flushed and fsynced, and is then renamed
+    over ``path`` (atomic on POSIX): readers see the old file or the new one, never a mix.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"), mode="w")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write a text file."""
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
+    """CSV text of ``rows`` (one dict per row); ``columns`` default to the union of the rows' keys in
+    first-seen order. Floats keep full precision, so means recomputed from the file match."""
+    columns = list(dict.fromkeys(key for row in rows for key in row)) if columns is None else columns
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """Atomically ``torch.save`` a dict of tensors and JSON-able values."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+_PICKLED_GLOBAL = re.compile(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)")
+
+
+def pickled_global(exc: BaseException) -> str | None:
+    """The Python object (e.g. ``"argparse.Namespace"``) that made ``torch.load(weights_only=True)`` refuse a
+    file, or None when the failure has another cause (a damaged or foreign file)."""
+    match = _PICKLED_GLOBAL.search(str(exc))
+    return match.group(1) if match else None
+
+
+def unreadable_reason(path: str | Path) -> str:
+    """Why ``torch.load`` cannot read ``path``, judged from its first bytes (for error messages)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK":
+        return "a damaged zip archive: probably truncated by an interrupted copy or save"
+    if head[:1] == b"\x80":
+        return "an old-style torch file whose pickle data is damaged"
+    return "neither a zip archive nor a pickle, so not a file written by torch.save"
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+    """``torch.load(path, weights_only=True)`` onto the CPU, with one-line errors naming the file.
+
+    ``what`` names the role in messages, e.g. ``"--teacher-checkpoint"``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist (check the path)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        name = pickled_global(exc)
+        if name is not None:
+            raise UserError(f"{what} {path} holds pickled Python objects ({name}), as checkpoints of the public "
+                            "SFT-KD-Recon code do; convert it once with: python scripts/import_checkpoint.py "
+                            f"--input {path} --output converted.pt --trust-pickle") from exc
+        raise UserError(f"{what} {path} cannot be loaded: it is {unreadable_reason(path)}; re-copy it, or pass "
+                        "a best_model.pt / model.pt written by this project") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
+        raise UserError(f"{what} {path} is not a checkpoint of this project (no 'model'/'arch' entries); "
+                        "convert public-code checkpoints with scripts/import_checkpoint.py")
+    return ckpt
+
+
+# --------------------------------------------------------------------------- per-slice image metrics over (H, W) numpy images
+
+def psnr(target: np.ndarray, recon: np.ndarray) -> float:
+    """PSNR in dB of ``recon`` against ``target``, both (H, W) float, ``data_range = target.max()``.
+
+    That range is the public SFT-KD-Recon / KD-MRI convention, so numbers compare with the paper.
+    """
+    from skimage.metrics import peak_signal_noise_ratio
+    return float(peak_signal_noise_ratio(target, recon, data_range=float(target.max())))
+
+
+def ssim(target: np.ndarray, recon: np.ndarray) -> float:
+    """SSIM (scikit-image defaults, 7x7 window) of (H, W) float images, ``data_range = target.max()``."""
+    from skimage.metrics import structural_similarity
+    return float(structural_similarity(target, recon, data_range=float(target.max())))
+
+
+def nmse(target: np.ndarray, recon: np.ndarray) -> float:
+    """Normalised MSE ``|target - recon|^2 / |target|^2`` of (H, W) float images."""
+    return float(np.sum((target - recon) ** 2) / np.sum(target ** 2))
+
+
+def hfn(target: np.ndarray, recon: np.ndarray, sigma: float = 1.5) -> float:
+    """High-frequency error norm: ``|LoG(target) - LoG(recon)|^2 / |LoG(target)|^2``, (H, W) float.
+
+    LoG is scipy's Gaussian-Laplace filter with ``sigma`` (the HFEN convention of Ravishankar & Bresler).
+    """
+    from scipy.ndimage import gaussian_laplace
+    log_t = gaussian_laplace(target.astype(np.float64), sigma)
+    log_r = gaussian_laplace(recon.astype(np.float64), sigma)
+    return float(np.sum((log_t - log_r) ** 2) / np.sum(log_t ** 2))
+
+
+def vif(target: np.ndarray, recon: np.ndarray) -> float:
+    """Pixel-domain visual information fidelity (Sheikh & Bovik 2006) of (H, W) float images.
+
+    Uses torchmetrics' implementation; images are scaled so that ``target.max()`` becomes 255 first, because
+    its visual-noise variance (2.0) is calibrated for 8-bit images: on [0, 1] images that noise swamps every
+    signal and VIF stays near 1 whatever the distortion. Images smaller than 41 x 41 (the largest Gaussian
+    window) are reflect-padded. It runs in float32: torch's float64 convolutions with the 41 x 41 windows took
+    0.29 s per 240 x 240 slice, float32 takes 0.018 s and agrees to ~1e-6 relative.
+    """
+    from torchmetrics.functional.image import visual_information_fidelity
+    scale = 255.0 / (float(target.max()) or 1.0)
+    t = torch.from_numpy((np.asarray(target, dtype=np.float64) * scale).astype(np.float32))[None, None]
+    r = torch.from_numpy((np.asarray(recon, dtype=np.float64) * scale).astype(np.float32))[None, None]
+    pad_h, pad_w = max(0, 41 - t.shape[-2]), max(0, 41 - t.shape[-1])
+    if pad_h or pad_w:
+        pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        t = torch.nn.functional.pad(t, pads, mode="reflect" if min(t.shape[-2:]) > max(pads) else "replicate")
+        r = torch.nn.functional.pad(r, pads, mode="reflect" if min(r.shape[-2:]) > max(pads) else "replicate")
+    return float(visual_information_fidelity(r, t))
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "PSNR": psnr, "SSIM": ssim, "NMSE": nmse, "HFN": hfn, "VIF": vif,
+}

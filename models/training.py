@@ -29,10 +29,8 @@ from models.distributed import Dist, EpochSampler
 from models.experiment import (REPLACED, drop_replaced_run, git_commit, jsonable, prepare_exp_dir,
                                restore_old_run, set_aside_old_run)
 from models.speed import MEMORY_FORMATS, resolve_memory_format
-from cli import CliParser, UserError, acc_type, first_line, seed_type
-from files import save_checkpoint, write_json
-from metrics import psnr, ssim
-from rng import get_rng_state, seed_everything, set_rng_state
+from utils import (CliParser, UserError, acc_type, first_line, get_rng_state, psnr, save_checkpoint, seed_everything,
+                   seed_type, set_rng_state, ssim, write_json)
 
 # Test hook (see fault_point): ITERATION[:SIGNAL].
 FAULT_ENV = "SFTKD_FAULT_AT"

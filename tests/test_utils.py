@@ -243,7 +243,7 @@ def test_run_cli_disk_full_is_user_facing(capsys, monkeypatch):
 
 
 def _renamed_parser():
-    from cli import CliParser, old_spellings
+    from utils import CliParser, old_spellings
     parser = CliParser(prog="tool")
     old_spellings(parser.add_argument("--out-dir", "--out", dest="out", required=True), "--out")
     return parser
@@ -267,7 +267,7 @@ def test_old_spelling_of_a_renamed_flag_still_parses_but_is_hidden(capsys):
                                       ("-1", False), ("1.5", False)])
 def test_seed_type_takes_numpy_seeds_only(text, ok):
     import argparse
-    from cli import seed_type
+    from utils import seed_type
     if ok:
         assert seed_type(text) == int(text)
     else:
@@ -279,7 +279,7 @@ def test_seed_type_takes_numpy_seeds_only(text, ok):
                                       ("x", False)])
 def test_weight_type(text, ok):
     import argparse
-    from cli import weight_type
+    from utils import weight_type
     if ok:
         assert weight_type(text) == float(text)
     else:
