@@ -31,7 +31,7 @@ def check_format(ckpt: dict, path, what: str) -> None:
     found = ckpt.get("format", FORMAT)
     if found == FORMAT:
         return
-    prefix = FORMAT.rsplit("v", 1)[0]
+    prefix = FORMAT.rsplit("v", 1)[0] + "v"
     version = str(found)[len(prefix):] if str(found).startswith(prefix) else ""
     if version.isdigit():
         age = "a newer" if int(version) > int(FORMAT.rsplit("v", 1)[1]) else "an older"
