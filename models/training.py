@@ -427,15 +427,20 @@ class Trainer:
                 seen += len(losses)
                 batches.set_postfix(loss=f"{running / seen:.4g}")
                 pending.clear()
-            if stop.signal or (args.save_every_iters and self.global_step % args.save_every_iters == 0):
+            saved = bool(args.save_every_iters and self.global_step % args.save_every_iters == 0)
+            if saved:
                 self.save_last(epoch, i + 1)
+            if self.fault is not None and self.global_step == self.fault[0]:
+                # As if the signal came during this step: raise_signal runs the handler in this thread at
+                # once, so the stop below sees it (os.kill could reach another thread a step late).
+                signal.raise_signal(self.fault[1])
             if stop.signal:
+                if not saved:
+                    self.save_last(epoch, i + 1)
                 if dist.main:
                     print(f"\nstopped by {stop.signal} in epoch {epoch + 1}; model.pt is saved. "
                           "Continue with the same command plus --resume", file=sys.stderr)
                 sys.exit(130 if stop.signal == "SIGINT" else 143)
-            if self.fault is not None and self.global_step == self.fault[0]:
-                os.kill(os.getpid(), self.fault[1])
         batches.close()
         return running / max(seen, 1), time.time() - t0
 
