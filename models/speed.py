@@ -27,12 +27,11 @@ MEASURE_ROUNDS = (2, 5)  # at least, at most
 #   joint-batched  one backward; the branches of each student cascade run as one (up to 4x) larger batch
 SFT_VARIANTS = ("branchwise", "joint", "joint-batched")
 SFT_VARIANT = {
-    # Branch-wise: level with joint (Intel) or within ~5 % of it (AMD), and ~0.45 GB less peak memory.
+    # Branch-wise: level with joint on both CPU kinds, and ~0.45 GB less peak memory at 240 x 240.
     # Intel Xeon AVX-512/AMX, 2 cores, float32: joint-batched 12 % slower than joint (tensors above glibc's
     # 32 MB mmap threshold are page-faulted in on every allocation); branchwise as fast as joint, peak memory
-    # 1.24 GB instead of 1.70 GB. AMD EPYC Zen 3 (AVX2), 1 thread, contiguous, 5 interleaved rounds on a loaded
-    # VM: branchwise 3.43-3.78, joint 3.11-3.49, joint-batched 4.10-4.76 s/slice; 2 threads under heavier load
-    # all three within noise (5.7-6.9 s/slice).
+    # 1.24 GB instead of 1.70 GB. AMD EPYC Zen 3 (AVX2), 2 threads, contiguous, 5 interleaved rounds:
+    # branchwise 1.21-1.27, joint 1.19-1.35, joint-batched 1.36-1.93 s/slice (medians 1.26, 1.30, 1.80).
     "cpu": "branchwise",
     # Not yet measured on a GPU: the CPU choice. `bash scripts/gpu_check.sh` prints which variant wins.
     "cuda": "branchwise",
