@@ -10,7 +10,7 @@ memory (``torch.cuda.max_memory_allocated``). Then it runs the whole 1-epoch ``t
 ``--check`` is the GPU check that ``scripts/gpu_check.sh`` runs: first the CUDA tests (``tests/test_cuda.py``),
 then the timings in all three precisions, the SFT step variants of models/speed.py, the processes with
 ``--amp --num-workers 4 --preload no``, and a ``--resume`` after interrupting ``train_sft.py``; it writes one
-markdown table to ``--out``/table.md and exits non-zero when a test or a process failed. It needs only torch,
+markdown table to ``--out-dir``/table.md and exits non-zero when a test or a process failed. It needs only torch,
 numpy, h5py, scipy, scikit-image, tqdm, tensorboard, torchmetrics, matplotlib and pytest: its data is written
 by ``data/layout.py``. A benchmark, not a test: it never fails on a time.
 """
@@ -49,7 +49,7 @@ from models.checkpoint import model_payload  # noqa: E402
 from models.dccnn import DCCNN, STUDENT, TEACHER  # noqa: E402
 from models.kd_losses import build_kd_loss  # noqa: E402
 from models.sft import SFTNet, sft_forward_backward, sft_loss  # noqa: E402
-from utils import CliParser, UserError, run_cli, save_checkpoint  # noqa: E402
+from utils import CliParser, UserError, old_spellings, run_cli, save_checkpoint  # noqa: E402
 
 CONV_FLOP = 2 * 9  # multiply-add per 3x3 tap
 # On CUDA the training scripts' float32 is "tf32" (PyTorch's default for convolutions); "fp32" is IEEE.
@@ -369,7 +369,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = CliParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--check", action="store_true",
                    help="the GPU check of scripts/gpu_check.sh: CUDA tests, all precisions, SFT variants, "
-                        "processes with --amp and workers, an interrupted and resumed run, table in --out")
+                        "processes with --amp and workers, an interrupted and resumed run, table in --out-dir")
     p.add_argument("--tiny", action="store_true",
                    help=f"CI-sized: {TINY['size']} x {TINY['size']}, {TINY['slices']} + {TINY['val_slices']} "
                         "slices, one round (checks that everything runs; the times mean nothing)")
@@ -392,8 +392,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sft-variants", action="store_true", help="also time the SFT step variants of models/speed.py")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of the whole-process runs")
     p.add_argument("--skip-processes", action="store_true", help="only the in-process step benchmarks")
-    p.add_argument("--out", type=Path, default=None,
-                   help="write table.md (and, with --check, cuda_tests.log) here; --check default results/gpu_check")
+    old_spellings(p.add_argument("--out-dir", "--out", dest="out", type=Path, default=None,
+                                 help="write table.md (and, with --check, cuda_tests.log) here; --check default "
+                                      "results/gpu_check"), "--out")
     args = p.parse_args(argv)
     if args.tiny:
         args.size, args.slices, args.val_slices = TINY["size"], TINY["slices"], TINY["val_slices"]

@@ -2,7 +2,7 @@
 # The GPU check: one command that proves the CUDA path on a fresh copy of the repository and measures it.
 #
 #   bash scripts/gpu_check.sh                      # on a GPU machine (about 5 minutes on one H100)
-#   bash scripts/gpu_check.sh --out DIR            # table.md and cuda_tests.log into DIR (default results/gpu_check)
+#   bash scripts/gpu_check.sh --out-dir DIR         # table.md and cuda_tests.log into DIR (default results/gpu_check)
 #   bash scripts/gpu_check.sh --device cpu --tiny  # the CPU side, CI-sized (what tests/test_gpu_check.py runs)
 #
 # Writes its own 240 x 240 data, runs tests/test_cuda.py, times every training step and evaluation in float32

@@ -36,6 +36,6 @@ done
 first_acc=${ACCS%% *}
 first_method=${KD_METHODS%% *}
 "$PYTHON" scripts/figure.py --eval-dir "$RESULTS/eval_$first_acc" --data-root "$DATA_ROOT" --acc "$first_acc" \
-    --out "$RESULTS/figure_$first_acc.png" --overwrite \
+    --output "$RESULTS/figure_$first_acc.png" --overwrite \
     --models teacher student "stdkd-$first_method" "sftkd-$first_method"
 echo "table: $RESULTS/table.md   figure: $RESULTS/figure_$first_acc.png   TensorBoard: tensorboard --logdir $RESULTS"

@@ -36,7 +36,7 @@ start=$(date +%s)
 if [ ! -f "$DATA/mask_$ACC.npy" ]; then
     rm -rf "$DATA"
     # shellcheck disable=SC2086
-    "$PYTHON" data/prepare.py --demo --out "$DATA" --size "$SIZE" --resize --acc "$ACC" $PREPARE_FLAGS
+    "$PYTHON" data/prepare.py --demo --out-dir "$DATA" --size "$SIZE" --resize --acc "$ACC" $PREPARE_FLAGS
 fi
 
 train_seed() {  # all runs of one seed; output in RESULTS/seedN/train.log

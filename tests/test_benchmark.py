@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 def test_benchmark_prints_every_step_in_both_layouts(tmp_path):
     # The whole-process part runs in tests/test_gpu_check.py (the same code, with --check's flags).
     result = run_cli("scripts/benchmark.py", "--size", "16", "--repeats", "2", "--threads", "1",
-                     "--skip-processes", "--out", str(tmp_path))
+                     "--skip-processes", "--out-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert re.search(r"CPU .+, \d+ cores", out)  # the CPU model and its vector ISA
@@ -25,10 +25,12 @@ def test_benchmark_prints_every_step_in_both_layouts(tmp_path):
     assert (tmp_path / "table.md").read_text() in out
 
 
-def test_one_layout_and_bf16_only_time_what_was_asked():
+def test_one_layout_and_bf16_only_time_what_was_asked(tmp_path):
     result = run_cli("scripts/benchmark.py", "--size", "8", "--repeats", "1", "--threads", "1",
-                     "--memory-format", "contiguous", "--precision", "bf16", "--skip-processes")
+                     "--memory-format", "contiguous", "--precision", "bf16", "--skip-processes",
+                     "--out", str(tmp_path))  # the old spelling of --out-dir still works
     assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "table.md").is_file()
     assert "| teacher, contiguous | " in result.stdout and "channels_last |" not in result.stdout
     assert "| step | bf16 (--amp) |" in result.stdout
 

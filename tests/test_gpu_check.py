@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def gpu_check(*args: str, out) -> subprocess.CompletedProcess:
     """Run the script; about a minute on an idle 2-core machine (five Python start-ups), far longer under load."""
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(["bash", "scripts/gpu_check.sh", *args, "--out", str(out)], cwd=ROOT, env=env,
+    return subprocess.run(["bash", "scripts/gpu_check.sh", *args, "--out-dir", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
 
 
