@@ -1,6 +1,6 @@
 """Shared helpers, one section per job: errors and the CLI entry (one-line user errors, the CLI entry
 with ``--debug``, shared argparse types), seeding and RNG state, atomic files and checkpoint loading, and the
-per-slice image metrics."""
+image metrics (the paper's per slice, fastMRI's per volume)."""
 from __future__ import annotations
 
 import argparse
@@ -77,15 +77,22 @@ def first_line(exc: BaseException, limit: int = 120) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
+# The last line of a formatted traceback: "module.ExceptionType: message".
+_TRACEBACK_LAST_LINE = re.compile(r"^[\w.]+: (.*)$")
+
+
 def _one_line(exc: UserError) -> str:
     """The message of ``exc``; for one re-raised by a DataLoader worker, the worker's own message.
 
-    torch re-raises a worker's exception with the message ``Caught UserError in DataLoader worker process 0.``
-    followed by the worker's whole traceback; the user needs only its last line, the original message.
+    torch re-raises a worker's exception as a new one of the same type (so it is still a :class:`UserError`)
+    whose message is ``Caught <type> in DataLoader worker process N.`` plus the worker's formatted traceback:
+    the original object is gone and that text is all there is. The user needs only its last line. Should
+    torch change the wording, the whole message is printed: longer, never wrong.
     """
     text = str(exc).strip()
     if "\nOriginal Traceback" in text:
-        text = text.splitlines()[-1].split("UserError: ", 1)[-1]
+        match = _TRACEBACK_LAST_LINE.match(text.splitlines()[-1])
+        text = match.group(1) if match else text
     return text
 
 
@@ -272,14 +279,16 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-_PICKLED_GLOBAL = re.compile(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)")
+def pickled_globals(path: str | Path) -> list[str]:
+    """The Python objects (e.g. ``["argparse.Namespace"]``) that keep ``torch.load(weights_only=True)`` from
+    reading ``path``; empty when the file holds none or is not a zip checkpoint (a damaged or foreign file).
 
-
-def pickled_global(exc: BaseException) -> str | None:
-    """The Python object (e.g. ``"argparse.Namespace"``) that made ``torch.load(weights_only=True)`` refuse a
-    file, or None when the failure has another cause (a damaged or foreign file)."""
-    match = _PICKLED_GLOBAL.search(str(exc))
-    return match.group(1) if match else None
+    Asks torch's own scanner rather than reading its error message, whose wording changes between versions.
+    """
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a readable zip checkpoint: the caller reports it as damaged or foreign
+        return []
 
 
 def unreadable_reason(path: str | Path) -> str:
@@ -289,7 +298,9 @@ def unreadable_reason(path: str | Path) -> str:
     if head == b"PK":
         return "a damaged zip archive: probably truncated by an interrupted copy or save"
     if head[:1] == b"\x80":
-        return "an old-style torch file whose pickle data is damaged"
+        return ("an old-style torch file (saved before torch 1.6 or without the zip format) that weights_only "
+                "loading refuses: it holds pickled Python objects or is damaged; if it comes from a trusted "
+                "source, convert it with scripts/import_checkpoint.py --trust-pickle")
     return "neither a zip archive nor a pickle, so not a file written by torch.save"
 
 
@@ -304,9 +315,9 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        name = pickled_global(exc)
-        if name is not None:
-            raise UserError(f"{what} {path} holds pickled Python objects ({name}), as checkpoints of the public "
+        names = pickled_globals(path)
+        if names:
+            raise UserError(f"{what} {path} holds pickled Python objects ({', '.join(names)}), as checkpoints of the public "
                             "SFT-KD-Recon code do; convert it once with: python scripts/import_checkpoint.py "
                             f"--input {path} --output converted.pt --trust-pickle") from exc
         raise UserError(f"{what} {path} cannot be loaded: it is {unreadable_reason(path)}; re-copy it, or pass "
@@ -373,4 +384,43 @@ def vif(target: np.ndarray, recon: np.ndarray) -> float:
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "PSNR": psnr, "SSIM": ssim, "NMSE": nmse, "HFN": hfn, "VIF": vif,
+}
+
+
+# --------------------------------------------------------------------------- fastMRI's volume-wise metrics over (S, H, W) volumes
+# fastMRI's fastmri/evaluate.py scores one volume at a time, not one slice: its published baselines and
+# leaderboards are means over volumes of these three numbers. A volume's error is pooled over all its voxels,
+# so a volume-wise PSNR is not the mean of per-slice PSNRs (bright slices weigh more, and the peak is the
+# volume's maximum, not each slice's).
+
+def volume_nmse(target: np.ndarray, recon: np.ndarray) -> float:
+    """fastMRI's NMSE of one volume: ``||target - recon||^2 / ||target||^2`` over all voxels of (S, H, W) float
+    arrays."""
+    return float(np.sum((target - recon) ** 2) / np.sum(target ** 2))
+
+
+def volume_psnr(target: np.ndarray, recon: np.ndarray) -> float:
+    """fastMRI's PSNR in dB of one volume: one MSE over all voxels of (S, H, W) float arrays,
+    ``data_range = target.max()`` of the whole volume."""
+    from skimage.metrics import peak_signal_noise_ratio
+    return float(peak_signal_noise_ratio(target, recon, data_range=float(target.max())))
+
+
+def volume_ssim(target: np.ndarray, recon: np.ndarray) -> float:
+    """fastMRI's SSIM of one volume: the mean over slices of 2-D SSIM, (S, H, W) float arrays.
+
+    Every slice uses ``data_range = target.max()`` of the whole volume (not of the slice) and otherwise
+    scikit-image's defaults (7x7 uniform window, K1 0.01, K2 0.03, sample covariance), as fastMRI passes
+    nothing else. A slice that is all zero in the target still counts, as in fastMRI.
+    """
+    from skimage.metrics import structural_similarity
+    if target.ndim != 3 or target.shape != recon.shape:
+        raise ValueError(f"volume_ssim needs two (S, H, W) arrays of one shape, got {target.shape} and "
+                         f"{recon.shape}")
+    data_range = float(target.max())
+    return float(np.mean([structural_similarity(t, r, data_range=data_range) for t, r in zip(target, recon)]))
+
+
+FASTMRI_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "NMSE": volume_nmse, "PSNR": volume_psnr, "SSIM": volume_ssim,
 }

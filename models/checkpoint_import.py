@@ -30,7 +30,7 @@ import torch
 
 from models.checkpoint import FORMAT, build_model, model_payload
 from models.dccnn import DCCNNConfig, count_parameters
-from utils import UserError, first_line, pickled_global, save_checkpoint
+from utils import UserError, first_line, pickled_globals, save_checkpoint
 
 _KEY = re.compile(r"^(tcascade|scascade|cascade)(\d+)\.conv(\d+)\.(weight|bias)$")
 
@@ -194,7 +194,7 @@ def _load_source(src: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if pickled_global(exc) is None and not trust_pickle:
+        if not pickled_globals(src) and not trust_pickle:
             raise UserError(f"--input {src} is corrupt or not a torch checkpoint ({first_line(exc)})") from exc
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         raise UserError(f"--input {src} is corrupt or not a torch checkpoint ({first_line(exc)})") from exc

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from data.masks import AccelerationError
 from tests.conftest import phantom
 from utils import (METRICS, UserError, atomic_write, get_rng_state, hfn, load_checkpoint, nmse, psnr,
                    run_cli, save_checkpoint, seed_everything, set_rng_state, ssim, vif, write_json,
@@ -93,8 +94,31 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
 def test_load_checkpoint_refuses_pickled_objects(tmp_path):
     path = tmp_path / "public.pt"
     torch.save({"model": {}, "arch": {}, "args": io.StringIO("x")}, path)
-    with pytest.raises(UserError, match="import_checkpoint"):
+    with pytest.raises(UserError, match=r"pickled Python objects \(_io.StringIO\).*import_checkpoint"):
         load_checkpoint(path)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"model": {}, "arch": {}, "args": io.StringIO("x")}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(UserError, match="old-style torch file .* --trust-pickle"):
+        load_checkpoint(legacy)
+
+
+def test_a_dataloader_worker_error_prints_the_workers_own_message(capsys, monkeypatch):
+    """torch re-raises a worker's error with its traceback as the message; the user sees the last line only."""
+    monkeypatch.delenv("SFTKD_DEBUG", raising=False)
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise AccelerationError("'3y' is not an acceleration")
+
+    def main(argv):
+        next(iter(torch.utils.data.DataLoader(Broken(), num_workers=1)))
+
+    with pytest.raises(SystemExit):
+        run_cli(main, [])
+    assert capsys.readouterr().err == "error: '3y' is not an acceleration\n"
 
 
 # --------------------------------------------------------------------------- RNG state
