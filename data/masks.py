@@ -1,4 +1,5 @@
-"""Undersampling masks: parsing accelerations, seeded 1-D Cartesian row masks, loading a user's ``.npy`` mask."""
+"""Undersampling masks: parsing accelerations, seeded 1-D Cartesian masks (the public code's rows, fastMRI's
+random and equispaced columns), loading a user's ``.npy`` mask."""
 from __future__ import annotations
 
 import math
@@ -51,6 +52,101 @@ def cartesian_row_mask(shape: tuple[int, int], acc: str, seed: int = 0,
     mask[low] = 1.0
     mask[random_rows] = 1.0
     return mask
+
+
+class MaskError(UserError):
+    """Mask parameters that cannot give a mask: an unknown kind, or a centre fraction that does not fit."""
+
+
+def _centre_band(n_lines: int, n_centre: int) -> np.ndarray:
+    """Centred-order (DC at index ``n_lines // 2``) bool (n_lines,) line selection of fastMRI's fully sampled
+    centre: ``n_centre`` lines starting at ``(n_lines - n_centre + 1) // 2``, which always holds the DC line."""
+    band = np.zeros(n_lines, dtype=bool)
+    start = (n_lines - n_centre + 1) // 2
+    band[start:start + n_centre] = True
+    return band
+
+
+def _centre_lines(n_lines: int, acc: str, center_fraction: float) -> int:
+    """``round(n_lines * center_fraction)``, checked to be at least one line and fewer than ``n_lines / acc``."""
+    n_centre = round(n_lines * center_fraction)
+    if n_centre < 1:
+        raise MaskError(f"a centre fraction of {center_fraction} keeps no line of {n_lines}; raise it "
+                        f"(fastMRI: 0.08 at 4x, 0.04 at 8x)")
+    if n_centre >= n_lines / parse_acc(acc):
+        raise MaskError(f"a centre fraction of {center_fraction} alone samples {n_centre} of {n_lines} lines, "
+                        f"not fewer than the {n_lines / parse_acc(acc):g} of acceleration {acc}; lower it")
+    return n_centre
+
+
+def fastmri_random_lines(n_lines: int, acc: str, rng: np.random.Generator,
+                         center_fraction: float = 0.08) -> np.ndarray:
+    """fastMRI's ``RandomMaskFunc`` line selection, in centred order: bool (n_lines,).
+
+    The centre band is always sampled; every other line is sampled with probability
+    ``(n_lines / acc - n_centre) / (n_lines - n_centre)``, so the number of lines is random and equals
+    ``n_lines / acc`` only in expectation. One ``rng.random(n_lines)`` draw decides all lines.
+    """
+    n_centre = _centre_lines(n_lines, acc, center_fraction)
+    probability = (n_lines / parse_acc(acc) - n_centre) / (n_lines - n_centre)
+    return (rng.random(n_lines) < probability) | _centre_band(n_lines, n_centre)
+
+
+def fastmri_equispaced_lines(n_lines: int, acc: str, rng: np.random.Generator,
+                             center_fraction: float = 0.08) -> np.ndarray:
+    """fastMRI's equispaced line selection that matches the acceleration, in centred order: bool (n_lines,).
+
+    This is ``EquispacedMaskFractionFunc`` (named ``EquispacedMaskFunc`` up to fastMRI 0.1; fastMRI keeps it to
+    match its public multi-coil data), not the newer ``EquiSpacedMaskFunc`` whose exact spacing ``acc``
+    undershoots the acceleration.
+
+    Besides the centre band, lines ``round(offset + k * spacing)`` for ``k = 0, 1, ...`` below ``n_lines - 1``
+    are sampled, with ``spacing = acc * (n_lines - n_centre) / (n_lines - n_centre * acc)`` (wider than ``acc``
+    because the centre band already holds some of the budget) and an offset drawn from
+    ``0 .. round(spacing) - 1``, so the total is ``n_lines / acc`` up to rounding and the band's overlap.
+    """
+    n_centre = _centre_lines(n_lines, acc, center_fraction)
+    factor = parse_acc(acc)
+    spacing = factor * (n_lines - n_centre) / (n_lines - n_centre * factor)
+    offset = int(rng.integers(0, round(spacing)))
+    lines = _centre_band(n_lines, n_centre)
+    lines[np.rint(np.arange(offset, n_lines - 1, spacing)).astype(np.int64)] = True
+    return lines
+
+
+FASTMRI_LINES = {"fastmri-random": fastmri_random_lines, "fastmri-equispaced": fastmri_equispaced_lines}
+MASK_KINDS = ("rows", *FASTMRI_LINES)
+
+
+def fastmri_column_mask(shape: tuple[int, int], acc: str, kind: str = "fastmri-random", seed: int = 0,
+                        center_fraction: float = 0.08) -> np.ndarray:
+    """A fastMRI Cartesian mask (``kind`` ``fastmri-random`` or ``fastmri-equispaced``) in this project's
+    unshifted convention: returns an (H, W) float32 array of {0, 1} that keeps **whole columns**.
+
+    fastMRI undersamples the phase-encoding direction, the last (W) axis of its k-space (the columns of a knee
+    slice; every row of a column is read out), and draws its masks in centred k-space, where DC is column
+    ``W // 2``. ``ifftshift`` moves that column to 0, the unshifted layout of ``data/fft.py``: the fully
+    sampled centre band becomes columns ``0 ..`` and ``.. W - 1``. The lines are drawn with
+    ``numpy.random.default_rng(seed)`` (fastMRI seeds a ``RandomState``: same rules, other draws).
+    """
+    if kind not in FASTMRI_LINES:
+        raise MaskError(f"mask kind {kind!r} is not a fastMRI kind; choose one of: {', '.join(FASTMRI_LINES)}")
+    height, width = shape
+    centred = FASTMRI_LINES[kind](width, acc, np.random.default_rng(seed), center_fraction)
+    mask = np.zeros((height, width), dtype=np.float32)
+    mask[:, np.fft.ifftshift(centred)] = 1.0
+    return mask
+
+
+def make_mask(shape: tuple[int, int], acc: str, kind: str = "rows", seed: int = 0,
+              center_fraction: float = 0.08) -> np.ndarray:
+    """The (H, W) float32 {0, 1} unshifted mask of ``kind`` (see :data:`MASK_KINDS`): ``rows`` is
+    :func:`cartesian_row_mask` (the public SFT-KD-Recon masks), the others :func:`fastmri_column_mask`."""
+    if kind == "rows":
+        return cartesian_row_mask(shape, acc, seed=seed, center_fraction=center_fraction)
+    if kind in FASTMRI_LINES:
+        return fastmri_column_mask(shape, acc, kind, seed=seed, center_fraction=center_fraction)
+    raise MaskError(f"mask kind {kind!r} is unknown; choose one of: {', '.join(MASK_KINDS)}")
 
 
 def validate_mask(mask: np.ndarray, source: str, shape: tuple[int, int] | None = None) -> np.ndarray:

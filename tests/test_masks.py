@@ -1,4 +1,4 @@
-"""Tests of data/masks.py: acceleration names, seeded Cartesian row masks, loading and saving .npy masks."""
+"""Tests of data/masks.py: acceleration names, seeded row masks and fastMRI column masks, loading and saving .npy masks."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from data.masks import AccelerationError, cartesian_row_mask, load_mask, parse_acc, save_mask, validate_mask
+from data.masks import (MASK_KINDS, AccelerationError, MaskError, cartesian_row_mask, fastmri_column_mask, load_mask,
+                        make_mask, parse_acc, save_mask, validate_mask)
 from utils import UserError
 
 
@@ -145,3 +146,106 @@ def test_save_load_round_trip(tmp_path):
 def test_validate_mask_returns_float32():
     out = validate_mask(np.eye(4, dtype=np.int32), "eye")
     assert out.dtype == np.float32 and out.sum() == 4
+
+
+# --------------------------------------------------------------------------- fastMRI's column masks
+
+FASTMRI_KINDS = ("fastmri-random", "fastmri-equispaced")
+
+
+def _centred_columns(mask: np.ndarray) -> np.ndarray:
+    """The sampled columns of a whole-column mask, moved back to fastMRI's centred order (DC at W // 2)."""
+    assert np.array_equal(mask.min(axis=0), mask.max(axis=0)), "every column must be all 0 or all 1"
+    return np.fft.fftshift(mask[0]).astype(bool)
+
+
+def test_default_kind_is_the_public_row_mask():
+    for shape, acc, seed in (((240, 240), "4x", 0), ((150, 150), "5x", 3), ((32, 24), "4x", 7)):
+        assert np.array_equal(make_mask(shape, acc, seed=seed), cartesian_row_mask(shape, acc, seed=seed))
+    assert MASK_KINDS[0] == "rows"
+
+
+@pytest.mark.parametrize("kind", FASTMRI_KINDS)
+@pytest.mark.parametrize("width, acc, fraction", [(320, "4x", 0.08), (320, "8x", 0.04), (368, "4x", 0.08),
+                                                  (32, "4x", 0.08), (33, "5x", 0.08)])
+def test_fastmri_centre_lines_are_sampled(kind, width, acc, fraction):
+    n_centre = round(width * fraction)
+    start = (width - n_centre + 1) // 2
+    for seed in range(10):
+        mask = make_mask((16, width), acc, kind, seed=seed, center_fraction=fraction)
+        assert mask.shape == (16, width) and mask.dtype == np.float32 and set(np.unique(mask)) == {0.0, 1.0}
+        centred = _centred_columns(mask)
+        assert centred[start:start + n_centre].all()
+        assert start <= width // 2 < start + n_centre  # the band holds DC
+        assert mask[:, 0].all(), "DC is column 0 in the unshifted convention"
+
+
+def test_fastmri_band_sits_at_both_ends_once_unshifted():
+    # 32 columns, 3 centre lines (round(2.56)): centred 15, 16, 17 -> unshifted 31, 0, 1.
+    # 33 columns: centred 15, 16, 17 with DC at 16 -> unshifted 32, 0, 1.
+    for width, expected in ((32, {0, 1, 31}), (33, {0, 1, 32})):
+        for kind in FASTMRI_KINDS:
+            for seed in range(5):
+                columns = set(np.flatnonzero(make_mask((8, width), "4x", kind, seed=seed)[0]).tolist())
+                assert expected <= columns
+
+
+@pytest.mark.parametrize("width, acc, fraction", [(320, "4x", 0.08), (320, "8x", 0.04), (368, "4x", 0.08),
+                                                  (640, "5x", 0.08), (100, "4x", 0.2), (33, "4x", 0.08)])
+def test_fastmri_equispaced_is_the_documented_grid(width, acc, fraction):
+    n_centre = round(width * fraction)
+    factor = parse_acc(acc)
+    spacing = factor * (width - n_centre) / (width - n_centre * factor)
+    band = np.zeros(width, dtype=bool)
+    band[(width - n_centre + 1) // 2:][:n_centre] = True
+    grids = []
+    for offset in range(round(spacing)):
+        lines = band.copy()
+        lines[np.around(np.arange(offset, width - 1, spacing)).astype(int)] = True
+        grids.append(lines)
+    offsets_seen = set()
+    for seed in range(40):
+        centred = _centred_columns(make_mask((4, width), acc, "fastmri-equispaced", seed=seed,
+                                             center_fraction=fraction))
+        matches = [o for o, grid in enumerate(grids) if np.array_equal(centred, grid)]
+        assert matches, f"seed {seed}: not band + round(offset + k * {spacing:.3f})"
+        offsets_seen.add(matches[0])
+        # the acceleration holds up to rounding and the band's overlap with the grid
+        assert abs(centred.sum() - width / factor) < 2
+    assert len(offsets_seen) > 1, "the offset is drawn from the seed"
+
+
+def test_fastmri_equispaced_count_is_exact_at_fastmri_sizes():
+    for seed in range(20):
+        assert make_mask((4, 320), "4x", "fastmri-equispaced", seed=seed)[0].sum() == 80
+        assert make_mask((4, 640), "8x", "fastmri-equispaced", seed=seed, center_fraction=0.04)[0].sum() == 80
+
+
+def test_fastmri_random_acceleration_in_expectation():
+    width, acc, n_centre = 320, "4x", round(320 * 0.08)
+    counts, outer = [], []
+    for seed in range(300):
+        centred = _centred_columns(make_mask((2, width), acc, "fastmri-random", seed=seed))
+        counts.append(centred.sum())
+        outer.append(np.delete(centred, np.arange(147, 147 + n_centre)).mean())
+    assert len(set(counts)) > 5, "fastMRI's random mask has a random number of lines"
+    assert abs(np.mean(counts) - width / 4) < 1.5  # std of the mean over 300 masks: about 0.36 lines
+    assert abs(np.mean(outer) - (width / 4 - n_centre) / (width - n_centre)) < 0.01
+
+
+@pytest.mark.parametrize("kind", FASTMRI_KINDS)
+def test_fastmri_masks_are_seeded(kind):
+    a = make_mask((32, 320), "4x", kind, seed=5)
+    assert np.array_equal(a, make_mask((32, 320), "4x", kind, seed=5))
+    assert np.array_equal(a, fastmri_column_mask((32, 320), "4x", kind, seed=5))
+    others = [make_mask((32, 320), "4x", kind, seed=s) for s in range(6, 12)]
+    assert any(not np.array_equal(a, other) for other in others)
+
+
+def test_fastmri_mask_errors():
+    with pytest.raises(MaskError, match="keeps no line of 8"):
+        make_mask((8, 8), "4x", "fastmri-random", center_fraction=0.05)
+    with pytest.raises(MaskError, match="alone samples 96 of 320 lines"):
+        make_mask((320, 320), "4x", "fastmri-equispaced", center_fraction=0.3)
+    with pytest.raises(MaskError, match="unknown; choose one of: rows, fastmri-random, fastmri-equispaced"):
+        make_mask((32, 32), "4x", "poisson")
