@@ -1,19 +1,25 @@
-"""Evaluate reconstruction checkpoints on one split and acceleration: per-slice CSV, summary JSON, optional recons.
+"""Evaluate reconstruction checkpoints on one split and acceleration: metric CSVs, summary JSON, optional recons.
 
 Usage::
 
     python evaluate.py --checkpoints runs/teacher/best_model.pt runs/sftkd-at/best_model.pt \
-        --data-root data/demo --acc 4x --out-dir results/eval_4x [--save-recons]
+        --data-root data/demo --acc 4x --out-dir results/eval_4x [--metrics paper|fastmri|all] [--save-recons]
 
 Every checkpoint is loaded with :func:`models.checkpoint.load_reconstructor` (an SFT checkpoint gives its
 teacher). The zero-filled input is always evaluated too, as model ``ZF``. Outputs in ``--out-dir``:
 
-- ``metrics.csv``: one row per model and slice, header ``model,volume,slice,PSNR,SSIM,NMSE,HFN,VIF``
-  (``volume`` is the HDF5 file name without ``.h5``); ZF rows first, then the models in command-line order.
+- ``metrics.csv`` (``--metrics paper``, the default, or ``all``): the paper's metrics, one row per model and
+  slice, header ``model,volume,slice,PSNR,SSIM,NMSE,HFN,VIF`` (``volume`` is the HDF5 file name without
+  ``.h5``); ZF rows first, then the models in command-line order.
   Slices with an all-zero target are left out (their metrics are undefined) and counted in a note.
-- ``summary.json``: ``{model: {metric: {"mean", "std", "n"}}}`` (std over slices, ``ddof=0``) plus the
-  top-level entries ``acc``, ``split``, ``data_root``, ``mask`` and ``checkpoints`` (``{name: path}``);
-  those five words cannot be model names.
+- ``metrics_fastmri.csv`` (``--metrics fastmri`` or ``all``): fastMRI's volume-wise metrics, one row per model
+  and volume, header ``model,volume,NMSE,PSNR,SSIM``, same model order. A volume is every slice of one file,
+  stacked by slice index, all-zero slices included (see :data:`utils.FASTMRI_METRICS`); only a volume whose
+  target is all zero is left out.
+- ``summary.json``: ``{model: {metric: {"mean", "std", "n"}}}`` of the paper's metrics (std over slices,
+  ``ddof=0``), with fastMRI's a ``"fastmri"`` entry of the same form over volumes (``n`` volumes, ``ddof=0``;
+  fastMRI's own script prints mean +/- 2 sample std), plus the top-level entries ``acc``, ``split``,
+  ``data_root``, ``mask`` and ``checkpoints`` (``{name: path}``); those six words cannot be model names.
 - with ``--save-recons``: ``recons/{name}/{volume}.h5`` holding one dataset ``reconstruction`` of shape
   (S, H, W) float32, slice-first. Note that this differs from the data files, whose ``volfs`` is
   (H, W, S); the target and the ZF image are not copied (read them from the data), and ZF gets no folder.
@@ -28,7 +34,7 @@ import argparse
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -41,12 +47,18 @@ from data.dataset import SliceDataset, build_dataset
 from models.checkpoint import load_reconstructor
 from models.speed import MEMORY_FORMATS, measured_layout
 from models.distributed import resolve_device
-from utils import (METRICS, CliParser, UserError, acc_type, atomic_write, csv_text, load_checkpoint, run_cli,
-                   write_json, write_text)
+from utils import (FASTMRI_METRICS, METRICS, CliParser, UserError, acc_type, atomic_write, csv_text,
+                   load_checkpoint, run_cli, write_json, write_text)
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
-META_KEYS = ("acc", "split", "data_root", "mask", "checkpoints")
+FASTMRI_COLUMNS = ["model", "volume", *FASTMRI_METRICS]
+# The metric sets of --metrics: the file each writes and the summary.json entry of its statistics (None: the
+# top level, where the paper's statistics have always been).
+OUTPUT_FILES = {"paper": "metrics.csv", "fastmri": "metrics_fastmri.csv"}
+SUMMARY_KEYS = {"paper": None, "fastmri": "fastmri"}
+METRIC_CHOICES = {"paper": ("paper",), "fastmri": ("fastmri",), "all": ("paper", "fastmri")}
+META_KEYS = ("acc", "split", "data_root", "mask", "checkpoints", "fastmri")
 RECON_KEY = "reconstruction"
 
 
@@ -97,6 +109,12 @@ def slice_metrics(target: np.ndarray, recon: np.ndarray) -> dict[str, float]:
     return {name: fn(target, recon) for name, fn in METRICS.items()}
 
 
+def volume_metrics(target: np.ndarray, recon: np.ndarray) -> dict[str, float]:
+    """Every metric of :data:`utils.FASTMRI_METRICS` for one volume; target, recon: (S, H, W), in float64."""
+    target, recon = target.astype(np.float64), recon.astype(np.float64)
+    return {name: fn(target, recon) for name, fn in FASTMRI_METRICS.items()}
+
+
 def write_recon(path: Path, volume: np.ndarray, model: str, acc: str) -> None:
     """Atomically write one volume's reconstruction: volume (S, H, W) float32 as dataset ``reconstruction``."""
     def write(f):
@@ -106,17 +124,49 @@ def write_recon(path: Path, volume: np.ndarray, model: str, acc: str) -> None:
     atomic_write(path, write, mode="w+b")
 
 
-def evaluate(models: Mapping[str, nn.Module | str | Path], dataset: SliceDataset,
-             device: str | torch.device = "cpu", batch_size: int = 4, recons_dir: str | Path | None = None,
-             progress: bool = True, amp: bool = False) -> list[dict]:
-    """Per-slice metrics of the zero-filled input (``ZF``) and of every model on ``dataset``.
+def reconstructed_volumes(nets: Mapping[str, nn.Module], dataset: SliceDataset, device: torch.device,
+                          batch_size: int, amp: bool, progress: bool
+                          ) -> Iterator[tuple[str, np.ndarray, dict[str, np.ndarray]]]:
+    """``(volume, target, outputs)`` for each volume of ``dataset``, in dataset order, once all its slices have
+    been through every network: target (S, H, W) float32, outputs ``{name: (S, H, W) float32}`` with the
+    zero-filled input first (as ``ZF``), then ``nets`` in order; slices stacked by slice index."""
+    slices_per_volume = Counter(Path(dataset.files[file_idx]).stem for file_idx, _ in dataset.samples)
+    targets: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+    outputs: dict[str, dict[str, dict[int, np.ndarray]]] = defaultdict(lambda: defaultdict(dict))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+        inputs = [batch[key].to(device) for key in ("zero_filled", "kspace_under", "mask")]
+        batch_outputs = {ZF_NAME: batch["zero_filled"].numpy()}
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            recons = {name: net(*inputs) for name, net in nets.items()}
+        batch_outputs.update({name: out.float().cpu().numpy() for name, out in recons.items()})
+        for i, (fname, slice_idx) in enumerate(zip(batch["fname"], batch["slice"].tolist())):
+            volume = Path(fname).stem
+            targets[volume][slice_idx] = batch["target"][i, 0].numpy()
+            for name, out in batch_outputs.items():
+                outputs[volume][name][slice_idx] = out[i, 0]
+            if len(targets[volume]) == slices_per_volume[volume]:
+                order = sorted(targets[volume])
+                yield (volume, np.stack([targets[volume][s] for s in order]),
+                       {name: np.stack([done[s] for s in order]) for name, done in outputs[volume].items()})
+                del targets[volume], outputs[volume]
+
+
+def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDataset,
+                  metric_sets: Sequence[str] = ("paper",), device: str | torch.device = "cpu", batch_size: int = 4,
+                  recons_dir: str | Path | None = None, progress: bool = True, amp: bool = False
+                  ) -> dict[str, list[dict]]:
+    """The zero-filled input (``ZF``) and every model on ``dataset``, scored by each of ``metric_sets``.
 
     models: name -> a reconstructor (a :class:`models.dccnn.DCCNN`, called with
     ``(zero_filled, kspace_under, mask)``, each (B, 1, H, W)) or a checkpoint path.
-    Returns rows ``{"model", "volume", "slice", "PSNR", "SSIM", "NMSE", "HFN", "VIF"}``: all ZF rows
-    first, then each model's rows in the order of ``models``, slices in dataset order. Slices whose
-    target is all zero (metrics undefined: PSNR -inf, NMSE inf) get no rows; a note says how many.
-    ``amp`` runs the networks under bfloat16 autocast. With ``recons_dir``, writes ``{recons_dir}/{name}/{volume}.h5`` (see the module docstring).
+    metric_sets: ``"paper"`` (rows ``{"model", "volume", "slice", "PSNR", "SSIM", "NMSE", "HFN", "VIF"}``, one per
+    slice) and/or ``"fastmri"`` (rows ``{"model", "volume", "NMSE", "PSNR", "SSIM"}``, one per volume).
+    Returns ``{metric_set: rows}``, rows grouped by model: all ZF rows first, then each model's in the order of
+    ``models``, slices and volumes in dataset order. Per-slice rows leave out slices whose target is all zero
+    (PSNR -inf, NMSE inf there); per-volume rows keep them, as fastMRI does, and leave out only all-zero volumes;
+    a note says how many. ``amp`` runs the networks under bfloat16 autocast. With ``recons_dir``, writes
+    ``{recons_dir}/{name}/{volume}.h5`` (see the module docstring).
     """
     if ZF_NAME in models:
         raise UserError(f"model name {ZF_NAME!r} is reserved for the zero-filled input; rename that model")
@@ -128,58 +178,56 @@ def evaluate(models: Mapping[str, nn.Module | str | Path], dataset: SliceDataset
     for name, model in models.items():
         net = load_reconstructor(model, "--checkpoints") if isinstance(model, (str, Path)) else model
         nets[name] = net.to(device, memory_format=memory_format).eval()
-    slices_per_volume = Counter(Path(dataset.files[file_idx]).stem for file_idx, _ in dataset.samples)
-    pending: dict[str, dict[str, dict[int, np.ndarray]]] = {name: defaultdict(dict) for name in nets}
-    rows: dict[str, list[dict]] = {name: [] for name in [ZF_NAME, *nets]}
-    empty = 0
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-            inputs = [batch[key].to(device) for key in ("zero_filled", "kspace_under", "mask")]
-            outputs = {ZF_NAME: batch["zero_filled"].numpy()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                recons = {name: net(*inputs) for name, net in nets.items()}
-            outputs.update({name: out.float().cpu().numpy() for name, out in recons.items()})
-            targets = batch["target"].numpy()
-            for i, (fname, slice_idx) in enumerate(zip(batch["fname"], batch["slice"].tolist())):
-                volume = Path(fname).stem
-                scored = targets[i, 0].max() > 0
-                empty += not scored
-                for name, out in outputs.items():
-                    if scored:
-                        rows[name].append({"model": name, "volume": volume, "slice": slice_idx,
-                                           **slice_metrics(targets[i, 0], out[i, 0])})
-                    if recons_dir is None or name == ZF_NAME:
-                        continue
-                    done = pending[name][volume]
-                    done[slice_idx] = out[i, 0]
-                    if len(done) == slices_per_volume[volume]:
-                        stacked = np.stack([done[s] for s in sorted(done)])
-                        write_recon(Path(recons_dir) / name / f"{volume}.h5", stacked, name, dataset.acc)
-                        del pending[name][volume]
-    if empty:
-        print(f"note: {empty} slice(s) with an all-zero target were left out of the metrics (PSNR, NMSE and "
+    rows = {metric_set: {name: [] for name in [ZF_NAME, *nets]} for metric_set in metric_sets}
+    empty_slices = empty_volumes = 0
+    for volume, target, outputs in reconstructed_volumes(nets, dataset, device, batch_size, amp, progress):
+        scored = [int(s) for s in np.flatnonzero(target.max(axis=(1, 2)) > 0)]
+        empty_slices += len(target) - len(scored)
+        empty_volumes += not scored
+        for name, recon in outputs.items():
+            if "paper" in rows:
+                rows["paper"][name] += [{"model": name, "volume": volume, "slice": s,
+                                         **slice_metrics(target[s], recon[s])} for s in scored]
+            if "fastmri" in rows and scored:
+                rows["fastmri"][name].append({"model": name, "volume": volume, **volume_metrics(target, recon)})
+            if recons_dir is not None and name != ZF_NAME:
+                write_recon(Path(recons_dir) / name / f"{volume}.h5", recon, name, dataset.acc)
+    if "paper" in rows and empty_slices:
+        print(f"note: {empty_slices} slice(s) with an all-zero target were left out of the metrics (PSNR, NMSE and "
               "HFN are undefined there); their reconstructions are still saved", file=sys.stderr)
-    return [row for group in rows.values() for row in group]
+    if "fastmri" in rows and empty_volumes:
+        print(f"note: {empty_volumes} volume(s) with an all-zero target were left out of the fastMRI metrics",
+              file=sys.stderr)
+    return {metric_set: [row for group in per_model.values() for row in group]
+            for metric_set, per_model in rows.items()}
 
 
-def summarize(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """``{model: {metric: {"mean", "std", "n"}}}`` over slices (``ddof=0``), models in first-seen order."""
+def evaluate(models: Mapping[str, nn.Module | str | Path], dataset: SliceDataset,
+             device: str | torch.device = "cpu", batch_size: int = 4, recons_dir: str | Path | None = None,
+             progress: bool = True, amp: bool = False) -> list[dict]:
+    """The paper's per-slice rows of :func:`evaluate_sets` (``metric_sets=("paper",)``)."""
+    return evaluate_sets(models, dataset, ("paper",), device, batch_size, recons_dir, progress, amp)["paper"]
+
+
+def summarize(rows: list[dict], metrics: Sequence[str] = tuple(METRICS)) -> dict[str, dict[str, dict]]:
+    """``{model: {metric: {"mean", "std", "n"}}}`` over rows (slices or volumes; ``ddof=0``), models in
+    first-seen order."""
     values: dict[str, dict[str, list[float]]] = {}
     for row in rows:
-        per_model = values.setdefault(row["model"], {metric: [] for metric in METRICS})
-        for metric in METRICS:
+        per_model = values.setdefault(row["model"], {metric: [] for metric in metrics})
+        for metric in metrics:
             per_model[metric].append(row[metric])
     return {model: {metric: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
                     for metric, v in metrics.items()}
             for model, metrics in values.items()}
 
 
-def format_table(summary: dict) -> str:
-    """A fixed-width text table: model | PSNR | SSIM | NMSE | HFN | VIF, each mean +- std."""
+def format_table(summary: dict, metrics: Sequence[str] = tuple(METRICS)) -> str:
+    """A fixed-width text table: model | one column per metric (default PSNR | SSIM | NMSE | HFN | VIF), each
+    mean +- std."""
     digits = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "HFN": 4, "VIF": 4}
-    header = ["model", *(f"{m} mean +- std" for m in METRICS)]
-    lines = [[model, *(f"{stats[m]['mean']:.{digits[m]}f} +- {stats[m]['std']:.{digits[m]}f}" for m in METRICS)]
+    header = ["model", *(f"{m} mean +- std" for m in metrics)]
+    lines = [[model, *(f"{stats[m]['mean']:.{digits[m]}f} +- {stats[m]['std']:.{digits[m]}f}" for m in metrics)]
              for model, stats in summary.items()]
     widths = [max(len(r[c]) for r in [header, *lines]) for c in range(len(header))]
 
@@ -200,6 +248,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mask", type=Path, help="mask .npy (default: DATA_ROOT/mask_{acc}.npy)")
     parser.add_argument("--split", default="validation", help="data split folder (default: validation)")
     parser.add_argument("--out-dir", required=True, type=Path, help="where metrics.csv and summary.json go")
+    parser.add_argument("--metrics", choices=tuple(METRIC_CHOICES), default="paper",
+                        help="paper: per-slice PSNR, SSIM, NMSE, HFN, VIF (metrics.csv); fastmri: fastMRI's "
+                             "volume-wise NMSE, PSNR, SSIM (metrics_fastmri.csv, summary.json 'fastmri'); all: both")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--amp", action="store_true",
                         help="bfloat16 autocast of the CNNs (DF in float32): ~2x faster on GPUs and AMX CPUs; "
@@ -217,8 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} is a file; choose a folder")
-    metrics_path, summary_path = args.out_dir / "metrics.csv", args.out_dir / "summary.json"
-    existing = [p for p in (metrics_path, summary_path) if p.exists()]
+    metric_sets = METRIC_CHOICES[args.metrics]
+    metric_files = {metric_set: args.out_dir / name for metric_set, name in OUTPUT_FILES.items()}
+    existing = sorted(p for p in [*metric_files.values(), args.out_dir / "summary.json"] if p.exists())
     if existing and not args.overwrite:
         raise UserError(f"{existing[0]} already exists; pass --overwrite to replace it or choose another "
                         "--out-dir")
@@ -235,16 +287,45 @@ def main(argv: list[str] | None = None) -> None:
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
     models = {name: load_reconstructor(path, "--checkpoints") for name, path in zip(names, args.checkpoints)}
     recons_dir = args.out_dir / "recons" if args.save_recons else None
-    rows = evaluate(models, dataset, device, args.batch_size, recons_dir, amp=args.amp)
-    summary = summarize(rows)
-    write_text(metrics_path, csv_text(rows, CSV_COLUMNS))
-    write_json(summary_path, {**summary, "acc": args.acc, "split": args.split,
-                              "data_root": str(args.data_root), "mask": str(args.mask) if args.mask else None,
-                              "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)}})
-    print(format_table(summary))
-    print(f"wrote {metrics_path} ({len(rows)} rows) and {summary_path}")
+    rows = evaluate_sets(models, dataset, metric_sets, device, args.batch_size, recons_dir, amp=args.amp)
+    stats = write_results(args, names, rows)
+    # A file of a metric set not run now would contradict the new summary.json (--overwrite was given).
+    for metric_set, path in metric_files.items():
+        if metric_set not in metric_sets and path.exists():
+            path.unlink()
+            print(f"removed {path} (not computed with --metrics {args.metrics})")
+    print_results(args.out_dir, stats, rows)
     if recons_dir is not None:
         print(f"wrote reconstructions under {recons_dir}/{{model}}/{{volume}}.h5 (dataset '{RECON_KEY}', S x H x W)")
+
+
+def write_results(args: argparse.Namespace, names: list[str], rows: dict[str, list[dict]]) -> dict:
+    """Write each metric set's CSV and summary.json into ``args.out_dir``; returns ``{metric_set: summary}``."""
+    columns = {"paper": CSV_COLUMNS, "fastmri": FASTMRI_COLUMNS}
+    metrics = {"paper": tuple(METRICS), "fastmri": tuple(FASTMRI_METRICS)}
+    summary, stats = {}, {}
+    for metric_set, set_rows in rows.items():
+        write_text(args.out_dir / OUTPUT_FILES[metric_set], csv_text(set_rows, columns[metric_set]))
+        stats[metric_set] = summarize(set_rows, metrics[metric_set])
+        key = SUMMARY_KEYS[metric_set]
+        summary.update(stats[metric_set] if key is None else {key: stats[metric_set]})
+    write_json(args.out_dir / "summary.json",
+               {**summary, "acc": args.acc, "split": args.split, "data_root": str(args.data_root),
+                "mask": str(args.mask) if args.mask else None,
+                "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)}})
+    return stats
+
+
+def print_results(out_dir: Path, stats: dict[str, dict], rows: dict[str, list[dict]]) -> None:
+    """Print each metric set's table and what was written."""
+    if "paper" in stats:
+        print(format_table(stats["paper"]))
+    if "fastmri" in stats:
+        volumes = len({row["volume"] for row in rows["fastmri"]})
+        print(f"fastMRI volume-wise metrics (mean +- std over {volumes} volume(s)):")
+        print(format_table(stats["fastmri"], tuple(FASTMRI_METRICS)))
+    written = [f"{out_dir / OUTPUT_FILES[s]} ({len(set_rows)} rows)" for s, set_rows in rows.items()]
+    print(f"wrote {' and '.join(written)} and {out_dir / 'summary.json'}")
 
 
 if __name__ == "__main__":

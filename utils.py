@@ -387,7 +387,7 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
-# --------------------------------------------------------------------------- fastMRI's volume-wise metrics over (S, H, W) volumes
+# --------------------------------------------------------------------------- fastMRI's per-volume metrics
 # fastMRI's fastmri/evaluate.py scores one volume at a time, not one slice: its published baselines and
 # leaderboards are means over volumes of these three numbers. A volume's error is pooled over all its voxels,
 # so a volume-wise PSNR is not the mean of per-slice PSNRs (bright slices weigh more, and the peak is the

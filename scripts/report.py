@@ -33,7 +33,9 @@ is first averaged over seeds). ``table.csv`` has the same rows with plain number
 same for the best SFT-KD-Recon student are printed and appended to ``table.md``. An "Orderings" table
 gives the paper's claims as paired differences (teacher - student, KD student - student, SFT-KD-Recon -
 Std-KD, ...) with the per-slice Wilcoxon p, the difference per seed and a paired t-test over seeds; with
-several seeds a per-seed table follows. ``--plot FILE.png`` draws PSNR and SSIM per model with error bars.
+several seeds a per-seed table follows. Folders evaluated with ``evaluate.py --metrics all`` add a last table
+of fastMRI's volume-wise NMSE, PSNR and SSIM (mean ± std over volumes, per folder and model, to
+``table.md`` only). ``--plot FILE.png`` draws PSNR and SSIM per model with error bars.
 """
 from __future__ import annotations
 
@@ -96,7 +98,9 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
         raise UserError(f"--eval-dirs {folder} does not exist; pass folders written by evaluate.py")
     for path in (summary_path, metrics_path):
         if not path.is_file():
-            raise UserError(f"--eval-dirs {folder} has no {path.name}; is it an evaluate.py --out-dir?")
+            hint = (" (it holds only fastMRI's metrics: rerun evaluate.py with --metrics all)"
+                    if path == metrics_path and (folder / "metrics_fastmri.csv").is_file() else "")
+            raise UserError(f"--eval-dirs {folder} has no {path.name}; is it an evaluate.py --out-dir?{hint}")
     try:
         acc = json.loads(summary_path.read_text())["acc"]
         parse_acc(acc)
@@ -346,6 +350,36 @@ def per_seed_table(table: dict, accs: list[str]) -> list[str]:
     return lines
 
 
+def role_label(name: str) -> str | None:
+    """The table's label of a model name (``SFT-KD-Recon (at), seed 2``), None for names that fit no role."""
+    parsed = parse_model_name(name)
+    if parsed is None:
+        return None
+    role, method, seed = parsed
+    label = BASE_ROLES[role] if method is None else f"{KD_ROLES[role]} ({method})"
+    return label if seed is None else f"{label}, seed {seed}"
+
+
+def fastmri_table(folders: list[Path]) -> list[str]:
+    """Markdown lines: the ``fastmri`` entry of each folder's summary.json (fastMRI's volume-wise metrics), one
+    row per folder and model with a known role, in the folder's order; empty when no folder has one."""
+    lines = ["", "fastMRI's volume-wise metrics (evaluate.py --metrics all; mean ± std over volumes, population "
+             "std):", "", "| folder | acc | Method | NMSE | PSNR | SSIM | volumes |", "|---|---|---|---|---|---|---|"]
+    count = 0
+    for folder in folders:
+        summary = json.loads((folder / "summary.json").read_text())
+        for name, stats in summary.get("fastmri", {}).items():
+            label = role_label(name)
+            if label is None:
+                continue
+            cells = [f"{stats[m]['mean']:.{d}f} ± {stats[m]['std']:.{d}f}" for m, d in
+                     (("NMSE", 4), ("PSNR", 2), ("SSIM", 4))]
+            lines.append(f"| {folder.name} | {summary['acc']} | {label} | {' | '.join(cells)} | "
+                         f"{stats['PSNR']['n']} |")
+            count += 1
+    return lines if count else []
+
+
 def plot(table: dict, path: Path) -> None:
     """PNG: PSNR and SSIM per model and acceleration, mean with error bars (std over seeds, else over
     slices) and each seed's mean as a dot. ZF is left out: its level would flatten every other difference."""
@@ -402,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     if not table:
         raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
     markdown, csv_rows = build_report(table)
+    markdown += "".join(f"{line}\n" for line in fastmri_table(args.eval_dirs))
     write_text(md_path, markdown)
     write_text(csv_path, csv_text(csv_rows))
     if args.plot is not None:
