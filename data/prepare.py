@@ -1,7 +1,9 @@
-"""Turn NIfTI volumes (or nilearn's MNI152 demo brain) into the original KD-MRI / SFT-KD-Recon HDF5 layout.
+"""Turn NIfTI volumes, fastMRI files or nilearn's MNI152 demo brain into the KD-MRI / SFT-KD-Recon HDF5 layout.
 
     python data/prepare.py --preset acdc --input ACDC/database/training --out-dir datasets/acdc
     python data/prepare.py --preset mrbrains --input MRBrainS/TrainingData --out-dir datasets/mrbrains
+    python data/prepare.py --preset fastmri-knee-sc --fastmri knee/singlecoil_train knee/singlecoil_val \
+        --acc 4x 8x --center-fraction 0.08 0.04 --out-dir datasets/fastmri-knee
     python data/prepare.py --demo --out-dir datasets/demo --size 64 --max-slices-per-volume 40
 
 Inputs. Folders are searched recursively (following folder symlinks, skipping hidden folders such as
@@ -12,6 +14,24 @@ not match ``--exclude`` (default: the label-map names ``*_gt*``, ``*Label*``, ``
 Presets set the defaults of the paper's data sets (flags still override them):
 ``--preset acdc`` keeps the ED and ES frames ``patientNNN_frameNN`` (not the ``_4d`` cine, whose frames they
 repeat, nor the ``_gt`` labels) at 150 x 150; ``--preset mrbrains`` keeps ``T1.nii`` at 240 x 240.
+
+fastMRI. ``--fastmri`` takes fastMRI ``.h5`` files as downloaded (folders searched like ``--input``, the same
+``--include`` / ``--exclude``). The reference image the fastMRI challenge scores against, ``reconstruction_esc``
+for single-coil and ``reconstruction_rss`` for multi-coil files (see data/fastmri.py), is the fully sampled
+image; a file without it (the test sets) is an error naming it. This is retrospective undersampling of the
+magnitude reference, the paper's protocol, NOT reconstruction of the raw (multi-coil) k-space: the numbers are
+not comparable with fastMRI leaderboard entries, which reconstruct raw k-space. ``--acquisition CORPD_FBK ...``
+keeps only files with those ``acquisition`` attributes (the others are counted in the output). A file's
+subject is its ``patient_id`` attribute, else its file name. ``--preset fastmri-knee-sc`` /
+``fastmri-brain-mc`` set 320 x 320 and fastMRI's random (knee) / equispaced (brain) masks. fastMRI itself
+trains and scores on every slice (``--min-foreground 0`` keeps every non-zero one); the outer slices of knee
+volumes are mostly noise and many papers drop them: ``--slice-range 5 -5`` (any input) keeps
+``range(S)[5:-5]`` of each volume.
+
+Masks. ``--mask-kind rows`` (default): the public code's masks, whole rows, exactly ``floor(H / acc)``, a
+low-frequency band at both ends. ``fastmri-random`` / ``fastmri-equispaced``: fastMRI's masks, whole
+columns (fastMRI's phase-encoding axis, W), ``round(W * --center-fraction)`` centre columns fully sampled
+(at both ends once unshifted), see data/masks.py. ``--center-fraction`` gives one value, or one per ``--acc``.
 
 Subjects. The split is made over subjects, so no patient's anatomy is in both splits. A file's subject is
 the first subject token (``patient001``, ``sub-01``, ``subject_3``, ``case12``) in its path below the
@@ -25,18 +45,20 @@ instead. With only one subject (the demo, a single patient) the slices are split
 highest kept slice positions form the validation block, the two positions below it are dropped as a gap,
 and the rest is training, the same positions for every volume of that subject.
 
-Per volume: float64, min-max scaled to [0, 1], slice axis moved last -> (H, W, S), centre crop/pad (or
-``--resize``) to N x N, near-empty and all-zero slices dropped.
+Per volume: float64, min-max scaled to [0, 1] over the whole volume (a fastMRI reference too, so its values
+are about ``x / max``: a magnitude image's minimum is near 0), slice axis moved last -> (H, W, S), centre
+crop/pad (or ``--resize``) to N x N; slices outside ``--slice-range``, near-empty and all-zero slices dropped.
 
 Output: ``{out}/mask_{acc}.npy`` (N, N) float32, ``{out}/{train,validation}/acc_{acc}/{volume}.h5`` with
 ``volfs`` (H, W, S) float32, ``kspace_volus_{acc}`` (H, W, S) complex64 = mask * fft2(volfs) (unshifted,
 orthonormal) and ``img_volus_{acc}`` (H, W, S) float32 = |ifft2(kspace)|, and ``{out}/split.json`` (per
 subject: split, source files, output files, slice counts). Volume names are the file names, prefixed by the
-subject where they do not contain it (``1_T1``); two inputs that would write the same name are an error,
-never an overwrite. Attributes ``source_file``, ``slice_axis``, ``source_slices`` (the slice index in the
-source of each of the S slices), ``subject`` and ``slice_hashes`` are extras that the original readers
-ignore; data/split_check.py uses them for the leak check run after every preparation (and at training
-start-up): no subject, source slice or identical slice in both splits.
+subject where they do not contain it (``1_T1``; fastMRI files keep their own names); two inputs that would
+write the same name are an error, never an overwrite. Attributes ``source_file``, ``slice_axis``,
+``source_slices`` (the slice index in the source of each of the S slices), ``subject`` and ``slice_hashes``
+(and for fastMRI ``reference`` and ``acquisition``) are extras that the original readers ignore;
+data/split_check.py uses them for the leak check run after every preparation (and at training start-up): no
+subject, source slice or identical slice in both splits.
 """
 from __future__ import annotations
 
@@ -50,8 +72,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -62,8 +85,9 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from data.fastmri import open_volume  # noqa: E402
 from data.layout import undersample, write_volume  # noqa: E402
-from data.masks import cartesian_row_mask, load_mask, parse_acc, save_mask  # noqa: E402
+from data.masks import MASK_KINDS, MaskError, load_mask, make_mask, parse_acc, save_mask  # noqa: E402
 from data.split_check import check_split, slice_hashes  # noqa: E402
 from utils import (CliParser, UserError, acc_type, check_seed, first_line, os_error_message, run_cli,  # noqa: E402
                    old_spellings, seed_type, write_json)
@@ -72,12 +96,7 @@ SPLITS = ("train", "validation")
 DEFAULT_ACCS = ("4x", "5x")
 # Label maps: ACDC's *_gt, MRBrainS's LabelsForTraining / LabelsForTesting, and the usual names elsewhere.
 DEFAULT_EXCLUDE = ("*_gt*", "*Label*", "*label*", "*seg*", "*mask*")
-PRESETS: dict[str, dict[str, Any]] = {
-    # ACDC's patientNNN_frameNN files are the ED and ES frames (Info.cfg); the _4d cine repeats them.
-    "acdc": {"include": ("*_frame[0-9][0-9].nii*",), "exclude": (*DEFAULT_EXCLUDE, "*_4d*"), "size": 150},
-    # MRBrainS 2013: TrainingData/N/T1.nii beside T1_IR, T2_FLAIR and two label maps; the paper uses T1.
-    "mrbrains": {"include": ("T1.nii", "T1.nii.gz"), "exclude": DEFAULT_EXCLUDE, "size": 240},
-}
+DEFAULT_CENTER_FRACTION = 0.08
 # patient001, sub-01, subject_3, case12: a subject word, an optional - or _, digits, and no letter or digit
 # on either side (so "patient_4d" is not patient 4).
 SUBJECT_TOKEN = re.compile(r"(?<![a-z0-9])(?:patient|subject|subj|sub|case|pat)[-_]?\d+(?![a-z0-9])", re.I)
@@ -88,6 +107,9 @@ FOREGROUND_LEVEL = 0.05
 # Slice positions dropped between the train and validation blocks of a single subject.
 BLOCK_GAP = 2
 STAGE_PREFIX = ".prepare-"
+FASTMRI_NOTE = ("This is retrospective undersampling of the magnitude reference (the paper's protocol), not "
+                "reconstruction of the raw (multi-coil) k-space: numbers are not comparable with fastMRI leaderboard "
+                "entries that reconstruct raw k-space.")
 
 
 @dataclass
@@ -98,9 +120,37 @@ class Source:
     name: str
     label: str
     group: str
-    image: Any  # nibabel image; its data is read only when the volume is processed
+    image: Any  # nibabel image or data.fastmri.FastmriVolume; its data is read only when the volume is processed
     shape: tuple[int, ...]  # 3-D or 4-D, trailing singleton dimensions past the third removed
     found_by: str = "demo"
+    attrs: dict[str, Any] = field(default_factory=dict)  # extra attributes of its output files
+
+
+@dataclass(frozen=True)
+class InputKind:
+    """What a flag reads: its name for messages, the file name endings it takes, and what to call the files."""
+
+    flag: str
+    suffixes: tuple[str, ...]
+    what: str
+
+    def takes(self, name: str) -> bool:
+        return name.lower().endswith(self.suffixes) and not name.startswith(".")
+
+
+NIFTI = InputKind("--input", (".nii", ".nii.gz"), "NIfTI")
+FASTMRI = InputKind("--fastmri", (".h5",), "fastMRI")
+PRESETS: dict[str, dict[str, Any]] = {
+    # ACDC's patientNNN_frameNN files are the ED and ES frames (Info.cfg); the _4d cine repeats them.
+    "acdc": {"kind": NIFTI, "include": ("*_frame[0-9][0-9].nii*",), "exclude": (*DEFAULT_EXCLUDE, "*_4d*"),
+             "size": 150},
+    # MRBrainS 2013: TrainingData/N/T1.nii beside T1_IR, T2_FLAIR and two label maps; the paper uses T1.
+    "mrbrains": {"kind": NIFTI, "include": ("T1.nii", "T1.nii.gz"), "exclude": DEFAULT_EXCLUDE, "size": 240},
+    # fastMRI's references are 320 x 320; its knee baselines train with random masks, its brain ones with
+    # equispaced masks (fastmri_examples/*_leaderboard.py).
+    "fastmri-knee-sc": {"kind": FASTMRI, "size": 320, "mask_kind": "fastmri-random"},
+    "fastmri-brain-mc": {"kind": FASTMRI, "size": 320, "mask_kind": "fastmri-equispaced"},
+}
 
 
 @dataclass
@@ -117,10 +167,6 @@ class InputFile:
 
 
 # --------------------------------------------------------------------------- finding and opening inputs
-
-def _is_nifti(name: str) -> bool:
-    return name.lower().endswith((".nii", ".nii.gz"))
-
 
 def _base_name(path: Path) -> str:
     lower = path.name.lower()
@@ -153,26 +199,33 @@ def _walk(folder: Path) -> Iterator[Path]:
         yield from (Path(dirpath) / name for name in sorted(filenames))
 
 
-def find_nifti(inputs: list[str | Path], include: tuple[str, ...] | list[str] | None = None,
-               exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE) -> tuple[list[InputFile], list[Path]]:
-    """The NIfTI files named by ``inputs`` (files, or folders searched recursively) that pass the filters.
+def _named_root(inputs: list[str | Path], kind: InputKind) -> Path | None:
+    """The deepest folder common to the files named one by one in ``inputs`` (None if only folders); every
+    input must exist."""
+    named = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            if path.is_symlink():
+                raise UserError(f"{kind.flag} {path} is a symbolic link to a missing file; with git-annex / DataLad "
+                                "fetch the content first (datalad get / git annex get)")
+            raise UserError(f"{kind.flag} {path} does not exist; check the path")
+        if not path.is_dir():
+            named.append(os.path.abspath(path.parent))
+    return Path(os.path.commonpath(named)) if named else None
+
+
+def find_files(inputs: list[str | Path], include: tuple[str, ...] | list[str] | None = None,
+               exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE,
+               kind: InputKind = NIFTI) -> tuple[list[InputFile], list[Path]]:
+    """The files of ``kind`` named by ``inputs`` (files, or folders searched recursively) that pass the filters.
 
     A file is used when its name matches a glob of ``include`` (None: any) and none of ``exclude``; this holds
     for named files too, so a shell glob that also catches label maps is safe. Hidden files (``._x.nii`` from
     macOS) are skipped inside folders. Returns the kept files (duplicates removed, order kept; the root of
     a named file is the deepest folder common to all named files) and the files skipped by name.
     """
-    named = []
-    for item in inputs:
-        path = Path(item)
-        if not path.exists():
-            if path.is_symlink():
-                raise UserError(f"--input {path} is a symbolic link to a missing file; with git-annex / DataLad "
-                                "fetch the content first (datalad get / git annex get)")
-            raise UserError(f"--input {path} does not exist; check the path")
-        if not path.is_dir():
-            named.append(os.path.abspath(path.parent))
-    named_root = Path(os.path.commonpath(named)) if named else None
+    named_root = _named_root(inputs, kind)
 
     def wanted(path: Path) -> bool:
         return (include is None or _matches(path.name, include)) and not _matches(path.name, exclude)
@@ -182,16 +235,16 @@ def find_nifti(inputs: list[str | Path], include: tuple[str, ...] | list[str] | 
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = [p for p in _walk(path) if _is_nifti(p.name) and not p.name.startswith(".")]
+            found = [p for p in _walk(path) if kind.takes(p.name)]
             files = [p for p in found if wanted(p)]
             if not found:
-                raise UserError(f"--input {path}: no .nii or .nii.gz files found, searched recursively; "
-                                "point --input at the folders holding the NIfTI volumes")
+                raise UserError(f"{kind.flag} {path}: no {' or '.join(kind.suffixes)} files found, searched "
+                                f"recursively; point {kind.flag} at the folders holding the {kind.what} files")
             if not files:
                 filters = " ".join([*([f"--include {' '.join(include)}"] if include else []),
                                     *([f"--exclude {' '.join(exclude)}"] if exclude else [])])
-                raise UserError(f"--input {path}: none of its {len(found)} NIfTI files passes {filters} (e.g. "
-                                f"{found[0].name}); change --include / --exclude or --preset")
+                raise UserError(f"{kind.flag} {path}: none of its {len(found)} {kind.what} files passes {filters} "
+                                f"(e.g. {found[0].name}); change --include / --exclude or --preset")
             skipped.extend(p for p in found if not wanted(p))
             for file in files:
                 kept.setdefault(os.path.abspath(file), InputFile(file, path))
@@ -200,7 +253,7 @@ def find_nifti(inputs: list[str | Path], include: tuple[str, ...] | list[str] | 
         else:
             skipped.append(path)
     if not kept:
-        raise UserError(f"every file named by --input was skipped by --include / --exclude (e.g. {skipped[0]}); "
+        raise UserError(f"every file named by {kind.flag} was skipped by --include / --exclude (e.g. {skipped[0]}); "
                         "name image files, or change --include / --exclude")
     return list(kept.values()), skipped
 
@@ -266,22 +319,19 @@ def nifti_sources(inputs: list[str | Path], include: tuple[str, ...] | list[str]
                   subject_regex: str | None = None) -> tuple[list[Source], list[Path]]:
     """Open (headers only) every NIfTI under ``inputs`` and find its subject (see the module docstring).
 
-    Returns the sources and the files skipped by name (:func:`find_nifti`).
+    Returns the sources and the files skipped by name (:func:`find_files`).
     """
     try:
         pattern = re.compile(subject_regex) if subject_regex is not None else None
     except re.error as exc:
         raise UserError(f"--subject-regex {subject_regex!r} is not a valid regular expression ({exc}); "
                         r"e.g. --subject-regex 'patient\d+'") from exc
-    files, skipped = find_nifti(inputs, include, exclude)
+    files, skipped = find_files(inputs, include, exclude)
     found = [subject_of(file, pattern) for file in files]
     subjects = [subject for subject, _ in found]
     sources = []
     for file, (subject, how), name in zip(files, found, volume_names(files, subjects)):
-        path = file.path
-        if path.is_symlink() and not path.exists():
-            raise UserError(f"{path} is a symbolic link to a missing file; with git-annex / DataLad fetch the "
-                            "content first (datalad get / git annex get), or --exclude it")
+        path = _present(file.path)
         try:
             image = nib.load(str(path))
         except Exception as exc:  # nibabel raises many types for foreign or corrupt files
@@ -291,6 +341,41 @@ def nifti_sources(inputs: list[str | Path], include: tuple[str, ...] | list[str]
             raise UserError(f"{path} is not a volume image ({type(image).__name__}); pass NIfTI volumes")
         sources.append(Source(name, str(path), subject, image, _volume_shape(image, str(path)), how))
     return sources, skipped
+
+
+def _present(path: Path) -> Path:
+    """``path``, unless it is a symbolic link to a missing file (an annexed file whose content is not here)."""
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{path} is a symbolic link to a missing file; with git-annex / DataLad fetch the "
+                        "content first (datalad get / git annex get), or --exclude it")
+    return path
+
+
+def fastmri_sources(inputs: list[str | Path], include: tuple[str, ...] | list[str] | None = None,
+                    exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE,
+                    acquisitions: list[str] | None = None) -> tuple[list[Source], list[Path], dict[str, int]]:
+    """Open (headers only) every fastMRI ``.h5`` under ``inputs`` (see data/fastmri.py for what is read).
+
+    A file's subject is its ``patient_id`` attribute, else its file name; its output volume is named after the
+    file. Files whose ``acquisition`` attribute is not in ``acquisitions`` (None: keep all) are left out.
+    Returns the sources, the files skipped by name, and ``{acquisition: files left out}``.
+    """
+    files, skipped = find_files(inputs, include, exclude, FASTMRI)
+    sources, left_out = [], Counter()
+    for file in files:
+        volume = open_volume(_present(file.path))
+        if acquisitions is not None and volume.acquisition not in acquisitions:
+            left_out[volume.acquisition or "(none)"] += 1
+            continue
+        name = _clean(file.path.stem)
+        subject, how = (volume.patient_id, "patient_id") if volume.patient_id else (name, "stem")
+        attrs = {"reference": volume.reference, "acquisition": volume.acquisition or ""}
+        sources.append(Source(name, str(file.path), subject, volume, volume.shape, how, attrs))
+    if not sources:
+        found = ", ".join(f"{acq} ({n})" for acq, n in sorted(left_out.items()))
+        raise UserError(f"--acquisition {' '.join(acquisitions)} keeps none of the {len(files)} fastMRI files "
+                        f"(they hold: {found}); name one of those")
+    return sources, skipped, dict(left_out)
 
 
 def demo_source(resolution: int = 1) -> Source:
@@ -406,15 +491,26 @@ def make_slices(volume: np.ndarray, axis: int, size: int, resize: bool = False) 
     return np.ascontiguousarray(slices, dtype=np.float32)
 
 
-def kept_slices(slices: np.ndarray, min_foreground: float, max_slices: int | None = None) -> np.ndarray:
+def window_slices(n_slices: int, window: tuple[int, int] | None) -> np.ndarray:
+    """The slice indices (int64 (K,)) of ``range(n_slices)[start:stop]`` for ``window = (start, stop)``
+    (``--slice-range``, Python's slice rules: negative counts from the end); all of them for None."""
+    indices = np.arange(n_slices, dtype=np.int64)
+    return indices if window is None else indices[slice(*window)]
+
+
+def kept_slices(slices: np.ndarray, min_foreground: float, max_slices: int | None = None,
+                candidates: np.ndarray | None = None) -> np.ndarray:
     """Indices of slices whose foreground fraction is at least ``min_foreground``; int64 (K,).
 
-    slices: (H, W, S) float in [0, 1]. ``max_slices`` keeps only that many central ones of the kept slices.
+    slices: (H, W, S) float in [0, 1]. ``candidates`` (int64 indices, e.g. :func:`window_slices`) limits the
+    choice; ``max_slices`` keeps only that many central ones of the kept slices.
     """
     fraction = (slices > FOREGROUND_LEVEL).mean(axis=(0, 1))
     # Even at --min-foreground 0 an all-zero slice goes: it holds nothing to reconstruct, and its PSNR
     # (data range 0) and NMSE (0 / 0) are undefined.
     kept = np.flatnonzero((fraction >= min_foreground) & (slices.max(axis=(0, 1)) > 0))
+    if candidates is not None:
+        kept = np.intersect1d(kept, candidates)
     if max_slices is not None and len(kept) > max_slices:
         start = (len(kept) - max_slices) // 2
         kept = kept[start:start + max_slices]
@@ -583,48 +679,247 @@ def _staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
     stage.rmdir()
 
 
+# --------------------------------------------------------------------------- what a run is asked to do
+
+@dataclass(frozen=True)
+class Options:
+    """The flags of a run as :func:`prepare` takes them (the CLI's, under their ``dest`` names); None means the
+    preset's value or the default. :meth:`resolved` checks them and fills the preset in.
+
+    ``center_fraction``: one value, or one per acceleration of ``accs`` (resolved: a tuple, one per ``accs``).
+    ``slice_range``: ``(start, stop)`` of Python's ``range(S)[start:stop]`` per volume, or None for all slices.
+    """
+
+    out: Path
+    inputs: list[str | Path] | None = None
+    fastmri: list[str | Path] | None = None
+    demo: bool = False
+    demo_resolution: int = 1
+    preset: str | None = None
+    size: int | None = None
+    resize: bool = False
+    axis: int = 2
+    accs: list[str] | tuple[str, ...] = DEFAULT_ACCS
+    mask_dir: str | Path | None = None
+    mask_kind: str | None = None
+    center_fraction: float | list[float] | tuple[float, ...] = DEFAULT_CENTER_FRACTION
+    val_fraction: float = 0.2
+    seed: int = 42
+    min_foreground: float = 0.05
+    max_slices_per_volume: int | None = None
+    slice_range: tuple[int, int] | list[int] | None = None
+    overwrite: bool = False
+    include: list[str] | tuple[str, ...] | None = None
+    exclude: list[str] | tuple[str, ...] | None = None
+    acquisitions: list[str] | None = None
+    subject_regex: str | None = None
+    val_subjects: list[str] | None = None
+    split_file: str | Path | None = None
+    allow_label_like: bool = False
+
+    @property
+    def kind(self) -> InputKind | None:
+        """What the files are: NIfTI (``--input``), fastMRI (``--fastmri``), or None for the demo."""
+        return FASTMRI if self.fastmri else NIFTI if self.inputs else None
+
+    def resolved(self) -> Options:
+        """These options checked, with the preset's defaults filled in and one centre fraction per acceleration."""
+        self._check_sources()
+        self._check_slices()
+        self._check_split()
+        accs = tuple(dict.fromkeys(self.accs))
+        fractions = self._center_fractions(accs)
+        if self.mask_dir is not None and self.mask_kind is not None:
+            raise UserError("pass either --mask-dir (existing masks) or --mask-kind (generated masks), not both")
+        preset = PRESETS.get(self.preset, {})
+        mask_kind = self.mask_kind or preset.get("mask_kind", "rows")
+        if mask_kind not in MASK_KINDS:
+            raise UserError(f"--mask-kind {mask_kind!r} is unknown; choose one of: {', '.join(MASK_KINDS)}")
+        return replace(self, out=Path(self.out), accs=accs, center_fraction=fractions, mask_kind=mask_kind,
+                       include=preset.get("include") if self.include is None else self.include,
+                       exclude=preset.get("exclude", DEFAULT_EXCLUDE) if self.exclude is None else self.exclude,
+                       size=preset.get("size") if self.size is None else self.size)
+
+    def _check_sources(self) -> None:
+        given = [flag for flag, value in (("--input", self.inputs), ("--fastmri", self.fastmri),
+                                          ("--demo", self.demo)) if value]
+        if len(given) > 1:
+            raise UserError(f"pass either {given[0]} or {given[1]}, not both")
+        if not given:
+            raise UserError("no data: pass --input FILES_OR_FOLDERS (NIfTI), --fastmri FILES_OR_FOLDERS (fastMRI "
+                            ".h5) or --demo (MNI152 template)")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise UserError(f"--preset {self.preset!r} is unknown; choose one of: {', '.join(PRESETS)}")
+        if self.demo and self.preset is not None:
+            raise UserError(f"--preset {self.preset} is for {PRESETS[self.preset]['kind'].flag} data; the demo "
+                            "takes --size directly")
+        if self.preset is not None and PRESETS[self.preset]["kind"] is not self.kind:
+            flag = PRESETS[self.preset]["kind"].flag
+            raise UserError(f"--preset {self.preset} is for {flag} data; pass the files with {flag}")
+        if self.kind is not FASTMRI and self.acquisitions is not None:
+            raise UserError("--acquisition filters fastMRI files by their 'acquisition' attribute; it needs --fastmri")
+        if self.kind is FASTMRI and self.subject_regex is not None:
+            raise UserError("--subject-regex does not apply to --fastmri: a file's subject is its patient_id "
+                            "attribute (else its name); use --val-subjects or --split-file to fix the split")
+
+    def _check_slices(self) -> None:
+        if self.axis not in (0, 1, 2):
+            raise UserError(f"--axis {self.axis} must be 0, 1 or 2")
+        if self.kind is FASTMRI and self.axis != 2:
+            raise UserError(f"--axis {self.axis} does not apply to --fastmri: its slices are those of the "
+                            "reference images; drop --axis")
+        if self.size is not None and self.size < 8:
+            raise UserError(f"--size {self.size} is too small; use at least 8 (the paper: 150 for ACDC, 240 for "
+                            "MRBrainS; fastMRI: 320)")
+        if self.resize and self.size is None and self.preset is None:
+            raise UserError("--resize needs --size N (the output slice size)")
+        if not 0.0 <= self.min_foreground < 1.0:
+            raise UserError(f"--min-foreground {self.min_foreground} must be in [0, 1), e.g. 0.05")
+        if self.max_slices_per_volume is not None and self.max_slices_per_volume < 1:
+            raise UserError(f"--max-slices-per-volume {self.max_slices_per_volume} must be at least 1")
+        if self.slice_range is not None:
+            start, stop = self.slice_range
+            if (start >= 0) == (stop >= 0) and start >= stop:
+                raise UserError(f"--slice-range {start} {stop} keeps no slice: START must come before STOP "
+                                "(Python's slice rules, e.g. --slice-range 5 -5)")
+
+    def _check_split(self) -> None:
+        if not self.accs:
+            raise UserError("--acc needs at least one acceleration, e.g. --acc 4x 5x")
+        for acc in self.accs:
+            parse_acc(acc)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction {self.val_fraction} must be between 0 and 1 (exclusive), e.g. 0.2")
+        check_seed(self.seed)
+        if self.val_subjects is not None and self.split_file is not None:
+            raise UserError("pass either --val-subjects or --split-file, not both")
+        if self.val_subjects is not None and not self.val_subjects:
+            raise UserError("--val-subjects needs at least one subject id")
+
+    def _center_fractions(self, accs: tuple[str, ...]) -> tuple[float, ...]:
+        """One centre fraction per acceleration: one value for all, or one each (fastMRI: 0.08 at 4x, 0.04 at 8x)."""
+        given = [self.center_fraction] if isinstance(self.center_fraction, (int, float)) else self.center_fraction
+        if len(given) not in (1, len(accs)):
+            raise UserError(f"--center-fraction has {len(given)} values for {len(accs)} accelerations (--acc "
+                            f"{' '.join(accs)}); give one for all, or one per acceleration")
+        for value in given:
+            if not 0.0 < value < 1.0:
+                raise UserError(f"--center-fraction {value} must be between 0 and 1 (exclusive), e.g. 0.08")
+        return tuple(given) * len(accs) if len(given) == 1 else tuple(given)
+
+
+# --------------------------------------------------------------------------- from volumes to the staging folder
+
+@dataclass
+class SliceRules:
+    """How a volume becomes slices (the slice flags), and how many slices each rule dropped."""
+
+    axis: int
+    size: int
+    resize: bool
+    min_foreground: float
+    max_slices: int | None
+    window: tuple[int, int] | None
+    allow_label_like: bool
+    dropped: Counter = field(default_factory=Counter)  # "near-empty" / "outside --slice-range" -> slices
+
+    def frames(self, source: Source) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """``[(name, slices (N, N, S) float32, kept slice indices int64 (K,))]`` of one source."""
+        frames = []
+        for name, volume in read_volumes(source, self.allow_label_like):
+            slices = make_slices(volume, self.axis, self.size, self.resize)
+            window = window_slices(slices.shape[2], self.window)
+            kept = kept_slices(slices, self.min_foreground, self.max_slices, window)
+            self.dropped["outside --slice-range"] += slices.shape[2] - len(window)
+            self.dropped["near-empty"] += len(window) - len(kept)
+            frames.append((name, slices, kept))
+        return frames
+
+
+class Staging:
+    """Writes the volumes of a run into the staging folder and records, per subject, what went where."""
+
+    def __init__(self, stage: Path, masks: dict[str, np.ndarray], sources: list[Source], rules: SliceRules,
+                 assigned: dict[str, str] | None):
+        self.stage, self.masks, self.rules = stage, masks, rules
+        self.record = {subject: {"split": assigned[subject] if assigned else "slice blocks", "sources": [],
+                                 "files": {split: [] for split in SPLITS}, "slices": dict.fromkeys(SPLITS, 0)}
+                       for subject in dict.fromkeys(s.group for s in sources)}
+        self.volumes: dict[str, list[str]] = {split: [] for split in SPLITS}
+        for acc, mask in masks.items():
+            save_mask(stage / f"mask_{acc}.npy", mask)
+            for split in SPLITS:
+                (stage / split / f"acc_{acc}").mkdir(parents=True)
+
+    def write(self, source: Source, name: str, slices: np.ndarray, split: str, indices: np.ndarray) -> None:
+        """Write slices[:, :, indices] ((N, N, S) float32, indices int64 (K,)) as volume ``name`` of ``split``."""
+        if len(indices) == 0:
+            return
+        volfs = np.ascontiguousarray(slices[:, :, indices])
+        attrs = {"source_file": source.label, "slice_axis": self.rules.axis,
+                 "source_slices": indices.astype(np.int64), "subject": source.group,
+                 "slice_hashes": slice_hashes(volfs), **source.attrs}
+        for acc, (kspace, zf) in undersample(volfs, self.masks).items():
+            write_volume(self.stage / split / f"acc_{acc}" / f"{name}.h5", volfs, kspace, zf, acc, attrs)
+        self.volumes[split].append(name)
+        self.record[source.group]["files"][split].append(f"{name}.h5")
+        self.record[source.group]["slices"][split] += len(indices)
+
+    def by_subject(self, sources: list[Source], assigned: dict[str, str]) -> None:
+        """Every volume of a subject goes whole to the subject's split."""
+        for source in tqdm(sources, desc="volumes", unit="vol", disable=None):
+            self.record[source.group]["sources"].append(source.label)
+            for name, slices, kept in self.rules.frames(source):
+                self.write(source, name, slices, assigned[source.group], kept)
+
+    def by_blocks(self, sources: list[Source], val_fraction: float) -> None:
+        """One subject: contiguous blocks of slice positions per split (see :func:`block_split`)."""
+        # Every volume gets the same slice positions per split (an ED frame and the cine frame it repeats then
+        # land together), so the subject's frames are read first.
+        frames = [(source, *frame) for source in sources for frame in self.rules.frames(source)]
+        positions = np.unique(np.concatenate([kept for *_, kept in frames]))
+        if len(positions):
+            label = sources[0].label if len(sources) == 1 else f"subject {sources[0].group}"
+            blocks = block_split(positions, val_fraction, label)
+            for source, name, slices, kept in frames:
+                for split in SPLITS:
+                    self.write(source, name, slices, split, np.intersect1d(kept, blocks[split]))
+        for source in sources:
+            self.record[source.group]["sources"].append(source.label)
+
+    def counts(self) -> dict[str, int]:
+        """Slices written per split; an error when a split got none."""
+        counts = {split: sum(entry["slices"][split] for entry in self.record.values()) for split in SPLITS}
+        if counts["train"] + counts["validation"] == 0:
+            outside = self.rules.dropped["outside --slice-range"]
+            because = f" ({outside} outside --slice-range)" if outside else ""
+            raise UserError(f"every slice was skipped{because}; lower --min-foreground (now "
+                            f"{self.rules.min_foreground}), e.g. 0.01 or 0, or widen --slice-range")
+        for split in SPLITS:
+            if counts[split] == 0:
+                raise UserError(f"the {split} split got no slices (its volumes were all near-empty); lower "
+                                "--min-foreground or change --seed / --val-fraction / the subjects per split")
+        return counts
+
+
 # --------------------------------------------------------------------------- the whole job
 
-def _check_options(inputs, demo, preset, size, resize, accs, val_fraction, min_foreground, max_slices,
-                   seed, val_subjects, split_file) -> list[str]:
-    if demo and inputs:
-        raise UserError("pass either --input or --demo, not both")
-    if not demo and not inputs:
-        raise UserError("no data: pass --input FILES_OR_FOLDERS (NIfTI) or --demo (MNI152 template)")
-    if preset is not None and preset not in PRESETS:
-        raise UserError(f"--preset {preset!r} is unknown; choose one of: {', '.join(PRESETS)}")
-    if demo and preset is not None:
-        raise UserError(f"--preset {preset} is for --input data; the demo takes --size directly")
-    if size is not None and size < 8:
-        raise UserError(f"--size {size} is too small; use at least 8 (the paper: 150 for ACDC, 240 for MRBrainS)")
-    if resize and size is None:
-        raise UserError("--resize needs --size N (the output slice size)")
-    if not accs:
-        raise UserError("--acc needs at least one acceleration, e.g. --acc 4x 5x")
-    for acc in accs:
-        parse_acc(acc)
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"--val-fraction {val_fraction} must be between 0 and 1 (exclusive), e.g. 0.2")
-    if not 0.0 <= min_foreground < 1.0:
-        raise UserError(f"--min-foreground {min_foreground} must be in [0, 1), e.g. 0.05")
-    if max_slices is not None and max_slices < 1:
-        raise UserError(f"--max-slices-per-volume {max_slices} must be at least 1")
-    check_seed(seed)
-    if val_subjects is not None and split_file is not None:
-        raise UserError("pass either --val-subjects or --split-file, not both")
-    if val_subjects is not None and not val_subjects:
-        raise UserError("--val-subjects needs at least one subject id")
-    return list(dict.fromkeys(accs))
-
-
-def _masks(accs: list[str], size: int, mask_dir: str | Path | None, seed: int) -> dict[str, np.ndarray]:
-    if mask_dir is None:
-        return {acc: cartesian_row_mask((size, size), acc, seed=seed) for acc in accs}
-    folder = Path(mask_dir)
+def _masks(options: Options, size: int) -> dict[str, np.ndarray]:
+    """acc -> (size, size) float32 {0, 1} mask: generated (--mask-kind, --center-fraction) or from --mask-dir."""
+    if options.mask_dir is None:
+        masks = {}
+        for acc, fraction in zip(options.accs, options.center_fraction):
+            try:
+                masks[acc] = make_mask((size, size), acc, options.mask_kind, options.seed, fraction)
+            except MaskError as exc:
+                raise UserError(f"--mask-kind {options.mask_kind} --acc {acc} --center-fraction {fraction}: "
+                                f"{exc}") from exc
+        return masks
+    folder = Path(options.mask_dir)
     if not folder.is_dir():
         raise UserError(f"--mask-dir {folder} does not exist; pass the folder holding mask_{{acc}}.npy")
     masks = {}
-    for acc in accs:
+    for acc in options.accs:
         path = folder / f"mask_{acc}.npy"
         if not path.is_file():
             raise UserError(f"--mask-dir {folder} has no mask_{acc}.npy; add it or drop --mask-dir to "
@@ -633,10 +928,21 @@ def _masks(accs: list[str], size: int, mask_dir: str | Path | None, seed: int) -
     return masks
 
 
+def _sources(options: Options) -> tuple[list[Source], list[Path], dict[str, int]]:
+    """The run's sources, the files skipped by name, and fastMRI files left out per acquisition."""
+    if options.demo:
+        return [demo_source(options.demo_resolution)], [], {}
+    if options.kind is FASTMRI:
+        return fastmri_sources(options.fastmri, options.include, options.exclude, options.acquisitions)
+    sources, skipped = nifti_sources(options.inputs, options.include, options.exclude, options.subject_regex)
+    return sources, skipped, {}
+
+
 def _subjects_line(sources: list[Source]) -> str:
     """How the subjects were found, for the log, e.g. ``8 subjects (patient001, ...; by the subject token)``."""
     rules = {"token": "the subject token in the path", "regex": "--subject-regex",
-             "folder": "the folder under --input", "file": "one per file", "demo": "the demo's volumes"}
+             "folder": "the folder under --input", "file": "one per file", "demo": "the demo's volumes",
+             "patient_id": "the patient_id attribute", "stem": "the file name (no patient_id attribute)"}
     by_rule: dict[str, list[str]] = {}
     for source in sources:
         names = by_rule.setdefault(source.found_by, [])
@@ -648,145 +954,96 @@ def _subjects_line(sources: list[Source]) -> str:
     return f"{total} subject(s): {'; '.join(parts)}"
 
 
-def prepare(*, out: str | Path, inputs: list[str | Path] | None = None, demo: bool = False,
-            demo_resolution: int = 1, preset: str | None = None, size: int | None = None, resize: bool = False,
-            axis: int = 2, accs: list[str] | tuple[str, ...] = DEFAULT_ACCS, mask_dir: str | Path | None = None,
-            val_fraction: float = 0.2, seed: int = 42, min_foreground: float = 0.05,
-            max_slices_per_volume: int | None = None, overwrite: bool = False,
-            include: list[str] | tuple[str, ...] | None = None, exclude: list[str] | tuple[str, ...] | None = None,
-            subject_regex: str | None = None, val_subjects: list[str] | None = None,
-            split_file: str | Path | None = None, allow_label_like: bool = False) -> dict[str, Any]:
-    """Prepare a data set (arguments mirror the CLI flags; None means the preset's or the default); returns a
-    summary dict.
+def _split_how(options: Options) -> str:
+    if options.val_subjects is not None:
+        return "--val-subjects"
+    if options.split_file is not None:
+        return f"--split-file {options.split_file}"
+    return f"seeded (--seed {options.seed}, --val-fraction {options.val_fraction})"
+
+
+def _fill_stage(stage: Path, options: Options, sources: list[Source], assigned: dict[str, str] | None,
+                masks: dict[str, np.ndarray], rules: SliceRules) -> dict[str, Any]:
+    """Write the whole data set into ``stage``, check it for leaks and write its split.json; returns the
+    summary entries of what was written."""
+    staging = Staging(stage, masks, sources, rules, assigned)
+    if assigned is not None:
+        staging.by_subject(sources, assigned)
+    else:
+        staging.by_blocks(sources, options.val_fraction)
+    counts = staging.counts()
+    leak_check = check_split(stage, options.accs, fix=(
+        "the same image is filed under two subjects (a copy of a file, or a subject id the default rule "
+        "cannot see): remove the copy, or group the files with --subject-regex or --split-file"),
+        label=f"the data for --out-dir {options.out}")
+    subjects = {split: [s for s, entry in staging.record.items() if entry["slices"][split]] for split in SPLITS}
+    split_by = "slice blocks" if assigned is None else "subjects"
+    found_line = _subjects_line(sources)
+    write_json(stage / "split.json", {
+        "split_by": split_by, "how": _split_how(options), "subjects_found": found_line,
+        "train_subjects": subjects["train"], "validation_subjects": subjects["validation"],
+        "subjects": staging.record})
+    return {"split": split_by, "subjects_found": found_line,
+            "train_subjects": subjects["train"], "validation_subjects": subjects["validation"],
+            "train_volumes": staging.volumes["train"], "validation_volumes": staging.volumes["validation"],
+            "train_slices": counts["train"], "validation_slices": counts["validation"],
+            "duplicates": leak_check["duplicates"], "skipped_slices": rules.dropped["near-empty"],
+            "slices_outside_range": rules.dropped["outside --slice-range"]}
+
+
+def prepare(*, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Prepare a data set into ``out``; ``options`` are the fields of :class:`Options` (the CLI flags).
 
     ``size=None`` (and no preset) keeps every slice whole: slices are zero-padded to a square of the largest
     in-plane extent over all volumes, rounded up by :func:`fft_friendly` (the 1 mm template: 233 -> 240).
-    Summary keys: ``out``, ``size``, ``accs``, ``split`` ("subjects" or "slice blocks"), ``subjects_found``
-    (a line saying how), ``{split}_subjects`` (ids), ``{split}_volumes`` (names), ``{split}_slices``
-    (counts), ``duplicates`` ({split: slices identical to another of the same split}), ``skipped_files``
-    (paths skipped by --include / --exclude), ``skipped_slices``, ``elapsed_s``.
+    Returns a summary dict: ``out``, ``size``, ``accs``, ``mask_kind``, ``split`` ("subjects" or "slice
+    blocks"), ``subjects_found`` (a line saying how), ``per_file_subjects``, ``{split}_subjects`` (ids),
+    ``{split}_volumes`` (names), ``{split}_slices`` (counts), ``duplicates`` ({split: slices identical to
+    another of the same split}), ``skipped_files`` (paths skipped by --include / --exclude),
+    ``skipped_acquisitions`` ({acquisition: fastMRI files left out}), ``fastmri_references`` ({dataset:
+    files}, empty for other inputs), ``skipped_slices`` (near-empty), ``slices_outside_range``, ``elapsed_s``.
     """
     start = time.perf_counter()
-    accs = _check_options(inputs, demo, preset, size, resize, list(accs), val_fraction, min_foreground,
-                          max_slices_per_volume, seed, val_subjects, split_file)
-    if axis not in (0, 1, 2):
-        raise UserError(f"--axis {axis} must be 0, 1 or 2")
-    defaults = PRESETS.get(preset, {"include": None, "exclude": DEFAULT_EXCLUDE, "size": None})
-    include = defaults["include"] if include is None else include
-    exclude = defaults["exclude"] if exclude is None else exclude
-    size = defaults["size"] if size is None else size
-    out = Path(out)
-    _check_output(out, overwrite)
-    if demo:
-        sources, skipped_files = [demo_source(demo_resolution)], []
-    else:
-        sources, skipped_files = nifti_sources(inputs, include, exclude, subject_regex)
+    opts = Options(out=out, **options).resolved()
+    _check_output(opts.out, opts.overwrite)
+    sources, skipped_files, skipped_acquisitions = _sources(opts)
     check_unique_names(sources)
-    assigned = assign_subjects([s.group for s in sources], val_fraction, seed, val_subjects, split_file)
+    assigned = assign_subjects([s.group for s in sources], opts.val_fraction, opts.seed, opts.val_subjects,
+                               opts.split_file)
+    size = opts.size
     if size is None:
-        size = fft_friendly(max(extent for s in sources for i, extent in enumerate(s.shape[:3]) if i != axis))
-    masks = _masks(accs, size, mask_dir, seed)
-
-    record = {subject: {"split": assigned[subject] if assigned else "slice blocks", "sources": [],
-                        "files": {split: [] for split in SPLITS}, "slices": dict.fromkeys(SPLITS, 0)}
-              for subject in dict.fromkeys(s.group for s in sources)}
-    volumes: dict[str, list[str]] = {split: [] for split in SPLITS}
-    skipped = 0
-
-    def frames_of(source: Source) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """``[(name, slices (N, N, S) float32, kept slice indices)]`` of one source."""
-        nonlocal skipped
-        frames = []
-        for name, volume in read_volumes(source, allow_label_like):
-            slices = make_slices(volume, axis, size, resize)
-            kept = kept_slices(slices, min_foreground, max_slices_per_volume)
-            skipped += slices.shape[2] - len(kept)
-            frames.append((name, slices, kept))
-        return frames
-
-    def write(stage: Path, source: Source, name: str, slices: np.ndarray, split: str, indices: np.ndarray) -> None:
-        """Write slices[:, :, indices] ((N, N, S) float32, indices int64 (K,)) as volume ``name`` of ``split``."""
-        if len(indices) == 0:
-            return
-        volfs = np.ascontiguousarray(slices[:, :, indices])
-        attrs = {"source_file": source.label, "slice_axis": axis, "source_slices": indices.astype(np.int64),
-                 "subject": source.group, "slice_hashes": slice_hashes(volfs)}
-        for acc, (kspace, zf) in undersample(volfs, masks).items():
-            write_volume(stage / split / f"acc_{acc}" / f"{name}.h5", volfs, kspace, zf, acc, attrs)
-        volumes[split].append(name)
-        record[source.group]["files"][split].append(f"{name}.h5")
-        record[source.group]["slices"][split] += len(indices)
-
-    with _staged_output(out, overwrite) as stage:
-        for acc, mask in masks.items():
-            save_mask(stage / f"mask_{acc}.npy", mask)
-            for split in SPLITS:
-                (stage / split / f"acc_{acc}").mkdir(parents=True)
-        if assigned is not None:
-            for source in tqdm(sources, desc="volumes", unit="vol", disable=None):
-                record[source.group]["sources"].append(source.label)
-                for name, slices, kept in frames_of(source):
-                    write(stage, source, name, slices, assigned[source.group], kept)
-        else:
-            # One subject: every volume of it gets the same slice positions per split (an ED frame and the
-            # cine frame it repeats then land together), so the subject's frames are read first.
-            frames = [(source, *frame) for source in sources for frame in frames_of(source)]
-            positions = np.unique(np.concatenate([kept for *_, kept in frames]))
-            if len(positions):
-                label = sources[0].label if len(sources) == 1 else f"subject {sources[0].group}"
-                blocks = block_split(positions, val_fraction, label)
-                for source, name, slices, kept in frames:
-                    for split in SPLITS:
-                        write(stage, source, name, slices, split, np.intersect1d(kept, blocks[split]))
-            for source in sources:
-                record[source.group]["sources"].append(source.label)
-        counts = {split: sum(entry["slices"][split] for entry in record.values()) for split in SPLITS}
-        if counts["train"] + counts["validation"] == 0:
-            raise UserError(f"every slice was skipped as near-empty (--min-foreground {min_foreground}); "
-                            "lower --min-foreground, e.g. 0.01 or 0")
-        for split in SPLITS:
-            if counts[split] == 0:
-                raise UserError(f"the {split} split got no slices (its volumes were all near-empty); lower "
-                                "--min-foreground or change --seed / --val-fraction / the subjects per split")
-        leak_check = check_split(stage, accs, fix=(
-            "the same image is filed under two subjects (a copy of a file, or a subject id the default rule "
-            "cannot see): remove the copy, or group the files with --subject-regex or --split-file"),
-            label=f"the data for --out-dir {out}")
-        subjects = {split: [s for s, entry in record.items() if entry["slices"][split]] for split in SPLITS}
-        if val_subjects is not None:
-            how = "--val-subjects"
-        elif split_file is not None:
-            how = f"--split-file {split_file}"
-        else:
-            how = f"seeded (--seed {seed}, --val-fraction {val_fraction})"
-        split_by = "slice blocks" if assigned is None else "subjects"
-        found_line = _subjects_line(sources)
-        write_json(stage / "split.json", {
-            "split_by": split_by, "how": how, "subjects_found": found_line,
-            "train_subjects": subjects["train"], "validation_subjects": subjects["validation"],
-            "subjects": record})
-    return {"out": str(out), "size": size, "accs": accs, "split": split_by, "subjects_found": found_line,
+        size = fft_friendly(max(extent for s in sources for i, extent in enumerate(s.shape[:3]) if i != opts.axis))
+    masks = _masks(opts, size)
+    rules = SliceRules(opts.axis, size, opts.resize, opts.min_foreground, opts.max_slices_per_volume,
+                       None if opts.slice_range is None else tuple(opts.slice_range), opts.allow_label_like)
+    with _staged_output(opts.out, opts.overwrite) as stage:
+        written = _fill_stage(stage, opts, sources, assigned, masks, rules)
+    references = Counter(s.attrs["reference"] for s in sources if "reference" in s.attrs)
+    return {"out": str(opts.out), "size": size, "accs": list(opts.accs), "mask_kind": opts.mask_kind, **written,
             "per_file_subjects": sorted({s.group for s in sources if s.found_by == "file"}),
-            "train_subjects": subjects["train"], "validation_subjects": subjects["validation"],
-            "train_volumes": volumes["train"], "validation_volumes": volumes["validation"],
-            "train_slices": counts["train"], "validation_slices": counts["validation"],
-            "duplicates": leak_check["duplicates"], "skipped_files": [str(p) for p in skipped_files],
-            "skipped_slices": skipped, "elapsed_s": time.perf_counter() - start}
+            "skipped_files": [str(p) for p in skipped_files], "skipped_acquisitions": skipped_acquisitions,
+            "fastmri_references": dict(references), "elapsed_s": time.perf_counter() - start}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = CliParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+# --------------------------------------------------------------------------- the command line
+
+def _add_input_flags(parser: CliParser) -> None:
     g = parser.add_argument_group("inputs")
-    g.add_argument("--input", nargs="+", metavar="PATH",
+    g.add_argument("--input", dest="inputs", nargs="+", metavar="PATH",
                    help="NIfTI files (.nii/.nii.gz) or folders searched recursively; any 3-D volume, "
                         "4-D volumes are split along the last axis into {name}_t{k}")
+    g.add_argument("--fastmri", nargs="+", metavar="PATH",
+                   help="fastMRI .h5 files as downloaded, or folders searched recursively: the reference image "
+                        "(reconstruction_esc single-coil, reconstruction_rss multi-coil) is the fully sampled "
+                        "image, undersampled again here (not raw k-space reconstruction)")
     g.add_argument("--demo", action="store_true",
                    help="use nilearn's MNI152 T1 template (shipped with nilearn, no network) instead of --input")
     g.add_argument("--demo-resolution", type=int, choices=(1, 2), default=1, help="template resolution in mm")
     g.add_argument("--preset", choices=sorted(PRESETS),
-                   help="defaults of the paper's data sets: acdc = ED/ES frames only (no _4d, no _gt), "
-                        "--size 150; mrbrains = T1.nii only, --size 240. Flags override them")
+                   help="defaults of known data sets: acdc = ED/ES frames only (no _4d, no _gt), --size 150; "
+                        "mrbrains = T1.nii only, --size 240; fastmri-knee-sc / fastmri-brain-mc (with "
+                        "--fastmri) = --size 320, --mask-kind fastmri-random / fastmri-equispaced. Flags "
+                        "override them")
     g.add_argument("--include", nargs="+", default=None, metavar="GLOB",
                    help="use only files whose name matches one of these (default: all; acdc: "
                         "*_frame[0-9][0-9].nii*; mrbrains: T1.nii T1.nii.gz)")
@@ -794,14 +1051,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help=f"skip files whose name matches one of these, named files too (default: "
                         f"{' '.join(DEFAULT_EXCLUDE)}, the label-map names; acdc adds *_4d*); --exclude "
                         "alone skips nothing")
+    g.add_argument("--acquisition", dest="acquisitions", nargs="+", default=None, metavar="NAME",
+                   help="--fastmri: use only files whose 'acquisition' attribute is one of these, e.g. "
+                        "CORPD_FBK CORPDFS_FBK (knee), AXT2 AXFLAIR (brain); the others are counted and skipped")
     g.add_argument("--allow-label-like", action="store_true",
                    help=f"accept volumes with at most {LABEL_LIKE_VALUES} distinct values (refused by default "
                         "as label maps)")
+
+
+def _add_split_flags(parser: CliParser) -> None:
     g = parser.add_argument_group("split")
     g.add_argument("--subject-regex", default=None, metavar="REGEX",
                    help="subject id of a file: the first group (or the match) of REGEX in its path below "
                         "--input, e.g. 'TrainingData/(\\d+)' (default: a patientNNN / sub-NN / subjectN / "
-                        "caseN token, else the folder under --input)")
+                        "caseN token, else the folder under --input; --fastmri: the patient_id attribute)")
     g.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of subjects (or, for a single subject, of slice positions) for validation")
     g.add_argument("--seed", type=seed_type, default=42, help="seed of the masks and of the subject split")
@@ -809,38 +1072,59 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="these subjects are the validation split, all others training (e.g. a paper's split)")
     g.add_argument("--split-file", type=Path, default=None, metavar="JSON",
                    help="reuse a split.json written by this tool, or {\"train\": [ids], \"validation\": [ids]}")
-    g = parser.add_argument_group("slices and output")
-    old_spellings(g.add_argument("--out-dir", "--out", dest="out", required=True, type=Path,
-                                 help="output folder (train/, validation/, mask_*.npy, split.json); keep it "
-                                      "outside the source tree, e.g. datasets/acdc"), "--out")
+
+
+def _add_slice_flags(parser: CliParser) -> None:
+    g = parser.add_argument_group("slices")
     g.add_argument("--size", type=int, default=None,
                    help="slices become N x N (centre crop/pad; default: the preset's, else pad to a square of "
                         "the largest in-plane extent rounded up to a 2-3-5 FFT size, nothing cropped)")
     g.add_argument("--resize", action="store_true",
                    help="resample slices to --size (anti-aliased, aspect kept by padding) instead of crop/pad")
     g.add_argument("--axis", type=int, choices=(0, 1, 2), default=2, help="slice axis of the volumes")
-    g.add_argument("--acc", nargs="+", type=acc_type, default=list(DEFAULT_ACCS), help="accelerations, e.g. 4x 5x")
-    g.add_argument("--mask-dir", type=Path, default=None,
-                   help="use mask_{acc}.npy from this folder instead of generating masks")
+    g.add_argument("--slice-range", type=int, nargs=2, default=None, metavar=("START", "STOP"),
+                   help="per volume, keep only slices range(S)[START:STOP] (Python's rules: 5 -5 drops five at "
+                        "each end, e.g. the noise-only outer slices of fastMRI knees)")
     g.add_argument("--min-foreground", type=float, default=0.05,
                    help="skip slices where fewer than this fraction of the N x N output slice's pixels "
                         "exceed 5%% of the volume max (all-zero slices are always skipped)")
     g.add_argument("--max-slices-per-volume", type=int, default=None,
                    help="keep at most this many central slices of each volume (handy for the demo)")
+
+
+def _add_output_flags(parser: CliParser) -> None:
+    g = parser.add_argument_group("masks and output")
+    old_spellings(g.add_argument("--out-dir", "--out", dest="out", required=True, type=Path,
+                                 help="output folder (train/, validation/, mask_*.npy, split.json); keep it "
+                                      "outside the source tree, e.g. datasets/acdc"), "--out")
+    g.add_argument("--acc", dest="accs", nargs="+", type=acc_type, default=list(DEFAULT_ACCS), metavar="ACC",
+                   help="accelerations, e.g. 4x 5x")
+    g.add_argument("--mask-kind", choices=MASK_KINDS, default=None,
+                   help="rows: whole rows, low frequencies at both ends, exactly H/acc rows (the public "
+                        "SFT-KD-Recon masks; default); fastmri-random / fastmri-equispaced: fastMRI's column "
+                        "masks with a fully sampled centre, in the unshifted convention (default of the "
+                        "fastmri presets)")
+    g.add_argument("--center-fraction", type=float, nargs="+", default=[DEFAULT_CENTER_FRACTION],
+                   metavar="F", help="share of fully sampled low-frequency lines: one value, or one per --acc "
+                                     "(fastMRI: 0.08 at 4x, 0.04 at 8x)")
+    g.add_argument("--mask-dir", type=Path, default=None,
+                   help="use mask_{acc}.npy from this folder instead of generating masks")
     g.add_argument("--overwrite", action="store_true",
                    help="replace mask_*.npy, split.json, train/ and validation/ in a non-empty --out-dir")
-    args = parser.parse_args(argv)
-    summary = prepare(out=args.out, inputs=args.input, demo=args.demo, demo_resolution=args.demo_resolution,
-                      preset=args.preset, size=args.size, resize=args.resize, axis=args.axis, accs=args.acc,
-                      mask_dir=args.mask_dir, val_fraction=args.val_fraction, seed=args.seed,
-                      min_foreground=args.min_foreground, max_slices_per_volume=args.max_slices_per_volume,
-                      overwrite=args.overwrite, include=args.include, exclude=args.exclude,
-                      subject_regex=args.subject_regex, val_subjects=args.val_subjects,
-                      split_file=args.split_file, allow_label_like=args.allow_label_like)
+
+
+def _report(summary: dict[str, Any], preset: str | None) -> None:
+    """Print what a run did: skipped files, subjects, splits, counts, warnings."""
     skipped_files = summary["skipped_files"]
     if skipped_files:
         names = ", ".join(Path(p).name for p in skipped_files[:3]) + (", ..." if len(skipped_files) > 3 else "")
         print(f"skipped {len(skipped_files)} file(s) by --include / --exclude: {names}")
+    if summary["skipped_acquisitions"]:
+        left_out = ", ".join(f"{n} {acq}" for acq, n in sorted(summary["skipped_acquisitions"].items()))
+        print(f"skipped {sum(summary['skipped_acquisitions'].values())} fastMRI file(s) by --acquisition: {left_out}")
+    if summary["fastmri_references"]:
+        used = ", ".join(f"{name} of {n} file(s)" for name, n in sorted(summary["fastmri_references"].items()))
+        print(f"fastMRI: {used} taken as the fully sampled images. {FASTMRI_NOTE}")
     print(summary["subjects_found"])
     if len(summary["per_file_subjects"]) > 1:
         print(f"warning: {len(summary['per_file_subjects'])} files sit directly in their --input folder with no "
@@ -852,15 +1136,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{split} subjects ({len(summary[f'{split}_subjects'])}): {' '.join(summary[f'{split}_subjects'])}")
     duplicates = summary["duplicates"]
     if any(duplicates.values()):
-        hint = "" if args.preset else " (ACDC: the _frameNN files repeat _4d cine frames; --preset acdc takes ED/ES only)"
+        hint = "" if preset else " (ACDC: the _frameNN files repeat _4d cine frames; --preset acdc takes ED/ES only)"
         print(f"warning: {duplicates['train']} training and {duplicates['validation']} validation slices are "
               f"exact copies of other slices of their split{hint}", file=sys.stderr)
     size = summary["size"]
+    outside = f", {summary['slices_outside_range']} outside --slice-range" if summary["slices_outside_range"] else ""
     print(f"train: {len(summary['train_volumes'])} volumes, {summary['train_slices']} slices; validation: "
           f"{len(summary['validation_volumes'])} volumes, {summary['validation_slices']} slices "
-          f"(split by {summary['split']}; {summary['skipped_slices']} near-empty slices skipped; leak check "
-          f"passed); {size}x{size}, acc {' '.join(summary['accs'])} -> {summary['out']} (split.json) in "
-          f"{summary['elapsed_s']:.1f} s")
+          f"(split by {summary['split']}; {summary['skipped_slices']} near-empty slices skipped{outside}; leak "
+          f"check passed); {size}x{size}, {summary['mask_kind']} masks, acc {' '.join(summary['accs'])} -> "
+          f"{summary['out']} (split.json) in {summary['elapsed_s']:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = CliParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    for add_flags in (_add_input_flags, _add_split_flags, _add_slice_flags, _add_output_flags):
+        add_flags(parser)
+    args = parser.parse_args(argv)
+    summary = prepare(**{option.name: getattr(args, option.name) for option in fields(Options)})
+    _report(summary, args.preset)
     return summary
 
 

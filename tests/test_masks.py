@@ -1,4 +1,4 @@
-"""Tests of data/masks.py: acceleration names, seeded row masks and fastMRI column masks, loading and saving .npy masks."""
+"""Tests of data/masks.py: accelerations, seeded row masks and fastMRI column masks, loading and saving masks."""
 from __future__ import annotations
 
 import math

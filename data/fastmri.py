@@ -1,0 +1,90 @@
+"""Reading fastMRI HDF5 files as downloaded: the reference image the challenge scores against, its attributes.
+
+A fastMRI volume file (https://fastmri.med.nyu.edu) holds ``kspace``, (S, H, W) complex64 for single-coil or
+(S, C, H, W) for multi-coil data, centred; the references ``reconstruction_esc`` (single-coil files: the
+emulated single coil) and/or ``reconstruction_rss`` (root sum of squares over the coils), (S, 320, 320)
+float32; the attributes ``max``, ``norm``, ``acquisition`` (e.g. ``CORPD_FBK``, ``AXT2``) and ``patient_id``
+where present; and an ``ismrmrd_header``, which is not needed here.
+
+The challenge scores single-coil submissions against ESC and multi-coil ones against RSS, so that is the fully
+sampled image this project takes: a single-coil file must hold ``reconstruction_esc`` (it usually holds RSS
+too), a multi-coil file ``reconstruction_rss``. Test-set files ship without references and are refused.
+``kspace`` is read for its shape only (how many coils): the raw k-space is never reconstructed here, the
+magnitude reference is undersampled again by data/prepare.py (retrospective undersampling, the paper's
+protocol).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from utils import UserError, first_line
+
+# kspace dimensions -> the reference the fastMRI challenge scores that kind of data against.
+REFERENCE_OF = {3: "reconstruction_esc", 4: "reconstruction_rss"}
+CHALLENGE_OF = {3: "single-coil", 4: "multi-coil"}
+
+
+class FastmriError(UserError):
+    """A file that is not a usable fastMRI volume: unreadable, no ``kspace``, or no reference image."""
+
+
+@dataclass(frozen=True)
+class FastmriVolume:
+    """The header of one fastMRI file; offers ``shape`` and ``dataobj`` like a nibabel image, so data/prepare.py
+    reads it like a NIfTI volume whose slice axis is the last one."""
+
+    path: Path
+    reference: str  # the dataset taken as the fully sampled image
+    shape: tuple[int, int, int]  # (H, W, S) of the reference
+    coils: int  # 1 for single-coil files
+    acquisition: str | None
+    patient_id: str | None
+
+    @property
+    def dataobj(self) -> np.ndarray:
+        """The reference as (H, W, S) float32 (stored as (S, H, W)), read from the file at each access."""
+        with h5py.File(self.path, "r") as f:
+            return np.moveaxis(f[self.reference][()], 0, -1)
+
+
+def _text(value) -> str | None:
+    """An HDF5 string attribute as ``str`` (h5py gives ``bytes`` for fixed-length strings); None stays None."""
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _header(path: Path, f: h5py.File) -> FastmriVolume:
+    if "kspace" not in f:
+        raise FastmriError(f"{path} has no 'kspace' dataset (found: {', '.join(sorted(f)) or 'nothing'}); it is "
+                           "not a fastMRI volume file")
+    kspace = f["kspace"]
+    if kspace.ndim not in REFERENCE_OF:
+        raise FastmriError(f"{path}: 'kspace' has shape {kspace.shape}; fastMRI files hold (S, H, W) single-coil "
+                           "or (S, C, H, W) multi-coil k-space")
+    reference, challenge = REFERENCE_OF[kspace.ndim], CHALLENGE_OF[kspace.ndim]
+    if reference not in f:
+        raise FastmriError(f"{path} has no '{reference}', the reference the fastMRI {challenge} challenge scores "
+                           "against (test-set files ship without one); use train / val files or leave it out")
+    image = f[reference]
+    if image.ndim != 3 or image.shape[0] != kspace.shape[0]:
+        raise FastmriError(f"{path}: '{reference}' has shape {image.shape} for a 'kspace' of {kspace.shape[0]} "
+                           "slices; a (S, H, W) reference of the same S slices is required")
+    n_slices, height, width = image.shape
+    return FastmriVolume(path, reference, (height, width, n_slices), kspace.shape[1] if kspace.ndim == 4 else 1,
+                         _text(f.attrs.get("acquisition")), _text(f.attrs.get("patient_id")))
+
+
+def open_volume(path: str | Path) -> FastmriVolume:
+    """Read the header of one fastMRI ``.h5`` file (shapes and attributes, no image data)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            return _header(path, f)
+    except OSError as exc:
+        raise FastmriError(f"{path} is not a readable HDF5 file ({first_line(exc)}); download it again or leave "
+                           "it out") from exc
