@@ -107,6 +107,9 @@ FOREGROUND_LEVEL = 0.05
 # Slice positions dropped between the train and validation blocks of a single subject.
 BLOCK_GAP = 2
 STAGE_PREFIX = ".prepare-"
+# Characters of subject ids printed per split: ACDC's 80 training patients fit, fastMRI's hundreds of
+# 64-character patient ids do not (split.json lists them all).
+SHOWN_SUBJECT_CHARS = 1000
 FASTMRI_NOTE = ("This is retrospective undersampling of the magnitude reference (the paper's protocol), not "
                 "reconstruction of the raw (multi-coil) k-space: numbers are not comparable with fastMRI leaderboard "
                 "entries that reconstruct raw k-space.")
@@ -1113,6 +1116,15 @@ def _add_output_flags(parser: CliParser) -> None:
                    help="replace mask_*.npy, split.json, train/ and validation/ in a non-empty --out-dir")
 
 
+def _shorten(subjects: list[str]) -> str:
+    """The ids joined by spaces, cut after :data:`SHOWN_SUBJECT_CHARS` characters with a pointer to split.json."""
+    text = " ".join(subjects)
+    if len(text) <= SHOWN_SUBJECT_CHARS:
+        return text
+    shown = text[:SHOWN_SUBJECT_CHARS].rsplit(" ", 1)[0]
+    return f"{shown} ... and {len(subjects) - len(shown.split(' '))} more (split.json)"
+
+
 def _report(summary: dict[str, Any], preset: str | None) -> None:
     """Print what a run did: skipped files, subjects, splits, counts, warnings."""
     skipped_files = summary["skipped_files"]
@@ -1133,7 +1145,8 @@ def _report(summary: dict[str, Any], preset: str | None) -> None:
     if summary["split"] == "slice blocks":
         print(f"only one subject: split by contiguous slice blocks with a {BLOCK_GAP}-slice gap, not by subject")
     for split in SPLITS:
-        print(f"{split} subjects ({len(summary[f'{split}_subjects'])}): {' '.join(summary[f'{split}_subjects'])}")
+        subjects = summary[f"{split}_subjects"]
+        print(f"{split} subjects ({len(subjects)}): {_shorten(subjects)}")
     duplicates = summary["duplicates"]
     if any(duplicates.values()):
         hint = "" if preset else " (ACDC: the _frameNN files repeat _4d cine frames; --preset acdc takes ED/ES only)"

@@ -14,7 +14,7 @@ import torch
 from data.dataset import SliceDataset
 from data.fastmri import FastmriError, open_volume
 from data.fft import fft2, zero_filled
-from data.prepare import FASTMRI_NOTE, main, prepare
+from data.prepare import FASTMRI_NOTE, _shorten, main, prepare
 from tests.conftest import phantom
 from utils import UserError, run_cli as run_main
 
@@ -241,3 +241,11 @@ def test_fastmri_preset_needs_fastmri_files(tmp_path: Path):
     with pytest.raises(UserError, match="--preset fastmri-knee-sc is for --fastmri data; pass the files with "
                                         "--fastmri"):
         prepare(out=tmp_path / "out", inputs=["x.nii"], preset="fastmri-knee-sc")
+
+
+def test_long_subject_lists_are_cut_in_the_output():
+    ids = [f"{n:064x}" for n in range(40)]  # fastMRI-like patient ids
+    # 15 ids and their spaces take 974 characters, a 16th would pass 1000
+    assert _shorten(ids) == " ".join(ids[:15]) + " ... and 25 more (split.json)"
+    acdc = [f"patient{n:03d}" for n in range(1, 81)]
+    assert _shorten(acdc) == " ".join(acdc)
