@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from data.dataset import SliceDataset
-from data.prepare import BLOCK_GAP, InputFile, fft_friendly, main, prepare, subject_of, volume_names
+from data.prepare import main, prepare
+from data.slicing import fft_friendly
+from data.sources import InputFile, subject_of, volume_names
+from data.subjects import BLOCK_GAP
 from tests.conftest import phantom, run_cli
 from utils import UserError, run_cli as run_main
 

@@ -21,7 +21,9 @@ import torch
 
 import train_student_kd
 import train_teacher
-from data.prepare import BLOCK_GAP, STAGE_PREFIX, main, prepare
+from data.prepare import main, prepare
+from data.staging import STAGE_PREFIX
+from data.subjects import BLOCK_GAP
 from scripts import import_checkpoint as import_script
 from tests.conftest import ROOT, make_dataset, phantom
 from tests.test_checkpoint_import import reference, save_public
