@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from data.dataset import SliceDataset, build_dataset
 from models.checkpoint import load_reconstructor
-from models.speed import MEMORY_FORMATS, measured_layout
+from models.speed import MEMORY_FORMATS, auto_layout
 from models.distributed import resolve_device
 from utils import (FASTMRI_METRICS, METRICS, CliParser, UserError, acc_type, atomic_write, csv_text,
                    load_checkpoint, run_cli, write_json, write_text)
@@ -174,7 +174,7 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
     nets = {}
     # The faster layout for forward passes on this device, measured once (models/speed.py): channels_last
     # halves the teacher forward on AVX-512 CPUs; results differ between layouts only by float rounding.
-    memory_format = MEMORY_FORMATS[measured_layout(device, dataset.shape, amp, backward=False)[0]]
+    memory_format = MEMORY_FORMATS[auto_layout(device, dataset.shape, amp, backward=False)]
     for name, model in models.items():
         net = load_reconstructor(model, "--checkpoints") if isinstance(model, (str, Path)) else model
         nets[name] = net.to(device, memory_format=memory_format).eval()

@@ -475,11 +475,12 @@ def measure_precision(args, device: torch.device, precision: str, repeats: int, 
     for backward, user, work_done in ((True, "training (--memory-format auto)", "fwd+bwd"),
                                       (False, "evaluate.py", "fwd")):
         start = time.perf_counter()
-        picked[backward], seconds = speed.measured_layout(device, (size, size), amp, backward)
+        fastest, seconds = speed.measured_layout(device, (size, size), amp, backward)
         cost = time.perf_counter() - start
+        picked[backward] = speed.auto_layout(device, (size, size), amp, backward)
         figures = ", ".join(f"{name} {1e3 * min(s):.2f}-{1e3 * max(s):.2f} ms" for name, s in seconds.items())
-        report.note(f"{label}: {user} picks {picked[backward]} (32->32 conv {work_done} at batch 1: {figures}; "
-                    f"decided in {cost:.2f} s)")
+        report.note(f"{label}: {user} picks {picked[backward]} (32->32 conv {work_done} at batch 1: {figures}, "
+                    f"{fastest} by the start-up rule, measured in {cost:.2f} s)")
     auto = picked[True]
     roof, roof_layout = roofs[precision] = roofline(batch, size, device, repeats, amp)
     report.note(f"{label}: roofline, 3x3 32->32 conv fwd+bwd at batch {batch}: {roof:.1f} GFLOP/s "

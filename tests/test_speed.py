@@ -35,12 +35,25 @@ def test_layout_is_measured_once_per_process_and_size(monkeypatch):
     assert calls == [(24, 24), (16, 16)]
 
 
-def test_explicit_and_recorded_layouts_win_over_the_measurement(monkeypatch):
-    monkeypatch.setattr(speed, "measured_layout", lambda *a, **k: ("contiguous", {}))
+def test_explicit_and_recorded_layouts_win_over_auto(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     cpu = torch.device("cpu")
     assert speed.resolve_memory_format("channels_last", cpu, (8, 8)) == "channels_last"
     assert speed.resolve_memory_format("auto", cpu, (8, 8), recorded="channels_last") == "channels_last"
-    assert speed.resolve_memory_format("auto", cpu, (8, 8), recorded=None) == "contiguous"
+    assert speed.resolve_memory_format("auto", cpu, (240, 240), recorded=None) == "contiguous"
+
+
+@pytest.mark.parametrize("isa, backward, size, layout", [
+    ("AVX2", True, 240, "contiguous"), ("AVX2", False, 240, "channels_last"), ("AVX2", True, 64, "channels_last"),
+    ("AVX512", True, 240, "channels_last"), ("DEFAULT", True, 240, "channels_last")])
+def test_auto_on_a_cpu_is_fixed_by_its_isa_and_never_timed(monkeypatch, isa, backward, size, layout):
+    """Timing at start-up under load could flip the layout between two runs of the same seed."""
+    def no_timing(*args, **kwargs):
+        raise AssertionError("auto timed the layouts on a CPU")
+    monkeypatch.setattr(speed, "time_conv_layouts", no_timing)
+    monkeypatch.setattr(speed, "_layout_decisions", {})
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
+    assert speed.auto_layout(torch.device("cpu"), (size, size), backward=backward) == layout
 
 
 def test_measurement_times_both_layouts():
