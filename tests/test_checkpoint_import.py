@@ -127,6 +127,7 @@ def ours(model: nn.Module, batch):
 
 # --------------------------------------------------------------------------- CLI
 
+@pytest.mark.slow
 def test_cli_refuses_pickle_without_flag_then_imports_teacher(tmp_path, batch):
     net, prefix = reference("teacher", seed=0)
     src = save_public(net, tmp_path / "best_model.pt")
@@ -152,6 +153,7 @@ def test_cli_refuses_pickle_without_flag_then_imports_teacher(tmp_path, batch):
     torch.testing.assert_close(ours(model, batch), ref_output(net, prefix, batch), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_cli_keeps_existing_output_without_overwrite(tmp_path):
     net, _ = reference("student", seed=1)
     src = save_public(net, tmp_path / "student.pt", data_parallel=True)

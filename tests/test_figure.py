@@ -41,6 +41,7 @@ def check_png(path):
     return image
 
 
+@pytest.mark.slow
 def test_figure_with_and_without_inset(eval_dir, tmp_path):
     root, out, _ = eval_dir
     plain, zoomed = tmp_path / "plain.png", tmp_path / "inset.png"

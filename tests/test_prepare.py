@@ -146,6 +146,7 @@ def test_resize_keeps_range_and_aspect(tmp_path: Path):
     assert bright.any(axis=1).sum() == 8 and bright.any(axis=0).sum() == 4
 
 
+@pytest.mark.slow
 def test_demo_via_cli_splits_one_brain_by_blocks(tmp_path: Path):
     out = tmp_path / "demo"
     result = run_cli("data/prepare.py", "--demo", "--size", "32", "--max-slices-per-volume", "20",

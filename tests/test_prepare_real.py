@@ -321,6 +321,7 @@ def test_staging_folders_of_killed_runs_are_cleaned(tmp_path: Path):
         prepare(inputs=[source], out=live, size=SIZE, accs=["4x"])
 
 
+@pytest.mark.slow
 def test_a_sigkilled_run_does_not_block_the_rerun(tmp_path: Path):
     """A real run killed while it writes; the same command then succeeds."""
     for n in range(12):

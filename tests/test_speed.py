@@ -116,6 +116,7 @@ def test_every_device_type_has_a_known_sft_variant():
     assert speed.sft_variant(torch.device("meta")) == speed.SFT_VARIANT["cpu"]
 
 
+@pytest.mark.slow
 def test_a_run_records_its_layout_and_resume_reuses_it(tmp_path):
     data = make_dataset(tmp_path / "data", size=16, train_volumes=1, slices=2)
     exp = tmp_path / "run"
