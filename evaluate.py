@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -52,11 +53,24 @@ from utils import (FASTMRI_METRICS, METRICS, CliParser, UserError, acc_type, ato
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
-FASTMRI_COLUMNS = ["model", "volume", *FASTMRI_METRICS]
-# The metric sets of --metrics: the file each writes and the summary.json entry of its statistics (None: the
-# top level, where the paper's statistics have always been).
-OUTPUT_FILES = {"paper": "metrics.csv", "fastmri": "metrics_fastmri.csv"}
-SUMMARY_KEYS = {"paper": None, "fastmri": "fastmri"}
+
+
+@dataclass(frozen=True)
+class MetricSet:
+    """One metric set of --metrics: its metric names, the CSV it writes with that file's columns, and the
+    summary.json entry of its statistics (None: the top level, where the paper's statistics have always been)."""
+
+    metrics: tuple[str, ...]
+    file: str
+    columns: list[str]
+    summary_key: str | None
+
+
+METRIC_SETS = {
+    "paper": MetricSet(tuple(METRICS), "metrics.csv", CSV_COLUMNS, None),
+    "fastmri": MetricSet(tuple(FASTMRI_METRICS), "metrics_fastmri.csv", ["model", "volume", *FASTMRI_METRICS],
+                         "fastmri"),
+}
 METRIC_CHOICES = {"paper": ("paper",), "fastmri": ("fastmri",), "all": ("paper", "fastmri")}
 META_KEYS = ("acc", "split", "data_root", "mask", "checkpoints", "fastmri")
 RECON_KEY = "reconstruction"
@@ -218,8 +232,8 @@ def summarize(rows: list[dict], metrics: Sequence[str] = tuple(METRICS)) -> dict
         for metric in metrics:
             per_model[metric].append(row[metric])
     return {model: {metric: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
-                    for metric, v in metrics.items()}
-            for model, metrics in values.items()}
+                    for metric, v in per_metric.items()}
+            for model, per_metric in values.items()}
 
 
 def format_table(summary: dict, metrics: Sequence[str] = tuple(METRICS)) -> str:
@@ -269,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} is a file; choose a folder")
     metric_sets = METRIC_CHOICES[args.metrics]
-    metric_files = {metric_set: args.out_dir / name for metric_set, name in OUTPUT_FILES.items()}
+    metric_files = {name: args.out_dir / metric_set.file for name, metric_set in METRIC_SETS.items()}
     existing = sorted(p for p in [*metric_files.values(), args.out_dir / "summary.json"] if p.exists())
     if existing and not args.overwrite:
         raise UserError(f"{existing[0]} already exists; pass --overwrite to replace it or choose another "
@@ -301,14 +315,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_results(args: argparse.Namespace, names: list[str], rows: dict[str, list[dict]]) -> dict:
     """Write each metric set's CSV and summary.json into ``args.out_dir``; returns ``{metric_set: summary}``."""
-    columns = {"paper": CSV_COLUMNS, "fastmri": FASTMRI_COLUMNS}
-    metrics = {"paper": tuple(METRICS), "fastmri": tuple(FASTMRI_METRICS)}
     summary, stats = {}, {}
-    for metric_set, set_rows in rows.items():
-        write_text(args.out_dir / OUTPUT_FILES[metric_set], csv_text(set_rows, columns[metric_set]))
-        stats[metric_set] = summarize(set_rows, metrics[metric_set])
-        key = SUMMARY_KEYS[metric_set]
-        summary.update(stats[metric_set] if key is None else {key: stats[metric_set]})
+    for name, set_rows in rows.items():
+        metric_set = METRIC_SETS[name]
+        write_text(args.out_dir / metric_set.file, csv_text(set_rows, metric_set.columns))
+        stats[name] = summarize(set_rows, metric_set.metrics)
+        key = metric_set.summary_key
+        summary.update(stats[name] if key is None else {key: stats[name]})
     write_json(args.out_dir / "summary.json",
                {**summary, "acc": args.acc, "split": args.split, "data_root": str(args.data_root),
                 "mask": str(args.mask) if args.mask else None,
@@ -323,8 +336,8 @@ def print_results(out_dir: Path, stats: dict[str, dict], rows: dict[str, list[di
     if "fastmri" in stats:
         volumes = len({row["volume"] for row in rows["fastmri"]})
         print(f"fastMRI volume-wise metrics (mean +- std over {volumes} volume(s)):")
-        print(format_table(stats["fastmri"], tuple(FASTMRI_METRICS)))
-    written = [f"{out_dir / OUTPUT_FILES[s]} ({len(set_rows)} rows)" for s, set_rows in rows.items()]
+        print(format_table(stats["fastmri"], METRIC_SETS["fastmri"].metrics))
+    written = [f"{out_dir / METRIC_SETS[s].file} ({len(set_rows)} rows)" for s, set_rows in rows.items()]
     print(f"wrote {' and '.join(written)} and {out_dir / 'summary.json'}")
 
 

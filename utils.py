@@ -331,7 +331,8 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
 # --------------------------------------------------------------------------- per-slice image metrics over (H, W) numpy images
 
 def psnr(target: np.ndarray, recon: np.ndarray) -> float:
-    """PSNR in dB of ``recon`` against ``target``, both (H, W) float, ``data_range = target.max()``.
+    """PSNR in dB of ``recon`` against ``target``, both (H, W) float, ``data_range = target.max()``; on
+    (S, H, W) volumes one MSE over all voxels and the volume's maximum, fastMRI's volume PSNR.
 
     That range is the public SFT-KD-Recon / KD-MRI convention, so numbers compare with the paper.
     """
@@ -346,7 +347,8 @@ def ssim(target: np.ndarray, recon: np.ndarray) -> float:
 
 
 def nmse(target: np.ndarray, recon: np.ndarray) -> float:
-    """Normalised MSE ``|target - recon|^2 / |target|^2`` of (H, W) float images."""
+    """Normalised MSE ``|target - recon|^2 / |target|^2`` of (H, W) float images; on (S, H, W) volumes, over
+    all voxels: fastMRI's volume NMSE."""
     return float(np.sum((target - recon) ** 2) / np.sum(target ** 2))
 
 
@@ -391,20 +393,8 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 # fastMRI's fastmri/evaluate.py scores one volume at a time, not one slice: its published baselines and
 # leaderboards are means over volumes of these three numbers. A volume's error is pooled over all its voxels,
 # so a volume-wise PSNR is not the mean of per-slice PSNRs (bright slices weigh more, and the peak is the
-# volume's maximum, not each slice's).
-
-def volume_nmse(target: np.ndarray, recon: np.ndarray) -> float:
-    """fastMRI's NMSE of one volume: ``||target - recon||^2 / ||target||^2`` over all voxels of (S, H, W) float
-    arrays."""
-    return float(np.sum((target - recon) ** 2) / np.sum(target ** 2))
-
-
-def volume_psnr(target: np.ndarray, recon: np.ndarray) -> float:
-    """fastMRI's PSNR in dB of one volume: one MSE over all voxels of (S, H, W) float arrays,
-    ``data_range = target.max()`` of the whole volume."""
-    from skimage.metrics import peak_signal_noise_ratio
-    return float(peak_signal_noise_ratio(target, recon, data_range=float(target.max())))
-
+# volume's maximum, not each slice's). NMSE and PSNR are the per-slice functions above applied to the whole
+# (S, H, W) volume; SSIM needs its own, being 2-D per slice.
 
 def volume_ssim(target: np.ndarray, recon: np.ndarray) -> float:
     """fastMRI's SSIM of one volume: the mean over slices of 2-D SSIM, (S, H, W) float arrays.
@@ -422,5 +412,5 @@ def volume_ssim(target: np.ndarray, recon: np.ndarray) -> float:
 
 
 FASTMRI_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "NMSE": volume_nmse, "PSNR": volume_psnr, "SSIM": volume_ssim,
+    "NMSE": nmse, "PSNR": psnr, "SSIM": volume_ssim,
 }

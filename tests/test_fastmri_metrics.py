@@ -16,7 +16,9 @@ from evaluate import main
 from models.checkpoint import model_payload
 from models.dccnn import student
 from scripts.report import main as report_main
-from utils import UserError, psnr, save_checkpoint, volume_nmse, volume_psnr, volume_ssim
+from utils import FASTMRI_METRICS, UserError, psnr, save_checkpoint, volume_ssim
+
+volume_nmse, volume_psnr = FASTMRI_METRICS["NMSE"], FASTMRI_METRICS["PSNR"]
 
 FASTMRI_HEADER = "model,volume,NMSE,PSNR,SSIM"
 
