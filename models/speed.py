@@ -47,7 +47,7 @@ SFT_VARIANT = {
 #   slice, SFT 1.48 vs 1.78); channels_last infers 1.3x faster (0.124 vs 0.157 s per slice). At 32 and 64 px
 #   the start-up timing this replaces kept channels_last (contiguous was not 10 % faster); 128 lies between.
 #   Intel Xeon with AVX-512 / AMX: oneDNN's NHWC kernels, channels_last at every size.
-CPU_LAYOUT = {("AVX2", True): "contiguous", ("AVX2", False): "channels_last"}
+CPU_LAYOUT = {("AVX2", True): "contiguous"}
 CPU_LAYOUT_FROM = 128
 
 _layout_decisions: dict[tuple, tuple[str, dict[str, list[float]]]] = {}
