@@ -24,7 +24,7 @@ Any of these may end in ``-seed{N}`` (``sftkd-at-seed2``); other names are liste
 Writes ``OUT/table.md`` and ``OUT/table.csv``. Rows: ZF, Teacher, Student, SFT teacher, then per KD method
 (alphabetical) "Std-KD (method)" and "SFT-KD-Recon (method)"; missing roles are omitted. Columns per
 acceleration: PSNR and SSIM as mean ± std over slices (``ddof=0``) for one run, or, when a model has
-several seeds, mean ± std over seeds (``ddof=0``) of each seed's mean over slices (marked †). A second
+several seeds, mean ± std over seeds (``ddof=1``) of each seed's mean over slices (marked †). A second
 table gives, per KD method and acceleration, the two-sided Wilcoxon signed-rank p-value of PSNR between
 the SFT-KD-Recon and the Std-KD student, paired by (volume, slice) (with several seeds, each slice's PSNR
 is first averaged over seeds). ``table.csv`` has the same rows with plain numbers
@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.masks import parse_acc  # noqa: E402
 from models.roles import BASE_MODELS, KD_ARMS, arm_label, arm_prefix  # noqa: E402
+from scripts import contrasts  # noqa: E402
 from utils import CliParser, UserError, atomic_write, csv_text, run_cli, write_text  # noqa: E402
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
@@ -147,10 +148,11 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
     return acc, runs
 
 
-def column_order(column: str) -> tuple:
-    """Sort key of a table column ``"4x"`` or ``"4x colin27/test"``: acceleration, then test set."""
-    acc, _, test_set = column.partition(" ")
-    return parse_acc(acc), test_set
+def table_columns(table: dict) -> list[str]:
+    """The columns of a :func:`collect` table: ``"4x"`` or ``"4x colin27"``, by acceleration, then in the order
+    the folders were given."""
+    seen = dict.fromkeys(column for per_column in table.values() for column in per_column)
+    return sorted(seen, key=lambda column: parse_acc(column.partition(" ")[0]))
 
 
 def collect(folders: list[Path]) -> tuple[dict, list[str]]:
@@ -192,12 +194,13 @@ def row_order(table: dict) -> list[tuple[tuple[str, str | None], str]]:
 
 
 def central(seeds: dict[int | None, Run], metric: str) -> tuple[float, float, int]:
-    """(mean, std, number of seeds): over slices for one run, over per-seed means for several."""
+    """(mean, std, number of seeds): over slices for one run (population std), over per-seed means for several
+    (sample std, ``ddof=1``: the seeds are a sample of the runs one could have made)."""
     if len(seeds) == 1:
         values = list(next(iter(seeds.values())).values[metric].values())
-    else:
-        values = [run.mean(metric) for run in seeds.values()]
-    return float(np.mean(values)), float(np.std(values)), len(seeds)
+        return float(np.mean(values)), float(np.std(values)), 1
+    values = [run.mean(metric) for run in seeds.values()]
+    return float(np.mean(values)), float(np.std(values, ddof=1)), len(seeds)
 
 
 def paired_psnr(std_kd: dict[int | None, Run], sft_kd: dict[int | None, Run]) -> tuple[np.ndarray, np.ndarray]:
@@ -230,7 +233,7 @@ def format_p(p: float) -> str:
 
 def build_report(table: dict) -> tuple[str, list[dict]]:
     """The Markdown text (table, Wilcoxon table, gap lines) and the CSV rows of a :func:`collect` table."""
-    accs = sorted({acc for per_acc in table.values() for acc in per_acc}, key=column_order)
+    accs = table_columns(table)
     rows = row_order(table)
     header = ["Method", *(f"{metric} {acc}" for acc in accs for metric in TABLE_METRICS)]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -254,7 +257,8 @@ def build_report(table: dict) -> tuple[str, list[dict]]:
         csv_rows.append(csv_row)
     md.append("")
     md.append("Cells: mean ± std over slices (population std)." + (
-        f" {SEED_MARK} several seeds: mean ± std over seeds of each seed's mean over slices." if any_seeds else ""))
+        f" {SEED_MARK} several seeds: mean ± sample std (ddof 1) over seeds of each seed's mean over slices."
+        if any_seeds else ""))
     md += wilcoxon_table(table, accs)
     md += comparison_table(table, accs)
     md += per_seed_table(table, accs)
@@ -419,7 +423,7 @@ def plot(table: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    accs = sorted({acc for per_acc in table.values() for acc in per_acc}, key=column_order)
+    accs = table_columns(table)
     rows = [(key, label) for key, label in row_order(table) if key[0] != "zf"]
     fig, axes = plt.subplots(len(accs), 2, figsize=(11, 1.2 + 0.45 * len(rows) * len(accs)), squeeze=False)
     for r, acc in enumerate(accs):
@@ -453,7 +457,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", required=True, type=Path, help="where table.md and table.csv go")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing table.md / table.csv")
     parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
-                        help="also draw PSNR and SSIM per model with error bars over seeds into this PNG")
+                        help="also draw PSNR and SSIM per model with error bars over seeds into this PNG (with "
+                             "--contrasts: the contrasts with their intervals)")
+    parser.add_argument("--contrasts", action="store_true",
+                        help="add the controlled contrasts of scripts/study.sh (B - C primary; C - A, C - E, B - A "
+                             "Holm-corrected) with 95 %% t-intervals over seeds (scripts/contrasts.py)")
     args = parser.parse_args(argv)
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} is a file; choose a folder")
@@ -468,10 +476,21 @@ def main(argv: list[str] | None = None) -> None:
     if not table:
         raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
     markdown, csv_rows = build_report(table)
+    found = []
+    if args.contrasts:
+        columns = table_columns(table)
+        found = contrasts.all_contrasts(table, columns)
+        if not found:
+            raise UserError("--contrasts: the folders hold none of the study's arms (stdkd-M, sftkd-M, "
+                            "stdkd-sftinit-M, stdkd-studentinit-M); run scripts/study.sh")
+        markdown += "".join(f"{line}\n" for line in contrasts.markdown(found))
     markdown += "".join(f"{line}\n" for line in fastmri_table(args.eval_dirs))
     write_text(md_path, markdown)
     write_text(csv_path, csv_text(csv_rows))
-    if args.plot is not None:
+    if args.plot is not None and found:
+        contrasts.plot(found, args.plot, lambda path, data: atomic_write(path, lambda f: f.write(data)))
+        print(f"wrote {args.plot}")
+    elif args.plot is not None:
         plot(table, args.plot)
         print(f"wrote {args.plot}")
     print(markdown)
