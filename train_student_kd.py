@@ -152,7 +152,7 @@ def build_parser():
     parser.add_argument("--cache-teacher", action="store_true",
                         help="keep the teacher's outputs in memory after the first epoch (output-only KD: "
                              "imitation, none, the second stage); ~H*W*4 bytes per slice, about a third "
-                             "less time per later epoch")
+                             "less time per later epoch; not with --augment)")
     g = parser.add_argument_group("architecture (default: the --init-from-sft student's)")
     g.add_argument("--ref-padding", type=int, default=None, choices=[0, 5],
                    help="zero-pad each block input by 5 pixels and crop before DF, as the public code does "
@@ -170,6 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.feature_epochs and args.kd_method == "none":
         raise UserError("--feature-epochs trains the KD loss alone first, but --kd-method none has no KD loss; "
                         "drop --feature-epochs or choose a KD method")
+    if args.cache_teacher and args.augment:
+        # The cache is keyed by (file, slice, acc): with poses redrawn every epoch it would hand back the
+        # teacher's output for another flip or rotation of the slice.
+        raise UserError("--cache-teacher keeps one teacher output per slice, but --augment changes the slice "
+                        "every epoch; drop one of the two flags")
     if args.kd_method not in KD_METHODS:
         raise UserError(f"unknown --kd-method {args.kd_method!r}; choose one of: {', '.join(KD_METHODS)} "
                         "(--kd-method list describes them)")

@@ -263,3 +263,15 @@ def test_sft_step_declares_its_own_backward_only_where_it_runs_one(runs):
     assert step.runs_own_backward(batch) == (sft_variant(torch.device("cpu")) == "branchwise")
     step.eval()
     assert not step.runs_own_backward(batch)
+
+
+def test_cache_teacher_with_augment_is_refused_in_one_line(tmp_path, capsys):
+    from utils import run_cli as run_main
+    argv = common(tmp_path / "no-data", tmp_path / "exp", "--teacher-checkpoint", str(tmp_path / "t.pt"),
+                  "--kd-method", "imitation", "--cache-teacher", "--augment")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(train_student_kd.main, argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: --cache-teacher") and "--augment" in lines[0]
+    assert not (tmp_path / "exp").exists()
