@@ -158,8 +158,10 @@ class Imitation(KDLoss):
 
 
 class FitNet(KDLoss):
-    """FitNets hint learning (Romero et al. 2015), as in the SFT-KD-Recon code: MSE between the CNN
-    outputs (B, 1, H, W) of the middle cascade (index ``n_cascades // 2``) of teacher and student.
+    """FitNets hint learning (Romero et al. 2015) on the layer the SFT-KD-Recon code uses: MSE between the CNN
+    outputs (B, 1, H, W) of the middle cascade (index ``n_cascades // 2``) of teacher and student. The public
+    ``train_feature_fitnets.py`` instead squares those maps, normalises them over the batch per pixel and takes
+    the L1 distance, as its AT does (:class:`PublicAttentionTransfer`).
 
     Both hints have one channel, so Romero's regressor would be a scalar 1x1 conv and is left out.
     default_weight 0.3: the hint MSE is ~0.065 at init.
