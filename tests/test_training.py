@@ -126,10 +126,10 @@ def test_init_from_sft_copies_s2_to_s5_and_reinitialises_s1(runs):
     assert torch.equal(step.teacher.state_dict()["cascades.0.conv1.weight"], sft["teacher.cascades.0.conv1.weight"])
 
 
-def test_kd_method_list_names_all_13():
+def test_kd_method_list_names_all_14():
     result = run_cli("train_student_kd.py", "--kd-method", "list")
     assert result.returncode == 0, result.stderr
-    assert len(KD_METHODS) == 13
+    assert len(KD_METHODS) == 14
     for name in KD_METHODS:
         assert name in result.stdout
 
