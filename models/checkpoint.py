@@ -3,7 +3,8 @@
 A checkpoint is a dict of plain tensors and JSON-able values, loadable with
 ``torch.load(path, weights_only=True)``:
 
-- ``format``: ``"sftkd-v1"`` (checked on load: another version is a clear error); ``arch``:
+- ``format``: ``"sftkd-v1"`` (checked on load: another version is a clear error); ``arch``: the network's
+  config as JSON, ``{"kind": ..., its fields}`` (models/networks.py builds it back), e.g.
   ``{"kind": "dccnn", n_cascades, n_convs, channels, residual, ref_padding}`` or
   ``{"kind": "sft", "teacher": {...}, "student": {...}}``; ``model``: the state dict; ``run_name`` and
   ``config`` (the run's flags and set-up).
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from models.dccnn import DCCNN, DCCNNConfig
+from models.networks import FAMILIES, build_network, describe_arch
 from models.sft import SFTNet
 from utils import UserError, first_line, load_checkpoint
 
@@ -42,41 +43,22 @@ def check_format(ckpt: dict, path, what: str) -> None:
 
 
 def arch_of(model: nn.Module) -> dict:
-    """JSON architecture of a :class:`DCCNN` or :class:`SFTNet`."""
-    return model.arch() if isinstance(model, SFTNet) else model.config.to_dict()
-
-
-def _config(arch: dict) -> DCCNNConfig:
-    return DCCNNConfig(**{k: v for k, v in arch.items() if k != "kind"})
+    """JSON architecture of a registered network (models/networks.py)."""
+    return model.config.to_dict()
 
 
 def build_model(arch: dict) -> nn.Module:
     """A freshly initialised model for a checkpoint's ``arch`` dict."""
-    if arch.get("kind") == "sft":
-        return SFTNet(_config(arch["teacher"]), _config(arch["student"]))
-    if arch.get("kind") == "dccnn":
-        return DCCNN(_config(arch))
-    raise UserError(f"unknown model kind {arch.get('kind')!r} in checkpoint")
+    kind = arch.get("kind") if isinstance(arch, dict) else None
+    if kind not in FAMILIES:
+        raise UserError(f"unknown model kind {kind!r} in checkpoint")
+    return build_network(arch)
 
 
 def model_payload(model: nn.Module, run_name: str = "", config: dict | None = None) -> dict:
     """The model part of a checkpoint (weights on CPU so the file loads anywhere)."""
     return {"format": FORMAT, "arch": arch_of(model), "run_name": run_name, "config": config or {},
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-
-
-def describe_arch(arch, detail: bool = False) -> str:
-    """A short name for a checkpoint's ``arch`` dict, e.g. ``"DC-CNN D3C5 (5 cascades x 3 convs)"``;
-    ``detail`` adds channels and ref_padding."""
-    def dccnn(a) -> str:
-        extra = f", {a.get('channels')} channels, ref_padding {a.get('ref_padding')}" if detail else ""
-        n_convs, n_cascades = a.get("n_convs"), a.get("n_cascades")
-        return f"D{n_convs}C{n_cascades} ({n_cascades} cascades x {n_convs} convs{extra})"
-    if not isinstance(arch, dict):
-        return repr(arch)
-    if arch.get("kind") == "sft" and isinstance(arch.get("teacher"), dict) and isinstance(arch.get("student"), dict):
-        return f"SFT network (teacher {dccnn(arch['teacher'])}, student {dccnn(arch['student'])})"
-    return f"DC-CNN {dccnn(arch)}"
 
 
 def _misfit(model: nn.Module, state) -> str:
@@ -102,9 +84,10 @@ def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, d
     check_format(ckpt, path, what)
     arch = ckpt["arch"]
     kind = arch.get("kind") if isinstance(arch, dict) else None
-    if kind not in ("dccnn", "sft"):
-        raise UserError(f"{what} {path}: unknown model kind {kind!r} in its 'arch' entry (expected 'dccnn' or "
-                        "'sft'); pass a checkpoint written by this project's training scripts")
+    if kind not in FAMILIES:
+        raise UserError(f"{what} {path}: unknown model kind {kind!r} in its 'arch' entry (expected "
+                        f"{' or '.join(map(repr, FAMILIES))}); pass a checkpoint written by this project's "
+                        "training scripts")
     try:
         model = build_model(arch)
     except (TypeError, KeyError, ValueError) as exc:
@@ -120,8 +103,8 @@ def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, d
     return model, ckpt
 
 
-def load_reconstructor(path: str | Path, what: str = "checkpoint") -> DCCNN:
-    """The network that reconstructs images from a checkpoint: a DC-CNN as is, the teacher of an SFT."""
+def load_reconstructor(path: str | Path, what: str = "checkpoint") -> nn.Module:
+    """The network that reconstructs images from a checkpoint: a network as is, the teacher of an SFT."""
     model, _ = load_model(path, what)
     return model.teacher if isinstance(model, SFTNet) else model
 

@@ -6,12 +6,14 @@ parameters), as in KD-MRI and SFT-KD-Recon.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from data.fft import data_fidelity
+from models.family import Family
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,23 @@ class DCCNNConfig:
     channels: int = 32
     residual: bool = False
     ref_padding: int = 0
+    kind: ClassVar[str] = "dccnn"
 
     def to_dict(self) -> dict:
-        return {"kind": "dccnn", **asdict(self)}
+        return {"kind": self.kind, **asdict(self)}
+
+    def build(self) -> "DCCNN":
+        return DCCNN(self)
+
+    @property
+    def hidden_channels(self) -> tuple[int, ...]:
+        """Channels of the hidden maps of a cascade (conv1 .. conv{n-1}), for the KD losses."""
+        return (self.channels,) * (self.n_convs - 1)
+
+    @property
+    def border(self) -> int:
+        """The padding the hidden maps carry on every side (see ref_padding)."""
+        return self.ref_padding
 
 
 TEACHER = DCCNNConfig(n_convs=5)
@@ -129,3 +145,16 @@ def student() -> DCCNN:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def describe(arch: dict, detail: bool = False) -> str:
+    """``"D3C5 (5 cascades x 3 convs)"`` for an arch dict; ``detail`` adds channels and ref_padding."""
+    extra = f", {arch.get('channels')} channels, ref_padding {arch.get('ref_padding')}" if detail else ""
+    n_convs, n_cascades = arch.get("n_convs"), arch.get("n_cascades")
+    return f"D{n_convs}C{n_cascades} ({n_cascades} cascades x {n_convs} convs{extra})"
+
+
+FAMILY = Family(kind=DCCNNConfig.kind, title="DC-CNN", config=DCCNNConfig, describe=describe,
+                presets={"teacher": TEACHER, "student": STUDENT},
+                flags={"cascades": "n_cascades", "depth": "n_convs", "width": "channels",
+                       "ref_padding": "ref_padding", "residual": "residual"})

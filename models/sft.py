@@ -6,28 +6,47 @@ S_{j+1}..S_5, each followed by DF. S1 is never used here; it stays at its initia
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.dccnn import DCCNN, STUDENT, TEACHER, DCCNNConfig
+from models.dccnn import STUDENT, TEACHER
+from models.family import Family
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """An SFT network: the configs of its teacher and its student, any registered unrolled networks (see
+    models/family.py) with the same number of cascades."""
+    teacher: Any = TEACHER
+    student: Any = STUDENT
+    kind: ClassVar[str] = "sft"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "teacher": self.teacher.to_dict(), "student": self.student.to_dict()}
+
+    def build(self) -> "SFTNet":
+        return SFTNet(self.teacher, self.student)
+
 
 class SFTNet(nn.Module):
-    """Teacher D5C5 (``self.teacher``) and student D3C5 (``self.student``) in one module."""
+    """Teacher (``self.teacher``, D5C5 by default) and student (``self.student``, D3C5) in one module."""
 
-    def __init__(self, teacher_config: DCCNNConfig = TEACHER, student_config: DCCNNConfig = STUDENT):
+    def __init__(self, teacher_config=TEACHER, student_config=STUDENT):
         super().__init__()
         if teacher_config.n_cascades != student_config.n_cascades:
             raise ValueError("SFT needs as many student cascades as teacher cascades")
-        self.teacher = DCCNN(teacher_config)
-        self.student = DCCNN(student_config)
+        self.config = SFTConfig(teacher_config, student_config)
+        self.teacher = teacher_config.build()
+        self.student = student_config.build()
         # S1 is never in the SFT graph: freezing it keeps optimizers and DDP from expecting a gradient.
         self.student.cascades[0].requires_grad_(False)
 
     def arch(self) -> dict:
-        return {"kind": "sft", "teacher": self.teacher.config.to_dict(),
-                "student": self.student.config.to_dict()}
+        return self.config.to_dict()
 
     def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
                 branches: bool = True, batch_branches: bool = False):
@@ -149,9 +168,9 @@ def sft_loss(teacher_out: torch.Tensor, branch_outs: list[torch.Tensor], target:
     return total, {k: v.detach() for k, v in terms.items()}
 
 
-def student_from_blocks(source: DCCNN, fresh: DCCNN) -> DCCNN:
+def student_from_blocks(source: nn.Module, fresh: nn.Module) -> nn.Module:
     """Student for step 2: cascades S2..S5 copied from the trained student ``source``, S1 taken from the
-    freshly initialised ``fresh`` (same architecture). Neither argument is modified."""
+    freshly initialised ``fresh`` (same architecture, any unrolled network). Neither argument is modified."""
     student = copy.deepcopy(fresh)
     for index in range(1, len(student.cascades)):
         student.cascades[index].load_state_dict(source.cascades[index].state_dict())
@@ -159,10 +178,13 @@ def student_from_blocks(source: DCCNN, fresh: DCCNN) -> DCCNN:
     return student
 
 
-def student_from_sft(sft: SFTNet, fresh: DCCNN) -> DCCNN:
+def student_from_sft(sft: SFTNet, fresh: nn.Module) -> nn.Module:
     """Student for step 2: S2..S5 copied from ``sft``, S1 taken from the freshly initialised ``fresh``.
 
     S1 never ran during SFT training, so its weights are just the initial draw; the paper re-initialises it
     and lets KD train it from scratch together with the copied cascades.
     """
     return student_from_blocks(sft.student, fresh)
+
+
+FAMILY = Family(kind=SFTConfig.kind, title="SFT network", config=SFTConfig, parts=("teacher", "student"))

@@ -1,0 +1,62 @@
+"""What a network family gives the registry (models/networks.py): its config, its names, its flags, and the
+contract its networks keep with checkpoints, SFT and the KD losses.
+
+A family is one module defining a config dataclass, the network it builds and ``FAMILY = Family(...)``.
+
+The config (stored as ``to_dict()`` JSON under a checkpoint's ``arch``) provides:
+
+- ``kind`` (class attribute, the ``arch["kind"]``), ``to_dict()`` and ``build()`` (a freshly initialised
+  network, whose ``config`` attribute is this config);
+- the feature interface the KD losses read, :class:`FeatureSpec`: ``n_cascades``, ``hidden_channels`` and
+  ``border``.
+
+An unrolled network (one that can be a standalone reconstructor, an SFT teacher or student, or a KD student)
+provides, for zero_filled / x (B, 1, H, W) float32, kspace_under (B, 1, H, W) complex64 and mask
+(B or 1, 1, H, W) float32:
+
+- ``cascades``: an ``nn.ModuleList``, one entry per cascade (SFT copies and freezes them one by one);
+- ``run_cascade(index, x, kspace_under, mask, keep_hidden=None)`` -> ``(out, features)``: cascade ``index``
+  (0-based) followed by data fidelity; out (B, 1, H, W) float32; features ``{"hidden": [...], "cnn_out":
+  (B, 1, H, W), "out": out}`` with ``hidden`` one (B, hidden_channels[j], H + 2 border, W + 2 border)
+  tensor per entry of ``hidden_channels`` (None where ``keep_hidden``, a set of 0-based indices, leaves it
+  out, so that without autograd it is freed at once);
+- ``forward(zero_filled, kspace_under, mask, return_features=False, keep_hidden=None)``: the cascades in
+  turn; the reconstruction, and with ``return_features`` also the list of per-cascade feature dicts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+
+class FeatureSpec(Protocol):
+    """What a KD loss knows of a network's features (a network's config provides it).
+
+    n_cascades: feature dicts per forward; hidden_channels: the channels of each ``hidden`` map of a
+    cascade, all maps at the image's resolution plus ``border`` pixels on every side (a border the KD
+    losses crop before comparing two networks' maps).
+    """
+    n_cascades: int
+    hidden_channels: tuple[int, ...]
+    border: int
+
+
+@dataclass(frozen=True)
+class Family:
+    """One network family in the registry.
+
+    kind: its ``arch["kind"]``; title: what its networks are called (``"DC-CNN"``); config: the config
+    dataclass, rebuilt from an arch dict as ``config(**fields)``; describe(arch, detail): a short name from
+    an arch dict that may be damaged (read it with ``.get``), e.g. ``"D3C5 (5 cascades x 3 convs)"``;
+    presets: the ``--model`` names it offers -> their configs; flags: the generic architecture flags
+    (``cascades``, ``depth``, ``width``, ``ref_padding``, ``residual``) it understands -> its config fields;
+    parts: for a network made of networks (SFT), the config fields that hold one (each an arch dict of its
+    own in checkpoints, named by its own family's ``describe``).
+    """
+    kind: str
+    title: str
+    config: type
+    describe: Callable[[dict, bool], str] | None = None
+    presets: dict[str, Any] = field(default_factory=dict)
+    flags: dict[str, str] = field(default_factory=dict)
+    parts: tuple[str, ...] = ()

@@ -1,0 +1,136 @@
+"""The network registry: every architecture a checkpoint can hold, by its ``arch["kind"]``, and the named
+networks the training scripts offer (``--model list``).
+
+A family is one module defining ``FAMILY`` (a :class:`models.family.Family`; that module's docstring says what
+its networks must provide). To add one, write the module and add one line to ``FAMILY_MODULES``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from models.family import Family
+from utils import UserError
+
+# One line per family: the module that defines its FAMILY.
+FAMILY_MODULES = (
+    "models.dccnn",
+    "models.sft",
+)
+
+
+def _families() -> dict[str, Family]:
+    families = {}
+    for module in FAMILY_MODULES:
+        family = importlib.import_module(module).FAMILY
+        if family.kind in families:
+            raise RuntimeError(f"{module} registers network kind {family.kind!r} a second time")
+        families[family.kind] = family
+    return families
+
+
+def _presets(families: dict[str, Family]) -> dict:
+    presets = {}
+    for family in families.values():
+        for name, config in family.presets.items():
+            if name in presets:
+                raise RuntimeError(f"network name {name!r} is offered by two families")
+            presets[name] = config
+    return presets
+
+
+FAMILIES: dict[str, Family] = _families()
+# --model NAME -> its config, over all families.
+PRESETS: dict = _presets(FAMILIES)
+
+
+def config_from_arch(arch: dict):
+    """The config of a checkpoint's ``arch`` dict (nested networks too). An unknown kind is a KeyError,
+    wrong fields a TypeError, bad values (e.g. 1 conv) a ValueError."""
+    family = FAMILIES[arch["kind"]]
+    fields = {key: config_from_arch(value) if key in family.parts else value
+              for key, value in arch.items() if key != "kind"}
+    return family.config(**fields)
+
+
+def build_network(arch: dict) -> nn.Module:
+    """A freshly initialised network for a checkpoint's ``arch`` dict."""
+    return config_from_arch(arch).build()
+
+
+def describe_arch(arch, detail: bool = False) -> str:
+    """A short name for a checkpoint's ``arch`` dict, e.g. ``"DC-CNN D3C5 (5 cascades x 3 convs)"`` or
+    ``"SFT network (teacher D5C5 (...), student D3C5 (...))"``; ``detail`` adds each family's details. Works
+    on damaged dicts too (it names errors)."""
+    family = FAMILIES.get(arch.get("kind")) if isinstance(arch, dict) else None
+    if family is None:
+        return repr(arch)
+    if family.parts:
+        parts = [f"{part} {_describe_part(arch.get(part), detail)}" for part in family.parts]
+        return f"{family.title} ({', '.join(parts)})"
+    return f"{family.title} {family.describe(arch, detail)}"
+
+
+def _describe_part(arch, detail: bool) -> str:
+    family = FAMILIES.get(arch.get("kind")) if isinstance(arch, dict) else None
+    return family.describe(arch, detail) if family is not None and family.describe else repr(arch)
+
+
+def describe_networks() -> str:
+    """One line per ``--model`` name: the network and its parameter count (for ``--model list``)."""
+    lines = []
+    for name, config in PRESETS.items():
+        # The meta device allocates nothing and draws no random numbers.
+        with torch.device("meta"):
+            n_params = sum(p.numel() for p in config.build().parameters())
+        lines.append(f"{name:<14} {describe_arch(config.to_dict()):<58} {n_params:>9,} parameters")
+    return "\n".join(lines)
+
+
+def preset(name: str, flag: str = "--model"):
+    """The config registered as ``name``; an unknown name is a :class:`UserError` listing the valid ones."""
+    if name not in PRESETS:
+        raise UserError(f"unknown {flag} {name!r}; choose one of: {', '.join(PRESETS)} ({flag} list describes "
+                        "them)")
+    return PRESETS[name]
+
+
+def configure(config, flags: dict[str, tuple[str, object]]):
+    """``config`` with the architecture flags applied. flags: flag as the user spelt it (``--teacher-depth``)
+    -> (generic name as in :attr:`Family.flags`, value); None values leave the config's own. A flag the
+    family does not have, or a value that cannot build its network, is a :class:`UserError`."""
+    family = FAMILIES[config.kind]
+    changes = {}
+    for spelling, (generic, value) in flags.items():
+        if value is None:
+            continue
+        if generic not in family.flags:
+            raise UserError(f"{spelling} does not apply to {family.title} networks; drop it "
+                            f"(they take: {', '.join(family.flags) or 'no architecture flags'})")
+        changes[family.flags[generic]] = value
+    configured = replace(config, **changes)
+    try:
+        with torch.device("meta"):
+            configured.build()
+    except ValueError as exc:
+        given = [spelling for spelling, (_, value) in flags.items() if value is not None]
+        raise UserError(f"{' / '.join(given)}: {exc}") from exc
+    return configured
+
+
+class ModelName(argparse.Action):
+    """``--model NAME`` (or ``--teacher-model`` ...); ``list`` prints the registered networks and exits before
+    the required flags are checked."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value == "list":
+            print(describe_networks())
+            parser.exit(0)
+        if value not in PRESETS:
+            parser.error(f"argument {option_string}: unknown network {value!r}; choose one of: "
+                         f"{', '.join(PRESETS)} ({option_string} list describes them)")
+        setattr(namespace, self.dest, value)
