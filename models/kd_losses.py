@@ -1,10 +1,13 @@
-"""The KD loss zoo for DC-CNN distillation: one small ``nn.Module`` per method, chosen by name from KD_METHODS.
+"""The KD loss zoo for distilling unrolled networks: one small ``nn.Module`` per method, chosen by name from
+KD_METHODS.
 
-Every loss is called as ``kd_loss(student_out, student_feats, teacher_out, teacher_feats)`` and returns a
-scalar. ``*_out``: (B, 1, H, W) float32 reconstructions. ``*_feats``: what
-``DCCNN.forward(..., return_features=True)`` returns, one dict per cascade with ``"hidden"`` (the
-(B, C, H', W') after-ReLU activations of conv1 .. conv{n-1}), ``"cnn_out"`` (B, 1, H, W) and ``"out"``
-(B, 1, H, W). The models return features; each loss only chooses which ones it compares. Learnable parts
+A loss is built from the student's and the teacher's :class:`models.family.FeatureSpec` (what any registered
+network's config provides: ``n_cascades``, ``hidden_channels``, ``border``) and called as
+``kd_loss(student_out, student_feats, teacher_out, teacher_feats)``; it returns a scalar. ``*_out``:
+(B, 1, H, W) float32 reconstructions. ``*_feats``: what ``network(..., return_features=True)`` returns, one
+dict per cascade with ``"hidden"`` (one (B, C_j, H', W') map per ``hidden_channels`` entry; for a DC-CNN the
+after-ReLU activations of conv1 .. conv{n-1}), ``"cnn_out"`` (B, 1, H, W) and ``"out"`` (B, 1, H, W). The
+models return features; each loss only chooses which ones it compares. Learnable parts
 (regressors, connectors, paraphrasers) are submodules of the loss, never of the student, so the student
 keeps its 49,285 parameters; the training loop optimises them with the student and stores them under the
 checkpoint's ``extra``. Each class declares the teacher hidden layers it reads (``teacher_hidden``) so the
@@ -25,14 +28,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.dccnn import DCCNNConfig
+from models.family import FeatureSpec
 from utils import UserError
 
 EPS = 1e-8
 # AT, NST, VID, AB and FT compare, per cascade, the teacher's conv3 with the student's conv2 activations
-# (0-based indices into "hidden"), as the public SFT-KD-Recon code does for AT.
+# (0-based indices into "hidden"; past the end: the last map), as the public SFT-KD-Recon code does for AT.
 TEACHER_LAYER = 2
 STUDENT_LAYER = 1
+
+
+def layer_channels(spec: FeatureSpec, layer: int) -> int:
+    """Channels of hidden map ``layer`` of a cascade (-1 or past the end: the last)."""
+    return spec.hidden_channels[min(layer, len(spec.hidden_channels) - 1)]
 
 
 def _autograd_safe(tensor: torch.Tensor) -> torch.Tensor:
@@ -69,7 +77,7 @@ class KDLoss(nn.Module):
     # end means the last, as in hidden()); None: all of them. The frozen teacher keeps only these.
     teacher_hidden: tuple[int, ...] | None = None
 
-    def __init__(self, student_config: DCCNNConfig, teacher_config: DCCNNConfig):
+    def __init__(self, student_config: FeatureSpec, teacher_config: FeatureSpec):
         super().__init__()
         if self.needs_features and student_config.n_cascades != teacher_config.n_cascades:
             raise KDMethodError(f"{self.name} pairs cascades one to one, but the student has "
@@ -106,16 +114,16 @@ class KDLoss(nn.Module):
         return [f["cnn_out"] for f in feats]
 
     @staticmethod
-    def hidden(feats: list[dict], layer: int, config: DCCNNConfig) -> list[torch.Tensor]:
-        """Per cascade, hidden activation ``layer`` (-1 or past the end: the last one), with the ``ref_padding``
-        border removed so teacher and student maps align: a list of (B, C, H, W) tensors."""
-        return [_crop(f["hidden"][min(layer, len(f["hidden"]) - 1)], config.ref_padding) for f in feats]
+    def hidden(feats: list[dict], layer: int, config: FeatureSpec) -> list[torch.Tensor]:
+        """Per cascade, hidden activation ``layer`` (-1 or past the end: the last one), with the ``border``
+        (a DC-CNN's ref_padding) removed so teacher and student maps align: a list of (B, C, H, W) tensors."""
+        return [_crop(f["hidden"][min(layer, len(f["hidden"]) - 1)], config.border) for f in feats]
 
     def keep_teacher_hidden(self) -> set[int] | None:
-        """The 0-based teacher hidden layers to keep (see ``teacher_hidden``), for ``DCCNN.forward``."""
+        """The 0-based teacher hidden layers to keep (see ``teacher_hidden``), for the teacher's forward."""
         if self.teacher_hidden is None:
             return None
-        n_hidden = self.teacher_config.n_convs - 1
+        n_hidden = len(self.teacher_config.hidden_channels)
         return {min(i, n_hidden - 1) if i >= 0 else n_hidden + i for i in self.teacher_hidden}
 
     def paired_hidden(self, student_feats: list[dict], teacher_feats: list[dict]):
@@ -236,12 +244,12 @@ class PublicAttentionTransfer(KDLoss):
                    "teacher conv3 vs student conv2")
     default_weight = 1.0
 
-    def __init__(self, student_config: DCCNNConfig, teacher_config: DCCNNConfig):
+    def __init__(self, student_config: FeatureSpec, teacher_config: FeatureSpec):
         super().__init__(student_config, teacher_config)
-        if student_config.ref_padding != teacher_config.ref_padding:
+        if student_config.border != teacher_config.border:
             raise KDMethodError(f"at-public compares the maps with their padding border, as the public code does, "
-                                f"but the student has ref_padding {student_config.ref_padding} and the teacher "
-                                f"{teacher_config.ref_padding}; use a student and teacher built alike")
+                                f"but the student has ref_padding {student_config.border} and the teacher "
+                                f"{teacher_config.border}; use a student and teacher built alike")
 
     def compute(self, student_out, student_feats, teacher_out, teacher_feats):
         return _mean([F.l1_loss(batch_normalised_energy(s["hidden"][min(STUDENT_LAYER, len(s["hidden"]) - 1)]),
@@ -304,13 +312,13 @@ class FlowOfSolution(KDLoss):
     description = "FSP: flow matrices between consecutive cascades' last hidden activations"
     default_weight = 50.0
 
-    def __init__(self, student_config: DCCNNConfig, teacher_config: DCCNNConfig):
+    def __init__(self, student_config: FeatureSpec, teacher_config: FeatureSpec):
         super().__init__(student_config, teacher_config)
-        if student_config.channels != teacher_config.channels:
-            raise KDMethodError(f"fsp needs equal channels, but the student has "
-                            f"{student_config.channels} and the teacher {teacher_config.channels}")
+        c_s, c_t = layer_channels(student_config, -1), layer_channels(teacher_config, -1)
+        if c_s != c_t:
+            raise KDMethodError(f"fsp needs equal channels, but the student has {c_s} and the teacher {c_t}")
 
-    def flows(self, feats: list[dict], config: DCCNNConfig) -> list[torch.Tensor]:
+    def flows(self, feats: list[dict], config: FeatureSpec) -> list[torch.Tensor]:
         last = self.hidden(feats, -1, config)
         return [fsp_matrix(a, b) for a, b in zip(last[:-1], last[1:])]
 
@@ -447,9 +455,9 @@ class VariationalInformation(KDLoss):
     default_weight = 1.0
     init_variance = 1.0
 
-    def __init__(self, student_config: DCCNNConfig, teacher_config: DCCNNConfig):
+    def __init__(self, student_config: FeatureSpec, teacher_config: FeatureSpec):
         super().__init__(student_config, teacher_config)
-        c_s, c_t = student_config.channels, teacher_config.channels
+        c_s, c_t = layer_channels(student_config, STUDENT_LAYER), layer_channels(teacher_config, TEACHER_LAYER)
         self.regressors = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c_s, c_t, 1), nn.ReLU(), nn.Conv2d(c_t, c_t, 1))
             for _ in range(student_config.n_cascades))
@@ -479,9 +487,9 @@ class ActivationBoundaries(KDLoss):
     default_weight = 0.01
     margin = 1.0
 
-    def __init__(self, student_config: DCCNNConfig, teacher_config: DCCNNConfig):
+    def __init__(self, student_config: FeatureSpec, teacher_config: FeatureSpec):
         super().__init__(student_config, teacher_config)
-        c_s, c_t = student_config.channels, teacher_config.channels
+        c_s, c_t = layer_channels(student_config, STUDENT_LAYER), layer_channels(teacher_config, TEACHER_LAYER)
         self.connectors = nn.ModuleList(nn.Sequential(nn.Conv2d(c_s, c_t, 1, bias=False), nn.BatchNorm2d(c_t))
                                         for _ in range(student_config.n_cascades))
 
@@ -517,9 +525,9 @@ class FactorTransfer(KDLoss):
     description = "factor transfer: student translator matches the teacher paraphraser's factors"
     default_weight = 0.01
 
-    def __init__(self, student_config: DCCNNConfig, teacher_config: DCCNNConfig):
+    def __init__(self, student_config: FeatureSpec, teacher_config: FeatureSpec):
         super().__init__(student_config, teacher_config)
-        c_s, c_t = student_config.channels, teacher_config.channels
+        c_s, c_t = layer_channels(student_config, STUDENT_LAYER), layer_channels(teacher_config, TEACHER_LAYER)
         c_factor, n = max(1, c_t // 2), student_config.n_cascades
         self.encoders = nn.ModuleList(nn.Sequential(nn.Conv2d(c_t, c_factor, 3, padding=1), nn.LeakyReLU(0.1))
                                       for _ in range(n))
@@ -545,8 +553,9 @@ KD_METHODS: dict[str, type[KDLoss]] = {cls.name: cls for cls in (
 )}
 
 
-def build_kd_loss(name: str, student_config: DCCNNConfig, teacher_config: DCCNNConfig) -> KDLoss:
-    """The KD loss registered as ``name``; an unknown name is a :class:`KDMethodError` listing the valid ones."""
+def build_kd_loss(name: str, student_config: FeatureSpec, teacher_config: FeatureSpec) -> KDLoss:
+    """The KD loss registered as ``name`` for networks with these feature specs (their configs); an unknown
+    name is a :class:`KDMethodError` listing the valid ones."""
     if name not in KD_METHODS:
         raise KDMethodError(f"unknown KD method {name!r}; choose one of: {', '.join(KD_METHODS)}")
     return KD_METHODS[name](student_config, teacher_config)

@@ -322,3 +322,44 @@ def test_at_public_keeps_the_padding_border_and_needs_equal_padding():
     assert build_kd_loss("at", padded_s, padded_t)(NO_OUTPUT, student_feats, NO_OUTPUT, teacher_feats).item() == 0.0
     with pytest.raises(KDMethodError, match="student has ref_padding 0 and the teacher 5"):
         build_kd_loss("at-public", DCCNNConfig(n_cascades=1, n_convs=3, channels=2), padded_t)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_losses_read_only_the_feature_spec(name):
+    """Any network whose config gives n_cascades, hidden_channels and border can be distilled: here maps of
+    other widths per layer (student (3, 6), teacher (4, 5, 7, 6)) and a 2-pixel border on the teacher's."""
+    from types import SimpleNamespace
+    student_spec = SimpleNamespace(n_cascades=2, hidden_channels=(3, 6), border=0)
+    teacher_spec = SimpleNamespace(n_cascades=2, hidden_channels=(4, 5, 7, 6), border=2)
+    if name == "fsp":
+        teacher_spec.hidden_channels = (4, 5, 7, 7)
+        with pytest.raises(KDMethodError, match="fsp needs equal channels, but the student has 6 and the teacher 7"):
+            build_kd_loss(name, student_spec, teacher_spec)
+        teacher_spec.hidden_channels = (4, 5, 7, 6)
+    if name == "at-public":
+        with pytest.raises(KDMethodError, match="student has ref_padding 0 and the teacher 2"):
+            build_kd_loss(name, student_spec, teacher_spec)
+        teacher_spec.border = 0
+    kd = build_kd_loss(name, student_spec, teacher_spec)
+    gen = torch.Generator().manual_seed(1)
+    pad = 2 * teacher_spec.border
+
+    def feats(spec, pad):
+        return [{"hidden": [torch.rand(3, c, SIZE + pad, SIZE + pad, generator=gen) for c in spec.hidden_channels],
+                 "cnn_out": torch.rand(3, 1, SIZE, SIZE, generator=gen),
+                 "out": torch.rand(3, 1, SIZE, SIZE, generator=gen)} for _ in range(spec.n_cascades)]
+    student_feats, teacher_feats = feats(student_spec, 0), feats(teacher_spec, pad)
+    for f in student_feats:
+        f["hidden"] = [h.requires_grad_() for h in f["hidden"]]
+        f["cnn_out"].requires_grad_()
+    loss = kd(student_feats[-1]["out"], student_feats, teacher_feats[-1]["out"], teacher_feats)
+    assert loss.shape == () and torch.isfinite(loss)
+    if kd.teacher_hidden is not None:
+        assert kd.keep_teacher_hidden() <= {0, 1, 2, 3}
+    # Connectors map the student's conv2 width (6) to the teacher's conv3 width (7).
+    if name == "vid":
+        assert kd.regressors[0][0].weight.shape == (7, 6, 1, 1) and kd.variance_logits.shape == (2, 7)
+    if name == "ab":
+        assert kd.connectors[0][0].weight.shape == (7, 6, 1, 1)
+    if name == "ft":
+        assert kd.translators[0][0].weight.shape == (3, 6, 3, 3) and kd.encoders[0][0].weight.shape == (3, 7, 3, 3)
