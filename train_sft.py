@@ -1,12 +1,12 @@
 """Train the student-friendly teacher (SFT): teacher T1..T5 jointly with the student branches S2..S5."""
 from __future__ import annotations
 
-from models.dccnn import STUDENT, TEACHER
+from models.networks import ModelName
 from models.roles import BASE_MODELS, sft_kind
 from models.sft import SFTNet, sft_forward_backward, sft_loss
 from models.speed import sft_variant
 from models.training import TrainStep, add_arch_args, arch_config, common_parser, parse_args, train
-from utils import run_cli, weight_type
+from utils import UserError, run_cli, weight_type
 
 
 class SFTStep(TrainStep):
@@ -47,11 +47,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--imitation-weight", type=weight_type, default=1.0,
                         help="weight w_i of the branches' L1 to the teacher output (the paper's formula; the "
                              "public code effectively uses ~0)")
-    add_arch_args(parser)
+    parser.add_argument("--teacher-model", default="teacher", metavar="NAME", action=ModelName,
+                        help="the teacher network (train_teacher.py --model list shows them)")
+    parser.add_argument("--student-model", default="student", metavar="NAME", action=ModelName,
+                        help="the student network, with as many cascades as the teacher")
+    add_arch_args(parser, roles=("teacher-", "student-"))
     args = parse_args(parser, argv)
+    teacher = arch_config(args.teacher_model, args, "teacher-")
+    student = arch_config(args.student_model, args, "student-")
+    if teacher.n_cascades != student.n_cascades:
+        raise UserError(f"--teacher-model {args.teacher_model} has {teacher.n_cascades} cascades but --student-model "
+                        f"{args.student_model} {student.n_cascades}; SFT pairs them one to one: give --cascades")
     kind = sft_kind(args.imitation_weight)
-    train(args, lambda a: SFTStep(SFTNet(arch_config(TEACHER, a), arch_config(STUDENT, a)),
-                                  a.student_rec_weight, a.imitation_weight),
+    train(args, lambda a: SFTStep(SFTNet(teacher, student), a.student_rec_weight, a.imitation_weight),
           run_name=BASE_MODELS[kind][0], roles={"model": kind})
 
 

@@ -22,24 +22,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from models.checkpoint import describe_arch, load_model, load_reconstructor, load_sft
-from models.dccnn import DCCNN, STUDENT, DCCNNConfig
 from models.kd_losses import KD_METHODS, KDLoss, KDMethodError, build_kd_loss, describe_methods
 from models.roles import kd_run_name, teacher_kind
+from models.networks import PRESETS, ModelName, configure, short_name
 from models.sft import SFTNet, student_from_blocks
-from models.training import Frozen, TrainStep, common_parser, parse_args, train
+from models.training import Frozen, TrainStep, common_parser, parse_args, positive, train
 from utils import UserError, load_checkpoint, run_cli, weight_type
 
 
 class KDStep(TrainStep):
     """Student reconstruction L1 plus the weighted KD term against a frozen teacher."""
 
-    def __init__(self, student: DCCNN, teacher: DCCNN, kd_loss: KDLoss, kd_weight: float,
+    def __init__(self, student: nn.Module, teacher: nn.Module, kd_loss: KDLoss, kd_weight: float,
                  feature_epochs: int = 0, cache_teacher: bool = False):
         super().__init__()
         self.model = student
@@ -55,7 +56,7 @@ class KDStep(TrainStep):
         self.find_unused_parameters = bool(feature_epochs) and kd_loss.has_parameters
 
     @property
-    def teacher(self) -> DCCNN:
+    def teacher(self) -> nn.Module:
         return self.frozen_teacher.module
 
     def start_epoch(self, epoch: int) -> None:
@@ -116,9 +117,25 @@ class Init:
     trained student to copy them from (None from scratch), ``flag`` and ``path`` for messages."""
 
     kind: str
-    source: DCCNN | None = None
+    source: nn.Module | None = None
     flag: str = ""
     path: str = ""
+
+
+def size_flags(args) -> dict:
+    """The student's size flags, for :func:`models.networks.configure`."""
+    return {"--cascades": ("cascades", args.cascades), "--depth": ("depth", args.depth),
+            "--width": ("width", args.width)}
+
+
+def chosen_student(args):
+    """The student network ``--student-model`` (default D3C5) with ``--cascades``, ``--depth``, ``--width``."""
+    return configure(PRESETS[args.student_model or "student"], size_flags(args))
+
+
+def _shape(config) -> dict:
+    """A config's JSON without the options a loaded student may change (ref_padding, residual)."""
+    return {k: v for k, v in config.to_dict().items() if k not in ("ref_padding", "residual")}
 
 
 def load_init(args) -> Init:
@@ -128,32 +145,40 @@ def load_init(args) -> Init:
                     str(args.init_from_sft))
     if args.init_student is not None:
         model, ckpt = load_model(args.init_student, "--init-student")
-        arch = ckpt["arch"]
-        shape = {key: arch.get(key) for key in ("n_cascades", "n_convs", "channels")}
-        if isinstance(model, SFTNet) or shape != {key: getattr(STUDENT, key) for key in shape}:
-            raise UserError(f"--init-student {args.init_student} is a {describe_arch(arch)} checkpoint, but a D3C5 "
-                            "student is required: pass best_model.pt of train_teacher.py --model student (or of a "
-                            "KD student); for an SFT checkpoint use --init-from-sft")
+        expected = chosen_student(args)
+        if isinstance(model, SFTNet) or _shape(model.config) != _shape(expected):
+            raise UserError(f"--init-student {args.init_student} is a {describe_arch(ckpt['arch'])} checkpoint, but a "
+                            f"{short_name(expected)} student is required: pass best_model.pt of train_teacher.py "
+                            "--model student (or of a KD student); for an SFT checkpoint use --init-from-sft")
         return Init("student", model, "--init-student", str(args.init_student))
     return Init("scratch")
 
 
-def student_config(args, init: Init) -> DCCNNConfig:
+def student_config(args, init: Init):
     """The student's architecture. From a loaded student (``--init-from-sft``, ``--init-student``): its own (an
     imported public checkpoint brings ``ref_padding`` 5), with ``--ref-padding`` applied when given (a warning:
-    the copied cascades then start from other outputs); ``--residual`` against a plain student is an error.
-    From scratch: D3C5 with ``--ref-padding`` (default 0) and ``--residual``."""
+    the copied cascades then start from other outputs); ``--residual`` against a plain student is an error, and
+    so are a ``--student-model`` or size flags that it is not. From scratch: ``--student-model`` (D3C5) with
+    the size flags, ``--ref-padding`` (default 0) and ``--residual``."""
     if init.source is None:
-        return replace(STUDENT, ref_padding=args.ref_padding or 0, residual=bool(args.residual))
+        return configure(chosen_student(args), {"--ref-padding": ("ref_padding", args.ref_padding or None),
+                                                "--residual": ("residual", args.residual or None)})
     config = init.source.config
-    if args.residual and not config.residual:
+    if args.student_model is not None or any(value is not None for _, value in size_flags(args).values()):
+        if _shape(chosen_student(args)) != _shape(config):
+            raise UserError(f"--student-model / --cascades / --depth / --width ask for "
+                            f"{describe_arch(chosen_student(args).to_dict())} but {init.flag} {init.path} holds "
+                            f"{describe_arch(config.to_dict())}; drop them (the loaded student's architecture is "
+                            "used)")
+    if args.residual and not getattr(config, "residual", False):
         raise UserError(f"--residual conflicts with {init.flag} {init.path}, whose student has no residual "
                         "connections (its weights were trained without them); drop --residual")
-    if args.ref_padding is not None and args.ref_padding != config.ref_padding:
-        print(f"warning: --ref-padding {args.ref_padding} overrides the {config.ref_padding} the student of "
+    trained_with = getattr(config, "ref_padding", 0)
+    if args.ref_padding is not None and args.ref_padding != trained_with:
+        config = configure(config, {"--ref-padding": ("ref_padding", args.ref_padding)})
+        print(f"warning: --ref-padding {args.ref_padding} overrides the {trained_with} the student of "
               f"{init.flag} {init.path} was trained with; its copied cascades S2..S5 then start from outputs "
               "~1e-2 away from that student's (KD trains on from there)", file=sys.stderr)
-        config = replace(config, ref_padding=args.ref_padding)
     return config
 
 
@@ -172,7 +197,7 @@ def build_step(args) -> KDStep:
         # A standard teacher as is, the teacher of an SFT checkpoint (detected from its architecture).
         teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint")
         init = load_init(args)
-    fresh = DCCNN(student_config(args, init))
+    fresh = student_config(args, init).build()
     student = student_from_blocks(init.source, fresh) if init.source is not None else fresh
     try:
         kd_loss = build_kd_loss(args.kd_method, student.config, teacher.config)
@@ -218,6 +243,15 @@ def build_parser():
                              "imitation, none); ~H*W*4 bytes per slice, about a third "
                              "less time per later epoch; not with --augment)")
     g = parser.add_argument_group("architecture (default: the --init-from-sft / --init-student student's)")
+    g.add_argument("--student-model", default=None, metavar="NAME", action=ModelName,
+                   help="the student network (train_teacher.py --model list shows them); None: the loaded "
+                        "student's, else student (D3C5)")
+    g.add_argument("--cascades", type=positive(int), default=None, metavar="N",
+                   help="the student's number of cascades; None: its own")
+    g.add_argument("--depth", type=positive(int), default=None, metavar="N",
+                   help="the student's depth: convs per cascade of a DC-CNN, levels of a U-Net; None: its own")
+    g.add_argument("--width", type=positive(int), default=None, metavar="N",
+                   help="the student's width: channels of the hidden layers; None: its own")
     g.add_argument("--ref-padding", type=int, default=None, choices=[0, 5],
                    help="zero-pad each block input by 5 pixels and crop before DF, as the public code does "
                         "(default: as the loaded student was trained, else 0)")

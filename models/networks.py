@@ -80,6 +80,11 @@ def _describe_part(arch, detail: bool) -> str:
     return family.describe(arch, detail) if family is not None and family.describe else repr(arch)
 
 
+def short_name(config) -> str:
+    """The name of a network without its details, e.g. ``"D3C5"``."""
+    return FAMILIES[config.kind].describe(config.to_dict(), False).split(" (")[0]
+
+
 def describe_networks() -> str:
     """One line per ``--model`` name: the network and its parameter count (for ``--model list``)."""
     lines = []

@@ -28,6 +28,7 @@ from models.checkpoint import model_payload
 from models.distributed import Dist, EpochSampler
 from models.experiment import (REPLACED, drop_replaced_run, git_commit, jsonable, prepare_exp_dir,
                                restore_old_run, set_aside_old_run)
+from models.networks import PRESETS, configure
 from models.speed import MEMORY_FORMATS, resolve_memory_format
 from utils import (CliParser, UserError, acc_type, first_line, get_rng_state, psnr, save_checkpoint, seed_everything,
                    seed_type, set_rng_state, ssim, write_json)
@@ -590,15 +591,33 @@ def train(args: argparse.Namespace, build_step, run_name: str, roles: dict) -> P
         dist.close()
 
 
-def add_arch_args(parser: argparse.ArgumentParser) -> None:
-    """Architecture flags shared by the scripts that build fresh DC-CNNs."""
+def add_arch_args(parser: argparse.ArgumentParser, roles: tuple[str, ...] = ("",)) -> None:
+    """Architecture flags of the scripts that build fresh networks: ``--ref-padding``, ``--residual`` and
+    ``--cascades`` for every network, ``--{role}depth`` and ``--{role}width`` per role (``""``, or
+    ``"teacher-"`` and ``"student-"`` for SFT's two networks). Each applies to the families that have it
+    (models/networks.py); None keeps the named network's own."""
     g = parser.add_argument_group("architecture")
     g.add_argument("--ref-padding", type=int, default=0, choices=[0, 5],
                    help="zero-pad each block input by 5 pixels and crop before DF, as the public code does")
     g.add_argument("--residual", action="store_true", help="add the block input to its output (not in the paper)")
+    g.add_argument("--cascades", type=positive(int), default=None, metavar="N",
+                   help="number of cascades; None: the network's own (5 for the paper's)")
+    for role in roles:
+        whose = f"the {role[:-1]}'s" if role else "the network's"
+        g.add_argument(f"--{role}depth", type=positive(int), default=None, metavar="N",
+                       help=f"{whose} depth: convs per cascade of a DC-CNN, levels of a U-Net; None: its own")
+        g.add_argument(f"--{role}width", type=positive(int), default=None, metavar="N",
+                       help=f"{whose} width: channels of the hidden layers; None: its own")
 
 
-def arch_config(base, args: argparse.Namespace):
-    """``base`` (a DCCNNConfig) with the architecture flags applied."""
-    from dataclasses import replace
-    return replace(base, ref_padding=args.ref_padding, residual=args.residual)
+def arch_config(name: str, args: argparse.Namespace, role: str = ""):
+    """The config of the registered network ``name`` with the flags of :func:`add_arch_args` applied."""
+    attr = role.replace("-", "_")
+    return configure(PRESETS[name], {
+        "--cascades": ("cascades", args.cascades),
+        f"--{role}depth": ("depth", getattr(args, f"{attr}depth")),
+        f"--{role}width": ("width", getattr(args, f"{attr}width")),
+        # Off is every family's default, so only a value that turns something on must fit the family.
+        "--ref-padding": ("ref_padding", args.ref_padding or None),
+        "--residual": ("residual", args.residual or None),
+    })

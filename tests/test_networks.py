@@ -19,7 +19,7 @@ from models.checkpoint import FORMAT, arch_of, load_model, load_reconstructor, m
 from models.dccnn import DCCNN, STUDENT, TEACHER
 from models.networks import FAMILIES, PRESETS, build_network, config_from_arch, describe_arch
 from models.sft import SFTNet
-from utils import save_checkpoint, seed_everything
+from utils import UserError, save_checkpoint, seed_everything
 
 # The initial weights (names, values, arch) and the next RNG draw of each script's step for seed 7, computed
 # with the code before the registry (31b20a4): a controlled study compares runs started from these.
@@ -180,3 +180,58 @@ def test_registry_round_trips_every_preset():
         assert FAMILIES[config.kind].config is type(config)
     sft = SFTNet().config
     assert config_from_arch(sft.to_dict()) == sft and sft.to_dict()["teacher"] == TEACHER.to_dict()
+
+
+def test_model_list_prints_every_registered_network(capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_teacher.main(["--model", "list"])
+    assert stop.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(PRESETS)
+    assert lines[0].split() == ["teacher", "DC-CNN", "D5C5", "(5", "cascades", "x", "5", "convs)", "141,765",
+                                "parameters"]
+    assert lines[1].endswith("49,285 parameters") and "D3C5" in lines[1]
+
+
+def test_size_flags_choose_the_architecture_recorded_in_checkpoints(tmp_path):
+    base = ["--data-root", str(tmp_path), "--exp-dir", str(tmp_path / "exp")]
+    step = built_step(train_teacher, ["--model", "student", "--cascades", "3", "--depth", "4", "--width", "8", *base])
+    assert arch_of(step.model) == {"kind": "dccnn", "n_cascades": 3, "n_convs": 4, "channels": 8, "residual": False,
+                                   "ref_padding": 0}
+    assert model_payload(step.model)["arch"] == arch_of(step.model)
+    step = built_step(train_sft, ["--cascades", "4", "--teacher-depth", "6", "--student-width", "16", "--residual",
+                                  *base])
+    arch = arch_of(step.model)
+    assert (arch["teacher"]["n_cascades"], arch["teacher"]["n_convs"], arch["teacher"]["channels"]) == (4, 6, 32)
+    assert (arch["student"]["n_cascades"], arch["student"]["n_convs"], arch["student"]["channels"]) == (4, 3, 16)
+    assert arch["teacher"]["residual"] and arch["student"]["residual"]
+
+
+def test_kd_student_flags(tmp_path):
+    base = ["--data-root", str(tmp_path), "--exp-dir", str(tmp_path / "exp")]
+    torch.manual_seed(0)
+    save_checkpoint(model_payload(DCCNN(TEACHER), "teacher"), tmp_path / "teacher.pt")
+    save_checkpoint(model_payload(SFTNet(), "sft"), tmp_path / "sft.pt")
+    parse = train_student_kd.build_parser().parse_args
+    step = train_student_kd.build_step(parse([*base, "--teacher-checkpoint", str(tmp_path / "teacher.pt"),
+                                              "--depth", "4", "--width", "16", "--kd-method", "vid"]))
+    assert (step.model.config.n_convs, step.model.config.channels) == (4, 16)
+    assert step.kd_loss.regressors[0][0].weight.shape == (32, 16, 1, 1)
+    with pytest.raises(UserError, match="--depth / --width ask for DC-CNN D4C5 .* holds DC-CNN D3C5"):
+        train_student_kd.build_step(parse([*base, "--teacher-checkpoint", str(tmp_path / "teacher.pt"),
+                                           "--init-from-sft", str(tmp_path / "sft.pt"), "--depth", "4"]))
+    # The loaded student's own size, spelt out, is no conflict.
+    step = train_student_kd.build_step(parse([*base, "--teacher-checkpoint", str(tmp_path / "sft.pt"),
+                                              "--init-from-sft", str(tmp_path / "sft.pt"), "--depth", "3"]))
+    assert step.model.config == STUDENT
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--model", "d7c5"], "argument --model: unknown network 'd7c5'; choose one of: teacher, student"),
+    (["--depth", "1"], "--depth: a CNN block needs at least 2 convolutions"),
+    (["--width", "0"], "argument --width: must be > 0, got 0"),
+])
+def test_bad_network_flags_are_one_line_errors(tmp_path, argv, fragment):
+    from conftest import run_cli
+    result = run_cli("train_teacher.py", "--data-root", str(tmp_path), "--exp-dir", str(tmp_path / "exp"), *argv)
+    assert result.returncode == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
