@@ -87,13 +87,15 @@ def short_name(config) -> str:
 
 def describe_networks() -> str:
     """One line per ``--model`` name: the network and its parameter count (for ``--model list``)."""
-    lines = []
+    rows = []
     for name, config in PRESETS.items():
         # The meta device allocates nothing and draws no random numbers.
         with torch.device("meta"):
             n_params = sum(p.numel() for p in config.build().parameters())
-        lines.append(f"{name:<14} {describe_arch(config.to_dict()):<58} {n_params:>9,} parameters")
-    return "\n".join(lines)
+        rows.append((name, describe_arch(config.to_dict()), f"{n_params:,}"))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    return "\n".join(f"{name:<{widths[0]}}  {network:<{widths[1]}}  {count:>{widths[2]}} parameters"
+                     for name, network, count in rows)
 
 
 def preset(name: str, flag: str = "--model"):
