@@ -20,6 +20,7 @@ from utils import UserError
 FAMILY_MODULES = (
     "models.dccnn",
     "models.sft",
+    "models.cascaded_unet",
 )
 
 
