@@ -529,10 +529,10 @@ def part_tests(run: Run) -> None:
         run.report.note(f"{what}: not run: pytest is not installed", failed=True)
         return
     limit = run.deadline.limit(run.args.tests_timeout)
-    # addopts cleared: pytest.ini's -n needs pytest-xdist, which the GPU image lacks. -v names each test as it
-    # starts, so the log of a hang shows which; faulthandler writes the stacks of a test stuck for half the limit.
-    child = Child([sys.executable, "-m", "pytest", "tests/test_cuda.py", "-o", "addopts=", "-v", "-rs",
-                   "-p", "no:cacheprovider", "-o", f"faulthandler_timeout={max(1, limit // 2):.0f}"],
+    # One process (no xdist workers sharing the GPU); -v names each test as it starts, so the log of a hang shows
+    # which; faulthandler writes the stacks of a test stuck for half the limit.
+    child = Child([sys.executable, "-m", "pytest", "tests/test_cuda.py", "-p", "no:xdist", "-o", "addopts=", "-v",
+                   "-rs", "-p", "no:cacheprovider", "-o", f"faulthandler_timeout={max(1, limit // 2):.0f}"],
                   run.log_dir / "cuda_tests.log")
     try:
         child.run(limit)

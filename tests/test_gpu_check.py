@@ -148,3 +148,12 @@ def test_a_part_that_never_returns_is_killed_and_the_check_goes_on(tmp_path, cap
     assert notes[2] == "resume: FAILED: not run, the --time-limit of the check was spent"
     assert re.fullmatch(r"time: tests \d+ s, steps \d+ s, resume 0 s; total \d+ s", notes[3])
     assert table in stdout
+
+
+def test_a_plain_pytest_runs_where_xdist_is_not_installed(tmp_path):
+    """The GPU image has no pytest-xdist: pytest.ini must not ask for -n there (tests/conftest.py adds it)."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "tests/test_fft.py", "-p", "no:cacheprovider"],
+                            cwd=ROOT, env={**os.environ, **without(tmp_path, "xdist")}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert re.search(r"\b\d+ passed\b", result.stdout) and "bringing up nodes" not in result.stdout
