@@ -55,7 +55,7 @@ from models.checkpoint import model_payload  # noqa: E402
 from models.dccnn import DCCNN, STUDENT, TEACHER  # noqa: E402
 from models.kd_losses import build_kd_loss  # noqa: E402
 from models.sft import SFTNet, sft_forward_backward, sft_loss  # noqa: E402
-from utils import CliParser, UserError, first_line, old_spellings, run_cli, save_checkpoint  # noqa: E402
+from utils import CliParser, UserError, old_spellings, run_cli, save_checkpoint  # noqa: E402
 
 CONV_FLOP = 2 * 9  # multiply-add per 3x3 tap
 # On CUDA the training scripts' float32 is "tf32" (PyTorch's default for convolutions); "fp32" is IEEE.
@@ -458,13 +458,15 @@ class Report:
         FAILED ``cells`` (row, precision), and the run goes on with the next block."""
         try:
             yield
+            return
         except Exception as exc:  # noqa: BLE001 - every failure of a measured block is reported, none ends the run
-            reason = f"{type(exc).__name__}: {first_line(exc, 300)}"
+            reason = f"{type(exc).__name__}: {one_line(str(exc), 1200)}"  # a log's tail ends with the error
             for row, precision in cells:
                 self.cell(row, precision, f"FAILED ({reason[:80]})")
             self.note(f"{what} FAILED: {reason}", failed=True)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # what the failed block held (an OOM's tensors) goes back
+        # Out here the exception and the frames it held (an OOM's tensors) are gone: give their memory back.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def markdown(self) -> str:
         head = "| step | " + " | ".join(PRECISIONS[p] for p in self.precisions) + " |"
@@ -518,6 +520,7 @@ class Run:
     log_dir: Path
 
     def cell_limit(self):
+        """The limit of one in-process block: ``--cell-timeout`` or the time left, whichever is less."""
         return time_limit(self.deadline.limit(self.args.cell_timeout))
 
 
@@ -573,13 +576,13 @@ def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> No
             figures = ", ".join(f"{name} {1e3 * min(s):.3f}-{1e3 * max(s):.3f} ms" for name, s in seconds.items())
             report.note(f"{label}: {user} picks {picked[backward]} ({how}); 32->32 conv {work_done} at batch "
                         f"{batch}, per call: {figures}; {fastest} by the start-up rule, measured in {cost:.2f} s")
-    roofs = {}
+    roofs = {}  # backward? -> GFLOP/s
     dtype = torch.bfloat16 if amp else torch.float32
     for backward, work_done in ((True, "fwd+bwd"), (False, "fwd")):
         with report.attempt(f"{label}: roofline {work_done}"), run.cell_limit():
-            roof, roof_layout = roofs[backward] = roofline(batch, size, device, dtype, backward)
+            roofs[backward], roof_layout = roofline(batch, size, device, dtype, backward)
             report.note(f"{label}: roofline, 3x3 32->32 conv {work_done} in {str(dtype).split('.')[1]} at batch "
-                        f"{batch}: {roof:.1f} GFLOP/s ({roof_layout})")
+                        f"{batch}: {roofs[backward]:.1f} GFLOP/s ({roof_layout})")
     auto = picked[True]
     chosen = layouts or [auto if args.memory_format == "auto" else args.memory_format]
     work = None
@@ -591,7 +594,7 @@ def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> No
                 work = Workload(batch, size, device, amp, args.compile)
             timings = time_interleaved({fmt: work.step(name, speed.MEMORY_FORMATS[fmt]) for fmt in chosen},
                                        run.repeats, device)
-            roof = roofs.get(name != "eval", (None,))[0]  # evaluation is a forward pass only
+            roof = roofs.get(name != "eval")  # evaluation is a forward pass only
             for (row, _), timing in zip(cells, timings.values()):
                 report.cell(row, precision, step_cell(timing, batch, flops[name.split("-")[0]] * pixels, roof))
     if args.sft_variants:
@@ -602,7 +605,7 @@ def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> No
             fmt = speed.MEMORY_FORMATS[auto]
             timings = time_interleaved({v: work.sft_step(fmt, v) for v in speed.SFT_VARIANTS}, run.repeats, device)
             for (row, _), timing in zip(cells, timings.values()):
-                report.cell(row, precision, step_cell(timing, batch, flops["sft"] * pixels, roofs.get(True, (None,))[0]))
+                report.cell(row, precision, step_cell(timing, batch, flops["sft"] * pixels, roofs.get(True)))
             fastest = min(timings, key=lambda v: statistics.median(timings[v].seconds))
             report.note(f"{label}: fastest SFT step variant on {device.type}: {fastest}; models/speed.py "
                         f"SFT_VARIANT[{device.type!r}] = {speed.sft_variant(device)!r}")
@@ -654,8 +657,8 @@ def part_processes(run: Run) -> None:
         teacher_ckpt = tmp / "teacher.pt"
         save_checkpoint(model_payload(DCCNN(TEACHER), "teacher"), teacher_ckpt)
         n_train = args.slices if args.data_root is None else None
-        report.note(f"processes: {n_train or 'all'} training slices, 1 epoch, flags {' '.join(speed_flags(args))}; wall "
-                    "time includes start-up, data, validation and checkpoints; peak RSS is host memory")
+        report.note(f"processes: {n_train or 'all'} training slices, 1 epoch, flags {' '.join(speed_flags(args))}; "
+                    "wall time includes start-up, data, validation and checkpoints; peak RSS is host memory")
         for name, script, kind in process_runs(teacher_ckpt, tmp / "train_sft.py" / "best_model.pt", args.tiny):
             row = f"{name} (whole process)"
             with report.attempt(name, [(row, column)]):
