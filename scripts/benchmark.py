@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ CHECK_PROCESS_FLAGS = ["--amp", "--num-workers", "4", "--preload", "no"]
 LIMITS = {"tests": 300, "process": 180, "cell": {"cuda": 120, "cpu": 1800}, "check": 540}
 SIGINT_WAIT_S = 60  # from SIGINT to the interrupted run's exit (it saves model.pt first)
 PART_GRACE_S = 10  # a part's own --time-limit is this much below the one it is killed at, to write its report
+STUCK_GRACE_S = 30  # after a block's limit, how long a call that never returns to Python gets before its part ends
 ROOFLINE_ROUND_S = 0.05  # back-to-back convolutions per round of the roofline, in seconds
 
 
@@ -460,13 +462,16 @@ class Report:
             yield
             return
         except Exception as exc:  # noqa: BLE001 - every failure of a measured block is reported, none ends the run
-            reason = f"{type(exc).__name__}: {one_line(str(exc), 1200)}"  # a log's tail ends with the error
-            for row, precision in cells:
-                self.cell(row, precision, f"FAILED ({reason[:80]})")
-            self.note(f"{what} FAILED: {reason}", failed=True)
+            # one_line keeps the end of the message, where a log's tail has the error.
+            self.fail(what, cells, f"{type(exc).__name__}: {one_line(str(exc), 1200)}")
         # Out here the exception and the frames it held (an OOM's tensors) are gone: give their memory back.
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def fail(self, what: str, cells: list[tuple[str, str]], reason: str) -> None:
+        for row, precision in cells:
+            self.cell(row, precision, f"FAILED ({reason[:80]})")
+        self.note(f"{what} FAILED: {reason}", failed=True)
 
     def markdown(self) -> str:
         head = "| step | " + " | ".join(PRECISIONS[p] for p in self.precisions) + " |"
@@ -519,9 +524,29 @@ class Run:
     deadline: Deadline
     log_dir: Path
 
-    def cell_limit(self):
-        """The limit of one in-process block: ``--cell-timeout`` or the time left, whichever is less."""
-        return time_limit(self.deadline.limit(self.args.cell_timeout))
+    @contextmanager
+    def block(self, what: str, cells: list[tuple[str, str]] = ()):
+        """One measured in-process block under ``--cell-timeout`` (or the time left, if less): an exception or an
+        overrun is a FAILED note and ``cells`` (:meth:`Report.attempt`), and the part goes on.
+
+        A call that never comes back to Python (a hung CUDA kernel or synchronisation) cannot be interrupted: a
+        watchdog thread then writes the same failure :data:`STUCK_GRACE_S` after the limit and ends this process,
+        so that the check's next part still runs."""
+        with self.report.attempt(what, cells):
+            limit = self.deadline.limit(self.args.cell_timeout)
+
+            def stuck():
+                self.report.fail(what, cells, f"Overran: stuck in one call {limit + STUCK_GRACE_S:.0f} s, which "
+                                              "never returned to Python; this part was ended there")
+                os._exit(1)
+            watchdog = threading.Timer(limit + STUCK_GRACE_S, stuck)
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                with time_limit(limit):
+                    yield
+            finally:
+                watchdog.cancel()
 
 
 def part_tests(run: Run) -> None:
@@ -568,7 +593,7 @@ def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> No
     how = "timed at start-up" if device.type == "cuda" else "fixed per CPU ISA, CPU_LAYOUT in models/speed.py"
     for backward, user, work_done in ((True, "training (--memory-format auto)", "fwd+bwd"),
                                       (False, "evaluate.py", "fwd")):
-        with report.attempt(f"{label}: layout decision of {user}"), run.cell_limit():
+        with run.block(f"{label}: layout decision of {user}"):
             start = time.perf_counter()
             fastest, seconds = speed.measured_layout(device, (size, size), amp, backward, batch)
             cost = time.perf_counter() - start
@@ -579,7 +604,7 @@ def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> No
     roofs = {}  # backward? -> GFLOP/s
     dtype = torch.bfloat16 if amp else torch.float32
     for backward, work_done in ((True, "fwd+bwd"), (False, "fwd")):
-        with report.attempt(f"{label}: roofline {work_done}"), run.cell_limit():
+        with run.block(f"{label}: roofline {work_done}"):
             roofs[backward], roof_layout = roofline(batch, size, device, dtype, backward)
             report.note(f"{label}: roofline, 3x3 32->32 conv {work_done} in {str(dtype).split('.')[1]} at batch "
                         f"{batch}: {roofs[backward]:.1f} GFLOP/s ({roof_layout})")
@@ -589,7 +614,7 @@ def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> No
     for name in STEPS:
         label_step = name if name != "sft" else f"sft ({speed.sft_variant(device)})"
         cells = [(f"{label_step}, {fmt}", precision) for fmt in chosen]
-        with report.attempt(f"{label}: {label_step}", cells), run.cell_limit():
+        with run.block(f"{label}: {label_step}", cells):
             if work is None:
                 work = Workload(batch, size, device, amp, args.compile)
             timings = time_interleaved({fmt: work.step(name, speed.MEMORY_FORMATS[fmt]) for fmt in chosen},
@@ -599,7 +624,7 @@ def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> No
                 report.cell(row, precision, step_cell(timing, batch, flops[name.split("-")[0]] * pixels, roof))
     if args.sft_variants:
         cells = [(f"SFT variant {variant}, {auto}", precision) for variant in speed.SFT_VARIANTS]
-        with report.attempt(f"{label}: SFT step variants", cells), run.cell_limit():
+        with run.block(f"{label}: SFT step variants", cells):
             if work is None:
                 work = Workload(batch, size, device, amp, args.compile)
             fmt = speed.MEMORY_FORMATS[auto]
@@ -646,7 +671,7 @@ def part_processes(run: Run) -> None:
     args, report = run.args, run.report
     column = "bf16" if (args.amp or args.check) and "bf16" in run.precisions else run.precisions[-1]
     roof = None
-    with report.attempt("processes: roofline"), run.cell_limit(), speed.float32_mode(tf32=column == "tf32"):
+    with run.block("processes: roofline"), speed.float32_mode(tf32=column == "tf32"):
         roof = roofline(args.batch_size, args.size, run.device, torch.bfloat16 if column == "bf16" else torch.float32,
                         backward=True)[0]
     flops = flops_per_pixel()
