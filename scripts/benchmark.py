@@ -332,7 +332,8 @@ class Workload:
 # --------------------------------------------------------------------------- whole processes
 
 def child_env(threads: int | None) -> dict:
-    env = dict(os.environ)
+    # Unbuffered: a child's output is a file, which Python would buffer by 8 KB and lose when the child is killed.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
@@ -816,6 +817,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.only is None:
         args.only = [part for part in (PARTS if args.check else ("steps", "processes"))
                      if not (args.skip_processes and part in ("processes", "resume"))]
+    args.only = list(dict.fromkeys(args.only))  # each part once: a part's folder holds one run
     args.cell_timeout = args.cell_timeout or LIMITS["cell"][args.device]
     args.time_limit = args.time_limit or (LIMITS["check"] if args.check else math.inf)
     if args.check:

@@ -113,10 +113,11 @@ def test_a_hung_and_a_failing_step_are_failed_cells_and_the_table_is_complete(tm
 def test_a_hung_and_a_failing_process_are_failed_cells_and_the_rest_runs(tmp_path, capsys, monkeypatch):
     def runs(teacher_ckpt, sft_best, tiny):
         python = ["-c"]
-        return [("hangs", [*python, "import time; print('started', flush=True); time.sleep(60)"], "sft"),
+        return [("hangs", [*python, "import time; print('started'); time.sleep(60)"], "sft"),
                 ("fails", [*python, "import sys; sys.exit('no model.pt in /x: out of memory')"], "kd"),
                 ("works", [*python, "pass"], "kd")]
     monkeypatch.setattr(benchmark, "process_runs", runs)
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # the check must unbuffer its children itself
     start = time.monotonic()
     table, stdout = check(tmp_path, capsys, "--only", "processes", "--process-timeout", "3")
     assert time.monotonic() - start < 40
@@ -133,13 +134,14 @@ def test_a_part_that_never_returns_is_killed_and_the_check_goes_on(tmp_path, cap
     """A CUDA call that never returns cannot be interrupted in its process: the check kills the whole part."""
     def command(argv, part, out, limit, precisions):
         out.mkdir(parents=True)
-        code = {"tests": "print('fine')", "steps": "import time; print('stuck in a kernel', flush=True); "
+        code = {"tests": "print('fine')", "steps": "import time; print('stuck in a kernel'); "
                                                    "time.sleep(60)"}[part]
         if part == "tests":
             (out / "report.json").write_text(json.dumps({"notes": ["CUDA tests: 8 passed"],
                                                          "rows": {}, "failed": False}))
         return [sys.executable, "-c", code]
     monkeypatch.setattr(benchmark, "part_command", command)
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # the check must unbuffer its children itself
     start = time.monotonic()
     table, stdout = check(tmp_path, capsys, "--only", "tests", "steps", "resume", "--time-limit", "2")
     assert time.monotonic() - start < 30
