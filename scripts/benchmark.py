@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -465,9 +465,11 @@ class Report:
         except Exception as exc:  # noqa: BLE001 - every failure of a measured block is reported, none ends the run
             # one_line keeps the end of the message, where a log's tail has the error.
             self.fail(what, cells, f"{type(exc).__name__}: {one_line(str(exc), 1200)}")
-        # Out here the exception and the frames it held (an OOM's tensors) are gone: give their memory back.
+        # Out here the exception and the frames it held (an OOM's tensors) are gone: give their memory back. A
+        # broken CUDA context (an illegal memory access) raises here too; the next block reports it as its failure.
         if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            with suppress(RuntimeError):
+                torch.cuda.empty_cache()
 
     def fail(self, what: str, cells: list[tuple[str, str]], reason: str) -> None:
         for row, precision in cells:

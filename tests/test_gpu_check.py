@@ -203,3 +203,19 @@ def test_a_step_stuck_in_a_call_ends_its_part_and_the_next_part_runs(tmp_path, c
     assert "- resume: ran" in table  # the next part ran
     assert "| kd-at" not in table  # nothing after the stuck call: its process ended there
     assert table in stdout
+
+
+def test_a_broken_cuda_context_does_not_end_the_run(tmp_path, monkeypatch):
+    """After an illegal memory access every CUDA call raises, empty_cache too: the block is still one FAILED cell."""
+    def broken():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(benchmark.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(benchmark.torch.cuda, "empty_cache", broken)
+    report = benchmark.Report("header", ["bf16"], tmp_path)
+    with report.attempt("bf16 (--amp): teacher", [("teacher, channels_last", "bf16")]):
+        broken()
+    assert report.failed and report.rows == {
+        "teacher, channels_last": {"bf16": "FAILED (RuntimeError: CUDA error: an illegal memory access was encountered)"}}
+    assert report.notes == ["bf16 (--amp): teacher FAILED: RuntimeError: CUDA error: an illegal memory access was "
+                            "encountered"]
+    assert "| teacher, channels_last | FAILED (RuntimeError: CUDA error" in (tmp_path / "table.md").read_text()
