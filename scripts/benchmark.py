@@ -757,8 +757,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "processes with --amp and workers, an interrupted and resumed run, each part in its own "
                         "process; table in --out-dir")
     p.add_argument("--only", nargs="+", choices=PARTS, default=None, metavar="PART",
-                   help=f"run only these parts ({', '.join(PARTS)}), in this process; default: all four with "
-                        "--check, else steps and processes")
+                   help=f"run only these parts ({', '.join(PARTS)}), in this order (with --check, each in its own "
+                        "process unless there is one); default: all four with --check, else steps and processes")
     p.add_argument("--tiny", action="store_true",
                    help=f"CI-sized: {TINY['size']} x {TINY['size']}, {TINY['slices']} + {TINY['val_slices']} "
                         "slices, one round (checks that everything runs; the times mean nothing)")
