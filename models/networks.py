@@ -99,14 +99,6 @@ def describe_networks() -> str:
                      for name, network, count in rows)
 
 
-def preset(name: str, flag: str = "--model"):
-    """The config registered as ``name``; an unknown name is a :class:`UserError` listing the valid ones."""
-    if name not in PRESETS:
-        raise UserError(f"unknown {flag} {name!r}; choose one of: {', '.join(PRESETS)} ({flag} list describes "
-                        "them)")
-    return PRESETS[name]
-
-
 def configure(config, flags: dict[str, tuple[str, object]]):
     """``config`` with the architecture flags applied. flags: flag as the user spelt it (``--teacher-depth``)
     -> (generic name as in :attr:`Family.flags`, value); None values leave the config's own. A flag the
