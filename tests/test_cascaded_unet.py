@@ -12,7 +12,7 @@ import evaluate
 import train_sft
 import train_student_kd
 import train_teacher
-from conftest import make_dataset, run_cli
+from conftest import make_dataset
 from data.fft import fft2
 from models.cascaded_unet import CascadedUNetConfig
 from models.checkpoint import load_model, load_reconstructor
@@ -20,6 +20,7 @@ from models.dccnn import count_parameters
 from models.kd_losses import build_kd_loss
 from models.networks import PRESETS, describe_arch
 from models.sft import SFTNet
+from utils import UserError
 
 TEACHER, STUDENT = PRESETS["unet-teacher"], PRESETS["unet-student"]
 
@@ -55,12 +56,14 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"data": data, "teacher": root / "teacher", "sft": root / "sft"}
 
 
-def test_model_list_offers_both_families():
-    result = run_cli("train_teacher.py", "--model", "list")
-    names = [line.split()[0] for line in result.stdout.splitlines()]
-    assert result.returncode == 0 and names[:2] == ["teacher", "student"]
+def test_model_list_offers_both_families(capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_teacher.main(["--model", "list"])
+    listed = capsys.readouterr().out
+    names = [line.split()[0] for line in listed.splitlines()]
+    assert stop.value.code == 0 and names[:2] == ["teacher", "student"]
     assert {"unet-teacher", "unet-student"} <= set(names)
-    assert "cascaded U-Net U8L2C5" in result.stdout and "146,605 parameters" in result.stdout
+    assert "cascaded U-Net U8L2C5" in listed and "146,605 parameters" in listed
 
 
 def test_sizes_and_names():
@@ -114,10 +117,9 @@ def test_size_flags_and_flags_the_family_lacks(tmp_path, runs):
                               "--cascades", "2"))
     assert checkpoint(exp)["arch"] == {"kind": "cascaded-unet", "n_cascades": 2, "levels": 1, "channels": 2,
                                        "residual": False}
-    result = run_cli("train_teacher.py", *common(runs["data"], tmp_path / "bad", "--model", "unet-teacher",
-                                                 "--ref-padding", "5"))
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "--ref-padding does not apply to cascaded U-Net networks" in result.stderr
+    with pytest.raises(UserError, match="--ref-padding does not apply to cascaded U-Net networks; drop it"):
+        train_teacher.main(common(runs["data"], tmp_path / "bad", "--model", "unet-teacher", "--ref-padding", "5"))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_sft_with_unet_teacher_and_student(runs):

@@ -228,10 +228,19 @@ def test_kd_student_flags(tmp_path):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--model", "d7c5"], "argument --model: unknown network 'd7c5'; choose one of: teacher, student"),
-    (["--depth", "1"], "--depth: a CNN block needs at least 2 convolutions"),
     (["--width", "0"], "argument --width: must be > 0, got 0"),
 ])
-def test_bad_network_flags_are_one_line_errors(tmp_path, argv, fragment):
+def test_bad_network_flags_are_one_line_usage_errors(tmp_path, capsys, argv, fragment):
+    with pytest.raises(SystemExit) as stop:
+        train_teacher.main(["--data-root", str(tmp_path), "--exp-dir", str(tmp_path / "exp"), *argv])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and fragment in error and len(error.strip().splitlines()) == 1
+
+
+def test_a_size_the_family_cannot_build_is_a_one_line_error(tmp_path):
     from conftest import run_cli
-    result = run_cli("train_teacher.py", "--data-root", str(tmp_path), "--exp-dir", str(tmp_path / "exp"), *argv)
-    assert result.returncode == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = run_cli("train_teacher.py", "--data-root", str(tmp_path), "--exp-dir", str(tmp_path / "exp"),
+                     "--depth", "1")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "error: --depth: a CNN block needs at least 2 convolutions" in result.stderr
+    assert not (tmp_path / "exp").exists()
