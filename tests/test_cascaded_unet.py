@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import evaluate
 import train_sft
@@ -37,8 +38,8 @@ def inputs(height: int, width: int, batch: int = 2):
     return torch.fft.ifft2(kspace_under, norm="ortho").abs(), kspace_under, mask
 
 
-def common(data: Path, exp: Path, *extra: str) -> list[str]:
-    return ["--data-root", str(data), "--exp-dir", str(exp), "--epochs", "1", "--no-progress", "--seed", "0",
+def common(data: Path, exp: Path, *extra: str, epochs: int = 1) -> list[str]:
+    return ["--data-root", str(data), "--exp-dir", str(exp), "--epochs", str(epochs), "--no-progress", "--seed", "0",
             "--batch-size", "2", *extra]
 
 
@@ -109,6 +110,15 @@ def test_train_teacher_trains_and_records_it(runs):
     assert ckpt["val_metrics"]["psnr"] > 0
     model, _ = load_model(runs["teacher"] / "best_model.pt")
     assert type(model.config) is CascadedUNetConfig
+
+
+def test_training_lowers_the_loss(tmp_path, runs):
+    exp = tmp_path / "long"
+    train_teacher.main(common(runs["data"], exp, "--model", "unet-student", "--lr", "3e-3", epochs=6))
+    events = EventAccumulator(str(exp / "summary"))
+    events.Reload()
+    val = [e.value for e in events.Scalars("val/loss")]
+    assert len(val) == 6 and val[-1] < val[0]
 
 
 def test_size_flags_and_flags_the_family_lacks(tmp_path, runs):
