@@ -52,8 +52,9 @@ crop/pad (or ``--resize``) to N x N; slices outside ``--slice-range``, near-empt
 Output: ``{out}/mask_{acc}.npy`` (N, N) float32, ``{out}/{train,validation}/acc_{acc}/{volume}.h5`` with
 ``volfs`` (H, W, S) float32, ``kspace_volus_{acc}`` (H, W, S) complex64 = mask * fft2(volfs) (unshifted,
 orthonormal) and ``img_volus_{acc}`` (H, W, S) float32 = |ifft2(kspace)|, and ``{out}/split.json`` (per
-subject: split, source files, output files, slice counts). Volume names are the file names, prefixed by the
-subject where they do not contain it (``1_T1``; fastMRI files keep their own names); two inputs that would
+subject: split, source files, output files, slice counts) and ``{out}/manifest.json`` (every file the run wrote:
+all that a later ``--overwrite`` replaces; other files in ``--out-dir`` are never touched). Volume names are the
+file names, prefixed by the subject where they do not contain it (``1_T1``; fastMRI files keep their own names); two inputs that would
 write the same name are an error, never an overwrite. Attributes ``source_file``, ``slice_axis``,
 ``source_slices`` (the slice index in the source of each of the S slices), ``subject`` and ``slice_hashes``
 (and for fastMRI ``reference`` and ``acquisition``) are extras that the original readers ignore;
@@ -82,10 +83,10 @@ from data.slicing import fft_friendly, kept_slices, make_slices, window_slices  
 from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, InputKind, Source,  # noqa: E402
                           check_unique_names, demo_source, fastmri_sources, nifti_sources, read_volumes)
 from data.split_check import SPLITS, check_split, slice_hashes  # noqa: E402
-from data.staging import check_output, staged_output  # noqa: E402
+from data.staging import check_apart, check_output, staged_output  # noqa: E402
 from data.subjects import BLOCK_GAP, assign_subjects, block_split  # noqa: E402
-from utils import (CliParser, UserError, acc_type, check_seed, run_cli, old_spellings, seed_type,  # noqa: E402
-                   write_json)
+from utils import (CliParser, UserError, acc_type, check_free_space, check_seed, folder_lock,  # noqa: E402
+                   old_spellings, run_cli, seed_type, write_json)
 
 DEFAULT_ACCS = ("4x", "5x")
 DEFAULT_CENTER_FRACTION = 0.08
@@ -290,6 +291,8 @@ class Staging:
         attrs = {"source_file": source.label, "slice_axis": self.rules.axis,
                  "source_slices": indices.astype(np.int64), "subject": source.group,
                  "slice_hashes": slice_hashes(volfs), **source.attrs}
+        # h5py can crash the process on a full disk instead of raising: ask first (volfs, complex kspace, zf).
+        check_free_space(self.stage, 4 * volfs.nbytes * len(self.masks))
         for acc, (kspace, zf) in undersample(volfs, self.masks).items():
             write_volume(self.stage / split / f"acc_{acc}" / f"{name}.h5", volfs, kspace, zf, acc, attrs)
         self.volumes[split].append(name)
@@ -436,6 +439,13 @@ def prepare(*, out: str | Path, **options: Any) -> dict[str, Any]:
     """
     start = time.perf_counter()
     opts = Options(out=out, **options).resolved()
+    check_apart(opts.out, [*(opts.inputs or []), *(opts.fastmri or [])])
+    with folder_lock(opts.out, "--out-dir"):
+        return _prepare(opts, start)
+
+
+def _prepare(opts: Options, start: float) -> dict[str, Any]:
+    """:func:`prepare` for resolved options, holding the lock of ``opts.out``."""
     check_output(opts.out, opts.overwrite)
     sources, skipped_files, skipped_acquisitions = _sources(opts)
     check_unique_names(sources)
@@ -541,7 +551,8 @@ def _add_output_flags(parser: CliParser) -> None:
     g.add_argument("--mask-dir", type=Path, default=None,
                    help="use mask_{acc}.npy from this folder instead of generating masks")
     g.add_argument("--overwrite", action="store_true",
-                   help="replace mask_*.npy, split.json, train/ and validation/ in a non-empty --out-dir")
+                   help="replace the files an earlier run wrote in a non-empty --out-dir (listed in its "
+                        "manifest.json); other files stay, and the old data stay until the new are complete")
 
 
 def _shorten(subjects: list[str]) -> str:
