@@ -52,14 +52,15 @@ crop/pad (or ``--resize``) to N x N; slices outside ``--slice-range``, near-empt
 Output: ``{out}/mask_{acc}.npy`` (N, N) float32, ``{out}/{train,validation}/acc_{acc}/{volume}.h5`` with
 ``volfs`` (H, W, S) float32, ``kspace_volus_{acc}`` (H, W, S) complex64 = mask * fft2(volfs) (unshifted,
 orthonormal) and ``img_volus_{acc}`` (H, W, S) float32 = |ifft2(kspace)|, and ``{out}/split.json`` (per
-subject: split, source files, output files, slice counts) and ``{out}/manifest.json`` (every file the run wrote:
-all that a later ``--overwrite`` replaces; other files in ``--out-dir`` are never touched). Volume names are the
-file names, prefixed by the subject where they do not contain it (``1_T1``; fastMRI files keep their own names); two inputs that would
+subject: split, source files, output files, slice counts). Volume names are the file names, prefixed by the
+subject where they do not contain it (``1_T1``; fastMRI files keep their own names); two inputs that would
 write the same name are an error, never an overwrite. Attributes ``source_file``, ``slice_axis``,
 ``source_slices`` (the slice index in the source of each of the S slices), ``subject`` and ``slice_hashes``
 (and for fastMRI ``reference`` and ``acquisition``) are extras that the original readers ignore;
 data/split_check.py uses them for the leak check run after every preparation (and at training start-up): no
 subject, source slice or identical slice in both splits.
+``{out}/manifest.json`` lists every file the run wrote: all that a later ``--overwrite`` replaces (other files in
+``--out-dir`` are never touched).
 """
 from __future__ import annotations
 
