@@ -125,3 +125,129 @@ def test_prepare_on_a_full_disk_is_one_line_and_changes_nothing(scans, tmp_path,
     err = one_line_error(prepare_main, prepare_args(scans, out, "--overwrite", "--seed", "1"), capsys)
     assert err.startswith("error: No space left on device") and "MiB needed" in err and str(out) in err
     assert snapshot(out) == before and sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+# --------------------------------------------------------------------------- training's --exp-dir
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from tests.conftest import make_dataset
+    return make_dataset(tmp_path_factory.mktemp("lost") / "data", size=16, slices=2, train_volumes=1)
+
+
+def train_args(data: Path, exp: Path, *extra: str) -> list[str]:
+    return ["--model", "student", "--data-root", str(data), "--exp-dir", str(exp), "--epochs", "1", "--batch-size",
+            "2", "--no-progress", *extra]
+
+
+def checkpoints(exp: Path) -> dict[str, bytes]:
+    return {name: (exp / name).read_bytes() for name in ("model.pt", "best_model.pt", "config.json")}
+
+
+@pytest.fixture
+def trained(tiny, tmp_path) -> Path:
+    import train_teacher
+    exp = tmp_path / "exp"
+    train_teacher.main(train_args(tiny, exp))
+    return exp
+
+
+def test_a_second_run_on_a_busy_exp_dir_is_refused(tiny, trained, capsys):
+    import train_teacher
+    before = snapshot(trained)
+    with folder_lock(trained, "--exp-dir"):
+        err = one_line_error(train_teacher.main, train_args(tiny, trained, "--resume", "--epochs", "2"), capsys)
+    assert f"--exp-dir {trained} is in use by another run (process" in err
+    assert snapshot(trained) == before
+
+
+@pytest.mark.parametrize("flags, shown", [
+    (["--residual"], "--residual on (the run: off)"),
+    (["--ref-padding", "5"], "--ref-padding 5 (the run: 0)"),
+    (["--lr", "0.002"], "--lr 0.002 (the run: 0.001)"),
+    (["--batch-size", "1", "--seed", "7"], "--batch-size 1 (the run: 2); --seed 7 (the run: 42)"),
+])
+def test_resume_refuses_flags_that_change_the_run(tiny, trained, capsys, flags, shown):
+    import train_teacher
+    before = snapshot(trained)
+    err = one_line_error(train_teacher.main, train_args(tiny, trained, "--resume", "--epochs", "2", *flags), capsys)
+    assert shown in err and "--epochs, --num-workers" in err and str(trained / "model.pt") in err
+    assert snapshot(trained) == before
+
+
+def test_resume_refuses_a_data_root_with_other_slices(trained, tmp_path, capsys):
+    import train_teacher
+    from tests.conftest import make_dataset
+    other = make_dataset(tmp_path / "other", size=16, slices=3, train_volumes=1)
+    before = snapshot(trained)
+    err = one_line_error(train_teacher.main, train_args(other, trained, "--resume", "--epochs", "2"), capsys)
+    assert f"--data-root {other} has 3 training / 3 validation slices" in err and "had 2 / 2" in err
+    assert snapshot(trained) == before
+
+
+def test_resume_takes_the_flags_that_may_change(tiny, trained):
+    import train_teacher
+    train_teacher.main(train_args(tiny, trained, "--resume", "--epochs", "2", "--log-every", "3", "--num-workers",
+                                  "0", "--device", "cpu"))
+    assert torch_load(trained / "model.pt")["epoch"] == 2
+
+
+def torch_load(path: Path) -> dict:
+    import torch
+    return torch.load(path, weights_only=True)
+
+
+def kill_before_first_checkpoint(monkeypatch, main, argv) -> None:
+    """Run ``main(argv)`` and stop it in its first training step the way SIGKILL would: no clean-up runs."""
+    import models.training
+    monkeypatch.setattr(models.training, "restore_old_run", lambda exp: None)
+    monkeypatch.setattr(models.training.Trainer, "train_step", lambda self, batch: (_ for _ in ()).throw(
+        KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    monkeypatch.undo()
+
+
+def test_overwrite_killed_twice_never_loses_the_replaced_run(tiny, trained, monkeypatch, capsys):
+    """Issue #18 case 2: an --overwrite killed before its first model.pt parks the old run in .replaced; the
+    messages name it, and a second killed --overwrite keeps it."""
+    import train_teacher
+    old = checkpoints(trained)
+    kill_before_first_checkpoint(monkeypatch, train_teacher.main, train_args(tiny, trained, "--overwrite"))
+    assert checkpoints(trained / ".replaced") == old and not (trained / "model.pt").exists()
+    err = one_line_error(train_teacher.main, train_args(tiny, trained), capsys)
+    assert "stopped before its first checkpoint" in err and f"{trained / '.replaced'}" in err and "get it back" in err
+    kill_before_first_checkpoint(monkeypatch, train_teacher.main, train_args(tiny, trained, "--overwrite",
+                                                                             "--seed", "3"))
+    assert checkpoints(trained / ".replaced") == old
+    # A failing --overwrite (not killed) gives it back in place.
+    with pytest.raises(UserError):
+        train_teacher.main(train_args(tiny, trained, "--overwrite", "--acc", "9x"))
+    assert checkpoints(trained / ".replaced") == old
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_as_a_fresh_start(tiny, tmp_path, monkeypatch, capsys):
+    import train_teacher
+    exp = tmp_path / "exp"
+    kill_before_first_checkpoint(monkeypatch, train_teacher.main, train_args(tiny, exp))
+    assert (exp / "config.json").is_file() and not (exp / "model.pt").exists()
+    err = one_line_error(train_teacher.main, train_args(tiny, exp), capsys)
+    assert "stopped before its first checkpoint" in err and "--resume to start it afresh" in err
+    train_teacher.main(train_args(tiny, exp, "--resume"))
+    assert "starts it afresh" in capsys.readouterr().err
+    assert torch_load(exp / "model.pt")["epoch"] == 1 and not (exp / ".replaced").exists()
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_old_files(tiny, trained, monkeypatch, capsys):
+    import torch
+    import train_teacher
+    before = checkpoints(trained)
+
+    def full(obj, f, *args, **kwargs):
+        f.write(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 52")
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 9, 10 ** 9, 0))
+    err = one_line_error(train_teacher.main, train_args(tiny, trained, "--resume", "--epochs", "2"), capsys)
+    assert err.startswith("error: No space left on device") and "MiB needed" in err and str(trained) in err
+    assert checkpoints(trained) == before and not list(trained.glob(".*.tmp"))
