@@ -75,6 +75,15 @@ def swap_in(out: Path, stage: Path, owned: list[str]) -> None:
     finish_swap(out)
 
 
+def clean_up(out: Path, stage_prefix: str) -> bool:
+    """Finish a swap a killed run began in ``out`` and delete the staging folders (``{stage_prefix}*``) killed
+    runs left there; True when a swap was finished. Only safe holding ``out``'s lock (utils.folder_lock)."""
+    finished = finish_swap(out)
+    for stage in sorted(out.glob(f"{stage_prefix}*")):
+        shutil.rmtree(stage) if stage.is_dir() and not stage.is_symlink() else stage.unlink()
+    return finished
+
+
 def _move(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     os.replace(src, dst)

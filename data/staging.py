@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from data.owned import check_replaceable, finish_swap, new_files, owned_files, swap_in
+from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
 from data.split_check import SPLITS
 from utils import LOCK_NAME, UserError, os_error_message
 
@@ -38,10 +38,8 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise UserError(f"--out-dir {out} is a file; choose a folder")
     if not out.is_dir():
         return
-    if finish_swap(out):
+    if clean_up(out, STAGE_PREFIX):
         print(f"note: finished moving the data an interrupted data/prepare.py run wrote into {out}", file=sys.stderr)
-    for stage in sorted(out.glob(f"{STAGE_PREFIX}*")):
-        shutil.rmtree(stage) if stage.is_dir() and not stage.is_symlink() else stage.unlink()
     if any(p.name != LOCK_NAME for p in out.iterdir()) and not overwrite:
         raise UserError(f"--out-dir {out} exists and is not empty; pass --overwrite to replace the data an earlier "
                         "run of this tool wrote there (other files stay), or choose another folder")

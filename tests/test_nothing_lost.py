@@ -251,3 +251,51 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_old_files(tiny, t
     err = one_line_error(train_teacher.main, train_args(tiny, trained, "--resume", "--epochs", "2"), capsys)
     assert err.startswith("error: No space left on device") and "MiB needed" in err and str(trained) in err
     assert checkpoints(trained) == before and not list(trained.glob(".*.tmp"))
+
+
+# --------------------------------------------------------------------------- evaluate.py's --out-dir
+
+def eval_args(tiny: Path, trained: Path, out: Path, *extra: str) -> list[str]:
+    return ["--checkpoints", str(trained / "best_model.pt"), "--data-root", str(tiny), "--acc", "4x", "--out-dir",
+            str(out), "--device", "cpu", *extra]
+
+
+def test_a_failed_evaluate_overwrite_keeps_the_old_results(tiny, trained, tmp_path, monkeypatch, capsys):
+    import evaluate
+    out = tmp_path / "results"
+    evaluate.main(eval_args(tiny, trained, out, "--save-recons", "--names", "old"))
+    before = snapshot(out)
+    assert "recons/old/vol01.h5" in before and "manifest.json" in before
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device", str(path))
+    monkeypatch.setattr(evaluate, "write_text", full_disk)
+    err = one_line_error(evaluate.main, eval_args(tiny, trained, out, "--save-recons", "--names", "new",
+                                                  "--overwrite"), capsys)
+    assert err.startswith("error: No space left on device")
+    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.json", "metrics.csv", "summary.json", "recons"])
+
+
+def test_evaluate_overwrite_replaces_only_its_own_results(tiny, trained, tmp_path, capsys):
+    import evaluate
+    out = tmp_path / "results"
+    evaluate.main(eval_args(tiny, trained, out, "--save-recons", "--names", "old", "--metrics", "all"))
+    (out / "notes.txt").write_text("mine")
+    evaluate.main(eval_args(tiny, trained, out, "--names", "new", "--overwrite"))
+    assert "removed" in capsys.readouterr().out
+    assert sorted(snapshot(out)) == ["manifest.json", "metrics.csv", "notes.txt", "summary.json"]
+    (out / "recons" / "new").mkdir(parents=True)
+    (out / "recons" / "new" / "mine.h5").write_bytes(b"mine")
+    before = snapshot(out)
+    with pytest.raises(UserError, match=r"did not write \(recons/new/mine.h5\)"):
+        evaluate.main(eval_args(tiny, trained, out, "--names", "new", "--overwrite", "--save-recons"))
+    assert snapshot(out) == before
+
+
+def test_evaluate_refuses_a_busy_out_dir(tiny, trained, tmp_path, capsys):
+    import evaluate
+    out = tmp_path / "results"
+    with folder_lock(out, "--out-dir"):
+        err = one_line_error(evaluate.main, eval_args(tiny, trained, out), capsys)
+    assert f"--out-dir {out} is in use by another run" in err and not out.exists()
