@@ -396,6 +396,18 @@ def pickled_globals(path: str | Path) -> list[str]:
         return []
 
 
+# What the public SFT-KD-Recon / KD-MRI checkpoints pickle besides tensors: the argparse.Namespace of their
+# flags, the pathlib path of their experiment folder and a numpy float loss. Only for these is converting with
+# --trust-pickle sound advice; any other global (posix.system, builtins.eval, ...) is what a malicious file holds.
+PUBLIC_CODE_GLOBALS = frozenset({"argparse.Namespace", "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath",
+                                 "numpy.dtype", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"})
+
+
+def public_code_pickle(names: list[str]) -> bool:
+    """Whether the pickled globals ``names`` (see :func:`pickled_globals`) are all ones the public code saves."""
+    return bool(names) and all(name in PUBLIC_CODE_GLOBALS or name.startswith("numpy.dtypes.") for name in names)
+
+
 def unreadable_reason(path: str | Path) -> str:
     """Why ``torch.load`` cannot read ``path``, judged from its first bytes (for error messages)."""
     with open(path, "rb") as f:
@@ -421,10 +433,15 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         names = pickled_globals(path)
-        if names:
-            raise UserError(f"{what} {path} holds pickled Python objects ({', '.join(names)}), as checkpoints of the public "
-                            "SFT-KD-Recon code do; convert it once with: python scripts/import_checkpoint.py "
+        if public_code_pickle(names):
+            raise UserError(f"{what} {path} holds pickled Python objects ({', '.join(names)}), as checkpoints of the "
+                            "public SFT-KD-Recon code do; convert it once with: python scripts/import_checkpoint.py "
                             f"--input {path} --output converted.pt --trust-pickle") from exc
+        if names:
+            raise UserError(f"{what} {path} holds pickled Python objects ({clean_text(', '.join(names))}) that no "
+                            "checkpoint of this project or of the public SFT-KD-Recon code holds; unpickling them "
+                            "could run any code, so it is not loaded: use a checkpoint from a source you "
+                            "trust") from exc
         raise UserError(f"{what} {path} cannot be loaded: it is {unreadable_reason(path)}; re-copy it, or pass "
                         "a best_model.pt / model.pt written by this project") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:

@@ -80,7 +80,9 @@ class SliceDataset(Dataset):
             shape = file_shape
             self.samples.extend((file_idx, s) for s in range(n_slices))
         self.shape = shape
-        mask = load_mask(mask_path if mask_path is not None else self.root / f"mask_{acc}.npy", shape)
+        mask_file = Path(mask_path) if mask_path is not None else self.root / f"mask_{acc}.npy"
+        mask = load_mask(mask_file, shape)
+        self._check_mask_fits(mask, mask_file)
         self.mask = torch.from_numpy(mask)[None]
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
@@ -119,6 +121,26 @@ class SliceDataset(Dataset):
         if len(shape) != 3 or min(shape) < 1:
             raise UserError(f"{path}: datasets have shape {shapes[0]}; expected (H, W, S)")
         return shape[2], (shape[0], shape[1])
+
+    def _check_mask_fits(self, mask: np.ndarray, mask_file: Path, n_files: int = 3) -> None:
+        """The stored k-space must be zero wherever ``mask`` (H, W) is: a mask the files were not made with
+        (e.g. transposed) would make every data-fidelity step wrong without an error. Reads the middle slice of
+        the first, middle and last file."""
+        k_key = self.keys[2]
+        for file_idx in sorted({round(i * (len(self.files) - 1) / max(n_files - 1, 1)) for i in range(n_files)}):
+            path = self.files[file_idx]
+            with _open_h5(path) as f:
+                ds = f[k_key]
+                index = ds.shape[2] // 2 if ds.ndim == 3 else None
+                kspace = np.abs(ds[()] if index is None else ds[:, :, index])
+            outside = kspace[mask == 0]
+            if outside.size and outside.max() > 1e-6 * kspace.max():
+                transposed = mask.shape[0] == mask.shape[1] and not (kspace[mask.T == 0] > 1e-6 * kspace.max()).any()
+                why = "the mask is transposed" if transposed else "another mask"
+                raise UserError(f"{mask_file} does not fit {path}: its '{k_key}' is non-zero at "
+                                f"{int((outside > 1e-6 * kspace.max()).sum())} positions the mask leaves out (slice "
+                                f"{index or 0}; {why}); pass the mask the data were made with (--mask), or prepare "
+                                "the data again with data/prepare.py")
 
     def _handle(self, file_idx: int) -> h5py.File:
         if os.getpid() != self._pid:  # forked into a DataLoader worker: never share the parent's handles

@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from utils import UserError, first_line
+from utils import UserError, clean_text, first_line
 
 # kspace dimensions -> the reference the fastMRI challenge scores that kind of data against.
 REFERENCE_OF = {3: "reconstruction_esc", 4: "reconstruction_rss"}
@@ -52,10 +52,11 @@ class FastmriVolume:
 
 
 def _text(value) -> str | None:
-    """An HDF5 string attribute as ``str`` (h5py gives ``bytes`` for fixed-length strings); None stays None."""
+    """An HDF5 string attribute as ``str`` (h5py gives ``bytes`` for fixed-length strings), sanitised: it is
+    printed and written to split.json; None stays None."""
     if value is None:
         return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return clean_text(value.decode(errors="replace") if isinstance(value, bytes) else str(value))
 
 
 def _header(path: Path, f: h5py.File) -> FastmriVolume:

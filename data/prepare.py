@@ -160,7 +160,7 @@ class Options:
         self._check_sources()
         self._check_slices()
         self._check_split()
-        accs = tuple(dict.fromkeys(self.accs))
+        accs = tuple(self.accs)
         fractions = self._center_fractions(accs)
         if self.mask_dir is not None and self.mask_kind is not None:
             raise UserError("pass either --mask-dir (existing masks) or --mask-kind (generated masks), not both")
@@ -221,6 +221,8 @@ class Options:
             raise UserError("--acc needs at least one acceleration, e.g. --acc 4x 5x")
         for acc in self.accs:
             parse_acc(acc)
+        if len(set(self.accs)) < len(self.accs):
+            raise UserError(f"--acc {' '.join(self.accs)} lists an acceleration twice; give each once")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"--val-fraction {self.val_fraction} must be between 0 and 1 (exclusive), e.g. 0.2")
         check_seed(self.seed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from models.dccnn import DCCNN, DCCNNConfig
@@ -117,6 +118,11 @@ def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, d
                         f"{describe_arch(arch)} ({_misfit(model, ckpt['model']) or first_line(exc)}); "
                         "the file was edited or mixes two networks: use the unmodified best_model.pt / model.pt "
                         "of a run") from exc
+    bad = next((key for key, value in ckpt["model"].items()
+                if value.is_floating_point() and not torch.isfinite(value).all()), None)
+    if bad is not None:
+        raise UserError(f"{what} {path} holds NaN or Inf weights (e.g. {bad}): the run that wrote it diverged; use "
+                        "an earlier checkpoint of it, or retrain with a lower --lr")
     return model, ckpt
 
 
