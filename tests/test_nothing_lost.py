@@ -299,3 +299,33 @@ def test_evaluate_refuses_a_busy_out_dir(tiny, trained, tmp_path, capsys):
     with folder_lock(out, "--out-dir"):
         err = one_line_error(evaluate.main, eval_args(tiny, trained, out), capsys)
     assert f"--out-dir {out} is in use by another run" in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_sigkill_of_an_overwrite_before_its_first_checkpoint(tiny, trained):
+    """The real thing: --overwrite killed by SIGKILL in its first step leaves its lock file and the old run in
+    .replaced; the next --overwrite takes the lock over with a warning and, killed too, still keeps it."""
+    import signal
+    from models.training import FAULT_ENV
+    from tests.conftest import run_cli as run_python
+    old = checkpoints(trained)
+    for seed in ("1", "2"):
+        result = run_python("train_teacher.py", *train_args(tiny, trained, "--overwrite", "--seed", seed),
+                            env={FAULT_ENV: "1:SIGKILL"})
+        assert result.returncode == -signal.SIGKILL, result.stderr
+        assert checkpoints(trained / ".replaced") == old and (trained / LOCK_NAME).exists()
+    assert "took over the lock of process" in result.stderr
+    result = run_python("train_teacher.py", *train_args(tiny, trained, "--resume"))
+    assert result.returncode == 0, result.stderr
+    assert "starts it afresh" in result.stderr and not (trained / ".replaced").exists()
+
+
+def test_prepare_overwrite_of_data_from_before_the_manifest(scans, tmp_path):
+    """Data written before manifest.json existed: what its split.json lists (and its masks) is replaced."""
+    out = tmp_path / "out"
+    prepare_main(prepare_args(scans, out, "--acc", "4x", "5x"))
+    (out / "manifest.json").unlink()
+    (out / "keep.txt").write_text("mine")
+    prepare_main(prepare_args(scans, out, "--overwrite", "--seed", "1"))
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "manifest.json", "mask_4x.npy", "split.json",
+                                                      "train", "validation"]
