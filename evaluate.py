@@ -52,8 +52,8 @@ from data.owned import check_replaceable, clean_up, new_files, owned_files, swap
 from models.checkpoint import load_reconstructor
 from models.speed import MEMORY_FORMATS, auto_layout
 from models.distributed import resolve_device
-from utils import (FASTMRI_METRICS, METRICS, CliParser, UserError, acc_type, atomic_write, clean_text, csv_text,
-                   folder_lock, load_checkpoint, run_cli, write_json, write_text)
+from utils import (FASTMRI_METRICS, METRICS, CliParser, UserError, acc_type, atomic_write, check_free_space,
+                   clean_text, csv_text, folder_lock, load_checkpoint, run_cli, write_json, write_text)
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
@@ -141,6 +141,8 @@ def write_recon(path: Path, volume: np.ndarray, model: str, acc: str) -> None:
         with h5py.File(f, "w") as h5:
             h5.create_dataset(RECON_KEY, data=volume.astype(np.float32))
             h5.attrs.update({"model": model, "acc": acc, "layout": "(S, H, W)"})
+    # h5py can crash the process on a full disk instead of raising: ask first.
+    check_free_space(path, volume.size * 4)
     atomic_write(path, write, mode="w+b")
 
 
