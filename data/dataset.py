@@ -67,6 +67,10 @@ class SliceDataset(Dataset):
             raise UserError(f"{folder} does not exist: no {split} data for acceleration {acc} under "
                             f"{self.root}; check --data-root and --acc")
         self.files = sorted(folder.glob("*.h5"))
+        for path in self.files:
+            if not path.is_file():  # opening a FIFO would wait forever for a writer
+                raise UserError(f"{path} is not a regular file (a folder, FIFO, device or broken link); remove it "
+                                f"from {folder}")
         if not self.files:
             raise UserError(f"no .h5 files in {folder} (acceleration {acc}); check --acc or prepare the "
                             "data with data/prepare.py")

@@ -65,6 +65,11 @@ def prepare_exp_dir(args: argparse.Namespace) -> dict | None:
             raise UserError(f"--resume: {exp / 'model.pt'} holds weights but no training state "
                             f"({', '.join(missing)} missing), e.g. a copied best_model.pt; restore the model.pt "
                             "the run wrote, or start again with --overwrite")
+        for key in ("epoch", "batch_in_epoch", "global_step"):
+            value = ckpt[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise UserError(f"--resume: {exp / 'model.pt'} has a damaged '{key}' entry ({value!r:.40}); restore "
+                                "the model.pt the run wrote, or start again with --overwrite")
         check_resume_flags(args, ckpt, exp / "model.pt")
         return ckpt
     if started and not args.overwrite:

@@ -90,3 +90,35 @@ def test_pickle_advice_only_for_the_public_codes_globals(tmp_path):
 def test_text_from_files_is_sanitised():
     assert clean_text("teacher\x1b[2J\r\n") == "teacher?[2J??"
     assert _text(b"patient\x07 7") == "patient? 7"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"channels": 60000}, r"declares [\d,]+ weights but the file holds 49,285"),
+    ({"n_cascades": 10 ** 9}, "n_cascades 1000000000, outside 1..100"),
+    ({"channels": "32"}, "channels '32', outside"),
+])
+def test_forged_architecture_sizes_are_refused_before_allocating(tmp_path, change, message):
+    payload = model_payload(DCCNN(STUDENT))
+    payload["arch"].update(change)
+    path = tmp_path / "forged.pt"
+    torch.save(payload, path)
+    with pytest.raises(UserError, match=message):
+        load_model(path, "--checkpoints")
+
+
+def test_a_fifo_named_h5_is_refused_not_waited_on(tiny_data):
+    os.mkfifo(tiny_data / "train" / "acc_4x" / "pipe.h5")
+    with pytest.raises(UserError, match="pipe.h5 is not a regular file"):
+        SliceDataset(tiny_data, "train", "4x")
+
+
+def test_a_tampered_resume_position_is_refused(tiny_data, tmp_path):
+    exp = tmp_path / "exp"
+    argv = ["--model", "student", "--data-root", str(tiny_data), "--exp-dir", str(exp), "--epochs", "1",
+            "--no-progress"]
+    train_teacher.main(argv)
+    ckpt = torch.load(exp / "model.pt", weights_only=True)
+    ckpt["epoch"] = "1; rm -rf /"
+    torch.save(ckpt, exp / "model.pt")
+    with pytest.raises(UserError, match="model.pt has a damaged 'epoch' entry"):
+        train_teacher.main([*argv, "--resume", "--epochs", "2"])
