@@ -19,14 +19,20 @@ teacher). The zero-filled input is always evaluated too, as model ``ZF``. Output
 - ``summary.json``: ``{model: {metric: {"mean", "std", "n"}}}`` of the paper's metrics (std over slices,
   ``ddof=0``), with fastMRI's a ``"fastmri"`` entry of the same form over volumes (``n`` volumes, ``ddof=0``;
   fastMRI's own script prints mean +/- 2 sample std), plus the top-level entries ``acc``, ``split``,
-  ``data_root``, ``mask`` and ``checkpoints`` (``{name: path}``); those six words cannot be model names.
+  ``data_root``, ``mask``, ``checkpoints`` (``{name: path}``), ``test_set`` (``--test-set``, default
+  ``{data folder name}/{split}``) and ``roles`` (``{name: the roles its checkpoint records, models/roles.py,
+  plus its training seed}``); these words cannot be model names.
 - with ``--save-recons``: ``recons/{name}/{volume}.h5`` holding one dataset ``reconstruction`` of shape
   (S, H, W) float32, slice-first. Note that this differs from the data files, whose ``volfs`` is
   (H, W, S); the target and the ZF image are not copied (read them from the data), and ZF gets no folder.
 
+Split: ``test`` when the data set has one (data/prepare.py writes it; it never chose a checkpoint), else
+``validation`` with a printed note (the original two-split layout: the slices ``best_model.pt`` was chosen on,
+so the scores are optimistic); ``--split`` overrides.
+
 Model names default to each checkpoint's ``run_name``, then its folder name, then its file stem;
-``--names`` overrides them. ``scripts/report.py`` reads roles from names (``teacher``, ``student``,
-``sft``, ``stdkd-{method}``, ``sftkd-{method}``, optionally ``-seed{N}``).
+``--names`` overrides them. ``scripts/report.py`` takes each model's role from ``roles``, and from the name
+(``teacher``, ``sft``, ``stdkd-{method}``, ..., optionally ``-seed{N}``) only for checkpoints without roles.
 """
 from __future__ import annotations
 
@@ -76,7 +82,7 @@ METRIC_SETS = {
                          "fastmri"),
 }
 METRIC_CHOICES = {"paper": ("paper",), "fastmri": ("fastmri",), "all": ("paper", "fastmri")}
-META_KEYS = ("acc", "split", "data_root", "mask", "checkpoints", "fastmri")
+META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "fastmri")
 RECON_KEY = "reconstruction"
 STAGE_PREFIX = ".evaluate-"
 
@@ -103,6 +109,26 @@ def default_names(paths: list[Path]) -> list[str]:
         taken.add(candidate)
         unique.append(candidate)
     return unique
+
+
+def default_split(data_root: Path, acc: str) -> str:
+    """``test`` when ``data_root`` has a test split for ``acc``, else ``validation`` (with a note saying what
+    that means for the numbers)."""
+    if (Path(data_root) / "test" / f"acc_{acc}").is_dir():
+        return "test"
+    print(f"note: {data_root} has no test/ split (the original two-split layout): scoring validation, the slices "
+          "best_model.pt was chosen on, so the numbers are optimistic; data/prepare.py writes test/ by default")
+    return "validation"
+
+
+def recorded_roles(path: Path) -> dict:
+    """The roles a checkpoint's run recorded (models/roles.py) plus its ``seed``; empty for checkpoints of
+    older versions and imported ones, which scripts/report.py then names by their model name."""
+    config = load_checkpoint(path, "--checkpoints").get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("roles"), dict):
+        return {}
+    seed = config.get("seed")
+    return {**config["roles"], **({"seed": seed} if isinstance(seed, int) else {})}
 
 
 def check_names(names: list[str], n_checkpoints: int) -> None:
@@ -265,10 +291,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoints", nargs="+", required=True, type=Path,
                         help="checkpoints of this project (teacher, student, KD student or SFT -> its teacher)")
     parser.add_argument("--names", nargs="+", help="one model name per checkpoint (default: run_name)")
-    parser.add_argument("--data-root", required=True, type=Path, help="folder with train/ and validation/")
+    parser.add_argument("--data-root", required=True, type=Path,
+                        help="folder with train/, validation/ and (data/prepare.py's default) test/")
     parser.add_argument("--acc", required=True, type=acc_type, help="acceleration, e.g. 4x")
     parser.add_argument("--mask", type=Path, help="mask .npy (default: DATA_ROOT/mask_{acc}.npy)")
-    parser.add_argument("--split", default="validation", help="data split folder (default: validation)")
+    parser.add_argument("--split", default=None,
+                        help="data split folder (default: test when DATA_ROOT has it, else validation)")
+    parser.add_argument("--test-set", default=None, metavar="NAME",
+                        help="name of the scored set in summary.json and report.py's tables (default: "
+                             "{data folder name}/{split})")
     parser.add_argument("--out-dir", required=True, type=Path, help="where metrics.csv and summary.json go")
     parser.add_argument("--metrics", choices=tuple(METRIC_CHOICES), default="paper",
                         help="paper: per-slice PSNR, SSIM, NMSE, HFN, VIF (metrics.csv); fastmri: fastMRI's "
@@ -309,12 +340,14 @@ def _main(args: argparse.Namespace) -> None:
     if names is not None:
         check_names(names, len(args.checkpoints))
     device = resolve_device(args.device)
+    args.split = args.split or default_split(args.data_root, args.acc)
     dataset = build_dataset(args.data_root, args.split, [args.acc],
                             {args.acc: str(args.mask)} if args.mask else None)
     if names is None:
         names = default_names(args.checkpoints)
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
     models = {name: load_reconstructor(path, "--checkpoints") for name, path in zip(names, args.checkpoints)}
+    args.roles = {name: recorded_roles(path) for name, path in zip(names, args.checkpoints)}
     # Results go to a staging folder that replaces the previous run's files (and only those) once complete, so a
     # failed or killed run leaves the old results as they were (data/owned.py).
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=args.out_dir))
@@ -369,9 +402,10 @@ def write_results(args: argparse.Namespace, names: list[str], rows: dict[str, li
         key = metric_set.summary_key
         summary.update(stats[name] if key is None else {key: stats[name]})
     write_json(folder / "summary.json",
-               {**summary, "acc": args.acc, "split": args.split, "data_root": str(args.data_root),
-                "mask": str(args.mask) if args.mask else None,
-                "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)}})
+               {**summary, "acc": args.acc, "split": args.split,
+                "test_set": args.test_set or f"{Path(args.data_root).resolve().name}/{args.split}",
+                "data_root": str(args.data_root), "mask": str(args.mask) if args.mask else None,
+                "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)}, "roles": args.roles})
     return stats
 
 

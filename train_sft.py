@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from models.dccnn import STUDENT, TEACHER
+from models.roles import BASE_MODELS, sft_kind
 from models.sft import SFTNet, sft_forward_backward, sft_loss
 from models.speed import sft_variant
 from models.training import TrainStep, add_arch_args, arch_config, common_parser, parse_args, train
@@ -48,8 +49,10 @@ def main(argv: list[str] | None = None) -> None:
                              "public code effectively uses ~0)")
     add_arch_args(parser)
     args = parse_args(parser, argv)
+    kind = sft_kind(args.imitation_weight)
     train(args, lambda a: SFTStep(SFTNet(arch_config(TEACHER, a), arch_config(STUDENT, a)),
-                                  a.student_rec_weight, a.imitation_weight), run_name="sft")
+                                  a.student_rec_weight, a.imitation_weight),
+          run_name=BASE_MODELS[kind][0], roles={"model": kind})
 
 
 if __name__ == "__main__":

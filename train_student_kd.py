@@ -1,23 +1,33 @@
 """Distil a frozen teacher into the D3C5 student: ``|x_S - x|_1 + kd_weight * L_KD``.
 
-Std-KD: a standard teacher (train_teacher.py) and a student from scratch.
-SFT-KD-Recon: the SFT teacher (train_sft.py) and ``--init-from-sft`` with the same checkpoint.
+The teacher (``--teacher-checkpoint``) and the student's initialisation (scratch, ``--init-from-sft`` or
+``--init-student``) are two independent choices:
+
+- Std-KD: a standard teacher (train_teacher.py) and a student from scratch;
+- SFT-KD-Recon: the SFT teacher (train_sft.py) and ``--init-from-sft`` with the same checkpoint;
+- controls: a standard teacher with ``--init-from-sft`` (SFT's blocks without SFT's teacher) or with
+  ``--init-student`` (cascades of a student trained alone).
+
+The run records both choices as its roles (models/roles.py) and is named after them (``stdkd-sftinit-at``).
+Every fresh draw (S1, the KD loss's connectors) comes from the seeded RNG before anything is loaded, so all
+arms of one seed start S1 from the same weights.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch.nn import functional as F
 
-from models.checkpoint import load_reconstructor, load_sft
+from models.checkpoint import describe_arch, load_model, load_reconstructor, load_sft
 from models.dccnn import DCCNN, STUDENT, DCCNNConfig
 from models.kd_losses import KD_METHODS, Imitation, KDLoss, KDMethodError, build_kd_loss, describe_methods
-from models.sft import SFTNet, student_from_sft
+from models.roles import kd_run_name, teacher_kind
+from models.sft import SFTNet, student_from_blocks
 from models.training import Frozen, TrainStep, common_parser, parse_args, train
-from utils import UserError, run_cli, weight_type
+from utils import UserError, load_checkpoint, run_cli, weight_type
 
 
 class KDStep(TrainStep):
@@ -92,31 +102,70 @@ class KDStep(TrainStep):
         return {"kd_weight": self.kd_weight, "feature_epochs": self.feature_epochs}
 
 
-def student_config(args, sft: SFTNet | None) -> DCCNNConfig:
-    """The student's architecture. From ``--init-from-sft``: the checkpoint's student (an imported public
-    checkpoint brings ``ref_padding`` 5), with ``--ref-padding`` applied when given (a warning: the copied
-    cascades then start from other outputs); ``--residual`` against a plain student is an error. Without it:
-    D3C5 with ``--ref-padding`` (default 0) and ``--residual``."""
-    if sft is None:
+@dataclass(frozen=True)
+class Init:
+    """Where the student's cascades S2..S5 come from: ``kind`` a models/roles.py init role, ``source`` the
+    trained student to copy them from (None from scratch), ``flag`` and ``path`` for messages."""
+
+    kind: str
+    source: DCCNN | None = None
+    flag: str = ""
+    path: str = ""
+
+
+def load_init(args) -> Init:
+    """The ``--init-from-sft`` / ``--init-student`` source of S2..S5, or scratch."""
+    if args.init_from_sft is not None:
+        return Init("sft-blocks", load_sft(args.init_from_sft, "--init-from-sft").student, "--init-from-sft",
+                    str(args.init_from_sft))
+    if args.init_student is not None:
+        model, ckpt = load_model(args.init_student, "--init-student")
+        arch = ckpt["arch"]
+        shape = {key: arch.get(key) for key in ("n_cascades", "n_convs", "channels")}
+        if isinstance(model, SFTNet) or shape != {key: getattr(STUDENT, key) for key in shape}:
+            raise UserError(f"--init-student {args.init_student} is a {describe_arch(arch)} checkpoint, but a D3C5 "
+                            "student is required: pass best_model.pt of train_teacher.py --model student (or of a "
+                            "KD student); for an SFT checkpoint use --init-from-sft")
+        return Init("student", model, "--init-student", str(args.init_student))
+    return Init("scratch")
+
+
+def student_config(args, init: Init) -> DCCNNConfig:
+    """The student's architecture. From a loaded student (``--init-from-sft``, ``--init-student``): its own (an
+    imported public checkpoint brings ``ref_padding`` 5), with ``--ref-padding`` applied when given (a warning:
+    the copied cascades then start from other outputs); ``--residual`` against a plain student is an error.
+    From scratch: D3C5 with ``--ref-padding`` (default 0) and ``--residual``."""
+    if init.source is None:
         return replace(STUDENT, ref_padding=args.ref_padding or 0, residual=bool(args.residual))
-    config = sft.student.config
+    config = init.source.config
     if args.residual and not config.residual:
-        raise UserError(f"--residual conflicts with --init-from-sft {args.init_from_sft}, whose student has no "
-                        "residual connections (its weights were trained without them); drop --residual")
+        raise UserError(f"--residual conflicts with {init.flag} {init.path}, whose student has no residual "
+                        "connections (its weights were trained without them); drop --residual")
     if args.ref_padding is not None and args.ref_padding != config.ref_padding:
         print(f"warning: --ref-padding {args.ref_padding} overrides the {config.ref_padding} the student of "
-              f"--init-from-sft {args.init_from_sft} was trained with; its copied cascades S2..S5 then start "
-              "from outputs ~1e-2 away from that student's (KD trains on from there)", file=sys.stderr)
+              f"{init.flag} {init.path} was trained with; its copied cascades S2..S5 then start from outputs "
+              "~1e-2 away from that student's (KD trains on from there)", file=sys.stderr)
         config = replace(config, ref_padding=args.ref_padding)
     return config
 
 
+def teacher_role(path) -> str:
+    """The ``teacher`` role of ``--teacher-checkpoint`` (models/roles.py), from what its checkpoint records."""
+    ckpt = load_checkpoint(path, "--teacher-checkpoint")
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), dict) else {}
+    return teacher_kind(config.get("roles"), arch.get("kind") == "sft", config.get("imitation_weight"))
+
+
 def build_step(args) -> KDStep:
-    # A standard teacher as is, the teacher of an SFT checkpoint (detected from its architecture).
-    teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint")
-    sft = load_sft(args.init_from_sft, "--init-from-sft") if args.init_from_sft is not None else None
-    fresh = DCCNN(student_config(args, sft))
-    student = student_from_sft(sft, fresh) if sft is not None else fresh
+    # Loading builds networks, which draws from the RNG: on a forked RNG, so that the fresh S1 and KD
+    # connectors below are the same draw in every arm of one seed, whatever teacher and init it loads.
+    with torch.random.fork_rng(devices=[]):
+        # A standard teacher as is, the teacher of an SFT checkpoint (detected from its architecture).
+        teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint")
+        init = load_init(args)
+    fresh = DCCNN(student_config(args, init))
+    student = student_from_blocks(init.source, fresh) if init.source is not None else fresh
     try:
         kd_loss = build_kd_loss(args.kd_method, student.config, teacher.config)
     except KDMethodError as exc:
@@ -140,8 +189,13 @@ def build_parser():
     parser = common_parser(__doc__)
     parser.add_argument("--teacher-checkpoint", required=True,
                         help="best_model.pt of train_teacher.py --model teacher (Std-KD) or of train_sft.py")
-    parser.add_argument("--init-from-sft", default=None, metavar="CKPT",
-                        help="copy student cascades S2..S5 from this SFT checkpoint (SFT-KD-Recon)")
+    init = parser.add_mutually_exclusive_group()
+    init.add_argument("--init-from-sft", default=None, metavar="CKPT",
+                      help="copy student cascades S2..S5 from this SFT checkpoint (SFT-KD-Recon; with a standard "
+                           "teacher: the control 'SFT blocks without SFT's teacher')")
+    init.add_argument("--init-student", default=None, metavar="CKPT",
+                      help="copy S2..S5 from a D3C5 student checkpoint (train_teacher.py --model student): the "
+                           "control 'ordinary pre-training'; S1 fresh, as with --init-from-sft")
     parser.add_argument("--kd-method", default="at", metavar="NAME", action=_KDMethod,
                         help=f"one of {', '.join(KD_METHODS)}; 'list' describes them")
     parser.add_argument("--kd-weight", type=weight_type, default=None,
@@ -153,12 +207,12 @@ def build_parser():
                         help="keep the teacher's outputs in memory after the first epoch (output-only KD: "
                              "imitation, none, the second stage); ~H*W*4 bytes per slice, about a third "
                              "less time per later epoch")
-    g = parser.add_argument_group("architecture (default: the --init-from-sft student's)")
+    g = parser.add_argument_group("architecture (default: the --init-from-sft / --init-student student's)")
     g.add_argument("--ref-padding", type=int, default=None, choices=[0, 5],
                    help="zero-pad each block input by 5 pixels and crop before DF, as the public code does "
-                        "(default: as the --init-from-sft student was trained, else 0)")
+                        "(default: as the loaded student was trained, else 0)")
     g.add_argument("--residual", action="store_true", default=None,
-                   help="add the block input to its output (not in the paper; default: as the --init-from-sft "
+                   help="add the block input to its output (not in the paper; default: as the loaded "
                         "student, else off)")
     return parser
 
@@ -173,8 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.kd_method not in KD_METHODS:
         raise UserError(f"unknown --kd-method {args.kd_method!r}; choose one of: {', '.join(KD_METHODS)} "
                         "(--kd-method list describes them)")
-    kind = "sftkd" if args.init_from_sft else "stdkd"
-    train(args, build_step, run_name=f"{kind}-{args.kd_method}")
+    init = "sft-blocks" if args.init_from_sft else "student" if args.init_student else "scratch"
+    roles = {"model": "kd", "teacher": teacher_role(args.teacher_checkpoint), "init": init,
+             "kd_method": args.kd_method}
+    train(args, build_step, run_name=kd_run_name(roles), roles=roles)
 
 
 if __name__ == "__main__":

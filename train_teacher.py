@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     add_arch_args(parser)
     args = parse_args(parser, argv)
     base = TEACHER if args.model == "teacher" else STUDENT
-    train(args, lambda a: ReconStep(DCCNN(arch_config(base, a))), run_name=args.model)
+    train(args, lambda a: ReconStep(DCCNN(arch_config(base, a))), run_name=args.model, roles={"model": args.model})
 
 
 if __name__ == "__main__":

@@ -33,23 +33,26 @@ low-frequency band at both ends. ``fastmri-random`` / ``fastmri-equispaced``: fa
 columns (fastMRI's phase-encoding axis, W), ``round(W * --center-fraction)`` centre columns fully sampled
 (at both ends once unshifted), see data/masks.py. ``--center-fraction`` gives one value, or one per ``--acc``.
 
-Subjects. The split is made over subjects, so no patient's anatomy is in both splits. A file's subject is
+Subjects. The split is made over subjects, so no patient's anatomy is in two splits: train (to fit),
+validation (to choose the checkpoint) and test (held out, scored by evaluate.py). A file's subject is
 the first subject token (``patient001``, ``sub-01``, ``subject_3``, ``case12``) in its path below the
 ``--input`` folder (for named files: below their deepest common folder), else in that folder's own name;
 failing that, the folder directly under it (MRBrainS ``TrainingData/1/T1.nii`` -> ``1``); a file directly in
 that folder with no token is its own subject (with a warning). Symlinks are never resolved for this, so
 git-annex / DataLad copies group like the originals. ``--subject-regex`` replaces the token rule (its first
-group, or the whole match, is the subject). Subjects are shuffled with ``--seed`` and
-``round(--val-fraction * n)`` go to validation; ``--val-subjects`` or ``--split-file`` fix the split
-instead. With only one subject (the demo, a single patient) the slices are split in contiguous blocks: the
-highest kept slice positions form the validation block, the two positions below it are dropped as a gap,
-and the rest is training, the same positions for every volume of that subject.
+group, or the whole match, is the subject). Subjects are shuffled with ``--seed``; ``round(--val-fraction * n)``
+go to validation and ``round(--test-fraction * n)`` to test (``--test-fraction 0``: no test split, the public
+code's two-split layout); ``--val-subjects`` / ``--test-subjects`` or ``--split-file`` fix the split instead.
+With only one subject (the demo, a single patient) the slices are split in contiguous blocks of slice
+positions, low to high: training, validation, test, with two positions dropped as a gap between neighbours,
+the same positions for every volume of that subject. ``--test-only`` writes every slice to test/: an external
+test set (another brain) for models trained elsewhere; give it the training set's masks with ``--mask-dir``.
 
 Per volume: float64, min-max scaled to [0, 1] over the whole volume (a fastMRI reference too, so its values
 are about ``x / max``: a magnitude image's minimum is near 0), slice axis moved last -> (H, W, S), centre
 crop/pad (or ``--resize``) to N x N; slices outside ``--slice-range``, near-empty and all-zero slices dropped.
 
-Output: ``{out}/mask_{acc}.npy`` (N, N) float32, ``{out}/{train,validation}/acc_{acc}/{volume}.h5`` with
+Output: ``{out}/mask_{acc}.npy`` (N, N) float32, ``{out}/{train,validation,test}/acc_{acc}/{volume}.h5`` with
 ``volfs`` (H, W, S) float32, ``kspace_volus_{acc}`` (H, W, S) complex64 = mask * fft2(volfs) (unshifted,
 orthonormal) and ``img_volus_{acc}`` (H, W, S) float32 = |ifft2(kspace)|, and ``{out}/split.json`` (per
 subject: split, source files, output files, slice counts). Volume names are the file names, prefixed by the
@@ -131,12 +134,14 @@ class Options:
     preset: str | None = None
     size: int | None = None
     resize: bool = False
+    pad_to: int | None = None
     axis: int = 2
     accs: list[str] | tuple[str, ...] = DEFAULT_ACCS
     mask_dir: str | Path | None = None
     mask_kind: str | None = None
     center_fraction: float | list[float] | tuple[float, ...] = DEFAULT_CENTER_FRACTION
     val_fraction: float = 0.2
+    test_fraction: float = 0.2
     seed: int = 42
     min_foreground: float = 0.05
     max_slices_per_volume: int | None = None
@@ -147,6 +152,8 @@ class Options:
     acquisitions: list[str] | None = None
     subject_regex: str | None = None
     val_subjects: list[str] | None = None
+    test_subjects: list[str] | None = None
+    test_only: bool = False
     split_file: str | Path | None = None
     allow_label_like: bool = False
 
@@ -206,6 +213,9 @@ class Options:
                             "MRBrainS; fastMRI: 320)")
         if self.resize and self.size is None and self.preset is None:
             raise UserError("--resize needs --size N (the output slice size)")
+        if self.pad_to is not None and (not self.resize or self.pad_to < 1):
+            raise UserError(f"--pad-to {self.pad_to} sets the field of view that --resize scales down: pass it with "
+                            "--resize, as a positive number of source pixels (e.g. 233 for the MNI152 demo)")
         if not 0.0 <= self.min_foreground < 1.0:
             raise UserError(f"--min-foreground {self.min_foreground} must be in [0, 1), e.g. 0.05")
         if self.max_slices_per_volume is not None and self.max_slices_per_volume < 1:
@@ -225,11 +235,19 @@ class Options:
             raise UserError(f"--acc {' '.join(self.accs)} lists an acceleration twice; give each once")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"--val-fraction {self.val_fraction} must be between 0 and 1 (exclusive), e.g. 0.2")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise UserError(f"--test-fraction {self.test_fraction} must be in [0, 1), e.g. 0.2 (0: no test split, "
+                            "the original two-split layout)")
         check_seed(self.seed)
-        if self.val_subjects is not None and self.split_file is not None:
-            raise UserError("pass either --val-subjects or --split-file, not both")
-        if self.val_subjects is not None and not self.val_subjects:
-            raise UserError("--val-subjects needs at least one subject id")
+        for flag, value in (("--val-subjects", self.val_subjects), ("--test-subjects", self.test_subjects)):
+            if value is not None and self.split_file is not None:
+                raise UserError(f"pass either {flag} or --split-file, not both")
+            if value is not None and not value:
+                raise UserError(f"{flag} needs at least one subject id")
+            if value is not None and self.test_only:
+                raise UserError(f"--test-only puts every subject in test/; drop {flag}")
+        if self.test_only and self.split_file is not None:
+            raise UserError("--test-only puts every subject in test/; drop --split-file")
 
     def _center_fractions(self, accs: tuple[str, ...]) -> tuple[float, ...]:
         """One centre fraction per acceleration: one value for all, or one each (fastMRI: 0.08 at 4x, 0.04 at 8x)."""
@@ -252,6 +270,7 @@ class SliceRules:
     axis: int
     size: int
     resize: bool
+    pad_to: int | None
     min_foreground: float
     max_slices: int | None
     window: tuple[int, int] | None
@@ -262,7 +281,7 @@ class SliceRules:
         """``[(name, slices (N, N, S) float32, kept slice indices int64 (K,))]`` of one source."""
         frames = []
         for name, volume in read_volumes(source, self.allow_label_like):
-            slices = make_slices(volume, self.axis, self.size, self.resize)
+            slices = make_slices(volume, self.axis, self.size, self.resize, self.pad_to)
             window = window_slices(slices.shape[2], self.window)
             kept = kept_slices(slices, self.min_foreground, self.max_slices, window)
             self.dropped["outside --slice-range"] += slices.shape[2] - len(window)
@@ -283,8 +302,13 @@ class Staging:
         self.volumes: dict[str, list[str]] = {split: [] for split in SPLITS}
         for acc, mask in masks.items():
             save_mask(stage / f"mask_{acc}.npy", mask)
-            for split in SPLITS:
-                (stage / split / f"acc_{acc}").mkdir(parents=True)
+
+    def folder(self, split: str, acc: str) -> Path:
+        """``{stage}/{split}/acc_{acc}``, created on first use: a split that gets no volume gets no folder
+        (no test/ in the two-split layout, only test/ in a --test-only set)."""
+        folder = self.stage / split / f"acc_{acc}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def write(self, source: Source, name: str, slices: np.ndarray, split: str, indices: np.ndarray) -> None:
         """Write slices[:, :, indices] ((N, N, S) float32, indices int64 (K,)) as volume ``name`` of ``split``."""
@@ -297,7 +321,7 @@ class Staging:
         # h5py can crash the process on a full disk instead of raising: ask first (volfs, complex kspace, zf).
         check_free_space(self.stage, 4 * volfs.nbytes * len(self.masks))
         for acc, (kspace, zf) in undersample(volfs, self.masks).items():
-            write_volume(self.stage / split / f"acc_{acc}" / f"{name}.h5", volfs, kspace, zf, acc, attrs)
+            write_volume(self.folder(split, acc) / f"{name}.h5", volfs, kspace, zf, acc, attrs)
         self.volumes[split].append(name)
         self.record[source.group]["files"][split].append(f"{name}.h5")
         self.record[source.group]["slices"][split] += len(indices)
@@ -309,7 +333,7 @@ class Staging:
             for name, slices, kept in self.rules.frames(source):
                 self.write(source, name, slices, assigned[source.group], kept)
 
-    def by_blocks(self, sources: list[Source], val_fraction: float) -> None:
+    def by_blocks(self, sources: list[Source], val_fraction: float, test_fraction: float) -> None:
         """One subject: contiguous blocks of slice positions per split (see :func:`block_split`)."""
         # Every volume gets the same slice positions per split (an ED frame and the cine frame it repeats then
         # land together), so the subject's frames are read first.
@@ -317,25 +341,26 @@ class Staging:
         positions = np.unique(np.concatenate([kept for *_, kept in frames]))
         if len(positions):
             label = sources[0].label if len(sources) == 1 else f"subject {sources[0].group}"
-            blocks = block_split(positions, val_fraction, label)
+            blocks = block_split(positions, val_fraction, label, test_fraction)
             for source, name, slices, kept in frames:
-                for split in SPLITS:
+                for split in blocks:
                     self.write(source, name, slices, split, np.intersect1d(kept, blocks[split]))
         for source in sources:
             self.record[source.group]["sources"].append(source.label)
 
-    def counts(self) -> dict[str, int]:
-        """Slices written per split; an error when a split got none."""
+    def counts(self, expected: tuple[str, ...]) -> dict[str, int]:
+        """Slices written per split; an error when a split of ``expected`` got none."""
         counts = {split: sum(entry["slices"][split] for entry in self.record.values()) for split in SPLITS}
-        if counts["train"] + counts["validation"] == 0:
+        if sum(counts.values()) == 0:
             outside = self.rules.dropped["outside --slice-range"]
             because = f" ({outside} outside --slice-range)" if outside else ""
             raise UserError(f"every slice was skipped{because}; lower --min-foreground (now "
                             f"{self.rules.min_foreground}), e.g. 0.01 or 0, or widen --slice-range")
-        for split in SPLITS:
+        for split in expected:
             if counts[split] == 0:
                 raise UserError(f"the {split} split got no slices (its volumes were all near-empty); lower "
-                                "--min-foreground or change --seed / --val-fraction / the subjects per split")
+                                "--min-foreground or change --seed / --val-fraction / --test-fraction / the "
+                                "subjects per split")
         return counts
 
 
@@ -392,11 +417,23 @@ def _subjects_line(sources: list[Source]) -> str:
 
 
 def _split_how(options: Options) -> str:
-    if options.val_subjects is not None:
-        return "--val-subjects"
+    if options.test_only:
+        return "--test-only"
+    if options.val_subjects is not None or options.test_subjects is not None:
+        return " ".join(flag for flag, value in (("--val-subjects", options.val_subjects),
+                                                 ("--test-subjects", options.test_subjects)) if value)
     if options.split_file is not None:
         return f"--split-file {options.split_file}"
-    return f"seeded (--seed {options.seed}, --val-fraction {options.val_fraction})"
+    return (f"seeded (--seed {options.seed}, --val-fraction {options.val_fraction}, --test-fraction "
+            f"{options.test_fraction})")
+
+
+def _expected_splits(options: Options, assigned: dict[str, str] | None) -> tuple[str, ...]:
+    """The splits this run must fill: test alone for --test-only, test beside the two others when asked for."""
+    if options.test_only:
+        return ("test",)
+    with_test = ("test" in assigned.values()) if assigned is not None else options.test_fraction > 0
+    return SPLITS if with_test else ("train", "validation")
 
 
 def _fill_stage(stage: Path, options: Options, sources: list[Source], assigned: dict[str, str] | None,
@@ -407,8 +444,8 @@ def _fill_stage(stage: Path, options: Options, sources: list[Source], assigned: 
     if assigned is not None:
         staging.by_subject(sources, assigned)
     else:
-        staging.by_blocks(sources, options.val_fraction)
-    counts = staging.counts()
+        staging.by_blocks(sources, options.val_fraction, options.test_fraction)
+    counts = staging.counts(_expected_splits(options, assigned))
     leak_check = check_split(stage, options.accs, fix=(
         "the same image is filed under two subjects (a copy of a file, or a subject id the default rule "
         "cannot see): remove the copy, or group the files with --subject-regex or --split-file"),
@@ -416,14 +453,13 @@ def _fill_stage(stage: Path, options: Options, sources: list[Source], assigned: 
     subjects = {split: [s for s, entry in staging.record.items() if entry["slices"][split]] for split in SPLITS}
     split_by = "slice blocks" if assigned is None else "subjects"
     found_line = _subjects_line(sources)
+    per_split = {f"{split}_subjects": subjects[split] for split in SPLITS}
     write_json(stage / "split.json", {
-        "split_by": split_by, "how": _split_how(options), "subjects_found": found_line,
-        "train_subjects": subjects["train"], "validation_subjects": subjects["validation"],
+        "split_by": split_by, "how": _split_how(options), "subjects_found": found_line, **per_split,
         "subjects": staging.record})
-    return {"split": split_by, "subjects_found": found_line,
-            "train_subjects": subjects["train"], "validation_subjects": subjects["validation"],
-            "train_volumes": staging.volumes["train"], "validation_volumes": staging.volumes["validation"],
-            "train_slices": counts["train"], "validation_slices": counts["validation"],
+    return {"split": split_by, "subjects_found": found_line, **per_split,
+            **{f"{split}_volumes": staging.volumes[split] for split in SPLITS},
+            **{f"{split}_slices": counts[split] for split in SPLITS},
             "duplicates": leak_check["duplicates"], "skipped_slices": rules.dropped["near-empty"],
             "slices_outside_range": rules.dropped["outside --slice-range"]}
 
@@ -452,13 +488,15 @@ def _prepare(opts: Options, start: float) -> dict[str, Any]:
     check_output(opts.out, opts.overwrite)
     sources, skipped_files, skipped_acquisitions = _sources(opts)
     check_unique_names(sources)
-    assigned = assign_subjects([s.group for s in sources], opts.val_fraction, opts.seed, opts.val_subjects,
-                               opts.split_file)
+    groups = [s.group for s in sources]
+    assigned = (dict.fromkeys(groups, "test") if opts.test_only else
+                assign_subjects(groups, opts.val_fraction, opts.seed, opts.val_subjects, opts.split_file,
+                                opts.test_fraction, opts.test_subjects))
     size = opts.size
     if size is None:
         size = fft_friendly(max(extent for s in sources for i, extent in enumerate(s.shape[:3]) if i != opts.axis))
     masks = _masks(opts, size)
-    rules = SliceRules(opts.axis, size, opts.resize, opts.min_foreground, opts.max_slices_per_volume,
+    rules = SliceRules(opts.axis, size, opts.resize, opts.pad_to, opts.min_foreground, opts.max_slices_per_volume,
                        None if opts.slice_range is None else tuple(opts.slice_range), opts.allow_label_like)
     with staged_output(opts.out, opts.overwrite) as stage:
         written = _fill_stage(stage, opts, sources, assigned, masks, rules)
@@ -511,11 +549,22 @@ def _add_split_flags(parser: CliParser) -> None:
                         "caseN token, else the folder under --input; --fastmri: the patient_id attribute)")
     g.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of subjects (or, for a single subject, of slice positions) for validation")
+    g.add_argument("--test-fraction", type=float, default=0.2,
+                   help="share of subjects (single subject: of slice positions, the highest block) held out in "
+                        "test/, scored by evaluate.py and never used to choose a checkpoint; 0: no test split "
+                        "(the original two-split layout of the public code)")
     g.add_argument("--seed", type=seed_type, default=42, help="seed of the masks and of the subject split")
     g.add_argument("--val-subjects", nargs="+", default=None, metavar="ID",
-                   help="these subjects are the validation split, all others training (e.g. a paper's split)")
+                   help="these subjects are the validation split, all others training (e.g. a paper's split), "
+                        "or test with --test-subjects")
+    g.add_argument("--test-subjects", nargs="+", default=None, metavar="ID",
+                   help="these subjects are the test split (validation: --val-subjects, else drawn from the rest)")
+    g.add_argument("--test-only", action="store_true",
+                   help="every slice goes to test/: an external test set, e.g. another brain; pass the training "
+                        "data's masks with --mask-dir so both sets are undersampled alike")
     g.add_argument("--split-file", type=Path, default=None, metavar="JSON",
-                   help="reuse a split.json written by this tool, or {\"train\": [ids], \"validation\": [ids]}")
+                   help="reuse a split.json written by this tool, or {\"train\": [ids], \"validation\": [ids], "
+                        "\"test\": [ids]}")
 
 
 def _add_slice_flags(parser: CliParser) -> None:
@@ -525,6 +574,10 @@ def _add_slice_flags(parser: CliParser) -> None:
                         "the largest in-plane extent rounded up to a 2-3-5 FFT size, nothing cropped)")
     g.add_argument("--resize", action="store_true",
                    help="resample slices to --size (anti-aliased, aspect kept by padding) instead of crop/pad")
+    g.add_argument("--pad-to", type=int, default=None, metavar="N",
+                   help="with --resize: zero-pad (or crop) each slice to N x N source pixels before resizing "
+                        "(default: its largest in-plane extent); give another brain the training set's N (the "
+                        "MNI152 demo: 233) so both have the same millimetres per pixel")
     g.add_argument("--axis", type=int, choices=(0, 1, 2), default=2, help="slice axis of the volumes")
     g.add_argument("--slice-range", type=int, nargs=2, default=None, metavar=("START", "STOP"),
                    help="per volume, keep only slices range(S)[START:STOP] (Python's rules: 5 -5 drops five at "
@@ -539,7 +592,7 @@ def _add_slice_flags(parser: CliParser) -> None:
 def _add_output_flags(parser: CliParser) -> None:
     g = parser.add_argument_group("masks and output")
     old_spellings(g.add_argument("--out-dir", "--out", dest="out", required=True, type=Path,
-                                 help="output folder (train/, validation/, mask_*.npy, split.json); keep it "
+                                 help="output folder (train/, validation/, test/, mask_*.npy, split.json); keep it "
                                       "outside the source tree, e.g. datasets/acdc"), "--out")
     g.add_argument("--acc", dest="accs", nargs="+", type=acc_type, default=list(DEFAULT_ACCS), metavar="ACC",
                    help="accelerations, e.g. 4x 5x")
@@ -585,20 +638,23 @@ def _report(summary: dict[str, Any], preset: str | None) -> None:
               "subject token (patientNNN, sub-NN, ...), so each is taken as its own subject; if some belong to "
               "one subject, give --subject-regex, --val-subjects or --split-file", file=sys.stderr)
     if summary["split"] == "slice blocks":
-        print(f"only one subject: split by contiguous slice blocks with a {BLOCK_GAP}-slice gap, not by subject")
+        print(f"only one subject: split by contiguous slice blocks with {BLOCK_GAP}-slice gaps, not by subject")
     for split in SPLITS:
         subjects = summary[f"{split}_subjects"]
+        if not subjects:
+            continue
         print(f"{split} subjects ({len(subjects)}): {_shorten(subjects)}")
     duplicates = summary["duplicates"]
     if any(duplicates.values()):
         hint = "" if preset else " (ACDC: the _frameNN files repeat _4d cine frames; --preset acdc takes ED/ES only)"
-        print(f"warning: {duplicates['train']} training and {duplicates['validation']} validation slices are "
-              f"exact copies of other slices of their split{hint}", file=sys.stderr)
+        print(f"warning: {duplicates['train']} training, {duplicates['validation']} validation and "
+              f"{duplicates['test']} test slices are exact copies of other slices of their split{hint}",
+              file=sys.stderr)
     size = summary["size"]
     outside = f", {summary['slices_outside_range']} outside --slice-range" if summary["slices_outside_range"] else ""
-    print(f"train: {len(summary['train_volumes'])} volumes, {summary['train_slices']} slices; validation: "
-          f"{len(summary['validation_volumes'])} volumes, {summary['validation_slices']} slices "
-          f"(split by {summary['split']}; {summary['skipped_slices']} near-empty slices skipped{outside}; leak "
+    counts = "; ".join(f"{split}: {len(summary[f'{split}_volumes'])} volumes, {summary[f'{split}_slices']} slices"
+                       for split in SPLITS if summary[f"{split}_volumes"])
+    print(f"{counts} (split by {summary['split']}; {summary['skipped_slices']} near-empty slices skipped{outside}; leak "
           f"check passed); {size}x{size}, {summary['mask_kind']} masks, acc {' '.join(summary['accs'])} -> "
           f"{summary['out']} (split.json) in {summary['elapsed_s']:.1f} s")
 

@@ -22,13 +22,15 @@ def crop_or_pad(slices: np.ndarray, size: int) -> np.ndarray:
     return slices
 
 
-def resize_slices(slices: np.ndarray, size: int) -> np.ndarray:
-    """Zero-pad to square (keeps the aspect ratio), then anti-aliased bilinear resize to (size, size, S).
+def resize_slices(slices: np.ndarray, size: int, square: int | None = None) -> np.ndarray:
+    """Zero-pad (or crop) to a ``square`` x ``square`` field of view (default: the largest in-plane extent,
+    which keeps the aspect ratio), then anti-aliased bilinear resize to (size, size, S).
 
-    slices: (H, W, S) float64 in [0, 1]. Returns (size, size, S) float64 clipped to [0, 1].
+    slices: (H, W, S) float64 in [0, 1]. Returns (size, size, S) float64 clipped to [0, 1]. Two volumes of one
+    voxel size resized with the same ``square`` get the same millimetres per output pixel.
     """
     from skimage.transform import resize  # slow import, only --resize needs it
-    square = crop_or_pad(slices, max(slices.shape[:2]))
+    square = crop_or_pad(slices, square or max(slices.shape[:2]))
     resized = resize(square, (size, size, slices.shape[2]), order=1, anti_aliasing=True, preserve_range=True)
     return np.clip(resized, 0.0, 1.0)
 
@@ -43,15 +45,17 @@ def fft_friendly(n: int) -> int:
     return next_fast_len(n, real=True)
 
 
-def make_slices(volume: np.ndarray, axis: int, size: int, resize: bool = False) -> np.ndarray:
+def make_slices(volume: np.ndarray, axis: int, size: int, resize: bool = False,
+                pad_to: int | None = None) -> np.ndarray:
     """Volume (X, Y, Z) float -> (size, size, S) float32 slices in [0, 1], ``axis`` becoming the slice axis.
 
     Min-max scaling is per volume; a constant volume becomes all zeros (and all its slices are dropped).
+    ``pad_to``: the square field of view of :func:`resize_slices` (with ``resize``).
     """
     low, high = float(volume.min()), float(volume.max())
     scaled = (volume - low) / (high - low) if high > low else np.zeros_like(volume)
     slices = np.moveaxis(scaled, axis, -1)
-    slices = resize_slices(slices, size) if resize else crop_or_pad(slices, size)
+    slices = resize_slices(slices, size, pad_to) if resize else crop_or_pad(slices, size)
     return np.ascontiguousarray(slices, dtype=np.float32)
 
 

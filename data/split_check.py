@@ -1,16 +1,18 @@
-"""Leak check of a prepared data set: no subject, no source slice and no identical slice in both splits.
+"""Leak check of a prepared data set: no subject, no source slice and no identical slice in two splits.
 
 data/prepare.py records in every volume file it writes the attributes ``subject`` (str), ``source_file``
 (str), ``source_slices`` (S,) int64 and ``slice_hashes`` (S,) uint64 (:func:`slice_hashes` of ``volfs``).
 The check reads only these attributes, never the images, so it is cheap enough to run at every training
 start-up. Files written by other tools (the public KD-MRI data) carry none of them and are not checked.
 
-A subject may sit in both splits only when it is the data set's one subject: then data/prepare.py has split
+The splits are train, validation and (when the data set has one) test; every pair of them is checked. A
+subject may sit in several splits only when it is the data set's one subject: then data/prepare.py has split
 it by slice blocks, and the slice-position and hash checks are what guard the split.
 """
 from __future__ import annotations
 
 import hashlib
+from itertools import combinations
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -20,7 +22,8 @@ import numpy as np
 
 from utils import UserError, first_line
 
-SPLITS = ("train", "validation")
+# test/ is optional: data in the original two-split layout (the public code's) has none.
+SPLITS = ("train", "validation", "test")
 
 
 def slice_hashes(volfs: np.ndarray) -> np.ndarray:
@@ -51,7 +54,7 @@ def _records(folder: Path) -> list[dict]:
 
 def check_split(root: str | Path, accs: Iterable[str], fix: str = "re-run data/prepare.py into a fresh --out, "
                 "and never move files between train/ and validation/", label: str | None = None) -> dict:
-    """Raise :class:`UserError` if the splits of the data set at ``root`` share anything, over ``accs``.
+    """Raise :class:`UserError` if two splits of the data set at ``root`` share anything, over ``accs``.
 
     Checked across all accelerations at once (a slice trained at 4x must not be validated at 5x): subjects
     (unless there is only one), ``(source_file, source slice)`` pairs, and slice hashes. Messages name the
@@ -86,17 +89,20 @@ def check_split(root: str | Path, accs: Iterable[str], fix: str = "re-run data/p
         source = f" (from {record['source_file']})" if "source_file" in record else ""
         return f"{record['path'].relative_to(root)}{source}"
 
-    shared = sorted(subjects["train"].keys() & subjects["validation"].keys())
-    if shared and len(subjects["train"].keys() | subjects["validation"].keys()) > 1:
-        name = shared[0]
-        raise UserError(f"leak in {label}: subject {name} is in both splits ({len(shared)} subject(s) in all), "
-                        f"e.g. {where(subjects['train'][name])} and {where(subjects['validation'][name])}; {fix}")
-    for what, table, show in (("source slice", positions, lambda key: f"{key[0]} slice {key[1]}"),
-                              ("identical slice", hashes, lambda key: f"hash {key:016x}")):
-        common = table["train"].keys() & table["validation"].keys()
-        if common:
-            key = min(common)
-            raise UserError(f"leak in {label}: {len(common)} {what}(s) in both splits, e.g. {show(key)} in "
-                            f"{where(table['train'][key])} and {where(table['validation'][key])}; {fix}")
+    everywhere = set().union(*(subjects[split].keys() for split in SPLITS))
+    for first, second in combinations(SPLITS, 2):
+        shared = sorted(subjects[first].keys() & subjects[second].keys())
+        if shared and len(everywhere) > 1:
+            name = shared[0]
+            raise UserError(f"leak in {label}: subject {name} is in both {first} and {second} ({len(shared)} "
+                            f"subject(s) in all), e.g. {where(subjects[first][name])} and "
+                            f"{where(subjects[second][name])}; {fix}")
+        for what, table, show in (("source slice", positions, lambda key: f"{key[0]} slice {key[1]}"),
+                                  ("identical slice", hashes, lambda key: f"hash {key:016x}")):
+            common = table[first].keys() & table[second].keys()
+            if common:
+                key = min(common)
+                raise UserError(f"leak in {label}: {len(common)} {what}(s) in both {first} and {second}, e.g. "
+                                f"{show(key)} in {where(table[first][key])} and {where(table[second][key])}; {fix}")
     return {"subjects": {split: sorted(subjects[split]) for split in SPLITS},
             "duplicates": {split: sum(n - 1 for n in counts[split].values()) for split in SPLITS}}

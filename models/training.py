@@ -283,8 +283,9 @@ class Trainer:
     :meth:`resume_from`, :meth:`open_logs`, then per epoch :meth:`train_epoch`, :meth:`validate`,
     :meth:`end_epoch` (best checkpoint, logs, ``model.pt``), and :meth:`finish`."""
 
-    def __init__(self, args: argparse.Namespace, build_step, run_name: str, dist: Dist):
+    def __init__(self, args: argparse.Namespace, build_step, run_name: str, dist: Dist, roles: dict):
         self.args, self.build_step, self.run_name, self.dist = args, build_step, run_name, dist
+        self.roles = roles
         self.exp: Path = args.exp_dir
         self.epoch, self.start_batch, self.global_step, self.best_loss = 0, 0, 0, math.inf
         self.writer = None
@@ -395,7 +396,7 @@ class Trainer:
     def open_logs(self, resume: dict | None) -> None:
         """``config.json`` (fresh runs), the TensorBoard writer and the start-up line, on rank 0."""
         args, dist = self.args, self.dist
-        self.config = {**jsonable(args), "run_name": self.run_name, "git_commit": git_commit(),
+        self.config = {**jsonable(args), "run_name": self.run_name, "roles": self.roles, "git_commit": git_commit(),
                        "torch_version": str(torch.__version__), "device": str(dist.device),
                        "world_size": dist.world, "effective_batch_size": args.batch_size * dist.world,
                        "effective_lr": self.lr, "train_slices": len(self.train_set),
@@ -558,15 +559,16 @@ class Trainer:
               f"(best_model.pt, model.pt); TensorBoard: tensorboard --logdir {self.exp / 'summary'}")
 
 
-def train(args: argparse.Namespace, build_step, run_name: str) -> Path:
-    """Train ``build_step(args)`` (a :class:`TrainStep`) with the common flags in ``args``.
+def train(args: argparse.Namespace, build_step, run_name: str, roles: dict) -> Path:
+    """Train ``build_step(args)`` (a :class:`TrainStep`) with the common flags in ``args``; ``roles`` (what the
+    network is, see models/roles.py) goes into ``config.json`` and every checkpoint.
 
     Writes into ``args.exp_dir``: ``config.json``, ``model.pt`` (every epoch, and every
     ``--save-every-iters``), ``best_model.pt`` (best validation L1) and ``summary/`` (TensorBoard).
     Returns the experiment folder.
     """
     dist = Dist(args.device)
-    trainer = Trainer(args, build_step, run_name, dist)
+    trainer = Trainer(args, build_step, run_name, dist, roles)
     try:
         # Rank 0 writes every file, so it alone holds the folder's lock (ranks of one job must not refuse each other).
         with folder_lock(args.exp_dir, "--exp-dir") if dist.main else contextlib.nullcontext():

@@ -24,7 +24,7 @@ Any of these may end in ``-seed{N}`` (``sftkd-at-seed2``); other names are liste
 Writes ``OUT/table.md`` and ``OUT/table.csv``. Rows: ZF, Teacher, Student, SFT teacher, then per KD method
 (alphabetical) "Std-KD (method)" and "SFT-KD-Recon (method)"; missing roles are omitted. Columns per
 acceleration: PSNR and SSIM as mean ± std over slices (``ddof=0``) for one run, or, when a model has
-several seeds, mean ± std over seeds (``ddof=0``) of each seed's mean over slices (marked †). A second
+several seeds, mean ± std over seeds (``ddof=1``) of each seed's mean over slices (marked †). A second
 table gives, per KD method and acceleration, the two-sided Wilcoxon signed-rank p-value of PSNR between
 the SFT-KD-Recon and the Std-KD student, paired by (volume, slice) (with several seeds, each slice's PSNR
 is first averaged over seeds). ``table.csv`` has the same rows with plain numbers
@@ -54,13 +54,14 @@ from scipy.stats import ttest_rel, wilcoxon
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.masks import parse_acc  # noqa: E402
+from models.roles import BASE_MODELS, KD_ARMS, arm_label, arm_prefix  # noqa: E402
+from scripts import contrasts  # noqa: E402
 from utils import CliParser, UserError, atomic_write, csv_text, run_cli, write_text  # noqa: E402
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
 # vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
-BASE_ROLES = {"zf": "ZF", "teacher": "Teacher", "student": "Student", "sft": "SFT teacher",
-              "sft0": "SFT teacher, imitation 0"}
-KD_ROLES = {"stdkd": "Std-KD", "sftkd": "SFT-KD-Recon", "sft0kd": "SFT-KD-Recon, imitation 0"}
+BASE_ROLES = {"zf": "ZF", **{key: label for key, label in BASE_MODELS.values()}}
+KD_ROLES = {prefix: label for prefix, label in KD_ARMS.values()}
 _NAME = re.compile(r"^(?:(?P<base>zf|teacher|student|sft0|sft)|(?P<kd>stdkd|sftkd|sft0kd)-(?P<method>.+?))"
                    r"(?:-seed(?P<seed>\d+))?$")
 SEED_MARK = "†"
@@ -86,13 +87,30 @@ class Run:
     """One evaluated model: per-slice PSNR and SSIM keyed by (volume, slice), and where it came from."""
     source: Path
     values: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
+    test_set: str | None = None
+    key: tuple[str, str | None, int | None] | None = None
 
     def mean(self, metric: str) -> float:
         return float(np.mean(list(self.values[metric].values())))
 
 
+def role_key(roles: dict) -> tuple[str, str | None, int | None] | None:
+    """``(role, kd_method, seed)`` from the roles evaluate.py copied out of a checkpoint (models/roles.py); None
+    for roles this report has no row for."""
+    model, seed = roles.get("model"), roles.get("seed")
+    if model in BASE_MODELS:
+        return BASE_MODELS[model][0], None, seed
+    if model == "kd" and {"teacher", "init", "kd_method"} <= set(roles):
+        prefix = arm_prefix(roles["teacher"], roles["init"])
+        KD_ROLES.setdefault(prefix, arm_label(roles["teacher"], roles["init"]))
+        return prefix, roles["kd_method"], seed
+    return None
+
+
 def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
-    """Acceleration and per-model runs of one evaluate.py folder; bad folders are a :class:`UserError`."""
+    """Column (acceleration, and the test set when several are read: see :func:`collect`) and per-model runs of
+    one evaluate.py folder; bad folders are a :class:`UserError`. Each run's ``key`` is its (role, kd_method,
+    seed), from its recorded roles, else from its name."""
     summary_path, metrics_path = folder / "summary.json", folder / "metrics.csv"
     if not folder.is_dir():
         raise UserError(f"--eval-dirs {folder} does not exist; pass folders written by evaluate.py")
@@ -102,7 +120,8 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
                     if path == metrics_path and (folder / "metrics_fastmri.csv").is_file() else "")
             raise UserError(f"--eval-dirs {folder} has no {path.name}; is it an evaluate.py --out-dir?{hint}")
     try:
-        acc = json.loads(summary_path.read_text())["acc"]
+        summary = json.loads(summary_path.read_text())
+        acc = summary["acc"]
         parse_acc(acc)
     except (json.JSONDecodeError, KeyError, TypeError, UserError) as exc:
         raise UserError(f"{summary_path} has no valid \"acc\" entry ({exc}); rerun evaluate.py") from exc
@@ -114,37 +133,52 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
             raise UserError(f"{metrics_path} lacks the columns {', '.join(sorted(missing))}; rerun evaluate.py")
         try:
             for row in reader:
-                run = runs.setdefault(row["model"], Run(folder, {m: {} for m in TABLE_METRICS}))
+                run = runs.setdefault(row["model"], Run(folder, {m: {} for m in TABLE_METRICS},
+                                                        test_set=summary.get("test_set")))
                 key = (row["volume"], int(row["slice"]))
                 for metric in TABLE_METRICS:
                     run.values[metric][key] = float(row[metric])
         except (ValueError, TypeError) as exc:
             raise UserError(f"{metrics_path} line {reader.line_num}: not a number ({exc}); "
                             "rerun evaluate.py") from exc
+    roles = summary.get("roles") if isinstance(summary.get("roles"), dict) else {}
+    for name, run in runs.items():
+        recorded = roles.get(name)
+        run.key = role_key(recorded) if recorded else parse_model_name(name)
     return acc, runs
+
+
+def table_columns(table: dict) -> list[str]:
+    """The columns of a :func:`collect` table: ``"4x"`` or ``"4x colin27"``, by acceleration, then in the order
+    the folders were given."""
+    seen = dict.fromkeys(column for per_column in table.values() for column in per_column)
+    return sorted(seen, key=lambda column: parse_acc(column.partition(" ")[0]))
 
 
 def collect(folders: list[Path]) -> tuple[dict, list[str]]:
     """``{(role, method): {acc: {seed: Run}}}`` over all folders, and the names that fit no role.
 
-    ZF appears in every folder; the first one of each acceleration is kept. Any other model seen twice
-    with the same acceleration and seed is a :class:`UserError` naming both folders.
+    The columns are accelerations; when the folders scored more than one test set (summary.json's
+    ``test_set``, e.g. a held-out block and another brain), ``"{acc} {test_set}"``. ZF appears in every folder;
+    the first one of each column is kept. Any other model seen twice with the same column and seed is a
+    :class:`UserError` naming both folders.
     """
     table: dict[tuple[str, str | None], dict[str, dict[int | None, Run]]] = {}
     unknown: list[str] = []
-    for folder in folders:
-        acc, runs = read_eval_dir(folder)
+    read = [read_eval_dir(folder) for folder in folders]
+    several_sets = len({run.test_set for _, runs in read for run in runs.values()}) > 1
+    for folder, (acc, runs) in zip(folders, read):
         for name, run in runs.items():
-            parsed = parse_model_name(name)
-            if parsed is None:
+            if run.key is None:
                 unknown.append(f"{name} ({folder})")
                 continue
-            role, method, seed = parsed
-            seeds = table.setdefault((role, method), {}).setdefault(acc, {})
+            column = f"{acc} {run.test_set}" if several_sets else acc
+            role, method, seed = run.key
+            seeds = table.setdefault((role, method), {}).setdefault(column, {})
             if seed in seeds:
                 if role == "zf":
                     continue
-                raise UserError(f"model {name} at {acc} is in both {seeds[seed].source} and {folder}; "
+                raise UserError(f"model {name} at {column} is in both {seeds[seed].source} and {folder}; "
                                 "keep one, or rename one with a -seed{N} suffix (evaluate.py --names)")
             seeds[seed] = run
     return table, unknown
@@ -160,12 +194,13 @@ def row_order(table: dict) -> list[tuple[tuple[str, str | None], str]]:
 
 
 def central(seeds: dict[int | None, Run], metric: str) -> tuple[float, float, int]:
-    """(mean, std, number of seeds): over slices for one run, over per-seed means for several."""
+    """(mean, std, number of seeds): over slices for one run (population std), over per-seed means for several
+    (sample std, ``ddof=1``: the seeds are a sample of the runs one could have made)."""
     if len(seeds) == 1:
         values = list(next(iter(seeds.values())).values[metric].values())
-    else:
-        values = [run.mean(metric) for run in seeds.values()]
-    return float(np.mean(values)), float(np.std(values)), len(seeds)
+        return float(np.mean(values)), float(np.std(values)), 1
+    values = [run.mean(metric) for run in seeds.values()]
+    return float(np.mean(values)), float(np.std(values, ddof=1)), len(seeds)
 
 
 def paired_psnr(std_kd: dict[int | None, Run], sft_kd: dict[int | None, Run]) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +233,7 @@ def format_p(p: float) -> str:
 
 def build_report(table: dict) -> tuple[str, list[dict]]:
     """The Markdown text (table, Wilcoxon table, gap lines) and the CSV rows of a :func:`collect` table."""
-    accs = sorted({acc for per_acc in table.values() for acc in per_acc}, key=parse_acc)
+    accs = table_columns(table)
     rows = row_order(table)
     header = ["Method", *(f"{metric} {acc}" for acc in accs for metric in TABLE_METRICS)]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -222,7 +257,8 @@ def build_report(table: dict) -> tuple[str, list[dict]]:
         csv_rows.append(csv_row)
     md.append("")
     md.append("Cells: mean ± std over slices (population std)." + (
-        f" {SEED_MARK} several seeds: mean ± std over seeds of each seed's mean over slices." if any_seeds else ""))
+        f" {SEED_MARK} several seeds: mean ± sample std (ddof 1) over seeds of each seed's mean over slices."
+        if any_seeds else ""))
     md += wilcoxon_table(table, accs)
     md += comparison_table(table, accs)
     md += per_seed_table(table, accs)
@@ -387,7 +423,7 @@ def plot(table: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    accs = sorted({acc for per_acc in table.values() for acc in per_acc}, key=parse_acc)
+    accs = table_columns(table)
     rows = [(key, label) for key, label in row_order(table) if key[0] != "zf"]
     fig, axes = plt.subplots(len(accs), 2, figsize=(11, 1.2 + 0.45 * len(rows) * len(accs)), squeeze=False)
     for r, acc in enumerate(accs):
@@ -421,7 +457,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", required=True, type=Path, help="where table.md and table.csv go")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing table.md / table.csv")
     parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
-                        help="also draw PSNR and SSIM per model with error bars over seeds into this PNG")
+                        help="also draw PSNR and SSIM per model with error bars over seeds into this PNG (with "
+                             "--contrasts: the contrasts with their intervals)")
+    parser.add_argument("--contrasts", action="store_true",
+                        help="add the controlled contrasts of scripts/study.sh (B - C primary; C - A, C - E, B - A "
+                             "Holm-corrected) with 95 %% t-intervals over seeds (scripts/contrasts.py)")
     args = parser.parse_args(argv)
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} is a file; choose a folder")
@@ -436,10 +476,21 @@ def main(argv: list[str] | None = None) -> None:
     if not table:
         raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
     markdown, csv_rows = build_report(table)
+    found = []
+    if args.contrasts:
+        columns = table_columns(table)
+        found = contrasts.all_contrasts(table, columns)
+        if not found:
+            raise UserError("--contrasts: the folders hold none of the study's arms (stdkd-M, sftkd-M, "
+                            "stdkd-sftinit-M, stdkd-studentinit-M); run scripts/study.sh")
+        markdown += "".join(f"{line}\n" for line in contrasts.markdown(found))
     markdown += "".join(f"{line}\n" for line in fastmri_table(args.eval_dirs))
     write_text(md_path, markdown)
     write_text(csv_path, csv_text(csv_rows))
-    if args.plot is not None:
+    if args.plot is not None and found:
+        contrasts.plot(found, args.plot, lambda path, data: atomic_write(path, lambda f: f.write(data)))
+        print(f"wrote {args.plot}")
+    elif args.plot is not None:
         plot(table, args.plot)
         print(f"wrote {args.plot}")
     print(markdown)

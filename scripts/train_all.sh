@@ -7,7 +7,10 @@
 #   environment: RESULTS (default results/<data folder name>), KD_METHODS (default "at fitnet cc fsp sp"),
 #                TRAIN_FLAGS (extra flags for every training run, e.g. "--device cuda --num-workers 4"),
 #                SFT_IMITATION0=1 (also an SFT teacher with --imitation-weight 0, "sft0", and its students
-#                "sft0kd-<method>": the public code's imitation term is ~0, so users ask which one to use)
+#                "sft0kd-<method>": the public code's imitation term is ~0, so users ask which one to use),
+#                CONTROLS=1 (also the arms that separate SFT's teacher from SFT's initialisation: the standard
+#                teacher with SFT's blocks, "stdkd-sftinit-<method>", and with the standalone student's
+#                cascades, "stdkd-studentinit-<method>")
 # Each run's wall time is printed and appended to RESULTS/ACC/times.tsv (run, seconds, fresh|resumed|skipped).
 set -euo pipefail
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
@@ -57,5 +60,11 @@ for method in $KD_METHODS; do
         run "${sft}kd-$method" train_student_kd.py --kd-method "$method" \
             --teacher-checkpoint "$OUT/$sft/best_model.pt" --init-from-sft "$OUT/$sft/best_model.pt"
     done
+    if [ "${CONTROLS:-0}" = 1 ]; then
+        run "stdkd-sftinit-$method" train_student_kd.py --kd-method "$method" \
+            --teacher-checkpoint "$OUT/teacher/best_model.pt" --init-from-sft "$OUT/sft/best_model.pt"
+        run "stdkd-studentinit-$method" train_student_kd.py --kd-method "$method" \
+            --teacher-checkpoint "$OUT/teacher/best_model.pt" --init-student "$OUT/student/best_model.pt"
+    fi
 done
 echo "all runs for $ACC are in $OUT"

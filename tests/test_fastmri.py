@@ -90,7 +90,7 @@ def test_round_trip_to_the_layout(tmp_path: Path, coils, preset, reference, kind
     folder = tmp_path / "fastmri"
     references = {f"file{n}": write_fastmri(folder / f"file{n}.h5", n, coils, patient_id=f"p{n}") for n in range(4)}
     out = tmp_path / "out"
-    summary = prepare(out=out, fastmri=[folder], preset=preset, size=SIZE, accs=["4x", "8x"],
+    summary = prepare(test_fraction=0, out=out, fastmri=[folder], preset=preset, size=SIZE, accs=["4x", "8x"],
                       center_fraction=[0.08, 0.04], min_foreground=0.0)
 
     assert summary["mask_kind"] == kind and summary["fastmri_references"] == {reference: 4}
@@ -135,7 +135,7 @@ def test_split_by_patient_id_never_splits_a_patient(tmp_path: Path):
     splits_seen = set()
     for seed in range(3):
         out = tmp_path / f"out{seed}"
-        summary = prepare(out=out, fastmri=[folder], size=SIZE, accs=["4x"], seed=seed, val_fraction=0.4,
+        summary = prepare(test_fraction=0, out=out, fastmri=[folder], size=SIZE, accs=["4x"], seed=seed, val_fraction=0.4,
                           min_foreground=0.0)
         split_of = {name: stored["split"] for name, stored in read_outputs(out, "4x").items()}
         assert set(split_of) == set(patients)
@@ -153,7 +153,7 @@ def test_acquisition_filter_counts_what_it_leaves_out(tmp_path: Path, capsys):
     for n, acquisition in enumerate(("CORPD_FBK", "CORPDFS_FBK", "CORPD_FBK", "CORPDFS_FBK", "CORPDFS_FBK", None)):
         write_fastmri(folder / f"file{n}.h5", n, acquisition=acquisition, n_slices=2)
     out = tmp_path / "out"
-    summary = main(["--fastmri", str(folder), "--acquisition", "CORPD_FBK", "--size", str(SIZE), "--acc", "4x",
+    summary = main(["--test-fraction", "0", "--fastmri", str(folder), "--acquisition", "CORPD_FBK", "--size", str(SIZE), "--acc", "4x",
                     "--out-dir", str(out), "--min-foreground", "0"])
     assert summary["skipped_acquisitions"] == {"CORPDFS_FBK": 3, "(none)": 1}
     assert set(read_outputs(out, "4x")) == {"file0", "file2"}
@@ -161,7 +161,7 @@ def test_acquisition_filter_counts_what_it_leaves_out(tmp_path: Path, capsys):
     assert "skipped 4 fastMRI file(s) by --acquisition: 1 (none), 3 CORPDFS_FBK" in printed
     with pytest.raises(UserError, match=r"AXT2 keeps none of the 6 fastMRI files \(they hold: \(none\) \(1\), "
                        r"CORPDFS_FBK \(3\), CORPD_FBK \(2\)\); name one of those"):
-        prepare(out=tmp_path / "none", fastmri=[folder], acquisitions=["AXT2"], size=SIZE)
+        prepare(test_fraction=0, out=tmp_path / "none", fastmri=[folder], acquisitions=["AXT2"], size=SIZE)
     assert not (tmp_path / "none").exists()
 
 
@@ -171,7 +171,7 @@ def test_slice_range_is_per_volume_and_python_style(tmp_path: Path):
         write_fastmri(folder / f"file{n}.h5", n, patient_id=f"p{n}")
     for window, expected in (((1, -1), [1, 2, 3, 4]), ((2, 4), [2, 3]), ((-2, SLICES + 5), [4, 5])):
         out = tmp_path / f"out{window}"
-        summary = prepare(out=out, fastmri=[folder], size=SIZE, accs=["4x"], slice_range=window,
+        summary = prepare(test_fraction=0, out=out, fastmri=[folder], size=SIZE, accs=["4x"], slice_range=window,
                           min_foreground=0.0)
         assert summary["slices_outside_range"] == 3 * (SLICES - len(expected))
         for stored in read_outputs(out, "4x").values():
@@ -207,7 +207,7 @@ def test_output_says_what_this_is(tmp_path: Path, capsys):
     folder = tmp_path / "fastmri"
     for n in range(2):
         write_fastmri(folder / f"file{n}.h5", n, coils=2, acquisition="AXT2", patient_id=f"p{n}", n_slices=2)
-    main(["--fastmri", str(folder), "--preset", "fastmri-brain-mc", "--size", str(SIZE), "--acc", "4x",
+    main(["--test-fraction", "0", "--fastmri", str(folder), "--preset", "fastmri-brain-mc", "--size", str(SIZE), "--acc", "4x",
           "--out-dir", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert "fastMRI: reconstruction_rss of 2 file(s) taken as the fully sampled images" in printed
@@ -233,14 +233,14 @@ def test_option_errors(tmp_path: Path, kwargs: dict, message: str):
     write_fastmri(folder / "file1.h5", 1, patient_id="p1", n_slices=2)
     options = {"size": SIZE, **kwargs} if "inputs" in kwargs else {"fastmri": [folder], "size": SIZE, **kwargs}
     with pytest.raises(UserError, match=re.escape(message)):
-        prepare(out=tmp_path / "out", **options)
+        prepare(test_fraction=0, out=tmp_path / "out", **options)
     assert not (tmp_path / "out").exists()
 
 
 def test_fastmri_preset_needs_fastmri_files(tmp_path: Path):
     with pytest.raises(UserError, match="--preset fastmri-knee-sc is for --fastmri data; pass the files with "
                                         "--fastmri"):
-        prepare(out=tmp_path / "out", inputs=["x.nii"], preset="fastmri-knee-sc")
+        prepare(test_fraction=0, out=tmp_path / "out", inputs=["x.nii"], preset="fastmri-knee-sc")
 
 
 def test_long_subject_lists_are_cut_in_the_output():

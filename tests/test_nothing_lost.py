@@ -46,8 +46,8 @@ def scans(tmp_path: Path) -> Path:
 
 
 def prepare_args(scans: Path, out: Path, *extra: str) -> list[str]:
-    return ["--input", str(scans), "--out-dir", str(out), "--size", str(SIZE), "--acc", "4x", "--val-fraction",
-            "0.5", "--min-foreground", "0", *extra]
+    return ["--input", str(scans), "--out-dir", str(out), "--size", str(SIZE), "--acc", "4x", "--test-fraction", "0",
+            "--val-fraction", "0.5", "--min-foreground", "0", *extra]
 
 
 # --------------------------------------------------------------------------- data/prepare.py

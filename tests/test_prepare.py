@@ -60,7 +60,7 @@ def _source_slices(root: Path, split: str, acc: str = "4x") -> np.ndarray:
 
 def test_nifti_folder_to_original_layout(nifti_dir: Path, tmp_path: Path):
     out = tmp_path / "out"
-    summary = prepare(inputs=[nifti_dir], out=out, size=32, accs=["4x", "5x"])
+    summary = prepare(test_fraction=0, inputs=[nifti_dir], out=out, size=32, accs=["4x", "5x"])
 
     assert summary["split"] == "subjects" and summary["size"] == 32
     assert summary["per_file_subjects"] == ["vol0", "vol1", "vol2"]  # no token, no sub-folder: one per file
@@ -107,8 +107,8 @@ def test_split_is_seeded_and_keeps_folders_together(tmp_path: Path):
             write_nifti(tmp_path / "in" / f"p{patient}" / f"p{patient}_{frame}.nii.gz",
                         synthetic_volume(patient, size=16, n_slices=5))
     kwargs = dict(inputs=[tmp_path / "in"], size=16, accs=["4x"], val_fraction=0.25)
-    first = prepare(out=tmp_path / "a", **kwargs)
-    second = prepare(out=tmp_path / "b", **kwargs)
+    first = prepare(test_fraction=0, out=tmp_path / "a", **kwargs)
+    second = prepare(test_fraction=0, out=tmp_path / "b", **kwargs)
     assert first["validation_volumes"] == second["validation_volumes"]
     assert len(first["validation_volumes"]) == 2  # one patient folder of 4, both of its frames
     assert len({name.split("_")[0] for name in first["validation_volumes"]}) == 1
@@ -120,7 +120,7 @@ def test_single_4d_volume_split_by_slice_blocks(tmp_path: Path):
     cine = np.stack([synthetic_volume(t, size=20, n_slices=12) for t in range(3)], axis=-1)
     source = write_nifti(tmp_path / "patient_4d.nii.gz", cine)
     out = tmp_path / "out"
-    summary = prepare(inputs=[source], out=out, size=16, accs=["4x"], val_fraction=0.3)
+    summary = prepare(test_fraction=0, inputs=[source], out=out, size=16, accs=["4x"], val_fraction=0.3)
 
     assert summary["split"] == "slice blocks"
     names = {"patient_4d_t0", "patient_4d_t1", "patient_4d_t2"}
@@ -138,7 +138,7 @@ def test_resize_keeps_range_and_aspect(tmp_path: Path):
     # a 20 x 10 block, dimmer on every slice: after padding to 40 x 40 and resizing, 8 x 4 at 16 x 16
     volume[10:30, 5:15, :] = np.linspace(1.0, 0.6, 6)
     source = write_nifti(tmp_path / "rect.nii", volume)
-    prepare(inputs=[source], out=tmp_path / "out", size=16, resize=True, accs=["4x"], min_foreground=0.01,
+    prepare(test_fraction=0, inputs=[source], out=tmp_path / "out", size=16, resize=True, accs=["4x"], min_foreground=0.01,
             allow_label_like=True)  # 7 values: a test pattern, not a label map
     volfs = _read(tmp_path / "out" / "train" / "acc_4x" / "rect.h5", "4x")["volfs"]
     assert volfs.shape[:2] == (16, 16) and volfs.min() >= 0.0 and volfs.max() <= 1.0
@@ -149,7 +149,7 @@ def test_resize_keeps_range_and_aspect(tmp_path: Path):
 @pytest.mark.slow
 def test_demo_via_cli_splits_one_brain_by_blocks(tmp_path: Path):
     out = tmp_path / "demo"
-    result = run_cli("data/prepare.py", "--demo", "--size", "32", "--max-slices-per-volume", "20",
+    result = run_cli("data/prepare.py", "--test-fraction", "0", "--demo", "--size", "32", "--max-slices-per-volume", "20",
                      "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "validation: 1 volumes, 4 slices" in result.stdout and str(out) in result.stdout
@@ -169,19 +169,19 @@ def test_refuses_non_empty_out_and_overwrite_removes_only_own_files(nifti_dir: P
     (out / "mask_8x.npy").write_bytes(b"old")
     (out / "notes.txt").write_text("keep me")
 
-    result = run_cli("data/prepare.py", "--input", str(nifti_dir), "--out", str(out), "--size", "32")
+    result = run_cli("data/prepare.py", "--test-fraction", "0", "--input", str(nifti_dir), "--out", str(out), "--size", "32")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and str(out) in result.stderr
     assert "--overwrite" in result.stderr and (out / "mask_8x.npy").read_bytes() == b"old"
 
     with pytest.raises(UserError, match="not empty"):
-        prepare(inputs=[nifti_dir], out=out, size=32)
+        prepare(test_fraction=0, inputs=[nifti_dir], out=out, size=32)
     # A file it did not write inside train/ would be read as part of the data set: refused, nothing touched.
     with pytest.raises(UserError, match=r"did not write \(train/acc_8x/stale.h5\)"):
-        prepare(inputs=[nifti_dir], out=out, size=32, accs=["4x"], overwrite=True)
+        prepare(test_fraction=0, inputs=[nifti_dir], out=out, size=32, accs=["4x"], overwrite=True)
     assert (out / "train" / "acc_8x" / "stale.h5").read_bytes() == b"old"
     (out / "train" / "acc_8x" / "stale.h5").unlink()
-    prepare(inputs=[nifti_dir], out=out, size=32, accs=["4x"], overwrite=True)
+    prepare(test_fraction=0, inputs=[nifti_dir], out=out, size=32, accs=["4x"], overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mask_4x.npy", "mask_8x.npy", "notes.txt",
                                                       "split.json", "train", "validation"]
     assert (out / "notes.txt").read_text() == "keep me" and (out / "mask_8x.npy").read_bytes() == b"old"
@@ -193,7 +193,7 @@ def test_failed_run_leaves_no_partial_output(nifti_dir: Path, tmp_path: Path):
     write_nifti(nifti_dir / "zz_bad.nii.gz", bad)
     out = tmp_path / "out"
     with pytest.raises(UserError, match="zz_bad.nii.gz contains NaN"):
-        prepare(inputs=[nifti_dir], out=out, size=32)
+        prepare(test_fraction=0, inputs=[nifti_dir], out=out, size=32)
     assert not out.exists()
 
 
@@ -209,7 +209,7 @@ def _cli_error(argv: list[str], capsys) -> str:
 def test_cli_errors_are_one_line(nifti_dir: Path, tmp_path: Path, capsys):
     out = str(tmp_path / "out")
     missing = tmp_path / "missing"
-    result = run_cli("data/prepare.py", "--input", str(missing), "--out", out)
+    result = run_cli("data/prepare.py", "--test-fraction", "0", "--input", str(missing), "--out", out)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr == f"error: --input {missing} does not exist; check the path\n"
 
@@ -245,7 +245,7 @@ def test_option_errors(nifti_dir: Path, tmp_path: Path, kwargs: dict, message: s
     if "demo" not in kwargs and kwargs:
         kwargs = {"inputs": [nifti_dir], **kwargs}
     with pytest.raises(UserError, match=re.escape(message)):
-        prepare(out=tmp_path / "out", **kwargs)
+        prepare(test_fraction=0, out=tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
 
 
@@ -253,14 +253,14 @@ def test_input_errors(tmp_path: Path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match="no .nii or .nii.gz files"):
-        prepare(inputs=[empty], out=tmp_path / "out")
+        prepare(test_fraction=0, inputs=[empty], out=tmp_path / "out")
     flat = write_nifti(tmp_path / "flat.nii", np.ones((8, 8)))
     with pytest.raises(UserError, match="flat.nii has 2 dimension"):
-        prepare(inputs=[flat], out=tmp_path / "out")
+        prepare(test_fraction=0, inputs=[flat], out=tmp_path / "out")
     wrong_mask = tmp_path / "masks"
     wrong_mask.mkdir()
     with pytest.raises(UserError, match="has no mask_4x.npy"):
-        prepare(inputs=[write_nifti(tmp_path / "v.nii", synthetic_volume(0))], out=tmp_path / "out",
+        prepare(test_fraction=0, inputs=[write_nifti(tmp_path / "v.nii", synthetic_volume(0))], out=tmp_path / "out",
                 accs=["4x"], mask_dir=wrong_mask)
 
 
@@ -269,7 +269,7 @@ def test_mask_dir_masks_are_used(nifti_dir: Path, tmp_path: Path):
     mask[[0, 1, 5, 31]] = 1.0
     (tmp_path / "masks").mkdir()
     np.save(tmp_path / "masks" / "mask_4x.npy", mask)
-    prepare(inputs=[nifti_dir], out=tmp_path / "out", size=32, accs=["4x"], mask_dir=tmp_path / "masks")
+    prepare(test_fraction=0, inputs=[nifti_dir], out=tmp_path / "out", size=32, accs=["4x"], mask_dir=tmp_path / "masks")
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "mask_4x.npy"), mask)
     kspace = _read(next((tmp_path / "out" / "train" / "acc_4x").glob("*.h5")), "4x")["kspace"]
     assert np.all(kspace[[2, 3, 4]] == 0) and np.any(kspace[5] != 0)

@@ -128,7 +128,7 @@ def scaled(volume: np.ndarray) -> np.ndarray:
 def test_acdc_preset_takes_ed_es_only_and_splits_by_patient(acdc: Path, tmp_path: Path):
     out = tmp_path / "acdc"
     # 32 x 32 volumes padded to the preset's 150 x 150 cover only ~3 % of it: keep every slice with signal.
-    summary = prepare(preset="acdc", inputs=[acdc], out=out, accs=["4x"], min_foreground=0.0)
+    summary = prepare(test_fraction=0, preset="acdc", inputs=[acdc], out=out, accs=["4x"], min_foreground=0.0)
     assert summary["size"] == 150 and summary["split"] == "subjects"
     patients = [f"patient{p:03d}" for p in PATIENTS]
     assert sorted(summary["train_subjects"] + summary["validation_subjects"]) == patients
@@ -137,7 +137,7 @@ def test_acdc_preset_takes_ed_es_only_and_splits_by_patient(acdc: Path, tmp_path
     names = set(data["train"]) | set(data["validation"])
     assert names == {f"{pid}_frame{f:02d}" for pid in patients for f in (ED, ES)}  # no _4d, no _gt
     assert summary["train_slices"] + summary["validation_slices"] == len(patients) * 2 * SLICES
-    assert summary["duplicates"] == {"train": 0, "validation": 0}
+    assert summary["duplicates"] == {"train": 0, "validation": 0, "test": 0}
     split_json = assert_no_leak(out)
     assert split_json["subjects"]["patient003"]["sources"] == [
         str(acdc / "patient003" / f"patient003_frame{f:02d}.nii.gz") for f in (ED, ES)]
@@ -154,11 +154,11 @@ def test_acdc_preset_takes_ed_es_only_and_splits_by_patient(acdc: Path, tmp_path
 
 
 def test_readme_default_on_acdc_warns_that_frames_repeat_the_cine(acdc: Path, tmp_path: Path, capsys):
-    summary = main(["--input", str(acdc), "--out", str(tmp_path / "all"), "--size", str(SIZE), "--acc", "4x"])
+    summary = main(["--test-fraction", "0", "--input", str(acdc), "--out", str(tmp_path / "all"), "--size", str(SIZE), "--acc", "4x"])
     err = capsys.readouterr().err
     # Every cine frame and the ED/ES files: each ED/ES slice repeats a cine slice of its own split.
     n_val = len(summary["validation_subjects"])
-    assert summary["duplicates"] == {"train": (6 - n_val) * 2 * SLICES, "validation": n_val * 2 * SLICES}
+    assert summary["duplicates"] == {"train": (6 - n_val) * 2 * SLICES, "validation": n_val * 2 * SLICES, "test": 0}
     assert "exact copies" in err and "--preset acdc" in err
     assert summary["train_slices"] + summary["validation_slices"] == 6 * (FRAMES + 2) * SLICES
     assert_no_leak(tmp_path / "all")
@@ -166,7 +166,7 @@ def test_readme_default_on_acdc_warns_that_frames_repeat_the_cine(acdc: Path, tm
 
 def test_single_patient_folder_is_split_by_slice_blocks(acdc: Path, tmp_path: Path, capsys):
     out = tmp_path / "one"
-    summary = main(["--input", str(acdc / "patient002"), "--out", str(out), "--size", str(SIZE), "--acc", "4x"])
+    summary = main(["--test-fraction", "0", "--input", str(acdc / "patient002"), "--out", str(out), "--size", str(SIZE), "--acc", "4x"])
     assert "only one subject" in capsys.readouterr().out
     assert summary["split"] == "slice blocks"
     assert summary["train_subjects"] == summary["validation_subjects"] == ["patient002"]
@@ -212,12 +212,12 @@ def _linked_folders(tree: Path, dest: Path) -> Path:
 
 def test_flat_and_symlinked_copies_split_like_the_original(acdc: Path, tmp_path: Path):
     kwargs = dict(size=SIZE, accs=["4x"], seed=7)
-    original = prepare(inputs=[acdc], out=tmp_path / "original", **kwargs)
+    original = prepare(test_fraction=0, inputs=[acdc], out=tmp_path / "original", **kwargs)
     expected = {split: original[f"{split}_volumes"] for split in ("train", "validation")}
     for make in (_flat_copy, _annex_copy, _linked_folders):
         copy = make(acdc, tmp_path / make.__name__ / "in")
         out = tmp_path / make.__name__ / "out"
-        summary = prepare(inputs=[copy], out=out, **kwargs)
+        summary = prepare(test_fraction=0, inputs=[copy], out=out, **kwargs)
         assert {split: summary[f"{split}_volumes"] for split in expected} == expected, make.__name__
         assert summary["subjects_found"].startswith("6 subject(s): 6 by the subject token")
         assert_no_leak(out)
@@ -228,7 +228,7 @@ def test_flat_and_symlinked_copies_split_like_the_original(acdc: Path, tmp_path:
 def test_label_maps_are_refused_even_when_named(acdc: Path, tmp_path: Path, capsys):
     named = sorted(str(p) for p in acdc.glob("patient00[12]/*_frame*.nii.gz"))  # the shell glob: _gt included
     assert sum("_gt" in p for p in named) == 4
-    summary = main(["--input", *named, "--out", str(tmp_path / "named"), "--size", str(SIZE), "--acc", "4x"])
+    summary = main(["--test-fraction", "0", "--input", *named, "--out", str(tmp_path / "named"), "--size", str(SIZE), "--acc", "4x"])
     assert "skipped 4 file(s) by --include / --exclude" in capsys.readouterr().out
     assert sorted(summary["train_volumes"] + summary["validation_volumes"]) == [
         "patient001_frame01", "patient001_frame04", "patient002_frame01", "patient002_frame04"]
@@ -238,20 +238,20 @@ def test_label_maps_are_refused_even_when_named(acdc: Path, tmp_path: Path, caps
     write_nifti(disguised, labels_of(scan(9), 4))
     with pytest.raises(UserError, match=r"patient009_anatomy.nii.gz looks like a label map.*4 distinct value\(s\) "
                                         r"\(0, 1, 2, 3\).*--allow-label-like"):
-        prepare(inputs=[disguised, acdc / "patient001" / "patient001_frame01.nii.gz"], out=tmp_path / "x",
+        prepare(test_fraction=0, inputs=[disguised, acdc / "patient001" / "patient001_frame01.nii.gz"], out=tmp_path / "x",
                 size=SIZE, accs=["4x"])
     assert not (tmp_path / "x").exists()
 
 
 def test_mrbrains_folder_without_and_with_preset(tmp_path: Path):
     training = mrbrains_tree(tmp_path / "MRBrainS")
-    plain = prepare(inputs=[training], out=tmp_path / "plain", size=SIZE, accs=["4x"])
+    plain = prepare(test_fraction=0, inputs=[training], out=tmp_path / "plain", size=SIZE, accs=["4x"])
     names = plain["train_volumes"] + plain["validation_volumes"]
     assert sorted(names) == sorted(f"{n}_{seq}" for n in SUBJECTS_MRB for seq in ("T1", "T1_IR", "T2_FLAIR"))
     assert len(plain["skipped_files"]) == 10 and all("Labels" in Path(p).name for p in plain["skipped_files"])
 
     out = tmp_path / "mrbrains"
-    summary = prepare(preset="mrbrains", inputs=[training], out=out, accs=["4x"], min_foreground=0.0)
+    summary = prepare(test_fraction=0, preset="mrbrains", inputs=[training], out=out, accs=["4x"], min_foreground=0.0)
     assert summary["size"] == 240 and summary["subjects_found"].startswith("5 subject(s): 5 by the folder under")
     assert sorted(summary["train_volumes"] + summary["validation_volumes"]) == [f"{n}_T1" for n in SUBJECTS_MRB]
     assert len(summary["train_subjects"]) == 4 and len(summary["validation_subjects"]) == 1
@@ -259,11 +259,11 @@ def test_mrbrains_folder_without_and_with_preset(tmp_path: Path):
     assert read_out(out)["validation"][f"{validation}_T1"].shape == (240, 240, 4)
     assert_no_leak(out)
     # A flag overrides the preset; --subject-regex names other layouts' subjects.
-    again = prepare(preset="mrbrains", inputs=[training.parent], out=tmp_path / "regex", size=SIZE, accs=["4x"],
+    again = prepare(test_fraction=0, preset="mrbrains", inputs=[training.parent], out=tmp_path / "regex", size=SIZE, accs=["4x"],
                     subject_regex=r"TrainingData/(\d+)/")
     assert again["size"] == SIZE and again["validation_subjects"] == [validation]
     with pytest.raises(UserError, match=r"none of its 25 NIfTI files passes --include \*_frame"):
-        prepare(preset="acdc", inputs=[training], out=tmp_path / "wrong")
+        prepare(test_fraction=0, preset="acdc", inputs=[training], out=tmp_path / "wrong")
 
 
 def test_a_volume_name_clash_is_an_error_not_an_overwrite(tmp_path: Path):
@@ -271,31 +271,31 @@ def test_a_volume_name_clash_is_an_error_not_an_overwrite(tmp_path: Path):
     write_nifti(folder / "scan.nii.gz", np.stack([scan(1), scan(2)], axis=-1))  # frames scan_t0, scan_t1
     write_nifti(folder / "scan_t0.nii", scan(3))
     with pytest.raises(UserError, match=r"scan.nii.gz and .*scan_t0.nii would both be written as volume scan_t0"):
-        prepare(inputs=[folder], out=tmp_path / "out", size=SIZE, accs=["4x"])
+        prepare(test_fraction=0, inputs=[folder], out=tmp_path / "out", size=SIZE, accs=["4x"])
     assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- explicit splits
 
 def test_val_subjects_and_split_file_fix_the_split(acdc: Path, tmp_path: Path, capsys):
-    first = prepare(preset="acdc", inputs=[acdc], out=tmp_path / "a", size=SIZE, accs=["4x"],
+    first = prepare(test_fraction=0, preset="acdc", inputs=[acdc], out=tmp_path / "a", size=SIZE, accs=["4x"],
                     val_subjects=["patient002", "patient005"])
     assert first["validation_subjects"] == ["patient002", "patient005"]
-    again = prepare(preset="acdc", inputs=[acdc], out=tmp_path / "b", size=SIZE, accs=["4x"], seed=1,
+    again = prepare(test_fraction=0, preset="acdc", inputs=[acdc], out=tmp_path / "b", size=SIZE, accs=["4x"], seed=1,
                     split_file=tmp_path / "a" / "split.json")
     assert {k: again[k] for k in ("train_volumes", "validation_volumes")} == \
         {k: first[k] for k in ("train_volumes", "validation_volumes")}
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({"train": [f"patient{p:03d}" for p in (1, 2, 3, 4)],
                                  "validation": ["patient005", "patient006", "patient099"]}))
-    third = prepare(preset="acdc", inputs=[acdc], out=tmp_path / "c", size=SIZE, accs=["4x"], split_file=plain)
+    third = prepare(test_fraction=0, preset="acdc", inputs=[acdc], out=tmp_path / "c", size=SIZE, accs=["4x"], split_file=plain)
     assert third["validation_subjects"] == ["patient005", "patient006"]
     assert "lists 1 subject(s) not in --input (e.g. patient099)" in capsys.readouterr().err
     with pytest.raises(UserError, match="--val-subjects patient042 is not among the 6 subjects found"):
-        prepare(inputs=[acdc], out=tmp_path / "d", val_subjects=["patient042"])
+        prepare(test_fraction=0, inputs=[acdc], out=tmp_path / "d", val_subjects=["patient042"])
     plain.write_text(json.dumps({"train": ["patient001"], "validation": ["patient002"]}))
     with pytest.raises(UserError, match="does not list subject patient003"):
-        prepare(inputs=[acdc], out=tmp_path / "d", split_file=plain)
+        prepare(test_fraction=0, inputs=[acdc], out=tmp_path / "d", split_file=plain)
 
 
 # --------------------------------------------------------------------------- leftovers and errors
@@ -312,7 +312,7 @@ def test_staging_folders_of_killed_runs_are_cleaned(tmp_path: Path):
     for stale in (f"{STAGE_PREFIX}{_dead_pid()}-abc123", f"{STAGE_PREFIX}x7q2_9k"):  # today's and older names
         (out / stale / "train" / "acc_4x").mkdir(parents=True)
         (out / stale / "train" / "acc_4x" / "half.h5").write_bytes(b"partial")
-    prepare(inputs=[source], out=out, size=SIZE, accs=["4x"])
+    prepare(test_fraction=0, inputs=[source], out=out, size=SIZE, accs=["4x"])
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mask_4x.npy", "split.json", "train",
                                                       "validation"]
 
@@ -324,7 +324,7 @@ def test_a_sigkilled_run_does_not_block_the_rerun(tmp_path: Path):
         write_nifti(tmp_path / "in" / f"patient{n:03d}" / "t1.nii.gz", scan(n, 96, 48))
     out = tmp_path / "out"
     argv = ["--input", str(tmp_path / "in"), "--out", str(out), "--acc", "4x", "5x"]
-    process = subprocess.Popen([sys.executable, "data/prepare.py", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([sys.executable, "data/prepare.py", "--test-fraction", "0", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 60
@@ -335,7 +335,7 @@ def test_a_sigkilled_run_does_not_block_the_rerun(tmp_path: Path):
     finally:
         process.wait()
     assert list(out.glob(f"{STAGE_PREFIX}*"))
-    summary = main(argv)
+    summary = main(["--test-fraction", "0", *argv])
     assert summary["train_slices"] + summary["validation_slices"] == 12 * 48
     assert not list(out.glob(f"{STAGE_PREFIX}*"))
 
@@ -378,7 +378,7 @@ def test_min_foreground_zero_still_drops_all_zero_slices(tmp_path: Path):
     volume = scan(4).astype(np.float64)
     volume[:, :, [0, 5]] = volume.min()  # blank slices: zero after min-max scaling
     source = write_nifti(tmp_path / "patient004" / "patient004.nii.gz", volume)
-    summary = prepare(inputs=[source], out=tmp_path / "out", size=SIZE, accs=["4x"], min_foreground=0.0,
+    summary = prepare(test_fraction=0, inputs=[source], out=tmp_path / "out", size=SIZE, accs=["4x"], min_foreground=0.0,
                       val_fraction=0.25)
     assert summary["skipped_slices"] == 2
     written = [v for split in read_out(tmp_path / "out").values() for v in split.values()]
@@ -387,10 +387,10 @@ def test_min_foreground_zero_still_drops_all_zero_slices(tmp_path: Path):
 
 def test_training_start_up_refuses_a_data_root_with_a_leak(acdc: Path, tmp_path: Path):
     out = tmp_path / "data"
-    prepare(preset="acdc", inputs=[acdc], out=out, size=SIZE, accs=["4x"])
+    prepare(test_fraction=0, preset="acdc", inputs=[acdc], out=out, size=SIZE, accs=["4x"])
     moved = next((out / "validation" / "acc_4x").glob("*.h5"))
     shutil.copy(moved, out / "train" / "acc_4x" / moved.name)  # a hand-made mix-up
-    with pytest.raises(UserError, match=f"leak in {out}: subject {moved.stem.split('_')[0]} is in both splits"):
+    with pytest.raises(UserError, match=f"leak in {out}: subject {moved.stem.split('_')[0]} is in both train and validation"):
         train_teacher.main(["--data-root", str(out), "--exp-dir", str(tmp_path / "run"), "--epochs", "1"])
 
 

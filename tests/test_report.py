@@ -88,9 +88,10 @@ def test_report_table_numbers_pvalues_and_gaps(eval_dirs, tmp_path):
     # Two seeds at 4x: mean ± std over the per-seed means, marked and footnoted.
     sft_row = next(line for line in lines if line.startswith("| SFT-KD-Recon (at) |"))
     seed_means = [np.mean(models["4x"][f"sftkd-at-seed{s}"][0]) for s in (1, 2)]
-    assert f"{cell(np.array(seed_means), 2)} †" in sft_row
+    seeds_cell = f"{np.mean(seed_means):.2f} ± {np.std(seed_means, ddof=1):.2f} †"  # sample std over seeds
+    assert seeds_cell in sft_row
     assert cell(models["5x"]["sftkd-at"][0], 2) in sft_row
-    assert "mean ± std over seeds" in md
+    assert "mean ± sample std (ddof 1) over seeds" in md
 
     # Wilcoxon: per-slice PSNR averaged over seeds, paired by slice.
     std_4x = (models["4x"]["stdkd-at-seed1"][0] + models["4x"]["stdkd-at-seed2"][0]) / 2

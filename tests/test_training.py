@@ -249,7 +249,7 @@ def test_a_detached_loss_is_an_error_not_a_step_that_trains_nothing(tmp_path, ru
     from models.training import common_parser, train
     args = common_parser("t").parse_args(common(runs["data"], tmp_path / "exp"))
     with pytest.raises(RuntimeError, match="runs_own_backward"):
-        train(args, lambda a: _Detached(DCCNN(STUDENT)), run_name="detached")
+        train(args, lambda a: _Detached(DCCNN(STUDENT)), run_name="detached", roles={"model": "student"})
     assert not (tmp_path / "exp" / "model.pt").exists()
 
 

@@ -1,0 +1,67 @@
+"""What a trained network is, recorded from its real inputs: the role vocabulary of config.json / checkpoints,
+the run names derived from it, and the table rows scripts/report.py builds from it.
+
+A run's ``roles`` (``config["roles"]`` in ``config.json`` and in every checkpoint it writes):
+
+- ``train_teacher.py``: ``{"model": "teacher"}`` or ``{"model": "student"}``;
+- ``train_sft.py``: ``{"model": "sft"}``, or ``{"model": "sft-imitation0"}`` with ``--imitation-weight 0``;
+- ``train_student_kd.py``: ``{"model": "kd", "teacher": T, "init": I, "kd_method": M}`` with T what
+  ``--teacher-checkpoint`` holds (``standard``: a teacher trained alone; ``sft``; ``sft-imitation0``; or
+  ``other``: any other network) and I where the student's cascades S2..S5 came from (``scratch``;
+  ``sft-blocks``: ``--init-from-sft``; ``student``: ``--init-student``, a student trained alone).
+
+The two arms of the paper are Std-KD (standard, scratch) and SFT-KD-Recon (sft, sft-blocks); the controls
+that separate the teacher from the initialisation cross them (standard teacher with SFT blocks or with a
+pre-trained student). Pure Python: scripts/report.py reads roles without torch.
+"""
+from __future__ import annotations
+
+TEACHER_KINDS = ("standard", "sft", "sft-imitation0", "other")
+INIT_KINDS = ("scratch", "sft-blocks", "student")
+
+# (teacher, init) -> (run-name prefix, table label) of the KD arms with names of their own.
+KD_ARMS = {
+    ("standard", "scratch"): ("stdkd", "Std-KD"),
+    ("sft", "sft-blocks"): ("sftkd", "SFT-KD-Recon"),
+    ("sft-imitation0", "sft-blocks"): ("sft0kd", "SFT-KD-Recon, imitation 0"),
+    ("standard", "sft-blocks"): ("stdkd-sftinit", "Std teacher + SFT blocks"),
+    ("standard", "student"): ("stdkd-studentinit", "Std teacher + student init"),
+}
+# Base models: role -> (report key, table label).
+BASE_MODELS = {"teacher": ("teacher", "Teacher"), "student": ("student", "Student"),
+               "sft": ("sft", "SFT teacher"), "sft-imitation0": ("sft0", "SFT teacher, imitation 0")}
+
+
+def teacher_kind(roles: dict | None, is_sft_network: bool, imitation_weight: float | None) -> str:
+    """The ``teacher`` role of a KD run from what its teacher checkpoint records: its own ``roles`` when it
+    has them, else (runs of older versions, imported public checkpoints) its network and SFT weights."""
+    model = (roles or {}).get("model")
+    if model == "teacher":
+        return "standard"
+    if model in ("sft", "sft-imitation0"):
+        return model
+    if model is not None:
+        return "other"
+    if is_sft_network:
+        return "sft-imitation0" if imitation_weight == 0 else "sft"
+    return "standard"
+
+
+def sft_kind(imitation_weight: float) -> str:
+    """The ``model`` role of an SFT run."""
+    return "sft-imitation0" if imitation_weight == 0 else "sft"
+
+
+def arm_prefix(teacher: str, init: str) -> str:
+    """Run-name prefix of a KD arm: ``stdkd``, ``sftkd``, ... or ``kd-{teacher}-{init}`` for other pairs."""
+    return KD_ARMS.get((teacher, init), (f"kd-{teacher}-{init}", None))[0]
+
+
+def arm_label(teacher: str, init: str) -> str:
+    """Table label of a KD arm, e.g. ``Std teacher + SFT blocks``."""
+    return KD_ARMS.get((teacher, init), (None, f"KD ({teacher} teacher, {init} init)"))[1]
+
+
+def kd_run_name(roles: dict) -> str:
+    """``{arm prefix}-{kd method}``, e.g. ``stdkd-sftinit-at``: a cross arm is never named like the paper's."""
+    return f"{arm_prefix(roles['teacher'], roles['init'])}-{roles['kd_method']}"

@@ -1,0 +1,210 @@
+"""The controlled contrasts of scripts/study.sh: which part of SFT-KD-Recon's gain is its teacher, which its
+initialisation, with statistics a reviewer accepts.
+
+Arms (models/roles.py), per KD method M: A Std-KD (standard teacher, scratch), B SFT-KD-Recon (SFT teacher,
+SFT blocks), C standard teacher + SFT blocks, E standard teacher + the standalone student's cascades.
+
+- **Primary** B - C: the teacher's effect with the initialisation held fixed.
+- Secondary C - A (SFT blocks vs scratch), C - E (SFT blocks vs ordinary pre-training), B - A (the paper's
+  comparison, which mixes both), Holm-corrected together within each (method, test set, metric).
+
+The unit of replication is the seed: each seed's difference of the two arms' means over the test slices,
+then the mean over seeds with its 95 % t-interval (sample std, ``ddof=1``, ``n - 1`` degrees of freedom) and
+the paired t-test p. The per-slice Wilcoxon signed-rank test (each slice averaged over seeds) is
+description only: slices of one brain are not independent replications, and with ``n <= 50`` slices the
+exact test's smallest two-sided p is ``2 / 2**n``, reached whenever all slices agree in sign.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+# (label, arm b, arm a, primary): read as "b - a".
+CONTRASTS = (
+    ("B - C (SFT teacher vs standard, both SFT blocks)", "sftkd", "stdkd-sftinit", True),
+    ("C - A (SFT blocks vs scratch)", "stdkd-sftinit", "stdkd", False),
+    ("C - E (SFT blocks vs student init)", "stdkd-sftinit", "stdkd-studentinit", False),
+    ("B - A (SFT-KD-Recon vs Std-KD)", "sftkd", "stdkd", False),
+)
+# Descriptive context beside the contrasts (not corrected, not primary).
+BASELINES = (("Teacher - Student", "teacher", "student"), ("SFT teacher - Teacher", "sft", "teacher"))
+METRICS = ("PSNR", "SSIM")
+EXACT_WILCOXON_MAX_N = 50  # scipy's exact signed-rank distribution below this many pairs (no ties)
+
+
+@dataclass
+class Contrast:
+    """One contrast on one test set and metric. ``diffs``: (n,) float64 per-seed differences b - a."""
+
+    label: str
+    method: str | None
+    column: str
+    metric: str
+    diffs: np.ndarray
+    seeds: list
+    primary: bool = False
+    slice_p: float = math.nan
+    n_slices: int = 0
+    holm_p: float = math.nan
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.diffs)) if len(self.diffs) else math.nan
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        """The t-interval of the mean difference over seeds (``ddof=1``); NaN with fewer than 2 seeds."""
+        n = len(self.diffs)
+        if n < 2:
+            return math.nan, math.nan
+        half = stats.t.ppf(0.5 + level / 2, n - 1) * np.std(self.diffs, ddof=1) / math.sqrt(n)
+        return self.mean - half, self.mean + half
+
+    @property
+    def p(self) -> float:
+        """Two-sided one-sample t-test of the per-seed differences (= a paired t-test over seeds)."""
+        if len(self.diffs) < 2 or np.all(self.diffs == self.diffs[0]):
+            return math.nan
+        return float(stats.ttest_1samp(self.diffs, 0.0).pvalue)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order; NaN entries stay NaN and do not count."""
+    order = sorted((p, i) for i, p in enumerate(pvalues) if np.isfinite(p))
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def wilcoxon_floor(n: int) -> float | None:
+    """Smallest two-sided p of the exact signed-rank test with ``n`` pairs, None where scipy approximates."""
+    return 2.0 / 2 ** n if 0 < n <= EXACT_WILCOXON_MAX_N else None
+
+
+def _per_seed(seeds: dict, metric: str) -> dict:
+    return {seed: run.mean(metric) for seed, run in seeds.items()}
+
+
+def _per_slice(seeds: dict, metric: str) -> dict:
+    keys = set.intersection(*(set(run.values[metric]) for run in seeds.values()))
+    return {k: float(np.mean([run.values[metric][k] for run in seeds.values()])) for k in keys}
+
+
+def contrast(table: dict, label: str, key_b: tuple, key_a: tuple, column: str, metric: str,
+             primary: bool = False) -> Contrast | None:
+    """The contrast ``b - a`` of two :func:`scripts.report.collect` rows on ``column``; None if one is missing."""
+    b, a = table.get(key_b, {}).get(column), table.get(key_a, {}).get(column)
+    if not a or not b:
+        return None
+    mb, ma = _per_seed(b, metric), _per_seed(a, metric)
+    seeds = sorted((s for s in mb if s in ma), key=lambda s: -1 if s is None else s)
+    result = Contrast(label, key_b[1], column, metric, np.array([mb[s] - ma[s] for s in seeds]), seeds, primary)
+    sb, sa = _per_slice(b, metric), _per_slice(a, metric)
+    common = sorted(set(sb) & set(sa))
+    x, y = np.array([sa[k] for k in common]), np.array([sb[k] for k in common])
+    result.n_slices = len(common)
+    if len(common) and not np.all(x == y):
+        result.slice_p = float(stats.wilcoxon(y, x).pvalue)
+    return result
+
+
+def all_contrasts(table: dict, columns: list[str]) -> list[Contrast]:
+    """Every contrast of :data:`CONTRASTS` (Holm over the secondary ones per method, column and metric) and
+    :data:`BASELINES` present in ``table``."""
+    methods = sorted({method for _, method in table if method is not None})
+    found = []
+    for column in columns:
+        for metric in METRICS:
+            for label, a, b in BASELINES:
+                c = contrast(table, label, (a, None), (b, None), column, metric)
+                found += [c] if c else []
+            for method in methods:
+                family = [contrast(table, f"{label} ({method})", (b, method), (a, method), column, metric, primary)
+                          for label, b, a, primary in CONTRASTS]
+                secondary = [c for c in family if c is not None and not c.primary]
+                for c, p in zip(secondary, holm([c.p for c in secondary])):
+                    c.holm_p = p
+                found += [c for c in family if c is not None]
+    return found
+
+
+def _fmt(value: float, metric: str, sign: bool = True) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    digits = 2 if metric == "PSNR" else 4
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    return "n/a" if not np.isfinite(p) else f"{p:.2g}"
+
+
+def markdown(found: list[Contrast]) -> list[str]:
+    """Markdown lines: one table per metric, rows per contrast and test set."""
+    lines = []
+    for metric in METRICS:
+        rows = [c for c in found if c.metric == metric]
+        if not rows:
+            continue
+        unit = "dB" if metric == "PSNR" else "SSIM"
+        lines += ["", f"Contrasts, {metric} ({unit}; b - a per seed: each arm's mean over the test slices; 95 % "
+                  "t-interval over seeds, sample std; p: paired t-test over seeds; Holm: over the three secondary "
+                  "contrasts of a method, test set and metric; per-slice Wilcoxon: description only, slices "
+                  "averaged over seeds, with its smallest possible p):", "",
+                  "| contrast | test set | seeds | mean | 95 % CI | per seed | p | Holm p | per-slice p (n, floor) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for c in rows:
+            low, high = c.interval()
+            floor = wilcoxon_floor(c.n_slices)
+            floor_text = f"{c.n_slices}, {floor:.1g}" if floor else f"{c.n_slices}, normal approx."
+            label = f"**{c.label}** (primary)" if c.primary else c.label
+            holm_text = "–" if c.primary or not np.isfinite(c.holm_p) else _fmt_p(c.holm_p)
+            lines.append(f"| {label} | {c.column} | {len(c.diffs)} | {_fmt(c.mean, metric)} | "
+                         f"[{_fmt(low, metric)}, {_fmt(high, metric)}] | "
+                         f"{' '.join(_fmt(d, metric) for d in c.diffs)} | {_fmt_p(c.p)} | {holm_text} | "
+                         f"{_fmt_p(c.slice_p)} ({floor_text}) |")
+    return lines
+
+
+def plot(found: list[Contrast], path, write) -> None:
+    """PNG: per test set and metric, each contrast's per-seed differences (grey) and mean with its 95 %
+    t-interval, against a zero line. ``write(path, bytes)`` stores it."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(dict.fromkeys(c.column for c in found))
+    labels = list(dict.fromkeys(c.label for c in found))
+    fig, axes = plt.subplots(len(columns), len(METRICS), squeeze=False,
+                             figsize=(12, 1.0 + 0.42 * len(labels) * len(columns)))
+    for r, column in enumerate(columns):
+        for k, metric in enumerate(METRICS):
+            ax = axes[r][k]
+            for y, label in enumerate(labels):
+                c = next((c for c in found if (c.column, c.metric, c.label) == (column, metric, label)), None)
+                if c is None or not len(c.diffs):
+                    continue
+                low, high = c.interval()
+                color = "C3" if c.primary else "C0"
+                ax.plot(c.diffs, [y] * len(c.diffs), ".", color="0.6")
+                if np.isfinite(low):
+                    ax.errorbar(c.mean, y, xerr=[[c.mean - low], [high - c.mean]], fmt="o", color=color, capsize=3)
+            ax.axvline(0.0, color="k", lw=0.8)
+            ax.set_yticks(range(len(labels)), labels if k == 0 else [], fontsize=7)
+            ax.invert_yaxis()
+            ax.grid(axis="x", alpha=0.3)
+            ax.set_title(f"{metric} difference, {column}", fontsize=9)
+    fig.suptitle("mean difference over seeds with 95 % t-interval (red: primary contrast; grey: each seed)",
+                 fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write(path, buffer.getvalue())
