@@ -3,25 +3,32 @@
 Usage::
 
     python evaluate.py --checkpoints runs/teacher/best_model.pt runs/sftkd-at/best_model.pt \
-        --data-root data/demo --acc 4x --out-dir results/eval_4x [--metrics paper|fastmri|all] [--save-recons]
+        --data-root data/demo --acc 4x --out-dir results/eval_4x [--metrics paper|fastmri|public-volume|all] \
+        [--save-recons]
 
 Every checkpoint is loaded with :func:`models.checkpoint.load_reconstructor` (an SFT checkpoint gives its
 teacher). The zero-filled input is always evaluated too, as model ``ZF``. Outputs in ``--out-dir``:
 
-- ``metrics.csv`` (``--metrics paper``, the default, or ``all``): the paper's metrics, one row per model and
-  slice, header ``model,volume,slice,PSNR,SSIM,NMSE,HFN,VIF`` (``volume`` is the HDF5 file name without
-  ``.h5``); ZF rows first, then the models in command-line order.
+- ``metrics.csv`` (``--metrics paper``, the default, or ``all``): per-slice metrics, one row per model and
+  slice, header ``model,volume,slice,PSNR,SSIM,NMSE,HFEN-LoG,VIF`` (``volume`` is the HDF5 file name without
+  ``.h5``); ZF rows first, then the models in command-line order. PSNR, SSIM and NMSE are those of the public
+  code's ``measures.py`` (each slice's own maximum); HFEN-LoG and VIF are extra (see :data:`utils.METRICS`).
   Slices with an all-zero target are left out (their metrics are undefined) and counted in a note.
 - ``metrics_fastmri.csv`` (``--metrics fastmri`` or ``all``): fastMRI's volume-wise metrics, one row per model
   and volume, header ``model,volume,NMSE,PSNR,SSIM``, same model order. A volume is every slice of one file,
   stacked by slice index, all-zero slices included (see :data:`utils.FASTMRI_METRICS`); only a volume whose
   target is all zero is left out.
+- ``metrics_public_volume.csv`` (``--metrics public-volume`` or ``all``): the public SFT-KD-Recon ``evaluate.py``'s
+  volume-wise metrics, one row per model and volume, header ``model,volume,NMSE,PSNR,SSIM,HFN``, volumes as for
+  fastMRI (see :data:`utils.PUBLIC_VOLUME_METRICS`). Its HFN is the 3 x 3 Laplacian one with the prediction
+  clipped to [0, 1], not the per-slice HFEN-LoG.
 - ``summary.json``: ``{model: {metric: {"mean", "std", "n"}}}`` of the paper's metrics (std over slices,
   ``ddof=0``), with fastMRI's a ``"fastmri"`` entry of the same form over volumes (``n`` volumes, ``ddof=0``;
-  fastMRI's own script prints mean +/- 2 sample std), plus the top-level entries ``acc``, ``split``,
-  ``data_root``, ``mask``, ``checkpoints`` (``{name: path}``), ``test_set`` (``--test-set``, default
-  ``{data folder name}/{split}``) and ``roles`` (``{name: the roles its checkpoint records, models/roles.py,
-  plus its training seed}``); these words cannot be model names.
+  fastMRI's own script prints mean +/- 2 sample std), the public code's volume-wise ones a ``"public_volume"``
+  entry of the same form (the public script prints mean +/- 2 sample std too), plus the top-level entries
+  ``acc``, ``split``, ``data_root``, ``mask``, ``checkpoints`` (``{name: path}``), ``test_set`` (``--test-set``,
+  default ``{data folder name}/{split}``) and ``roles`` (``{name: the roles its checkpoint records,
+  models/roles.py, plus its training seed}``); these words cannot be model names.
 - with ``--save-recons``: ``recons/{name}/{volume}.h5`` holding one dataset ``reconstruction`` of shape
   (S, H, W) float32, slice-first. Note that this differs from the data files, whose ``volfs`` is
   (H, W, S); the target and the ZF image are not copied (read them from the data), and ZF gets no folder.
@@ -44,7 +51,7 @@ import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -58,8 +65,9 @@ from data.owned import check_replaceable, clean_up, new_files, owned_files, swap
 from models.checkpoint import load_reconstructor
 from models.speed import MEMORY_FORMATS, auto_layout
 from models.distributed import resolve_device
-from utils import (FASTMRI_METRICS, METRICS, CliParser, UserError, acc_type, atomic_write, check_free_space,
-                   clean_text, csv_text, folder_lock, load_checkpoint, run_cli, write_json, write_text)
+from utils import (FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS, CliParser, UserError, acc_type, atomic_write,
+                   check_free_space, clean_text, csv_text, folder_lock, load_checkpoint, run_cli, write_json,
+                   write_text)
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
@@ -67,22 +75,30 @@ CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
 
 @dataclass(frozen=True)
 class MetricSet:
-    """One metric set of --metrics: its metric names, the CSV it writes with that file's columns, and the
+    """One metric set of --metrics: its metric functions (name -> fn(target, recon) -> float, on (H, W) slices
+    or on (S, H, W) volumes as ``per_volume`` says), the CSV it writes with that file's columns, and the
     summary.json entry of its statistics (None: the top level, where the paper's statistics have always been)."""
 
-    metrics: tuple[str, ...]
+    functions: Mapping[str, Callable[[np.ndarray, np.ndarray], float]]
+    per_volume: bool
     file: str
     columns: list[str]
     summary_key: str | None
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(self.functions)
+
 
 METRIC_SETS = {
-    "paper": MetricSet(tuple(METRICS), "metrics.csv", CSV_COLUMNS, None),
-    "fastmri": MetricSet(tuple(FASTMRI_METRICS), "metrics_fastmri.csv", ["model", "volume", *FASTMRI_METRICS],
+    "paper": MetricSet(METRICS, False, "metrics.csv", CSV_COLUMNS, None),
+    "fastmri": MetricSet(FASTMRI_METRICS, True, "metrics_fastmri.csv", ["model", "volume", *FASTMRI_METRICS],
                          "fastmri"),
+    "public-volume": MetricSet(PUBLIC_VOLUME_METRICS, True, "metrics_public_volume.csv",
+                               ["model", "volume", *PUBLIC_VOLUME_METRICS], "public_volume"),
 }
-METRIC_CHOICES = {"paper": ("paper",), "fastmri": ("fastmri",), "all": ("paper", "fastmri")}
-META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "fastmri")
+METRIC_CHOICES = {**{name: (name,) for name in METRIC_SETS}, "all": tuple(METRIC_SETS)}
+META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "fastmri", "public_volume")
 RECON_KEY = "reconstruction"
 STAGE_PREFIX = ".evaluate-"
 
@@ -149,16 +165,10 @@ def check_names(names: list[str], n_checkpoints: int) -> None:
 
 # --------------------------------------------------------------------------- evaluation
 
-def slice_metrics(target: np.ndarray, recon: np.ndarray) -> dict[str, float]:
-    """Every metric of :data:`utils.METRICS` for one slice; target, recon: (H, W), compared in float64."""
+def score(metric_set: MetricSet, target: np.ndarray, recon: np.ndarray) -> dict[str, float]:
+    """Every metric of ``metric_set`` for one slice (H, W) or one volume (S, H, W), compared in float64."""
     target, recon = target.astype(np.float64), recon.astype(np.float64)
-    return {name: fn(target, recon) for name, fn in METRICS.items()}
-
-
-def volume_metrics(target: np.ndarray, recon: np.ndarray) -> dict[str, float]:
-    """Every metric of :data:`utils.FASTMRI_METRICS` for one volume; target, recon: (S, H, W), in float64."""
-    target, recon = target.astype(np.float64), recon.astype(np.float64)
-    return {name: fn(target, recon) for name, fn in FASTMRI_METRICS.items()}
+    return {name: fn(target, recon) for name, fn in metric_set.functions.items()}
 
 
 def write_recon(path: Path, volume: np.ndarray, model: str, acc: str) -> None:
@@ -208,8 +218,9 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
 
     models: name -> a reconstructor (a :class:`models.dccnn.DCCNN`, called with
     ``(zero_filled, kspace_under, mask)``, each (B, 1, H, W)) or a checkpoint path.
-    metric_sets: ``"paper"`` (rows ``{"model", "volume", "slice", "PSNR", "SSIM", "NMSE", "HFN", "VIF"}``, one per
-    slice) and/or ``"fastmri"`` (rows ``{"model", "volume", "NMSE", "PSNR", "SSIM"}``, one per volume).
+    metric_sets: keys of :data:`METRIC_SETS`: ``"paper"`` (rows ``{"model", "volume", "slice", "PSNR", "SSIM",
+    "NMSE", "HFEN-LoG", "VIF"}``, one per slice), ``"fastmri"`` (rows ``{"model", "volume", "NMSE", "PSNR",
+    "SSIM"}``, one per volume), ``"public-volume"`` (rows ``{"model", "volume", "NMSE", "PSNR", "SSIM", "HFN"}``).
     Returns ``{metric_set: rows}``, rows grouped by model: all ZF rows first, then each model's in the order of
     ``models``, slices and volumes in dataset order. Per-slice rows leave out slices whose target is all zero
     (PSNR -inf, NMSE inf there); per-volume rows keep them, as fastMRI does, and leave out only all-zero volumes;
@@ -233,18 +244,20 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
         empty_slices += len(target) - len(scored)
         empty_volumes += not scored
         for name, recon in outputs.items():
-            if "paper" in rows:
-                rows["paper"][name] += [{"model": name, "volume": volume, "slice": s,
-                                         **slice_metrics(target[s], recon[s])} for s in scored]
-            if "fastmri" in rows and scored:
-                rows["fastmri"][name].append({"model": name, "volume": volume, **volume_metrics(target, recon)})
+            for set_name, set_rows in rows.items():
+                metric_set = METRIC_SETS[set_name]
+                if not metric_set.per_volume:
+                    set_rows[name] += [{"model": name, "volume": volume, "slice": s,
+                                        **score(metric_set, target[s], recon[s])} for s in scored]
+                elif scored:
+                    set_rows[name].append({"model": name, "volume": volume, **score(metric_set, target, recon)})
             if recons_dir is not None and name != ZF_NAME:
                 write_recon(Path(recons_dir) / name / f"{volume}.h5", recon, name, dataset.acc)
     if "paper" in rows and empty_slices:
         print(f"note: {empty_slices} slice(s) with an all-zero target were left out of the metrics (PSNR, NMSE and "
-              "HFN are undefined there); their reconstructions are still saved", file=sys.stderr)
-    if "fastmri" in rows and empty_volumes:
-        print(f"note: {empty_volumes} volume(s) with an all-zero target were left out of the fastMRI metrics",
+              "HFEN-LoG are undefined there); their reconstructions are still saved", file=sys.stderr)
+    if any(METRIC_SETS[name].per_volume for name in rows) and empty_volumes:
+        print(f"note: {empty_volumes} volume(s) with an all-zero target were left out of the volume-wise metrics",
               file=sys.stderr)
     return {metric_set: [row for group in per_model.values() for row in group]
             for metric_set, per_model in rows.items()}
@@ -271,9 +284,9 @@ def summarize(rows: list[dict], metrics: Sequence[str] = tuple(METRICS)) -> dict
 
 
 def format_table(summary: dict, metrics: Sequence[str] = tuple(METRICS)) -> str:
-    """A fixed-width text table: model | one column per metric (default PSNR | SSIM | NMSE | HFN | VIF), each
-    mean +- std."""
-    digits = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "HFN": 4, "VIF": 4}
+    """A fixed-width text table: model | one column per metric (default PSNR | SSIM | NMSE | HFEN-LoG | VIF),
+    each mean +- std."""
+    digits = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "HFEN-LoG": 4, "HFN": 4, "VIF": 4}
     header = ["model", *(f"{m} mean +- std" for m in metrics)]
     lines = [[model, *(f"{stats[m]['mean']:.{digits[m]}f} +- {stats[m]['std']:.{digits[m]}f}" for m in metrics)]
              for model, stats in summary.items()]
@@ -302,8 +315,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "{data folder name}/{split})")
     parser.add_argument("--out-dir", required=True, type=Path, help="where metrics.csv and summary.json go")
     parser.add_argument("--metrics", choices=tuple(METRIC_CHOICES), default="paper",
-                        help="paper: per-slice PSNR, SSIM, NMSE, HFN, VIF (metrics.csv); fastmri: fastMRI's "
-                             "volume-wise NMSE, PSNR, SSIM (metrics_fastmri.csv, summary.json 'fastmri'); all: both")
+                        help="paper: per-slice PSNR, SSIM, NMSE, HFEN-LoG, VIF (metrics.csv); fastmri: fastMRI's "
+                             "volume-wise NMSE, PSNR, SSIM (metrics_fastmri.csv, summary.json 'fastmri'); "
+                             "public-volume: the public SFT-KD-Recon evaluate.py's volume-wise NMSE, PSNR, SSIM, "
+                             "HFN (metrics_public_volume.csv, summary.json 'public_volume'); all: every set")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--amp", action="store_true",
                         help="bfloat16 autocast of the CNNs (DF in float32): ~2x faster on GPUs and AMX CPUs; "
@@ -413,10 +428,12 @@ def print_results(out_dir: Path, stats: dict[str, dict], rows: dict[str, list[di
     """Print each metric set's table and what was written."""
     if "paper" in stats:
         print(format_table(stats["paper"]))
-    if "fastmri" in stats:
-        volumes = len({row["volume"] for row in rows["fastmri"]})
-        print(f"fastMRI volume-wise metrics (mean +- std over {volumes} volume(s)):")
-        print(format_table(stats["fastmri"], METRIC_SETS["fastmri"].metrics))
+    for name, title in (("fastmri", "fastMRI volume-wise metrics"),
+                        ("public-volume", "public SFT-KD-Recon evaluate.py volume-wise metrics")):
+        if name in stats:
+            volumes = len({row["volume"] for row in rows[name]})
+            print(f"{title} (mean +- std over {volumes} volume(s)):")
+            print(format_table(stats[name], METRIC_SETS[name].metrics))
     written = [f"{out_dir / METRIC_SETS[s].file} ({len(set_rows)} rows)" for s, set_rows in rows.items()]
     print(f"wrote {' and '.join(written)} and {out_dir / 'summary.json'}")
 

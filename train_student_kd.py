@@ -11,6 +11,12 @@ The teacher (``--teacher-checkpoint``) and the student's initialisation (scratch
 The run records both choices as its roles (models/roles.py) and is named after them (``stdkd-sftinit-at``).
 Every fresh draw (S1, the KD loss's connectors) comes from the seeded RNG before anything is loaded, so all
 arms of one seed start S1 from the same weights.
+
+``--feature-epochs N`` runs the public code's two stages in one run: N epochs of ``kd_weight * L_KD`` alone
+(its ``train_feature*.py``), then the remaining epochs of L1 alone (its ``train_kd.sh``, which leaves
+``--imitation_required`` off) from the first stage's best student, with a fresh Adam, StepLR and best
+validation loss. The public code picks that student by the validation KD loss; here it is the validation L1
+of the student, as for every run. ``best_model.pt`` is the second stage's best.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from torch.nn import functional as F
 
 from models.checkpoint import describe_arch, load_model, load_reconstructor, load_sft
 from models.dccnn import DCCNN, STUDENT, DCCNNConfig
-from models.kd_losses import KD_METHODS, Imitation, KDLoss, KDMethodError, build_kd_loss, describe_methods
+from models.kd_losses import KD_METHODS, KDLoss, KDMethodError, build_kd_loss, describe_methods
 from models.roles import kd_run_name, teacher_kind
 from models.sft import SFTNet, student_from_blocks
 from models.training import Frozen, TrainStep, common_parser, parse_args, train
@@ -41,7 +47,6 @@ class KDStep(TrainStep):
         self.kd_weight = kd_weight
         self.feature_epochs = feature_epochs
         self.feature_stage = False
-        self.imitation = Imitation(student.config, teacher.config)
         self.frozen_teacher = Frozen(teacher)
         # (file, slice, acc) -> (1, H, W) float32 teacher output on the training device (H x W x 4 bytes a
         # slice: no host copy per step on a GPU); None: no cache.
@@ -56,10 +61,18 @@ class KDStep(TrainStep):
     def start_epoch(self, epoch: int) -> None:
         self.feature_stage = epoch < self.feature_epochs
 
+    def begins_stage(self, epoch: int) -> bool:
+        # The public code's second script (train_kd.py) starts from the first stage's best student with a new
+        # optimiser, so the second stage here does too.
+        return bool(self.feature_epochs) and epoch == self.feature_epochs
+
     def forward(self, batch):
         inputs = (batch["zero_filled"], batch["kspace_under"], batch["mask"])
-        second_stage = bool(self.feature_epochs) and not self.feature_stage
-        features = self.kd_loss.needs_features and not second_stage
+        if self.feature_epochs and not self.feature_stage:
+            # Second stage of the public schedule (train_kd.sh, without --imitation_required): L1 alone.
+            loss_rec = F.l1_loss(self.model(*inputs), batch["target"])
+            return loss_rec, {"reconstruction": loss_rec.detach(), "kd": torch.zeros_like(loss_rec.detach())}
+        features = self.kd_loss.needs_features
         if features:
             # no_grad rather than inference_mode: inference tensors would have to be cloned before the KD
             # losses (which build autograd graphs on the student side) may use them.
@@ -71,19 +84,14 @@ class KDStep(TrainStep):
         student_out = self.model(*inputs, return_features=features)
         student_out, student_feats = student_out if features else (student_out, None)
         loss_rec = F.l1_loss(student_out, batch["target"])
-        if second_stage:
-            # Second stage of the public code's schedule: L1 plus output imitation, features done.
-            loss_kd = self.imitation(student_out, None, teacher_out, None)
-            loss = loss_rec + loss_kd
-        else:
-            loss_kd = self.kd_loss(student_out, student_feats, teacher_out, teacher_feats)
-            loss = self.kd_weight * loss_kd if self.feature_stage else loss_rec + self.kd_weight * loss_kd
+        loss_kd = self.kd_loss(student_out, student_feats, teacher_out, teacher_feats)
+        loss = self.kd_weight * loss_kd if self.feature_stage else loss_rec + self.kd_weight * loss_kd
         return loss, {"reconstruction": loss_rec.detach(), "kd": loss_kd.detach()}
 
     def teacher_output(self, batch: dict, inputs: tuple) -> torch.Tensor:
         """The frozen teacher's (B, 1, H, W) float32 reconstruction, from the cache when every sample of the
         batch is in it. The teacher and the data never change, so after the first epoch an output-only
-        method (imitation, the second stage) needs no teacher forward at all."""
+        method (imitation) needs no teacher forward at all."""
         if self.teacher_cache is not None:
             keys = list(zip(batch["fname"], batch["slice"].tolist(), batch["acc"]))
             if all(key in self.teacher_cache for key in keys):
@@ -201,12 +209,14 @@ def build_parser():
     parser.add_argument("--kd-weight", type=weight_type, default=None,
                         help="lambda of the KD term (default: the method's own, see --kd-method list)")
     parser.add_argument("--feature-epochs", type=int, default=0, metavar="N",
-                        help="two-stage schedule of the public code: N epochs of the KD loss alone, then L1 + "
-                             "output imitation (0: the paper's single stage, L1 + kd_weight * L_KD throughout)")
+                        help="the public code's two-stage schedule: N epochs of the KD loss alone, then the rest "
+                             "of --epochs with L1 alone, from the first stage's best student (by validation L1) "
+                             "with a fresh optimiser and schedule (0: the paper's single stage, L1 + kd_weight * "
+                             "L_KD throughout)")
     parser.add_argument("--cache-teacher", action="store_true",
                         help="keep the teacher's outputs in memory after the first epoch (output-only KD: "
-                             "imitation, none, the second stage); ~H*W*4 bytes per slice, about a third "
-                             "less time per later epoch")
+                             "imitation, none); ~H*W*4 bytes per slice, about a third "
+                             "less time per later epoch; not with --augment)")
     g = parser.add_argument_group("architecture (default: the --init-from-sft / --init-student student's)")
     g.add_argument("--ref-padding", type=int, default=None, choices=[0, 5],
                    help="zero-pad each block input by 5 pixels and crop before DF, as the public code does "
@@ -224,6 +234,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.feature_epochs and args.kd_method == "none":
         raise UserError("--feature-epochs trains the KD loss alone first, but --kd-method none has no KD loss; "
                         "drop --feature-epochs or choose a KD method")
+    if args.cache_teacher and args.augment:
+        # The cache is keyed by (file, slice, acc): with poses redrawn every epoch it would hand back the
+        # teacher's output for another flip or rotation of the slice.
+        raise UserError("--cache-teacher keeps one teacher output per slice, but --augment changes the slice "
+                        "every epoch; drop one of the two flags")
     if args.kd_method not in KD_METHODS:
         raise UserError(f"unknown --kd-method {args.kd_method!r}; choose one of: {', '.join(KD_METHODS)} "
                         "(--kd-method list describes them)")

@@ -456,7 +456,8 @@ def psnr(target: np.ndarray, recon: np.ndarray) -> float:
     """PSNR in dB of ``recon`` against ``target``, both (H, W) float, ``data_range = target.max()``; on
     (S, H, W) volumes one MSE over all voxels and the volume's maximum, fastMRI's volume PSNR.
 
-    That range is the public SFT-KD-Recon / KD-MRI convention, so numbers compare with the paper.
+    Per slice, that range is the public code's ``measures.py``; its ``evaluate.py`` scores whole volumes
+    instead (:data:`PUBLIC_VOLUME_METRICS`), and which of the two made the paper's table is not stated.
     """
     from skimage.metrics import peak_signal_noise_ratio
     return float(peak_signal_noise_ratio(target, recon, data_range=float(target.max())))
@@ -474,10 +475,13 @@ def nmse(target: np.ndarray, recon: np.ndarray) -> float:
     return float(np.sum((target - recon) ** 2) / np.sum(target ** 2))
 
 
-def hfn(target: np.ndarray, recon: np.ndarray, sigma: float = 1.5) -> float:
-    """High-frequency error norm: ``|LoG(target) - LoG(recon)|^2 / |LoG(target)|^2``, (H, W) float.
+def hfen_log(target: np.ndarray, recon: np.ndarray, sigma: float = 1.5) -> float:
+    """High-frequency error norm with a Laplacian of Gaussian: ``|LoG(target) - LoG(recon)|^2 /
+    |LoG(target)|^2``, (H, W) float.
 
-    LoG is scipy's Gaussian-Laplace filter with ``sigma`` (the HFEN convention of Ravishankar & Bresler).
+    LoG is scipy's Gaussian-Laplace filter with ``sigma`` (the HFEN convention of Ravishankar & Bresler). This
+    is not the public SFT-KD-Recon HFN, which uses a 3 x 3 Laplacian and clips the prediction: that one is
+    :func:`laplacian_hfn`.
     """
     from scipy.ndimage import gaussian_laplace
     log_t = gaussian_laplace(target.astype(np.float64), sigma)
@@ -507,7 +511,7 @@ def vif(target: np.ndarray, recon: np.ndarray) -> float:
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "PSNR": psnr, "SSIM": ssim, "NMSE": nmse, "HFN": hfn, "VIF": vif,
+    "PSNR": psnr, "SSIM": ssim, "NMSE": nmse, "HFEN-LoG": hfen_log, "VIF": vif,
 }
 
 
@@ -535,4 +539,37 @@ def volume_ssim(target: np.ndarray, recon: np.ndarray) -> float:
 
 FASTMRI_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "NMSE": nmse, "PSNR": psnr, "SSIM": volume_ssim,
+}
+
+
+# --------------------------------------------------------------------------- the public code's per-volume metrics
+# The public SFT-KD-Recon code has two scoring scripts. git_cardiac/measures.py scores slices with each slice's
+# maximum: that is METRICS' PSNR, SSIM and NMSE. git_cardiac/evaluate.py (run by evaluate.sh) scores volumes:
+# PSNR and NMSE from one error over the whole (H, W, S) volume and its maximum, SSIM with the slices as
+# channels (scikit-image then averages the per-slice SSIMs, each with the volume's maximum: volume_ssim),
+# and HFN below; then the mean over volumes. Which script made the paper's table is not stated.
+
+def laplacian_hfn(target: np.ndarray, recon: np.ndarray) -> float:
+    """The public evaluate.py's HFN of one volume, target and recon (S, H, W) float: the mean over slices of
+    ``|L(target) - L(clip(recon, 0, 1))|^2 / |L(target)|^2``, L being ``skimage.filters.laplace`` (3 x 3).
+
+    The prediction is clipped to [0, 1] for this metric only, as there. A slice whose target Laplacian is
+    all zero (an empty or constant slice) is left out of the mean; the public script would return NaN or
+    inf for the whole volume. Computed in float64 (the public script ran on the float32 arrays it read).
+    """
+    from skimage.filters import laplace
+    if target.ndim != 3 or target.shape != recon.shape:
+        raise ValueError(f"laplacian_hfn needs two (S, H, W) arrays of one shape, got {target.shape} and "
+                         f"{recon.shape}")
+    ratios = []
+    for target_slice, recon_slice in zip(target.astype(np.float64), recon.astype(np.float64)):
+        edges = laplace(target_slice)
+        energy = np.sum(edges ** 2)
+        if energy > 0:
+            ratios.append(np.sum((edges - laplace(np.clip(recon_slice, 0.0, 1.0))) ** 2) / energy)
+    return float(np.mean(ratios)) if ratios else float("nan")
+
+
+PUBLIC_VOLUME_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "NMSE": nmse, "PSNR": psnr, "SSIM": volume_ssim, "HFN": laplacian_hfn,
 }

@@ -1,7 +1,9 @@
-"""Undersampling masks: parsing accelerations, seeded 1-D Cartesian masks (the public code's rows, fastMRI's
-random and equispaced columns), loading a user's ``.npy`` mask."""
+"""Undersampling masks: parsing accelerations, the public SFT-KD-Recon masks (shipped data), seeded 1-D
+Cartesian masks (uniform rows, variable-density rows, fastMRI's random and equispaced columns), loading a
+user's ``.npy`` mask."""
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -29,22 +31,21 @@ def parse_acc(acc: str) -> float:
 
 def cartesian_row_mask(shape: tuple[int, int], acc: str, seed: int = 0,
                        center_fraction: float = 0.08) -> np.ndarray:
-    """Seeded 1-D Cartesian mask that keeps whole phase-encode rows, in the unshifted convention.
+    """Seeded 1-D Cartesian mask that keeps whole phase-encode rows, in the unshifted convention: a fixed
+    low-frequency band plus uniformly drawn rows (``--mask-kind rows``).
 
     Exactly ``floor(H / acc)`` of the H rows are sampled (240 rows: 60 at 4x, 48 at 5x; 150 rows: 37 at
-    4x, 30 at 5x, as in the public masks). A fully sampled low-frequency band of
-    ``round(center_fraction * H)`` rows (at least 2) sits at **both ends** of the row axis, because the
-    data is not fftshifted: ``ceil(n/2)`` rows from row 0 and ``floor(n/2)`` rows ending at row H-1.
-    The remaining rows are drawn uniformly without replacement with ``numpy.random.default_rng(seed)``.
+    4x, 30 at 5x, the counts of the public masks, which are variable density and are :func:`public_mask`).
+    A fully sampled low-frequency band of ``round(center_fraction * H)`` rows (at least 2) sits at **both
+    ends** of the row axis, because the data is not fftshifted: ``ceil(n/2)`` rows from row 0 and
+    ``floor(n/2)`` rows ending at row H-1. The remaining rows are drawn uniformly without replacement with
+    ``numpy.random.default_rng(seed)``.
 
     Returns an (H, W) float32 array of {0, 1}; the same arguments always give the same mask.
     """
     height, width = shape
-    n_rows = math.floor(height / parse_acc(acc))
-    if n_rows < 2:
-        raise AccelerationError(f"acceleration {acc} keeps fewer than 2 of {height} rows; use a smaller one")
-    n_low = min(n_rows, max(2, round(center_fraction * height)))
-    low = np.r_[np.arange(0, math.ceil(n_low / 2)), np.arange(height - n_low // 2, height)]
+    n_rows, low = _row_budget(height, acc, center_fraction)
+    n_low = len(low)
     rest = np.setdiff1d(np.arange(height), low)
     rng = np.random.default_rng(seed)
     random_rows = rng.choice(rest, size=n_rows - n_low, replace=False)
@@ -54,8 +55,74 @@ def cartesian_row_mask(shape: tuple[int, int], acc: str, seed: int = 0,
     return mask
 
 
+def _row_budget(height: int, acc: str, center_fraction: float) -> tuple[int, np.ndarray]:
+    """``floor(height / acc)`` rows to sample and the int64 indices of the fully sampled low-frequency band:
+    ``round(center_fraction * height)`` rows (at least 2, at most the budget), ``ceil(n/2)`` from row 0 and
+    ``floor(n/2)`` ending at row ``height - 1`` (unshifted: DC is row 0)."""
+    n_rows = math.floor(height / parse_acc(acc))
+    if n_rows < 2:
+        raise AccelerationError(f"acceleration {acc} keeps fewer than 2 of {height} rows; use a smaller one")
+    n_low = min(n_rows, max(2, round(center_fraction * height)))
+    return n_rows, np.r_[np.arange(0, math.ceil(n_low / 2)), np.arange(height - n_low // 2, height)]
+
+
+def variable_density_row_mask(shape: tuple[int, int], acc: str, seed: int = 0,
+                              center_fraction: float = 0.08) -> np.ndarray:
+    """Seeded variable-density 1-D Cartesian mask of whole rows, unshifted (``--mask-kind variable-density``),
+    for sizes the public masks do not cover.
+
+    Exactly ``floor(H / acc)`` rows: the low-frequency band of :func:`cartesian_row_mask`, then the other rows
+    drawn without replacement with probability proportional to ``exp(-d^2 / (2 (H / 10)^2)) + 1 / (2 acc)``,
+    d = ``min(r, H - r)`` the row's distance from DC: the Gaussian density with a uniform floor of the
+    Cartesian masks in DC-CNN work (Schlemper et al. 2018), so rows near DC are denser, as in the public masks.
+    It is a mask of the same family, not a copy of theirs. Drawn with ``numpy.random.default_rng(seed)``.
+
+    Returns an (H, W) float32 array of {0, 1}; the same arguments always give the same mask.
+    """
+    height, width = shape
+    n_rows, low = _row_budget(height, acc, center_fraction)
+    rows = np.arange(height)
+    distance = np.minimum(rows, height - rows)
+    density = np.exp(-0.5 * (distance / (height / 10)) ** 2) + 1 / (2 * parse_acc(acc))
+    density[low] = 0.0
+    drawn = np.random.default_rng(seed).choice(height, size=n_rows - len(low), replace=False,
+                                               p=density / density.sum())
+    mask = np.zeros((height, width), dtype=np.float32)
+    mask[low] = 1.0
+    mask[drawn] = 1.0
+    return mask
+
+
 class MaskError(UserError):
-    """Mask parameters that cannot give a mask: an unknown kind, or a centre fraction that does not fit."""
+    """Mask parameters that cannot give a mask: an unknown kind, a centre fraction that does not fit, or a
+    geometry the public masks do not cover."""
+
+
+PUBLIC_MASK_DIR = Path(__file__).resolve().parent / "public_masks"
+# Image side -> folder of the public masks (MRBrainS slices are 240 x 240, ACDC's 150 x 150).
+PUBLIC_MASK_SIZES = {240: "brain", 150: "cardiac"}
+PUBLIC_MASK_ACCS = {4.0: "4x", 5.0: "5x"}
+
+
+def public_mask(shape: tuple[int, int], acc: str) -> np.ndarray:
+    """The public SFT-KD-Recon mask for ``shape`` and ``acc`` (``--mask-kind public``), as an (H, W) float32
+    {0, 1} array equal to the public float64 file (``data/public_masks/``, checked against ``SHA256SUMS``).
+
+    Only 240 x 240 (brain) and 150 x 150 (cardiac) at 4x and 5x exist; anything else is a :class:`MaskError`.
+    """
+    folder = PUBLIC_MASK_SIZES.get(shape[0]) if shape[0] == shape[1] else None
+    name = PUBLIC_MASK_ACCS.get(parse_acc(acc))
+    if folder is None or name is None:
+        raise MaskError(f"the public masks exist only for 240x240 (MRBrainS) and 150x150 (ACDC) slices at 4x "
+                        f"and 5x, not {shape[0]}x{shape[1]} at {acc}; use --mask-kind variable-density (or rows) "
+                        "for other sizes")
+    relative = f"{folder}/mask_{name}.npy"
+    path = PUBLIC_MASK_DIR / relative
+    expected = dict(line.split()[::-1] for line in (PUBLIC_MASK_DIR / "SHA256SUMS").read_text().splitlines())
+    if hashlib.sha256(path.read_bytes()).hexdigest() != expected[relative]:
+        raise MaskError(f"{path} differs from the public mask (its SHA-256 is not the one in SHA256SUMS); "
+                        "restore it with git checkout")
+    return validate_mask(np.load(path, allow_pickle=False), str(path), shape)
 
 
 def _centre_band(n_lines: int, n_centre: int) -> np.ndarray:
@@ -115,7 +182,7 @@ def fastmri_equispaced_lines(n_lines: int, acc: str, rng: np.random.Generator,
 
 
 FASTMRI_LINES = {"fastmri-random": fastmri_random_lines, "fastmri-equispaced": fastmri_equispaced_lines}
-MASK_KINDS = ("rows", *FASTMRI_LINES)
+MASK_KINDS = ("rows", "public", "variable-density", *FASTMRI_LINES)
 
 
 def fastmri_column_mask(shape: tuple[int, int], acc: str, kind: str = "fastmri-random", seed: int = 0,
@@ -141,9 +208,15 @@ def fastmri_column_mask(shape: tuple[int, int], acc: str, kind: str = "fastmri-r
 def make_mask(shape: tuple[int, int], acc: str, kind: str = "rows", seed: int = 0,
               center_fraction: float = 0.08) -> np.ndarray:
     """The (H, W) float32 {0, 1} unshifted mask of ``kind`` (see :data:`MASK_KINDS`): ``rows`` is
-    :func:`cartesian_row_mask` (the public SFT-KD-Recon masks), the others :func:`fastmri_column_mask`."""
+    :func:`cartesian_row_mask`, ``public`` :func:`public_mask` (the public SFT-KD-Recon files; seed and centre
+    fraction do not apply), ``variable-density`` :func:`variable_density_row_mask`, the others
+    :func:`fastmri_column_mask`."""
     if kind == "rows":
         return cartesian_row_mask(shape, acc, seed=seed, center_fraction=center_fraction)
+    if kind == "public":
+        return public_mask(shape, acc)
+    if kind == "variable-density":
+        return variable_density_row_mask(shape, acc, seed=seed, center_fraction=center_fraction)
     if kind in FASTMRI_LINES:
         return fastmri_column_mask(shape, acc, kind, seed=seed, center_fraction=center_fraction)
     raise MaskError(f"mask kind {kind!r} is unknown; choose one of: {', '.join(MASK_KINDS)}")

@@ -28,8 +28,11 @@ trains and scores on every slice (``--min-foreground 0`` keeps every non-zero on
 volumes are mostly noise and many papers drop them: ``--slice-range 5 -5`` (any input) keeps
 ``range(S)[5:-5]`` of each volume.
 
-Masks. ``--mask-kind rows`` (default): the public code's masks, whole rows, exactly ``floor(H / acc)``, a
-low-frequency band at both ends. ``fastmri-random`` / ``fastmri-equispaced``: fastMRI's masks, whole
+Masks. ``--mask-kind public``: the public SFT-KD-Recon mask files (variable density, whole rows), only for
+240 x 240 and 150 x 150 slices at 4x and 5x; the default of ``--preset mrbrains`` / ``acdc`` at their own
+``--size``. ``rows`` (default otherwise): whole rows, exactly ``floor(H / acc)``, a fixed low-frequency band
+at both ends plus uniform rows. ``variable-density``: the same number of rows, denser near DC (a Gaussian
+density), for other sizes. ``fastmri-random`` / ``fastmri-equispaced``: fastMRI's masks, whole
 columns (fastMRI's phase-encoding axis, W), ``round(W * --center-fraction)`` centre columns fully sampled
 (at both ends once unshifted), see data/masks.py. ``--center-fraction`` gives one value, or one per ``--acc``.
 
@@ -104,10 +107,12 @@ FASTMRI_NOTE = ("This is retrospective undersampling of the magnitude reference 
 
 PRESETS: dict[str, dict[str, Any]] = {
     # ACDC's patientNNN_frameNN files are the ED and ES frames (Info.cfg); the _4d cine repeats them.
+    # The paper's two data sets get the public code's own masks, which exist for their sizes only.
     "acdc": {"kind": NIFTI, "include": ("*_frame[0-9][0-9].nii*",), "exclude": (*DEFAULT_EXCLUDE, "*_4d*"),
-             "size": 150},
+             "size": 150, "mask_kind": "public"},
     # MRBrainS 2013: TrainingData/N/T1.nii beside T1_IR, T2_FLAIR and two label maps; the paper uses T1.
-    "mrbrains": {"kind": NIFTI, "include": ("T1.nii", "T1.nii.gz"), "exclude": DEFAULT_EXCLUDE, "size": 240},
+    "mrbrains": {"kind": NIFTI, "include": ("T1.nii", "T1.nii.gz"), "exclude": DEFAULT_EXCLUDE, "size": 240,
+                 "mask_kind": "public"},
     # fastMRI's references are 320 x 320; its knee baselines train with random masks, its brain ones with
     # equispaced masks (fastmri_examples/*_leaderboard.py).
     "fastmri-knee-sc": {"kind": FASTMRI, "size": 320, "mask_kind": "fastmri-random"},
@@ -173,6 +178,12 @@ class Options:
             raise UserError("pass either --mask-dir (existing masks) or --mask-kind (generated masks), not both")
         preset = PRESETS.get(self.preset, {})
         mask_kind = self.mask_kind or preset.get("mask_kind", "rows")
+        if (self.mask_kind is None and self.mask_dir is None and mask_kind == "public"
+                and self.size not in (None, preset["size"])):
+            print(f"note: --size {self.size} replaces --preset {self.preset}'s {preset['size']}, for which the public "
+                  "masks were made; generating --mask-kind rows masks (pass --mask-kind to choose another)",
+                  file=sys.stderr)
+            mask_kind = "rows"
         if mask_kind not in MASK_KINDS:
             raise UserError(f"--mask-kind {mask_kind!r} is unknown; choose one of: {', '.join(MASK_KINDS)}")
         return replace(self, out=Path(self.out), accs=accs, center_fraction=fractions, mask_kind=mask_kind,
@@ -597,10 +608,12 @@ def _add_output_flags(parser: CliParser) -> None:
     g.add_argument("--acc", dest="accs", nargs="+", type=acc_type, default=list(DEFAULT_ACCS), metavar="ACC",
                    help="accelerations, e.g. 4x 5x")
     g.add_argument("--mask-kind", choices=MASK_KINDS, default=None,
-                   help="rows: whole rows, low frequencies at both ends, exactly H/acc rows (the public "
-                        "SFT-KD-Recon masks; default); fastmri-random / fastmri-equispaced: fastMRI's column "
-                        "masks with a fully sampled centre, in the unshifted convention (default of the "
-                        "fastmri presets)")
+                   help="public: the public SFT-KD-Recon mask files, 240x240 and 150x150 at 4x/5x only "
+                        "(default of the mrbrains / acdc presets); rows: whole rows, a fixed low-frequency band "
+                        "at both ends plus uniform rows, exactly H/acc (default otherwise); variable-density: "
+                        "as many rows, Gaussian density around DC, any size; fastmri-random / "
+                        "fastmri-equispaced: fastMRI's column masks with a fully sampled centre, in the "
+                        "unshifted convention (default of the fastmri presets)")
     g.add_argument("--center-fraction", type=float, nargs="+", default=[DEFAULT_CENTER_FRACTION],
                    metavar="F", help="share of fully sampled low-frequency lines: one value, or one per --acc "
                                      "(fastMRI: 0.08 at 4x, 0.04 at 8x)")

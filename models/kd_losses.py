@@ -158,8 +158,10 @@ class Imitation(KDLoss):
 
 
 class FitNet(KDLoss):
-    """FitNets hint learning (Romero et al. 2015), as in the SFT-KD-Recon code: MSE between the CNN
-    outputs (B, 1, H, W) of the middle cascade (index ``n_cascades // 2``) of teacher and student.
+    """FitNets hint learning (Romero et al. 2015) on the layer the SFT-KD-Recon code uses: MSE between the CNN
+    outputs (B, 1, H, W) of the middle cascade (index ``n_cascades // 2``) of teacher and student. The public
+    ``train_feature_fitnets.py`` instead squares those maps, normalises them over the batch per pixel and takes
+    the L1 distance, as its AT does (:class:`PublicAttentionTransfer`).
 
     Both hints have one channel, so Romero's regressor would be a scalar 1x1 conv and is left out.
     default_weight 0.3: the hint MSE is ~0.065 at init.
@@ -184,9 +186,10 @@ def attention_map(features: torch.Tensor) -> torch.Tensor:
 
 
 class AttentionTransfer(KDLoss):
-    """Attention transfer (Zagoruyko & Komodakis 2017), as in the SFT-KD-Recon code: per cascade, the
-    attention maps of the teacher's conv3 and the student's conv2 activations; the distance is the squared
-    L2 distance of the L2-normalised maps per sample, averaged over the batch and the cascades.
+    """Attention transfer (Zagoruyko & Komodakis 2017) on the layers the SFT-KD-Recon code pairs: per cascade,
+    the attention maps of the teacher's conv3 and the student's conv2 activations; the distance is the squared
+    L2 distance of the L2-normalised maps per sample, averaged over the batch and the cascades. Only the layer
+    pairing is the public code's; its own formula is :class:`PublicAttentionTransfer` (``at-public``).
 
     RepDistiller averages the squared differences over the H W pixels instead of summing them, which makes
     the loss, and so the right weight, shrink as 1 / (H W); the sum keeps one default for ACDC's 150 x 150,
@@ -202,6 +205,48 @@ class AttentionTransfer(KDLoss):
     def compute(self, student_out, student_feats, teacher_out, teacher_feats):
         return _mean([(attention_map(s) - attention_map(t)).pow(2).sum(1).mean()
                       for s, t in self.paired_hidden(student_feats, teacher_feats)])
+
+
+def batch_normalised_energy(features: torch.Tensor) -> torch.Tensor:
+    """The public code's attention map: (B, C, H, W) -> (B, H, W), the sum of squares over channels, then each
+    pixel's B values L2-normalised over the batch axis (``F.normalize(dim=0)``, its eps 1e-12)."""
+    return F.normalize(features.pow(2).sum(1), dim=0)
+
+
+class PublicAttentionTransfer(KDLoss):
+    """Attention transfer as the public SFT-KD-Recon code computes it (``git_cardiac/train_feature.py``): per
+    cascade, the teacher's conv3 and the student's conv2 after-ReLU activations become
+    :func:`batch_normalised_energy` maps, compared by the mean absolute difference (``F.l1_loss``); mean over
+    cascades. The maps are compared as the networks make them, with the ``ref_padding`` border (the public
+    networks pad every block input by 5 pixels and their maps include that border), so teacher and student
+    must share ``ref_padding``.
+
+    Reproduced: the formula, the layers, the border. Not reproduced here: normalising over the batch makes
+    each sample's loss depend on the other slices of its batch (a batch of 1 maps every non-zero pixel to 1);
+    the public code trains this loss alone in a first stage and fine-tunes with L1 after it, which is
+    ``--feature-epochs`` (see train_student_kd.py), but picks that stage's best student by the validation
+    attention loss, where the loop here uses the validation L1.
+
+    default_weight 1: in the public two-stage schedule the first stage is this loss alone (Adam makes its
+    scale irrelevant there); it was not tuned for a single stage, where ``--kd-weight`` should be set.
+    """
+    name = "at-public"
+    teacher_hidden = (TEACHER_LAYER,)
+    description = ("the public code's attention transfer: channel sum of squares normalised over the batch, L1; "
+                   "teacher conv3 vs student conv2")
+    default_weight = 1.0
+
+    def __init__(self, student_config: DCCNNConfig, teacher_config: DCCNNConfig):
+        super().__init__(student_config, teacher_config)
+        if student_config.ref_padding != teacher_config.ref_padding:
+            raise KDMethodError(f"at-public compares the maps with their padding border, as the public code does, "
+                                f"but the student has ref_padding {student_config.ref_padding} and the teacher "
+                                f"{teacher_config.ref_padding}; use a student and teacher built alike")
+
+    def compute(self, student_out, student_feats, teacher_out, teacher_feats):
+        return _mean([F.l1_loss(batch_normalised_energy(s["hidden"][min(STUDENT_LAYER, len(s["hidden"]) - 1)]),
+                                batch_normalised_energy(t["hidden"][min(TEACHER_LAYER, len(t["hidden"]) - 1)]))
+                      for s, t in zip(student_feats, teacher_feats)])
 
 
 def _centred_unit(tensor: torch.Tensor) -> torch.Tensor:
@@ -493,7 +538,8 @@ class FactorTransfer(KDLoss):
 
 
 KD_METHODS: dict[str, type[KDLoss]] = {cls.name: cls for cls in (
-    NoKD, Imitation, FitNet, AttentionTransfer, CorrelationCongruence, FlowOfSolution, SimilarityPreserving,
+    NoKD, Imitation, FitNet, AttentionTransfer, PublicAttentionTransfer, CorrelationCongruence, FlowOfSolution,
+    SimilarityPreserving,
     RelationalKD, ProbabilisticKT, NeuronSelectivityTransfer, VariationalInformation, ActivationBoundaries,
     FactorTransfer,
 )}

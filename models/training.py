@@ -85,6 +85,11 @@ class TrainStep(nn.Module):
     def start_epoch(self, epoch: int) -> None:
         """Called before each training epoch (0-based), for schedules that change the loss."""
 
+    def begins_stage(self, epoch: int) -> bool:
+        """True when epoch (0-based) opens a new stage that must start as a separate run would: from the best
+        model so far (``best_model.pt``), with a fresh Adam and StepLR and a new best validation loss."""
+        return False
+
 
 class Frozen(nn.Module):
     """Holds a network that follows its owner's ``.to()`` / ``.cuda()`` (device and memory layout) but is
@@ -311,6 +316,8 @@ class Trainer:
         with _StopRequest() as stop:
             for epoch in epochs_bar:
                 self.epoch = epoch
+                if self.start_batch == 0 and self.step.begins_stage(epoch):
+                    self.begin_stage()
                 train_loss, seconds = self.train_epoch(stop, show)
                 self.scheduler.step()
                 metrics, images = validate(self.step, self.val_loader, self.dist, self.amp)
@@ -341,9 +348,25 @@ class Trainer:
         self.amp = bool(args.amp)
         self.lr = args.lr * (dist.world if args.scale_lr else 1)
         self.params = [p for p in step.parameters() if p.requires_grad]
+        self.build_optimizer()
+
+    def build_optimizer(self) -> None:
+        """A fresh Adam over the trainable parameters and its StepLR."""
         self.optimizer = torch.optim.Adam(self.params, lr=self.lr)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=args.lr_step_size,
-                                                         gamma=args.lr_gamma)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=self.args.lr_step_size,
+                                                         gamma=self.args.lr_gamma)
+
+    def begin_stage(self) -> None:
+        """Start a stage of the step's schedule (:meth:`TrainStep.begins_stage`) from the previous stage's best
+        model, with a fresh optimiser and schedule; every rank reads the same ``best_model.pt``. A run resumed
+        at the stage's first epoch passes here again and gets the same start."""
+        best = torch.load(self.exp / "best_model.pt", map_location=self.dist.device, weights_only=True)
+        self.step.model.load_state_dict(best["model"])
+        self.build_optimizer()
+        self.best_loss = math.inf
+        if self.dist.main:
+            tqdm.write(f"epoch {self.epoch + 1}: new stage from best_model.pt of epoch {best['epoch']}, fresh "
+                       "optimiser and learning-rate schedule")
 
     def resume_from(self, resume: dict) -> None:
         """Weights, optimiser, schedule, position and (same world size) every rank's RNG from ``model.pt``."""

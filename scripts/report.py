@@ -33,9 +33,9 @@ is first averaged over seeds). ``table.csv`` has the same rows with plain number
 same for the best SFT-KD-Recon student are printed and appended to ``table.md``. An "Orderings" table
 gives the paper's claims as paired differences (teacher - student, KD student - student, SFT-KD-Recon -
 Std-KD, ...) with the per-slice Wilcoxon p, the difference per seed and a paired t-test over seeds; with
-several seeds a per-seed table follows. Folders evaluated with ``evaluate.py --metrics all`` add a last table
-of fastMRI's volume-wise NMSE, PSNR and SSIM (mean ± std over volumes, per folder and model, to
-``table.md`` only). ``--plot FILE.png`` draws PSNR and SSIM per model with error bars.
+several seeds a per-seed table follows. Folders evaluated with ``evaluate.py --metrics all`` add last tables
+of fastMRI's volume-wise NMSE, PSNR and SSIM and of the public SFT-KD-Recon ``evaluate.py``'s NMSE, PSNR, SSIM
+and HFN (mean ± std over volumes, per folder and model, to ``table.md`` only). ``--plot FILE.png`` draws PSNR and SSIM per model with error bars.
 """
 from __future__ import annotations
 
@@ -116,8 +116,9 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
         raise UserError(f"--eval-dirs {folder} does not exist; pass folders written by evaluate.py")
     for path in (summary_path, metrics_path):
         if not path.is_file():
-            hint = (" (it holds only fastMRI's metrics: rerun evaluate.py with --metrics all)"
-                    if path == metrics_path and (folder / "metrics_fastmri.csv").is_file() else "")
+            volume_only = any((folder / name).is_file() for name in ("metrics_fastmri.csv", "metrics_public_volume.csv"))
+            hint = (" (it holds only volume-wise metrics: rerun evaluate.py with --metrics all)"
+                    if path == metrics_path and volume_only else "")
             raise UserError(f"--eval-dirs {folder} has no {path.name}; is it an evaluate.py --out-dir?{hint}")
     try:
         summary = json.loads(summary_path.read_text())
@@ -396,20 +397,31 @@ def role_label(name: str) -> str | None:
     return label if seed is None else f"{label}, seed {seed}"
 
 
-def fastmri_table(folders: list[Path]) -> list[str]:
-    """Markdown lines: the ``fastmri`` entry of each folder's summary.json (fastMRI's volume-wise metrics), one
-    row per folder and model with a known role, in the folder's order; empty when no folder has one."""
-    lines = ["", "fastMRI's volume-wise metrics (evaluate.py --metrics all; mean ± std over volumes, population "
-             "std):", "", "| folder | acc | Method | NMSE | PSNR | SSIM | volumes |", "|---|---|---|---|---|---|---|"]
+# summary.json entry -> (title, (metric, digits) columns) of the volume-wise tables appended to table.md.
+VOLUME_TABLES = {
+    "fastmri": ("fastMRI's volume-wise metrics (evaluate.py --metrics fastmri or all",
+                (("NMSE", 4), ("PSNR", 2), ("SSIM", 4))),
+    "public_volume": ("The public SFT-KD-Recon evaluate.py's volume-wise metrics (evaluate.py --metrics "
+                      "public-volume or all; HFN: 3 x 3 Laplacian, prediction clipped to [0, 1]",
+                      (("NMSE", 4), ("PSNR", 2), ("SSIM", 4), ("HFN", 4))),
+}
+
+
+def volume_table(folders: list[Path], key: str) -> list[str]:
+    """Markdown lines: the ``key`` entry (see :data:`VOLUME_TABLES`) of each folder's summary.json, one row per
+    folder and model with a known role, in the folder's order; empty when no folder has one."""
+    title, columns = VOLUME_TABLES[key]
+    lines = ["", f"{title}; mean ± std over volumes, population std):", "",
+             f"| folder | acc | Method | {' | '.join(m for m, _ in columns)} | volumes |",
+             "|---|---|---|" + "---|" * len(columns) + "---|"]
     count = 0
     for folder in folders:
         summary = json.loads((folder / "summary.json").read_text())
-        for name, stats in summary.get("fastmri", {}).items():
+        for name, stats in summary.get(key, {}).items():
             label = role_label(name)
             if label is None:
                 continue
-            cells = [f"{stats[m]['mean']:.{d}f} ± {stats[m]['std']:.{d}f}" for m, d in
-                     (("NMSE", 4), ("PSNR", 2), ("SSIM", 4))]
+            cells = [f"{stats[m]['mean']:.{d}f} ± {stats[m]['std']:.{d}f}" for m, d in columns]
             lines.append(f"| {folder.name} | {summary['acc']} | {label} | {' | '.join(cells)} | "
                          f"{stats['PSNR']['n']} |")
             count += 1
@@ -484,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError("--contrasts: the folders hold none of the study's arms (stdkd-M, sftkd-M, "
                             "stdkd-sftinit-M, stdkd-studentinit-M); run scripts/study.sh")
         markdown += "".join(f"{line}\n" for line in contrasts.markdown(found))
-    markdown += "".join(f"{line}\n" for line in fastmri_table(args.eval_dirs))
+    markdown += "".join(f"{line}\n" for key in VOLUME_TABLES for line in volume_table(args.eval_dirs, key))
     write_text(md_path, markdown)
     write_text(csv_path, csv_text(csv_rows))
     if args.plot is not None and found:

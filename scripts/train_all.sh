@@ -11,6 +11,8 @@
 #                CONTROLS=1 (also the arms that separate SFT's teacher from SFT's initialisation: the standard
 #                teacher with SFT's blocks, "stdkd-sftinit-<method>", and with the standalone student's
 #                cascades, "stdkd-studentinit-<method>")
+#                SFT_FLAGS / KD_FLAGS (extra flags for the SFT runs / the KD runs only), KD_EPOCHS (--epochs of
+#                each KD run; default EPOCHS; scripts/paper.sh doubles it for the two-stage schedule)
 # Each run's wall time is printed and appended to RESULTS/ACC/times.tsv (run, seconds, fresh|resumed|skipped).
 set -euo pipefail
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
@@ -19,6 +21,7 @@ if [ $# -lt 2 ] || [ $# -gt 3 ]; then
     exit 2
 fi
 DATA_ROOT=$1 ACC=$2 EPOCHS=${3:-150}
+RUN_EPOCHS=$EPOCHS  # of the run() calls below; the KD runs may get KD_EPOCHS
 RESULTS=${RESULTS:-results/$(basename "$DATA_ROOT")}
 KD_METHODS=${KD_METHODS:-at fitnet cc fsp sp}
 cd "$(dirname "$0")/.."
@@ -39,7 +42,7 @@ run() {  # run NAME SCRIPT ARGS...: fresh, resumed or skipped depending on what 
     start=$(date +%s)
     [ ${#resume[@]} -gt 0 ] && [ "${resume[0]}" = --resume ] && how=resumed
     # shellcheck disable=SC2086
-    "$PYTHON" "$script" --data-root "$DATA_ROOT" --acc "$ACC" --epochs "$EPOCHS" --exp-dir "$exp" \
+    "$PYTHON" "$script" --data-root "$DATA_ROOT" --acc "$ACC" --epochs "$RUN_EPOCHS" --exp-dir "$exp" \
         "${resume[@]}" ${TRAIN_FLAGS:-} "$@"
     local seconds=$(( $(date +%s) - start ))
     echo "== $name done in ${seconds} s"
@@ -48,23 +51,31 @@ run() {  # run NAME SCRIPT ARGS...: fresh, resumed or skipped depending on what 
 
 run teacher train_teacher.py --model teacher
 run student train_teacher.py --model student
-run sft train_sft.py
+# shellcheck disable=SC2086
+run sft train_sft.py ${SFT_FLAGS:-}
 sft_runs=(sft)
 if [ "${SFT_IMITATION0:-0}" = 1 ]; then
-    run sft0 train_sft.py --imitation-weight 0
+    # shellcheck disable=SC2086
+    run sft0 train_sft.py ${SFT_FLAGS:-} --imitation-weight 0
     sft_runs+=(sft0)
 fi
+RUN_EPOCHS=${KD_EPOCHS:-$EPOCHS}
 for method in $KD_METHODS; do
-    run "stdkd-$method" train_student_kd.py --kd-method "$method" --teacher-checkpoint "$OUT/teacher/best_model.pt"
+    # shellcheck disable=SC2086
+    run "stdkd-$method" train_student_kd.py --kd-method "$method" --teacher-checkpoint "$OUT/teacher/best_model.pt" \
+        ${KD_FLAGS:-}
     for sft in "${sft_runs[@]}"; do
+        # shellcheck disable=SC2086
         run "${sft}kd-$method" train_student_kd.py --kd-method "$method" \
-            --teacher-checkpoint "$OUT/$sft/best_model.pt" --init-from-sft "$OUT/$sft/best_model.pt"
+            --teacher-checkpoint "$OUT/$sft/best_model.pt" --init-from-sft "$OUT/$sft/best_model.pt" ${KD_FLAGS:-}
     done
     if [ "${CONTROLS:-0}" = 1 ]; then
+        # shellcheck disable=SC2086
         run "stdkd-sftinit-$method" train_student_kd.py --kd-method "$method" \
-            --teacher-checkpoint "$OUT/teacher/best_model.pt" --init-from-sft "$OUT/sft/best_model.pt"
+            --teacher-checkpoint "$OUT/teacher/best_model.pt" --init-from-sft "$OUT/sft/best_model.pt" ${KD_FLAGS:-}
+        # shellcheck disable=SC2086
         run "stdkd-studentinit-$method" train_student_kd.py --kd-method "$method" \
-            --teacher-checkpoint "$OUT/teacher/best_model.pt" --init-student "$OUT/student/best_model.pt"
+            --teacher-checkpoint "$OUT/teacher/best_model.pt" --init-student "$OUT/student/best_model.pt" ${KD_FLAGS:-}
     fi
 done
 echo "all runs for $ACC are in $OUT"

@@ -102,7 +102,7 @@ def test_evaluation_on_cuda_matches_cpu_metrics(tmp_path):
         assert b["SSIM"] == pytest.approx(a["SSIM"], abs=2e-3)
         assert b["VIF"] == pytest.approx(a["VIF"], abs=5e-3)
         assert b["NMSE"] == pytest.approx(a["NMSE"], rel=2e-2, abs=1e-6)
-        assert b["HFN"] == pytest.approx(a["HFN"], rel=2e-2, abs=1e-6)
+        assert b["HFEN-LoG"] == pytest.approx(a["HFEN-LoG"], rel=2e-2, abs=1e-6)
 
 
 def test_dataloader_workers_with_pinned_memory_give_the_same_batches(tiny_data):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 
@@ -49,7 +50,16 @@ def test_paper_protocol_runs_and_reruns_skip_finished_runs(tmp_path):
     first = subprocess.run(["bash", "scripts/paper.sh", str(data), str(results)], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "| SFT-KD-Recon (at) |" in (results / "table.md").read_text()
+    table = (results / "table.md").read_text()
+    assert "| SFT-KD-Recon (at) |" in table and "public SFT-KD-Recon evaluate.py's volume-wise" in table
+    # The public protocol: padding 5, the SFT imitation weight 1 / (4 H W), two KD stages of EPOCHS each.
+    assert "mask_4x.npy is not the public SFT-KD-Recon mask" in first.stderr  # 32 x 32 test data
+    configs = {run: json.loads((results / "4x" / run / "config.json").read_text())
+               for run in ("teacher", "sft", "stdkd-at", "sftkd-at")}
+    assert {c["ref_padding"] for c in configs.values()} == {5}
+    assert configs["sft"]["imitation_weight"] == 1 / (4 * 32 * 32)
+    assert [(configs[r]["epochs"], configs[r]["feature_epochs"]) for r in ("stdkd-at", "sftkd-at")] == [(2, 1)] * 2
+    assert configs["teacher"]["epochs"] == 1
     best = (results / "4x" / "sft" / "best_model.pt").read_bytes()
     second = subprocess.run(["bash", "scripts/paper.sh", str(data), str(results)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)

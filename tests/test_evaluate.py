@@ -19,7 +19,7 @@ from models.dccnn import student, teacher
 from models.sft import SFTNet
 from utils import UserError, psnr, save_checkpoint, seed_everything
 
-HEADER = "model,volume,slice,PSNR,SSIM,NMSE,HFN,VIF"
+HEADER = "model,volume,slice,PSNR,SSIM,NMSE,HFEN-LoG,VIF"
 
 
 def train_teacher(root: Path, steps: int = 25):
@@ -65,7 +65,7 @@ def test_csv_layout(evaluated):
     assert [r["model"] for r in rows] == [name for name in names for _ in range(4)]
     assert [(r["volume"], int(r["slice"])) for r in rows[:4]] == [("vol02", s) for s in range(4)]
     assert len({(r["model"], r["volume"], r["slice"]) for r in rows}) == len(rows)
-    assert all(np.isfinite(float(r[m])) for r in rows for m in ("PSNR", "SSIM", "NMSE", "HFN", "VIF"))
+    assert all(np.isfinite(float(r[m])) for r in rows for m in ("PSNR", "SSIM", "NMSE", "HFEN-LoG", "VIF"))
     assert "ZF" in evaluated["stdout"] and "summary.json" in evaluated["stdout"]
 
 
@@ -75,7 +75,7 @@ def test_summary_matches_csv(evaluated):
     assert summary["data_root"] == str(evaluated["root"])
     assert summary["checkpoints"]["sft"] == str(evaluated["paths"]["sft"])
     for name in ("ZF", "teacher", "student_run", "sft"):
-        for metric in ("PSNR", "SSIM", "NMSE", "HFN", "VIF"):
+        for metric in ("PSNR", "SSIM", "NMSE", "HFEN-LoG", "VIF"):
             values = [float(r[metric]) for r in evaluated["rows"] if r["model"] == name]
             stats = summary[name][metric]
             assert stats["n"] == 4
@@ -168,7 +168,7 @@ def test_all_zero_slices_are_left_out(tmp_path):
     rows = evaluate({"s": student()}, SliceDataset(root, "validation", "4x"), recons_dir=tmp_path / "r",
                     progress=False)
     assert [(r["model"], r["slice"]) for r in rows] == [(m, s) for m in ("ZF", "s") for s in (1, 2, 3)]
-    assert all(np.isfinite(r[m]) for r in rows for m in ("PSNR", "NMSE", "HFN", "VIF"))
+    assert all(np.isfinite(r[m]) for r in rows for m in ("PSNR", "NMSE", "HFEN-LoG", "VIF"))
     with h5py.File(tmp_path / "r" / "s" / "vol02.h5", "r") as f:
         assert f["reconstruction"].shape == (4, 32, 32)
 
@@ -183,3 +183,43 @@ def test_amp_evaluation_is_close_to_float32(tmp_path):
     for a, b in zip(exact, fast):
         assert a["model"] == b["model"] and a["slice"] == b["slice"]
         assert b["PSNR"] == pytest.approx(a["PSNR"], abs=0.5)
+
+
+def test_public_volume_metrics_file_and_summary(tmp_path):
+    from skimage.filters import laplace
+    root = make_dataset(tmp_path / "data", val_volumes=2, slices=3)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "student.pt"
+    save_checkpoint(model_payload(student(), run_name="student"), checkpoint)
+    out = tmp_path / "eval"
+    main(["--checkpoints", str(checkpoint), "--data-root", str(root), "--acc", "4x", "--device", "cpu",
+          "--out-dir", str(out), "--metrics", "public-volume", "--save-recons"])
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "metrics_public_volume.csv", "recons",
+                                                      "summary.json"]
+    assert (out / "metrics_public_volume.csv").read_text().splitlines()[0] == "model,volume,NMSE,PSNR,SSIM,HFN"
+    with (out / "metrics_public_volume.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["volume"]) for r in rows] == [(m, v) for m in ("ZF", "student") for v in ("vol02", "vol03")]
+    for row in rows:
+        with h5py.File(root / "validation" / "acc_4x" / f"{row['volume']}.h5", "r") as f:
+            target = f["volfs"][()].astype(np.float32).astype(np.float64)  # (H, W, S), the public layout
+            zero_filled = f["img_volus_4x"][()].astype(np.float32).astype(np.float64)
+        if row["model"] == "ZF":
+            recon = zero_filled
+        else:
+            with h5py.File(out / "recons" / "student" / f"{row['volume']}.h5", "r") as f:
+                recon = np.moveaxis(f["reconstruction"][()], 0, -1).astype(np.float64)
+        assert float(row["PSNR"]) == pytest.approx(
+            peak_signal_noise_ratio(target, recon, data_range=target.max()), rel=1e-9)
+        assert float(row["SSIM"]) == pytest.approx(
+            structural_similarity(target, recon, channel_axis=-1, data_range=target.max()), rel=1e-9)
+        clipped = np.clip(recon, 0, 1)
+        assert float(row["HFN"]) == pytest.approx(np.mean(
+            [np.sum((laplace(target[..., s]) - laplace(clipped[..., s])) ** 2) / np.sum(laplace(target[..., s]) ** 2)
+             for s in range(target.shape[-1])]), rel=1e-9)
+        per_slice_psnr = np.mean([psnr(target[..., s], recon[..., s]) for s in range(target.shape[-1])])
+        assert abs(per_slice_psnr - float(row["PSNR"])) > 0.01  # what the paper set would have said
+    summary = json.loads((out / "summary.json").read_text())["public_volume"]
+    values = [float(r["HFN"]) for r in rows if r["model"] == "student"]
+    assert summary["student"]["HFN"] == {"mean": pytest.approx(np.mean(values), rel=1e-12),
+                                         "std": pytest.approx(np.std(values), rel=1e-9), "n": 2}

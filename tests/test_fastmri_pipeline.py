@@ -85,7 +85,7 @@ def test_fastmri_files_through_prepare_sft_kd_and_both_metric_sets(tmp_path: Pat
     assert "fastMRI volume-wise metrics" in printed
 
     columns, rows = read_csv(out / "metrics.csv")
-    assert columns == ["model", "volume", "slice", "PSNR", "SSIM", "NMSE", "HFN", "VIF"]
+    assert columns == ["model", "volume", "slice", "PSNR", "SSIM", "NMSE", "HFEN-LoG", "VIF"]
     assert [(r["model"], r["volume"], int(r["slice"])) for r in rows] == \
         [(m, v, s) for m in MODELS for v in validation for s in range(SLICES)]
     columns, volume_rows = read_csv(out / "metrics_fastmri.csv")

@@ -12,8 +12,8 @@ from models.dccnn import STUDENT, TEACHER, DCCNNConfig, count_parameters, studen
 from models.kd_losses import KD_METHODS, KDLoss, KDMethodError, attention_map, build_kd_loss, describe_methods
 from utils import UserError
 
-NAMES = ["none", "imitation", "fitnet", "at", "cc", "fsp", "sp", "rkd", "pkt", "nst", "vid", "ab", "ft"]
-ZERO_WHEN_EQUAL = ["imitation", "fitnet", "at", "sp", "cc", "fsp", "nst", "pkt", "rkd"]
+NAMES = ["none", "imitation", "fitnet", "at", "at-public", "cc", "fsp", "sp", "rkd", "pkt", "nst", "vid", "ab", "ft"]
+ZERO_WHEN_EQUAL = ["imitation", "fitnet", "at", "at-public", "sp", "cc", "fsp", "nst", "pkt", "rkd"]
 LEARNABLE = {"vid", "ab", "ft"}
 SIZE = 16
 
@@ -59,7 +59,7 @@ def fake_features(batch: int, seed: int = 0, constant: float | None = None):
     return student_feats[-1]["out"], student_feats, teacher_feats[-1]["out"], teacher_feats
 
 
-def test_registry_holds_exactly_the_thirteen_methods():
+def test_registry_holds_exactly_the_fourteen_methods():
     assert sorted(KD_METHODS) == sorted(NAMES)
     for name, cls in KD_METHODS.items():
         assert issubclass(cls, KDLoss) and cls.name == name
@@ -279,3 +279,46 @@ def test_teacher_keeps_exactly_the_hidden_layers_the_method_reads(name):
     if name not in ("none", "imitation"):
         n_kept = sum(h is not None for f in kept for h in f["hidden"])
         assert n_kept == 5 * len(loss.keep_teacher_hidden())
+
+
+NO_OUTPUT = torch.zeros(1)  # outputs and CNN outputs, which at-public does not read
+
+
+def _public_at_features(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor]):
+    """Feature lists with the student's conv2 and the teacher's conv3 set to the given (B, C, H, W) maps."""
+    student_feats = [{"hidden": [torch.zeros_like(s), s], "cnn_out": NO_OUTPUT, "out": NO_OUTPUT}
+                     for s in student_maps]
+    teacher_feats = [{"hidden": [None, None, t, None], "cnn_out": NO_OUTPUT, "out": NO_OUTPUT}
+                     for t in teacher_maps]
+    return student_feats, teacher_feats
+
+
+def test_at_public_hand_computed():
+    config_s, config_t = (DCCNNConfig(n_cascades=2, n_convs=n, channels=2) for n in (3, 5))
+    # B = 2 samples, C = 2 channels, 1 x 2 pixels: (sample, channel, 0, pixel).
+    student_1 = torch.tensor([[[[3.0, 1.0]], [[4.0, 0.0]]], [[[0.0, 0.0]], [[0.0, 1.0]]]])
+    teacher_1 = torch.tensor([[[[1.0, 0.0]], [[0.0, 0.0]]], [[[0.0, 1.0]], [[1.0, 1.0]]]])
+    # Channel sums of squares: student (25, 1) and (0, 1), teacher (1, 0) and (1, 2). Each pixel normalised
+    # over the two samples: student pixel 0 (1, 0), pixel 1 (1, 1) / sqrt 2; teacher pixel 0 (1, 1) / sqrt 2,
+    # pixel 1 (0, 1). |differences|: 1 - r, r, r, 1 - r with r = 1 / sqrt 2, mean over 4 entries = 0.5.
+    student_feats, teacher_feats = _public_at_features([student_1, student_1], [teacher_1, 2 * student_1])
+    loss = build_kd_loss("at-public", config_s, config_t)(NO_OUTPUT, student_feats, NO_OUTPUT, teacher_feats)
+    # Cascade 2 compares a map with twice itself: normalising over the batch removes the scale, so 0.
+    assert loss.item() == pytest.approx((0.5 + 0.0) / 2, abs=1e-7)
+    # Per-sample normalisation (the "at" entry) sees other maps: not the same number.
+    at = build_kd_loss("at", config_s, config_t)(NO_OUTPUT, student_feats, NO_OUTPUT, teacher_feats)
+    assert at.item() != pytest.approx(loss.item(), rel=0.1)
+
+
+def test_at_public_keeps_the_padding_border_and_needs_equal_padding():
+    padded_s = DCCNNConfig(n_cascades=1, n_convs=3, channels=2, ref_padding=5)
+    padded_t = DCCNNConfig(n_cascades=1, n_convs=5, channels=2, ref_padding=5)
+    student_map = torch.zeros(2, 2, 12, 12)
+    teacher_map = torch.zeros(2, 2, 12, 12)
+    teacher_map[0, 0, 0, 0] = 1.0  # only in the 5-pixel border: "at" crops it away, "at-public" sees it
+    student_feats, teacher_feats = _public_at_features([student_map], [teacher_map])
+    loss = build_kd_loss("at-public", padded_s, padded_t)(NO_OUTPUT, student_feats, NO_OUTPUT, teacher_feats)
+    assert loss.item() == pytest.approx(1 / (2 * 12 * 12), abs=1e-9)
+    assert build_kd_loss("at", padded_s, padded_t)(NO_OUTPUT, student_feats, NO_OUTPUT, teacher_feats).item() == 0.0
+    with pytest.raises(KDMethodError, match="student has ref_padding 0 and the teacher 5"):
+        build_kd_loss("at-public", DCCNNConfig(n_cascades=1, n_convs=3, channels=2), padded_t)

@@ -247,5 +247,87 @@ def test_fastmri_mask_errors():
         make_mask((8, 8), "4x", "fastmri-random", center_fraction=0.05)
     with pytest.raises(MaskError, match="alone samples 96 of 320 lines"):
         make_mask((320, 320), "4x", "fastmri-equispaced", center_fraction=0.3)
-    with pytest.raises(MaskError, match="unknown; choose one of: rows, fastmri-random, fastmri-equispaced"):
+    with pytest.raises(MaskError, match="unknown; choose one of: rows, public, variable-density, fastmri-random, fastmri-equispaced"):
         make_mask((32, 32), "4x", "poisson")
+
+
+# --------------------------------------------------------------------------- the public masks and variable density
+
+# SHA-256 of the public files, GayathriMatcha/SFT-KD-Recon commit ff1b347, "Under_sampling masks/{Brain,Cardiac}/".
+PUBLIC_SHA256 = {
+    "brain/mask_4x.npy": "d0e77346c4f74d7ba79cdbad861e07b97e59f95f23157523badf1d437d447fed",
+    "brain/mask_5x.npy": "bda42e3032667158ae89cfac6f41c3ec8b7ccef6eb36a5f1aaa368f482fa11bb",
+    "cardiac/mask_4x.npy": "9a420a62e19afb88d8b94d1177ec44fead4199d5d56993b043837c10de0865f2",
+    "cardiac/mask_5x.npy": "c9b326a2cfb2e2432a02691e7161e5b1b390134cce908729125365ac9f5b098b",
+}
+
+
+@pytest.mark.parametrize("size, acc, relative, n_rows", [
+    (240, "4x", "brain/mask_4x.npy", 60), (240, "5x", "brain/mask_5x.npy", 48),
+    (150, "4x", "cardiac/mask_4x.npy", 37), (150, "5.0x", "cardiac/mask_5x.npy", 30),
+])
+def test_public_masks_are_the_public_files(size, acc, relative, n_rows):
+    import hashlib
+    from data.masks import PUBLIC_MASK_DIR
+    path = PUBLIC_MASK_DIR / relative
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == PUBLIC_SHA256[relative]
+    assert f"{PUBLIC_SHA256[relative]}  {relative}" in (PUBLIC_MASK_DIR / "SHA256SUMS").read_text().splitlines()
+    mask = make_mask((size, size), acc, "public", seed=123, center_fraction=0.3)  # neither applies
+    original = np.load(path)
+    assert original.dtype == np.float64 and mask.dtype == np.float32
+    np.testing.assert_array_equal(mask, original)
+    assert int(_rows(mask).sum()) == n_rows and (mask == mask[:, :1]).all()  # whole rows
+
+
+def test_public_brain_4x_rows_are_variable_density():
+    rows = np.flatnonzero(_rows(make_mask((240, 240), "4x", "public")))
+    # The rows METHOD.md lists, read off the public file by hand: dense at DC (row 0), sparse mid-way.
+    assert rows[:20].tolist() == [0, 1, 2, 3, 4, 8, 9, 10, 11, 13, 15, 18, 19, 20, 21, 22, 25, 33, 34, 36]
+    assert rows[-5:].tolist() == [235, 236, 237, 238, 239]
+
+
+@pytest.mark.parametrize("shape, acc", [((64, 64), "4x"), ((240, 240), "8x"), ((240, 150), "4x"),
+                                        ((150, 150), "6x")])
+def test_public_masks_refuse_other_geometries(shape, acc):
+    with pytest.raises(MaskError, match=r"only for 240x240 \(MRBrainS\) and 150x150 \(ACDC\) slices at 4x and 5x, "
+                                        rf"not {shape[0]}x{shape[1]} at {acc}; use --mask-kind variable-density"):
+        make_mask(shape, acc, "public")
+
+
+def test_a_changed_public_mask_file_is_refused(tmp_path, monkeypatch):
+    import shutil
+    import data.masks
+    copy = tmp_path / "public_masks"
+    shutil.copytree(data.masks.PUBLIC_MASK_DIR, copy)
+    mask = np.load(copy / "cardiac" / "mask_4x.npy")
+    mask[75] = 1.0
+    np.save(copy / "cardiac" / "mask_4x.npy", mask)
+    monkeypatch.setattr(data.masks, "PUBLIC_MASK_DIR", copy)
+    with pytest.raises(MaskError, match="mask_4x.npy differs from the public mask"):
+        make_mask((150, 150), "4x", "public")
+    np.testing.assert_array_equal(make_mask((150, 150), "5x", "public"), np.load(copy / "cardiac" / "mask_5x.npy"))
+
+
+@pytest.mark.parametrize("height, acc, n_rows", [(96, "4x", 24), (97, "5x", 19), (240, "8x", 30), (40, "4x", 10)])
+def test_variable_density_rows_count_band_and_seed(height, acc, n_rows):
+    masks = [make_mask((height, 12), acc, "variable-density", seed=seed) for seed in range(3)]
+    for mask in masks:
+        assert mask.dtype == np.float32 and (mask == mask[:, :1]).all()
+        assert int(_rows(mask).sum()) == n_rows
+        n_low = min(n_rows, max(2, round(0.08 * height)))
+        band = np.r_[0:math.ceil(n_low / 2), height - n_low // 2:height]
+        assert _rows(mask)[band].all()
+    np.testing.assert_array_equal(masks[0], make_mask((height, 12), acc, "variable-density", seed=0))
+    assert not np.array_equal(masks[0], masks[1])
+
+
+def test_variable_density_is_denser_near_dc():
+    height = 96
+    rows = np.stack([_rows(make_mask((height, 4), "4x", "variable-density", seed=seed)) for seed in range(100)])
+    distance = np.minimum(np.arange(height), height - np.arange(height))
+    near = rows[:, (distance > 4) & (distance <= height // 8)].mean()  # just outside the 8-row band
+    far = rows[:, distance >= 3 * height // 8].mean()
+    uniform = rows[:, distance > 4].mean()  # what uniform rows would give everywhere
+    assert near > 4 * far and near > uniform > far
+    # The density is 0.58 at d = H / 8 and 0.13 beyond 3 H / 8 (ratio 4.6); these seeds sample 0.43 and 0.085.
+    assert 0.35 < near < 0.5 and 0.05 < far < 0.12

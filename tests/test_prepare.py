@@ -285,3 +285,31 @@ def test_helpers():
     # two files of one subject with the same name get the folders above them
     pair = [InputFile(Path(p), Path("/d")) for p in ("/d/1/pre/T1.nii", "/d/1/orig/T1.nii")]
     assert volume_names(pair, ["1", "1"]) == ["pre_1_T1", "orig_1_T1"]
+
+
+@pytest.mark.parametrize("size", [150, 240])
+def test_mask_kind_public_writes_the_public_masks(nifti_dir: Path, tmp_path: Path, size: int):
+    from data.masks import PUBLIC_MASK_DIR
+    out = tmp_path / "out"
+    prepare(inputs=[nifti_dir], out=out, size=size, accs=["4x", "5x"], mask_kind="public", max_slices_per_volume=2,
+            min_foreground=0.0)  # 40 x 40 volumes padded to 240 x 240 cover ~3 % of it
+    folder = {150: "cardiac", 240: "brain"}[size]
+    for acc in ("4x", "5x"):
+        public = np.load(PUBLIC_MASK_DIR / folder / f"mask_{acc}.npy")
+        written = np.load(out / f"mask_{acc}.npy")
+        np.testing.assert_array_equal(written, public)  # float32 here, float64 there: {0, 1} exactly
+        kspace = _read(next((out / "train" / f"acc_{acc}").glob("*.h5")), acc)["kspace"]
+        assert np.all(kspace[public[:, 0] == 0] == 0) and np.all(kspace[public[:, 0] == 1] != 0)
+
+
+def test_mask_kind_public_refuses_other_sizes_and_presets_use_it(nifti_dir: Path, tmp_path: Path, capsys):
+    with pytest.raises(UserError, match=r"--mask-kind public --acc 4x .*not 32x32 at 4x; use --mask-kind "
+                                        "variable-density"):
+        prepare(inputs=[nifti_dir], out=tmp_path / "a", size=32, accs=["4x"], mask_kind="public")
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+    from data.prepare import Options
+    assert Options(out=tmp_path, inputs=[nifti_dir], preset="mrbrains").resolved().mask_kind == "public"
+    assert Options(out=tmp_path, inputs=[nifti_dir], preset="acdc").resolved().mask_kind == "public"
+    assert capsys.readouterr().err == ""
+    assert Options(out=tmp_path, inputs=[nifti_dir], preset="acdc", size=64).resolved().mask_kind == "rows"
+    assert "note: --size 64 replaces --preset acdc's 150" in capsys.readouterr().err

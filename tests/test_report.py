@@ -19,7 +19,7 @@ KEYS = [(f"vol{v}", s) for v in range(2) for s in range(5)]  # 10 slices in 2 vo
 def write_eval_dir(folder: Path, acc: str, models: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
     """An evaluate.py-like folder: models maps name -> (PSNR, SSIM) per slice, each (10,) float."""
     folder.mkdir(parents=True)
-    lines = ["model,volume,slice,PSNR,SSIM,NMSE,HFN,VIF"]
+    lines = ["model,volume,slice,PSNR,SSIM,NMSE,HFEN-LoG,VIF"]
     for name, (psnr, ssim) in models.items():
         lines += [f"{name},{vol},{s},{float(p)!r},{float(q)!r},0.01,0.1,0.9"
                   for (vol, s), p, q in zip(KEYS, psnr, ssim)]
@@ -196,3 +196,17 @@ def test_orderings_per_seed_table_over_seed_test_and_plot(tmp_path):
     assert f"{student[2]:.2f} / " in seed_row.split("|")[5]
     with pytest.raises(UserError, match="study.png already exists"):
         main(["--eval-dirs", *map(str, dirs), "--out-dir", str(tmp_path / "other"), "--plot", str(out / "study.png")])
+
+
+def test_report_lists_the_public_volume_metrics(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = write_eval_dir(tmp_path / "eval", "4x", {"student": (rng.normal(30, 1, 10), rng.uniform(0.8, 0.9, 10))})
+    summary = json.loads((folder / "summary.json").read_text())
+    stats = {m: {"mean": mean, "std": 0.5 * mean, "n": 2}
+             for m, mean in (("NMSE", 0.0123), ("PSNR", 31.234), ("SSIM", 0.9123), ("HFN", 0.2345))}
+    (folder / "summary.json").write_text(json.dumps({**summary, "public_volume": {"student": stats}}))
+    main(["--eval-dirs", str(folder), "--out-dir", str(tmp_path / "r")])
+    table = (tmp_path / "r" / "table.md").read_text()
+    assert "The public SFT-KD-Recon evaluate.py's volume-wise metrics" in table
+    assert "| eval | 4x | Student | 0.0123 ± 0.0062 | 31.23 ± 15.62 | 0.9123 ± 0.4561 | 0.2345 ± 0.1172 | 2 |" in table
+    assert "fastMRI's volume-wise" not in table

@@ -126,10 +126,10 @@ def test_init_from_sft_copies_s2_to_s5_and_reinitialises_s1(runs):
     assert torch.equal(step.teacher.state_dict()["cascades.0.conv1.weight"], sft["teacher.cascades.0.conv1.weight"])
 
 
-def test_kd_method_list_names_all_13():
+def test_kd_method_list_names_all_14():
     result = run_cli("train_student_kd.py", "--kd-method", "list")
     assert result.returncode == 0, result.stderr
-    assert len(KD_METHODS) == 13
+    assert len(KD_METHODS) == 14
     for name in KD_METHODS:
         assert name in result.stdout
 
@@ -170,17 +170,47 @@ def test_multi_acceleration_training_reports_each(tmp_path):
     assert scalars(exp, "val/psnr_4x") and scalars(exp, "val/psnr_5x")
 
 
-def test_two_stage_schedule_switches_to_l1_plus_imitation(tmp_path, runs):
+def test_two_stage_schedule_is_the_public_one(tmp_path, runs, monkeypatch):
+    import models.training
     exp = tmp_path / "two_stage"
+    real_validate, real_start = models.training.validate, train_student_kd.KDStep.start_epoch
+    scripted = iter([1.0, 2.0, 3.0])  # stage 1's best is its first epoch, not its last
+
+    def validate(*args, **kwargs):
+        metrics, images = real_validate(*args, **kwargs)
+        return {**metrics, "loss": next(scripted)}, images
+
+    seen = {}
+
+    def start_epoch(self, epoch):
+        if epoch == 2:  # the second stage's first epoch, after the loop has set it up
+            seen["student"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+            seen["best"] = torch.load(exp / "best_model.pt", weights_only=True)
+            seen["last"] = torch.load(exp / "model.pt", weights_only=True)
+        real_start(self, epoch)
+
+    monkeypatch.setattr(models.training, "validate", validate)
+    monkeypatch.setattr(train_student_kd.KDStep, "start_epoch", start_epoch)
     sft = str(runs["sft"] / "best_model.pt")
     train_student_kd.main(common(runs["data"], exp, "--teacher-checkpoint", sft, "--init-from-sft", sft,
-                                 "--kd-method", "at", "--feature-epochs", "1", epochs=2))
+                                 "--kd-method", "at-public", "--feature-epochs", "2", "--lr-step-size", "1",
+                                 epochs=3))
+    # The second stage starts from the first stage's best student (epoch 1), not from where it ended.
+    assert seen["best"]["epoch"] == 1
+    for key, value in seen["student"].items():
+        assert torch.equal(value, seen["best"]["model"][key])
+    assert any(not torch.equal(v, seen["last"]["model"][k]) for k, v in seen["student"].items())
+    # Stage 1: the KD loss alone; stage 2: L1 alone.
     total, rec, kd = (scalars(exp, f"train/{t}") for t in ("loss", "reconstruction", "kd"))
-    per_epoch = len(total) // 2
-    # Stage 1: the loss is the weighted AT term alone; stage 2: L1 + L1 to the teacher output.
-    weight = train_student_kd.KD_METHODS["at"].default_weight
-    assert total[0] == pytest.approx(weight * kd[0], rel=1e-4)
-    assert total[per_epoch] == pytest.approx(rec[per_epoch] + kd[per_epoch], rel=1e-4)
+    per_epoch = len(total) // 3
+    assert total[:2 * per_epoch] == pytest.approx(kd[:2 * per_epoch], rel=1e-6)  # at-public's weight is 1
+    assert total[2 * per_epoch:] == rec[2 * per_epoch:] and set(kd[2 * per_epoch:]) == {0.0}
+    # A fresh optimiser and StepLR: the learning rate is back at 1e-3 after stage 1 decayed it twice, and
+    # Adam counts only the second stage's steps.
+    assert scalars(exp, "train/lr") == pytest.approx([1e-4, 1e-5, 1e-4])
+    last = torch.load(exp / "model.pt", weights_only=True)
+    assert {float(state["step"]) for state in last["optimizer"]["state"].values()} == {per_epoch}
+    assert torch.load(exp / "best_model.pt", weights_only=True)["epoch"] == 3  # the second stage's best
 
 
 def test_amp_trains_in_bfloat16_with_float32_data_fidelity(tmp_path, runs):
@@ -263,3 +293,41 @@ def test_sft_step_declares_its_own_backward_only_where_it_runs_one(runs):
     assert step.runs_own_backward(batch) == (sft_variant(torch.device("cpu")) == "branchwise")
     step.eval()
     assert not step.runs_own_backward(batch)
+
+
+def test_cache_teacher_with_augment_is_refused_in_one_line(tmp_path, capsys):
+    from utils import run_cli as run_main
+    argv = common(tmp_path / "no-data", tmp_path / "exp", "--teacher-checkpoint", str(tmp_path / "t.pt"),
+                  "--kd-method", "imitation", "--cache-teacher", "--augment")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(train_student_kd.main, argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: --cache-teacher") and "--augment" in lines[0]
+    assert not (tmp_path / "exp").exists()
+
+
+# Stopped after the last step of an epoch, the resumed run steps the restored StepLR before this process has
+# stepped Adam, and torch warns; the schedule is the same (the two runs agree below).
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
+@pytest.mark.parametrize("stop_after", [2, 3])  # the last step of stage 1; the first of stage 2
+def test_two_stage_resume_at_and_after_the_switch_is_exact(tmp_path, runs, monkeypatch, stop_after):
+    from models.training import FAULT_ENV
+    teacher = str(runs["teacher"] / "best_model.pt")
+
+    def argv(exp, *extra):
+        return common(runs["data"], exp, "--teacher-checkpoint", teacher, "--kd-method", "at-public",
+                      "--feature-epochs", "1", *extra, epochs=3)
+
+    train_student_kd.main(argv(tmp_path / "straight"))
+    monkeypatch.setenv(FAULT_ENV, f"{stop_after}:SIGTERM")  # 2 steps per epoch
+    with pytest.raises(SystemExit):
+        train_student_kd.main(argv(tmp_path / "stopped"))
+    monkeypatch.delenv(FAULT_ENV)
+    train_student_kd.main(argv(tmp_path / "stopped", "--resume"))
+    a, b = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("straight", "stopped"))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["scheduler"] == b["scheduler"] and a["best_val_loss"] == b["best_val_loss"]
+    for pid, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][pid]["exp_avg"])
