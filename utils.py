@@ -366,7 +366,7 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
     (ENOSPC) naming ``path``, and the file that was there stays as it was."""
     try:
         atomic_write(path, lambda f: torch.save(obj, f))
-    except RuntimeError as exc:
+    except RuntimeError:
         # torch's zip writer turns a failed write into "unexpected pos ..." with no errno: ask the disk.
         nbytes = sum(v.nbytes for v in _tensors(obj))
         check_free_space(path, nbytes)
