@@ -41,6 +41,18 @@ def _open_h5(path: Path) -> h5py.File:
                         "data/prepare.py") from exc
 
 
+def check_stored(path: Path, ds: h5py.Dataset) -> None:
+    """Refuse a dataset that declares more data than its file holds (a damaged or forged header, e.g. 10^9
+    slices) before anything of that size is allocated or read. Compressed datasets legitimately hold fewer
+    bytes than they declare and are not checked."""
+    declared = float(np.prod(ds.shape, dtype=np.float64)) * ds.dtype.itemsize
+    size = path.stat().st_size
+    if ds.compression is None and declared > size:
+        raise UserError(f"{path}: '{ds.name.lstrip('/')}' declares shape {ds.shape} ({declared / 2 ** 20:,.0f} MiB) "
+                        f"but the file holds {size / 2 ** 20:,.1f} MiB: it is damaged; re-copy it or re-run "
+                        "data/prepare.py")
+
+
 class SliceDataset(Dataset):
     """2-D slices of one split and one acceleration.
 
@@ -115,6 +127,7 @@ class SliceDataset(Dataset):
                 if (want_complex and kind != "c") or (not want_complex and kind not in "fiu"):
                     raise UserError(f"{path}: dataset '{key}' has dtype {ds.dtype}; expected "
                                     f"{'complex' if want_complex else 'real float'} values")
+                check_stored(path, ds)
                 shapes.append(tuple(ds.shape))
         if len(set(shapes)) != 1:
             detail = ", ".join(f"{k} {s}" for k, s in zip(self.keys, shapes))

@@ -122,3 +122,14 @@ def test_a_tampered_resume_position_is_refused(tiny_data, tmp_path):
     torch.save(ckpt, exp / "model.pt")
     with pytest.raises(UserError, match="model.pt has a damaged 'epoch' entry"):
         train_teacher.main([*argv, "--resume", "--epochs", "2"])
+
+
+def test_a_dataset_declaring_more_than_its_file_holds_is_refused(tiny_data):
+    import h5py
+    path = tiny_data / "train" / "acc_4x" / "vol00.h5"
+    with h5py.File(path, "a") as f:
+        del f["volfs"]
+        # A header declaring 10^9 slices with no data behind it (HDF5 allocates chunks only when written).
+        f.create_dataset("volfs", shape=(32, 32, 10 ** 9), dtype=np.float32, chunks=(32, 32, 1))
+    with pytest.raises(UserError, match=r"vol00.h5: 'volfs' declares shape \(32, 32, 1000000000\) .* damaged"):
+        SliceDataset(tiny_data, "train", "4x")
