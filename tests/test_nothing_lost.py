@@ -3,6 +3,7 @@ evaluate's --out-dir and training's --exp-dir (issue #18)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -334,3 +335,33 @@ def test_prepare_overwrite_of_data_from_before_the_manifest(scans, tmp_path):
     prepare_main(prepare_args(scans, out, "--overwrite", "--seed", "1"))
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "manifest.json", "mask_4x.npy", "split.json",
                                                       "train", "validation"]
+
+
+@pytest.mark.slow
+def test_two_training_processes_on_one_exp_dir(tiny, tmp_path, capsys):
+    """Issue #18 case 3 with real processes: the first stops itself (SIGSTOP) in its first step, holding the
+    folder; the second is refused naming it; once the first is killed the folder is usable again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import train_teacher
+    from models.training import FAULT_ENV
+    from tests.conftest import ROOT
+    exp = tmp_path / "exp"
+    first = subprocess.Popen([sys.executable, "train_teacher.py", *train_args(tiny, exp)], cwd=ROOT,
+                             env={**os.environ, FAULT_ENV: "1:SIGSTOP", "OMP_NUM_THREADS": "1"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while Path(f"/proc/{first.pid}/stat").read_text().split(")")[-1].split()[0] != "T":
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        err = one_line_error(train_teacher.main, train_args(tiny, exp, "--resume"), capsys)
+        assert f"is in use by another run (process {first.pid} on " in err
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    train_teacher.main(train_args(tiny, exp, "--resume"))
+    assert "took over the lock" in capsys.readouterr().err and (exp / "model.pt").is_file()
