@@ -145,12 +145,18 @@ def checkpoints(exp: Path) -> dict[str, bytes]:
     return {name: (exp / name).read_bytes() for name in ("model.pt", "best_model.pt", "config.json")}
 
 
-@pytest.fixture
-def trained(tiny, tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def trained_once(tiny, tmp_path_factory) -> Path:
     import train_teacher
-    exp = tmp_path / "exp"
+    exp = tmp_path_factory.mktemp("trained") / "exp"
     train_teacher.main(train_args(tiny, exp))
     return exp
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path) -> Path:
+    """A finished one-epoch run of its own (a copy), for tests that change it."""
+    return Path(shutil.copytree(trained_once, tmp_path / "exp"))
 
 
 def test_a_second_run_on_a_busy_exp_dir_is_refused(tiny, trained, capsys):
