@@ -233,7 +233,7 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
     nets = {}
     # The faster layout for forward passes on this device, measured once (models/speed.py): channels_last
     # halves the teacher forward on AVX-512 CPUs; results differ between layouts only by float rounding.
-    memory_format = MEMORY_FORMATS[auto_layout(device, dataset.shape, amp, backward=False)]
+    memory_format = MEMORY_FORMATS[auto_layout(device, dataset.shape, amp, backward=False, batch=batch_size)]
     for name, model in models.items():
         net = load_reconstructor(model, "--checkpoints") if isinstance(model, (str, Path)) else model
         nets[name] = net.to(device, memory_format=memory_format).eval()

@@ -21,6 +21,9 @@ SWITCH_MARGIN = 0.10
 # Start-up cost of the measurement: interleaved rounds of both layouts until this much time is spent.
 MEASURE_BUDGET_S = 0.2
 MEASURE_ROUNDS = (2, 5)  # at least, at most
+# A GPU convolution of a training batch takes ~0.05-0.5 ms, near the launch and synchronisation cost: a round
+# times this many back-to-back calls, so the layouts differ by their kernels, not by noise.
+GPU_CALLS_PER_ROUND = 20
 
 # SFT training step per device type, from scripts/benchmark.py's "SFT step variants" (240 x 240, batch 4):
 #   branchwise     each student branch runs forward and backward alone (sft_forward_backward), at batch size
@@ -60,17 +63,19 @@ def sync(device: torch.device) -> None:
 
 
 def time_conv_layouts(device: torch.device, size: tuple[int, int], amp: bool = False,
-                      backward: bool = True) -> dict[str, list[float]]:
+                      backward: bool = True, batch: int = 1) -> dict[str, list[float]]:
     """Seconds of one 3x3 32 -> 32 convolution, forward + backward (forward alone without ``backward``), per
     round and per layout of :data:`MEMORY_FORMATS`.
 
-    Input (1, 32, H, W) float32 at the run's ``size`` (H, W), in bfloat16 autocast with ``amp``. Within a
-    round the layouts run back to back, so a burst of load from other processes hits both.
+    Input (batch, 32, H, W) float32 at the run's ``size`` (H, W), in bfloat16 autocast with ``amp``. Within a
+    round the layouts run back to back, so a burst of load from other processes hits both; on a GPU a round is
+    :data:`GPU_CALLS_PER_ROUND` calls between two synchronisations, and the seconds are per call.
     """
+    calls = GPU_CALLS_PER_ROUND if device.type == "cuda" else 1
     steps = {}
     for name, fmt in MEMORY_FORMATS.items():
         conv = torch.nn.Conv2d(32, 32, 3, padding=1).to(device, memory_format=fmt)
-        x = torch.randn(1, 32, *size, device=device).to(memory_format=fmt).requires_grad_(backward)
+        x = torch.randn(batch, 32, *size, device=device).to(memory_format=fmt).requires_grad_(backward)
 
         def step(conv=conv, x=x):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(backward):
@@ -87,9 +92,10 @@ def time_conv_layouts(device: torch.device, size: tuple[int, int], amp: bool = F
         for name, step in steps.items():
             sync(device)
             t0 = time.perf_counter()
-            step()
+            for _ in range(calls):
+                step()
             sync(device)
-            seconds[name].append(time.perf_counter() - t0)
+            seconds[name].append((time.perf_counter() - t0) / calls)
     return seconds
 
 
@@ -104,31 +110,34 @@ def pick_layout(seconds: dict[str, list[float]]) -> str:
     return DEFAULT_LAYOUT
 
 
-def measured_layout(device: torch.device, size: tuple[int, int], amp: bool = False,
-                    backward: bool = True) -> tuple[str, dict[str, list[float]]]:
+def measured_layout(device: torch.device, size: tuple[int, int], amp: bool = False, backward: bool = True,
+                    batch: int = 1) -> tuple[str, dict[str, list[float]]]:
     """The layout :func:`pick_layout` chooses on this device and the seconds it saw, measured once per process
-    and (device, size, amp, backward, threads), like cuDNN's benchmark mode. Evaluation passes
-    ``backward=False``: on an AVX2 EPYC, contiguous trains 1.5x faster but channels_last infers ~8 % faster."""
-    key = (str(device), tuple(size), amp, backward, torch.get_num_threads())
+    and (device, size, batch, amp, backward, threads, float32 settings), like cuDNN's benchmark mode. The
+    float32 settings are in the key because TF32 and IEEE convolutions are different kernels whose fastest layout
+    can differ. Evaluation passes ``backward=False``: on an AVX2 EPYC, contiguous trains 1.5x faster but
+    channels_last infers ~8 % faster."""
+    key = (str(device), tuple(size), batch, amp, backward, torch.get_num_threads(), float32_settings())
     if key not in _layout_decisions:
-        seconds = time_conv_layouts(device, size, amp, backward)
+        seconds = time_conv_layouts(device, size, amp, backward, batch)
         _layout_decisions[key] = (pick_layout(seconds), seconds)
     return _layout_decisions[key]
 
 
-def auto_layout(device: torch.device, size: tuple[int, int], amp: bool = False, backward: bool = True) -> str:
-    """The layout ``--memory-format auto`` takes for (H, W) images ``size``: on a CPU the one of
-    :data:`CPU_LAYOUT` for its vector ISA (never timed, so the same seed on the same CPU gives the same numbers),
-    on a GPU the measured one."""
+def auto_layout(device: torch.device, size: tuple[int, int], amp: bool = False, backward: bool = True,
+                batch: int = 1) -> str:
+    """The layout ``--memory-format auto`` takes for (H, W) images ``size`` in batches of ``batch``: on a CPU the
+    one of :data:`CPU_LAYOUT` for its vector ISA (never timed, so the same seed on the same CPU gives the same
+    numbers), on a GPU the measured one."""
     if device.type == "cpu":
         if min(size) < CPU_LAYOUT_FROM:
             return DEFAULT_LAYOUT
         return CPU_LAYOUT.get((torch.backends.cpu.get_cpu_capability(), backward), DEFAULT_LAYOUT)
-    return measured_layout(device, size, amp, backward)[0]
+    return measured_layout(device, size, amp, backward, batch)[0]
 
 
 def resolve_memory_format(requested: str, device: torch.device, size: tuple[int, int], amp: bool = False,
-                          recorded: str | None = None) -> str:
+                          recorded: str | None = None, batch: int = 1) -> str:
     """The layout name a run uses: ``requested`` unless it is ``"auto"``; then the one a resumed run
     ``recorded``, else :func:`auto_layout`. Under torchrun every rank takes rank 0's choice, since DDP needs the
     same parameter layout everywhere."""
@@ -136,7 +145,7 @@ def resolve_memory_format(requested: str, device: torch.device, size: tuple[int,
         return requested
     if recorded in MEMORY_FORMATS:
         return recorded
-    choice = auto_layout(device, size, amp)
+    choice = auto_layout(device, size, amp, batch=batch)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         shared = [choice]
         torch.distributed.broadcast_object_list(shared, src=0)
@@ -144,25 +153,35 @@ def resolve_memory_format(requested: str, device: torch.device, size: tuple[int,
     return choice
 
 
-@contextmanager
-def float32_mode(tf32: bool):
-    """Within the block, CUDA float32 convolutions (cuDNN) and matmuls (cuBLAS) run in TF32 (10-bit mantissa)
-    or in IEEE float32; the previous settings come back afterwards.
+def _float32_targets() -> list[tuple[object, str]]:
+    """The (object, attribute) pairs that hold the CUDA float32 precision of convolutions, then of matmuls.
 
-    PyTorch's default is TF32 for convolutions and IEEE for matmuls, so the training scripts' float32
-    convolutions on a GPU are TF32. torch >= 2.9 has ``fp32_precision`` settings and refuses to mix them with
-    the older ``allow_tf32`` flags: this uses whichever the installed torch has.
-    """
+    torch >= 2.9 has ``fp32_precision`` settings and refuses to mix them with the older ``allow_tf32`` flags:
+    this uses whichever the installed torch has."""
     conv = getattr(torch.backends.cudnn, "conv", None)
     if conv is not None and hasattr(conv, "fp32_precision"):
-        targets = [(conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision")]
-        value = "tf32" if tf32 else "ieee"
-    else:
-        targets = [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")]
-        value = tf32
+        return [(conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision")]
+    return [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")]
+
+
+def float32_settings() -> tuple:
+    """The current float32 precision settings of convolutions and matmuls, e.g. ``("tf32", "ieee")``."""
+    return tuple(getattr(obj, name) for obj, name in _float32_targets())
+
+
+@contextmanager
+def float32_mode(tf32: bool):
+    """Within the block, CUDA float32 convolutions (cuDNN) run in TF32 (10-bit mantissa) or in IEEE float32, and
+    matmuls (cuBLAS) in IEEE float32; the previous settings come back afterwards.
+
+    These are PyTorch's defaults with ``tf32=True``, so the training scripts' float32 convolutions on a GPU are
+    TF32 and their matmuls (several KD losses: FSP, RKD, ...) IEEE.
+    """
+    conv, matmul = targets = _float32_targets()
+    tf32_value, ieee = ("tf32", "ieee") if conv[1] == "fp32_precision" else (True, False)
     saved = [getattr(obj, name) for obj, name in targets]
-    for obj, name in targets:
-        setattr(obj, name, value)
+    setattr(*conv, tf32_value if tf32 else ieee)
+    setattr(*matmul, ieee)
     try:
         yield
     finally:

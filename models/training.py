@@ -343,7 +343,7 @@ class Trainer:
         recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
         shape = tuple(self.train_set[0]["target"].shape[-2:])
         args.memory_format = resolve_memory_format(args.memory_format, dist.device, shape, bool(args.amp),
-                                                   recorded)
+                                                   recorded, batch=args.batch_size)
         step.to(device=dist.device, memory_format=MEMORY_FORMATS[args.memory_format])
         self.amp = bool(args.amp)
         self.lr = args.lr * (dist.world if args.scale_lr else 1)

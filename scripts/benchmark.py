@@ -1,24 +1,29 @@
 """Benchmark and GPU check: training-step and evaluation speed against a convolution roofline measured in the same process.
 
 Times the teacher, student, SFT and KD (imitation, at, fsp) training steps and evaluation at ``--batch-size``,
-in each ``--precision`` (float32 with TF32 off, float32 with TF32 on, bfloat16 autocast) and each memory layout,
-as seconds per slice (median and range over ``--repeats`` interleaved rounds), slices/s, GFLOP/s, fraction of
-the roofline (a 3x3 32 -> 32 convolution, forward + backward, same batch and size, best layout) and peak GPU
-memory (``torch.cuda.max_memory_allocated``). Then it runs the whole 1-epoch ``train_sft.py`` and
+in each ``--precision`` (float32 with TF32 off, float32 with TF32 convolutions, bfloat16 autocast) and each
+memory layout, as seconds per slice (median and range over ``--repeats`` interleaved rounds), slices/s, fraction
+of the roofline (a 3x3 32 -> 32 convolution in the step's dtype, same batch and size, best layout, many
+back-to-back calls: forward + backward for training steps, forward for evaluation) and peak GPU memory of a step
+after its warm-up (``torch.cuda.max_memory_allocated``). Then it runs the whole 1-epoch ``train_sft.py`` and
 ``train_student_kd.py`` as separate processes (start-up, data, validation and checkpoints included).
 
-``--check`` is the GPU check that ``scripts/gpu_check.sh`` runs: first the CUDA tests (``tests/test_cuda.py``),
-then the timings in all three precisions, the SFT step variants of models/speed.py, the processes with
-``--amp --num-workers 4 --preload no``, and a ``--resume`` after interrupting ``train_sft.py``; it writes one
-markdown table to ``--out-dir``/table.md and exits non-zero when a test or a process failed. It needs only torch,
-numpy, h5py, scipy, scikit-image, tqdm, tensorboard, torchmetrics, matplotlib and pytest: its data is written
-by ``data/layout.py``. A benchmark, not a test: it never fails on a time.
+``--check`` is the GPU check that ``scripts/gpu_check.sh`` runs, in four parts (``--only`` picks some): ``tests``
+(``tests/test_cuda.py``), ``steps`` (the timings in all three precisions and the SFT step variants of
+models/speed.py), ``processes`` (with ``--amp --num-workers 4 --preload no``) and ``resume`` (a ``--resume`` after
+interrupting ``train_sft.py``). Each part runs as its own process and every wait has a limit, so a hang, a crash
+or an exception becomes a FAILED cell or note and the check goes on; the table is rewritten after every cell in
+``--out-dir``/table.md, printed at the end whatever happened, and the exit code is 1 if anything failed. It needs
+only torch, numpy, h5py, scipy, scikit-image, tqdm, tensorboard, torchmetrics, matplotlib and pytest: its data is
+written by ``data/layout.py``. A benchmark, not a test: it never fails on a time.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import importlib.util
+import json
+import math
 import os
 import platform
 import re
@@ -28,7 +33,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -53,10 +60,19 @@ from utils import CliParser, UserError, old_spellings, run_cli, save_checkpoint 
 
 CONV_FLOP = 2 * 9  # multiply-add per 3x3 tap
 # On CUDA the training scripts' float32 is "tf32" (PyTorch's default for convolutions); "fp32" is IEEE.
-PRECISIONS = {"fp32": "float32, TF32 off", "tf32": "float32, TF32 on", "bf16": "bf16 (--amp)"}
+PRECISIONS = {"fp32": "float32, TF32 off", "tf32": "float32, TF32 conv", "bf16": "bf16 (--amp)"}
 STEPS = ("teacher", "student", "sft", "kd-imitation", "kd-at", "kd-fsp", "eval")
+PARTS = ("tests", "steps", "processes", "resume")
 TINY = {"size": 16, "slices": 8, "val_slices": 4, "repeats": 1}
 CHECK_PROCESS_FLAGS = ["--amp", "--num-workers", "4", "--preload", "no"]
+# Limits (seconds) of the check's waits, each far above what it takes on an H100 (tests ~40 s, a process
+# ~15 s, a step cell a few s), so only a hang or a failure reaches them. --time-limit bounds the whole check
+# below the 10-minute command limit of a borrowed GPU machine, so the table is printed before anything kills it.
+LIMITS = {"tests": 300, "process": 180, "cell": {"cuda": 120, "cpu": 1800}, "check": 540}
+SIGINT_WAIT_S = 60  # from SIGINT to the interrupted run's exit (it saves model.pt first)
+PART_GRACE_S = 10  # a part's own --time-limit is this much below the one it is killed at, to write its report
+STUCK_GRACE_S = 30  # after a block's limit, how long a call that never returns to Python gets before its part ends
+ROOFLINE_ROUND_S = 0.05  # back-to-back convolutions per round of the roofline, in seconds
 
 
 def block_flops(config) -> int:
@@ -123,11 +139,56 @@ def synthetic_data(root: Path, size: int, n_train: int, n_val: int, acc: str = "
     return root
 
 
+# --------------------------------------------------------------------------- limits
+
+class Overran(Exception):
+    """A step, wait or part that ran past its limit."""
+
+
+class Deadline:
+    """The whole run's ``--time-limit``: every wait gets the smaller of its own limit and the time left."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def limit(self, own: float) -> float:
+        left = self.left()
+        if left <= 0:
+            raise Overran("not run: the --time-limit of the whole run was spent")
+        return min(own, left)
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise :class:`Overran` in the block after ``seconds`` (SIGALRM, so main thread only).
+
+    This ends a step that sleeps or is far slower than it should be; a CUDA call that never returns cannot be
+    interrupted from Python, and is why the check runs each part as its own process with a limit."""
+    def expire(signum, frame):
+        raise Overran(f"over its {seconds:.0f} s limit")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def one_line(text: str, chars: int = 600) -> str:
+    """The end of a log as one line (markdown notes and table cells cannot hold line breaks or pipes)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " // ".join(lines)[-chars:].replace("|", "/")
+
+
 # --------------------------------------------------------------------------- in-process timings
 
 @dataclass
 class Timing:
-    """One measured configuration: seconds per step of each round, peak GPU memory of its warm-up (MB)."""
+    """One measured configuration: seconds per step of each round, peak GPU memory of a step after warm-up (MB)."""
     seconds: list[float] = field(default_factory=list)
     peak_mb: float | None = None
 
@@ -139,44 +200,67 @@ class Timing:
 def time_interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, Timing]:
     """Time every function once per round, round after round, so load from other processes hits all alike.
 
-    The first call of each is a warm-up (kernel selection, cuDNN autotuning, allocator growth) and gives the
-    peak GPU memory of one step."""
+    The first call of each is an untimed warm-up (kernel selection, cuDNN autotuning and its workspaces,
+    allocator growth); the peak GPU memory is that of the step in the first timed round."""
     timings = {name: Timing() for name in fns}
-    for name, fn in fns.items():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
+    for fn in fns.values():
         fn()
-        speed.sync(device)
-        if device.type == "cuda":
-            timings[name].peak_mb = torch.cuda.max_memory_allocated(device) / 2 ** 20
-    for _ in range(repeats):
+    for round_ in range(repeats):
         for name, fn in fns.items():
             speed.sync(device)
+            if round_ == 0 and device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
             fn()
             speed.sync(device)
             timings[name].seconds.append(time.perf_counter() - start)
+            if round_ == 0 and device.type == "cuda":
+                timings[name].peak_mb = torch.cuda.max_memory_allocated(device) / 2 ** 20
     return timings
 
 
-def roofline(batch: int, size: int, device: torch.device, repeats: int, amp: bool) -> tuple[float, str]:
-    """Best GFLOP/s of a 3x3 32 -> 32 convolution, forward + backward (input and weight gradients), over
-    the memory layouts, in the current precision (bfloat16 autocast with ``amp``); and that layout's name."""
-    fns = {}
-    for name, fmt in speed.MEMORY_FORMATS.items():
-        conv = torch.nn.Conv2d(32, 32, 3, padding=1).to(device, memory_format=fmt)
-        x = torch.randn(batch, 32, size, size, device=device).to(memory_format=fmt).requires_grad_()
-        grad = torch.ones(batch, 32, size, size, device=device).to(memory_format=fmt)
+def time_calls(fn: Callable[[], None], calls: int, device: torch.device) -> float:
+    """Seconds per call of ``calls`` back-to-back calls (between CUDA events on a GPU: no host sync between)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / calls
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
 
-        def step(conv=conv, x=x, grad=grad):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = conv(x)
-            out.backward(grad.to(out.dtype))
-        fns[name] = step
-    timings = time_interleaved(fns, repeats, device)
-    flops = 3 * CONV_FLOP * 32 * 32 * size * size * batch
-    return max((flops / min(t.seconds) / 1e9, name) for name, t in timings.items())
+
+def roofline(batch: int, size: int, device: torch.device, dtype: torch.dtype, backward: bool,
+             rounds: int = 3) -> tuple[float, str]:
+    """Best GFLOP/s of a 3x3 32 -> 32 convolution over the memory layouts, and that layout's name.
+
+    Input and weight in ``dtype`` itself (no autocast casts), forward + input and weight gradients with
+    ``backward`` (returned, not accumulated into ``.grad``), else forward alone; each round is enough
+    back-to-back calls to last :data:`ROOFLINE_ROUND_S`, so launch and synchronisation costs do not count."""
+    best = []
+    for name, fmt in speed.MEMORY_FORMATS.items():
+        x = torch.randn(batch, 32, size, size, device=device, dtype=dtype).to(memory_format=fmt)
+        weight = torch.randn(32, 32, 3, 3, device=device, dtype=dtype).to(memory_format=fmt)
+        grad = torch.randn_like(x)
+        x.requires_grad_(backward)
+        weight.requires_grad_(backward)
+
+        def call(x=x, weight=weight, grad=grad):
+            out = F.conv2d(x, weight, padding=1)
+            if backward:
+                torch.autograd.grad(out, (x, weight), grad)
+        for _ in range(2):  # kernel selection
+            call()
+        calls = max(1, min(1000, math.ceil(ROOFLINE_ROUND_S / time_calls(call, 1, device))))
+        best.append((min(time_calls(call, calls, device) for _ in range(rounds)), name))
+    seconds, name = min(best)
+    flops = (3 if backward else 1) * CONV_FLOP * 32 * 32 * size * size * batch
+    return flops / seconds / 1e9, name
 
 
 class Workload:
@@ -248,83 +332,111 @@ class Workload:
 # --------------------------------------------------------------------------- whole processes
 
 def child_env(threads: int | None) -> dict:
-    env = dict(os.environ)
+    # Unbuffered: a child's output is a file, which Python would buffer by 8 KB and lose when the child is killed.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
-def run_process(args: list[str], threads: int | None) -> tuple[float, float, str | None]:
-    """Wall seconds, peak RSS (MB) and, when it failed, the end of stderr of one child process.
+class Child:
+    """A subprocess whose stdout and stderr stream to ``log`` as it writes them (never to an unread pipe, which
+    blocks a child once it fills), in its own process group so its DataLoader workers die with it.
 
-    The peak is the child's own VmHWM, polled from /proc: getrusage's ru_maxrss of a child also counts the
-    pages it inherited from this (large) benchmark process before exec.
-    """
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=child_env(threads), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    status_file = Path(f"/proc/{proc.pid}/status")
-    peak_kb = 0
-    while proc.poll() is None:
+    The peak RSS is the child's own VmHWM, polled from /proc while waiting: getrusage's ru_maxrss of a child
+    also counts the pages it inherited from this (large) benchmark process before exec."""
+
+    def __init__(self, command: list[str], log: Path, threads: int | None = None):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log, self.peak_kb = log, 0
+        self.start = time.perf_counter()
+        with open(log, "w") as handle:  # the child has its own copy of the descriptor
+            self.proc = subprocess.Popen(command, cwd=ROOT, env=child_env(threads), stdin=subprocess.DEVNULL,
+                                         stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, limit: float, until: Callable[[], bool] | None = None) -> bool:
+        """Wait for the exit (or for ``until()``) at most ``limit`` seconds; False if that time ran out."""
+        end = time.perf_counter() + limit
+        status = Path(f"/proc/{self.proc.pid}/status")
+        while self.proc.poll() is None and not (until is not None and until()):
+            if time.perf_counter() > end:
+                return False
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        return True
+
+    def kill(self) -> None:
         try:
-            for line in status_file.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak_kb = max(peak_kb, int(line.split()[1]))
-        except (OSError, ValueError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
-        time.sleep(0.02)
-    seconds = time.perf_counter() - start
-    error = None if proc.returncode == 0 else f"exit {proc.returncode}: {proc.stderr.read()[-1500:]}"
-    return seconds, peak_kb / 1024, error
+        self.proc.wait()
+
+    def run(self, limit: float) -> None:
+        """Wait for the exit within ``limit``, killing it after that; raises :class:`Overran` or RuntimeError
+        (with the log's tail) unless it exited 0."""
+        if not self.wait(limit):
+            self.kill()
+            raise Overran(f"over its {limit:.0f} s limit, killed; log {self.log}: {self.tail()}")
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"exit {self.proc.returncode}; log {self.log}: {self.tail()}")
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def tail(self, chars: int = 600) -> str:
+        return one_line(self.log.read_text(errors="replace"), chars)
 
 
-def interrupt_and_resume(args: list[str], exp: Path, threads: int | None, epochs: int = 2) -> tuple[bool, str]:
+def interrupt_and_resume(args: list[str], exp: Path, logs: Path, threads: int | None, process_limit: float,
+                         deadline: Deadline, epochs: int = 2) -> str:
     """Start ``args`` for ``epochs`` epochs saving model.pt after every step, SIGINT it once the first one is
-    saved (inside epoch 1), then run it again with ``--resume``; (ok, what happened)."""
+    saved (inside epoch 1), then run it again with ``--resume``; what happened. Raises :class:`Overran` or
+    RuntimeError when a step of that failed."""
     command = [sys.executable, *args, "--epochs", str(epochs), "--save-every-iters", "1"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=child_env(threads), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while proc.poll() is None and not (exp / "model.pt").exists() and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate()
-    if proc.returncode != 128 + signal.SIGINT:
-        return False, f"not interrupted by SIGINT (exit {proc.returncode}): {stderr[-800:]}"
+    child = Child(command, logs / "interrupted.log", threads)
+    limit = deadline.limit(process_limit)
+    try:
+        if not child.wait(limit, until=(exp / "model.pt").exists):
+            raise Overran(f"no model.pt within its {limit:.0f} s limit; log {child.log}: {child.tail()}")
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"exited ({child.proc.returncode}) before it was interrupted; log {child.log}: "
+                               f"{child.tail()}")
+        child.proc.send_signal(signal.SIGINT)
+        limit = deadline.limit(SIGINT_WAIT_S)
+        if not child.wait(limit):
+            raise Overran(f"still running {limit:.0f} s after SIGINT; log {child.log}: {child.tail()}")
+    finally:
+        if child.proc.poll() is None:
+            child.kill()
+    if child.proc.returncode != 128 + signal.SIGINT:
+        raise RuntimeError(f"not interrupted by SIGINT (exit {child.proc.returncode}); log {child.log}: "
+                           f"{child.tail()}")
     stopped_at = torch.load(exp / "model.pt", weights_only=True, map_location="cpu")
     position = f"epoch {stopped_at['epoch'] + 1}, batch {stopped_at['batch_in_epoch']}"
-    start = time.perf_counter()
-    resumed = subprocess.run(command + ["--resume"], cwd=ROOT, env=child_env(threads), capture_output=True,
-                             text=True)
-    seconds = time.perf_counter() - start
-    if resumed.returncode != 0:
-        return False, f"--resume failed (exit {resumed.returncode}): {resumed.stderr[-800:]}"
+    resumed = Child(command + ["--resume"], logs / "resumed.log", threads)
+    try:
+        resumed.run(deadline.limit(process_limit))
+    except (Overran, RuntimeError) as exc:
+        raise type(exc)(f"--resume: {exc}") from None
     final = torch.load(exp / "model.pt", weights_only=True, map_location="cpu")
     if final["epoch"] != epochs or final["batch_in_epoch"] != 0:
-        return False, f"--resume ended at epoch {final['epoch']}, not {epochs}"
-    return True, f"SIGINT stopped it in {position} (exit 130); --resume finished epoch {epochs} in {seconds:.1f} s"
-
-
-def run_tests(device: torch.device, out: Path | None) -> tuple[bool, str]:
-    """``pytest tests/test_cuda.py``; (ok, its summary line). Without a GPU every test there is skipped."""
-    if importlib.util.find_spec("pytest") is None:
-        return False, "not run: pytest is not installed"
-    # addopts cleared: pytest.ini's -q plus ours would hide the summary line read below.
-    result = subprocess.run([sys.executable, "-m", "pytest", "tests/test_cuda.py", "-o", "addopts=", "-q", "-rs",
-                             "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True)
-    if out is not None:
-        (out / "cuda_tests.log").write_text(result.stdout + result.stderr)
-    counts = [line.strip("= ") for line in result.stdout.splitlines()
-              if re.search(r"\b(passed|failed|skipped|error|errors|no tests ran)\b.* in [\d.]+s", line)]
-    summary = counts[-1] if counts else f"exit {result.returncode}: {(result.stdout + result.stderr).strip()[-300:]}"
-    return result.returncode == 0, summary
+        raise RuntimeError(f"--resume ended at epoch {final['epoch']}, not {epochs}")
+    return f"SIGINT stopped it in {position} (exit 130); --resume finished epoch {epochs} in {resumed.seconds:.1f} s"
 
 
 # --------------------------------------------------------------------------- report
 
 class Report:
-    """Collects the results, prints them as they come and writes one markdown table (rewritten after every
-    section, so a run cut short still leaves what it measured)."""
+    """Collects the results, prints them as they come and writes one markdown table (rewritten after every cell
+    and note, so a run cut short still leaves what it measured) and the same as report.json, which the check
+    merges from its parts."""
 
     def __init__(self, header: str, precisions: list[str], out: Path | None):
         self.header, self.precisions, self.out = header, precisions, out
@@ -334,14 +446,35 @@ class Report:
 
     def note(self, text: str, failed: bool = False) -> None:
         print(text, flush=True)
-        self.notes.append(text)
+        self.notes.append(" ".join(text.split()))
         self.failed |= failed
         self.write()
 
     def cell(self, row: str, precision: str, text: str) -> None:
         print(f"{row:<42}{PRECISIONS[precision]:<20}{text}", flush=True)
-        self.rows.setdefault(row, {})[precision] = text
+        self.rows.setdefault(row, {})[precision] = " ".join(text.split()).replace("|", "/")
         self.write()
+
+    @contextmanager
+    def attempt(self, what: str, cells: list[tuple[str, str]] = ()):
+        """Run the block; an exception there (an OOM, a cuDNN error, :class:`Overran`) becomes a FAILED note and
+        FAILED ``cells`` (row, precision), and the run goes on with the next block."""
+        try:
+            yield
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure of a measured block is reported, none ends the run
+            # one_line keeps the end of the message, where a log's tail has the error.
+            self.fail(what, cells, f"{type(exc).__name__}: {one_line(str(exc), 1200)}")
+        # Out here the exception and the frames it held (an OOM's tensors) are gone: give their memory back. A
+        # broken CUDA context (an illegal memory access) raises here too; the next block reports it as its failure.
+        if torch.cuda.is_available():
+            with suppress(RuntimeError):
+                torch.cuda.empty_cache()
+
+    def fail(self, what: str, cells: list[tuple[str, str]], reason: str) -> None:
+        for row, precision in cells:
+            self.cell(row, precision, f"FAILED ({reason[:80]})")
+        self.note(f"{what} FAILED: {reason}", failed=True)
 
     def markdown(self) -> str:
         head = "| step | " + " | ".join(PRECISIONS[p] for p in self.precisions) + " |"
@@ -353,14 +486,266 @@ class Report:
 
     def write(self) -> None:
         if self.out is not None:
-            (self.out / "table.md").write_text(self.markdown())
+            for name, text in (("table.md", self.markdown()),
+                               ("report.json", json.dumps({"notes": self.notes, "rows": self.rows,
+                                                           "failed": self.failed}, indent=1))):
+                (self.out / f"{name}.tmp").write_text(text)
+                os.replace(self.out / f"{name}.tmp", self.out / name)  # a killed run leaves a whole file
+
+    def merge(self, path: Path) -> bool:
+        """Add the notes and cells of a part's report.json (if it wrote one); whether it reported a failure."""
+        try:
+            part = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        self.notes += part["notes"]
+        for row, cells in part["rows"].items():
+            self.rows.setdefault(row, {}).update(cells)
+        self.failed |= part["failed"]
+        self.write()
+        return part["failed"]
 
 
-def step_cell(timing: Timing, batch: int, flops: float, roof: float) -> str:
+def step_cell(timing: Timing, batch: int, flops: float, roof: float | None) -> str:
     median, low, high = timing.per_slice(batch)
-    gflops = flops / median / 1e9
-    text = f"{median:.4g} s/slice ({low:.4g}-{high:.4g}), {1 / median:.1f} slices/s, {gflops / roof:.2f} of roofline"
+    text = f"{median:.4g} s/slice ({low:.4g}-{high:.4g}), {1 / median:.1f} slices/s"
+    if roof is not None:
+        text += f", {flops / median / 1e9 / roof:.2f} of roofline"
     return text + (f", {timing.peak_mb:.0f} MB" if timing.peak_mb is not None else "")
+
+
+# --------------------------------------------------------------------------- the parts
+
+@dataclass
+class Run:
+    """What every part needs: the flags, the device, the precisions, the report, the time left and where logs go."""
+    args: argparse.Namespace
+    device: torch.device
+    precisions: list[str]
+    repeats: int
+    report: Report
+    deadline: Deadline
+    log_dir: Path
+
+    @contextmanager
+    def block(self, what: str, cells: list[tuple[str, str]] = ()):
+        """One measured in-process block under ``--cell-timeout`` (or the time left, if less): an exception or an
+        overrun is a FAILED note and ``cells`` (:meth:`Report.attempt`), and the part goes on.
+
+        A call that never comes back to Python (a hung CUDA kernel or synchronisation) cannot be interrupted: a
+        watchdog thread then writes the same failure :data:`STUCK_GRACE_S` after the limit and ends this process,
+        so that the check's next part still runs."""
+        with self.report.attempt(what, cells):
+            limit = self.deadline.limit(self.args.cell_timeout)
+
+            def stuck():
+                self.report.fail(what, cells, f"Overran: stuck in one call {limit + STUCK_GRACE_S:.0f} s, which "
+                                              "never returned to Python; this part was ended there")
+                os._exit(1)
+            watchdog = threading.Timer(limit + STUCK_GRACE_S, stuck)
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                with time_limit(limit):
+                    yield
+            finally:
+                watchdog.cancel()
+
+
+def part_tests(run: Run) -> None:
+    """``pytest tests/test_cuda.py`` (every test there is skipped without a GPU), streamed to cuda_tests.log;
+    its summary line as a note."""
+    what = "CUDA tests (tests/test_cuda.py)"
+    if importlib.util.find_spec("pytest") is None:
+        run.report.note(f"{what}: not run: pytest is not installed", failed=True)
+        return
+    limit = run.deadline.limit(run.args.tests_timeout)
+    # One process (no xdist workers sharing the GPU); -v names each test as it starts, so the log of a hang shows
+    # which; faulthandler writes the stacks of a test stuck for half the limit.
+    child = Child([sys.executable, "-m", "pytest", "tests/test_cuda.py", "-p", "no:xdist", "-o", "addopts=", "-v",
+                   "-rs", "-p", "no:cacheprovider", "-o", f"faulthandler_timeout={max(1, limit // 2):.0f}"],
+                  run.log_dir / "cuda_tests.log")
+    try:
+        child.run(limit)
+    except (Overran, RuntimeError) as exc:
+        run.report.note(f"{what}: FAILED: {exc}", failed=True)
+        return
+    counts = [line.strip("= ") for line in child.log.read_text(errors="replace").splitlines()
+              if re.search(r"\b(passed|failed|skipped|error|errors|no tests ran)\b.* in [\d.]+s", line)]
+    run.report.note(f"{what}: {counts[-1] if counts else child.tail()}")
+
+
+def part_steps(run: Run) -> None:
+    """The layout decisions, rooflines, step timings and SFT variants in each precision."""
+    layouts = list(speed.MEMORY_FORMATS) if run.args.memory_format == "both" else None
+    for precision in run.precisions:
+        with run.report.attempt(PRECISIONS[precision]), speed.float32_mode(tf32=precision == "tf32"):
+            measure_precision(run, precision, layouts)
+
+
+def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> None:
+    """The layout decision, rooflines, step timings and (with --sft-variants) SFT variants in one precision,
+    each in its own :meth:`Report.attempt` under ``--cell-timeout``."""
+    args, device, report = run.args, run.device, run.report
+    size, batch = args.size, args.batch_size
+    pixels = size * size
+    amp = precision == "bf16"
+    label = PRECISIONS[precision]
+    flops = flops_per_pixel()
+    picked = {True: speed.DEFAULT_LAYOUT, False: speed.DEFAULT_LAYOUT}
+    how = "timed at start-up" if device.type == "cuda" else "fixed per CPU ISA, CPU_LAYOUT in models/speed.py"
+    for backward, user, work_done in ((True, "training (--memory-format auto)", "fwd+bwd"),
+                                      (False, "evaluate.py", "fwd")):
+        with run.block(f"{label}: layout decision of {user}"):
+            start = time.perf_counter()
+            fastest, seconds = speed.measured_layout(device, (size, size), amp, backward, batch)
+            cost = time.perf_counter() - start
+            picked[backward] = speed.auto_layout(device, (size, size), amp, backward, batch)
+            figures = ", ".join(f"{name} {1e3 * min(s):.3f}-{1e3 * max(s):.3f} ms" for name, s in seconds.items())
+            report.note(f"{label}: {user} picks {picked[backward]} ({how}); 32->32 conv {work_done} at batch "
+                        f"{batch}, per call: {figures}; {fastest} by the start-up rule, measured in {cost:.2f} s")
+    roofs = {}  # backward? -> GFLOP/s
+    dtype = torch.bfloat16 if amp else torch.float32
+    for backward, work_done in ((True, "fwd+bwd"), (False, "fwd")):
+        with run.block(f"{label}: roofline {work_done}"):
+            roofs[backward], roof_layout = roofline(batch, size, device, dtype, backward)
+            report.note(f"{label}: roofline, 3x3 32->32 conv {work_done} in {str(dtype).split('.')[1]} at batch "
+                        f"{batch}: {roofs[backward]:.1f} GFLOP/s ({roof_layout})")
+    auto = picked[True]
+    chosen = layouts or [auto if args.memory_format == "auto" else args.memory_format]
+    work = None
+    for name in STEPS:
+        label_step = name if name != "sft" else f"sft ({speed.sft_variant(device)})"
+        cells = [(f"{label_step}, {fmt}", precision) for fmt in chosen]
+        with run.block(f"{label}: {label_step}", cells):
+            if work is None:
+                work = Workload(batch, size, device, amp, args.compile)
+            timings = time_interleaved({fmt: work.step(name, speed.MEMORY_FORMATS[fmt]) for fmt in chosen},
+                                       run.repeats, device)
+            roof = roofs.get(name != "eval")  # evaluation is a forward pass only
+            for (row, _), timing in zip(cells, timings.values()):
+                report.cell(row, precision, step_cell(timing, batch, flops[name.split("-")[0]] * pixels, roof))
+    if args.sft_variants:
+        cells = [(f"SFT variant {variant}, {auto}", precision) for variant in speed.SFT_VARIANTS]
+        with run.block(f"{label}: SFT step variants", cells):
+            if work is None:
+                work = Workload(batch, size, device, amp, args.compile)
+            fmt = speed.MEMORY_FORMATS[auto]
+            timings = time_interleaved({v: work.sft_step(fmt, v) for v in speed.SFT_VARIANTS}, run.repeats, device)
+            for (row, _), timing in zip(cells, timings.values()):
+                report.cell(row, precision, step_cell(timing, batch, flops["sft"] * pixels, roofs.get(True)))
+            fastest = min(timings, key=lambda v: statistics.median(timings[v].seconds))
+            report.note(f"{label}: fastest SFT step variant on {device.type}: {fastest}; models/speed.py "
+                        f"SFT_VARIANT[{device.type!r}] = {speed.sft_variant(device)!r}")
+    del work
+    if device.type == "cpu":
+        report.note(f"{label}: peak RSS of the step timings so far "
+                    f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def speed_flags(args) -> list[str]:
+    """The precision and DataLoader flags of the whole-process runs."""
+    if args.check:
+        return CHECK_PROCESS_FLAGS
+    return (["--amp"] if args.amp else []) + ["--num-workers", str(args.num_workers)]
+
+
+def process_flags(run: Run, data: Path) -> list[str]:
+    """The flags every whole-process run gets."""
+    return ["--data-root", str(data), "--batch-size", str(run.args.batch_size), "--no-progress",
+            "--device", run.device.type, *speed_flags(run.args)]
+
+
+def process_runs(teacher_ckpt: Path, sft_best: Path, tiny: bool) -> list[tuple[str, list[str], str]]:
+    """(name, script and its flags, FLOP kind) of the whole-process runs, in order: at starts from SFT's checkpoint."""
+    runs = [("train_sft.py", ["train_sft.py"], "sft"),
+            ("train_student_kd.py imitation", ["train_student_kd.py", "--kd-method", "imitation",
+                                               "--teacher-checkpoint", str(teacher_ckpt)], "kd"),
+            ("train_student_kd.py at", ["train_student_kd.py", "--kd-method", "at", "--teacher-checkpoint",
+                                        str(sft_best), "--init-from-sft", str(sft_best)], "kd")]
+    if tiny:  # each process is mostly start-up at this size: the at run covers KD
+        runs = [run for run in runs if "imitation" not in run[0]]
+    return runs
+
+
+def part_processes(run: Run) -> None:
+    """The whole 1-epoch runs as separate processes, each under ``--process-timeout``, in one column: bf16 with
+    --amp (always with --check), else the last precision; the fraction is of that precision's roofline."""
+    args, report = run.args, run.report
+    column = "bf16" if (args.amp or args.check) and "bf16" in run.precisions else run.precisions[-1]
+    roof = None
+    with run.block("processes: roofline"), speed.float32_mode(tf32=column == "tf32"):
+        roof = roofline(args.batch_size, args.size, run.device, torch.bfloat16 if column == "bf16" else torch.float32,
+                        backward=True)[0]
+    flops = flops_per_pixel()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = args.data_root or synthetic_data(tmp / "data", args.size, args.slices, args.val_slices)
+        common = process_flags(run, data)
+        teacher_ckpt = tmp / "teacher.pt"
+        save_checkpoint(model_payload(DCCNN(TEACHER), "teacher"), teacher_ckpt)
+        n_train = args.slices if args.data_root is None else None
+        report.note(f"processes: {n_train or 'all'} training slices, 1 epoch, flags {' '.join(speed_flags(args))}; "
+                    "wall time includes start-up, data, validation and checkpoints; peak RSS is host memory")
+        for name, script, kind in process_runs(teacher_ckpt, tmp / "train_sft.py" / "best_model.pt", args.tiny):
+            row = f"{name} (whole process)"
+            with report.attempt(name, [(row, column)]):
+                child = Child([sys.executable, *script, *common, "--epochs", "1",
+                               "--exp-dir", str(tmp / name.replace(" ", "_"))],
+                              run.log_dir / f"{name.replace(' ', '_')}.log", args.threads)
+                child.run(run.deadline.limit(args.process_timeout))
+                seconds, count = child.seconds, n_train or 1
+                ratio = "" if roof is None else \
+                    f", {flops[kind] * args.size ** 2 * count / seconds / 1e9 / roof:.2f} of roofline"
+                report.cell(row, column, f"{seconds:.1f} s wall, {seconds / count:.3f} s/slice{ratio}, "
+                                         f"peak RSS {child.peak_kb / 1024:.0f} MB")
+
+
+def part_resume(run: Run) -> None:
+    """SIGINT a ``train_sft.py`` run inside its first epoch, then finish it with ``--resume``."""
+    args = run.args
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = args.data_root or synthetic_data(tmp / "data", args.size, args.slices, args.val_slices)
+        exp = tmp / "interrupted"
+        with run.report.attempt("resume: train_sft.py"):
+            text = interrupt_and_resume(["train_sft.py", *process_flags(run, data), "--exp-dir", str(exp)], exp,
+                                        run.log_dir, args.threads, args.process_timeout, run.deadline)
+            run.report.note(f"resume: train_sft.py ok: {text}")
+
+
+PART_FUNCTIONS = {"tests": part_tests, "steps": part_steps, "processes": part_processes, "resume": part_resume}
+
+
+def part_command(argv: list[str], part: str, out: Path, limit: float, precisions: list[str]) -> list[str]:
+    """This script with the run's own flags for one part alone (argparse keeps the last of a repeated flag)."""
+    return [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *argv, "--only", part, "--out-dir", str(out),
+            "--time-limit", f"{limit:.1f}", "--precision", *precisions]
+
+
+def run_part_process(run: Run, argv: list[str], part: str) -> None:
+    """One part of the check in its own process, killed when the run's time is up, so that a CUDA call that never
+    returns or a crash ends only that part; its notes and cells join the report."""
+    left = run.deadline.left()
+    if left <= 0:
+        run.report.note(f"{part}: FAILED: not run, the --time-limit of the check was spent", failed=True)
+        return
+    out = run.args.out / part
+    print(f"{part}: running (log {out / 'part.log'})", flush=True)
+    child = Child(part_command(argv, part, out, max(left - PART_GRACE_S, left / 2), run.precisions),
+                  out / "part.log", run.args.threads)
+    finished = child.wait(left)
+    if not finished:
+        child.kill()
+    reported_failure = run.report.merge(out / "report.json")
+    if not finished:
+        run.report.note(f"{part}: FAILED: killed when the check's --time-limit was up ({left:.0f} s left for it); "
+                        f"log {child.log}: {child.tail()}", failed=True)
+    elif child.proc.returncode != 0 and not reported_failure:
+        run.report.note(f"{part}: FAILED: exit {child.proc.returncode}; log {child.log}: {child.tail()}",
+                        failed=True)
+    print(f"{part}: {'FAILED' if not finished or child.proc.returncode else 'ok'} in {child.seconds:.0f} s",
+          flush=True)
 
 
 # --------------------------------------------------------------------------- main
@@ -369,7 +754,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = CliParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--check", action="store_true",
                    help="the GPU check of scripts/gpu_check.sh: CUDA tests, all precisions, SFT variants, "
-                        "processes with --amp and workers, an interrupted and resumed run, table in --out-dir")
+                        "processes with --amp and workers, an interrupted and resumed run, each part in its own "
+                        "process; table in --out-dir")
+    p.add_argument("--only", nargs="+", choices=PARTS, default=None, metavar="PART",
+                   help=f"run only these parts ({', '.join(PARTS)}), in this order (with --check, each in its own "
+                        "process unless there is one); default: all four with --check, else steps and processes")
     p.add_argument("--tiny", action="store_true",
                    help=f"CI-sized: {TINY['size']} x {TINY['size']}, {TINY['slices']} + {TINY['val_slices']} "
                         "slices, one round (checks that everything runs; the times mean nothing)")
@@ -380,8 +769,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-root", type=Path, default=None, help="use this data instead of synthetic data")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=None,
-                   help="fp32 (TF32 off), tf32 (CUDA only), bf16 autocast; default: all three on CUDA with "
-                        "--check, else fp32 (bf16 with --amp)")
+                   help="fp32 (TF32 off), tf32 (TF32 convolutions, IEEE matmuls, as the scripts run float32 on "
+                        "CUDA), bf16 autocast; default: all three on CUDA with --check, else fp32 (bf16 with --amp)")
     p.add_argument("--amp", action="store_true", help="same as --precision bf16; also passed to the processes")
     p.add_argument("--memory-format", choices=["both", "auto", *speed.MEMORY_FORMATS], default="both",
                    help="layouts of the step timings: both (interleaved), the one training's auto picks, or one")
@@ -391,9 +780,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="timed rounds per benchmark (default 3 on CPU, 20 on CUDA)")
     p.add_argument("--sft-variants", action="store_true", help="also time the SFT step variants of models/speed.py")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of the whole-process runs")
-    p.add_argument("--skip-processes", action="store_true", help="only the in-process step benchmarks")
+    p.add_argument("--skip-processes", action="store_true",
+                   help="only the in-process step benchmarks (and, with --check, the tests)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help=f"seconds for the whole run, which every limit below is cut to; default {LIMITS['check']} "
+                        "with --check (inside a borrowed GPU machine's 10-minute command limit), else none")
+    p.add_argument("--tests-timeout", type=float, default=LIMITS["tests"], help="seconds for tests/test_cuda.py")
+    p.add_argument("--process-timeout", type=float, default=LIMITS["process"],
+                   help="seconds for each training process (and for the wait for the interrupted run's model.pt)")
+    p.add_argument("--cell-timeout", type=float, default=None,
+                   help=f"seconds for one step's timings (both layouts, all rounds); default {LIMITS['cell']['cuda']} "
+                        f"on CUDA, {LIMITS['cell']['cpu']} on a CPU")
     old_spellings(p.add_argument("--out-dir", "--out", dest="out", type=Path, default=None,
-                                 help="write table.md (and, with --check, cuda_tests.log) here; --check default "
+                                 help="where everything lands: table.md, report.json, the logs (cuda_tests.log, one "
+                                      "per process) and, with --check, one folder per part; --check default "
                                       "results/gpu_check"), "--out")
     args = p.parse_args(argv)
     if args.tiny:
@@ -403,6 +803,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    for flag in ("time_limit", "tests_timeout", "process_timeout", "cell_timeout"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be a positive number of seconds, got {value}")
     if args.num_workers < 0:
         raise UserError(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -411,6 +815,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.check and args.device == "auto" and not torch.cuda.is_available():
         raise UserError("--check: no CUDA device is visible; pass --device cpu (add --tiny for the CI-sized run) "
                         "to check the CPU side")
+    args.device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    if args.only is None:
+        args.only = [part for part in (PARTS if args.check else ("steps", "processes"))
+                     if not (args.skip_processes and part in ("processes", "resume"))]
+    args.only = list(dict.fromkeys(args.only))  # each part once: a part's folder holds one run
+    args.cell_timeout = args.cell_timeout or LIMITS["cell"][args.device]
+    args.time_limit = args.time_limit or (LIMITS["check"] if args.check else math.inf)
     if args.check:
         args.sft_variants = True
         args.out = args.out or ROOT / "results" / "gpu_check"
@@ -418,11 +829,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    deadline = Deadline(args.time_limit)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = torch.device(args.device)
     if args.precision:
         precisions = args.precision
     elif args.check:
@@ -436,121 +848,33 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = True  # as the training scripts do: fixed shapes per run
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-    size, batch = args.size, args.batch_size
-    flops = flops_per_pixel()
     title = "GPU check" if args.check else "Benchmark"
-    report = Report(f"{title}, {datetime.date.today()}: {machine_line(device)}. {size} x {size}, batch {batch}; "
-                    f"s/slice is the median of {repeats} interleaved rounds (fastest-slowest).", precisions,
-                    args.out)
-    print(report.header)
-
-    if args.check:
-        ok, summary = run_tests(device, args.out)
-        report.note(f"CUDA tests (tests/test_cuda.py): {summary}", failed=not ok)
-
-    layouts = list(speed.MEMORY_FORMATS) if args.memory_format == "both" else None
-    roofs = {}
-    for precision in precisions:
-        with speed.float32_mode(tf32=precision == "tf32"):
-            measure_precision(args, device, precision, repeats, report, roofs, layouts, flops)
-    if not args.skip_processes:
-        run_processes(args, device, report, flops, roofs)
-    print()
-    print(report.markdown())
-    if args.out is not None:
-        print(f"wrote {args.out / 'table.md'}")
+    report = Report(f"{title}, {datetime.date.today()}: {machine_line(device)}. {args.size} x {args.size}, batch "
+                    f"{args.batch_size}; s/slice is the median of {repeats} interleaved rounds (fastest-slowest).",
+                    precisions, args.out)
+    print(report.header, flush=True)
+    seconds = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Run(args, device, precisions, repeats, report, deadline, args.out or Path(tmp))
+            for part in args.only:
+                start = time.perf_counter()
+                if args.check and len(args.only) > 1:
+                    run_part_process(run, argv, part)
+                else:
+                    with report.attempt(part):
+                        PART_FUNCTIONS[part](run)
+                seconds[part] = time.perf_counter() - start
+    finally:
+        if len(args.only) > 1:  # a part run alone is one of these, or its total is the only figure
+            report.note("time: " + ", ".join(f"{part} {s:.0f} s" for part, s in seconds.items()) +
+                        f"; total {sum(seconds.values()):.0f} s")
+        print()
+        print(report.markdown(), flush=True)
+        if args.out is not None:
+            print(f"wrote {args.out / 'table.md'}")
     if report.failed:
         raise SystemExit(1)
-
-
-def measure_precision(args, device: torch.device, precision: str, repeats: int, report: Report, roofs: dict,
-                      layouts: list[str] | None, flops: dict) -> None:
-    """The layout decision, roofline, step timings and (with --sft-variants) SFT variants in one precision;
-    stores the roofline in ``roofs[precision]``."""
-    size, batch = args.size, args.batch_size
-    pixels = size * size
-    amp = precision == "bf16"
-    label = PRECISIONS[precision]
-    picked = {}
-    for backward, user, work_done in ((True, "training (--memory-format auto)", "fwd+bwd"),
-                                      (False, "evaluate.py", "fwd")):
-        start = time.perf_counter()
-        fastest, seconds = speed.measured_layout(device, (size, size), amp, backward)
-        cost = time.perf_counter() - start
-        picked[backward] = speed.auto_layout(device, (size, size), amp, backward)
-        figures = ", ".join(f"{name} {1e3 * min(s):.2f}-{1e3 * max(s):.2f} ms" for name, s in seconds.items())
-        report.note(f"{label}: {user} picks {picked[backward]} (32->32 conv {work_done} at batch 1: {figures}, "
-                    f"{fastest} by the start-up rule, measured in {cost:.2f} s)")
-    auto = picked[True]
-    roof, roof_layout = roofs[precision] = roofline(batch, size, device, repeats, amp)
-    report.note(f"{label}: roofline, 3x3 32->32 conv fwd+bwd at batch {batch}: {roof:.1f} GFLOP/s "
-                f"({roof_layout})")
-    work = Workload(batch, size, device, amp, args.compile)
-    chosen = layouts or [auto if args.memory_format == "auto" else args.memory_format]
-    for name in STEPS:
-        timings = time_interleaved({fmt: work.step(name, speed.MEMORY_FORMATS[fmt]) for fmt in chosen},
-                                   repeats, device)
-        label_step = name if name != "sft" else f"sft ({speed.sft_variant(device)})"
-        for fmt, timing in timings.items():
-            report.cell(f"{label_step}, {fmt}", precision,
-                        step_cell(timing, batch, flops[name.split("-")[0]] * pixels, roof))
-    if args.sft_variants:
-        fmt = speed.MEMORY_FORMATS[auto]
-        timings = time_interleaved({v: work.sft_step(fmt, v) for v in speed.SFT_VARIANTS}, repeats, device)
-        for variant, timing in timings.items():
-            report.cell(f"SFT variant {variant}, {auto}", precision,
-                        step_cell(timing, batch, flops["sft"] * pixels, roof))
-        fastest = min(timings, key=lambda v: statistics.median(timings[v].seconds))
-        report.note(f"{label}: fastest SFT step variant on {device.type}: {fastest}; models/speed.py "
-                    f"SFT_VARIANT[{device.type!r}] = {speed.sft_variant(device)!r}")
-    del work
-    if device.type == "cpu":
-        report.note(f"{label}: peak RSS of the step timings so far "
-                    f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
-
-
-def run_processes(args, device: torch.device, report: Report, flops: dict, roofs: dict) -> None:
-    """The whole 1-epoch runs (and with --check the interrupted and resumed one), as separate processes.
-
-    roofs: precision -> (GFLOP/s, layout) of :func:`roofline`; a process's fraction uses its own precision's."""
-    amp = args.amp or args.check
-    column = "bf16" if amp and "bf16" in report.precisions else report.precisions[-1]
-    roof = roofs[column][0]
-    extra = CHECK_PROCESS_FLAGS if args.check else (["--amp"] if args.amp else []) + [
-        "--num-workers", str(args.num_workers)]
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        data = args.data_root or synthetic_data(tmp / "data", args.size, args.slices, args.val_slices)
-        common = ["--data-root", str(data), "--batch-size", str(args.batch_size), "--no-progress",
-                  "--device", device.type, *extra]
-        teacher_ckpt = tmp / "teacher.pt"
-        save_checkpoint(model_payload(DCCNN(TEACHER), "teacher"), teacher_ckpt)
-        n_train = args.slices if args.data_root is None else None
-        report.note(f"processes: {n_train or 'all'} training slices, 1 epoch, flags {' '.join(extra) or '(none)'}; "
-                    "wall time includes start-up, data, validation and checkpoints; peak RSS is host memory")
-        sft_best = tmp / "train_sft.py" / "best_model.pt"
-        runs = [("train_sft.py", ["train_sft.py"], "sft"),
-                ("train_student_kd.py imitation", ["train_student_kd.py", "--kd-method", "imitation",
-                                                   "--teacher-checkpoint", str(teacher_ckpt)], "kd"),
-                ("train_student_kd.py at", ["train_student_kd.py", "--kd-method", "at",
-                                            "--teacher-checkpoint", str(sft_best), "--init-from-sft",
-                                            str(sft_best)], "kd")]
-        if args.tiny:  # each process is mostly start-up at this size: the at run covers KD
-            runs = [run for run in runs if "imitation" not in run[0]]
-        for name, script, kind in runs:
-            seconds, rss, error = run_process([*script, *common, "--epochs", "1",
-                                               "--exp-dir", str(tmp / name.replace(" ", "_"))], args.threads)
-            count = n_train or 1
-            ratio = flops[kind] * args.size ** 2 * count / seconds / 1e9 / roof
-            text = (f"{seconds:.1f} s wall, {seconds / count:.3f} s/slice, {ratio:.2f} of roofline, "
-                    f"peak RSS {rss:.0f} MB")
-            report.cell(f"{name} (whole process)", column, text if error is None else f"FAILED ({seconds:.1f} s)")
-            if error is not None:
-                report.note(f"{name} failed: {error}", failed=True)
-        if args.check:
-            exp = tmp / "interrupted"
-            ok, text = interrupt_and_resume(["train_sft.py", *common, "--exp-dir", str(exp)], exp, args.threads)
-            report.note(f"resume: train_sft.py {'ok' if ok else 'FAILED'}: {text}", failed=not ok)
 
 
 if __name__ == "__main__":

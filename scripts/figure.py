@@ -129,6 +129,14 @@ def draw(target: np.ndarray, recons: dict[str, np.ndarray], title: str, error_sc
     return fig
 
 
+def evaluated_split(eval_dir: Path) -> str:
+    """The split an evaluate.py folder scored (its summary.json), ``validation`` for folders that predate it."""
+    try:
+        return str(json.loads((eval_dir / "summary.json").read_text()).get("split") or "validation")
+    except (OSError, ValueError, AttributeError):
+        return "validation"
+
+
 def add_inset(ax, image: np.ndarray, vmax: float, inset: tuple[int, int, int]) -> None:
     """Outline the square ``inset = (y0, x0, size)`` on ``ax`` and show it enlarged in the lower right."""
     y0, x0, size = inset
@@ -146,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-dir", required=True, type=Path, help="an evaluate.py --save-recons --out-dir")
     parser.add_argument("--data-root", required=True, type=Path, help="the data evaluate.py read")
     parser.add_argument("--acc", required=True, type=acc_type, help="acceleration, e.g. 4x")
-    parser.add_argument("--split", default="validation")
+    parser.add_argument("--split", default=None,
+                        help="the split evaluate.py scored (default: the one its summary.json records)")
     parser.add_argument("--volume", help="volume (file name, .h5 optional; default: the first)")
     parser.add_argument("--slice", type=int, help="slice index (default: largest target energy)")
     parser.add_argument("--models", nargs="+", help="models to show, in order (default: all with recons)")
@@ -169,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.eval_dir.is_dir():
         raise UserError(f"--eval-dir {args.eval_dir} does not exist; pass an evaluate.py --out-dir")
     available = eval_models(args.eval_dir, args.acc)
+    args.split = args.split or evaluated_split(args.eval_dir)
     folder = args.data_root / args.split / f"acc_{args.acc}"
     files = sorted(folder.glob("*.h5"))
     if not files:

@@ -20,6 +20,19 @@ torch.set_num_threads(1)
 os.environ["PYTHON"] = sys.executable
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns -n into workers
+def pytest_cmdline_main(config):
+    """``-n 2 --dist worksteal`` unless -n was given or pytest-xdist is missing or disabled (``-p no:xdist``).
+
+    Most tests start subprocesses or run one-thread torch, so two workers keep both cores of a small machine busy;
+    this is not in pytest.ini's addopts because there ``-n`` is an error wherever xdist is not installed."""
+    if (config.pluginmanager.hasplugin("xdist") and config.option.numprocesses is None
+            and not hasattr(config, "workerinput")):
+        config.option.numprocesses = 2
+        if config.option.dist == "no":
+            config.option.dist = "worksteal"
+
+
 def phantom(size: int, n_slices: int, seed: int) -> np.ndarray:
     """(H, W, S) float64 smooth blobs in [0, 1], different per slice."""
     rng = np.random.default_rng(seed)

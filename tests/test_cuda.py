@@ -7,6 +7,7 @@ like cuDNN's: loss within 1.2e-3, gradients within 2e-2 relative norm) with a ma
 from __future__ import annotations
 
 import copy
+import datetime
 import os
 import socket
 import subprocess
@@ -31,6 +32,7 @@ from models.training import to_device
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CUDA = torch.device("cuda", 0)
+NCCL_TIMEOUT = datetime.timedelta(seconds=60)  # rendezvous and each collective
 
 
 @pytest.fixture
@@ -153,8 +155,9 @@ def free_port() -> int:
 
 def test_one_process_nccl_group_initialises_and_trains_a_step(tiny_data):
     from train_sft import SFTStep
+    # A bounded wait: the default of 10 minutes would use up a borrowed GPU machine's whole command limit.
     torch.distributed.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
-                                         world_size=1, device_id=CUDA)
+                                         world_size=1, device_id=CUDA, timeout=NCCL_TIMEOUT)
     try:
         dataset = build_dataset(tiny_data, "train", ["4x"])
         batch = to_device(next(iter(DataLoader(dataset, batch_size=2))), CUDA)
@@ -188,7 +191,7 @@ def test_checkpoints_written_on_cuda_load_on_a_cpu_only_machine(tmp_path):
             f"c = torch.load({str(exp / 'best_model.pt')!r}, weights_only=True); "
             "assert all(v.device.type == 'cpu' for v in c['model'].values())")
     result = subprocess.run([sys.executable, "-c", load], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, **cpu_only})
+                            env={**os.environ, **cpu_only}, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     result = run_cli("evaluate.py", "--checkpoints", str(exp / "best_model.pt"), "--data-root", str(data),
                      "--acc", "4x", "--out-dir", str(tmp_path / "eval"), "--device", "cpu", env=cpu_only)

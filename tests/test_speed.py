@@ -23,7 +23,7 @@ def test_default_layout_unless_the_other_wins_by_the_margin_in_every_round():
 def test_layout_is_measured_once_per_process_and_size(monkeypatch):
     calls = []
 
-    def fake(device, size, amp=False, backward=True):
+    def fake(device, size, amp=False, backward=True, batch=1):
         calls.append(size)
         return {"channels_last": [2.0, 2.0], "contiguous": [1.0, 1.0]}
     monkeypatch.setattr(speed, "time_conv_layouts", fake)
@@ -136,3 +136,33 @@ def test_unknown_memory_format_is_a_one_line_error(tmp_path):
                      "--memory-format", "nhwc")
     assert result.returncode == 2
     assert result.stderr.startswith("error:") and "--memory-format" in result.stderr
+
+
+def test_layout_decision_is_kept_per_float32_setting_and_batch(monkeypatch):
+    """A TF32 decision must not reuse the IEEE float32 one: they time different kernels."""
+    calls = []
+
+    def fake(device, size, amp=False, backward=True, batch=1):
+        calls.append((speed.float32_settings()[0], batch))
+        return {"channels_last": [1.0, 1.0], "contiguous": [1.0, 1.0]}
+    monkeypatch.setattr(speed, "time_conv_layouts", fake)
+    monkeypatch.setattr(speed, "_layout_decisions", {})
+    cpu = torch.device("cpu")
+    for tf32 in (False, True, False):
+        with speed.float32_mode(tf32=tf32):
+            speed.measured_layout(cpu, (8, 8), batch=4)
+    speed.measured_layout(cpu, (8, 8), batch=2)
+    tf32, ieee = ("tf32", "ieee") if isinstance(speed.float32_settings()[0], str) else (True, False)
+    assert calls == [(ieee, 4), (tf32, 4), (speed.float32_settings()[0], 2)]
+
+
+def test_tf32_mode_is_for_convolutions_only():
+    """The training scripts keep PyTorch's defaults: TF32 convolutions, IEEE matmuls."""
+    before = speed.float32_settings()
+    with speed.float32_mode(tf32=True):
+        conv, matmul = speed.float32_settings()
+        assert conv in ("tf32", True) and matmul in ("ieee", False)
+    with speed.float32_mode(tf32=False):
+        assert speed.float32_settings() in (("ieee", "ieee"), (False, False))
+    assert speed.float32_settings() == before
+

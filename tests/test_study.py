@@ -1,7 +1,9 @@
-"""scripts/study.sh end to end at a tiny size: two seeds, every arm, evaluation, report and plot."""
+"""scripts/study.sh end to end at a tiny size: two seeds, every arm of the controlled study, evaluation on the
+MNI152 test block and on a second brain, the committed-data layout, and the report rebuilt from it alone."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -9,31 +11,55 @@ import sys
 import pytest
 
 from conftest import ROOT
+from tests.test_prepare import synthetic_volume, write_nifti
 
 pytestmark = pytest.mark.slow
+RUNS = ["teacher", "student", "sft", "stdkd-imitation", "sftkd-imitation", "stdkd-sftinit-imitation",
+        "stdkd-studentinit-imitation"]
 
 
-def test_study_runs_every_arm_for_every_seed_and_reports_over_seeds(tmp_path):
-    results = tmp_path / "study"
-    env = {**os.environ, "SEEDS": "1 2", "EPOCHS": "1", "SIZE": "16", "ACC": "4x", "KD_METHODS": "imitation",
-           "PREPARE_FLAGS": "--max-slices-per-volume 8", "OMP_NUM_THREADS": "2", "PYTHON": sys.executable}
-    result = subprocess.run(["bash", "scripts/study.sh", str(results)], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=900)
+def study(tmp_path, **env):
+    full = {**os.environ, "SEEDS": "1 2", "EPOCHS": "1", "SIZE": "16", "ACC": "4x", "KD_METHODS": "imitation",
+            "PREPARE_FLAGS": "--max-slices-per-volume 12", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
+            "DOCS": str(tmp_path / "docs"), **env}
+    return subprocess.run(["bash", "scripts/study.sh", str(tmp_path / "study")], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_study_runs_every_arm_scores_two_test_sets_and_rebuilds_from_docs(tmp_path):
+    brain = write_nifti(tmp_path / "other_brain.nii.gz", synthetic_volume(3, size=200, n_slices=16))  # ~ the demo's 233-pixel field of view
+    result = study(tmp_path, COLIN27=str(brain))
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = ["teacher", "student", "sft", "sft0", "stdkd-imitation", "sftkd-imitation", "sft0kd-imitation"]
+    docs = tmp_path / "docs"
     for seed in (1, 2):
-        with open(results / f"seed{seed}" / "4x" / "times.tsv") as f:
-            timed = [row[0] for row in csv.reader(f, delimiter="\t")]
-        assert timed == runs
-        config = (results / f"seed{seed}" / "4x" / "sft0" / "config.json").read_text()
-        assert f'"seed": {seed}' in config and '"imitation_weight": 0.0' in config and '"augment": true' in config
-        with open(results / f"eval_seed{seed}" / "metrics.csv") as f:
-            models = {row["model"] for row in csv.DictReader(f)}
-        assert models == {"ZF", *(f"{run}-seed{seed}" for run in runs)}
-    table = (results / "table.md").read_text()
-    for row in ("| Teacher - Student | 4x |", "| SFT-KD-Recon (imitation) - Std-KD (imitation) | 4x |",
-                "| SFT-KD-Recon, imitation 0 (imitation) - Std-KD (imitation) | 4x |", "| seed 1 | seed 2 |"):
-        assert row in table, row
-    assert (results / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert result.stdout.count("trained in") == 2
-    assert "== sft0kd-imitation done in" in (results / "seed2" / "train.log").read_text()
+        with open(docs / f"times_seed{seed}.tsv") as f:
+            assert [row[0] for row in csv.reader(f, delimiter="\t")] == RUNS
+        kd = json.loads((tmp_path / "study" / f"seed{seed}" / "4x" / "stdkd-sftinit-imitation" / "config.json")
+                        .read_text())
+        assert kd["seed"] == seed and kd["roles"]["teacher"] == "standard" and kd["roles"]["init"] == "sft-blocks"
+        for test_set in ("mni152", "colin27"):
+            summary = json.loads((docs / test_set / f"seed{seed}" / "summary.json").read_text())
+            assert summary["split"] == "test" and summary["test_set"] == test_set
+            assert {roles.get("seed") for roles in summary["roles"].values() if roles} == {seed}
+            with open(docs / test_set / f"seed{seed}" / "metrics.csv") as f:
+                models = {row["model"] for row in csv.DictReader(f)}
+            assert models == {"ZF", *(f"{run}-seed{seed}" for run in RUNS)}
+    table = (docs / "table.md").read_text()
+    for fragment in ("| **B - C (SFT teacher vs standard, both SFT blocks) (imitation)** (primary) | 4x mni152 | 2 |",
+                     "| C - E (SFT blocks vs student init) (imitation) | 4x colin27 | 2 |",
+                     "| Std teacher + student init (imitation) |"):
+        assert fragment in table, fragment
+    assert (docs / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The committed files alone rebuild the same table: no run folder needed.
+    (docs / "table.md").unlink()
+    rebuilt = subprocess.run(["bash", "scripts/study.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "REPORT_ONLY": "1", "DOCS": str(docs), "PYTHON": sys.executable})
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert (docs / "table.md").read_text() == table
+
+
+def test_study_says_when_the_second_brain_is_missing(tmp_path):
+    result = study(tmp_path, SEEDS="1", KD_METHODS="imitation", COLIN27=str(tmp_path / "absent.nii.gz"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "is not installed (Debian: apt-get install mricron-data); the study skips the Colin27 test set" in result.stdout
+    assert not (tmp_path / "docs" / "colin27").exists()

@@ -85,3 +85,23 @@ def test_test_only_set_uses_the_given_masks(tmp_path: Path):
     np.testing.assert_array_equal(np.load(out / "mask_4x.npy"), np.load(train_set / "mask_4x.npy"))
     with pytest.raises(UserError, match="--pad-to 48 sets the field of view that --resize"):
         prepare(inputs=[tmp_path / "other.nii.gz"], out=tmp_path / "x", size=16, pad_to=48, accs=["4x"])
+
+
+def test_evaluate_scores_test_by_default_and_records_it(tmp_path: Path, capsys):
+    import evaluate
+    from models.checkpoint import model_payload
+    from models.dccnn import DCCNN, STUDENT
+    from utils import save_checkpoint
+
+    data = tmp_path / "demo"
+    summary = prepare(out=data, demo=True, demo_resolution=2, size=16, resize=True, accs=["4x"])
+    checkpoint = tmp_path / "student.pt"
+    save_checkpoint(model_payload(DCCNN(STUDENT), "student", {"roles": {"model": "student"}, "seed": 3}), checkpoint)
+    out = tmp_path / "eval"
+    evaluate.main(["--checkpoints", str(checkpoint), "--data-root", str(data), "--acc", "4x", "--out-dir", str(out),
+                   "--device", "cpu"])
+    recorded = json.loads((out / "summary.json").read_text())
+    assert recorded["split"] == "test" and recorded["test_set"] == "demo/test"
+    assert recorded["student"]["PSNR"]["n"] == summary["test_slices"]
+    assert recorded["roles"]["student"] == {"model": "student", "seed": 3}
+    assert "no test/ split" not in capsys.readouterr().out
