@@ -44,7 +44,10 @@ Model names default to each checkpoint's ``run_name``, then its folder name, the
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +61,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.dataset import SliceDataset, build_dataset
+from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
 from models.checkpoint import load_reconstructor
 from models.speed import MEMORY_FORMATS, auto_layout
 from models.distributed import resolve_device
 from utils import (FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS, CliParser, UserError, acc_type, atomic_write,
-                   csv_text, load_checkpoint, run_cli, write_json, write_text)
+                   check_free_space, clean_text, csv_text, folder_lock, load_checkpoint, run_cli, write_json,
+                   write_text)
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
@@ -95,6 +100,7 @@ METRIC_SETS = {
 METRIC_CHOICES = {**{name: (name,) for name in METRIC_SETS}, "all": tuple(METRIC_SETS)}
 META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "fastmri", "public_volume")
 RECON_KEY = "reconstruction"
+STAGE_PREFIX = ".evaluate-"
 
 
 # --------------------------------------------------------------------------- names and devices
@@ -106,7 +112,8 @@ def default_names(paths: list[Path]) -> list[str]:
     """
     names = []
     for path in paths:
-        run_name = str(load_checkpoint(path, "--checkpoints").get("run_name") or "").strip()
+        # A run name is text from a file: it becomes a folder name and is printed.
+        run_name = clean_text(load_checkpoint(path, "--checkpoints").get("run_name") or "").strip()
         names.append(run_name or path.resolve().parent.name or path.stem)
     taken: set[str] = {ZF_NAME, *META_KEYS}
     unique = []
@@ -170,6 +177,8 @@ def write_recon(path: Path, volume: np.ndarray, model: str, acc: str) -> None:
         with h5py.File(f, "w") as h5:
             h5.create_dataset(RECON_KEY, data=volume.astype(np.float32))
             h5.attrs.update({"model": model, "acc": acc, "layout": "(S, H, W)"})
+    # h5py can crash the process on a full disk instead of raising: ask first.
+    check_free_space(path, volume.size * 4)
     atomic_write(path, write, mode="w+b")
 
 
@@ -325,8 +334,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.out_dir.exists() and not args.out_dir.is_dir():
-        raise UserError(f"--out-dir {args.out_dir} is a file; choose a folder")
+    with folder_lock(args.out_dir, "--out-dir"):
+        _main(args)
+
+
+def _main(args: argparse.Namespace) -> None:
+    """:func:`main` holding the lock of ``--out-dir``."""
+    if clean_up(args.out_dir, STAGE_PREFIX):
+        print(f"note: finished moving the results an interrupted evaluate.py run wrote into {args.out_dir}",
+              file=sys.stderr)
     metric_sets = METRIC_CHOICES[args.metrics]
     metric_files = {name: args.out_dir / metric_set.file for name, metric_set in METRIC_SETS.items()}
     existing = sorted(p for p in [*metric_files.values(), args.out_dir / "summary.json"] if p.exists())
@@ -347,29 +363,60 @@ def main(argv: list[str] | None = None) -> None:
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
     models = {name: load_reconstructor(path, "--checkpoints") for name, path in zip(names, args.checkpoints)}
     args.roles = {name: recorded_roles(path) for name, path in zip(names, args.checkpoints)}
-    recons_dir = args.out_dir / "recons" if args.save_recons else None
-    rows = evaluate_sets(models, dataset, metric_sets, device, args.batch_size, recons_dir, amp=args.amp)
-    stats = write_results(args, names, rows)
+    # Results go to a staging folder that replaces the previous run's files (and only those) once complete, so a
+    # failed or killed run leaves the old results as they were (data/owned.py).
+    stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=args.out_dir))
+    try:
+        rows = evaluate_sets(models, dataset, metric_sets, device, args.batch_size,
+                             stage / "recons" if args.save_recons else None, amp=args.amp)
+        stats = write_results(args, names, rows, stage)
+        owned = owned_results(args.out_dir) if args.overwrite else []
+        check_replaceable(args.out_dir, new_files(stage), owned, ["recons"], "--out-dir")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    swap_in(args.out_dir, stage, owned)
     # A file of a metric set not run now would contradict the new summary.json (--overwrite was given).
     for metric_set, path in metric_files.items():
-        if metric_set not in metric_sets and path.exists():
-            path.unlink()
+        if metric_set not in metric_sets and path.name in owned:
             print(f"removed {path} (not computed with --metrics {args.metrics})")
     print_results(args.out_dir, stats, rows)
-    if recons_dir is not None:
-        print(f"wrote reconstructions under {recons_dir}/{{model}}/{{volume}}.h5 (dataset '{RECON_KEY}', S x H x W)")
+    if args.save_recons:
+        print(f"wrote reconstructions under {args.out_dir / 'recons'}/{{model}}/{{volume}}.h5 (dataset "
+              f"'{RECON_KEY}', S x H x W)")
 
 
-def write_results(args: argparse.Namespace, names: list[str], rows: dict[str, list[dict]]) -> dict:
-    """Write each metric set's CSV and summary.json into ``args.out_dir``; returns ``{metric_set: summary}``."""
+def owned_results(out_dir: Path) -> list[str]:
+    """The files an earlier run wrote in ``out_dir``: its manifest.json, or for runs older than the manifest,
+    its metric files, summary.json and the reconstructions of the models summary.json names."""
+    owned = owned_files(out_dir)
+    if owned is not None:
+        return owned
+    owned = [name for name in [*(s.file for s in METRIC_SETS.values()), "summary.json"] if (out_dir / name).is_file()]
+    try:
+        models = json.loads((out_dir / "summary.json").read_text())["checkpoints"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return owned
+    for name in models if isinstance(models, dict) else ():
+        folder = out_dir / "recons" / str(name)
+        if folder.parent == out_dir / "recons" and folder.is_dir():
+            owned += sorted(f"recons/{name}/{p.name}" for p in folder.glob("*.h5") if p.is_file())
+    return owned
+
+
+def write_results(args: argparse.Namespace, names: list[str], rows: dict[str, list[dict]],
+                  folder: Path | None = None) -> dict:
+    """Write each metric set's CSV and summary.json into ``folder`` (default ``args.out_dir``); returns
+    ``{metric_set: summary}``."""
+    folder = args.out_dir if folder is None else folder
     summary, stats = {}, {}
     for name, set_rows in rows.items():
         metric_set = METRIC_SETS[name]
-        write_text(args.out_dir / metric_set.file, csv_text(set_rows, metric_set.columns))
+        write_text(folder / metric_set.file, csv_text(set_rows, metric_set.columns))
         stats[name] = summarize(set_rows, metric_set.metrics)
         key = metric_set.summary_key
         summary.update(stats[name] if key is None else {key: stats[name]})
-    write_json(args.out_dir / "summary.json",
+    write_json(folder / "summary.json",
                {**summary, "acc": args.acc, "split": args.split,
                 "test_set": args.test_set or f"{Path(args.data_root).resolve().name}/{args.split}",
                 "data_root": str(args.data_root), "mask": str(args.mask) if args.mask else None,

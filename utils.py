@@ -1,21 +1,26 @@
 """Shared helpers, one section per job: errors and the CLI entry (one-line user errors, the CLI entry
-with ``--debug``, shared argparse types), seeding and RNG state, atomic files and checkpoint loading, and the
-image metrics (the paper's per slice, fastMRI's per volume)."""
+with ``--debug``, shared argparse types), seeding and RNG state, one run per folder (an advisory lock), atomic
+files and checkpoint loading, and the image metrics (the paper's per slice, fastMRI's per volume)."""
 from __future__ import annotations
 
 import argparse
 import csv
 import errno
+import fcntl
 import io
 import json
 import math
 import os
 import random
 import re
+import shutil
+import socket
 import sys
 import tempfile
+import unicodedata
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -68,6 +73,13 @@ def old_spellings(action: argparse.Action, *names: str) -> argparse.Action:
     flag: still accepted, left out of ``--help`` and of error messages."""
     action.old_spellings = names
     return action
+
+
+def clean_text(text: str, limit: int = 200) -> str:
+    """``text`` read from a file (a run name, an attribute) with control and other unprintable characters
+    replaced by ``?`` and cut to ``limit`` characters, so it cannot move the terminal's cursor or end up as an
+    odd file name."""
+    return "".join("?" if unicodedata.category(c)[0] == "C" else c for c in str(text))[:limit]
 
 
 def first_line(exc: BaseException, limit: int = 120) -> str:
@@ -227,6 +239,68 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# --------------------------------------------------------------------------- one run per folder
+
+LOCK_NAME = ".lock"
+
+
+def _holder(path: Path) -> str:
+    try:
+        return clean_text(path.read_text().strip()) or "an unknown process"
+    except OSError:
+        return "an unknown process"
+
+
+@contextmanager
+def folder_lock(folder: str | Path, flag: str) -> Iterator[None]:
+    """Hold an advisory lock on ``folder`` (``{folder}/.lock``, created with the folder if missing) while the
+    block runs; another run holding it is a :class:`UserError` naming its process and host.
+
+    ``flock`` is released by the kernel when its holder dies, so a lock file left by a killed run is simply
+    taken over (with a warning). Folders this created are removed again if the block leaves them empty.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file; choose a folder")
+    created = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {folder} cannot be created: {os_error_message(exc)}") from exc
+    path = folder / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{flag} {folder} is in use by another run ({_holder(path)}); wait for it to finish "
+                            f"or choose another {flag}") from None
+        # The previous holder unlinks the file on release: a lock on an unlinked file would lock nothing.
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        previous = os.read(fd, 4096).decode(errors="replace").strip()
+        if previous:
+            print(f"warning: {flag} {folder}: took over the lock of {clean_text(previous)}, which ended without "
+                  "releasing it (killed?)", file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+        for made in created:
+            if made.is_dir() and not any(made.iterdir()):
+                made.rmdir()
+
+
 # --------------------------------------------------------------------------- atomic files and checkpoint loading
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -253,6 +327,19 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         raise
 
 
+def check_free_space(path: str | Path, nbytes: int) -> None:
+    """An ``OSError`` (ENOSPC) naming ``path`` and the space needed when its file system has less than
+    ``nbytes`` free: asked before writes whose library fails badly on a full disk (h5py can crash the process,
+    torch.save reports "unexpected pos")."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < nbytes:
+        raise OSError(errno.ENOSPC, f"No space left on device: {nbytes / 2 ** 20:.1f} MiB needed, "
+                                    f"{free / 2 ** 20:.1f} MiB free", str(path))
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"), mode="w")
@@ -275,8 +362,26 @@ def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 def save_checkpoint(obj: dict, path: str | Path) -> None:
-    """Atomically ``torch.save`` a dict of tensors and JSON-able values."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """Atomically ``torch.save`` a dict of tensors and JSON-able values; a full disk is an ``OSError``
+    (ENOSPC) naming ``path``, and the file that was there stays as it was."""
+    try:
+        atomic_write(path, lambda f: torch.save(obj, f))
+    except RuntimeError:
+        # torch's zip writer turns a failed write into "unexpected pos ..." with no errno: ask the disk.
+        nbytes = sum(v.nbytes for v in _tensors(obj))
+        check_free_space(path, nbytes)
+        raise
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
 
 
 def pickled_globals(path: str | Path) -> list[str]:
@@ -289,6 +394,18 @@ def pickled_globals(path: str | Path) -> list[str]:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:  # not a readable zip checkpoint: the caller reports it as damaged or foreign
         return []
+
+
+# What the public SFT-KD-Recon / KD-MRI checkpoints pickle besides tensors: the argparse.Namespace of their
+# flags, the pathlib path of their experiment folder and a numpy float loss. Only for these is converting with
+# --trust-pickle sound advice; any other global (posix.system, builtins.eval, ...) is what a malicious file holds.
+PUBLIC_CODE_GLOBALS = frozenset({"argparse.Namespace", "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath",
+                                 "numpy.dtype", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"})
+
+
+def public_code_pickle(names: list[str]) -> bool:
+    """Whether the pickled globals ``names`` (see :func:`pickled_globals`) are all ones the public code saves."""
+    return bool(names) and all(name in PUBLIC_CODE_GLOBALS or name.startswith("numpy.dtypes.") for name in names)
 
 
 def unreadable_reason(path: str | Path) -> str:
@@ -316,10 +433,15 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         names = pickled_globals(path)
-        if names:
-            raise UserError(f"{what} {path} holds pickled Python objects ({', '.join(names)}), as checkpoints of the public "
-                            "SFT-KD-Recon code do; convert it once with: python scripts/import_checkpoint.py "
+        if public_code_pickle(names):
+            raise UserError(f"{what} {path} holds pickled Python objects ({', '.join(names)}), as checkpoints of the "
+                            "public SFT-KD-Recon code do; convert it once with: python scripts/import_checkpoint.py "
                             f"--input {path} --output converted.pt --trust-pickle") from exc
+        if names:
+            raise UserError(f"{what} {path} holds pickled Python objects ({clean_text(', '.join(names))}) that no "
+                            "checkpoint of this project or of the public SFT-KD-Recon code holds; unpickling them "
+                            "could run any code, so it is not loaded: use a checkpoint from a source you "
+                            "trust") from exc
         raise UserError(f"{what} {path} cannot be loaded: it is {unreadable_reason(path)}; re-copy it, or pass "
                         "a best_model.pt / model.pt written by this project") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:

@@ -41,6 +41,18 @@ def _open_h5(path: Path) -> h5py.File:
                         "data/prepare.py") from exc
 
 
+def check_stored(path: Path, ds: h5py.Dataset) -> None:
+    """Refuse a dataset that declares more data than its file holds (a damaged or forged header, e.g. 10^9
+    slices) before anything of that size is allocated or read. Compressed datasets legitimately hold fewer
+    bytes than they declare and are not checked."""
+    declared = float(np.prod(ds.shape, dtype=np.float64)) * ds.dtype.itemsize
+    size = path.stat().st_size
+    if ds.compression is None and declared > size:
+        raise UserError(f"{path}: '{ds.name.lstrip('/')}' declares shape {ds.shape} ({declared / 2 ** 20:,.0f} MiB) "
+                        f"but the file holds {size / 2 ** 20:,.1f} MiB: it is damaged; re-copy it or re-run "
+                        "data/prepare.py")
+
+
 class SliceDataset(Dataset):
     """2-D slices of one split and one acceleration.
 
@@ -67,6 +79,10 @@ class SliceDataset(Dataset):
             raise UserError(f"{folder} does not exist: no {split} data for acceleration {acc} under "
                             f"{self.root}; check --data-root and --acc")
         self.files = sorted(folder.glob("*.h5"))
+        for path in self.files:
+            if not path.is_file():  # opening a FIFO would wait forever for a writer
+                raise UserError(f"{path} is not a regular file (a folder, FIFO, device or broken link); remove it "
+                                f"from {folder}")
         if not self.files:
             raise UserError(f"no .h5 files in {folder} (acceleration {acc}); check --acc or prepare the "
                             "data with data/prepare.py")
@@ -80,7 +96,9 @@ class SliceDataset(Dataset):
             shape = file_shape
             self.samples.extend((file_idx, s) for s in range(n_slices))
         self.shape = shape
-        mask = load_mask(mask_path if mask_path is not None else self.root / f"mask_{acc}.npy", shape)
+        mask_file = Path(mask_path) if mask_path is not None else self.root / f"mask_{acc}.npy"
+        mask = load_mask(mask_file, shape)
+        self._check_mask_fits(mask, mask_file)
         self.mask = torch.from_numpy(mask)[None]
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
@@ -109,6 +127,7 @@ class SliceDataset(Dataset):
                 if (want_complex and kind != "c") or (not want_complex and kind not in "fiu"):
                     raise UserError(f"{path}: dataset '{key}' has dtype {ds.dtype}; expected "
                                     f"{'complex' if want_complex else 'real float'} values")
+                check_stored(path, ds)
                 shapes.append(tuple(ds.shape))
         if len(set(shapes)) != 1:
             detail = ", ".join(f"{k} {s}" for k, s in zip(self.keys, shapes))
@@ -119,6 +138,26 @@ class SliceDataset(Dataset):
         if len(shape) != 3 or min(shape) < 1:
             raise UserError(f"{path}: datasets have shape {shapes[0]}; expected (H, W, S)")
         return shape[2], (shape[0], shape[1])
+
+    def _check_mask_fits(self, mask: np.ndarray, mask_file: Path, n_files: int = 3) -> None:
+        """The stored k-space must be zero wherever ``mask`` (H, W) is: a mask the files were not made with
+        (e.g. transposed) would make every data-fidelity step wrong without an error. Reads the middle slice of
+        the first, middle and last file."""
+        k_key = self.keys[2]
+        for file_idx in sorted({round(i * (len(self.files) - 1) / max(n_files - 1, 1)) for i in range(n_files)}):
+            path = self.files[file_idx]
+            with _open_h5(path) as f:
+                ds = f[k_key]
+                index = ds.shape[2] // 2 if ds.ndim == 3 else None
+                kspace = np.abs(ds[()] if index is None else ds[:, :, index])
+            outside = kspace[mask == 0]
+            if outside.size and outside.max() > 1e-6 * kspace.max():
+                transposed = mask.shape[0] == mask.shape[1] and not (kspace[mask.T == 0] > 1e-6 * kspace.max()).any()
+                why = "the mask is transposed" if transposed else "another mask"
+                raise UserError(f"{mask_file} does not fit {path}: its '{k_key}' is non-zero at "
+                                f"{int((outside > 1e-6 * kspace.max()).sum())} positions the mask leaves out (slice "
+                                f"{index or 0}; {why}); pass the mask the data were made with (--mask), or prepare "
+                                "the data again with data/prepare.py")
 
     def _handle(self, file_idx: int) -> h5py.File:
         if os.getpid() != self._pid:  # forked into a DataLoader worker: never share the parent's handles

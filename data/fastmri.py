@@ -21,7 +21,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from utils import UserError, first_line
+from data.dataset import check_stored
+from utils import UserError, clean_text, first_line
 
 # kspace dimensions -> the reference the fastMRI challenge scores that kind of data against.
 REFERENCE_OF = {3: "reconstruction_esc", 4: "reconstruction_rss"}
@@ -52,10 +53,11 @@ class FastmriVolume:
 
 
 def _text(value) -> str | None:
-    """An HDF5 string attribute as ``str`` (h5py gives ``bytes`` for fixed-length strings); None stays None."""
+    """An HDF5 string attribute as ``str`` (h5py gives ``bytes`` for fixed-length strings), sanitised: it is
+    printed and written to split.json; None stays None."""
     if value is None:
         return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return clean_text(value.decode(errors="replace") if isinstance(value, bytes) else str(value))
 
 
 def _header(path: Path, f: h5py.File) -> FastmriVolume:
@@ -74,6 +76,7 @@ def _header(path: Path, f: h5py.File) -> FastmriVolume:
     if image.ndim != 3 or image.shape[0] != kspace.shape[0]:
         raise FastmriError(f"{path}: '{reference}' has shape {image.shape} for a 'kspace' of {kspace.shape[0]} "
                            "slices; a (S, H, W) reference of the same S slices is required")
+    check_stored(path, image)
     n_slices, height, width = image.shape
     return FastmriVolume(path, reference, (height, width, n_slices), kspace.shape[1] if kspace.ndim == 4 else 1,
                          _text(f.attrs.get("acquisition")), _text(f.attrs.get("patient_id")))

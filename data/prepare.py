@@ -65,6 +65,8 @@ write the same name are an error, never an overwrite. Attributes ``source_file``
 (and for fastMRI ``reference`` and ``acquisition``) are extras that the original readers ignore;
 data/split_check.py uses them for the leak check run after every preparation (and at training start-up): no
 subject, source slice or identical slice in both splits.
+``{out}/manifest.json`` lists every file the run wrote: all that a later ``--overwrite`` replaces (other files in
+``--out-dir`` are never touched).
 """
 from __future__ import annotations
 
@@ -88,10 +90,10 @@ from data.slicing import fft_friendly, kept_slices, make_slices, window_slices  
 from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, InputKind, Source,  # noqa: E402
                           check_unique_names, demo_source, fastmri_sources, nifti_sources, read_volumes)
 from data.split_check import SPLITS, check_split, slice_hashes  # noqa: E402
-from data.staging import check_output, staged_output  # noqa: E402
+from data.staging import check_apart, check_output, staged_output  # noqa: E402
 from data.subjects import BLOCK_GAP, assign_subjects, block_split  # noqa: E402
-from utils import (CliParser, UserError, acc_type, check_seed, run_cli, old_spellings, seed_type,  # noqa: E402
-                   write_json)
+from utils import (CliParser, UserError, acc_type, check_free_space, check_seed, folder_lock,  # noqa: E402
+                   old_spellings, run_cli, seed_type, write_json)
 
 DEFAULT_ACCS = ("4x", "5x")
 DEFAULT_CENTER_FRACTION = 0.08
@@ -170,7 +172,7 @@ class Options:
         self._check_sources()
         self._check_slices()
         self._check_split()
-        accs = tuple(dict.fromkeys(self.accs))
+        accs = tuple(self.accs)
         fractions = self._center_fractions(accs)
         if self.mask_dir is not None and self.mask_kind is not None:
             raise UserError("pass either --mask-dir (existing masks) or --mask-kind (generated masks), not both")
@@ -240,6 +242,8 @@ class Options:
             raise UserError("--acc needs at least one acceleration, e.g. --acc 4x 5x")
         for acc in self.accs:
             parse_acc(acc)
+        if len(set(self.accs)) < len(self.accs):
+            raise UserError(f"--acc {' '.join(self.accs)} lists an acceleration twice; give each once")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"--val-fraction {self.val_fraction} must be between 0 and 1 (exclusive), e.g. 0.2")
         if not 0.0 <= self.test_fraction < 1.0:
@@ -325,6 +329,8 @@ class Staging:
         attrs = {"source_file": source.label, "slice_axis": self.rules.axis,
                  "source_slices": indices.astype(np.int64), "subject": source.group,
                  "slice_hashes": slice_hashes(volfs), **source.attrs}
+        # h5py can crash the process on a full disk instead of raising: ask first (volfs, complex kspace, zf).
+        check_free_space(self.stage, 4 * volfs.nbytes * len(self.masks))
         for acc, (kspace, zf) in undersample(volfs, self.masks).items():
             write_volume(self.folder(split, acc) / f"{name}.h5", volfs, kspace, zf, acc, attrs)
         self.volumes[split].append(name)
@@ -483,6 +489,13 @@ def prepare(*, out: str | Path, **options: Any) -> dict[str, Any]:
     """
     start = time.perf_counter()
     opts = Options(out=out, **options).resolved()
+    check_apart(opts.out, [*(opts.inputs or []), *(opts.fastmri or [])])
+    with folder_lock(opts.out, "--out-dir"):
+        return _prepare(opts, start)
+
+
+def _prepare(opts: Options, start: float) -> dict[str, Any]:
+    """:func:`prepare` for resolved options, holding the lock of ``opts.out``."""
     check_output(opts.out, opts.overwrite)
     sources, skipped_files, skipped_acquisitions = _sources(opts)
     check_unique_names(sources)
@@ -607,7 +620,8 @@ def _add_output_flags(parser: CliParser) -> None:
     g.add_argument("--mask-dir", type=Path, default=None,
                    help="use mask_{acc}.npy from this folder instead of generating masks")
     g.add_argument("--overwrite", action="store_true",
-                   help="replace mask_*.npy, split.json, train/, validation/ and test/ in a non-empty --out-dir")
+                   help="replace the files an earlier run wrote in a non-empty --out-dir (listed in its "
+                        "manifest.json); other files stay, and the old data stay until the new are complete")
 
 
 def _shorten(subjects: list[str]) -> str:

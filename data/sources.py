@@ -324,6 +324,11 @@ def read_volumes(source: Source, allow_label_like: bool = False) -> list[tuple[s
     A volume with at most :data:`LABEL_LIKE_VALUES` distinct values is refused as a label map unless
     ``allow_label_like``.
     """
+    dtype = source.image.get_data_dtype() if hasattr(source.image, "get_data_dtype") else None
+    if dtype is not None and dtype.kind == "c":
+        # Casting to float would silently drop the imaginary part.
+        raise UserError(f"{source.label} holds complex values ({dtype}); this tool takes real images: save the "
+                        "magnitude (np.abs) as a real-valued NIfTI and pass that")
     try:
         data = np.asarray(source.image.dataobj, dtype=np.float64).reshape(source.shape)
     except Exception as exc:

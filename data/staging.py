@@ -1,67 +1,72 @@
-"""The output folder of data/prepare.py: refuse an unusable or busy one, and write each run into a hidden staging
-folder inside it that is moved into place only once complete."""
+"""The output folder of data/prepare.py: refuse an unusable one, and write each run into a hidden staging folder
+inside it that replaces the previous run's files (and only those) once complete, crash-safely (data/owned.py)."""
 from __future__ import annotations
 
+import json
 import os
-import re
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
 from data.split_check import SPLITS
-from utils import UserError, os_error_message
+from utils import LOCK_NAME, UserError, os_error_message
 
 STAGE_PREFIX = ".prepare-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _stage_owner(stage: Path) -> int | None:
-    """The process id a staging folder ``.prepare-{pid}-XXXX`` belongs to (None for other names)."""
-    match = re.fullmatch(rf"{re.escape(STAGE_PREFIX)}(\d+)-.*", stage.name)
-    return int(match.group(1)) if match else None
+def check_apart(out: Path, inputs: list[str | Path]) -> None:
+    """Refuse an ``out`` that is, contains or lies inside one of ``inputs`` (symlinks resolved): --overwrite
+    must never reach a source scan, and a rerun must not find its own output among its inputs."""
+    target = out.resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            where = "is" if target == source else "lies inside" if source in target.parents else "contains"
+            raise UserError(f"--out-dir {out} {where} the input {given}; choose an --out-dir outside the inputs, "
+                            "e.g. datasets/NAME")
 
 
 def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse an unusable or non-empty ``out``; delete staging folders that runs killed before they could
-    clean up (SIGTERM, SIGKILL, power loss) left there."""
+    """Refuse an unusable or non-empty ``out``; finish a swap a killed run began (see data/owned.py) and delete
+    staging folders that killed runs (SIGTERM, SIGKILL, power loss) left there. Call it holding ``out``'s lock,
+    which is what makes those folders safe to delete."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out-dir {out} is a file; choose a folder")
     if not out.is_dir():
         return
-    for stage in sorted(out.glob(f"{STAGE_PREFIX}*")):
-        owner = _stage_owner(stage)
-        if owner is not None and owner != os.getpid() and _alive(owner):
-            raise UserError(f"--out-dir {out} is being written by another data/prepare.py run (process {owner}, "
-                            f"{stage.name}); wait for it or choose another --out-dir (if no such run exists, delete "
-                            f"{stage})")
-        shutil.rmtree(stage) if stage.is_dir() and not stage.is_symlink() else stage.unlink()
-    if any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out-dir {out} exists and is not empty; pass --overwrite to replace its mask_*.npy, "
-                        "split.json, train/ and validation/, or choose another folder")
+    if clean_up(out, STAGE_PREFIX):
+        print(f"note: finished moving the data an interrupted data/prepare.py run wrote into {out}", file=sys.stderr)
+    if any(p.name != LOCK_NAME for p in out.iterdir()) and not overwrite:
+        raise UserError(f"--out-dir {out} exists and is not empty; pass --overwrite to replace the data an earlier "
+                        "run of this tool wrote there (other files stay), or choose another folder")
+    if overwrite:
+        check_replaceable(out, [], _owned(out), list(SPLITS), "--out-dir")
 
 
-def _remove_outputs(out: Path, keep: Path) -> None:
-    """Delete what an earlier run of this tool wrote in ``out``, nothing else."""
-    for path in [*out.glob("mask_*.npy"), out / "split.json"]:
-        path.unlink(missing_ok=True)
-    for path in (out / split for split in SPLITS):
-        if path == keep or not (path.exists() or path.is_symlink()):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+def _owned(out: Path) -> list[str]:
+    """The files the previous run wrote: its manifest, or for runs older than the manifest, the masks and
+    volumes its split.json lists (nothing when there is neither)."""
+    owned = owned_files(out)
+    if owned is not None:
+        return owned
+    try:
+        record = json.loads((out / "split.json").read_text())["subjects"]
+        volumes = {split: [name for entry in record.values() for name in entry["files"][split]]
+                   for split in SPLITS if all(split in entry["files"] for entry in record.values())}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    owned = ["split.json"]
+    for split, names in volumes.items():
+        for folder in sorted((out / split).glob("acc_*")):
+            owned += [f"{split}/{folder.name}/{name}" for name in names if (folder / name).is_file()]
+            mask = f"mask_{folder.name[len('acc_'):]}.npy"
+            if (out / mask).is_file() and mask not in owned:
+                owned.append(mask)
+    return owned
 
 
 @contextmanager
@@ -85,8 +90,10 @@ def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
         raise
-    if overwrite:
-        _remove_outputs(out, keep=stage)
-    for item in sorted(stage.iterdir()):
-        os.replace(item, out / item.name)
-    stage.rmdir()
+    owned = _owned(out) if overwrite else []
+    try:
+        check_replaceable(out, new_files(stage), owned, list(SPLITS), "--out-dir")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    swap_in(out, stage, owned)

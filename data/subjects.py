@@ -71,6 +71,10 @@ def _read_split_file(path: Path) -> dict[str, str]:
                  for subject, entry in content["subjects"].items()}
     elif isinstance(content, dict) and set(content) <= set(SPLITS) and content:
         table = {str(subject): split for split, ids in content.items() for subject in ids}
+        twice = sorted({s for split, ids in content.items() for s in map(str, ids) if table[s] != split})
+        if twice:
+            raise UserError(f"--split-file {path} lists {', '.join(twice[:3])} in more than one split; list each "
+                            "subject once")
     else:
         raise UserError(f"--split-file {path} holds neither a split.json of data/prepare.py nor "
                         '{"train": [subject ids], "validation": [subject ids], "test": [subject ids]}')

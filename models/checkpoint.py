@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from models.networks import FAMILIES, build_network, describe_arch
@@ -75,6 +76,29 @@ def _misfit(model: nn.Module, state) -> str:
     return "; ".join(parts)
 
 
+# Far beyond any DC-CNN of the paper (5 cascades, 5 convs, 32 channels); a checkpoint declaring more is forged
+# or damaged, and building it first would take minutes or all memory.
+MAX_SIZES = {"n_cascades": 100, "n_convs": 100, "channels": 65536}
+
+
+def _check_declared_size(arch: dict, state, path, what: str) -> None:
+    """Refuse an ``arch`` entry whose sizes are out of bounds or that declares far more weights than the file
+    holds (counted on the meta device, which allocates nothing), before anything is allocated."""
+    configs = (arch.get("teacher"), arch.get("student")) if arch.get("kind") == "sft" else (arch,)
+    for config in configs:
+        for key, limit in MAX_SIZES.items():
+            value = config.get(key, 1) if isinstance(config, dict) else None
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+                raise UserError(f"{what} {path}: its 'arch' entry has {key} {value!r:.40}, outside 1..{limit}; the "
+                                "file was edited or damaged")
+    with torch.device("meta"):
+        declared = sum(p.numel() for p in build_model(arch).state_dict().values())
+    stored = sum(v.numel() for v in state.values() if torch.is_tensor(v)) if isinstance(state, dict) else 0
+    if declared > 4 * stored + 10 ** 6:
+        raise UserError(f"{what} {path}: its 'arch' entry declares {declared:,} weights but the file holds "
+                        f"{stored:,}; the file was edited or damaged")
+
+
 def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, dict]:
     """Model and checkpoint dict of a file this project wrote (``weights_only=True``).
 
@@ -89,6 +113,7 @@ def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, d
                         f"{' or '.join(map(repr, FAMILIES))}); pass a checkpoint written by this project's "
                         "training scripts")
     try:
+        _check_declared_size(arch, ckpt["model"], path, what)
         model = build_model(arch)
     except (TypeError, KeyError, ValueError) as exc:
         raise UserError(f"{what} {path}: its 'arch' entry {arch} cannot build a network "
@@ -100,6 +125,11 @@ def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, d
                         f"{describe_arch(arch)} ({_misfit(model, ckpt['model']) or first_line(exc)}); "
                         "the file was edited or mixes two networks: use the unmodified best_model.pt / model.pt "
                         "of a run") from exc
+    bad = next((key for key, value in ckpt["model"].items()
+                if value.is_floating_point() and not torch.isfinite(value).all()), None)
+    if bad is not None:
+        raise UserError(f"{what} {path} holds NaN or Inf weights (e.g. {bad}): the run that wrote it diverged; use "
+                        "an earlier checkpoint of it, or retrain with a lower --lr")
     return model, ckpt
 
 

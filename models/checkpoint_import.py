@@ -30,7 +30,7 @@ import torch
 
 from models.checkpoint import FORMAT, build_model, model_payload
 from models.dccnn import DCCNNConfig, count_parameters
-from utils import UserError, first_line, pickled_globals, save_checkpoint
+from utils import UserError, clean_text, first_line, pickled_globals, public_code_pickle, save_checkpoint
 
 _KEY = re.compile(r"^(tcascade|scascade|cascade)(\d+)\.conv(\d+)\.(weight|bias)$")
 
@@ -198,6 +198,11 @@ def _load_source(src: Path, trust_pickle: bool) -> Any:
             raise UserError(f"--input {src} is corrupt or not a torch checkpoint ({first_line(exc)})") from exc
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         raise UserError(f"--input {src} is corrupt or not a torch checkpoint ({first_line(exc)})") from exc
+    names = pickled_globals(src)
+    if not trust_pickle and names and not public_code_pickle(names):
+        raise UserError(f"--input {src} contains pickled Python objects ({clean_text(', '.join(names))}) that "
+                        "checkpoints of the public SFT-KD-Recon code do not hold, and unpickling them could run any "
+                        "code; it is not loaded: use a checkpoint from a source you trust")
     if not trust_pickle:
         raise UserError(f"--input {src} contains pickled Python objects (such as the argparse.Namespace the "
                         "public SFT-KD-Recon code saves), and unpickling can run arbitrary code; load only "

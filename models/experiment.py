@@ -5,6 +5,7 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from utils import UserError, load_checkpoint
@@ -16,12 +17,33 @@ RESUME_KEYS = ("optimizer", "scheduler", "epoch", "batch_in_epoch", "global_step
 REPLACED = ".replaced"
 
 
+# Flags that do not change what a run computes, so --resume accepts new values (listed in --help): how long, how
+# fast, where, what is logged. cache_teacher (train_student_kd.py) replays the teacher's own outputs; a moved
+# or copied --data-root is accepted when its slice counts are the run's (check_resume_data).
+MAY_CHANGE_ON_RESUME = ("epochs", "num_workers", "preload", "device", "memory_format", "save_every_iters",
+                        "log_every", "image_every", "no_progress", "cache_teacher", "data_root")
+_NOT_COMPARED = (*MAY_CHANGE_ON_RESUME, "exp_dir", "resume", "overwrite")
+
+
+def flag_names(dests) -> str:
+    """``--epochs, --num-workers, ...`` for argparse ``dest`` names."""
+    return ", ".join(f"--{dest.replace('_', '-')}" for dest in dests)
+
+
+def _replaced_hint(exp: Path) -> str:
+    if not (exp / REPLACED).is_dir():
+        return ""
+    return (f"; {exp / REPLACED} holds the run an interrupted --overwrite set aside, kept until a new run in "
+            f"{exp} saves model.pt: to get it back, move its files back into {exp} (replacing what is there)")
+
+
 def prepare_exp_dir(args: argparse.Namespace) -> dict | None:
     """Check --exp-dir against --resume / --overwrite; return the checkpoint to resume from, if any.
 
     Nothing is deleted here: an --overwrite run sets the old files aside once its own setup succeeded and
     deletes them only after saving its first model.pt (see :func:`set_aside_old_run`), so a refused or failed
-    run never costs the previous one.
+    run never costs the previous one. A run stopped before its first model.pt (only config.json and logs) is
+    started afresh by --resume.
     """
     exp = args.exp_dir
     if args.resume and args.overwrite:
@@ -29,7 +51,12 @@ def prepare_exp_dir(args: argparse.Namespace) -> dict | None:
     if exp.exists() and not exp.is_dir():
         raise UserError(f"--exp-dir {exp} is a file, not a folder")
     existing = [name for name in OWN_FILES if (exp / name).exists()]
+    started = not (exp / "model.pt").exists() and (existing or (exp / REPLACED).is_dir())
     if args.resume:
+        if started:
+            print(f"note: {exp} holds no model.pt: its run was stopped before its first checkpoint, so --resume "
+                  f"starts it afresh{_replaced_hint(exp)}", file=sys.stderr)
+            return None
         if not (exp / "model.pt").is_file():
             raise UserError(f"--resume: there is no {exp / 'model.pt'} to resume from; start without --resume")
         ckpt = load_checkpoint(exp / "model.pt", "--resume checkpoint")
@@ -38,17 +65,68 @@ def prepare_exp_dir(args: argparse.Namespace) -> dict | None:
             raise UserError(f"--resume: {exp / 'model.pt'} holds weights but no training state "
                             f"({', '.join(missing)} missing), e.g. a copied best_model.pt; restore the model.pt "
                             "the run wrote, or start again with --overwrite")
+        for key in ("epoch", "batch_in_epoch", "global_step"):
+            value = ckpt[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise UserError(f"--resume: {exp / 'model.pt'} has a damaged '{key}' entry ({value!r:.40}); restore "
+                                "the model.pt the run wrote, or start again with --overwrite")
+        check_resume_flags(args, ckpt, exp / "model.pt")
         return ckpt
+    if started and not args.overwrite:
+        raise UserError(f"--exp-dir {exp} holds a run stopped before its first checkpoint "
+                        f"({', '.join(existing) or 'no files'}); add --resume to start it afresh, --overwrite to "
+                        f"replace it, or choose another --exp-dir{_replaced_hint(exp)}")
     if existing and not args.overwrite:
         raise UserError(f"--exp-dir {exp} already holds a run ({', '.join(existing)}); add --resume to "
                         "continue it, --overwrite to replace it, or choose another --exp-dir")
     return None
 
 
+def _shown(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "on", False: "off", None: "unset"}[value]
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def check_resume_flags(args: argparse.Namespace, ckpt: dict, path: Path) -> None:
+    """A :class:`UserError` listing every flag outside :data:`MAY_CHANGE_ON_RESUME` whose value differs from
+    the one the run in ``path`` was started with (architecture, optimiser, data, augmentation, precision, seed):
+    resuming with them would continue another run than the checkpoint's."""
+    recorded = ckpt.get("config")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    now = jsonable(args)
+    changed = [f"--{key.replace('_', '-')} {_shown(value)} (the run: {_shown(recorded[key])})"
+               for key, value in now.items()
+               if key not in _NOT_COMPARED and key in recorded and recorded[key] != value]
+    if changed:
+        raise UserError(f"--resume: {'; '.join(changed)} differ from the run in {path}; resume with its flags (see "
+                        f"its config.json; only {flag_names(MAY_CHANGE_ON_RESUME)} may change), or start a "
+                        "new run in another --exp-dir")
+
+
+def check_resume_data(ckpt: dict, args: argparse.Namespace, train_slices: int, validation_slices: int) -> None:
+    """A :class:`UserError` when --data-root now holds other slice counts than the resumed run trained on."""
+    recorded = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    was = (recorded.get("train_slices"), recorded.get("validation_slices"))
+    if None not in was and was != (train_slices, validation_slices):
+        raise UserError(f"--resume: --data-root {args.data_root} has {train_slices} training / {validation_slices} "
+                        f"validation slices at --acc {' '.join(args.acc)}, but the run in {args.exp_dir} had "
+                        f"{was[0]} / {was[1]} (from {recorded.get('data_root')}); resume on the run's data")
+
+
 def set_aside_old_run(exp: Path) -> bool:
-    """Move an earlier run's files into ``exp/.replaced`` (replacing a stale one); False if there were none."""
+    """Move an earlier run's files into ``exp/.replaced``; False if there were none.
+
+    An ``exp/.replaced`` left by an --overwrite run stopped before its first model.pt still holds the last run
+    with a checkpoint: it stays, and the stopped run's files (config.json, logs) go instead. Only a newer
+    model.pt beside it (a run stopped between saving it and dropping ``.replaced``) makes it stale.
+    """
     names = [name for name in OWN_FILES if (exp / name).exists()]
-    shutil.rmtree(exp / REPLACED, ignore_errors=True)
+    if (exp / REPLACED).is_dir():
+        if not (exp / "model.pt").exists():
+            _remove(exp, names)
+            return True
+        shutil.rmtree(exp / REPLACED)
     if names:
         (exp / REPLACED).mkdir(parents=True)
         for name in names:
@@ -56,14 +134,18 @@ def set_aside_old_run(exp: Path) -> bool:
     return bool(names)
 
 
-def restore_old_run(exp: Path) -> None:
-    """Undo :func:`set_aside_old_run` after a failure: drop the new run's files, move the earlier ones back."""
-    for name in OWN_FILES:
+def _remove(exp: Path, names) -> None:
+    for name in names:
         path = exp / name
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+def restore_old_run(exp: Path) -> None:
+    """Undo :func:`set_aside_old_run` after a failure: drop the new run's files, move the earlier ones back."""
+    _remove(exp, OWN_FILES)
     for item in (exp / REPLACED).iterdir():
         os.replace(item, exp / item.name)
     (exp / REPLACED).rmdir()

@@ -8,6 +8,7 @@ exact ``--resume``, SIGINT/SIGTERM handling, torchrun (DDP), tqdm and TensorBoar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -24,14 +25,14 @@ from tqdm import tqdm
 from data.augment import AugmentedSlices
 from data.dataset import build_dataset
 from data.split_check import check_split
-from models.checkpoint import model_payload
+from models.checkpoint import arch_of, describe_arch, model_payload
 from models.distributed import Dist, EpochSampler
-from models.experiment import (REPLACED, drop_replaced_run, git_commit, jsonable, prepare_exp_dir,
-                               restore_old_run, set_aside_old_run)
+from models.experiment import (MAY_CHANGE_ON_RESUME, REPLACED, check_resume_data, drop_replaced_run, flag_names,
+                               git_commit, jsonable, prepare_exp_dir, restore_old_run, set_aside_old_run)
 from models.networks import PRESETS, configure
 from models.speed import MEMORY_FORMATS, resolve_memory_format
-from utils import (CliParser, UserError, acc_type, first_line, get_rng_state, psnr, save_checkpoint, seed_everything,
-                   seed_type, set_rng_state, ssim, write_json)
+from utils import (CliParser, UserError, acc_type, first_line, folder_lock, get_rng_state, psnr, save_checkpoint,
+                   seed_everything, seed_type, set_rng_state, ssim, write_json)
 
 # Test hook (see fault_point): ITERATION[:SIGNAL].
 FAULT_ENV = "SFTKD_FAULT_AT"
@@ -158,7 +159,9 @@ def common_parser(description: str) -> CliParser:
     g.add_argument("--seed", type=seed_type, default=42)
     g = p.add_argument_group("run")
     g.add_argument("--exp-dir", type=Path, required=True, help="experiment folder for checkpoints and logs")
-    g.add_argument("--resume", action="store_true", help="continue from {exp-dir}/model.pt")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from {exp-dir}/model.pt (a run stopped before its first model.pt starts afresh); "
+                        f"every other flag must be as the run's, except {flag_names(MAY_CHANGE_ON_RESUME)}")
     g.add_argument("--overwrite", action="store_true", help="replace an existing experiment in --exp-dir")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--memory-format", choices=["auto", *MEMORY_FORMATS], default="auto",
@@ -180,6 +183,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     if args.mask is not None and len(args.mask) != len(args.acc):
         raise UserError(f"--mask has {len(args.mask)} file(s) but --acc has {len(args.acc)}; give one per "
                         "acceleration, in the same order")
+    repeated = sorted({acc for acc in args.acc if args.acc.count(acc) > 1})
+    if repeated:
+        raise UserError(f"--acc lists {', '.join(repeated)} more than once, which would train on every slice twice; "
+                        "give each acceleration once")
     if args.num_workers < 0:
         raise UserError("--num-workers must be >= 0")
     return args
@@ -331,6 +338,8 @@ class Trainer:
         self.val_set = build_dataset(args.data_root, "validation", args.acc, masks, preload)
         # Files may have been moved or merged since data/prepare.py checked them; this reads only attributes.
         check_split(args.data_root, args.acc)
+        if resume is not None:
+            check_resume_data(resume, args, len(self.train_set), len(self.val_set))
         self.step = step = self.build_step(args)
         recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
         shape = tuple(self.train_set[0]["target"].shape[-2:])
@@ -371,6 +380,10 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"--resume: {self.exp / 'model.pt'} does not match this script and flags "
                             f"({first_line(exc)}); resume with the original command") from exc
+        if resume.get("arch") != arch_of(step.model):
+            raise UserError(f"--resume: {self.exp / 'model.pt'} holds a {describe_arch(resume.get('arch'), True)}, "
+                            f"but these flags build a {describe_arch(arch_of(step.model), True)}; resume with the "
+                            "original command")
         self.epoch, self.start_batch = resume["epoch"], resume["batch_in_epoch"]
         self.global_step, self.best_loss = resume["global_step"], resume["best_val_loss"]
         world = resume.get("world_size", 1)
@@ -581,12 +594,15 @@ def train(args: argparse.Namespace, build_step, run_name: str, roles: dict) -> P
     dist = Dist(args.device)
     trainer = Trainer(args, build_step, run_name, dist, roles)
     try:
-        return trainer.run()
-    except BaseException:
-        # A run that never saved a model.pt gives the run it replaced back.
-        if trainer.parked_old_run and (args.exp_dir / REPLACED).is_dir():
-            restore_old_run(args.exp_dir)
-        raise
+        # Rank 0 writes every file, so it alone holds the folder's lock (ranks of one job must not refuse each other).
+        with folder_lock(args.exp_dir, "--exp-dir") if dist.main else contextlib.nullcontext():
+            try:
+                return trainer.run()
+            except BaseException:
+                # A run that never saved a model.pt gives the run it replaced back.
+                if trainer.parked_old_run and (args.exp_dir / REPLACED).is_dir():
+                    restore_old_run(args.exp_dir)
+                raise
     finally:
         dist.close()
 

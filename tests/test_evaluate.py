@@ -194,7 +194,8 @@ def test_public_volume_metrics_file_and_summary(tmp_path):
     out = tmp_path / "eval"
     main(["--checkpoints", str(checkpoint), "--data-root", str(root), "--acc", "4x", "--device", "cpu",
           "--out-dir", str(out), "--metrics", "public-volume", "--save-recons"])
-    assert sorted(p.name for p in out.iterdir()) == ["metrics_public_volume.csv", "recons", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "metrics_public_volume.csv", "recons",
+                                                      "summary.json"]
     assert (out / "metrics_public_volume.csv").read_text().splitlines()[0] == "model,volume,NMSE,PSNR,SSIM,HFN"
     with (out / "metrics_public_volume.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))

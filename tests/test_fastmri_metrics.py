@@ -129,8 +129,8 @@ def test_paper_output_is_unchanged_and_sets_are_separate(evaluated):
     tmp, common = evaluated["tmp"], evaluated["common"]
     main([*common, "--out-dir", str(tmp / "paper")])  # the default: --metrics paper
     main([*common, "--out-dir", str(tmp / "fastmri"), "--metrics", "fastmri"])
-    assert sorted(p.name for p in (tmp / "paper").iterdir()) == ["metrics.csv", "summary.json"]
-    assert sorted(p.name for p in (tmp / "fastmri").iterdir()) == ["metrics_fastmri.csv", "summary.json"]
+    assert sorted(p.name for p in (tmp / "paper").iterdir()) == ["manifest.json", "metrics.csv", "summary.json"]
+    assert sorted(p.name for p in (tmp / "fastmri").iterdir()) == ["manifest.json", "metrics_fastmri.csv", "summary.json"]
     assert (tmp / "paper" / "metrics.csv").read_bytes() == (evaluated["out"] / "metrics.csv").read_bytes()
     assert (tmp / "fastmri" / "metrics_fastmri.csv").read_bytes() == \
         (evaluated["out"] / "metrics_fastmri.csv").read_bytes()
@@ -152,7 +152,7 @@ def test_overwrite_refusal_and_stale_files(evaluated, tmp_path):
     assert (out / "metrics_fastmri.csv").read_bytes() == before and not (out / "metrics.csv").exists()
     main([*common, "--out-dir", str(out), "--overwrite"])
     # the fastMRI file would contradict the new summary.json, which has no fastmri block
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "metrics.csv", "summary.json"]
 
 
 def test_report_adds_the_fastmri_table(evaluated, tmp_path):

@@ -67,8 +67,8 @@ def test_nifti_folder_to_original_layout(nifti_dir: Path, tmp_path: Path):
     assert len(summary["train_volumes"]) == 2 and len(summary["validation_volumes"]) == 1
     assert summary["train_slices"] + summary["validation_slices"] == 3 * (12 - len(EMPTY_SLICES))
     assert summary["skipped_slices"] == 3 * len(EMPTY_SLICES)
-    assert sorted(p.name for p in out.iterdir()) == ["mask_4x.npy", "mask_5x.npy", "split.json", "train",
-                                                      "validation"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mask_4x.npy", "mask_5x.npy", "split.json",
+                                                      "train", "validation"]
     for acc, rows in (("4x", 8), ("5x", 6)):
         mask = np.load(out / f"mask_{acc}.npy")
         assert mask.shape == (32, 32) and mask.dtype == np.float32
@@ -176,11 +176,15 @@ def test_refuses_non_empty_out_and_overwrite_removes_only_own_files(nifti_dir: P
 
     with pytest.raises(UserError, match="not empty"):
         prepare(test_fraction=0, inputs=[nifti_dir], out=out, size=32)
+    # A file it did not write inside train/ would be read as part of the data set: refused, nothing touched.
+    with pytest.raises(UserError, match=r"did not write \(train/acc_8x/stale.h5\)"):
+        prepare(test_fraction=0, inputs=[nifti_dir], out=out, size=32, accs=["4x"], overwrite=True)
+    assert (out / "train" / "acc_8x" / "stale.h5").read_bytes() == b"old"
+    (out / "train" / "acc_8x" / "stale.h5").unlink()
     prepare(test_fraction=0, inputs=[nifti_dir], out=out, size=32, accs=["4x"], overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["mask_4x.npy", "notes.txt", "split.json", "train",
-                                                      "validation"]
-    assert (out / "notes.txt").read_text() == "keep me"
-    assert sorted(p.name for p in (out / "train").iterdir()) == ["acc_4x"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mask_4x.npy", "mask_8x.npy", "notes.txt",
+                                                      "split.json", "train", "validation"]
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "mask_8x.npy").read_bytes() == b"old"
 
 
 def test_failed_run_leaves_no_partial_output(nifti_dir: Path, tmp_path: Path):

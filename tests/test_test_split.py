@@ -51,7 +51,8 @@ def test_subject_groups_are_seeded_disjoint_and_keep_training():
 def test_demo_writes_train_validation_test_without_leak(tmp_path: Path):
     out = tmp_path / "demo"
     summary = prepare(out=out, demo=True, demo_resolution=2, size=16, resize=True, accs=["4x"])
-    assert sorted(p.name for p in out.iterdir()) == ["mask_4x.npy", "split.json", "test", "train", "validation"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mask_4x.npy", "split.json", "test", "train",
+                                                      "validation"]
     train, val, test = (_positions(out, split) for split in ("train", "validation", "test"))
     # Contiguous blocks, low to high, BLOCK_GAP kept positions dropped between neighbours.
     assert train.max() < val.min() and val.max() < test.min()
@@ -79,7 +80,7 @@ def test_test_only_set_uses_the_given_masks(tmp_path: Path):
     out = tmp_path / "external"
     summary = prepare(inputs=[tmp_path / "other.nii.gz"], out=out, size=16, resize=True, pad_to=48,
                       accs=["4x"], test_only=True, mask_dir=train_set)
-    assert sorted(p.name for p in out.iterdir()) == ["mask_4x.npy", "split.json", "test"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mask_4x.npy", "split.json", "test"]
     assert summary["train_slices"] == summary["validation_slices"] == 0 < summary["test_slices"]
     np.testing.assert_array_equal(np.load(out / "mask_4x.npy"), np.load(train_set / "mask_4x.npy"))
     with pytest.raises(UserError, match="--pad-to 48 sets the field of view that --resize"):
