@@ -179,6 +179,7 @@ def plot(found: list[Contrast], path, write) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     columns = list(dict.fromkeys(c.column for c in found))
     labels = list(dict.fromkeys(c.label for c in found))
@@ -197,6 +198,7 @@ def plot(found: list[Contrast], path, write) -> None:
                 if np.isfinite(low):
                     ax.errorbar(c.mean, y, xerr=[[c.mean - low], [high - c.mean]], fmt="o", color=color, capsize=3)
             ax.axvline(0.0, color="k", lw=0.8)
+            ax.xaxis.set_major_locator(MaxNLocator(6))
             ax.set_yticks(range(len(labels)), labels if k == 0 else [], fontsize=7)
             ax.invert_yaxis()
             ax.grid(axis="x", alpha=0.3)
