@@ -58,7 +58,7 @@ def test_fastmri_files_through_prepare_sft_kd_and_both_metric_sets(tmp_path: Pat
                   "--val-fraction", "0.34", "--seed", "0")
     assert "not comparable with fastMRI leaderboard" in printed
     split = {}
-    for part in ("train", "validation"):
+    for part in ("train", "validation", "test"):  # three patients: one per split
         for path in sorted((data / part / "acc_4x").glob("*.h5")):
             with h5py.File(path, "r") as f:
                 split[path.stem] = (part, f.attrs["subject"], f["volfs"].shape)
@@ -73,6 +73,8 @@ def test_fastmri_files_through_prepare_sft_kd_and_both_metric_sets(tmp_path: Pat
     assert recorded["split_by"] == "subjects"
     assert sorted(recorded["validation_subjects"]) == sorted({FILES[name] for name in validation})
     assert not set(recorded["train_subjects"]) & set(recorded["validation_subjects"])
+    tested = sorted(name for name, (part, _, _) in split.items() if part == "test")
+    assert tested and sorted(recorded["test_subjects"]) == sorted({FILES[name] for name in tested})
 
     common = ["--data-root", str(data), "--acc", "4x", "--epochs", "1", "--no-progress", "--seed", "0",
               "--device", "cpu"]
@@ -87,13 +89,14 @@ def test_fastmri_files_through_prepare_sft_kd_and_both_metric_sets(tmp_path: Pat
     columns, rows = read_csv(out / "metrics.csv")
     assert columns == ["model", "volume", "slice", "PSNR", "SSIM", "NMSE", "HFEN-LoG", "VIF"]
     assert [(r["model"], r["volume"], int(r["slice"])) for r in rows] == \
-        [(m, v, s) for m in MODELS for v in validation for s in range(SLICES)]
+        [(m, v, s) for m in MODELS for v in tested for s in range(SLICES)]  # evaluate.py scores test/
     columns, volume_rows = read_csv(out / "metrics_fastmri.csv")
     assert columns == ["model", "volume", "NMSE", "PSNR", "SSIM"]
-    assert [(r["model"], r["volume"]) for r in volume_rows] == [(m, v) for m in MODELS for v in validation]
+    assert [(r["model"], r["volume"]) for r in volume_rows] == [(m, v) for m in MODELS for v in tested]
     for row in [*rows, *volume_rows]:
         assert all(np.isfinite(float(row[m])) for m in ("PSNR", "SSIM", "NMSE")), row
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["fastmri"]) == MODELS and all(summary[m]["PSNR"]["n"] == len(validation) * SLICES
+    assert summary["split"] == "test"
+    assert list(summary["fastmri"]) == MODELS and all(summary[m]["PSNR"]["n"] == len(tested) * SLICES
                                                       for m in MODELS)
-    assert all(summary["fastmri"][m]["SSIM"]["n"] == len(validation) for m in MODELS)
+    assert all(summary["fastmri"][m]["SSIM"]["n"] == len(tested) for m in MODELS)
