@@ -1,7 +1,7 @@
 """The one training loop behind train_teacher.py, train_sft.py and train_student_kd.py.
 
-A script builds a :class:`TrainStep` (the network to train, its loss, its validation output) and calls
-:func:`train`. The loop owns everything else: flags common to all scripts, seeding, device, data loaders
+A script builds a :class:`TrainStep` (the network to train, its loss, its validation output; the
+project's are in models/steps.py) and calls :func:`train`. The loop owns everything else: flags common to all scripts, seeding, device, data loaders
 with a resumable shuffle, Adam + StepLR, validation with PSNR/SSIM, ``model.pt`` / ``best_model.pt``,
 exact ``--resume``, SIGINT/SIGTERM handling, torchrun (DDP), tqdm and TensorBoard.
 """
