@@ -61,11 +61,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.dataset import SliceDataset, build_dataset
+from data.masks import acc_type
 from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
 from models.checkpoint import load_reconstructor
 from models.speed import MEMORY_FORMATS, auto_layout
 from models.distributed import resolve_device
-from utils import (FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS, CliParser, UserError, acc_type, atomic_write,
+from utils import (FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS, CliParser, UserError, atomic_write,
                    check_free_space, clean_text, csv_text, folder_lock, load_checkpoint, run_cli, write_json,
                    write_text)
 

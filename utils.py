@@ -159,16 +159,6 @@ def os_error_message(exc: OSError) -> str:
 # --------------------------------------------------------------------------- argparse types shared by the tools
 # One type per concept, so every tool accepts and refuses the same values with the same words.
 
-def acc_type(text: str) -> str:
-    """``--acc``: an acceleration name such as ``4x`` or ``6.5x`` (kept as the name)."""
-    from data.masks import AccelerationError, parse_acc
-    try:
-        parse_acc(text)
-    except AccelerationError as exc:
-        raise argparse.ArgumentTypeError(str(exc))
-    return text
-
-
 def seed_type(text: str) -> int:
     """``--seed``: a whole number NumPy can seed with (0 .. 2**32 - 1)."""
     try:

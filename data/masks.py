@@ -3,6 +3,7 @@ Cartesian masks (uniform rows, variable-density rows, fastMRI's random and equis
 user's ``.npy`` mask."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 import re
@@ -27,6 +28,15 @@ def parse_acc(acc: str) -> float:
         raise AccelerationError(f"{acc!r} is not an acceleration: write a factor >= 1 followed by 'x', "
                                 "e.g. 4x, 5x or 6.5x")
     return float(match.group(1))
+
+
+def acc_type(text: str) -> str:
+    """``--acc``: an acceleration name such as ``4x`` or ``6.5x`` (kept as the name)."""
+    try:
+        parse_acc(text)
+    except AccelerationError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return text
 
 
 def cartesian_row_mask(shape: tuple[int, int], acc: str, seed: int = 0,

@@ -85,14 +85,14 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data.layout import undersample, write_volume  # noqa: E402
-from data.masks import MASK_KINDS, MaskError, load_mask, make_mask, parse_acc, save_mask  # noqa: E402
+from data.masks import MASK_KINDS, MaskError, acc_type, load_mask, make_mask, parse_acc, save_mask  # noqa: E402
 from data.slicing import fft_friendly, kept_slices, make_slices, window_slices  # noqa: E402
 from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, InputKind, Source,  # noqa: E402
                           check_unique_names, demo_source, fastmri_sources, nifti_sources, read_volumes)
 from data.split_check import SPLITS, check_split, slice_hashes  # noqa: E402
 from data.staging import check_apart, check_output, staged_output  # noqa: E402
 from data.subjects import BLOCK_GAP, assign_subjects, block_split  # noqa: E402
-from utils import (CliParser, UserError, acc_type, check_free_space, check_seed, folder_lock,  # noqa: E402
+from utils import (CliParser, UserError, check_free_space, check_seed, folder_lock,  # noqa: E402
                    old_spellings, run_cli, seed_type, write_json)
 
 DEFAULT_ACCS = ("4x", "5x")

@@ -32,8 +32,9 @@ from matplotlib.patches import Rectangle  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.dataset import keys_for  # noqa: E402
+from data.masks import acc_type  # noqa: E402
 from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
-from utils import (CliParser, UserError, acc_type, atomic_write, first_line, old_spellings, psnr, run_cli,  # noqa: E402
+from utils import (CliParser, UserError, atomic_write, first_line, old_spellings, psnr, run_cli,  # noqa: E402
                    ssim)
 
 
