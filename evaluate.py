@@ -61,6 +61,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.dataset import SliceDataset, build_dataset
+from data.layout import acc_folder
 from data.masks import acc_type
 from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
 from models.checkpoint import load_reconstructor
@@ -131,7 +132,7 @@ def default_names(paths: list[Path]) -> list[str]:
 def default_split(data_root: Path, acc: str) -> str:
     """``test`` when ``data_root`` has a test split for ``acc``, else ``validation`` (with a note saying what
     that means for the numbers)."""
-    if (Path(data_root) / "test" / f"acc_{acc}").is_dir():
+    if acc_folder(data_root, "test", acc).is_dir():
         return "test"
     print(f"note: {data_root} has no test/ split (the original two-split layout): scoring validation, the slices "
           "best_model.pt was chosen on, so the numbers are optimistic; data/prepare.py writes test/ by default")

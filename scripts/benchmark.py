@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from data.fft import fft2  # noqa: E402
-from data.layout import undersample, write_volume  # noqa: E402
+from data.layout import acc_folder, mask_name, undersample, write_volume  # noqa: E402
 from data.masks import cartesian_row_mask  # noqa: E402
 from models import speed  # noqa: E402
 from models.checkpoint import model_payload  # noqa: E402
@@ -125,10 +125,10 @@ def synthetic_data(root: Path, size: int, n_train: int, n_val: int, acc: str = "
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     mask = cartesian_row_mask((size, size), acc, seed=0)
-    np.save(root / f"mask_{acc}.npy", mask)
+    np.save(root / mask_name(acc), mask)
     yy, xx = np.mgrid[0:size, 0:size] / size
     for split, count in (("train", n_train), ("validation", n_val)):
-        folder = root / split / f"acc_{acc}"
+        folder = acc_folder(root, split, acc)
         folder.mkdir(parents=True)
         for v, start in enumerate(range(0, count, 8)):
             n = min(8, count - start)

@@ -31,7 +31,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 # Run as `python scripts/figure.py`: the repository root must be importable for utils / data.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.dataset import keys_for  # noqa: E402
+from data.layout import acc_folder, keys_for  # noqa: E402
 from data.masks import acc_type  # noqa: E402
 from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
 from utils import (CliParser, UserError, atomic_write, first_line, old_spellings, psnr, run_cli,  # noqa: E402
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--eval-dir {args.eval_dir} does not exist; pass an evaluate.py --out-dir")
     available = eval_models(args.eval_dir, args.acc)
     args.split = args.split or evaluated_split(args.eval_dir)
-    folder = args.data_root / args.split / f"acc_{args.acc}"
+    folder = acc_folder(args.data_root, args.split, args.acc)
     files = sorted(folder.glob("*.h5"))
     if not files:
         raise UserError(f"no .h5 files in {folder}; check --data-root, --split and --acc")
