@@ -265,13 +265,6 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
             for metric_set, per_model in rows.items()}
 
 
-def evaluate(models: Mapping[str, nn.Module | str | Path], dataset: SliceDataset,
-             device: str | torch.device = "cpu", batch_size: int = 4, recons_dir: str | Path | None = None,
-             progress: bool = True, amp: bool = False) -> list[dict]:
-    """The paper's per-slice rows of :func:`evaluate_sets` (``metric_sets=("paper",)``)."""
-    return evaluate_sets(models, dataset, ("paper",), device, batch_size, recons_dir, progress, amp)["paper"]
-
-
 def summarize(rows: list[dict], metrics: Sequence[str] = tuple(METRICS)) -> dict[str, dict[str, dict]]:
     """``{model: {metric: {"mean", "std", "n"}}}`` over rows (slices or volumes; ``ddof=0``), models in
     first-seen order."""

@@ -133,16 +133,6 @@ class DCCNN(nn.Module):
         return (x, features) if return_features else x
 
 
-def teacher() -> DCCNN:
-    """The D5C5 teacher: 5 cascades of 5 convs, 141,765 parameters."""
-    return DCCNN(TEACHER)
-
-
-def student() -> DCCNN:
-    """The D3C5 student: 5 cascades of 3 convs, 49,285 parameters."""
-    return DCCNN(STUDENT)
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

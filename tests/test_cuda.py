@@ -89,13 +89,13 @@ def test_data_fidelity_runs_in_float32_under_autocast():
 
 
 def test_evaluation_on_cuda_matches_cpu_metrics(tmp_path):
-    from evaluate import evaluate
+    from evaluate import evaluate_sets
     data = make_dataset(tmp_path / "data", size=32)
     dataset = build_dataset(data, "validation", ["4x"])
     torch.manual_seed(0)
     model = DCCNN(TEACHER)
-    cpu_rows = evaluate({"teacher": copy.deepcopy(model)}, dataset, "cpu", progress=False)
-    cuda_rows = evaluate({"teacher": copy.deepcopy(model)}, dataset, "cuda", progress=False)
+    cpu_rows = evaluate_sets({"teacher": copy.deepcopy(model)}, dataset, device="cpu", progress=False)["paper"]
+    cuda_rows = evaluate_sets({"teacher": copy.deepcopy(model)}, dataset, device="cuda", progress=False)["paper"]
     assert [(r["model"], r["volume"], r["slice"]) for r in cpu_rows] == \
            [(r["model"], r["volume"], r["slice"]) for r in cuda_rows]
     # Tolerances cover cuDNN's TF32 convolutions (PyTorch's default): ~1e-3 relative per convolution output.
