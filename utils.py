@@ -147,6 +147,14 @@ _OS_ERROR_FIXES = {
 }
 
 
+def refuse_to_overwrite(path: Path, overwrite: bool, other: str, flag: str = "") -> None:
+    """Unless ``--overwrite`` was given, a :class:`UserError` when ``path`` exists: ``[{flag} ]{path} already
+    exists; pass --overwrite to replace it or choose another {other}``."""
+    if path.exists() and not overwrite:
+        named = f"{flag} {path}" if flag else str(path)
+        raise UserError(f"{named} already exists; pass --overwrite to replace it or choose another {other}")
+
+
 def os_error_message(exc: OSError) -> str:
     """One line for an OSError: ``<reason>: <file> (<what to do>)``."""
     reason = exc.strerror or first_line(exc)

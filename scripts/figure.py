@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.layout import acc_folder, keys_for  # noqa: E402
 from data.masks import acc_type  # noqa: E402
 from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
-from utils import (CliParser, UserError, atomic_write, first_line, old_spellings, psnr, run_cli,  # noqa: E402
-                   ssim)
+from utils import (CliParser, UserError, atomic_write, first_line, old_spellings, psnr,  # noqa: E402
+                   refuse_to_overwrite, run_cli, ssim)
 
 
 def read_volume(path: Path, acc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -172,8 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--output {args.out} must end in .png")
     if args.out.is_dir():
         raise UserError(f"--output {args.out} is a folder; give a file name such as {args.out / 'figure.png'}")
-    if args.out.exists() and not args.overwrite:
-        raise UserError(f"{args.out} already exists; pass --overwrite to replace it or choose another --output")
+    refuse_to_overwrite(args.out, args.overwrite, "--output")
     if not args.error_scale > 0:
         raise UserError(f"--error-scale {args.error_scale} must be positive")
     if not args.eval_dir.is_dir():
