@@ -233,8 +233,8 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
         raise UserError(f"model name {ZF_NAME!r} is reserved for the zero-filled input; rename that model")
     device = torch.device(device)
     nets = {}
-    # The faster layout for forward passes on this device, measured once (models/speed.py): channels_last
-    # halves the teacher forward on AVX-512 CPUs; results differ between layouts only by float rounding.
+    # The faster layout for forward passes on this device, measured once (models/speed.py); results differ
+    # between layouts only by float rounding.
     memory_format = MEMORY_FORMATS[auto_layout(device, dataset.shape, amp, backward=False, batch=batch_size)]
     for name, model in models.items():
         net = load_reconstructor(model, "--checkpoints") if isinstance(model, (str, Path)) else model
