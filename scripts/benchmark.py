@@ -740,7 +740,7 @@ def run_part_process(run: Run, argv: list[str], part: str) -> None:
 
 # --------------------------------------------------------------------------- main
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> CliParser:
     p = CliParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--check", action="store_true",
                    help="the GPU check of scripts/gpu_check.sh: CUDA tests, all precisions, SFT variants, "
@@ -785,7 +785,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  help="where everything lands: table.md, report.json, the logs (cuda_tests.log, one "
                                       "per process) and, with --check, one folder per part; --check default "
                                       "results/gpu_check"), "--out")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The flags, checked, with the defaults that depend on others (--tiny, --check, the device) filled in."""
+    args = build_parser().parse_args(argv)
     if args.tiny:
         args.size, args.slices, args.val_slices = TINY["size"], TINY["slices"], TINY["val_slices"]
         args.repeats = args.repeats or TINY["repeats"]

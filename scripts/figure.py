@@ -150,7 +150,7 @@ def add_inset(ax, image: np.ndarray, vmax: float, inset: tuple[int, int, int]) -
         spine.set_edgecolor("yellow")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> CliParser:
     parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dir", required=True, type=Path, help="an evaluate.py --save-recons --out-dir")
     parser.add_argument("--data-root", required=True, type=Path, help="the data evaluate.py read")
@@ -166,8 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     old_spellings(parser.add_argument("--output", "--out", dest="out", required=True, type=Path,
                                       help="output .png"), "--out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.out.suffix.lower() != ".png":
         raise UserError(f"--output {args.out} must end in .png")
     if args.out.is_dir():
