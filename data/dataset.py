@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -17,6 +18,20 @@ from torch.utils.data import ConcatDataset, Dataset
 from data.layout import acc_folder, keys_for, mask_name
 from data.masks import load_mask, parse_acc
 from utils import UserError, first_line
+
+
+class ReconInputs(NamedTuple):
+    """What every network reads from a batch of :class:`SliceDataset` items: ``zero_filled``
+    (B, 1, H, W) float32 image, ``kspace_under`` (B, 1, H, W) complex64 undersampled k-space and ``mask``
+    (B, 1, H, W) float32 of {0, 1}. Call a network as ``model(*ReconInputs.of(batch))``."""
+
+    zero_filled: torch.Tensor
+    kspace_under: torch.Tensor
+    mask: torch.Tensor
+
+    @classmethod
+    def of(cls, batch: dict) -> "ReconInputs":
+        return cls(batch["zero_filled"], batch["kspace_under"], batch["mask"])
 
 
 def _open_h5(path: Path) -> h5py.File:

@@ -5,30 +5,15 @@ training scripts build one from their flags; scripts/benchmark.py times these sa
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from data.dataset import ReconInputs
 from models.kd_losses import KDLoss
 from models.sft import SFTNet, sft_forward_backward, sft_loss
 from models.speed import sft_variant
 from models.training import Frozen, TrainStep
-
-
-class ReconInputs(NamedTuple):
-    """What every network reads from a batch (data/dataset.py items, collated): ``zero_filled``
-    (B, 1, H, W) float32 image, ``kspace_under`` (B, 1, H, W) complex64 undersampled k-space and ``mask``
-    (B, 1, H, W) float32 of {0, 1}. Call a network as ``model(*ReconInputs.of(batch))``."""
-
-    zero_filled: torch.Tensor
-    kspace_under: torch.Tensor
-    mask: torch.Tensor
-
-    @classmethod
-    def of(cls, batch: dict) -> "ReconInputs":
-        return cls(batch["zero_filled"], batch["kspace_under"], batch["mask"])
 
 
 class ReconStep(TrainStep):
