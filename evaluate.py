@@ -60,12 +60,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.dataset import SliceDataset, build_dataset
+from data.dataset import ReconInputs, SliceDataset, build_dataset
+from data.layout import acc_folder
+from data.masks import acc_type
 from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
 from models.checkpoint import load_reconstructor
 from models.speed import MEMORY_FORMATS, auto_layout
 from models.distributed import resolve_device
-from utils import (FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS, CliParser, UserError, acc_type, atomic_write,
+from utils import (FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS, CliParser, UserError, atomic_write,
                    check_free_space, clean_text, csv_text, folder_lock, load_checkpoint, run_cli, write_json,
                    write_text)
 
@@ -130,7 +132,7 @@ def default_names(paths: list[Path]) -> list[str]:
 def default_split(data_root: Path, acc: str) -> str:
     """``test`` when ``data_root`` has a test split for ``acc``, else ``validation`` (with a note saying what
     that means for the numbers)."""
-    if (Path(data_root) / "test" / f"acc_{acc}").is_dir():
+    if acc_folder(data_root, "test", acc).is_dir():
         return "test"
     print(f"note: {data_root} has no test/ split (the original two-split layout): scoring validation, the slices "
           "best_model.pt was chosen on, so the numbers are optimistic; data/prepare.py writes test/ by default")
@@ -193,7 +195,7 @@ def reconstructed_volumes(nets: Mapping[str, nn.Module], dataset: SliceDataset, 
     outputs: dict[str, dict[str, dict[int, np.ndarray]]] = defaultdict(lambda: defaultdict(dict))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-        inputs = [batch[key].to(device) for key in ("zero_filled", "kspace_under", "mask")]
+        inputs = [tensor.to(device) for tensor in ReconInputs.of(batch)]
         batch_outputs = {ZF_NAME: batch["zero_filled"].numpy()}
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             recons = {name: net(*inputs) for name, net in nets.items()}
@@ -231,8 +233,8 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
         raise UserError(f"model name {ZF_NAME!r} is reserved for the zero-filled input; rename that model")
     device = torch.device(device)
     nets = {}
-    # The faster layout for forward passes on this device, measured once (models/speed.py): channels_last
-    # halves the teacher forward on AVX-512 CPUs; results differ between layouts only by float rounding.
+    # The faster layout for forward passes on this device, measured once (models/speed.py); results differ
+    # between layouts only by float rounding.
     memory_format = MEMORY_FORMATS[auto_layout(device, dataset.shape, amp, backward=False, batch=batch_size)]
     for name, model in models.items():
         net = load_reconstructor(model, "--checkpoints") if isinstance(model, (str, Path)) else model
@@ -261,13 +263,6 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
               file=sys.stderr)
     return {metric_set: [row for group in per_model.values() for row in group]
             for metric_set, per_model in rows.items()}
-
-
-def evaluate(models: Mapping[str, nn.Module | str | Path], dataset: SliceDataset,
-             device: str | torch.device = "cpu", batch_size: int = 4, recons_dir: str | Path | None = None,
-             progress: bool = True, amp: bool = False) -> list[dict]:
-    """The paper's per-slice rows of :func:`evaluate_sets` (``metric_sets=("paper",)``)."""
-    return evaluate_sets(models, dataset, ("paper",), device, batch_size, recons_dir, progress, amp)["paper"]
 
 
 def summarize(rows: list[dict], metrics: Sequence[str] = tuple(METRICS)) -> dict[str, dict[str, dict]]:

@@ -21,165 +21,17 @@ of the student, as for every run. ``best_model.pt`` is the second stage's best.
 from __future__ import annotations
 
 import argparse
-import sys
-from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
-from models.checkpoint import describe_arch, load_model, load_reconstructor, load_sft
-from models.kd_losses import KD_METHODS, KDLoss, KDMethodError, build_kd_loss, describe_methods
+from models.checkpoint import load_reconstructor
+from models.kd_losses import KD_METHODS, KDMethodError, build_kd_loss, describe_methods
+from models.networks import ModelName
 from models.roles import kd_run_name, teacher_kind
-from models.networks import PRESETS, ModelName, configure, short_name
-from models.sft import SFTNet, student_from_blocks
-from models.training import Frozen, TrainStep, common_parser, parse_args, positive, train
+from models.steps import KDStep
+from models.student_init import build_student, load_init
+from models.training import common_parser, parse_args, positive, train
 from utils import UserError, load_checkpoint, run_cli, weight_type
-
-
-class KDStep(TrainStep):
-    """Student reconstruction L1 plus the weighted KD term against a frozen teacher."""
-
-    def __init__(self, student: nn.Module, teacher: nn.Module, kd_loss: KDLoss, kd_weight: float,
-                 feature_epochs: int = 0, cache_teacher: bool = False):
-        super().__init__()
-        self.model = student
-        self.kd_loss = kd_loss  # registered: its learnable parts train with the student, saved under "extra"
-        self.kd_weight = kd_weight
-        self.feature_epochs = feature_epochs
-        self.feature_stage = False
-        self.frozen_teacher = Frozen(teacher)
-        # (file, slice, acc) -> (1, H, W) float32 teacher output on the training device (H x W x 4 bytes a
-        # slice: no host copy per step on a GPU); None: no cache.
-        self.teacher_cache: dict | None = {} if cache_teacher else None
-        # The second stage leaves a learnable KD loss (vid, ab, ft) without gradients.
-        self.find_unused_parameters = bool(feature_epochs) and kd_loss.has_parameters
-
-    @property
-    def teacher(self) -> nn.Module:
-        return self.frozen_teacher.module
-
-    def start_epoch(self, epoch: int) -> None:
-        self.feature_stage = epoch < self.feature_epochs
-
-    def begins_stage(self, epoch: int) -> bool:
-        # The public code's second script (train_kd.py) starts from the first stage's best student with a new
-        # optimiser, so the second stage here does too.
-        return bool(self.feature_epochs) and epoch == self.feature_epochs
-
-    def forward(self, batch):
-        inputs = (batch["zero_filled"], batch["kspace_under"], batch["mask"])
-        if self.feature_epochs and not self.feature_stage:
-            # Second stage of the public schedule (train_kd.sh, without --imitation_required): L1 alone.
-            loss_rec = F.l1_loss(self.model(*inputs), batch["target"])
-            return loss_rec, {"reconstruction": loss_rec.detach(), "kd": torch.zeros_like(loss_rec.detach())}
-        features = self.kd_loss.needs_features
-        if features:
-            # no_grad rather than inference_mode: inference tensors would have to be cloned before the KD
-            # losses (which build autograd graphs on the student side) may use them.
-            with torch.no_grad():
-                teacher_out, teacher_feats = self.teacher(*inputs, return_features=True,
-                                                          keep_hidden=self.kd_loss.keep_teacher_hidden())
-        else:
-            teacher_out, teacher_feats = self.teacher_output(batch, inputs), None
-        student_out = self.model(*inputs, return_features=features)
-        student_out, student_feats = student_out if features else (student_out, None)
-        loss_rec = F.l1_loss(student_out, batch["target"])
-        loss_kd = self.kd_loss(student_out, student_feats, teacher_out, teacher_feats)
-        loss = self.kd_weight * loss_kd if self.feature_stage else loss_rec + self.kd_weight * loss_kd
-        return loss, {"reconstruction": loss_rec.detach(), "kd": loss_kd.detach()}
-
-    def teacher_output(self, batch: dict, inputs: tuple) -> torch.Tensor:
-        """The frozen teacher's (B, 1, H, W) float32 reconstruction, from the cache when every sample of the
-        batch is in it. The teacher and the data never change, so after the first epoch an output-only
-        method (imitation) needs no teacher forward at all."""
-        if self.teacher_cache is not None:
-            keys = list(zip(batch["fname"], batch["slice"].tolist(), batch["acc"]))
-            if all(key in self.teacher_cache for key in keys):
-                cached = torch.stack([self.teacher_cache[key] for key in keys])
-                return cached.to(inputs[0].device, non_blocking=True)
-        with torch.no_grad():
-            teacher_out = self.teacher(*inputs)
-        if self.teacher_cache is not None:
-            self.teacher_cache.update(zip(keys, teacher_out.detach().float()))
-        return teacher_out
-
-    def predict(self, batch):
-        return {"output": self.model(batch["zero_filled"], batch["kspace_under"], batch["mask"])}
-
-    def hparams(self):
-        return {"kd_weight": self.kd_weight, "feature_epochs": self.feature_epochs}
-
-
-@dataclass(frozen=True)
-class Init:
-    """Where the student's cascades S2..S5 come from: ``kind`` a models/roles.py init role, ``source`` the
-    trained student to copy them from (None from scratch), ``flag`` and ``path`` for messages."""
-
-    kind: str
-    source: nn.Module | None = None
-    flag: str = ""
-    path: str = ""
-
-
-def size_flags(args) -> dict:
-    """The student's size flags, for :func:`models.networks.configure`."""
-    return {"--cascades": ("cascades", args.cascades), "--depth": ("depth", args.depth),
-            "--width": ("width", args.width)}
-
-
-def chosen_student(args):
-    """The student network ``--student-model`` (default D3C5) with ``--cascades``, ``--depth``, ``--width``."""
-    return configure(PRESETS[args.student_model or "student"], size_flags(args))
-
-
-def _shape(config) -> dict:
-    """A config's JSON without the options a loaded student may change (ref_padding, residual)."""
-    return {k: v for k, v in config.to_dict().items() if k not in ("ref_padding", "residual")}
-
-
-def load_init(args) -> Init:
-    """The ``--init-from-sft`` / ``--init-student`` source of S2..S5, or scratch."""
-    if args.init_from_sft is not None:
-        return Init("sft-blocks", load_sft(args.init_from_sft, "--init-from-sft").student, "--init-from-sft",
-                    str(args.init_from_sft))
-    if args.init_student is not None:
-        model, ckpt = load_model(args.init_student, "--init-student")
-        expected = chosen_student(args)
-        if isinstance(model, SFTNet) or _shape(model.config) != _shape(expected):
-            raise UserError(f"--init-student {args.init_student} is a {describe_arch(ckpt['arch'])} checkpoint, but a "
-                            f"{short_name(expected)} student is required: pass best_model.pt of train_teacher.py "
-                            "--model student (or of a KD student); for an SFT checkpoint use --init-from-sft")
-        return Init("student", model, "--init-student", str(args.init_student))
-    return Init("scratch")
-
-
-def student_config(args, init: Init):
-    """The student's architecture. From a loaded student (``--init-from-sft``, ``--init-student``): its own (an
-    imported public checkpoint brings ``ref_padding`` 5), with ``--ref-padding`` applied when given (a warning:
-    the copied cascades then start from other outputs); ``--residual`` against a plain student is an error, and
-    so are a ``--student-model`` or size flags that it is not. From scratch: ``--student-model`` (D3C5) with
-    the size flags, ``--ref-padding`` (default 0) and ``--residual``."""
-    if init.source is None:
-        return configure(chosen_student(args), {"--ref-padding": ("ref_padding", args.ref_padding or None),
-                                                "--residual": ("residual", args.residual or None)})
-    config = init.source.config
-    if args.student_model is not None or any(value is not None for _, value in size_flags(args).values()):
-        if _shape(chosen_student(args)) != _shape(config):
-            raise UserError(f"--student-model / --cascades / --depth / --width ask for "
-                            f"{describe_arch(chosen_student(args).to_dict())} but {init.flag} {init.path} holds "
-                            f"{describe_arch(config.to_dict())}; drop them (the loaded student's architecture is "
-                            "used)")
-    if args.residual and not getattr(config, "residual", False):
-        raise UserError(f"--residual conflicts with {init.flag} {init.path}, whose student has no residual "
-                        "connections (its weights were trained without them); drop --residual")
-    trained_with = getattr(config, "ref_padding", 0)
-    if args.ref_padding is not None and args.ref_padding != trained_with:
-        config = configure(config, {"--ref-padding": ("ref_padding", args.ref_padding)})
-        print(f"warning: --ref-padding {args.ref_padding} overrides the {trained_with} the student of "
-              f"{init.flag} {init.path} was trained with; its copied cascades S2..S5 then start from outputs "
-              "~1e-2 away from that student's (KD trains on from there)", file=sys.stderr)
-    return config
 
 
 def teacher_role(path) -> str:
@@ -197,8 +49,7 @@ def build_step(args) -> KDStep:
         # A standard teacher as is, the teacher of an SFT checkpoint (detected from its architecture).
         teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint")
         init = load_init(args)
-    fresh = student_config(args, init).build()
-    student = student_from_blocks(init.source, fresh) if init.source is not None else fresh
+    student = build_student(args, init)
     try:
         kd_loss = build_kd_loss(args.kd_method, student.config, teacher.config)
     except KDMethodError as exc:

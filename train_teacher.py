@@ -1,28 +1,10 @@
 """Train the standard D5C5 teacher or the D3C5 student alone with L1 (the paper's Teacher and Student rows)."""
 from __future__ import annotations
 
-from torch import nn
-from torch.nn import functional as F
-
 from models.networks import ModelName
-from models.training import TrainStep, add_arch_args, arch_config, common_parser, parse_args, train
+from models.steps import ReconStep
+from models.training import add_arch_args, arch_config, common_parser, parse_args, train
 from utils import run_cli
-
-
-class ReconStep(TrainStep):
-    """Plain supervised reconstruction: ``|x_rec - x|_1``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch):
-        out = self.model(batch["zero_filled"], batch["kspace_under"], batch["mask"])
-        loss = F.l1_loss(out, batch["target"])
-        return loss, {"l1": loss.detach()}
-
-    def predict(self, batch):
-        return {"output": self.model(batch["zero_filled"], batch["kspace_under"], batch["mask"])}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,29 +1,37 @@
 """Slice dataset over the original KD-MRI / SFT-KD-Recon HDF5 layout, read unchanged.
 
-Layout: ``{root}/{split}/acc_{acc}/*.h5``, one file per volume, with datasets ``volfs`` (H, W, S) float
-(fully sampled), ``img_volus_{acc}`` (H, W, S) float (zero-filled) and ``kspace_volus_{acc}`` (H, W, S)
-complex (undersampled, unshifted); the mask is ``{root}/mask_{acc}.npy`` (H, W) unless a path is given.
+The layout is data/layout.py's (``{root}/{split}/acc_{acc}/*.h5`` with ``volfs``, ``img_volus_{acc}`` and
+``kspace_volus_{acc}``); the mask is ``{root}/mask_{acc}.npy`` (H, W) unless a path is given.
 Any float / complex dtype is accepted (other tools write float64 / complex128) and converted per slice.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from data.layout import acc_folder, keys_for, mask_name
 from data.masks import load_mask, parse_acc
 from utils import UserError, first_line
 
-TARGET_KEY = "volfs"
 
+class ReconInputs(NamedTuple):
+    """What every network reads from a batch of :class:`SliceDataset` items: ``zero_filled``
+    (B, 1, H, W) float32 image, ``kspace_under`` (B, 1, H, W) complex64 undersampled k-space and ``mask``
+    (B, 1, H, W) float32 of {0, 1}. Call a network as ``model(*ReconInputs.of(batch))``."""
 
-def keys_for(acc: str) -> tuple[str, str, str]:
-    """HDF5 dataset names (target, zero-filled, k-space) for acceleration ``acc``, e.g. ``"4x"``."""
-    return TARGET_KEY, f"img_volus_{acc}", f"kspace_volus_{acc}"
+    zero_filled: torch.Tensor
+    kspace_under: torch.Tensor
+    mask: torch.Tensor
+
+    @classmethod
+    def of(cls, batch: dict) -> "ReconInputs":
+        return cls(batch["zero_filled"], batch["kspace_under"], batch["mask"])
 
 
 def _open_h5(path: Path) -> h5py.File:
@@ -74,7 +82,7 @@ class SliceDataset(Dataset):
             problem = "is a file, not a folder" if self.root.exists() else "does not exist"
             raise UserError(f"data root {self.root} {problem}; pass --data-root pointing at a folder "
                             "made by data/prepare.py (with train/ and validation/ inside)")
-        folder = self.root / split / f"acc_{acc}"
+        folder = acc_folder(self.root, split, acc)
         if not folder.is_dir():
             raise UserError(f"{folder} does not exist: no {split} data for acceleration {acc} under "
                             f"{self.root}; check --data-root and --acc")
@@ -96,7 +104,7 @@ class SliceDataset(Dataset):
             shape = file_shape
             self.samples.extend((file_idx, s) for s in range(n_slices))
         self.shape = shape
-        mask_file = Path(mask_path) if mask_path is not None else self.root / f"mask_{acc}.npy"
+        mask_file = Path(mask_path) if mask_path is not None else self.root / mask_name(acc)
         mask = load_mask(mask_file, shape)
         self._check_mask_fits(mask, mask_file)
         self.mask = torch.from_numpy(mask)[None]

@@ -1,8 +1,13 @@
-"""Writing the original KD-MRI / SFT-KD-Recon HDF5 layout from (H, W, S) arrays: no NIfTI, no nibabel.
+"""The on-disk layout of the original KD-MRI / SFT-KD-Recon data, and its writer: the one place that spells it.
 
-``data/prepare.py`` turns NIfTI into arrays and needs nibabel; this module only needs numpy, h5py and
-torch, so tools that make their own volumes (``scripts/benchmark.py`` on a GPU machine without nibabel)
-write exactly the files ``data/dataset.py`` reads. The layout itself is described in ``data/dataset.py``.
+``{root}/{split}/acc_{acc}/*.h5``, one file per volume, with datasets ``volfs`` (H, W, S) float (fully
+sampled), ``img_volus_{acc}`` (H, W, S) float (zero-filled) and ``kspace_volus_{acc}`` (H, W, S) complex
+(undersampled, unshifted); the mask of an acceleration is ``{root}/mask_{acc}.npy`` (H, W). Every reader and
+writer takes the names from here.
+
+The writer needs only numpy, h5py and torch (no nibabel, which ``data/prepare.py`` needs for NIfTI), so tools
+that make their own volumes (``scripts/benchmark.py`` on a GPU machine without nibabel) write exactly the
+files ``data/dataset.py`` reads.
 """
 from __future__ import annotations
 
@@ -14,6 +19,26 @@ import numpy as np
 import torch
 
 from data.fft import fft2, zero_filled
+
+# test/ is optional: data in the original two-split layout (the public code's) has none.
+SPLITS = ("train", "validation", "test")
+TARGET_KEY = "volfs"
+ACC_FOLDER_PREFIX = "acc_"
+
+
+def keys_for(acc: str) -> tuple[str, str, str]:
+    """HDF5 dataset names (target, zero-filled, k-space) for acceleration ``acc``, e.g. ``"4x"``."""
+    return TARGET_KEY, f"img_volus_{acc}", f"kspace_volus_{acc}"
+
+
+def acc_folder(root: Path, split: str, acc: str) -> Path:
+    """The folder of one split's volume files at one acceleration: ``{root}/{split}/acc_{acc}``."""
+    return Path(root) / split / f"{ACC_FOLDER_PREFIX}{acc}"
+
+
+def mask_name(acc: str) -> str:
+    """The file name of an acceleration's mask in a data root: ``mask_{acc}.npy``."""
+    return f"mask_{acc}.npy"
 
 
 def undersample(volfs: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -41,9 +66,10 @@ def write_volume(path: Path, volfs: np.ndarray, kspace: np.ndarray, zf: np.ndarr
     make reading one slice a strided gather over the whole dataset.
     """
     chunks = (volfs.shape[0], volfs.shape[1], 1)
+    target_key, zf_key, kspace_key = keys_for(acc)
     with h5py.File(path, "w") as f:
-        f.create_dataset("volfs", data=volfs, chunks=chunks)
-        f.create_dataset(f"kspace_volus_{acc}", data=kspace, chunks=chunks)
-        f.create_dataset(f"img_volus_{acc}", data=zf, chunks=chunks)
+        f.create_dataset(target_key, data=volfs, chunks=chunks)
+        f.create_dataset(kspace_key, data=kspace, chunks=chunks)
+        f.create_dataset(zf_key, data=zf, chunks=chunks)
         for key, value in attrs.items():
             f.attrs[key] = value

@@ -3,6 +3,7 @@ Cartesian masks (uniform rows, variable-density rows, fastMRI's random and equis
 user's ``.npy`` mask."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 import re
@@ -27,6 +28,15 @@ def parse_acc(acc: str) -> float:
         raise AccelerationError(f"{acc!r} is not an acceleration: write a factor >= 1 followed by 'x', "
                                 "e.g. 4x, 5x or 6.5x")
     return float(match.group(1))
+
+
+def acc_type(text: str) -> str:
+    """``--acc``: an acceleration name such as ``4x`` or ``6.5x`` (kept as the name)."""
+    try:
+        parse_acc(text)
+    except AccelerationError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return text
 
 
 def cartesian_row_mask(shape: tuple[int, int], acc: str, seed: int = 0,
@@ -125,25 +135,25 @@ def public_mask(shape: tuple[int, int], acc: str) -> np.ndarray:
     return validate_mask(np.load(path, allow_pickle=False), str(path), shape)
 
 
-def _centre_band(n_lines: int, n_centre: int) -> np.ndarray:
+def _center_band(n_lines: int, n_center: int) -> np.ndarray:
     """Centred-order (DC at index ``n_lines // 2``) bool (n_lines,) line selection of fastMRI's fully sampled
-    centre: ``n_centre`` lines starting at ``(n_lines - n_centre + 1) // 2``, which always holds the DC line."""
+    centre: ``n_center`` lines starting at ``(n_lines - n_center + 1) // 2``, which always holds the DC line."""
     band = np.zeros(n_lines, dtype=bool)
-    start = (n_lines - n_centre + 1) // 2
-    band[start:start + n_centre] = True
+    start = (n_lines - n_center + 1) // 2
+    band[start:start + n_center] = True
     return band
 
 
-def _centre_lines(n_lines: int, acc: str, center_fraction: float) -> int:
+def _center_lines(n_lines: int, acc: str, center_fraction: float) -> int:
     """``round(n_lines * center_fraction)``, checked to be at least one line and fewer than ``n_lines / acc``."""
-    n_centre = round(n_lines * center_fraction)
-    if n_centre < 1:
+    n_center = round(n_lines * center_fraction)
+    if n_center < 1:
         raise MaskError(f"a centre fraction of {center_fraction} keeps no line of {n_lines}; raise it "
                         f"(fastMRI: 0.08 at 4x, 0.04 at 8x)")
-    if n_centre >= n_lines / parse_acc(acc):
-        raise MaskError(f"a centre fraction of {center_fraction} alone samples {n_centre} of {n_lines} lines, "
+    if n_center >= n_lines / parse_acc(acc):
+        raise MaskError(f"a centre fraction of {center_fraction} alone samples {n_center} of {n_lines} lines, "
                         f"not fewer than the {n_lines / parse_acc(acc):g} of acceleration {acc}; lower it")
-    return n_centre
+    return n_center
 
 
 def fastmri_random_lines(n_lines: int, acc: str, rng: np.random.Generator,
@@ -151,12 +161,12 @@ def fastmri_random_lines(n_lines: int, acc: str, rng: np.random.Generator,
     """fastMRI's ``RandomMaskFunc`` line selection, in centred order: bool (n_lines,).
 
     The centre band is always sampled; every other line is sampled with probability
-    ``(n_lines / acc - n_centre) / (n_lines - n_centre)``, so the number of lines is random and equals
+    ``(n_lines / acc - n_center) / (n_lines - n_center)``, so the number of lines is random and equals
     ``n_lines / acc`` only in expectation. One ``rng.random(n_lines)`` draw decides all lines.
     """
-    n_centre = _centre_lines(n_lines, acc, center_fraction)
-    probability = (n_lines / parse_acc(acc) - n_centre) / (n_lines - n_centre)
-    return (rng.random(n_lines) < probability) | _centre_band(n_lines, n_centre)
+    n_center = _center_lines(n_lines, acc, center_fraction)
+    probability = (n_lines / parse_acc(acc) - n_center) / (n_lines - n_center)
+    return (rng.random(n_lines) < probability) | _center_band(n_lines, n_center)
 
 
 def fastmri_equispaced_lines(n_lines: int, acc: str, rng: np.random.Generator,
@@ -168,15 +178,15 @@ def fastmri_equispaced_lines(n_lines: int, acc: str, rng: np.random.Generator,
     undershoots the acceleration.
 
     Besides the centre band, lines ``round(offset + k * spacing)`` for ``k = 0, 1, ...`` below ``n_lines - 1``
-    are sampled, with ``spacing = acc * (n_lines - n_centre) / (n_lines - n_centre * acc)`` (wider than ``acc``
+    are sampled, with ``spacing = acc * (n_lines - n_center) / (n_lines - n_center * acc)`` (wider than ``acc``
     because the centre band already holds some of the budget) and an offset drawn from
     ``0 .. round(spacing) - 1``, so the total is ``n_lines / acc`` up to rounding and the band's overlap.
     """
-    n_centre = _centre_lines(n_lines, acc, center_fraction)
+    n_center = _center_lines(n_lines, acc, center_fraction)
     factor = parse_acc(acc)
-    spacing = factor * (n_lines - n_centre) / (n_lines - n_centre * factor)
+    spacing = factor * (n_lines - n_center) / (n_lines - n_center * factor)
     offset = int(rng.integers(0, round(spacing)))
-    lines = _centre_band(n_lines, n_centre)
+    lines = _center_band(n_lines, n_center)
     lines[np.rint(np.arange(offset, n_lines - 1, spacing)).astype(np.int64)] = True
     return lines
 
@@ -199,9 +209,9 @@ def fastmri_column_mask(shape: tuple[int, int], acc: str, kind: str = "fastmri-r
     if kind not in FASTMRI_LINES:
         raise MaskError(f"mask kind {kind!r} is not a fastMRI kind; choose one of: {', '.join(FASTMRI_LINES)}")
     height, width = shape
-    centred = FASTMRI_LINES[kind](width, acc, np.random.default_rng(seed), center_fraction)
+    centered = FASTMRI_LINES[kind](width, acc, np.random.default_rng(seed), center_fraction)
     mask = np.zeros((height, width), dtype=np.float32)
-    mask[:, np.fft.ifftshift(centred)] = 1.0
+    mask[:, np.fft.ifftshift(centered)] = 1.0
     return mask
 
 

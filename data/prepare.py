@@ -84,15 +84,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data.layout import undersample, write_volume  # noqa: E402
-from data.masks import MASK_KINDS, MaskError, load_mask, make_mask, parse_acc, save_mask  # noqa: E402
+from data.layout import SPLITS, acc_folder, mask_name, undersample, write_volume  # noqa: E402
+from data.masks import MASK_KINDS, MaskError, acc_type, load_mask, make_mask, parse_acc, save_mask  # noqa: E402
 from data.slicing import fft_friendly, kept_slices, make_slices, window_slices  # noqa: E402
 from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, InputKind, Source,  # noqa: E402
                           check_unique_names, demo_source, fastmri_sources, nifti_sources, read_volumes)
-from data.split_check import SPLITS, check_split, slice_hashes  # noqa: E402
+from data.split_check import check_split, slice_hashes  # noqa: E402
 from data.staging import check_apart, check_output, staged_output  # noqa: E402
 from data.subjects import BLOCK_GAP, assign_subjects, block_split  # noqa: E402
-from utils import (CliParser, UserError, acc_type, check_free_space, check_seed, folder_lock,  # noqa: E402
+from utils import (CliParser, UserError, check_free_space, check_seed, folder_lock,  # noqa: E402
                    old_spellings, run_cli, seed_type, write_json)
 
 DEFAULT_ACCS = ("4x", "5x")
@@ -312,12 +312,12 @@ class Staging:
                        for subject in dict.fromkeys(s.group for s in sources)}
         self.volumes: dict[str, list[str]] = {split: [] for split in SPLITS}
         for acc, mask in masks.items():
-            save_mask(stage / f"mask_{acc}.npy", mask)
+            save_mask(stage / mask_name(acc), mask)
 
     def folder(self, split: str, acc: str) -> Path:
         """``{stage}/{split}/acc_{acc}``, created on first use: a split that gets no volume gets no folder
         (no test/ in the two-split layout, only test/ in a --test-only set)."""
-        folder = self.stage / split / f"acc_{acc}"
+        folder = acc_folder(self.stage, split, acc)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
@@ -393,9 +393,9 @@ def _masks(options: Options, size: int) -> dict[str, np.ndarray]:
         raise UserError(f"--mask-dir {folder} does not exist; pass the folder holding mask_{{acc}}.npy")
     masks = {}
     for acc in options.accs:
-        path = folder / f"mask_{acc}.npy"
+        path = folder / mask_name(acc)
         if not path.is_file():
-            raise UserError(f"--mask-dir {folder} has no mask_{acc}.npy; add it or drop --mask-dir to "
+            raise UserError(f"--mask-dir {folder} has no {mask_name(acc)}; add it or drop --mask-dir to "
                             "generate masks")
         masks[acc] = load_mask(path, (size, size))
     return masks

@@ -20,10 +20,8 @@ from typing import Iterable
 import h5py
 import numpy as np
 
+from data.layout import SPLITS, acc_folder
 from utils import UserError, first_line
-
-# test/ is optional: data in the original two-split layout (the public code's) has none.
-SPLITS = ("train", "validation", "test")
 
 
 def slice_hashes(volfs: np.ndarray) -> np.ndarray:
@@ -72,7 +70,7 @@ def check_split(root: str | Path, accs: Iterable[str], fix: str = "re-run data/p
     counts = {split: Counter() for split in SPLITS}
     for split in SPLITS:
         for acc in accs:
-            for record in _records(root / split / f"acc_{acc}"):
+            for record in _records(acc_folder(root, split, acc)):
                 if "subject" in record:
                     subjects[split].setdefault(str(record["subject"]), record)
                 if "source_file" in record and "source_slices" in record:

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from data.layout import ACC_FOLDER_PREFIX, SPLITS, mask_name
 from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
-from data.split_check import SPLITS
 from utils import LOCK_NAME, UserError, os_error_message
 
 STAGE_PREFIX = ".prepare-"
@@ -61,9 +61,9 @@ def _owned(out: Path) -> list[str]:
         return []
     owned = ["split.json"]
     for split, names in volumes.items():
-        for folder in sorted((out / split).glob("acc_*")):
+        for folder in sorted((out / split).glob(f"{ACC_FOLDER_PREFIX}*")):
             owned += [f"{split}/{folder.name}/{name}" for name in names if (folder / name).is_file()]
-            mask = f"mask_{folder.name[len('acc_'):]}.npy"
+            mask = mask_name(folder.name[len(ACC_FOLDER_PREFIX):])
             if (out / mask).is_file() and mask not in owned:
                 owned.append(mask)
     return owned

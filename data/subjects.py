@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.split_check import SPLITS
+from data.layout import SPLITS
 from utils import UserError, first_line
 
 # Slice positions dropped between neighbouring blocks of a single subject.

@@ -30,7 +30,8 @@ import torch
 
 from models.checkpoint import FORMAT, build_model, model_payload
 from models.dccnn import DCCNNConfig, count_parameters
-from utils import UserError, clean_text, first_line, pickled_globals, public_code_pickle, save_checkpoint
+from utils import (UserError, clean_text, first_line, pickled_globals, public_code_pickle, refuse_to_overwrite,
+                   save_checkpoint)
 
 _KEY = re.compile(r"^(tcascade|scascade|cascade)(\d+)\.conv(\d+)\.(weight|bias)$")
 
@@ -232,8 +233,7 @@ def import_checkpoint(src: str | Path, dst: str | Path, trust_pickle: bool = Fal
         raise UserError(f"--input {src} does not exist (check the path)")
     if dst.is_dir():
         raise UserError(f"--output {dst} is a directory; give a file path such as {dst / 'imported.pt'}")
-    if dst.exists() and not overwrite:
-        raise UserError(f"--output {dst} already exists; pass --overwrite to replace it or choose another path")
+    refuse_to_overwrite(dst, overwrite, "path", flag="--output")
     loaded = _load_source(src, trust_pickle)
     if not isinstance(loaded, dict):
         raise UserError(f"--input {src} holds a {type(loaded).__name__}, not a checkpoint dict or state dict")

@@ -23,8 +23,8 @@ class DCCNNConfig:
     ref_padding: the public code zero-pads each block input by 5 pixels and crops the CNN output back before
     DF. It changes what the network computes near the image border: with 5, the hidden layers see their own
     activations beyond the border (ReLU(bias) and more) where with 0 each convolution sees zeros. When
-    training from scratch that is only a compute choice (0 costs ~9 % less at 240 x 240 and trains as
-    well), hence our default 0. For loaded weights it is part of the network: the same weights give
+    training from scratch that is only a compute choice (0 computes less and trains as well), hence our
+    default 0. For loaded weights it is part of the network: the same weights give
     outputs up to ~1e-2 apart on [0, 1] images (measured for D3C5 and D5C5 at 64 and 150 pixels: max
     |difference| 0.011-0.012, mean 1.5e-4-1.1e-3). Run weights with the padding they were trained with:
     imported public checkpoints carry 5, and train_student_kd.py takes it from --init-from-sft.
@@ -131,16 +131,6 @@ class DCCNN(nn.Module):
             if return_features:
                 features.append(feats)
         return (x, features) if return_features else x
-
-
-def teacher() -> DCCNN:
-    """The D5C5 teacher: 5 cascades of 5 convs, 141,765 parameters."""
-    return DCCNN(TEACHER)
-
-
-def student() -> DCCNN:
-    """The D3C5 student: 5 cascades of 3 convs, 49,285 parameters."""
-    return DCCNN(STUDENT)
 
 
 def count_parameters(model: nn.Module) -> int:

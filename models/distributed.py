@@ -46,10 +46,6 @@ class Dist:
             torch.distributed.all_reduce(values)
         return values.cpu()
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
     def close(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

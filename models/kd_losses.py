@@ -188,7 +188,7 @@ class FitNet(KDLoss):
 def attention_map(features: torch.Tensor) -> torch.Tensor:
     """Zagoruyko's spatial attention: (B, C, H, W) -> (B, H W), channel mean of squares, L2-normalised."""
     # A channel norm squared equals the channel mean of squares times C, and is one fused pass over the
-    # (channels_last) activations, forward and backward: ~4x faster than pow(2).mean(1) at 240 x 240.
+    # (channels_last) activations, forward and backward, where pow(2).mean(1) materialises the squares first.
     energy = torch.linalg.vector_norm(features, dim=1).square() / features.shape[1]
     return F.normalize(_flat(energy), dim=1, eps=EPS)
 

@@ -25,17 +25,16 @@ MEASURE_ROUNDS = (2, 5)  # at least, at most
 # times this many back-to-back calls, so the layouts differ by their kernels, not by noise.
 GPU_CALLS_PER_ROUND = 20
 
-# SFT training step per device type, from scripts/benchmark.py's "SFT step variants" (240 x 240, batch 4):
+# SFT training step per device type, chosen from scripts/benchmark.py's "SFT step variants" (its figures are
+# in scripts/README.md):
 #   branchwise     each student branch runs forward and backward alone (sft_forward_backward), at batch size
 #   joint          one forward of all branches at batch size, one backward (sft_loss(...).backward())
 #   joint-batched  one backward; the branches of each student cascade run as one (up to 4x) larger batch
 SFT_VARIANTS = ("branchwise", "joint", "joint-batched")
 SFT_VARIANT = {
-    # Branch-wise: level with joint on both CPU kinds, and ~0.45 GB less peak memory at 240 x 240.
-    # Intel Xeon AVX-512/AMX, 2 cores, float32: joint-batched 12 % slower than joint (tensors above glibc's
-    # 32 MB mmap threshold are page-faulted in on every allocation); branchwise as fast as joint, peak memory
-    # 1.24 GB instead of 1.70 GB. AMD EPYC Zen 3 (AVX2), 2 threads, contiguous, 5 interleaved rounds:
-    # branchwise 1.21-1.27, joint 1.19-1.35, joint-batched 1.36-1.93 s/slice (medians 1.26, 1.30, 1.80).
+    # Branch-wise: as fast as joint on the CPUs measured, with a lower peak memory (each branch's graph is
+    # freed after its backward); joint-batched is slower on a CPU, whose large temporaries are page-faulted in
+    # on every allocation (glibc's mmap threshold).
     "cpu": "branchwise",
     # Not yet measured on a GPU: the CPU choice. `bash scripts/gpu_check.sh` prints which variant wins.
     "cuda": "branchwise",
@@ -45,11 +44,9 @@ SFT_VARIANT = {
 # decision between two runs and so change a seeded run's numbers (in the last bits at first, everywhere a few
 # epochs later). It takes the layout scripts/benchmark.py measured fastest for the CPU's vector ISA, keyed by
 # (torch.backends.cpu.get_cpu_capability(), training?) for images of at least CPU_LAYOUT_FROM pixels a side;
-# other keys and smaller images get DEFAULT_LAYOUT.
-#   AMD EPYC Zen 3 (AVX2), 2 threads, 240 x 240: contiguous trains 1.2-1.5x faster (teacher 0.65 vs 1.00 s per
-#   slice, SFT 1.48 vs 1.78); channels_last infers 1.3x faster (0.124 vs 0.157 s per slice). At 32 and 64 px
-#   the start-up timing this replaces kept channels_last (contiguous was not 10 % faster); 128 lies between.
-#   Intel Xeon with AVX-512 / AMX: oneDNN's NHWC kernels, channels_last at every size.
+# other keys and smaller images get DEFAULT_LAYOUT. AVX2 CPUs train faster in contiguous from about 128 pixels
+# a side and infer faster in channels_last; AVX-512 / AMX CPUs run oneDNN's NHWC kernels, channels_last at every
+# size (scripts/README.md has the measured figures).
 CPU_LAYOUT = {("AVX2", True): "contiguous"}
 CPU_LAYOUT_FROM = 128
 
@@ -115,8 +112,8 @@ def measured_layout(device: torch.device, size: tuple[int, int], amp: bool = Fal
     """The layout :func:`pick_layout` chooses on this device and the seconds it saw, measured once per process
     and (device, size, batch, amp, backward, threads, float32 settings), like cuDNN's benchmark mode. The
     float32 settings are in the key because TF32 and IEEE convolutions are different kernels whose fastest layout
-    can differ. Evaluation passes ``backward=False``: on an AVX2 EPYC, contiguous trains 1.5x faster but
-    channels_last infers ~8 % faster."""
+    can differ. Evaluation passes ``backward=False`` because the fastest layout for training and for inference
+    can differ on one CPU (on AVX2, see :data:`CPU_LAYOUT`)."""
     key = (str(device), tuple(size), batch, amp, backward, torch.get_num_threads(), float32_settings())
     if key not in _layout_decisions:
         seconds = time_conv_layouts(device, size, amp, backward, batch)

@@ -1,9 +1,9 @@
 """The one training loop behind train_teacher.py, train_sft.py and train_student_kd.py.
 
-A script builds a :class:`TrainStep` (the network to train, its loss, its validation output) and calls
-:func:`train`. The loop owns everything else: flags common to all scripts, seeding, device, data loaders
-with a resumable shuffle, Adam + StepLR, validation with PSNR/SSIM, ``model.pt`` / ``best_model.pt``,
-exact ``--resume``, SIGINT/SIGTERM handling, torchrun (DDP), tqdm and TensorBoard.
+A script builds a :class:`TrainStep` (the network to train, its loss, its validation output; the project's are
+in models/steps.py) and calls :func:`train`. The loop owns everything else: flags common to all scripts,
+seeding, device, data loaders with a resumable shuffle, Adam + StepLR, validation with PSNR/SSIM, ``model.pt``
+/ ``best_model.pt``, exact ``--resume``, SIGINT/SIGTERM handling, torchrun (DDP), tqdm and TensorBoard.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from data.augment import AugmentedSlices
 from data.dataset import build_dataset
+from data.masks import acc_type
 from data.split_check import check_split
 from models.checkpoint import arch_of, describe_arch, model_payload
 from models.distributed import Dist, EpochSampler
@@ -31,7 +32,7 @@ from models.experiment import (MAY_CHANGE_ON_RESUME, REPLACED, check_resume_data
                                git_commit, jsonable, prepare_exp_dir, restore_old_run, set_aside_old_run)
 from models.networks import PRESETS, configure
 from models.speed import MEMORY_FORMATS, resolve_memory_format
-from utils import (CliParser, UserError, acc_type, first_line, folder_lock, get_rng_state, psnr, save_checkpoint,
+from utils import (CliParser, UserError, first_line, folder_lock, get_rng_state, psnr, save_checkpoint,
                    seed_everything, seed_type, set_rng_state, ssim, write_json)
 
 # Test hook (see fault_point): ITERATION[:SIGNAL].

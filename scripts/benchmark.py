@@ -1,12 +1,12 @@
 """Benchmark and GPU check: training-step and evaluation speed against a convolution roofline measured in the same process.
 
-Times the teacher, student, SFT and KD (imitation, at, fsp) training steps and evaluation at ``--batch-size``,
-in each ``--precision`` (float32 with TF32 off, float32 with TF32 convolutions, bfloat16 autocast) and each
-memory layout, as seconds per slice (median and range over ``--repeats`` interleaved rounds), slices/s, fraction
-of the roofline (a 3x3 32 -> 32 convolution in the step's dtype, same batch and size, best layout, many
-back-to-back calls: forward + backward for training steps, forward for evaluation) and peak GPU memory of a step
-after its warm-up (``torch.cuda.max_memory_allocated``). Then it runs the whole 1-epoch ``train_sft.py`` and
-``train_student_kd.py`` as separate processes (start-up, data, validation and checkpoints included).
+Times the teacher, student, SFT and KD (imitation, at, fsp) training steps of models/steps.py and evaluation at
+``--batch-size``, in each ``--precision`` (float32 with TF32 off, float32 with TF32 convolutions, bfloat16
+autocast) and each memory layout, as seconds per slice (median and range over ``--repeats`` interleaved rounds),
+slices/s, fraction of the roofline (a 3x3 32 -> 32 convolution in the step's dtype, same batch and size, best
+layout, many back-to-back calls: forward + backward for training steps, forward for evaluation) and peak GPU memory
+of a step after its warm-up (``torch.cuda.max_memory_allocated``). Then it runs the whole 1-epoch ``train_sft.py``
+and ``train_student_kd.py`` as separate processes (start-up, data, validation and checkpoints included).
 
 ``--check`` is the GPU check that ``scripts/gpu_check.sh`` runs, in four parts (``--only`` picks some): ``tests``
 (``tests/test_cuda.py``), ``steps`` (the timings in all three precisions and the SFT step variants of
@@ -49,13 +49,15 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from data.fft import fft2  # noqa: E402
-from data.layout import undersample, write_volume  # noqa: E402
+from data.layout import acc_folder, mask_name, undersample, write_volume  # noqa: E402
 from data.masks import cartesian_row_mask  # noqa: E402
 from models import speed  # noqa: E402
 from models.checkpoint import model_payload  # noqa: E402
 from models.dccnn import DCCNN, STUDENT, TEACHER  # noqa: E402
 from models.kd_losses import build_kd_loss  # noqa: E402
-from models.sft import SFTNet, sft_forward_backward, sft_loss  # noqa: E402
+from models.sft import SFTNet  # noqa: E402
+from models.steps import KDStep, ReconStep, SFTStep  # noqa: E402
+from models.training import TrainStep  # noqa: E402
 from utils import CliParser, UserError, old_spellings, run_cli, save_checkpoint  # noqa: E402
 
 CONV_FLOP = 2 * 9  # multiply-add per 3x3 tap
@@ -123,10 +125,10 @@ def synthetic_data(root: Path, size: int, n_train: int, n_val: int, acc: str = "
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     mask = cartesian_row_mask((size, size), acc, seed=0)
-    np.save(root / f"mask_{acc}.npy", mask)
+    np.save(root / mask_name(acc), mask)
     yy, xx = np.mgrid[0:size, 0:size] / size
     for split, count in (("train", n_train), ("validation", n_val)):
-        folder = root / split / f"acc_{acc}"
+        folder = acc_folder(root, split, acc)
         folder.mkdir(parents=True)
         for v, start in enumerate(range(0, count, 8)):
             n = min(8, count - start)
@@ -264,69 +266,57 @@ def roofline(batch: int, size: int, device: torch.device, dtype: torch.dtype, ba
 
 
 class Workload:
-    """Random inputs at (batch, 1, size, size) on ``device`` and builders of one training or evaluation step."""
+    """One random batch at (batch, 1, size, size) on ``device`` and the timed calls of the training steps of
+    models/steps.py (the ones the training scripts run) on it."""
 
     def __init__(self, batch: int, size: int, device: torch.device, amp: bool, compile_models: bool):
         self.device, self.amp, self.compile = device, amp, compile_models
-        self.zf = torch.rand(batch, 1, size, size, device=device)
+        zero_filled = torch.rand(batch, 1, size, size, device=device)
         mask = torch.from_numpy(cartesian_row_mask((size, size), "4x"))[None, None]
-        self.mask = mask.expand(batch, 1, size, size).contiguous().to(device)
-        self.k = fft2(self.zf) * self.mask
-        self.target = torch.rand(batch, 1, size, size, device=device)
+        mask = mask.expand(batch, 1, size, size).contiguous().to(device)
+        self.batch = {"zero_filled": zero_filled, "kspace_under": fft2(zero_filled) * mask, "mask": mask,
+                      "target": torch.rand(batch, 1, size, size, device=device)}
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
-    def trainer(self, model: torch.nn.Module, fmt, loss_fn) -> Callable[[], None]:
-        """One optimiser step of ``model`` (moved to ``fmt``) on ``loss_fn(net)``; a loss that needs no
-        backward here (the SFT branch-wise step) has already run its own."""
-        model.to(self.device, memory_format=fmt)
-        net = torch.compile(model) if self.compile else model
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    def trainer(self, step: TrainStep, fmt) -> Callable[[], None]:
+        """One optimiser step of ``step`` (moved to ``fmt``), as models/training.py's loop takes it in one
+        process: a step that runs its own backward (the SFT branch-wise step) has already run it."""
+        step.to(self.device, memory_format=fmt)
+        step.allow_own_backward = True
+        if self.compile:
+            step.model = torch.compile(step.model)
+        optimizer = torch.optim.Adam([p for p in step.parameters() if p.requires_grad])
 
-        def step():
+        def one_step():
             optimizer.zero_grad(set_to_none=True)
             with self.autocast():
-                loss = loss_fn(net)
+                loss, _ = step(self.batch)
             if loss.requires_grad:
                 loss.backward()
             optimizer.step()
-        return step
+        return one_step
 
     def sft_step(self, fmt, variant: str) -> Callable[[], None]:
-        zf, k, mask, target = self.zf, self.k, self.mask, self.target
-        if variant == "branchwise":
-            return self.trainer(SFTNet(), fmt, lambda m: sft_forward_backward(m, zf, k, mask, target)[0])
-        batched = variant == "joint-batched"
-        return self.trainer(SFTNet(), fmt, lambda m: sft_loss(*m(zf, k, mask, batch_branches=batched), target)[0])
+        return self.trainer(SFTStep(SFTNet(), 1.0, 1.0, variant), fmt)
 
     def step(self, name: str, fmt) -> Callable[[], None]:
         """The training (or, for ``eval``, inference) step ``name`` of :data:`STEPS` in layout ``fmt``."""
-        zf, k, mask, target = self.zf, self.k, self.mask, self.target
         if name in ("teacher", "student"):
-            return self.trainer(DCCNN(TEACHER if name == "teacher" else STUDENT), fmt,
-                                lambda m: F.l1_loss(m(zf, k, mask), target))
+            return self.trainer(ReconStep(DCCNN(TEACHER if name == "teacher" else STUDENT)), fmt)
         if name == "sft":
             return self.sft_step(fmt, speed.sft_variant(self.device))
-        teacher = DCCNN(TEACHER).to(self.device, memory_format=fmt).eval().requires_grad_(False)
         if name == "eval":
+            teacher = ReconStep(DCCNN(TEACHER)).to(self.device, memory_format=fmt).eval()
+
             @torch.inference_mode()
             def evaluate():
                 with self.autocast():
-                    teacher(zf, k, mask)
+                    teacher.predict(self.batch)
             return evaluate
-        kd = build_kd_loss(name.split("-", 1)[1], STUDENT, TEACHER).to(self.device)
-        feats = kd.needs_features
-
-        def kd_loss(m):
-            with torch.no_grad():
-                t_out = (teacher(zf, k, mask, return_features=True, keep_hidden=kd.keep_teacher_hidden())
-                         if feats else teacher(zf, k, mask))
-            t_out, t_feats = t_out if feats else (t_out, None)
-            s_out = m(zf, k, mask, return_features=feats)
-            s_out, s_feats = s_out if feats else (s_out, None)
-            return F.l1_loss(s_out, target) + kd.default_weight * kd(s_out, s_feats, t_out, t_feats)
-        return self.trainer(DCCNN(STUDENT), fmt, kd_loss)
+        kd = build_kd_loss(name.split("-", 1)[1], STUDENT, TEACHER)
+        return self.trainer(KDStep(DCCNN(STUDENT), DCCNN(TEACHER), kd, kd.default_weight), fmt)
 
 
 # --------------------------------------------------------------------------- whole processes
@@ -750,7 +740,7 @@ def run_part_process(run: Run, argv: list[str], part: str) -> None:
 
 # --------------------------------------------------------------------------- main
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> CliParser:
     p = CliParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--check", action="store_true",
                    help="the GPU check of scripts/gpu_check.sh: CUDA tests, all precisions, SFT variants, "
@@ -795,7 +785,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  help="where everything lands: table.md, report.json, the logs (cuda_tests.log, one "
                                       "per process) and, with --check, one folder per part; --check default "
                                       "results/gpu_check"), "--out")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The flags, checked, with the defaults that depend on others (--tiny, --check, the device) filled in."""
+    args = build_parser().parse_args(argv)
     if args.tiny:
         args.size, args.slices, args.val_slices = TINY["size"], TINY["slices"], TINY["val_slices"]
         args.repeats = args.repeats or TINY["repeats"]

@@ -31,10 +31,11 @@ from matplotlib.patches import Rectangle  # noqa: E402
 # Run as `python scripts/figure.py`: the repository root must be importable for utils / data.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.dataset import keys_for  # noqa: E402
+from data.layout import acc_folder, keys_for  # noqa: E402
+from data.masks import acc_type  # noqa: E402
 from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
-from utils import (CliParser, UserError, acc_type, atomic_write, first_line, old_spellings, psnr, run_cli,  # noqa: E402
-                   ssim)
+from utils import (CliParser, UserError, atomic_write, first_line, old_spellings, psnr,  # noqa: E402
+                   refuse_to_overwrite, run_cli, ssim)
 
 
 def read_volume(path: Path, acc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +150,7 @@ def add_inset(ax, image: np.ndarray, vmax: float, inset: tuple[int, int, int]) -
         spine.set_edgecolor("yellow")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> CliParser:
     parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dir", required=True, type=Path, help="an evaluate.py --save-recons --out-dir")
     parser.add_argument("--data-root", required=True, type=Path, help="the data evaluate.py read")
@@ -165,21 +166,23 @@ def main(argv: list[str] | None = None) -> None:
     old_spellings(parser.add_argument("--output", "--out", dest="out", required=True, type=Path,
                                       help="output .png"), "--out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.out.suffix.lower() != ".png":
         raise UserError(f"--output {args.out} must end in .png")
     if args.out.is_dir():
         raise UserError(f"--output {args.out} is a folder; give a file name such as {args.out / 'figure.png'}")
-    if args.out.exists() and not args.overwrite:
-        raise UserError(f"{args.out} already exists; pass --overwrite to replace it or choose another --output")
+    refuse_to_overwrite(args.out, args.overwrite, "--output")
     if not args.error_scale > 0:
         raise UserError(f"--error-scale {args.error_scale} must be positive")
     if not args.eval_dir.is_dir():
         raise UserError(f"--eval-dir {args.eval_dir} does not exist; pass an evaluate.py --out-dir")
     available = eval_models(args.eval_dir, args.acc)
     args.split = args.split or evaluated_split(args.eval_dir)
-    folder = args.data_root / args.split / f"acc_{args.acc}"
+    folder = acc_folder(args.data_root, args.split, args.acc)
     files = sorted(folder.glob("*.h5"))
     if not files:
         raise UserError(f"no .h5 files in {folder}; check --data-root, --split and --acc")

@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.masks import parse_acc  # noqa: E402
 from models.roles import BASE_MODELS, KD_ARMS, arm_label, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
-from utils import CliParser, UserError, atomic_write, csv_text, run_cli, write_text  # noqa: E402
+from utils import CliParser, UserError, atomic_write, csv_text, refuse_to_overwrite, run_cli, write_text  # noqa: E402
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
 # vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
@@ -478,9 +478,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} is a file; choose a folder")
     md_path, csv_path = args.out_dir / "table.md", args.out_dir / "table.csv"
-    existing = [p for p in (md_path, csv_path, args.plot) if p is not None and p.exists()]
-    if existing and not args.overwrite:
-        raise UserError(f"{existing[0]} already exists; pass --overwrite to replace it or choose another --out-dir")
+    for path in (md_path, csv_path, args.plot):
+        if path is not None:
+            refuse_to_overwrite(path, args.overwrite, "--out-dir")
     table, unknown = collect(args.eval_dirs)
     if unknown:
         print("left out (names fit no role: teacher, student, sft, stdkd-M, sftkd-M[-seedN]): "

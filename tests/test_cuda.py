@@ -89,13 +89,13 @@ def test_data_fidelity_runs_in_float32_under_autocast():
 
 
 def test_evaluation_on_cuda_matches_cpu_metrics(tmp_path):
-    from evaluate import evaluate
+    from evaluate import evaluate_sets
     data = make_dataset(tmp_path / "data", size=32)
     dataset = build_dataset(data, "validation", ["4x"])
     torch.manual_seed(0)
     model = DCCNN(TEACHER)
-    cpu_rows = evaluate({"teacher": copy.deepcopy(model)}, dataset, "cpu", progress=False)
-    cuda_rows = evaluate({"teacher": copy.deepcopy(model)}, dataset, "cuda", progress=False)
+    cpu_rows = evaluate_sets({"teacher": copy.deepcopy(model)}, dataset, device="cpu", progress=False)["paper"]
+    cuda_rows = evaluate_sets({"teacher": copy.deepcopy(model)}, dataset, device="cuda", progress=False)["paper"]
     assert [(r["model"], r["volume"], r["slice"]) for r in cpu_rows] == \
            [(r["model"], r["volume"], r["slice"]) for r in cuda_rows]
     # Tolerances cover cuDNN's TF32 convolutions (PyTorch's default): ~1e-3 relative per convolution output.
@@ -130,7 +130,7 @@ def test_dataloader_workers_with_pinned_memory_give_the_same_batches(tiny_data):
 
 
 def test_frozen_kd_teacher_and_teacher_cache_live_on_the_device(tiny_data):
-    from train_student_kd import KDStep
+    from models.steps import KDStep
     dataset = build_dataset(tiny_data, "train", ["4x"])
     batch = to_device(next(iter(DataLoader(dataset, batch_size=4))), CUDA)
     torch.manual_seed(0)
@@ -154,7 +154,7 @@ def free_port() -> int:
 
 
 def test_one_process_nccl_group_initialises_and_trains_a_step(tiny_data):
-    from train_sft import SFTStep
+    from models.steps import SFTStep
     # A bounded wait: the default of 10 minutes would use up a borrowed GPU machine's whole command limit.
     torch.distributed.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
                                          world_size=1, device_id=CUDA, timeout=NCCL_TIMEOUT)

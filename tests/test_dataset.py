@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from data.dataset import SliceDataset, build_dataset
+from data.dataset import ReconInputs, SliceDataset, build_dataset
 from data.fft import zero_filled
 from data.masks import cartesian_row_mask
 from tests.conftest import make_dataset, phantom, write_volume
@@ -57,6 +57,16 @@ def test_items_shapes_dtypes_and_names(tiny_data):
     assert item["fname"] == "vol01.h5" and item["slice"] == 1 and item["acc"] == "4x"
     assert np.array_equal(item["mask"][0].numpy(), np.load(tiny_data / "mask_4x.npy"))
     assert len(SliceDataset(tiny_data, "validation", "4x")) == 4
+
+
+def test_recon_inputs_are_a_batch_s_network_inputs_as_documented(tiny_data):
+    batch = next(iter(DataLoader(SliceDataset(tiny_data, "train", "4x"), batch_size=3)))
+    inputs = ReconInputs.of(batch)
+    assert inputs._fields == ("zero_filled", "kspace_under", "mask")
+    for name, dtype in zip(inputs._fields, (torch.float32, torch.complex64, torch.float32)):
+        assert getattr(inputs, name) is batch[name] and batch[name].dtype == dtype
+        assert batch[name].shape == (3, 1, SIZE, SIZE)
+    assert set(torch.unique(inputs.mask).tolist()) <= {0.0, 1.0}
 
 
 def test_values_equal_stored_float64_file(tiny_data):

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from data.fft import data_fidelity, fft2, zero_filled
 from data.masks import cartesian_row_mask
-from models.dccnn import STUDENT, TEACHER, ConvBlock, DCCNN, DCCNNConfig, count_parameters, student, teacher
+from models.dccnn import STUDENT, TEACHER, ConvBlock, DCCNN, DCCNNConfig, count_parameters
 
 
 def _inputs(height=32, width=32, batch=2, seed=0, symmetric=True):
@@ -32,16 +32,16 @@ def _model(config: DCCNNConfig, seed: int = 0) -> DCCNN:
 
 
 def test_parameter_counts():
-    assert count_parameters(teacher()) == 141_765
-    assert count_parameters(student()) == 49_285
+    assert count_parameters(DCCNN(TEACHER)) == 141_765
+    assert count_parameters(DCCNN(STUDENT)) == 49_285
     assert count_parameters(DCCNN(DCCNNConfig(n_cascades=3, n_convs=5))) == 3 * 28_353
     assert round(141_765 / 49_285, 2) == 2.88  # the paper's "2.87 : 1" is this ratio truncated
 
 
 def test_state_dict_names_follow_public_code():
-    names = set(teacher().state_dict())
+    names = set(DCCNN(TEACHER).state_dict())
     assert "cascades.0.conv1.weight" in names and "cascades.4.conv5.bias" in names
-    assert "cascades.0.conv4.weight" not in set(student().state_dict())
+    assert "cascades.0.conv4.weight" not in set(DCCNN(STUDENT).state_dict())
     assert len(names) == 5 * 5 * 2
 
 

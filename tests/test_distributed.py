@@ -56,10 +56,10 @@ def test_resume_with_another_world_size_warns(tmp_path):
 
 def test_two_stage_kd_with_a_learnable_loss_runs_under_torchrun(tmp_path):
     from models.checkpoint import model_payload
-    from models.dccnn import teacher
+    from models.dccnn import DCCNN, TEACHER
     from utils import save_checkpoint
     data = make_dataset(tmp_path / "data", train_volumes=2, slices=4)
-    save_checkpoint(model_payload(teacher(), "teacher"), tmp_path / "teacher.pt")
+    save_checkpoint(model_payload(DCCNN(TEACHER), "teacher"), tmp_path / "teacher.pt")
     exp = tmp_path / "kd"
     result = torchrun("train_student_kd.py", "--data-root", str(data), "--exp-dir", str(exp), "--epochs", "2",
                       "--batch-size", "2", "--no-progress", "--kd-method", "vid", "--feature-epochs", "1",

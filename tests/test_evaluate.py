@@ -13,9 +13,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from conftest import make_dataset, phantom, run_cli, write_volume
 from data.dataset import SliceDataset
-from evaluate import default_names, evaluate, main
+from evaluate import default_names, evaluate_sets, main
 from models.checkpoint import model_payload
-from models.dccnn import student, teacher
+from models.dccnn import DCCNN, STUDENT, TEACHER
 from models.sft import SFTNet
 from utils import UserError, psnr, save_checkpoint, seed_everything
 
@@ -28,7 +28,7 @@ def train_teacher(root: Path, steps: int = 25):
     data = SliceDataset(root, "train", "4x", preload=True)
     batch = {k: torch.stack([data[i][k] for i in range(len(data))])
              for k in ("zero_filled", "kspace_under", "target", "mask")}
-    model = teacher()
+    model = DCCNN(TEACHER)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(steps):
         loss = (model(batch["zero_filled"], batch["kspace_under"], batch["mask"]) - batch["target"]).abs().mean()
@@ -45,7 +45,7 @@ def evaluated(tmp_path_factory):
     root = make_dataset(tmp / "data")  # 32 x 32, 4x, validation: one volume of 4 slices
     torch.manual_seed(1)
     paths = {"teacher": tmp / "teacher.pt", "student": tmp / "student_run" / "best_model.pt", "sft": tmp / "sft.pt"}
-    nets = {"teacher": train_teacher(root), "student": student(), "sft": SFTNet()}
+    nets = {"teacher": train_teacher(root), "student": DCCNN(STUDENT), "sft": SFTNet()}
     for name, net in nets.items():
         save_checkpoint(model_payload(net, run_name="" if name == "student" else name), paths[name])
     out = tmp / "eval"
@@ -123,13 +123,13 @@ def test_saved_reconstructions(evaluated):
 
 def test_evaluate_from_python(evaluated):
     dataset = SliceDataset(evaluated["root"], "validation", "4x")
-    rows = evaluate({"sft": evaluated["paths"]["sft"]}, dataset, batch_size=4, progress=False)
+    rows = evaluate_sets({"sft": evaluated["paths"]["sft"]}, dataset, batch_size=4, progress=False)["paper"]
     cli = [r for r in evaluated["rows"] if r["model"] == "sft"]
     assert [r["model"] for r in rows] == ["ZF"] * 4 + ["sft"] * 4
     for mine, theirs in zip(rows[4:], cli):
         assert mine["PSNR"] == pytest.approx(float(theirs["PSNR"]), abs=1e-6)
     with pytest.raises(UserError, match="reserved"):
-        evaluate({"ZF": evaluated["nets"]["teacher"]}, dataset, progress=False)
+        evaluate_sets({"ZF": evaluated["nets"]["teacher"]}, dataset, progress=False)
 
 
 def test_count_mismatch_and_duplicates(evaluated, tmp_path):
@@ -155,7 +155,7 @@ def test_existing_out_dir_needs_overwrite(evaluated):
 def test_default_names_are_unique(evaluated, tmp_path):
     path = evaluated["paths"]["teacher"]
     reserved = tmp_path / "checkpoints" / "model.pt"  # no run_name, and its folder is a summary.json key
-    save_checkpoint(model_payload(student()), reserved)
+    save_checkpoint(model_payload(DCCNN(STUDENT)), reserved)
     assert default_names([path, path, evaluated["paths"]["student"], reserved]) == \
         ["teacher", "teacher-2", "student_run", "checkpoints-2"]
 
@@ -165,8 +165,8 @@ def test_all_zero_slices_are_left_out(tmp_path):
     volume = phantom(32, 4, seed=5)
     volume[:, :, 0] = 0.0  # e.g. an empty slice at the edge of a brain volume
     write_volume(root / "validation" / "acc_4x" / "vol02.h5", volume, {"4x": np.load(root / "mask_4x.npy")})
-    rows = evaluate({"s": student()}, SliceDataset(root, "validation", "4x"), recons_dir=tmp_path / "r",
-                    progress=False)
+    rows = evaluate_sets({"s": DCCNN(STUDENT)}, SliceDataset(root, "validation", "4x"), recons_dir=tmp_path / "r",
+                         progress=False)["paper"]
     assert [(r["model"], r["slice"]) for r in rows] == [(m, s) for m in ("ZF", "s") for s in (1, 2, 3)]
     assert all(np.isfinite(r[m]) for r in rows for m in ("PSNR", "NMSE", "HFEN-LoG", "VIF"))
     with h5py.File(tmp_path / "r" / "s" / "vol02.h5", "r") as f:
@@ -177,9 +177,9 @@ def test_amp_evaluation_is_close_to_float32(tmp_path):
     torch.manual_seed(0)
     data = make_dataset(tmp_path / "data", train_volumes=1, val_volumes=1, slices=2)
     dataset = SliceDataset(data, "validation", "4x")
-    net = student()
-    exact = evaluate({"s": net}, dataset, progress=False)
-    fast = evaluate({"s": net}, dataset, progress=False, amp=True)
+    net = DCCNN(STUDENT)
+    exact = evaluate_sets({"s": net}, dataset, progress=False)["paper"]
+    fast = evaluate_sets({"s": net}, dataset, progress=False, amp=True)["paper"]
     for a, b in zip(exact, fast):
         assert a["model"] == b["model"] and a["slice"] == b["slice"]
         assert b["PSNR"] == pytest.approx(a["PSNR"], abs=0.5)
@@ -190,7 +190,7 @@ def test_public_volume_metrics_file_and_summary(tmp_path):
     root = make_dataset(tmp_path / "data", val_volumes=2, slices=3)
     torch.manual_seed(0)
     checkpoint = tmp_path / "student.pt"
-    save_checkpoint(model_payload(student(), run_name="student"), checkpoint)
+    save_checkpoint(model_payload(DCCNN(STUDENT), run_name="student"), checkpoint)
     out = tmp_path / "eval"
     main(["--checkpoints", str(checkpoint), "--data-root", str(root), "--acc", "4x", "--device", "cpu",
           "--out-dir", str(out), "--metrics", "public-volume", "--save-recons"])

@@ -14,7 +14,7 @@ from skimage.metrics import structural_similarity
 from conftest import make_dataset, run_cli
 from evaluate import main
 from models.checkpoint import model_payload
-from models.dccnn import student
+from models.dccnn import DCCNN, STUDENT
 from scripts.report import main as report_main
 from utils import FASTMRI_METRICS, UserError, psnr, save_checkpoint, volume_ssim
 
@@ -77,7 +77,7 @@ def evaluated(tmp_path_factory):
     root = make_dataset(tmp / "data", val_volumes=2, slices=3)
     torch.manual_seed(0)
     checkpoint = tmp / "student.pt"
-    save_checkpoint(model_payload(student(), run_name="student"), checkpoint)
+    save_checkpoint(model_payload(DCCNN(STUDENT), run_name="student"), checkpoint)
     common = ["--checkpoints", str(checkpoint), "--data-root", str(root), "--acc", "4x", "--device", "cpu"]
     result = run_cli("evaluate.py", *common, "--out-dir", str(tmp / "all"), "--metrics", "all", "--save-recons")
     assert result.returncode == 0, result.stderr

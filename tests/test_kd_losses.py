@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from data.fft import fft2, zero_filled
 from data.masks import cartesian_row_mask
-from models.dccnn import STUDENT, TEACHER, DCCNNConfig, count_parameters, student, teacher
+from models.dccnn import DCCNN, STUDENT, TEACHER, DCCNNConfig, count_parameters
 from models.kd_losses import KD_METHODS, KDLoss, KDMethodError, attention_map, build_kd_loss, describe_methods
 from utils import UserError
 
@@ -30,7 +30,7 @@ def make_batch(batch: int, seed: int = 0):
 def run_networks(batch: int, teacher_mode=torch.no_grad, teacher_config: DCCNNConfig = TEACHER):
     """Real student (with grad) and teacher (frozen) outputs and features on a tiny batch."""
     torch.manual_seed(0)
-    student_net, teacher_net = student(), teacher()
+    student_net, teacher_net = DCCNN(STUDENT), DCCNN(TEACHER)
     if teacher_config != TEACHER:
         teacher_net = type(teacher_net)(teacher_config)
     inputs = make_batch(batch)
@@ -164,7 +164,7 @@ def test_zero_when_student_features_equal_teacher_features(name, batch):
 
 
 def test_learnable_parts_live_in_the_loss_not_the_student():
-    student_net = student()
+    student_net = DCCNN(STUDENT)
     student_ids = {id(p) for p in student_net.parameters()}
     for name in NAMES:
         kd_loss = build_kd_loss(name, STUDENT, TEACHER)
@@ -190,10 +190,10 @@ def test_learnable_state_round_trips(name):
 def test_student_with_fewer_channels(name):
     narrow = DCCNNConfig(n_convs=3, channels=16)
     torch.manual_seed(0)
-    student_net = type(student())(narrow)
+    student_net = type(DCCNN(STUDENT))(narrow)
     inputs = make_batch(2)
     with torch.no_grad():
-        teacher_out, teacher_feats = teacher()(*inputs, return_features=True)
+        teacher_out, teacher_feats = DCCNN(TEACHER)(*inputs, return_features=True)
     student_out, student_feats = student_net(*inputs, return_features=True)
     loss = build_kd_loss(name, narrow, TEACHER)(student_out, student_feats, teacher_out, teacher_feats)
     loss.backward()
@@ -265,7 +265,7 @@ def test_similarity_preserving_matches_hand_computation():
 @pytest.mark.parametrize("name", NAMES)
 def test_teacher_keeps_exactly_the_hidden_layers_the_method_reads(name):
     torch.manual_seed(0)
-    t_net, s_net = teacher(), student()
+    t_net, s_net = DCCNN(TEACHER), DCCNN(STUDENT)
     zf = torch.rand(2, 1, 16, 16)
     kspace = torch.randn(2, 1, 16, 16, dtype=torch.complex64)
     mask = (torch.rand(1, 1, 16, 1) > 0.5).float().expand(2, 1, 16, 16)

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from data.fft import fft2, zero_filled
 from data.masks import cartesian_row_mask
-from models.dccnn import DCCNN, STUDENT, DCCNNConfig, student
+from models.dccnn import DCCNN, STUDENT, DCCNNConfig
 from models.sft import SFTNet, sft_loss, student_from_sft
 
 SIZE = 32
@@ -181,7 +181,7 @@ def test_student_from_sft():
         for p in sft.student.parameters():
             p.add_(1.0)
     torch.manual_seed(99)
-    fresh = student()
+    fresh = DCCNN(STUDENT)
     fresh_s1 = {k: v.clone() for k, v in fresh.cascades[0].state_dict().items()}
     fresh_before = {k: v.clone() for k, v in fresh.state_dict().items()}
     result = student_from_sft(sft, fresh)

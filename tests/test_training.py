@@ -14,6 +14,7 @@ import train_teacher
 from conftest import run_cli
 from models.dccnn import count_parameters
 from models.kd_losses import KD_METHODS
+from models.steps import KDStep, ReconStep, SFTStep
 from utils import UserError
 
 PAPER_METHODS = ["at", "fitnet", "cc", "fsp", "sp"]
@@ -173,7 +174,7 @@ def test_multi_acceleration_training_reports_each(tmp_path):
 def test_two_stage_schedule_is_the_public_one(tmp_path, runs, monkeypatch):
     import models.training
     exp = tmp_path / "two_stage"
-    real_validate, real_start = models.training.validate, train_student_kd.KDStep.start_epoch
+    real_validate, real_start = models.training.validate, KDStep.start_epoch
     scripted = iter([1.0, 2.0, 3.0])  # stage 1's best is its first epoch, not its last
 
     def validate(*args, **kwargs):
@@ -190,7 +191,7 @@ def test_two_stage_schedule_is_the_public_one(tmp_path, runs, monkeypatch):
         real_start(self, epoch)
 
     monkeypatch.setattr(models.training, "validate", validate)
-    monkeypatch.setattr(train_student_kd.KDStep, "start_epoch", start_epoch)
+    monkeypatch.setattr(KDStep, "start_epoch", start_epoch)
     sft = str(runs["sft"] / "best_model.pt")
     train_student_kd.main(common(runs["data"], exp, "--teacher-checkpoint", sft, "--init-from-sft", sft,
                                  "--kd-method", "at-public", "--feature-epochs", "2", "--lr-step-size", "1",
@@ -266,7 +267,7 @@ def test_frozen_teacher_moves_with_the_step_but_is_neither_saved_nor_trained(run
     assert all(k.startswith("kd_loss.") for k in step.extra_state())
 
 
-class _Detached(train_teacher.ReconStep):
+class _Detached(ReconStep):
     """A step that detaches its loss by mistake (and says it does not run its own backward)."""
 
     def forward(self, batch):
@@ -286,7 +287,7 @@ def test_a_detached_loss_is_an_error_not_a_step_that_trains_nothing(tmp_path, ru
 def test_sft_step_declares_its_own_backward_only_where_it_runs_one(runs):
     from models.sft import SFTNet
     from models.speed import sft_variant
-    step = train_sft.SFTStep(SFTNet(), 1.0, 1.0)
+    step = SFTStep(SFTNet(), 1.0, 1.0)
     batch = {"target": torch.zeros(1, 1, 8, 8)}
     assert not step.runs_own_backward(batch)  # not allowed until the loop says so (never under DDP)
     step.allow_own_backward = True
