@@ -12,16 +12,17 @@ teacher). The zero-filled input is always evaluated too, as model ``ZF``. Output
 - ``metrics.csv`` (``--metrics paper``, the default, or ``all``): per-slice metrics, one row per model and
   slice, header ``model,volume,slice,PSNR,SSIM,NMSE,HFEN-LoG,VIF`` (``volume`` is the HDF5 file name without
   ``.h5``); ZF rows first, then the models in command-line order. PSNR, SSIM and NMSE are those of the public
-  code's ``measures.py`` (each slice's own maximum); HFEN-LoG and VIF are extra (see :data:`utils.METRICS`).
-  Slices with an all-zero target are left out (their metrics are undefined) and counted in a note.
+  code's ``measures.py`` (each slice's own maximum); HFEN-LoG and VIF are extra (see
+  :data:`models.metrics.METRICS`). Slices with an all-zero target are left out (their metrics are undefined)
+  and counted in a note.
 - ``metrics_fastmri.csv`` (``--metrics fastmri`` or ``all``): fastMRI's volume-wise metrics, one row per model
   and volume, header ``model,volume,NMSE,PSNR,SSIM``, same model order. A volume is every slice of one file,
-  stacked by slice index, all-zero slices included (see :data:`utils.FASTMRI_METRICS`); only a volume whose
-  target is all zero is left out.
+  stacked by slice index, all-zero slices included (see :data:`models.metrics.FASTMRI_METRICS`); only a
+  volume whose target is all zero is left out.
 - ``metrics_public_volume.csv`` (``--metrics public-volume`` or ``all``): the public SFT-KD-Recon ``evaluate.py``'s
   volume-wise metrics, one row per model and volume, header ``model,volume,NMSE,PSNR,SSIM,HFN``, volumes as for
-  fastMRI (see :data:`utils.PUBLIC_VOLUME_METRICS`). Its HFN is the 3 x 3 Laplacian one with the prediction
-  clipped to [0, 1], not the per-slice HFEN-LoG.
+  fastMRI (see :data:`models.metrics.PUBLIC_VOLUME_METRICS`). Its HFN is the 3 x 3 Laplacian one with the
+  prediction clipped to [0, 1], not the per-slice HFEN-LoG.
 - ``summary.json``: ``{model: {metric: {"mean", "std", "n"}}}`` of the paper's metrics (std over slices,
   ``ddof=0``), with fastMRI's a ``"fastmri"`` entry of the same form over volumes (``n`` volumes, ``ddof=0``;
   fastMRI's own script prints mean +/- 2 sample std), the public code's volume-wise ones a ``"public_volume"``
@@ -67,9 +68,9 @@ from data.owned import check_replaceable, clean_up, new_files, owned_files, swap
 from models.checkpoint import load_reconstructor
 from models.speed import MEMORY_FORMATS, auto_layout
 from models.distributed import resolve_device
-from utils import (FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS, CliParser, UserError, atomic_write,
-                   check_free_space, clean_text, csv_text, folder_lock, load_checkpoint, run_cli, write_json,
-                   write_text)
+from models.metrics import FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS
+from utils import (CliParser, UserError, atomic_write, check_free_space, clean_text, csv_text, folder_lock,
+                   load_checkpoint, run_cli, write_json, write_text)
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]

@@ -9,8 +9,8 @@ Usage::
 Top row: target, ZF (the data file's ``img_volus_{acc}``) and every model's reconstruction (from
 ``EVAL_DIR/recons/{model}/{volume}.h5``), all grey with the target's range. Bottom row: ``|recon - target|``
 times ``--error-scale``, one shared colour scale (0 to the target's maximum). Each panel's title gives the
-slice's PSNR / SSIM (``utils.psnr`` / ``utils.ssim``). ``--inset Y0 X0 SIZE`` outlines a square on every
-image and shows it enlarged in the panel's corner. The default slice is the one with the largest target
+slice's PSNR / SSIM (``models.metrics.psnr`` / ``models.metrics.ssim``). ``--inset Y0 X0 SIZE`` outlines a
+square on every image and shows it enlarged in the panel's corner. The default slice is the one with the largest target
 energy (sum of squares) in the chosen volume (default: the first volume of the split).
 """
 from __future__ import annotations
@@ -34,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.layout import acc_folder, keys_for  # noqa: E402
 from data.masks import acc_type  # noqa: E402
 from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
-from utils import (CliParser, UserError, atomic_write, first_line, old_spellings, psnr,  # noqa: E402
-                   refuse_to_overwrite, run_cli, ssim)
+from models.metrics import psnr, ssim  # noqa: E402
+from utils import (CliParser, UserError, atomic_write, first_line, old_spellings, refuse_to_overwrite,  # noqa: E402
+                   run_cli)
 
 
 def read_volume(path: Path, acc: str) -> tuple[np.ndarray, np.ndarray]:

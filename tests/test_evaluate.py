@@ -16,8 +16,9 @@ from data.dataset import SliceDataset
 from evaluate import default_names, evaluate_sets, main
 from models.checkpoint import model_payload
 from models.dccnn import DCCNN, STUDENT, TEACHER
+from models.metrics import psnr
 from models.sft import SFTNet
-from utils import UserError, psnr, save_checkpoint, seed_everything
+from utils import UserError, save_checkpoint, seed_everything
 
 HEADER = "model,volume,slice,PSNR,SSIM,NMSE,HFEN-LoG,VIF"
 

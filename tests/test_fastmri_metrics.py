@@ -1,4 +1,4 @@
-"""Tests for fastMRI's volume-wise metrics (utils.FASTMRI_METRICS) and evaluate.py / report.py --metrics fastmri."""
+"""Tests for fastMRI's volume-wise metrics (models.metrics.FASTMRI_METRICS) and evaluate.py / report.py --metrics fastmri."""
 from __future__ import annotations
 
 import csv
@@ -15,8 +15,9 @@ from conftest import make_dataset, run_cli
 from evaluate import main
 from models.checkpoint import model_payload
 from models.dccnn import DCCNN, STUDENT
+from models.metrics import FASTMRI_METRICS, psnr, volume_ssim
 from scripts.report import main as report_main
-from utils import FASTMRI_METRICS, UserError, psnr, save_checkpoint, volume_ssim
+from utils import UserError, save_checkpoint
 
 volume_nmse, volume_psnr = FASTMRI_METRICS["NMSE"], FASTMRI_METRICS["PSNR"]
 
