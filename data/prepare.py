@@ -87,8 +87,8 @@ from tqdm import tqdm  # noqa: E402
 from data.layout import SPLITS, acc_folder, mask_name, undersample, write_volume  # noqa: E402
 from data.masks import MASK_KINDS, MaskError, acc_type, load_mask, make_mask, parse_acc, save_mask  # noqa: E402
 from data.slicing import fft_friendly, kept_slices, make_slices, window_slices  # noqa: E402
-from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, InputKind, Source,  # noqa: E402
-                          check_unique_names, demo_source, fastmri_sources, nifti_sources, read_volumes)
+from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, SOURCE_KINDS, Source,  # noqa: E402
+                          SourceKind, check_unique_names, read_volumes)
 from data.split_check import check_split, slice_hashes  # noqa: E402
 from data.staging import check_apart, check_output, staged_output  # noqa: E402
 from data.subjects import BLOCK_GAP, assign_subjects, block_split  # noqa: E402
@@ -163,9 +163,19 @@ class Options:
     allow_label_like: bool = False
 
     @property
-    def kind(self) -> InputKind | None:
-        """What the files are: NIfTI (``--input``), fastMRI (``--fastmri``), or None for the demo."""
-        return FASTMRI if self.fastmri else NIFTI if self.inputs else None
+    def given(self) -> list[SourceKind]:
+        """The input kinds whose flag was passed (one, once :meth:`resolved` has checked)."""
+        return [kind for kind in SOURCE_KINDS if getattr(self, kind.dest)]
+
+    @property
+    def kind(self) -> SourceKind | None:
+        """What the inputs are: an entry of :data:`SOURCE_KINDS`, or None when no input flag was passed."""
+        return self.given[0] if self.given else None
+
+    @property
+    def input_paths(self) -> list[str | Path]:
+        """The files and folders named by the input flag (none for a kind that reads no files, the demo)."""
+        return getattr(self, self.kind.dest) if self.kind is not None and self.kind.suffixes else []
 
     def resolved(self) -> Options:
         """These options checked, with the preset's defaults filled in and one centre fraction per acceleration."""
@@ -192,13 +202,12 @@ class Options:
                        size=preset.get("size") if self.size is None else self.size)
 
     def _check_sources(self) -> None:
-        given = [flag for flag, value in (("--input", self.inputs), ("--fastmri", self.fastmri),
-                                          ("--demo", self.demo)) if value]
+        given = [kind.flag for kind in self.given]
         if len(given) > 1:
             raise UserError(f"pass either {given[0]} or {given[1]}, not both")
         if not given:
-            raise UserError("no data: pass --input FILES_OR_FOLDERS (NIfTI), --fastmri FILES_OR_FOLDERS (fastMRI "
-                            ".h5) or --demo (MNI152 template)")
+            usages = [kind.usage for kind in SOURCE_KINDS]
+            raise UserError(f"no data: pass {', '.join(usages[:-1])} or {usages[-1]}")
         if self.preset is not None and self.preset not in PRESETS:
             raise UserError(f"--preset {self.preset!r} is unknown; choose one of: {', '.join(PRESETS)}")
         if self.demo and self.preset is not None:
@@ -401,16 +410,6 @@ def _masks(options: Options, size: int) -> dict[str, np.ndarray]:
     return masks
 
 
-def _sources(options: Options) -> tuple[list[Source], list[Path], dict[str, int]]:
-    """The run's sources, the files skipped by name, and fastMRI files left out per acquisition."""
-    if options.demo:
-        return [demo_source(options.demo_resolution)], [], {}
-    if options.kind is FASTMRI:
-        return fastmri_sources(options.fastmri, options.include, options.exclude, options.acquisitions)
-    sources, skipped = nifti_sources(options.inputs, options.include, options.exclude, options.subject_regex)
-    return sources, skipped, {}
-
-
 def _subjects_line(sources: list[Source]) -> str:
     """How the subjects were found, for the log, e.g. ``8 subjects (patient001, ...; by the subject token)``."""
     rules = {"token": "the subject token in the path", "regex": "--subject-regex",
@@ -489,7 +488,7 @@ def prepare(*, out: str | Path, **options: Any) -> dict[str, Any]:
     """
     start = time.perf_counter()
     opts = Options(out=out, **options).resolved()
-    check_apart(opts.out, [*(opts.inputs or []), *(opts.fastmri or [])])
+    check_apart(opts.out, opts.input_paths)
     with folder_lock(opts.out, "--out-dir"):
         return _prepare(opts, start)
 
@@ -497,7 +496,7 @@ def prepare(*, out: str | Path, **options: Any) -> dict[str, Any]:
 def _prepare(opts: Options, start: float) -> dict[str, Any]:
     """:func:`prepare` for resolved options, holding the lock of ``opts.out``."""
     check_output(opts.out, opts.overwrite)
-    sources, skipped_files, skipped_acquisitions = _sources(opts)
+    sources, skipped_files, skipped_acquisitions = opts.kind.open(opts)
     check_unique_names(sources)
     groups = [s.group for s in sources]
     assigned = (dict.fromkeys(groups, "test") if opts.test_only else
@@ -522,16 +521,9 @@ def _prepare(opts: Options, start: float) -> dict[str, Any]:
 
 def _add_input_flags(parser: CliParser) -> None:
     g = parser.add_argument_group("inputs")
-    g.add_argument("--input", dest="inputs", nargs="+", metavar="PATH",
-                   help="NIfTI files (.nii/.nii.gz) or folders searched recursively; any 3-D volume, "
-                        "4-D volumes are split along the last axis into {name}_t{k}")
-    g.add_argument("--fastmri", nargs="+", metavar="PATH",
-                   help="fastMRI .h5 files as downloaded, or folders searched recursively: the reference image "
-                        "(reconstruction_esc single-coil, reconstruction_rss multi-coil) is the fully sampled "
-                        "image, undersampled again here (not raw k-space reconstruction)")
-    g.add_argument("--demo", action="store_true",
-                   help="use nilearn's MNI152 T1 template (shipped with nilearn, no network) instead of --input")
-    g.add_argument("--demo-resolution", type=int, choices=(1, 2), default=1, help="template resolution in mm")
+    for kind in SOURCE_KINDS:
+        for names, keywords in kind.arguments:
+            g.add_argument(*names, **keywords)
     g.add_argument("--preset", choices=sorted(PRESETS),
                    help="defaults of known data sets: acdc = ED/ES frames only (no _4d, no _gt), --size 150; "
                         "mrbrains = T1.nii only, --size 240; fastmri-knee-sc / fastmri-brain-mc (with "

@@ -1,5 +1,8 @@
 """Finding and opening the inputs of data/prepare.py: NIfTI files, fastMRI files and the demo template, each a
-:class:`Source` whose image data is read only when its volume is processed (:func:`read_volumes`)."""
+:class:`Source` whose image data is read only when its volume is processed (:func:`read_volumes`).
+
+The input formats are the entries of :data:`SOURCE_KINDS`, which data/prepare.py dispatches on: a new format
+is its reader and one :class:`SourceKind` there, plus the ``Options`` field (data/prepare.py) its flag fills."""
 from __future__ import annotations
 
 import fnmatch
@@ -8,7 +11,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -39,20 +42,32 @@ class Source:
     attrs: dict[str, Any] = field(default_factory=dict)  # extra attributes of its output files
 
 
+# What opening a kind's inputs gives: the sources, the files skipped by name, and files left out per
+# acquisition (fastMRI's --acquisition; empty for the others).
+Opened = tuple[list[Source], list[Path], dict[str, int]]
+
+
 @dataclass(frozen=True)
-class InputKind:
-    """What a flag reads: its name for messages, the file name endings it takes, and what to call the files."""
+class SourceKind:
+    """One input format of data/prepare.py.
+
+    ``flag`` selects it and ``dest`` is that flag's option name (data/prepare.py's ``Options`` field, true or a
+    list of paths when given); ``usage`` says how to pass it in the "no data" message; ``suffixes`` are the
+    file name endings searched for (empty: it reads no files) and ``what`` names those files. ``arguments``
+    are its command-line flags as ``(names, argparse keywords)``, ``open`` turns a run's options into
+    :data:`Opened`.
+    """
 
     flag: str
+    dest: str
+    usage: str
     suffixes: tuple[str, ...]
     what: str
+    arguments: tuple[tuple[tuple[str, ...], dict[str, Any]], ...]
+    open: Callable[[Any], Opened]
 
     def takes(self, name: str) -> bool:
         return name.lower().endswith(self.suffixes) and not name.startswith(".")
-
-
-NIFTI = InputKind("--input", (".nii", ".nii.gz"), "NIfTI")
-FASTMRI = InputKind("--fastmri", (".h5",), "fastMRI")
 
 
 @dataclass
@@ -99,7 +114,7 @@ def _walk(folder: Path) -> Iterator[Path]:
         yield from (Path(dirpath) / name for name in sorted(filenames))
 
 
-def _named_root(inputs: list[str | Path], kind: InputKind) -> Path | None:
+def _named_root(inputs: list[str | Path], kind: SourceKind) -> Path | None:
     """The deepest folder common to the files named one by one in ``inputs`` (None if only folders); every
     input must exist."""
     named = []
@@ -115,9 +130,8 @@ def _named_root(inputs: list[str | Path], kind: InputKind) -> Path | None:
     return Path(os.path.commonpath(named)) if named else None
 
 
-def find_files(inputs: list[str | Path], include: tuple[str, ...] | list[str] | None = None,
-               exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE,
-               kind: InputKind = NIFTI) -> tuple[list[InputFile], list[Path]]:
+def find_files(inputs: list[str | Path], include: tuple[str, ...] | list[str] | None,
+               exclude: tuple[str, ...] | list[str], kind: SourceKind) -> tuple[list[InputFile], list[Path]]:
     """The files of ``kind`` named by ``inputs`` (files, or folders searched recursively) that pass the filters.
 
     A file is used when its name matches a glob of ``include`` (None: any) and none of ``exclude``; this holds
@@ -226,7 +240,7 @@ def nifti_sources(inputs: list[str | Path], include: tuple[str, ...] | list[str]
     except re.error as exc:
         raise UserError(f"--subject-regex {subject_regex!r} is not a valid regular expression ({exc}); "
                         r"e.g. --subject-regex 'patient\d+'") from exc
-    files, skipped = find_files(inputs, include, exclude)
+    files, skipped = find_files(inputs, include, exclude, NIFTI)
     found = [subject_of(file, pattern) for file in files]
     subjects = [subject for subject, _ in found]
     sources = []
@@ -284,6 +298,30 @@ def demo_source(resolution: int = 1) -> Source:
     image = load_mni152_template(resolution=resolution)
     label = f"the MNI152 template ({resolution} mm)"
     return Source(f"MNI152_T1_{resolution}mm", label, "demo", image, _volume_shape(image, label))
+
+
+NIFTI = SourceKind(
+    "--input", "inputs", "--input FILES_OR_FOLDERS (NIfTI)", (".nii", ".nii.gz"), "NIfTI",
+    ((("--input",), {"dest": "inputs", "nargs": "+", "metavar": "PATH",
+                     "help": "NIfTI files (.nii/.nii.gz) or folders searched recursively; any 3-D volume, "
+                             "4-D volumes are split along the last axis into {name}_t{k}"}),),
+    lambda options: (*nifti_sources(options.inputs, options.include, options.exclude, options.subject_regex), {}))
+FASTMRI = SourceKind(
+    "--fastmri", "fastmri", "--fastmri FILES_OR_FOLDERS (fastMRI .h5)", (".h5",), "fastMRI",
+    ((("--fastmri",), {"nargs": "+", "metavar": "PATH",
+                       "help": "fastMRI .h5 files as downloaded, or folders searched recursively: the reference "
+                               "image (reconstruction_esc single-coil, reconstruction_rss multi-coil) is the fully "
+                               "sampled image, undersampled again here (not raw k-space reconstruction)"}),),
+    lambda options: fastmri_sources(options.fastmri, options.include, options.exclude, options.acquisitions))
+DEMO = SourceKind(
+    "--demo", "demo", "--demo (MNI152 template)", (), "demo",
+    ((("--demo",), {"action": "store_true",
+                    "help": "use nilearn's MNI152 T1 template (shipped with nilearn, no network) instead of "
+                            "--input"}),
+     (("--demo-resolution",), {"type": int, "choices": (1, 2), "default": 1, "help": "template resolution in mm"})),
+    lambda options: ([demo_source(options.demo_resolution)], [], {}))
+# In this order in --help and in the messages that list them.
+SOURCE_KINDS: tuple[SourceKind, ...] = (NIFTI, FASTMRI, DEMO)
 
 
 def frame_names(source: Source) -> list[str]:
