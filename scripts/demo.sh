@@ -5,12 +5,12 @@
 #   bash scripts/demo.sh [--overwrite]
 #
 # Outputs in results/demo (DEMO_OUT): table.md, figure.png, eval/ (per-slice metrics), runs/ (checkpoints and
-# TensorBoard logs), data/. The defaults (32 x 32, 40 epochs, lr / 10 after epoch 20: the cheapest setting found
-# where the teacher beats the student, README) took 338 s on a 2-core AMD EPYC; --device auto uses a GPU when
-# there is one.
+# TensorBoard logs), data/. The defaults (32 x 32, 40 epochs, lr / 10 after epoch 20) are one seed of
+# scripts/study.sh's setting: its table is what one seed gives, the study's intervals say what that is worth
+# (README, "Does it work?"). --device auto uses a GPU when there is one.
 # Environment knobs (the test suite shrinks them): DEMO_SIZE, DEMO_EPOCHS, DEMO_SLICES, DEMO_METHOD, DEMO_ACC,
 # DEMO_TRAIN_FLAGS (flags of every training run), DEMO_OUT.
-# One template brain and a few epochs: a demonstration of the pipeline, not the paper's benchmark.
+# One template brain and 40 epochs: a demonstration of the pipeline, not the paper's benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_OUT:-results/demo}
