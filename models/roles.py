@@ -16,6 +16,8 @@ pre-trained student). Pure Python: scripts/report.py reads roles without torch.
 """
 from __future__ import annotations
 
+from itertools import product
+
 TEACHER_KINDS = ("standard", "sft", "sft-imitation0", "other")
 INIT_KINDS = ("scratch", "sft-blocks", "student")
 
@@ -42,9 +44,7 @@ def teacher_kind(roles: dict | None, is_sft_network: bool, imitation_weight: flo
         return model
     if model is not None:
         return "other"
-    if is_sft_network:
-        return "sft-imitation0" if imitation_weight == 0 else "sft"
-    return "standard"
+    return sft_kind(imitation_weight) if is_sft_network else "standard"
 
 
 def sft_kind(imitation_weight: float) -> str:
@@ -65,3 +65,9 @@ def arm_label(teacher: str, init: str) -> str:
 def kd_run_name(roles: dict) -> str:
     """``{arm prefix}-{kd method}``, e.g. ``stdkd-sftinit-at``: a cross arm is never named like the paper's."""
     return f"{arm_prefix(roles['teacher'], roles['init'])}-{roles['kd_method']}"
+
+
+# Run-name prefix -> table label of every KD arm the vocabulary can name: the named arms first (in the
+# report's row order), then every other teacher / init pair.
+ARM_LABELS = {arm_prefix(teacher, init): arm_label(teacher, init)
+              for teacher, init in [*KD_ARMS, *product(TEACHER_KINDS, INIT_KINDS)]}

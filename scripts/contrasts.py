@@ -86,13 +86,35 @@ def wilcoxon_floor(n: int) -> float | None:
     return 2.0 / 2 ** n if 0 < n <= EXACT_WILCOXON_MAX_N else None
 
 
-def _per_seed(seeds: dict, metric: str) -> dict:
+def seed_means(seeds: dict, metric: str) -> dict:
+    """Each seed's mean over its slices of ``metric``; ``seeds``: seed -> a scripts/report.py ``Run``."""
     return {seed: run.mean(metric) for seed, run in seeds.items()}
 
 
-def _per_slice(seeds: dict, metric: str) -> dict:
-    keys = set.intersection(*(set(run.values[metric]) for run in seeds.values()))
-    return {k: float(np.mean([run.values[metric][k] for run in seeds.values()])) for k in keys}
+def seed_differences(a: dict, b: dict, metric: str) -> tuple[list, np.ndarray]:
+    """The seeds both rows have (None first, then ascending) and the per-seed difference of means ``b - a``,
+    (n,) float64."""
+    ma, mb = seed_means(a, metric), seed_means(b, metric)
+    common = sorted((s for s in ma if s in mb), key=lambda s: -1 if s is None else s)
+    return common, np.array([mb[s] - ma[s] for s in common])
+
+
+def slice_pairs(a: dict, b: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice ``metric`` of two rows, each slice averaged over the row's seeds, on the (volume, slice) keys
+    both have, in sorted key order: ``(x from a, y from b)``, two (N,) float64 arrays."""
+    def per_slice(seeds: dict) -> dict:
+        keys = set.intersection(*(set(run.values[metric]) for run in seeds.values()))
+        return {k: float(np.mean([run.values[metric][k] for run in seeds.values()])) for k in keys}
+    sa, sb = per_slice(a), per_slice(b)
+    common = sorted(set(sa) & set(sb))
+    return np.array([sa[k] for k in common]), np.array([sb[k] for k in common])
+
+
+def wilcoxon_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired samples x, y: (N,) float; NaN when undefined."""
+    if len(x) == 0 or np.all(x == y):
+        return math.nan
+    return float(stats.wilcoxon(y, x).pvalue)
 
 
 def contrast(table: dict, label: str, key_b: tuple, key_a: tuple, column: str, metric: str,
@@ -101,15 +123,11 @@ def contrast(table: dict, label: str, key_b: tuple, key_a: tuple, column: str, m
     b, a = table.get(key_b, {}).get(column), table.get(key_a, {}).get(column)
     if not a or not b:
         return None
-    mb, ma = _per_seed(b, metric), _per_seed(a, metric)
-    seeds = sorted((s for s in mb if s in ma), key=lambda s: -1 if s is None else s)
-    result = Contrast(label, key_b[1], column, metric, np.array([mb[s] - ma[s] for s in seeds]), seeds, primary)
-    sb, sa = _per_slice(b, metric), _per_slice(a, metric)
-    common = sorted(set(sb) & set(sa))
-    x, y = np.array([sa[k] for k in common]), np.array([sb[k] for k in common])
-    result.n_slices = len(common)
-    if len(common) and not np.all(x == y):
-        result.slice_p = float(stats.wilcoxon(y, x).pvalue)
+    seeds, diffs = seed_differences(a, b, metric)
+    result = Contrast(label, key_b[1], column, metric, diffs, seeds, primary)
+    x, y = slice_pairs(a, b, metric)
+    result.n_slices = len(x)
+    result.slice_p = wilcoxon_p(x, y)
     return result
 
 

@@ -48,20 +48,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import ttest_rel, wilcoxon
+from scipy.stats import ttest_rel
 
 # Run as `python scripts/report.py`: the repository root must be importable for utils / data.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.masks import parse_acc  # noqa: E402
-from models.roles import BASE_MODELS, KD_ARMS, arm_label, arm_prefix  # noqa: E402
+from models.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
 from utils import CliParser, UserError, atomic_write, csv_text, refuse_to_overwrite, run_cli, write_text  # noqa: E402
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
 # vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
 BASE_ROLES = {"zf": "ZF", **{key: label for key, label in BASE_MODELS.values()}}
-KD_ROLES = {prefix: label for prefix, label in KD_ARMS.values()}
+KD_ROLES = ARM_LABELS
 _NAME = re.compile(r"^(?:(?P<base>zf|teacher|student|sft0|sft)|(?P<kd>stdkd|sftkd|sft0kd)-(?P<method>.+?))"
                    r"(?:-seed(?P<seed>\d+))?$")
 SEED_MARK = "†"
@@ -102,8 +102,7 @@ def role_key(roles: dict) -> tuple[str, str | None, int | None] | None:
         return BASE_MODELS[model][0], None, seed
     if model == "kd" and {"teacher", "init", "kd_method"} <= set(roles):
         prefix = arm_prefix(roles["teacher"], roles["init"])
-        KD_ROLES.setdefault(prefix, arm_label(roles["teacher"], roles["init"]))
-        return prefix, roles["kd_method"], seed
+        return (prefix, roles["kd_method"], seed) if prefix in ARM_LABELS else None
     return None
 
 
@@ -204,23 +203,6 @@ def central(seeds: dict[int | None, Run], metric: str) -> tuple[float, float, in
     return float(np.mean(values)), float(np.std(values, ddof=1)), len(seeds)
 
 
-def paired_psnr(std_kd: dict[int | None, Run], sft_kd: dict[int | None, Run]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-slice PSNR of two models (each averaged over its seeds), on the slices both have: two (N,) arrays."""
-    def per_slice(seeds):
-        keys = set.intersection(*(set(run.values["PSNR"]) for run in seeds.values()))
-        return {k: np.mean([run.values["PSNR"][k] for run in seeds.values()]) for k in keys}
-    a, b = per_slice(std_kd), per_slice(sft_kd)
-    keys = sorted(set(a) & set(b))
-    return np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
-
-
-def wilcoxon_p(x: np.ndarray, y: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p-value of paired samples x, y: (N,) float; NaN when undefined."""
-    if len(x) == 0 or np.all(x == y):
-        return float("nan")
-    return float(wilcoxon(y, x).pvalue)
-
-
 def format_cell(mean: float, std: float, metric: str) -> str:
     """``39.76 ± 0.85`` for PSNR, ``0.9769 ± 0.0040`` for SSIM."""
     digits = 2 if metric == "PSNR" else 4
@@ -253,7 +235,7 @@ def build_report(table: dict) -> tuple[str, list[dict]]:
                 csv_row.update({f"{metric}_{acc}_mean": mean, f"{metric}_{acc}_std": std})
             csv_row[f"seeds_{acc}"] = len(seeds) if seeds else ""
             if key[0] == "sftkd" and seeds and table.get(("stdkd", key[1]), {}).get(acc):
-                csv_row[f"wilcoxon_p_{acc}"] = wilcoxon_p(*paired_psnr(table[("stdkd", key[1])][acc], seeds))
+                csv_row[f"wilcoxon_p_{acc}"] = contrasts.wilcoxon_p(*contrasts.slice_pairs(table[("stdkd", key[1])][acc], seeds, "PSNR"))
         md.append("| " + " | ".join(cells) + " |")
         csv_rows.append(csv_row)
     md.append("")
@@ -282,10 +264,10 @@ def wilcoxon_table(table: dict, accs: list[str]) -> list[str]:
             sft_kd = table.get(("sftkd", method), {}).get(acc)
             if not std_kd or not sft_kd:
                 continue
-            x, y = paired_psnr(std_kd, sft_kd)
+            x, y = contrasts.slice_pairs(std_kd, sft_kd, "PSNR")
             diff = float(np.mean(y - x)) if len(x) else float("nan")
             lines.append(f"| {method} | {acc} | {np.mean(x):.2f} | {np.mean(y):.2f} | {diff:+.2f} | "
-                         f"{format_p(wilcoxon_p(x, y))} | {len(x)} |")
+                         f"{format_p(contrasts.wilcoxon_p(x, y))} | {len(x)} |")
             count += 1
     return lines if count else []
 
@@ -312,22 +294,16 @@ def gap_lines(table: dict, accs: list[str]) -> list[str]:
     return lines
 
 
-def seed_means(seeds: dict[int | None, Run], metric: str) -> dict[int | None, float]:
-    """Each seed's mean over slices of ``metric``."""
-    return {seed: run.mean(metric) for seed, run in seeds.items()}
-
-
 def paired_over_seeds(a: dict[int | None, Run], b: dict[int | None, Run]) -> tuple[np.ndarray, float]:
     """Per-seed PSNR difference ``b - a`` on the seeds both have ((n,) float) and its paired t-test p.
 
     A t-test rather than a rank test: with 3 seeds the smallest two-sided Wilcoxon p is 0.25, so a rank
     test could never speak. p is NaN with fewer than 2 common seeds or identical differences.
     """
-    ma, mb = seed_means(a, "PSNR"), seed_means(b, "PSNR")
-    common = sorted((s for s in ma if s in mb), key=lambda s: -1 if s is None else s)
-    diffs = np.array([mb[s] - ma[s] for s in common])
+    common, diffs = contrasts.seed_differences(a, b, "PSNR")
     if len(diffs) < 2 or np.all(diffs == diffs[0]):
         return diffs, float("nan")
+    ma, mb = contrasts.seed_means(a, "PSNR"), contrasts.seed_means(b, "PSNR")
     return diffs, float(ttest_rel([mb[s] for s in common], [ma[s] for s in common]).pvalue)
 
 
@@ -358,10 +334,10 @@ def comparison_table(table: dict, accs: list[str]) -> list[str]:
             a, b = table[key_a].get(acc), table[key_b].get(acc)
             if not a or not b:
                 continue
-            x, y = paired_psnr(a, b)
+            x, y = contrasts.slice_pairs(a, b, "PSNR")
             diffs, p_seeds = paired_over_seeds(a, b)
             per_seed = " ".join(f"{d:+.2f}" for d in diffs) if len(diffs) > 1 else "–"
-            lines.append(f"| {label} | {acc} | {float(np.mean(y - x)):+.2f} | {format_p(wilcoxon_p(x, y))} | "
+            lines.append(f"| {label} | {acc} | {float(np.mean(y - x)):+.2f} | {format_p(contrasts.wilcoxon_p(x, y))} | "
                          f"{per_seed} | {format_p(p_seeds)} |")
             count += 1
     return lines if count else []
@@ -449,7 +425,7 @@ def plot(table: dict, path: Path) -> None:
                 ax.errorbar(mean, y, xerr=std, fmt="o", color="C1" if key[0] in ("sftkd", "sft0kd") else "C0",
                             capsize=3)
                 if n_seeds > 1:
-                    ax.plot(list(seed_means(seeds, metric).values()), [y] * n_seeds, ".", color="0.5")
+                    ax.plot(list(contrasts.seed_means(seeds, metric).values()), [y] * n_seeds, ".", color="0.5")
             ax.set_yticks(range(len(rows)), [label for _, label in rows] if c == 0 else [])
             ax.invert_yaxis()
             ax.grid(axis="x", alpha=0.3)
