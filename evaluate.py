@@ -65,12 +65,12 @@ from data.dataset import ReconInputs, SliceDataset, build_dataset
 from data.layout import acc_folder
 from data.masks import acc_type
 from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
-from models.checkpoint import load_reconstructor
+from models.checkpoint import load_model, load_reconstructor, reconstructor
 from models.speed import MEMORY_FORMATS, auto_layout
 from models.distributed import resolve_device
 from models.metrics import FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS
 from utils import (CliParser, UserError, atomic_write, check_free_space, clean_text, csv_text, folder_lock,
-                   load_checkpoint, run_cli, write_json, write_text)
+                   run_cli, write_json, write_text)
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
@@ -108,15 +108,16 @@ STAGE_PREFIX = ".evaluate-"
 
 # --------------------------------------------------------------------------- names and devices
 
-def default_names(paths: list[Path]) -> list[str]:
-    """Each checkpoint's ``run_name``, else its folder name, else its file stem.
+def default_names(paths: list[Path], checkpoints: list[dict]) -> list[str]:
+    """Each checkpoint's ``run_name`` (``checkpoints``: the loaded dicts of ``paths``), else its folder name,
+    else its file stem.
 
     Repeats and reserved words (``ZF``, the summary.json entries) get ``-2``, ``-3``, ... appended.
     """
     names = []
-    for path in paths:
+    for path, ckpt in zip(paths, checkpoints):
         # A run name is text from a file: it becomes a folder name and is printed.
-        run_name = clean_text(load_checkpoint(path, "--checkpoints").get("run_name") or "").strip()
+        run_name = clean_text(ckpt.get("run_name") or "").strip()
         names.append(run_name or path.resolve().parent.name or path.stem)
     taken: set[str] = {ZF_NAME, *META_KEYS}
     unique = []
@@ -140,10 +141,10 @@ def default_split(data_root: Path, acc: str) -> str:
     return "validation"
 
 
-def recorded_roles(path: Path) -> dict:
+def recorded_roles(ckpt: dict) -> dict:
     """The roles a checkpoint's run recorded (models/roles.py) plus its ``seed``; empty for checkpoints of
     older versions and imported ones, which scripts/report.py then names by their model name."""
-    config = load_checkpoint(path, "--checkpoints").get("config")
+    config = ckpt.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("roles"), dict):
         return {}
     seed = config.get("seed")
@@ -354,11 +355,12 @@ def _main(args: argparse.Namespace) -> None:
     args.split = args.split or default_split(args.data_root, args.acc)
     dataset = build_dataset(args.data_root, args.split, [args.acc],
                             {args.acc: str(args.mask)} if args.mask else None)
+    loaded = [load_model(path, "--checkpoints") for path in args.checkpoints]  # read once: net, name, roles
     if names is None:
-        names = default_names(args.checkpoints)
+        names = default_names(args.checkpoints, [ckpt for _, ckpt in loaded])
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
-    models = {name: load_reconstructor(path, "--checkpoints") for name, path in zip(names, args.checkpoints)}
-    args.roles = {name: recorded_roles(path) for name, path in zip(names, args.checkpoints)}
+    models = {name: reconstructor(model) for name, (model, _) in zip(names, loaded)}
+    args.roles = {name: recorded_roles(ckpt) for name, (_, ckpt) in zip(names, loaded)}
     # Results go to a staging folder that replaces the previous run's files (and only those) once complete, so a
     # failed or killed run leaves the old results as they were (data/owned.py).
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=args.out_dir))

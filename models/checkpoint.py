@@ -133,10 +133,14 @@ def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, d
     return model, ckpt
 
 
-def load_reconstructor(path: str | Path, what: str = "checkpoint") -> nn.Module:
-    """The network that reconstructs images from a checkpoint: a network as is, the teacher of an SFT."""
-    model, _ = load_model(path, what)
+def reconstructor(model: nn.Module) -> nn.Module:
+    """The network that reconstructs images: a network as is, the teacher of an SFT."""
     return model.teacher if isinstance(model, SFTNet) else model
+
+
+def load_reconstructor(path: str | Path, what: str = "checkpoint") -> nn.Module:
+    """:func:`reconstructor` of a checkpoint's network."""
+    return reconstructor(load_model(path, what)[0])
 
 
 def load_sft(path: str | Path, what: str = "--init-from-sft") -> SFTNet:

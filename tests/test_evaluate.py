@@ -18,7 +18,7 @@ from models.checkpoint import model_payload
 from models.dccnn import DCCNN, STUDENT, TEACHER
 from models.metrics import psnr
 from models.sft import SFTNet
-from utils import UserError, save_checkpoint, seed_everything
+from utils import UserError, load_checkpoint, save_checkpoint, seed_everything
 
 HEADER = "model,volume,slice,PSNR,SSIM,NMSE,HFEN-LoG,VIF"
 
@@ -157,7 +157,8 @@ def test_default_names_are_unique(evaluated, tmp_path):
     path = evaluated["paths"]["teacher"]
     reserved = tmp_path / "checkpoints" / "model.pt"  # no run_name, and its folder is a summary.json key
     save_checkpoint(model_payload(DCCNN(STUDENT)), reserved)
-    assert default_names([path, path, evaluated["paths"]["student"], reserved]) == \
+    paths = [path, path, evaluated["paths"]["student"], reserved]
+    assert default_names(paths, [load_checkpoint(p) for p in paths]) == \
         ["teacher", "teacher-2", "student_run", "checkpoints-2"]
 
 
