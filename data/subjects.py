@@ -86,6 +86,12 @@ def _read_split_file(path: Path) -> dict[str, str]:
     return table
 
 
+def _assign(subjects: list[str], validation: set[str], test: set[str]) -> dict[str, str]:
+    """subject -> its split, in the order of ``subjects``; every subject in neither set trains."""
+    return {subject: "test" if subject in test else "validation" if subject in validation else "train"
+            for subject in subjects}
+
+
 def assign_subjects(subjects: list[str], val_fraction: float, seed: int, val_subjects: list[str] | None = None,
                     split_file: str | Path | None = None, test_fraction: float = 0.0,
                     test_subjects: list[str] | None = None) -> dict[str, str] | None:
@@ -93,8 +99,8 @@ def assign_subjects(subjects: list[str], val_fraction: float, seed: int, val_sub
     slice blocks).
 
     ``val_subjects`` / ``test_subjects`` (either or both) or ``split_file`` fix the split; otherwise
-    :func:`split_groups` draws it. A split the listed subjects leave without members is drawn, except that
-    with lists no test split is drawn unless ``test_subjects`` is given.
+    :func:`split_groups` draws it. Given ``test_subjects`` alone, validation is drawn from the other subjects;
+    given ``val_subjects`` alone, there is no test split.
     """
     found = list(dict.fromkeys(subjects))
     shown = ", ".join(found[:12]) + (", ..." if len(found) > 12 else "")
@@ -106,13 +112,14 @@ def assign_subjects(subjects: list[str], val_fraction: float, seed: int, val_sub
         both = sorted(set(val_subjects or []) & set(test_subjects or []))
         if both:
             raise UserError(f"subject {both[0]} is in both --val-subjects and --test-subjects; list it once")
+        test = set(test_subjects or [])
         if val_subjects is None:
-            rest = [subject for subject in found if subject not in test_subjects]
-            validation, _ = split_groups(rest, val_fraction, seed) if len(rest) > 1 else (set(), set())
+            rest = [subject for subject in found if subject not in test]
+            # One subject left: none for validation, which the check below reports.
+            validation = split_groups(rest, val_fraction, seed)[0] if len(rest) > 1 else set()
         else:
             validation = set(val_subjects)
-        assigned = {subject: "test" if subject in (test_subjects or []) else
-                    "validation" if subject in validation else "train" for subject in found}
+        assigned = _assign(found, validation, test)
     elif split_file is not None:
         table = _read_split_file(Path(split_file))
         missing = [subject for subject in found if subject not in table]
@@ -127,9 +134,7 @@ def assign_subjects(subjects: list[str], val_fraction: float, seed: int, val_sub
     elif len(found) < 2:
         return None
     else:
-        validation, test = split_groups(found, val_fraction, seed, test_fraction)
-        return {subject: "test" if subject in test else "validation" if subject in validation else "train"
-                for subject in found}
+        return _assign(found, *split_groups(found, val_fraction, seed, test_fraction))
     for split in ("train", "validation"):
         if split not in assigned.values():
             raise UserError(f"the explicit split puts no subject in {split} (subjects found: {shown}); "
