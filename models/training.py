@@ -405,8 +405,14 @@ class Trainer:
         val_sampler = EpochSampler(len(self.val_set), args.seed, dist.rank, dist.world, shuffle=False)
         opts = dict(batch_size=args.batch_size, num_workers=args.num_workers,
                     pin_memory=dist.device.type == "cuda", persistent_workers=args.num_workers > 0)
-        self.train_loader = DataLoader(self.train_set, sampler=self.train_sampler, **opts)
-        self.val_loader = DataLoader(self.val_set, sampler=val_sampler, **opts)
+        # Each epoch's iterator draws a base seed (for worker processes): from a generator of the loader's own,
+        # not the global RNG, which model.pt saves. Otherwise a run resumed mid-epoch, which builds that epoch's
+        # iterator a second time, would end one draw ahead of an uninterrupted run. The data pipeline itself
+        # draws no random numbers, so the base seed changes nothing it computes.
+        self.train_loader = DataLoader(self.train_set, sampler=self.train_sampler, **opts,
+                                       generator=torch.Generator().manual_seed(args.seed + dist.rank))
+        self.val_loader = DataLoader(self.val_set, sampler=val_sampler, **opts,
+                                     generator=torch.Generator().manual_seed(args.seed + dist.rank))
 
     def wrap(self) -> None:
         """The module the loop calls: the step itself, or under torchrun the step inside DDP."""
