@@ -29,8 +29,9 @@ from data.split_check import check_split
 from models.checkpoints.format import arch_of, describe_arch, model_payload
 from models.checkpoints.io import save_checkpoint
 from models.distributed import Dist, EpochSampler
-from models.experiment import (MAY_CHANGE_ON_RESUME, REPLACED, check_resume_data, drop_replaced_run, flag_names,
-                               git_commit, jsonable, prepare_exp_dir, restore_old_run, set_aside_old_run)
+from models.experiment import (MAY_CHANGE_ON_RESUME, REPLACED, check_resume_content, check_resume_data,
+                               content_record, drop_replaced_run, flag_names, git_commit, jsonable, prepare_exp_dir,
+                               restore_old_run, set_aside_old_run)
 from models.metrics import psnr, ssim
 from models.networks import PRESETS, configure
 from models.speed import MEMORY_FORMATS, resolve_memory_format
@@ -292,9 +293,10 @@ class Trainer:
     :meth:`resume_from`, :meth:`open_logs`, then per epoch :meth:`train_epoch`, :meth:`validate`,
     :meth:`end_epoch` (best checkpoint, logs, ``model.pt``), and :meth:`finish`."""
 
-    def __init__(self, args: argparse.Namespace, build_step, run_name: str, dist: Dist, roles: dict):
+    def __init__(self, args: argparse.Namespace, build_step, run_name: str, dist: Dist, roles: dict,
+                 defaults: dict | None = None):
         self.args, self.build_step, self.run_name, self.dist = args, build_step, run_name, dist
-        self.roles = roles
+        self.roles, self.defaults = roles, defaults
         self.exp: Path = args.exp_dir
         self.epoch, self.start_batch, self.global_step, self.best_loss = 0, 0, 0, math.inf
         self.writer = None
@@ -302,7 +304,7 @@ class Trainer:
         self.fault = fault_point()
 
     def run(self) -> Path:
-        resume = prepare_exp_dir(self.args)
+        resume = prepare_exp_dir(self.args, self.defaults)
         if resume is not None and resume["epoch"] >= self.args.epochs and resume["batch_in_epoch"] == 0:
             if self.dist.main:
                 print(f"{self.exp} already finished {resume['epoch']} of {self.args.epochs} epochs; "
@@ -341,8 +343,10 @@ class Trainer:
         self.val_set = build_dataset(args.data_root, "validation", args.acc, masks, preload)
         # Files may have been moved or merged since data/prepare.py checked them; this reads only attributes.
         check_split(args.data_root, args.acc)
+        self.content = content_record(args)
         if resume is not None:
             check_resume_data(resume, args, len(self.train_set), len(self.val_set))
+            check_resume_content(resume, self.content, args)
         self.step = step = self.build_step(args)
         recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
         shape = tuple(self.train_set[0]["target"].shape[-2:])
@@ -375,6 +379,11 @@ class Trainer:
     def resume_from(self, resume: dict) -> None:
         """Weights, optimiser, schedule, position and (same world size) every rank's RNG from ``model.pt``."""
         step = self.step
+        # The architecture first: the flags that choose it are compared through it (models/experiment.ARCH_FLAGS).
+        if resume.get("arch") != arch_of(step.model):
+            raise UserError(f"--resume: {self.exp / 'model.pt'} holds a {describe_arch(resume.get('arch'), True)}, "
+                            f"but these flags build a {describe_arch(arch_of(step.model), True)}; resume with the "
+                            "original command")
         try:
             step.model.load_state_dict(resume["model"])
             step.load_state_dict({**step.state_dict(), **resume.get("extra", {})})
@@ -383,10 +392,6 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"--resume: {self.exp / 'model.pt'} does not match this script and flags "
                             f"({first_line(exc)}); resume with the original command") from exc
-        if resume.get("arch") != arch_of(step.model):
-            raise UserError(f"--resume: {self.exp / 'model.pt'} holds a {describe_arch(resume.get('arch'), True)}, "
-                            f"but these flags build a {describe_arch(arch_of(step.model), True)}; resume with the "
-                            "original command")
         self.epoch, self.start_batch = resume["epoch"], resume["batch_in_epoch"]
         self.global_step, self.best_loss = resume["global_step"], resume["best_val_loss"]
         world = resume.get("world_size", 1)
@@ -435,7 +440,8 @@ class Trainer:
                        "effective_lr": self.lr, "train_slices": len(self.train_set),
                        "validation_slices": len(self.val_set),
                        "trainable_parameters": sum(p.numel() for p in self.params),
-                       "model_parameters": sum(p.numel() for p in self.step.model.parameters())}
+                       "model_parameters": sum(p.numel() for p in self.step.model.parameters()),
+                       "content": self.content}
         if not dist.main:
             return
         if resume is None:
@@ -592,16 +598,17 @@ class Trainer:
               f"(best_model.pt, model.pt); TensorBoard: tensorboard --logdir {self.exp / 'summary'}")
 
 
-def train(args: argparse.Namespace, build_step, run_name: str, roles: dict) -> Path:
+def train(args: argparse.Namespace, build_step, run_name: str, roles: dict, defaults: dict | None = None) -> Path:
     """Train ``build_step(args)`` (a :class:`TrainStep`) with the common flags in ``args``; ``roles`` (what the
-    network is, see models/roles.py) goes into ``config.json`` and every checkpoint.
+    network is, see models/roles.py) goes into ``config.json`` and every checkpoint. ``defaults``: flags whose
+    None default is resolved from the others, for --resume's comparison (models/experiment.check_resume_flags).
 
     Writes into ``args.exp_dir``: ``config.json``, ``model.pt`` (every epoch, and every
     ``--save-every-iters``), ``best_model.pt`` (best validation L1) and ``summary/`` (TensorBoard).
     Returns the experiment folder.
     """
     dist = Dist(args.device)
-    trainer = Trainer(args, build_step, run_name, dist, roles)
+    trainer = Trainer(args, build_step, run_name, dist, roles, defaults)
     try:
         # Rank 0 writes every file, so it alone holds the folder's lock (ranks of one job must not refuse each other).
         with folder_lock(args.exp_dir, "--exp-dir") if dist.main else contextlib.nullcontext():

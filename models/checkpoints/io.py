@@ -169,8 +169,10 @@ def _cannot_load(what: str, path: Path, exc: Exception, advice: str) -> UserErro
     """The refusal for a file that names no refused global: torch's own reason when its ``weights_only``
     reader refused something else (e.g. setting the state of a type off the list), else what the file looks
     like, and ``advice``."""
+    with open(path, "rb") as f:
+        torch_file = f.read(1) in (b"P", b"\x80")
     reason = str(exc).partition("WeightsUnpickler error:")[2].strip()
-    if reason:
+    if reason and torch_file:
         return UserError(f"{what} {path} cannot be loaded: torch's weights_only reader refuses it "
                          f"({clean_text(reason.splitlines()[0], 160)}); nothing in it was run")
     return UserError(f"{what} {path} cannot be loaded: it is {unreadable_reason(path)}; {advice}")
