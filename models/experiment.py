@@ -10,6 +10,7 @@ from pathlib import Path
 
 from data.fingerprint import file_digest, listing_changes, split_listing
 from data.layout import mask_name
+from data.masks import load_mask, mask_lines
 from models.checkpoints.io import load_checkpoint
 from utils import UserError
 
@@ -147,12 +148,15 @@ def _mask_path(args: argparse.Namespace, acc: str) -> Path:
     return Path(given.get(acc) or Path(args.data_root) / mask_name(acc))
 
 
-def content_record(args: argparse.Namespace) -> dict:
-    """What the run reads, by content (data/fingerprint.py), for config.json and --resume: the SHA-256 of each
-    acceleration's mask file, each split's files (name -> size and a hash of its ends) and the SHA-256 of every
-    checkpoint it loads (--teacher-checkpoint, --init-from-sft, --init-student)."""
+def content_record(args: argparse.Namespace, image_size: tuple[int, int]) -> dict:
+    """What the run reads, by content (data/fingerprint.py), for config.json, --resume and evaluate.py: the
+    SHA-256 of each acceleration's mask file and its sampling pattern (data/masks.mask_lines), the slices'
+    (H, W), each split's files (name -> size and a hash of its ends) and the SHA-256 of every checkpoint it loads
+    (--teacher-checkpoint, --init-from-sft, --init-student)."""
     return {
         "masks": {acc: file_digest(_mask_path(args, acc)) for acc in args.acc},
+        "mask_lines": {acc: mask_lines(load_mask(_mask_path(args, acc))) for acc in args.acc},
+        "image_size": list(image_size),
         "data": {split: {acc: split_listing(args.data_root, split, acc) for acc in args.acc} for split in SPLITS_READ},
         "checkpoints": {flag: file_digest(getattr(args, flag)) for flag in CHECKPOINT_FLAGS
                         if getattr(args, flag, None) is not None},

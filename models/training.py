@@ -343,13 +343,13 @@ class Trainer:
         self.val_set = build_dataset(args.data_root, "validation", args.acc, masks, preload)
         # Files may have been moved or merged since data/prepare.py checked them; this reads only attributes.
         check_split(args.data_root, args.acc)
-        self.content = content_record(args)
+        shape = tuple(self.train_set[0]["target"].shape[-2:])
+        self.content = content_record(args, shape)
         if resume is not None:
             check_resume_data(resume, args, len(self.train_set), len(self.val_set))
             check_resume_content(resume, self.content, args)
         self.step = step = self.build_step(args)
         recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
-        shape = tuple(self.train_set[0]["target"].shape[-2:])
         args.memory_format = resolve_memory_format(args.memory_format, dist.device, shape, bool(args.amp),
                                                    recorded, batch=args.batch_size)
         step.to(device=dist.device, memory_format=MEMORY_FORMATS[args.memory_format])

@@ -19,7 +19,9 @@ folder per seed). Model names give each model's role (case does not matter):
 ``sft0kd-{method}`` student distilled from ``sft0``
 ==================  =========================================
 
-Any of these may end in ``-seed{N}`` (``sftkd-at-seed2``); other names are listed and left out.
+Any of these may end in ``-seed{N}`` (``sftkd-at-seed2``); other names are listed and left out. A model
+scored at another acceleration than it was trained at (``evaluate.py --cross-acc``; ``summary.json``'s
+``trained_acc``) gets a row of its own, e.g. "Student, trained at 5x", after the others.
 
 Writes ``OUT/table.md`` and ``OUT/table.csv``. Rows: ZF, Teacher, Student, SFT teacher, then per KD method
 (alphabetical) "Std-KD (method)" and "SFT-KD-Recon (method)"; missing roles are omitted. Columns per
@@ -65,6 +67,8 @@ KD_ROLES = ARM_LABELS
 _NAME = re.compile(r"^(?:(?P<base>zf|teacher|student|sft0|sft)|(?P<kd>stdkd|sftkd|sft0kd)-(?P<method>.+?))"
                    r"(?:-seed(?P<seed>\d+))?$")
 SEED_MARK = "†"
+# Joins a role and the accelerations a model scored across accelerations was trained at ("student@5x").
+CROSS = "@"
 TABLE_METRICS = ("PSNR", "SSIM")
 
 
@@ -142,9 +146,14 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
             raise UserError(f"{metrics_path} line {reader.line_num}: not a number ({exc}); "
                             "rerun evaluate.py") from exc
     roles = summary.get("roles") if isinstance(summary.get("roles"), dict) else {}
+    trained = summary.get("trained_acc") if isinstance(summary.get("trained_acc"), dict) else {}
     for name, run in runs.items():
         recorded = roles.get(name)
         run.key = role_key(recorded) if recorded else parse_model_name(name)
+        accs = trained.get(name) if isinstance(trained.get(name), list) else []
+        if run.key is not None and accs and acc not in accs:
+            # Scored across accelerations (evaluate.py --cross-acc): a row of its own, never the native one.
+            run.key = (f"{run.key[0]}{CROSS}{'+'.join(map(str, accs))}", *run.key[1:])
     return acc, runs
 
 
@@ -190,6 +199,10 @@ def row_order(table: dict) -> list[tuple[tuple[str, str | None], str]]:
     for method in sorted({method for role, method in table if method is not None}):
         rows += [((role, method), f"{label} ({method})") for role, label in KD_ROLES.items()
                  if (role, method) in table]
+    for role, method in sorted((key for key in table if CROSS in key[0]), key=lambda k: (k[0], k[1] or "")):
+        base, _, trained = role.partition(CROSS)
+        label = BASE_ROLES[base] if method is None else f"{KD_ROLES[base]} ({method})"
+        rows.append(((role, method), f"{label}, trained at {trained.replace('+', ' ')}"))
     return rows
 
 
