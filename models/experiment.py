@@ -219,11 +219,13 @@ def _remove(exp: Path, names) -> None:
 
 
 def restore_old_run(exp: Path) -> None:
-    """Undo :func:`set_aside_old_run` after a failure: drop the new run's files, move the earlier ones back."""
+    """Undo a fresh run that failed before its first model.pt: drop its files and move the earlier ones that
+    :func:`set_aside_old_run` parked (if any) back."""
     _remove(exp, OWN_FILES)
-    for item in (exp / REPLACED).iterdir():
-        os.replace(item, exp / item.name)
-    (exp / REPLACED).rmdir()
+    if (exp / REPLACED).is_dir():
+        for item in (exp / REPLACED).iterdir():
+            os.replace(item, exp / item.name)
+        (exp / REPLACED).rmdir()
 
 
 def git_commit() -> str:

@@ -300,7 +300,8 @@ class Trainer:
         self.exp: Path = args.exp_dir
         self.epoch, self.start_batch, self.global_step, self.best_loss = 0, 0, 0, math.inf
         self.writer = None
-        self.parked_old_run = False  # a replaced run set aside in exp/.replaced, given back on failure
+        # A fresh run before its first model.pt: on failure its files go and a run it replaced comes back.
+        self.before_first_model = False
         self.fault = fault_point()
 
     def run(self) -> Path:
@@ -445,7 +446,8 @@ class Trainer:
         if not dist.main:
             return
         if resume is None:
-            self.parked_old_run = set_aside_old_run(self.exp)
+            self.before_first_model = True
+            set_aside_old_run(self.exp)
             write_json(self.exp / "config.json", self.config)
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(self.exp / "summary"), purge_step=self.global_step if resume else None)
@@ -556,7 +558,7 @@ class Trainer:
         if self.dist.main:
             save_checkpoint(state, self.exp / "model.pt")
             drop_replaced_run(self.exp)
-            self.parked_old_run = False
+            self.before_first_model = False
 
     def end_epoch(self, metrics: dict, images: dict | None, train_loss: float, seconds: float,
                   epochs_bar) -> None:
@@ -615,8 +617,9 @@ def train(args: argparse.Namespace, build_step, run_name: str, roles: dict, defa
             try:
                 return trainer.run()
             except BaseException:
-                # A run that never saved a model.pt gives the run it replaced back.
-                if trainer.parked_old_run and (args.exp_dir / REPLACED).is_dir():
+                # A fresh run that never saved a model.pt leaves nothing of its own (a best_model.pt without
+                # model.pt would pass for a result) and gives the run it replaced back.
+                if trainer.before_first_model:
                     restore_old_run(args.exp_dir)
                 raise
     finally:

@@ -56,6 +56,7 @@ from scipy.stats import ttest_rel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.masks import parse_acc  # noqa: E402
+from data.owned import staged  # noqa: E402
 from models.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
 from utils import CliParser, UserError, atomic_write, csv_text, refuse_to_overwrite, run_cli, write_text  # noqa: E402
@@ -70,6 +71,8 @@ SEED_MARK = "†"
 # Joins a role and the accelerations a model scored across accelerations was trained at ("student@5x").
 CROSS = "@"
 TABLE_METRICS = ("PSNR", "SSIM")
+# Staging folders and the list of the files a report wrote in --out-dir (data/owned.py).
+STAGE_PREFIX, MANIFEST = ".report-", "report_manifest.json"
 
 
 def parse_model_name(name: str) -> tuple[str, str | None, int | None] | None:
@@ -417,9 +420,10 @@ def volume_table(folders: list[Path], key: str) -> list[str]:
     return lines if count else []
 
 
-def plot(table: dict, path: Path) -> None:
+def plot(table: dict, path: Path, write) -> None:
     """PNG: PSNR and SSIM per model and acceleration, mean with error bars (std over seeds, else over
-    slices) and each seed's mean as a dot. ZF is left out: its level would flatten every other difference."""
+    slices) and each seed's mean as a dot, handed to ``write(path, png_bytes)``. ZF is left out: its level would
+    flatten every other difference."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -448,7 +452,7 @@ def plot(table: dict, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    write(path, buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -486,17 +490,29 @@ def main(argv: list[str] | None = None) -> None:
                             "stdkd-sftinit-M, stdkd-studentinit-M); run scripts/study.sh")
         markdown += "".join(f"{line}\n" for line in contrasts.markdown(found))
     markdown += "".join(f"{line}\n" for key in VOLUME_TABLES for line in volume_table(args.eval_dirs, key))
-    write_text(md_path, markdown)
-    write_text(csv_path, csv_text(csv_rows))
-    if args.plot is not None and found:
-        contrasts.plot(found, args.plot, lambda path, data: atomic_write(path, lambda f: f.write(data)))
-        print(f"wrote {args.plot}")
-    elif args.plot is not None:
-        plot(table, args.plot)
-        print(f"wrote {args.plot}")
+    pngs: dict[Path, bytes] = {}
+    if args.plot is not None:
+        draw = contrasts.plot if found else plot
+        draw(found or table, args.plot, lambda path, data: pngs.__setitem__(path, data))
+    write_outputs(args, {"table.md": markdown, "table.csv": csv_text(csv_rows)}, pngs)
     print(markdown)
-    print(f"wrote {md_path} and {csv_path}")
+    print(f"wrote {md_path} and {csv_path}" + (f" and {args.plot}" if args.plot is not None else ""))
 
+
+def write_outputs(args, tables: dict[str, str], pngs: dict[Path, bytes]) -> None:
+    """The tables (and a --plot inside --out-dir) written whole or not at all: staged, then swapped in for the
+    previous report's files (data/owned.py, manifest ``report_manifest.json``), so a failure (a full disk) leaves
+    --out-dir as it was and a plain rerun works. A --plot elsewhere is written atomically after the swap."""
+    out = args.out_dir.resolve()
+    outside = {path: data for path, data in pngs.items() if out not in path.resolve().parents}
+    with staged(args.out_dir, "--out-dir", STAGE_PREFIX, MANIFEST, args.overwrite) as stage:
+        for name, text in tables.items():
+            write_text(stage / name, text)
+        for path, data in pngs.items():
+            if path not in outside:
+                atomic_write(stage / path.resolve().relative_to(out), lambda f, data=data: f.write(data))
+    for path, data in outside.items():
+        atomic_write(path, lambda f, data=data: f.write(data))
 
 if __name__ == "__main__":
     run_cli(main)

@@ -100,7 +100,8 @@ evaluate_seed() {  # evaluate_seed SEED: every model of the seed on each test se
             --split test --test-set "$set" --acc "$ACC" --out-dir "$DOCS/$set/seed$seed" --overwrite \
             --device auto > "$RESULTS/seed$seed/eval_$set.log" 2>&1
     done
-    cp "$runs/times.tsv" "$DOCS/times_seed$seed.tsv"
+    # Whole or not at all: a copy cut short by a full disk must not stand in for the seed's timings.
+    cp "$runs/times.tsv" "$DOCS/.times_seed$seed.tsv.tmp" && mv -f "$DOCS/.times_seed$seed.tsv.tmp" "$DOCS/times_seed$seed.tsv"
 }
 
 train_seed() {  # all runs of one seed (output in RESULTS/seedN/train.log), then its evaluation
