@@ -45,10 +45,23 @@ class CliParser(argparse.ArgumentParser):
         self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                           help=f"show the full traceback instead of a one-line error (or set {DEBUG_ENV}=1)")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, then a refusal of any argument holding a control character (a newline, an escape code):
+        paths and names are printed and become file names, and must not forge a line or drive the terminal."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            values = getattr(parsed, action.dest, None) if action.option_strings or action.dest else None
+            for value in values if isinstance(values, list) else [values]:
+                if isinstance(value, (str, Path)) and clean_text(value, None) != str(value):
+                    flag = "/".join(action.option_strings[:1]) or action.dest
+                    self.error(f"argument {flag}: {clean_text(value, 120)!s} holds a control character (shown "
+                               "escaped: a newline, tab or escape code); give it without")
+        return parsed, extras
+
     def error(self, message: str):
         for action, visible in self._renamed():
             message = message.replace("/".join(action.option_strings), "/".join(visible))
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {clean_text(message, None)} (see {self.prog} --help)\n")
 
     def format_help(self) -> str:
         renamed = list(self._renamed())
@@ -75,11 +88,14 @@ def old_spellings(action: argparse.Action, *names: str) -> argparse.Action:
     return action
 
 
-def clean_text(text: str, limit: int = 200) -> str:
-    """``text`` read from a file (a run name, an attribute) with control and other unprintable characters
-    replaced by ``?`` and cut to ``limit`` characters, so it cannot move the terminal's cursor or end up as an
-    odd file name."""
-    return "".join("?" if unicodedata.category(c)[0] == "C" else c for c in str(text))[:limit]
+def clean_text(text: str, limit: int | None = 200) -> str:
+    """``text`` safe to print: every control or other unprintable character (Unicode category C) shown as its
+    Python escape, so a newline becomes ``\\n`` and an escape code ``\\x1b[2J``: nothing from a user or a file
+    can start a line of its own (a fake ``error:``) or move the terminal's cursor. Cut to ``limit``
+    characters (None: whole). The one sanitiser: run_cli passes every error line through it, and text read from
+    files (run names, attributes, lock contents) goes through it before it is printed or stored."""
+    escaped = "".join(repr(c)[1:-1] if unicodedata.category(c)[0] == "C" else c for c in str(text))
+    return escaped if limit is None else escaped[:limit]
 
 
 def first_line(exc: BaseException, limit: int = 120) -> str:
@@ -122,14 +138,14 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     except UserError as exc:
         if debug:
             raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {clean_text(_one_line(exc), limit=None)}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:
         # A path the user gave (an --out under a file, a folder that cannot be made), a full disk or missing
         # permissions are the user's to fix, not bugs: say which file. Other errors naming no file stay tracebacks.
         if debug or (exc.filename is None and exc.errno not in _ENVIRONMENT_ERRNOS):
             raise
-        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        print(f"error: {clean_text(os_error_message(exc), limit=None)}", file=sys.stderr)
         sys.exit(2)
 
 

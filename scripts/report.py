@@ -59,7 +59,8 @@ from data.masks import parse_acc  # noqa: E402
 from data.owned import staged  # noqa: E402
 from models.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
-from utils import CliParser, UserError, atomic_write, csv_text, refuse_to_overwrite, run_cli, write_text  # noqa: E402
+from utils import (CliParser, UserError, atomic_write, clean_text, csv_text, refuse_to_overwrite, run_cli,  # noqa: E402
+                   write_text)
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
 # vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
@@ -109,7 +110,7 @@ def role_key(roles: dict) -> tuple[str, str | None, int | None] | None:
         return BASE_MODELS[model][0], None, seed
     if model == "kd" and {"teacher", "init", "kd_method"} <= set(roles):
         prefix = arm_prefix(roles["teacher"], roles["init"])
-        return (prefix, roles["kd_method"], seed) if prefix in ARM_LABELS else None
+        return (prefix, clean_text(roles["kd_method"]), seed) if prefix in ARM_LABELS else None
     return None
 
 
@@ -140,8 +141,10 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
             raise UserError(f"{metrics_path} lacks the columns {', '.join(sorted(missing))}; rerun evaluate.py")
         try:
             for row in reader:
-                run = runs.setdefault(row["model"], Run(folder, {m: {} for m in TABLE_METRICS},
-                                                        test_set=summary.get("test_set")))
+                # Names and the test set come from files: they are printed (utils.clean_text).
+                test_set = summary.get("test_set")
+                run = runs.setdefault(clean_text(row["model"]), Run(folder, {m: {} for m in TABLE_METRICS},
+                                                                    test_set=test_set and clean_text(test_set)))
                 key = (row["volume"], int(row["slice"]))
                 for metric in TABLE_METRICS:
                     run.values[metric][key] = float(row[metric])

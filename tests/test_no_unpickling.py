@@ -145,3 +145,14 @@ def test_a_refused_raw_pickle_prints_no_torch_warning(world, tmp_path, capsys, m
                 loader(world["files"]["raw"])
     assert not caught, [str(w.message) for w in caught]
     assert capsys.readouterr().err == ""
+
+
+def test_a_folder_given_as_a_checkpoint_is_named_a_folder(world, tmp_path):
+    # Issue list 6: `--checkpoints DIR` (a folder that exists) said "does not exist".
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(model_payload(DCCNN(STUDENT), "student"), run / "best_model.pt")
+    for loader in (load_checkpoint, load_public, lambda path: import_checkpoint(path, tmp_path / "out.pt")):
+        with pytest.raises(UserError, match=f"{run} is a folder, not a checkpoint file; pass the file, e.g. "
+                                            f"{run / 'best_model.pt'}"):
+            loader(run)

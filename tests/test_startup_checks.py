@@ -69,8 +69,8 @@ def test_complex_nifti_is_refused(tmp_path):
 
 
 def test_text_from_files_is_sanitised():
-    assert clean_text("teacher\x1b[2J\r\n") == "teacher?[2J??"
-    assert _text(b"patient\x07 7") == "patient? 7"
+    assert clean_text("teacher\x1b[2J\r\n") == "teacher\\x1b[2J\\r\\n"
+    assert _text(b"patient\x07 7") == "patient\\x07 7"
 
 
 @pytest.mark.parametrize("change, message", [

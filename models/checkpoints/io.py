@@ -198,6 +198,17 @@ def _malicious(what: str, path: Path, names: list[str]) -> UserError:
                      "is not loaded: use a checkpoint from a source you trust")
 
 
+def check_file(path: Path, what: str) -> None:
+    """A :class:`UserError` unless ``path`` is a file: a folder (e.g. a run's --exp-dir) names the checkpoint
+    files in it, anything else is missing."""
+    if path.is_dir():
+        inside = [name for name in ("best_model.pt", "model.pt") if (path / name).is_file()]
+        hint = f"pass the file, e.g. {path / inside[0]}" if inside else "pass a checkpoint file"
+        raise UserError(f"{what} {path} is a folder, not a checkpoint file; {hint}")
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist (check the path)")
+
+
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     """``torch.load(path, weights_only=True)`` onto the CPU, with one-line errors naming the file (and the
     globals that made it refuse); a checkpoint of the public code is sent to scripts/import_checkpoint.py.
@@ -205,8 +216,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     ``what`` names the role in messages, e.g. ``"--teacher-checkpoint"``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist (check the path)")
+    check_file(path, what)
     try:
         ckpt = _weights_only_load(path)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
@@ -230,6 +240,7 @@ def load_public(path: str | Path, what: str = "--input") -> Any:
     ``weights_only=True`` and :data:`PUBLIC_CODE_GLOBALS`; a file naming any other global is refused, naming it.
     """
     path = Path(path)
+    check_file(path, what)
     try:
         return _weights_only_load(path, PUBLIC_CODE_GLOBALS)
     except Exception as exc:  # torch raises many types for corrupt or foreign files

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from models.checkpoints.format import FORMAT, build_model, model_payload
-from models.checkpoints.io import load_public, save_checkpoint
+from models.checkpoints.io import check_file, load_public, save_checkpoint
 from models.dccnn import DCCNNConfig, count_parameters
 from utils import UserError, refuse_to_overwrite
 
@@ -202,8 +202,7 @@ def import_checkpoint(src: str | Path, dst: str | Path, *, overwrite: bool = Fal
     Returns a summary ``{"layout", "arch", "parameters", "epoch", "best_dev_loss"}``.
     """
     src, dst = Path(src), Path(dst)
-    if not src.is_file():
-        raise UserError(f"--input {src} does not exist (check the path)")
+    check_file(src, "--input")
     if dst.is_dir():
         raise UserError(f"--output {dst} is a directory; give a file path such as {dst / 'imported.pt'}")
     refuse_to_overwrite(dst, overwrite, "path", flag="--output")
