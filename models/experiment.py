@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from data.fingerprint import file_digest, listing_changes, split_listing
-from data.layout import mask_name
+from data.layout import acc_folder, mask_name
 from data.masks import load_mask, mask_lines
 from models.checkpoints.io import load_checkpoint
 from utils import UserError
@@ -179,7 +179,8 @@ def check_resume_content(ckpt: dict, now: dict, args: argparse.Namespace) -> Non
         for acc, listing in by_acc.items():
             old = was.get("data", {}).get(split, {}).get(acc)
             if isinstance(old, dict) and old != listing:
-                changes.append(f"{split}/acc_{acc}: {', '.join(listing_changes(old, listing))}")
+                folder = acc_folder(Path(), split, acc).as_posix()
+                changes.append(f"{folder}: {', '.join(listing_changes(old, listing))}")
     for flag, digest in now["checkpoints"].items():
         if was.get("checkpoints", {}).get(flag, digest) != digest:
             changes.append(f"--{flag.replace('_', '-')} {getattr(args, flag)} is another file than the run's "

@@ -101,7 +101,8 @@ evaluate_seed() {  # evaluate_seed SEED: every model of the seed on each test se
             --device auto > "$RESULTS/seed$seed/eval_$set.log" 2>&1
     done
     # Whole or not at all: a copy cut short by a full disk must not stand in for the seed's timings.
-    cp "$runs/times.tsv" "$DOCS/.times_seed$seed.tsv.tmp" && mv -f "$DOCS/.times_seed$seed.tsv.tmp" "$DOCS/times_seed$seed.tsv"
+    cp "$runs/times.tsv" "$DOCS/.times_seed$seed.tsv.tmp"
+    mv -f "$DOCS/.times_seed$seed.tsv.tmp" "$DOCS/times_seed$seed.tsv"
 }
 
 train_seed() {  # all runs of one seed (output in RESULTS/seedN/train.log), then its evaluation

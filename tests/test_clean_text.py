@@ -8,7 +8,8 @@ import pytest
 import evaluate
 import train_teacher
 from scripts import report
-from utils import UserError, clean_text, run_cli
+from tests.conftest import cli_error
+from utils import UserError, clean_text
 
 
 def test_clean_text_escapes_controls_and_keeps_the_rest():
@@ -19,10 +20,7 @@ def test_clean_text_escapes_controls_and_keeps_the_rest():
 
 
 def one_line(main, argv, capsys) -> str:
-    with pytest.raises(SystemExit) as info:
-        run_cli(main, argv)
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    err = cli_error(main, argv, capsys)
     assert "\x1b" not in err and "\x07" not in err
     return err
 

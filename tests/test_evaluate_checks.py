@@ -15,8 +15,7 @@ import train_teacher
 from data.masks import mask_lines
 from models.checkpoints.io import save_checkpoint
 from scripts import report
-from tests.conftest import make_dataset
-from utils import run_cli
+from tests.conftest import cli_error, make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +35,7 @@ def eval_args(trained, out: Path, *extra: str, checkpoint: Path | None = None) -
 
 
 def refused(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as info:
-        run_cli(evaluate.main, argv)
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
-    return err
+    return cli_error(evaluate.main, argv, capsys)
 
 
 def edited(trained, tmp_path: Path, **content) -> Path:

@@ -14,12 +14,13 @@ import torch
 import evaluate
 import train_student_kd
 from models.checkpoints.format import load_model, load_reconstructor, load_sft, model_payload
-from models.checkpoints.io import PUBLIC_CODE_GLOBALS, load_checkpoint, load_public, pickled_globals, save_checkpoint
+from models.checkpoints.io import (PUBLIC_CODE_GLOBALS, load_checkpoint, load_public, pickled_globals,
+                                   save_checkpoint)
 from models.checkpoints.public import import_checkpoint
 from models.dccnn import DCCNN, STUDENT, TEACHER
 from scripts import import_checkpoint as import_script
-from tests.conftest import make_dataset
-from utils import UserError, run_cli
+from tests.conftest import cli_error, make_dataset
+from utils import UserError
 
 FORMATS = ("zip", "legacy", "raw")
 
@@ -85,16 +86,6 @@ def test_every_loader_refuses_without_running_it(world, form, loader):
     assert not path.with_suffix(".out").exists()
 
 
-def _cli(main, argv: list[str], capsys) -> str:
-    """``main`` run as its script would run it: the exit code must be 2 and stderr one ``error:`` line."""
-    with pytest.raises(SystemExit) as info:
-        run_cli(main, argv)
-    err = capsys.readouterr().err
-    assert info.value.code == 2, err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
-    return err
-
-
 def _train_args(world, exp: Path) -> list[str]:
     return ["--data-root", str(world["data"]), "--exp-dir", str(exp), "--epochs", "1", "--no-progress",
             "--batch-size", "2"]
@@ -107,23 +98,23 @@ def test_every_script_refuses_without_running_it(world, form, tmp_path, capsys, 
     out = tmp_path / "converted.pt"
     # Flags that once meant "trust the file" or that change nothing about loading: none unlocks the payload.
     for flags in ([], ["--overwrite"], ["--trust-pickle"]):
-        err = _cli(import_script.main, ["--input", evil, "--output", str(out), *flags], capsys)
+        err = cli_error(import_script.main, ["--input", evil, "--output", str(out), *flags], capsys)
         assert "posix.system" in err or "--trust-pickle" in err
     assert not out.exists()
-    err = _cli(evaluate.main, ["--checkpoints", evil, "--data-root", str(world["data"]), "--acc", "4x",
+    err = cli_error(evaluate.main, ["--checkpoints", evil, "--data-root", str(world["data"]), "--acc", "4x",
                                "--out-dir", str(tmp_path / "eval")], capsys)
     assert "posix.system" in err
     kd = _train_args(world, tmp_path / "kd")
-    assert "posix.system" in _cli(train_student_kd.main, [*kd, "--teacher-checkpoint", evil], capsys)
-    assert "posix.system" in _cli(train_student_kd.main, [*kd, "--teacher-checkpoint", teacher,
+    assert "posix.system" in cli_error(train_student_kd.main, [*kd, "--teacher-checkpoint", evil], capsys)
+    assert "posix.system" in cli_error(train_student_kd.main, [*kd, "--teacher-checkpoint", teacher,
                                                           "--init-from-sft", evil], capsys)
-    assert "posix.system" in _cli(train_student_kd.main, [*kd, "--teacher-checkpoint", teacher,
+    assert "posix.system" in cli_error(train_student_kd.main, [*kd, "--teacher-checkpoint", teacher,
                                                           "--init-student", evil], capsys)
     # --resume reads model.pt: a run folder whose model.pt was swapped for the malicious file.
     resumed = tmp_path / "run"
     resumed.mkdir()
     (resumed / "model.pt").write_bytes(world["files"][form].read_bytes())
-    assert "posix.system" in _cli(train_student_kd.main, [*_train_args(world, resumed), "--resume",
+    assert "posix.system" in cli_error(train_student_kd.main, [*_train_args(world, resumed), "--resume",
                                                           "--teacher-checkpoint", teacher], capsys)
     assert not world["sentinel"].exists()
 

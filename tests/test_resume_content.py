@@ -16,8 +16,7 @@ from models.checkpoints.format import model_payload
 from models.checkpoints.io import save_checkpoint
 from models.dccnn import DCCNN, TEACHER
 from models.sft import SFTNet
-from tests.conftest import make_dataset
-from utils import run_cli
+from tests.conftest import cli_error, make_dataset
 
 
 def kd_args(data: Path, exp: Path, teacher: Path, *extra: str) -> list[str]:
@@ -26,10 +25,8 @@ def kd_args(data: Path, exp: Path, teacher: Path, *extra: str) -> list[str]:
 
 
 def refusal(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as info:
-        run_cli(train_student_kd.main, argv)
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and err.startswith("error: --resume: ") and len(err.strip().splitlines()) == 1, err
+    err = cli_error(train_student_kd.main, argv, capsys)
+    assert err.startswith("error: --resume: "), err
     return err
 
 

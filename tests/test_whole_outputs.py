@@ -14,9 +14,8 @@ import torch
 import scripts.report as report
 import train_teacher
 import utils
-from tests.conftest import make_dataset
+from tests.conftest import cli_error, make_dataset
 from tests.test_report import fake, write_eval_dir
-from utils import run_cli
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -44,10 +43,8 @@ def full_disk_at(monkeypatch, name: str) -> None:
 
 
 def one_line(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as info:
-        run_cli(report.main, argv)
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and err.startswith("error: No space left on device"), err
+    err = cli_error(report.main, argv, capsys)
+    assert err.startswith("error: No space left on device"), err
     return err
 
 
@@ -99,9 +96,7 @@ def test_a_new_run_failing_before_its_first_model_pt_leaves_nothing(tmp_path, mo
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, fn, mode)
     monkeypatch.setattr(checkpoint_io, "atomic_write", full)
-    with pytest.raises(SystemExit):
-        run_cli(train_teacher.main, argv)
-    assert capsys.readouterr().err.startswith("error: No space left on device")
+    assert cli_error(train_teacher.main, argv, capsys).startswith("error: No space left on device")
     monkeypatch.undo()
     # Nothing of the failed run is left (a best_model.pt without model.pt would pass for a result), so the
     # same command simply runs again; a run killed outright leaves config.json, which --resume restarts
