@@ -244,14 +244,16 @@ def test_lazy_read_error_in_a_dataloader_worker_is_one_line(broken, tmp_path):
     assert_one_line_error(result, *expected("nan_image", root))
 
 
-def test_lazy_read_error_on_resume_keeps_earlier_checkpoints(broken, run_dir, tmp_path):
+def test_data_damaged_since_the_run_started_is_refused_on_resume(broken, run_dir, tmp_path):
+    # The NaN used to surface as a read error in the resumed epoch; the content check (config.json's
+    # "content") now names the changed file before anything is read or written.
     exp = tmp_path / "exp"
     shutil.copytree(run_dir, exp)
     before = {name: (exp / name).read_bytes() for name in ("model.pt", "best_model.pt", "config.json")}
     root = broken("nan_image")
     result = run_cli(TRAIN, "--model", "student", "--epochs", "2", "--no-progress", "--data-root", str(root),
                      "--exp-dir", str(exp), "--resume", "--preload", "no")
-    assert_one_line_error(result, *expected("nan_image", root))
+    assert_one_line_error(result, "--resume: train/acc_4x: vol00.h5 changed")
     assert {name: (exp / name).read_bytes() for name in before} == before
 
 
