@@ -64,11 +64,11 @@ def test_model_list_offers_both_families(capsys):
     names = [line.split()[0] for line in listed.splitlines()]
     assert stop.value.code == 0 and names[:2] == ["teacher", "student"]
     assert {"unet-teacher", "unet-student"} <= set(names)
-    assert "cascaded U-Net U8L2C5" in listed and "146,605 parameters" in listed
+    assert "cascaded U-Net U8L2C5" in listed and "145,685 parameters" in listed
 
 
 def test_sizes_and_names():
-    assert count_parameters(TEACHER.build()) == 146_605 and count_parameters(STUDENT.build()) == 36_985
+    assert count_parameters(TEACHER.build()) == 145_685 and count_parameters(STUDENT.build()) == 36_525
     assert TEACHER.to_dict() == {"kind": "cascaded-unet", "n_cascades": 5, "levels": 2, "channels": 8,
                                  "residual": False}
     assert describe_arch(STUDENT.to_dict()) == "cascaded U-Net U4L2C5 (5 cascades of a 2-level U-Net, width 4)"
@@ -106,7 +106,7 @@ def test_residual_refines_the_input():
 def test_train_teacher_trains_and_records_it(runs):
     ckpt = checkpoint(runs["teacher"])
     assert ckpt["arch"] == TEACHER.to_dict() and ckpt["config"]["roles"] == {"model": "unet-teacher"}
-    assert sum(v.numel() for v in ckpt["model"].values()) == 146_605
+    assert sum(v.numel() for v in ckpt["model"].values()) == 145_685
     assert ckpt["val_metrics"]["psnr"] > 0
     model, _ = load_model(runs["teacher"] / "best_model.pt")
     assert type(model.config) is CascadedUNetConfig
@@ -158,7 +158,7 @@ def test_sft_kd_distils_the_unet_student(tmp_path, runs, method):
                                  str(sft_path), "--kd-method", method))
     ckpt = checkpoint(exp)
     assert ckpt["arch"] == STUDENT.to_dict() and ckpt["run_name"] == f"sftkd-{method}"
-    assert json.loads((exp / "config.json").read_text())["model_parameters"] == 36_985
+    assert json.loads((exp / "config.json").read_text())["model_parameters"] == 36_525
 
 
 def test_std_kd_imitation_from_a_unet_teacher_into_a_fresh_unet_student(tmp_path, runs):
