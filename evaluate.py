@@ -6,7 +6,7 @@ Usage::
         --data-root data/demo --acc 4x --out-dir results/eval_4x [--metrics paper|fastmri|public-volume|all] \
         [--save-recons]
 
-Every checkpoint is loaded with :func:`models.checkpoint.load_reconstructor` (an SFT checkpoint gives its
+Every checkpoint is loaded with :func:`models.checkpoints.format.load_reconstructor` (an SFT checkpoint gives its
 teacher). The zero-filled input is always evaluated too, as model ``ZF``. Outputs in ``--out-dir``:
 
 - ``metrics.csv`` (``--metrics paper``, the default, or ``all``): per-slice metrics, one row per model and
@@ -65,7 +65,7 @@ from data.dataset import ReconInputs, SliceDataset, build_dataset
 from data.layout import acc_folder
 from data.masks import acc_type
 from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
-from models.checkpoint import load_model, load_reconstructor, reconstructor
+from models.checkpoints.format import load_model, load_reconstructor, reconstructor
 from models.speed import MEMORY_FORMATS, auto_layout
 from models.distributed import resolve_device
 from models.metrics import FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS

@@ -24,14 +24,15 @@ import argparse
 
 import torch
 
-from models.checkpoint import load_reconstructor
+from models.checkpoints.format import load_reconstructor
+from models.checkpoints.io import load_checkpoint
 from models.kd_losses import KD_METHODS, KDMethodError, build_kd_loss, describe_methods
 from models.networks import ModelName
 from models.roles import kd_run_name, teacher_kind
 from models.steps import KDStep
 from models.student_init import build_student, load_init
 from models.training import common_parser, parse_args, positive, train
-from utils import UserError, load_checkpoint, run_cli, weight_type
+from utils import UserError, run_cli, weight_type
 
 
 def teacher_role(path) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from models.checkpoint import describe_arch, load_model, load_sft
+from models.checkpoints.format import describe_arch, load_model, load_sft
 from models.networks import PRESETS, configure, short_name
 from models.sft import SFTNet, student_from_blocks
 from utils import UserError

@@ -26,15 +26,16 @@ from data.augment import AugmentedSlices
 from data.dataset import build_dataset
 from data.masks import acc_type
 from data.split_check import check_split
-from models.checkpoint import arch_of, describe_arch, model_payload
+from models.checkpoints.format import arch_of, describe_arch, model_payload
+from models.checkpoints.io import save_checkpoint
 from models.distributed import Dist, EpochSampler
 from models.experiment import (MAY_CHANGE_ON_RESUME, REPLACED, check_resume_data, drop_replaced_run, flag_names,
                                git_commit, jsonable, prepare_exp_dir, restore_old_run, set_aside_old_run)
 from models.metrics import psnr, ssim
 from models.networks import PRESETS, configure
 from models.speed import MEMORY_FORMATS, resolve_memory_format
-from utils import (CliParser, UserError, first_line, folder_lock, get_rng_state, save_checkpoint, seed_everything,
-                   seed_type, set_rng_state, write_json)
+from utils import (CliParser, UserError, first_line, folder_lock, get_rng_state, seed_everything, seed_type,
+                   set_rng_state, write_json)
 
 # Test hook (see fault_point): ITERATION[:SIGNAL].
 FAULT_ENV = "SFTKD_FAULT_AT"

@@ -52,13 +52,14 @@ from data.fft import fft2  # noqa: E402
 from data.layout import acc_folder, mask_name, undersample, write_volume  # noqa: E402
 from data.masks import cartesian_row_mask  # noqa: E402
 from models import speed  # noqa: E402
-from models.checkpoint import model_payload  # noqa: E402
+from models.checkpoints.format import model_payload  # noqa: E402
+from models.checkpoints.io import save_checkpoint  # noqa: E402
 from models.dccnn import DCCNN, STUDENT, TEACHER  # noqa: E402
 from models.kd_losses import build_kd_loss  # noqa: E402
 from models.sft import SFTNet  # noqa: E402
 from models.steps import KDStep, ReconStep, SFTStep  # noqa: E402
 from models.training import TrainStep  # noqa: E402
-from utils import CliParser, UserError, old_spellings, run_cli, save_checkpoint  # noqa: E402
+from utils import CliParser, UserError, old_spellings, run_cli  # noqa: E402
 
 CONV_FLOP = 2 * 9  # multiply-add per 3x3 tap
 # On CUDA the training scripts' float32 is "tf32" (PyTorch's default for convolutions); "fp32" is IEEE.

@@ -2,7 +2,7 @@
 
     python scripts/import_checkpoint.py --input best_model.pt --output imported/teacher.pt --trust-pickle
 
-The output loads with ``torch.load(weights_only=True)`` and with ``models.checkpoint.load_model`` /
+The output loads with ``torch.load(weights_only=True)`` and with ``models.checkpoints.format.load_model`` /
 ``load_reconstructor`` / ``load_sft``; it computes what the source network computed.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 # Run as `python scripts/import_checkpoint.py` from the repo root: make the top-level packages importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.checkpoint import describe_arch  # noqa: E402
-from models.checkpoint_import import import_checkpoint  # noqa: E402
+from models.checkpoints.format import describe_arch  # noqa: E402
+from models.checkpoints.public import import_checkpoint  # noqa: E402
 from utils import CliParser, UserError, run_cli  # noqa: E402
 
 

@@ -16,7 +16,7 @@ import train_teacher
 from conftest import make_dataset
 from data.fft import fft2
 from models.cascaded_unet import CascadedUNetConfig
-from models.checkpoint import load_model, load_reconstructor
+from models.checkpoints.format import load_model, load_reconstructor
 from models.dccnn import count_parameters
 from models.kd_losses import build_kd_loss
 from models.networks import PRESETS, describe_arch

@@ -1,4 +1,4 @@
-"""Tests for models/checkpoint_import.py and scripts/import_checkpoint.py against an independent re-implementation
+"""Tests for models/checkpoints/public.py and scripts/import_checkpoint.py against an independent re-implementation
 of the public SFT-KD-Recon / KD-MRI networks and their way of saving checkpoints."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from data.masks import cartesian_row_mask
-from models.checkpoint import build_model, load_model, load_reconstructor, load_sft
-from models.checkpoint_import import convert_state_dict, import_checkpoint
+from models.checkpoints.format import build_model, load_model, load_reconstructor, load_sft
+from models.checkpoints.public import convert_state_dict, import_checkpoint
 from models.dccnn import DCCNN, count_parameters
 from models.sft import SFTNet
 from tests.conftest import run_cli
@@ -334,9 +334,10 @@ def test_own_checkpoint_and_missing_input_are_clear_errors(tmp_path):
     ("other-1", ["'other-1'", "import_checkpoint.py"]),
 ])
 def test_checkpoint_format_is_checked_on_load(tmp_path, fmt, fragments):
-    from models.checkpoint import load_model, model_payload
+    from models.checkpoints.format import load_model, model_payload
     from models.dccnn import DCCNN, STUDENT
-    from utils import UserError, save_checkpoint
+    from models.checkpoints.io import save_checkpoint
+    from utils import UserError
     path = tmp_path / "model.pt"
     save_checkpoint({**model_payload(DCCNN(STUDENT)), "format": fmt}, path)
     with pytest.raises(UserError) as info:

@@ -13,7 +13,7 @@ PACKAGES = ("data", "models", "scripts")
 
 def module_names() -> dict[str, Path]:
     """Dotted name -> file of every project module (the top-level scripts and the three packages)."""
-    files = sorted(ROOT.glob("*.py")) + sorted(f for p in PACKAGES for f in (ROOT / p).glob("*.py"))
+    files = sorted(ROOT.glob("*.py")) + sorted(f for p in PACKAGES for f in (ROOT / p).rglob("*.py"))
     names = {}
     for f in files:
         parts = f.relative_to(ROOT).with_suffix("").parts

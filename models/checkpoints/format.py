@@ -22,7 +22,8 @@ from torch import nn
 
 from models.networks import FAMILIES, build_network, describe_arch
 from models.sft import SFTNet
-from utils import UserError, first_line, load_checkpoint
+from models.checkpoints.io import load_checkpoint
+from utils import UserError, first_line
 
 FORMAT = "sftkd-v1"
 
