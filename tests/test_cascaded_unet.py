@@ -1,4 +1,4 @@
-"""Tests of the second network family, models/cascaded_unet.py, at 32 x 32: shapes and the feature contract,
+"""Tests of the second network family, models/nets/cascaded_unet.py, at 32 x 32: shapes and the feature contract,
 training with train_teacher.py, SFT teacher and student, KD with imitation, at and fitnet, evaluation."""
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import train_student_kd
 import train_teacher
 from conftest import make_dataset
 from data.fft import fft2
-from models.cascaded_unet import CascadedUNetConfig
+from models.nets.cascaded_unet import CascadedUNetConfig
 from models.checkpoints.format import load_model, load_reconstructor
-from models.dccnn import count_parameters
-from models.kd_losses import build_kd_loss
-from models.networks import PRESETS, describe_arch
-from models.sft import SFTNet
+from models.nets.dccnn import count_parameters
+from models.distill.losses import build_kd_loss
+from models.nets.registry import PRESETS, describe_arch
+from models.nets.sft import SFTNet
 from utils import UserError
 
 TEACHER, STUDENT = PRESETS["unet-teacher"], PRESETS["unet-student"]

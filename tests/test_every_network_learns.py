@@ -12,8 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from data.fft import fft2, zero_filled
-from models.networks import PRESETS
-from models.sft import SFTConfig, SFTNet, sft_loss
+from models.nets.registry import PRESETS
+from models.nets.sft import SFTConfig, SFTNet, sft_loss
 
 SEEDS = range(10)
 SIZE = 16

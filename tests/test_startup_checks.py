@@ -18,7 +18,7 @@ from data.prepare import prepare
 from data.subjects import assign_subjects
 from models.checkpoints.format import load_model, model_payload
 from models.checkpoints.io import load_checkpoint
-from models.dccnn import DCCNN, STUDENT
+from models.nets.dccnn import DCCNN, STUDENT
 from utils import UserError, clean_text
 
 

@@ -85,7 +85,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
         names = pickled_globals(path)
         if public_code_pickle(names):
             raise UserError(f"{what} {path} holds pickled Python objects ({', '.join(names)}), as checkpoints of the "
-                            "public SFT-KD-Recon code do; convert it once with: python scripts/import_checkpoint.py "
+                            "public SFT-KD-Recon code do; convert it once with: python -m scripts.import_checkpoint "
                             f"--input {path} --output converted.pt --trust-pickle") from exc
         if names:
             raise UserError(f"{what} {path} holds pickled Python objects ({clean_text(', '.join(names))}) that no "

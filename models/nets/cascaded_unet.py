@@ -1,7 +1,7 @@
 """Cascaded U-Net: cascades of a small U-Net followed by the parameter-free data-fidelity (DF) layer, the
 single-coil analogue of an unrolled VarNet (Sriram et al. 2020) with hard data consistency.
 
-A second network family beside DC-CNN (models/dccnn.py), registered in models/networks.py: trainable with
+A second network family beside DC-CNN (models/nets/dccnn.py), registered in models/nets/registry.py: trainable with
 ``train_teacher.py --model unet-teacher``, an SFT teacher or student (``--teacher-model`` /
 ``--student-model``, as many cascades on both sides) and a KD teacher or student.
 """
@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from data.fft import data_fidelity
-from models.family import Family
+from models.nets.family import Family
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class UNet(nn.Module):
 
 class CascadedUNet(nn.Module):
     """Cascade of (U-Net + DF). Images are (B, 1, H, W) float32, any H x W; the feature contract of
-    models/family.py."""
+    models/nets/family.py."""
 
     def __init__(self, config: CascadedUNetConfig = CascadedUNetConfig()):
         super().__init__()
