@@ -73,10 +73,6 @@ class TrainStep(nn.Module):
         other keys (e.g. ``"student_branch1"``) get their own PSNR in the logs."""
         raise NotImplementedError
 
-    def to_device(self, device: torch.device, memory_format=torch.contiguous_format) -> "TrainStep":
-        """``self.to(device, memory_format)``: a frozen teacher held through :class:`Frozen` moves with it."""
-        return self.to(device=device, memory_format=memory_format)
-
     def extra_state(self) -> dict:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
 
