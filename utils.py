@@ -1,7 +1,7 @@
 """Shared helpers, one section per job: errors and the CLI entry (one-line user errors, the CLI entry
 with ``--debug``, shared argparse types), seeding and RNG state, one run per folder (an advisory lock), atomic
 files and the one sanitiser of printed text (checkpoint files are models/checkpoints/io.py's). The image
-metrics live in models/metrics.py, beside evaluation."""
+metrics live in models/evaluation/metrics.py, beside evaluation."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,6 @@ import errno
 import fcntl
 import io
 import json
-import math
 import os
 import random
 import re
@@ -191,17 +190,6 @@ def seed_type(text: str) -> int:
     except (ValueError, SeedError) as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a seed; use a whole number from 0 to {2 ** 32 - 1}") \
             from exc
-
-
-def weight_type(text: str) -> float:
-    """A loss weight: a finite number >= 0 (0 turns the term off)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0 (0 turns the term off)")
-    return value
 
 
 # --------------------------------------------------------------------------- seeding and RNG state

@@ -18,12 +18,12 @@ from data.masks import cartesian_row_mask
 from models.checkpoints.format import build_model, load_model, load_reconstructor, load_sft
 from models.checkpoints.io import load_public
 from models.checkpoints.public import convert_state_dict, import_checkpoint
-from models.dccnn import DCCNN, count_parameters
-from models.sft import SFTNet
+from models.nets.dccnn import DCCNN, count_parameters
+from models.nets.sft import SFTNet
 from tests.conftest import run_cli
 from utils import UserError
 
-SCRIPT = "scripts/import_checkpoint.py"
+SCRIPT = ("-m", "scripts.import_checkpoint")
 
 
 # --------------------------------------------------------------------------- reference networks (public code)
@@ -139,7 +139,7 @@ def test_cli_imports_teacher_without_any_flag(tmp_path, batch):
     src = save_public(net, tmp_path / "best_model.pt")
     dst = tmp_path / "out" / "teacher.pt"
 
-    done = run_cli(SCRIPT, "--input", str(src), "--output", str(dst))
+    done = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst))
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert "141,765 parameters" in done.stdout and "epoch 7" in done.stdout and "D5C5" in done.stdout
@@ -160,11 +160,11 @@ def test_cli_keeps_existing_output_without_overwrite(tmp_path):
     dst = tmp_path / "existing.pt"
     dst.write_bytes(b"keep me")
 
-    refused = run_cli(SCRIPT, "--input", str(src), "--output", str(dst))
+    refused = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst))
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
     assert dst.read_bytes() == b"keep me"
 
-    done = run_cli(SCRIPT, "--input", str(src), "--output", str(dst), "--overwrite")
+    done = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst), "--overwrite")
     assert done.returncode == 0, done.stderr
     assert "49,285 parameters" in done.stdout
     model, _ = load_model(dst)
@@ -174,7 +174,7 @@ def test_cli_keeps_existing_output_without_overwrite(tmp_path):
 def test_cli_unknown_layout_is_one_line_error(tmp_path):
     src = tmp_path / "unet.pt"
     torch.save({"encoder.conv1.weight": torch.zeros(8, 1, 3, 3)}, src)
-    result = run_cli(SCRIPT, "--input", str(src), "--output", str(tmp_path / "out.pt"))
+    result = run_cli(*SCRIPT, "--input", str(src), "--output", str(tmp_path / "out.pt"))
     assert result.returncode == 2
     assert "no known layout" in result.stderr and "encoder.conv1.weight" in result.stderr
     assert not (tmp_path / "out.pt").exists()
@@ -352,7 +352,7 @@ def test_own_checkpoint_and_missing_input_are_clear_errors(tmp_path):
 ])
 def test_checkpoint_format_is_checked_on_load(tmp_path, fmt, fragments):
     from models.checkpoints.format import load_model, model_payload
-    from models.dccnn import DCCNN, STUDENT
+    from models.nets.dccnn import DCCNN, STUDENT
     from models.checkpoints.io import save_checkpoint
     from utils import UserError
     path = tmp_path / "model.pt"

@@ -311,7 +311,7 @@ def test_negative_loss_weights(base, checkpoints, tmp_path, script, flags, fragm
 @pytest.mark.parametrize("kind, fragments", [
     ("random", ["cannot be loaded", "not a file written by torch.save"]),
     ("wrong_arch", ["do not fit", "D5C5", "missing", "cascades.0.conv4.weight"]),
-    ("public", ["argparse.Namespace", "scripts/import_checkpoint.py --input"]),
+    ("public", ["argparse.Namespace", "scripts.import_checkpoint --input"]),
 ])
 def test_bad_teacher_checkpoint(base, checkpoints, tmp_path, kind, fragments):
     path = checkpoints[kind]
@@ -375,7 +375,7 @@ def test_prepare_refuses_an_existing_out(tmp_path):
     out = tmp_path / "prepared"
     out.mkdir()
     (out / "mask_4x.npy").write_bytes(b"old")
-    result = run_cli("data/prepare.py", "--demo", "--out", str(out), "--size", "32")
+    result = run_cli("-m", "data.prepare", "--demo", "--out", str(out), "--size", "32")
     assert_one_line_error(result, f"--out-dir {out}", "--overwrite")
     assert snapshot(out) == {"mask_4x.npy": b"old"}
 
@@ -383,13 +383,13 @@ def test_prepare_refuses_an_existing_out(tmp_path):
 def test_report_needs_an_evaluate_folder(tmp_path):
     folder = tmp_path / "not_eval"
     folder.mkdir()
-    result = run_cli("scripts/report.py", "--eval-dirs", str(folder), "--out-dir", str(tmp_path / "report"))
+    result = run_cli("-m", "scripts.report", "--eval-dirs", str(folder), "--out-dir", str(tmp_path / "report"))
     assert_one_line_error(result, str(folder), "summary.json", "evaluate.py")
     assert not (tmp_path / "report").exists()
 
 
 def test_figure_needs_an_evaluate_folder(base, tmp_path):
-    result = run_cli("scripts/figure.py", "--eval-dir", str(tmp_path / "none"), "--data-root", str(base),
+    result = run_cli("-m", "scripts.figure", "--eval-dir", str(tmp_path / "none"), "--data-root", str(base),
                      "--acc", "4x", "--out", str(tmp_path / "figure.png"))
     assert_one_line_error(result, f"--eval-dir {tmp_path / 'none'}", "evaluate.py")
     assert not (tmp_path / "figure.png").exists()
@@ -401,7 +401,7 @@ def test_figure_needs_an_evaluate_folder(base, tmp_path):
 ])
 def test_import_checkpoint_errors(checkpoints, tmp_path, flags, fragments):
     out = tmp_path / "converted.pt"
-    result = run_cli("scripts/import_checkpoint.py", "--input", str(checkpoints["random"]), "--output", str(out),
+    result = run_cli("-m", "scripts.import_checkpoint", "--input", str(checkpoints["random"]), "--output", str(out),
                      *flags)
     assert_one_line_error(result, *fragments)
     assert not out.exists()
@@ -410,7 +410,7 @@ def test_import_checkpoint_errors(checkpoints, tmp_path, flags, fragments):
 def test_import_checkpoint_keeps_an_existing_output(checkpoints, tmp_path):
     out = tmp_path / "converted.pt"
     out.write_bytes(b"old")
-    result = run_cli("scripts/import_checkpoint.py", "--input", str(checkpoints["public"]), "--output", str(out))
+    result = run_cli("-m", "scripts.import_checkpoint", "--input", str(checkpoints["public"]), "--output", str(out))
     assert_one_line_error(result, f"--output {out}", "--overwrite")
     assert out.read_bytes() == b"old"
 

@@ -16,9 +16,9 @@ from data.dataset import SliceDataset
 from evaluate import default_names, evaluate_sets, main
 from models.checkpoints.format import model_payload
 from models.checkpoints.io import load_checkpoint, save_checkpoint
-from models.dccnn import DCCNN, STUDENT, TEACHER
-from models.metrics import psnr
-from models.sft import SFTNet
+from models.nets.dccnn import DCCNN, STUDENT, TEACHER
+from models.evaluation.metrics import psnr
+from models.nets.sft import SFTNet
 from utils import UserError, seed_everything
 
 HEADER = "model,volume,slice,PSNR,SSIM,NMSE,HFEN-LoG,VIF"

@@ -1,4 +1,4 @@
-"""Tests for fastMRI's volume-wise metrics (models.metrics.FASTMRI_METRICS) and evaluate.py / report.py --metrics fastmri."""
+"""Tests for fastMRI's volume-wise metrics (models.evaluation.metrics.FASTMRI_METRICS) and evaluate.py / report.py --metrics fastmri."""
 from __future__ import annotations
 
 import csv
@@ -15,8 +15,8 @@ from conftest import make_dataset, run_cli
 from evaluate import main
 from models.checkpoints.format import model_payload
 from models.checkpoints.io import save_checkpoint
-from models.dccnn import DCCNN, STUDENT
-from models.metrics import FASTMRI_METRICS, psnr, volume_ssim
+from models.nets.dccnn import DCCNN, STUDENT
+from models.evaluation.metrics import FASTMRI_METRICS, psnr, volume_ssim
 from scripts.report import main as report_main
 from utils import UserError
 

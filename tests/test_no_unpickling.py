@@ -17,7 +17,7 @@ from models.checkpoints.format import load_model, load_reconstructor, load_sft, 
 from models.checkpoints.io import (PUBLIC_CODE_GLOBALS, load_checkpoint, load_public, pickled_globals,
                                    save_checkpoint)
 from models.checkpoints.public import import_checkpoint
-from models.dccnn import DCCNN, STUDENT, TEACHER
+from models.nets.dccnn import DCCNN, STUDENT, TEACHER
 from scripts import import_checkpoint as import_script
 from tests.conftest import cli_error, make_dataset
 from utils import UserError

@@ -14,8 +14,8 @@ import torch
 import train_student_kd
 from models.checkpoints.format import model_payload
 from models.checkpoints.io import save_checkpoint
-from models.dccnn import DCCNN, TEACHER
-from models.sft import SFTNet
+from models.nets.dccnn import DCCNN, TEACHER
+from models.nets.sft import SFTNet
 from tests.conftest import cli_error, make_dataset
 
 

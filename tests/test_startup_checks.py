@@ -17,7 +17,7 @@ from data.fastmri import _text
 from data.prepare import prepare
 from data.subjects import assign_subjects
 from models.checkpoints.format import load_model, model_payload
-from models.dccnn import DCCNN, STUDENT
+from models.nets.dccnn import DCCNN, STUDENT
 from utils import UserError, clean_text
 
 

@@ -90,7 +90,7 @@ def test_test_only_set_uses_the_given_masks(tmp_path: Path):
 def test_evaluate_scores_test_by_default_and_records_it(tmp_path: Path, capsys):
     import evaluate
     from models.checkpoints.format import model_payload
-    from models.dccnn import DCCNN, STUDENT
+    from models.nets.dccnn import DCCNN, STUDENT
     from models.checkpoints.io import save_checkpoint
 
     data = tmp_path / "demo"

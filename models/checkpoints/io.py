@@ -223,7 +223,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
         names = refused_globals(path)
         if names and set(names) <= set(PUBLIC_CODE_GLOBALS):
             raise UserError(f"{what} {path} holds pickled Python objects ({_names(names)}), as checkpoints of the "
-                            "public SFT-KD-Recon code do; convert it once with: python scripts/import_checkpoint.py "
+                            "public SFT-KD-Recon code do; convert it once with: python -m scripts.import_checkpoint "
                             f"--input {path} --output converted.pt") from exc
         if names:
             raise _malicious(what, path, [n for n in names if n not in PUBLIC_CODE_GLOBALS]) from exc

@@ -30,7 +30,7 @@ import torch
 
 from models.checkpoints.format import FORMAT, build_model, model_payload
 from models.checkpoints.io import check_file, load_public, save_checkpoint
-from models.dccnn import DCCNNConfig, count_parameters
+from models.nets.dccnn import DCCNNConfig, count_parameters
 from utils import UserError, refuse_to_overwrite
 
 _KEY = re.compile(r"^(tcascade|scascade|cascade)(\d+)\.conv(\d+)\.(weight|bias)$")
