@@ -147,3 +147,13 @@ def test_a_folder_given_as_a_checkpoint_is_named_a_folder(world, tmp_path):
         with pytest.raises(UserError, match=f"{run} is a folder, not a checkpoint file; pass the file, e.g. "
                                             f"{run / 'best_model.pt'}"):
             loader(run)
+
+
+def test_a_payload_in_a_damaged_pickle_is_still_named(tmp_path):
+    # Cut after the payload's global: torch refuses the stream, and the refusal names what it held.
+    whole = pickle.dumps({"x": Payload(tmp_path / "ran")}, protocol=2)
+    path = tmp_path / "cut.pt"
+    path.write_bytes(whole[:whole.index(b"system") + 8])
+    with pytest.raises(UserError, match=r"\(posix.system\)"):
+        load_checkpoint(path)
+    assert not (tmp_path / "ran").exists()

@@ -81,10 +81,11 @@ _MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
 _MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
 
 
-def _globals_in_pickle(stream) -> list[str]:
-    """The globals (``module.name``) one pickle in ``stream`` names, read from its opcodes (nothing runs);
-    ``?`` for a STACK_GLOBAL whose parts are not plain strings. The stream is left after the pickle's STOP."""
-    found, pushed, memo = [], [], {}
+def _globals_in_pickle(stream, found: list[str]) -> None:
+    """Append to ``found`` the globals (``module.name``) one pickle in ``stream`` names, read from its opcodes
+    (nothing runs), as they come, so those before damage are kept; ``?`` for a STACK_GLOBAL whose parts are not
+    plain strings. The stream is left after the pickle's STOP."""
+    pushed, memo = [], {}
     for op, arg, _ in pickletools.genops(stream):
         if op.name in _NAMED_GLOBAL:
             found.append(arg.replace(" ", "."))
@@ -101,7 +102,6 @@ def _globals_in_pickle(stream) -> list[str]:
             pushed.append(arg if isinstance(arg, str) else None)
         if op.name == "STOP":
             break
-    return found
 
 
 def pickled_globals(path: str | Path) -> list[str]:
@@ -117,8 +117,8 @@ def pickled_globals(path: str | Path) -> list[str]:
             with zipfile.ZipFile(path) as archive:
                 for member in archive.namelist():
                     if member.endswith(".pkl"):
-                        found += _globals_in_pickle(io.BytesIO(archive.read(member)))
-        except Exception:  # a damaged archive or pickle: what was read so far is still named
+                        _globals_in_pickle(io.BytesIO(archive.read(member)), found)
+        except Exception:  # a damaged archive or pickle: what was read before the damage is still named
             pass
         return list(dict.fromkeys(found))
     with open(path, "rb") as stream:
@@ -126,7 +126,7 @@ def pickled_globals(path: str | Path) -> list[str]:
         # five pickles; torch unpickles each of them (restricted), so each may hide a payload.
         for _ in range(5):
             try:
-                found += _globals_in_pickle(stream)
+                _globals_in_pickle(stream, found)
             except Exception:  # the raw tensor bytes, the end of the file, or damage
                 break
     return list(dict.fromkeys(found))
