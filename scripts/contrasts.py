@@ -1,11 +1,11 @@
 """The controlled contrasts of scripts/study.sh: which part of SFT-KD-Recon's gain is its teacher, which its
 initialisation, with statistics a reviewer accepts.
 
-Arms (models/distill/roles.py), per KD method M: A Std-KD (standard teacher, scratch), B SFT-KD-Recon (SFT teacher,
-SFT blocks), C standard teacher + SFT blocks, E standard teacher + the standalone student's cascades.
+Arms (the registry models/distill/arms.py), per KD method M: A Std-KD (standard teacher, scratch), B SFT-KD-Recon
+(SFT teacher, SFT blocks), C standard teacher + SFT blocks, D standard teacher + the standalone student's cascades.
 
 - **Primary** B - C: the teacher's effect with the initialisation held fixed.
-- Secondary C - A (SFT blocks vs scratch), C - E (SFT blocks vs ordinary pre-training), B - A (the paper's
+- Secondary C - A (SFT blocks vs scratch), C - D (SFT blocks vs ordinary pre-training), B - A (the paper's
   comparison, which mixes both), Holm-corrected together within each (method, test set, metric).
 
 The unit of replication is the seed: each seed's difference of the two arms' means over the test slices,
@@ -22,13 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-# (label, arm b, arm a, primary): read as "b - a".
-CONTRASTS = (
-    ("B - C (SFT teacher vs standard, both SFT blocks)", "sftkd", "stdkd-sftinit", True),
-    ("C - A (SFT blocks vs scratch)", "stdkd-sftinit", "stdkd", False),
-    ("C - E (SFT blocks vs student init)", "stdkd-sftinit", "stdkd-studentinit", False),
-    ("B - A (SFT-KD-Recon vs Std-KD)", "sftkd", "stdkd", False),
-)
+from models.distill import arms
+
+
+
+def contrast_list() -> list[tuple[str, str, str, bool]]:
+    """(label, run-name prefix of arm b, of arm a, primary) of every contrast the arm registry declares."""
+    return [(label, b.prefix, a.prefix, primary) for label, b, a, primary in arms.contrasts(arms.ARMS)]
+
 # Descriptive context beside the contrasts (not corrected, not primary).
 BASELINES = (("Teacher - Student", "teacher", "student"), ("SFT teacher - Teacher", "sft", "teacher"))
 METRICS = ("PSNR", "SSIM")
@@ -132,7 +133,7 @@ def contrast(table: dict, label: str, key_b: tuple, key_a: tuple, column: str, m
 
 
 def all_contrasts(table: dict, columns: list[str]) -> list[Contrast]:
-    """Every contrast of :data:`CONTRASTS` (Holm over the secondary ones per method, column and metric) and
+    """Every contrast of the arm registry (Holm over the secondary ones per method, column and metric) and
     :data:`BASELINES` present in ``table``."""
     methods = sorted({method for _, method in table if method is not None})
     found = []
@@ -143,7 +144,7 @@ def all_contrasts(table: dict, columns: list[str]) -> list[Contrast]:
                 found += [c] if c else []
             for method in methods:
                 family = [contrast(table, f"{label} ({method})", (b, method), (a, method), column, metric, primary)
-                          for label, b, a, primary in CONTRASTS]
+                          for label, b, a, primary in contrast_list()]
                 secondary = [c for c in family if c is not None and not c.primary]
                 for c, p in zip(secondary, holm([c.p for c in secondary])):
                     c.holm_p = p

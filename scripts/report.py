@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also draw PSNR and SSIM per model with error bars over seeds into this PNG (with "
                              "--contrasts: the contrasts with their intervals)")
     parser.add_argument("--contrasts", action="store_true",
-                        help="add the controlled contrasts of scripts/study.sh (B - C primary; C - A, C - E, B - A "
+                        help="add the controlled contrasts of scripts/study.sh (B - C primary; C - A, C - D, B - A "
                              "Holm-corrected) with 95 %% t-intervals over seeds (scripts/contrasts.py)")
     args = parser.parse_args(argv)
     if args.out_dir.exists() and not args.out_dir.is_dir():
