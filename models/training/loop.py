@@ -31,7 +31,7 @@ from models.checkpoints.io import save_checkpoint
 from models.training.distributed import Dist, EpochSampler
 from models.training.experiment import (REPLACED, check_resume_data, drop_replaced_run, git_commit, jsonable,
                                         prepare_exp_dir, restore_old_run, set_aside_old_run)
-from models.evaluation.metrics import psnr, ssim
+from models.evaluation.metrics import psnr, used_for
 from models.training.speed import MEMORY_FORMATS, resolve_memory_format
 from utils import UserError, first_line, folder_lock, get_rng_state, seed_everything, set_rng_state, write_json
 
@@ -119,8 +119,8 @@ class Frozen(nn.Module):
 
 @torch.inference_mode()
 def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tuple[dict, dict | None]:
-    """Mean validation L1 of ``output``, PSNR and SSIM per slice (overall and per acceleration), and the
-    PSNR of every extra output; sums are reduced over ranks so all ranks see the same numbers.
+    """Mean validation L1 of ``output``, the registry's validation metrics per slice (overall and per
+    acceleration; models/evaluation/metrics.py), and the PSNR of every extra output; sums are reduced over ranks so all ranks see the same numbers.
 
     Also returns the first slice this rank saw as images for the logs, ``{"target", "zero_filled",
     "output"}`` each (1, 1, H, W) float32 on the CPU (None for an empty loader)."""
@@ -144,8 +144,8 @@ def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tupl
             for group in ("", f"_{acc}"):
                 add(group, "n", 1.0)
                 add(group, "loss", float(l1[i]))
-                add(group, "psnr", psnr(target[i], recons["output"][i]))
-                add(group, "ssim", ssim(target[i], recons["output"][i]))
+                for metric in used_for("validation"):
+                    add(group, metric.key, metric.function(target[i], recons["output"][i]))
             for key in recons.keys() - {"output"}:
                 add("", f"psnr_{key}", psnr(target[i], recons[key][i]))
         if images is None:
@@ -489,9 +489,10 @@ class Trainer:
                 writer.add_image("val/target_zf_output_error", image_grid(images), epoch)
             writer.flush()
             epochs_bar.set_postfix(val_loss=f"{metrics['loss']:.4g}", psnr=f"{metrics['psnr']:.2f}")
+            scores = "".join(f", {m.name} {metrics[m.key]:.{m.digits}f}{' ' + m.unit if m.unit else ''}"
+                             for m in used_for("validation"))
             tqdm.write(f"epoch {epoch}/{self.args.epochs}: train loss {train_loss:.5f}, "
-                       f"val loss {metrics['loss']:.5f}, PSNR {metrics['psnr']:.2f} dB, "
-                       f"SSIM {metrics['ssim']:.4f}{' (best)' if improved else ''}, {seconds:.1f} s")
+                       f"val loss {metrics['loss']:.5f}{scores}{' (best)' if improved else ''}, {seconds:.1f} s")
         self.save_last(epoch, 0)
 
     def finish(self) -> None:
