@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -35,8 +34,6 @@ from models.evaluation.metrics import psnr, used_for
 from models.training.speed import MEMORY_FORMATS, resolve_memory_format
 from utils import UserError, first_line, folder_lock, get_rng_state, seed_everything, set_rng_state, write_json
 
-# Test hook (see fault_point): ITERATION[:SIGNAL].
-FAULT_ENV = "SFTKD_FAULT_AT"
 
 
 class TrainStep(nn.Module):
@@ -191,21 +188,15 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def fault_point() -> tuple[int, signal.Signals] | None:
-    """The test hook ``SFTKD_FAULT_AT=ITERATION[:SIGNAL]``: the run sends itself SIGNAL (default SIGKILL)
-    right after global iteration ITERATION (and its --save-every-iters checkpoint), so tests interrupt at
-    an exact place instead of racing a timer. None when the variable is unset."""
-    text = os.environ.get(FAULT_ENV, "")
-    if not text:
-        return None
-    iteration, _, name = text.partition(":")
-    return int(iteration), signal.Signals[name or "SIGKILL"]
-
-
 class Trainer:
     """One run of the loop, in the order a reader meets it: :meth:`build` (data, step, optimiser),
     :meth:`resume_from`, :meth:`open_logs`, then per epoch :meth:`train_epoch`, :meth:`validate`,
     :meth:`end_epoch` (best checkpoint, logs, ``model.pt``), and :meth:`finish`."""
+
+    # A test's hook, set by tests/interrupt.py: called with the global step after each optimiser step and its
+    # --save-every-iters checkpoint, before the stop check, so a test can signal the run at an exact step
+    # instead of racing a timer. A staticmethod when set; None in every real run.
+    after_step = None
 
     def __init__(self, args: argparse.Namespace, build_step, run_name: str, dist: Dist, roles: dict):
         self.args, self.build_step, self.run_name, self.dist = args, build_step, run_name, dist
@@ -214,7 +205,6 @@ class Trainer:
         self.epoch, self.start_batch, self.global_step, self.best_loss = 0, 0, 0, math.inf
         self.writer = None
         self.parked_old_run = False  # a replaced run set aside in exp/.replaced, given back on failure
-        self.fault = fault_point()
 
     def run(self) -> Path:
         resume = prepare_exp_dir(self.args)
@@ -392,10 +382,8 @@ class Trainer:
             saved = bool(args.save_every_iters and self.global_step % args.save_every_iters == 0)
             if saved:
                 self.save_last(epoch, i + 1)
-            if self.fault is not None and self.global_step == self.fault[0]:
-                # As if the signal came during this step: raise_signal runs the handler in this thread at
-                # once, so the stop below sees it (os.kill could reach another thread a step late).
-                signal.raise_signal(self.fault[1])
+            if self.after_step is not None:
+                self.after_step(self.global_step)
             if stop.signal:
                 if not saved:
                     self.save_last(epoch, i + 1)
