@@ -713,7 +713,7 @@ PART_FUNCTIONS = {"tests": part_tests, "steps": part_steps, "processes": part_pr
 
 def part_command(argv: list[str], part: str, out: Path, limit: float, precisions: list[str]) -> list[str]:
     """This script with the run's own flags for one part alone (argparse keeps the last of a repeated flag)."""
-    return [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *argv, "--only", part, "--out-dir", str(out),
+    return [sys.executable, "-m", "scripts.benchmark", *argv, "--only", part, "--out-dir", str(out),
             "--time-limit", f"{limit:.1f}", "--precision", *precisions]
 
 
