@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats
 
 from models.distill import arms
+from models.evaluation.metrics import metric as registered, used_for
 
 
 
@@ -32,7 +33,6 @@ def contrast_list() -> list[tuple[str, str, str, bool]]:
 
 # Descriptive context beside the contrasts (not corrected, not primary).
 BASELINES = (("Teacher - Student", "teacher", "student"), ("SFT teacher - Teacher", "sft", "teacher"))
-METRICS = ("PSNR", "SSIM")
 EXACT_WILCOXON_MAX_N = 50  # scipy's exact signed-rank distribution below this many pairs (no ties)
 
 
@@ -138,7 +138,7 @@ def all_contrasts(table: dict, columns: list[str]) -> list[Contrast]:
     methods = sorted({method for _, method in table if method is not None})
     found = []
     for column in columns:
-        for metric in METRICS:
+        for metric in contrast_metrics():
             for label, a, b in BASELINES:
                 c = contrast(table, label, (a, None), (b, None), column, metric)
                 found += [c] if c else []
@@ -152,10 +152,15 @@ def all_contrasts(table: dict, columns: list[str]) -> list[Contrast]:
     return found
 
 
+def contrast_metrics() -> tuple[str, ...]:
+    """The registry's metrics marked ``contrasts`` (models/evaluation/metrics.py)."""
+    return tuple(m.name for m in used_for("contrasts"))
+
+
 def _fmt(value: float, metric: str, sign: bool = True) -> str:
     if not np.isfinite(value):
         return "n/a"
-    digits = 2 if metric == "PSNR" else 4
+    digits = registered(metric).digits
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
@@ -166,11 +171,11 @@ def _fmt_p(p: float) -> str:
 def markdown(found: list[Contrast]) -> list[str]:
     """Markdown lines: one table per metric, rows per contrast and test set."""
     lines = []
-    for metric in METRICS:
+    for metric in contrast_metrics():
         rows = [c for c in found if c.metric == metric]
         if not rows:
             continue
-        unit = "dB" if metric == "PSNR" else "SSIM"
+        unit = registered(metric).unit or metric
         lines += ["", f"Contrasts, {metric} ({unit}; b - a per seed: each arm's mean over the test slices; 95 % "
                   "t-interval over seeds, sample std; p: paired t-test over seeds; Holm: over the three secondary "
                   "contrasts of a method, test set and metric; per-slice Wilcoxon: description only, slices "
@@ -202,10 +207,10 @@ def plot(found: list[Contrast], path, write) -> None:
 
     columns = list(dict.fromkeys(c.column for c in found))
     labels = list(dict.fromkeys(c.label for c in found))
-    fig, axes = plt.subplots(len(columns), len(METRICS), squeeze=False,
+    fig, axes = plt.subplots(len(columns), len(contrast_metrics()), squeeze=False,
                              figsize=(12, 1.0 + 0.42 * len(labels) * len(columns)))
     for r, column in enumerate(columns):
-        for k, metric in enumerate(METRICS):
+        for k, metric in enumerate(contrast_metrics()):
             ax = axes[r][k]
             for y, label in enumerate(labels):
                 c = next((c for c in found if (c.column, c.metric, c.label) == (column, metric, label)), None)

@@ -58,6 +58,7 @@ if not __package__:  # run by path: the repository root, which holds the package
 
 from data.masks import parse_acc  # noqa: E402
 from data.owned import staged  # noqa: E402
+from models.evaluation.metrics import metric as registered, used_for  # noqa: E402
 from models.distill.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
 from utils import (CliParser, UserError, atomic_write, clean_text, csv_text, refuse_to_overwrite, run_cli,  # noqa: E402
@@ -72,7 +73,6 @@ _NAME = re.compile(r"^(?:(?P<base>zf|teacher|student|sft0|sft)|(?P<kd>stdkd|sftk
 SEED_MARK = "†"
 # Joins a role and the accelerations a model scored across accelerations was trained at ("student@5x").
 CROSS = "@"
-TABLE_METRICS = ("PSNR", "SSIM")
 # Staging folders and the list of the files a report wrote in --out-dir (data/owned.py).
 STAGE_PREFIX, MANIFEST = ".report-", "report_manifest.json"
 
@@ -101,6 +101,16 @@ class Run:
 
     def mean(self, metric: str) -> float:
         return float(np.mean(list(self.values[metric].values())))
+
+
+def table_metrics() -> tuple[str, ...]:
+    """The columns of the table: the registry's metrics marked ``table`` (models/evaluation/metrics.py)."""
+    return tuple(m.name for m in used_for("table"))
+
+
+def read_metrics() -> tuple[str, ...]:
+    """The metrics read from metrics.csv: the table's and the contrasts'."""
+    return tuple(dict.fromkeys(m.name for m in (*used_for("table"), *used_for("contrasts"))))
 
 
 def role_key(roles: dict) -> tuple[str, str | None, int | None] | None:
@@ -137,17 +147,17 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
     runs: dict[str, Run] = {}
     with metrics_path.open(newline="") as f:
         reader = csv.DictReader(f)
-        missing = {"model", "volume", "slice", *TABLE_METRICS} - set(reader.fieldnames or [])
+        missing = {"model", "volume", "slice", *read_metrics()} - set(reader.fieldnames or [])
         if missing:
             raise UserError(f"{metrics_path} lacks the columns {', '.join(sorted(missing))}; rerun evaluate.py")
         try:
             for row in reader:
                 # Names and the test set come from files: they are printed (utils.clean_text).
                 test_set = summary.get("test_set")
-                run = runs.setdefault(clean_text(row["model"]), Run(folder, {m: {} for m in TABLE_METRICS},
+                run = runs.setdefault(clean_text(row["model"]), Run(folder, {m: {} for m in read_metrics()},
                                                                     test_set=test_set and clean_text(test_set)))
                 key = (row["volume"], int(row["slice"]))
-                for metric in TABLE_METRICS:
+                for metric in read_metrics():
                     run.values[metric][key] = float(row[metric])
         except (ValueError, TypeError) as exc:
             raise UserError(f"{metrics_path} line {reader.line_num}: not a number ({exc}); "
@@ -225,7 +235,7 @@ def central(seeds: dict[int | None, Run], metric: str) -> tuple[float, float, in
 
 def format_cell(mean: float, std: float, metric: str) -> str:
     """``39.76 ± 0.85`` for PSNR, ``0.9769 ± 0.0040`` for SSIM."""
-    digits = 2 if metric == "PSNR" else 4
+    digits = registered(metric).digits
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
@@ -238,14 +248,14 @@ def build_report(table: dict) -> tuple[str, list[dict]]:
     """The Markdown text (table, Wilcoxon table, gap lines) and the CSV rows of a :func:`collect` table."""
     accs = table_columns(table)
     rows = row_order(table)
-    header = ["Method", *(f"{metric} {acc}" for acc in accs for metric in TABLE_METRICS)]
+    header = ["Method", *(f"{metric} {acc}" for acc in accs for metric in table_metrics())]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     csv_rows, any_seeds = [], False
     for key, label in rows:
         cells, csv_row = [label], {"method": label}
         for acc in accs:
             seeds = table[key].get(acc)
-            for metric in TABLE_METRICS:
+            for metric in table_metrics():
                 if not seeds:
                     cells.append("–")
                     continue
@@ -436,7 +446,7 @@ def plot(table: dict, path: Path, write) -> None:
     rows = [(key, label) for key, label in row_order(table) if key[0] != "zf"]
     fig, axes = plt.subplots(len(accs), 2, figsize=(11, 1.2 + 0.45 * len(rows) * len(accs)), squeeze=False)
     for r, acc in enumerate(accs):
-        for c, metric in enumerate(TABLE_METRICS):
+        for c, metric in enumerate(table_metrics()):
             ax = axes[r][c]
             for y, (key, label) in enumerate(rows):
                 seeds = table[key].get(acc)
