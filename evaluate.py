@@ -28,8 +28,10 @@ teacher). The zero-filled input is always evaluated too, as model ``ZF``. Output
   fastMRI's own script prints mean +/- 2 sample std), the public code's volume-wise ones a ``"public_volume"``
   entry of the same form (the public script prints mean +/- 2 sample std too), plus the top-level entries
   ``acc``, ``split``, ``data_root``, ``mask``, ``checkpoints`` (``{name: path}``), ``test_set`` (``--test-set``,
-  default ``{data folder name}/{split}``) and ``roles`` (``{name: the roles its checkpoint records,
-  models/roles.py, plus its training seed}``); these words cannot be model names.
+  default ``{data folder name}/{split}``), ``roles`` (``{name: the roles its checkpoint records,
+  models/roles.py, plus its training seed}``), ``machine`` (the evaluating machine, utils.machine: CPU, ISA,
+  torch build, threads) and ``trained_on`` (``{name: the machine its checkpoint's training recorded, or
+  null}``); these words cannot be model names.
 - with ``--save-recons``: ``recons/{name}/{volume}.h5`` holding one dataset ``reconstruction`` of shape
   (S, H, W) float32, slice-first. Note that this differs from the data files, whose ``volfs`` is
   (H, W, S); the target and the ZF image are not copied (read them from the data), and ZF gets no folder.
@@ -70,7 +72,7 @@ from models.speed import MEMORY_FORMATS, auto_layout
 from models.distributed import resolve_device
 from models.metrics import FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS
 from utils import (CliParser, UserError, atomic_write, check_free_space, clean_text, csv_text, folder_lock,
-                   run_cli, write_json, write_text)
+                   machine, run_cli, write_json, write_text)
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
@@ -101,7 +103,8 @@ METRIC_SETS = {
                                ["model", "volume", *PUBLIC_VOLUME_METRICS], "public_volume"),
 }
 METRIC_CHOICES = {**{name: (name,) for name in METRIC_SETS}, "all": tuple(METRIC_SETS)}
-META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "fastmri", "public_volume")
+META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "machine", "trained_on", "fastmri",
+             "public_volume")
 RECON_KEY = "reconstruction"
 STAGE_PREFIX = ".evaluate-"
 
@@ -149,6 +152,14 @@ def recorded_roles(ckpt: dict) -> dict:
         return {}
     seed = config.get("seed")
     return {**config["roles"], **({"seed": seed} if isinstance(seed, int) else {})}
+
+
+def trained_on(ckpt: dict) -> dict | None:
+    """The machine (utils.machine) of the training process that wrote a checkpoint; None for checkpoints of older
+    versions and imported ones."""
+    config = ckpt.get("config")
+    recorded = config.get("machine") if isinstance(config, dict) else None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def check_names(names: list[str], n_checkpoints: int) -> None:
@@ -361,6 +372,7 @@ def _main(args: argparse.Namespace) -> None:
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
     models = {name: reconstructor(model) for name, (model, _) in zip(names, loaded)}
     args.roles = {name: recorded_roles(ckpt) for name, (_, ckpt) in zip(names, loaded)}
+    args.trained_on = {name: trained_on(ckpt) for name, (_, ckpt) in zip(names, loaded)}
     # Results go to a staging folder that replaces the previous run's files (and only those) once complete, so a
     # failed or killed run leaves the old results as they were (data/owned.py).
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=args.out_dir))
@@ -418,7 +430,8 @@ def write_results(args: argparse.Namespace, names: list[str], rows: dict[str, li
                {**summary, "acc": args.acc, "split": args.split,
                 "test_set": args.test_set or f"{Path(args.data_root).resolve().name}/{args.split}",
                 "data_root": str(args.data_root), "mask": str(args.mask) if args.mask else None,
-                "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)}, "roles": args.roles})
+                "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)}, "roles": args.roles,
+                "machine": machine(), "trained_on": args.trained_on})
     return stats
 
 

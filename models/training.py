@@ -33,8 +33,8 @@ from models.experiment import (MAY_CHANGE_ON_RESUME, REPLACED, check_resume_data
 from models.metrics import psnr, ssim
 from models.networks import PRESETS, configure
 from models.speed import MEMORY_FORMATS, resolve_memory_format
-from utils import (CliParser, UserError, first_line, folder_lock, get_rng_state, save_checkpoint, seed_everything,
-                   seed_type, set_rng_state, write_json)
+from utils import (CliParser, UserError, first_line, folder_lock, get_rng_state, machine, save_checkpoint,
+                   seed_everything, seed_type, set_rng_state, write_json)
 
 # Test hook (see fault_point): ITERATION[:SIGNAL].
 FAULT_ENV = "SFTKD_FAULT_AT"
@@ -429,7 +429,7 @@ class Trainer:
         """``config.json`` (fresh runs), the TensorBoard writer and the start-up line, on rank 0."""
         args, dist = self.args, self.dist
         self.config = {**jsonable(args), "run_name": self.run_name, "roles": self.roles, "git_commit": git_commit(),
-                       "torch_version": str(torch.__version__), "device": str(dist.device),
+                       "torch_version": str(torch.__version__), "machine": machine(), "device": str(dist.device),
                        "world_size": dist.world, "effective_batch_size": args.batch_size * dist.world,
                        "effective_lr": self.lr, "train_slices": len(self.train_set),
                        "validation_slices": len(self.val_set),

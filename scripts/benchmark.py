@@ -25,7 +25,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import re
 import resource
 import signal
@@ -58,7 +57,8 @@ from models.kd_losses import build_kd_loss  # noqa: E402
 from models.sft import SFTNet  # noqa: E402
 from models.steps import KDStep, ReconStep, SFTStep  # noqa: E402
 from models.training import TrainStep  # noqa: E402
-from utils import CliParser, UserError, old_spellings, run_cli, save_checkpoint  # noqa: E402
+from utils import (CliParser, UserError, describe_machine, machine, old_spellings, run_cli,  # noqa: E402
+                   save_checkpoint)
 
 CONV_FLOP = 2 * 9  # multiply-add per 3x3 tap
 # On CUDA the training scripts' float32 is "tf32" (PyTorch's default for convolutions); "fp32" is IEEE.
@@ -90,35 +90,7 @@ def flops_per_pixel() -> dict[str, float]:
     return {"teacher": 3 * t, "student": 3 * s, "sft": 3 * (t + branches), "kd": t + 3 * s, "eval": t}
 
 
-# --------------------------------------------------------------------------- machine, precision, data
-
-def cpu_model() -> str:
-    """CPU model name, family/model numbers and the vector ISA torch dispatches to, e.g.
-    ``"AMD EPYC (family 25, model 1), AVX2"``."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in fields:
-        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    flags = fields.get("flags", "").split()
-    isa = torch.backends.cpu.get_cpu_capability() + (" + AMX" if "amx_tile" in flags else "")
-    return f"{name}, {isa}"
-
-
-def machine_line(device: torch.device) -> str:
-    line = (f"CPU {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
-            f"torch {torch.__version__}")
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        line += (f"; GPU {props.name} ({props.total_memory / 2 ** 30:.0f} GiB), CUDA {torch.version.cuda}, "
-                 f"cuDNN {torch.backends.cudnn.version()}")
-    return line
-
+# --------------------------------------------------------------------------- data
 
 def synthetic_data(root: Path, size: int, n_train: int, n_val: int, acc: str = "4x") -> Path:
     """Smooth random volumes of 8 slices in the original layout, written by data/layout.py."""
@@ -844,7 +816,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     title = "GPU check" if args.check else "Benchmark"
-    report = Report(f"{title}, {datetime.date.today()}: {machine_line(device)}. {args.size} x {args.size}, batch "
+    report = Report(f"{title}, {datetime.date.today()}, on {describe_machine(machine())}. {args.size} x {args.size}, batch "
                     f"{args.batch_size}; s/slice is the median of {repeats} interleaved rounds (fastest-slowest).",
                     precisions, args.out)
     print(report.header, flush=True)
