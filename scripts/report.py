@@ -398,9 +398,12 @@ def machine_line(folders: list[Path], fallback: dict | None = None) -> str:
         for name, path in summary.get("checkpoints", {}).items():
             record = recorded.get(name) if isinstance(recorded.get(name), dict) else fallback
             runs.setdefault(describe_machine(record) if record else "not recorded", set()).add(path)
+    if not runs:  # summary.json files of older versions list no checkpoints
+        return f"Trained on: {describe_machine(fallback) if fallback else 'not recorded'}."
     if len(runs) == 1:
         return f"Trained on: {next(iter(runs))}."
-    return "Trained on: " + "; ".join(f"{text} ({len(paths)} runs)" for text, paths in runs.items()) + "."
+    return "Trained on: " + "; ".join(f"{text} ({len(paths)} run{'s' if len(paths) > 1 else ''})"
+                                       for text, paths in runs.items()) + "."
 
 
 def volume_table(folders: list[Path], key: str) -> list[str]:

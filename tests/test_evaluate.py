@@ -75,6 +75,7 @@ def test_summary_matches_csv(evaluated):
     assert summary["acc"] == "4x" and summary["split"] == "validation"
     assert summary["data_root"] == str(evaluated["root"])
     assert summary["checkpoints"]["sft"] == str(evaluated["paths"]["sft"])
+    assert summary["trained_on"] == {"teacher": None, "student_run": None, "sft": None}  # no training config
     for name in ("ZF", "teacher", "student_run", "sft"):
         for metric in ("PSNR", "SSIM", "NMSE", "HFEN-LoG", "VIF"):
             values = [float(r[metric]) for r in evaluated["rows"] if r["model"] == name]

@@ -15,7 +15,7 @@ from conftest import run_cli
 from models.dccnn import count_parameters
 from models.kd_losses import KD_METHODS
 from models.steps import KDStep, ReconStep, SFTStep
-from utils import UserError
+from utils import UserError, machine
 
 PAPER_METHODS = ["at", "fitnet", "cc", "fsp", "sp"]
 
@@ -38,6 +38,8 @@ def assert_run_outputs(exp: Path, n_params: int, kind: str = "dccnn") -> dict:
     config = json.loads((exp / "config.json").read_text())
     for key in ("git_commit", "torch_version", "device", "lr", "batch_size", "seed", "effective_batch_size"):
         assert key in config
+    # The machine its numbers came from (evaluate.py and report.py name it beside the results).
+    assert config["machine"] == {**machine(), "threads": config["machine"]["threads"]}
     for name in ("model.pt", "best_model.pt"):
         ckpt = torch.load(exp / name, map_location="cpu", weights_only=True)
         assert ckpt["arch"]["kind"] == kind
