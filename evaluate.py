@@ -103,8 +103,8 @@ METRIC_SETS = {
                                ["model", "volume", *PUBLIC_VOLUME_METRICS], "public_volume"),
 }
 METRIC_CHOICES = {**{name: (name,) for name in METRIC_SETS}, "all": tuple(METRIC_SETS)}
-META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "machine", "trained_on", "fastmri",
-             "public_volume")
+META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "machine", "trained_on",
+             "fastmri", "public_volume")
 RECON_KEY = "reconstruction"
 STAGE_PREFIX = ".evaluate-"
 

@@ -26,10 +26,10 @@ from utils import UserError, save_checkpoint, seed_everything
 # They were pinned as sha256 digests of the weight bytes until those were found to depend on the CPU kind: the
 # vectorised uniform_ of an AVX2 / AVX-512 CPU and the scalar code of a CPU without AVX2 (measured with
 # ATEN_CPU_CAPABILITY=default) round `low + u * (high - low)` differently, so about half of the weights differ
-# there by 1 ulp (<= 3e-8). Fingerprinted (see fingerprint), the same weights here and under that setting differ by <= 2e-6 in
-# the float parts; a weight drawn in another order, from another seed or with another bound moves them by far
-# more than INIT_TOLERANCE (a single weight of a 3x3 conv is ~0.05). The hand-built test below still pins the
-# registry's DC-CNNs bit for bit against layers built in the public code's order, in the same process.
+# there by 1 ulp (<= 3e-8). Fingerprinted (see fingerprint), the same weights here and under that setting differ
+# by <= 2e-6 in the float parts; a weight drawn in another order, from another seed or with another bound moves
+# them by far more than INIT_TOLERANCE (a single weight of a 3x3 conv is ~0.05). The hand-built test below still
+# pins the registry's DC-CNNs bit for bit against layers built in the public code's order, in the same process.
 INIT_TOLERANCE = 1e-4
 BEFORE_REGISTRY = {
     "teacher teacher": ("1dd2cbc9696742a7", 5.233025, 222.603135, 8.699962),
