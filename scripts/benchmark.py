@@ -67,6 +67,10 @@ STEPS = ("teacher", "student", "sft", "kd-imitation", "kd-at", "kd-fsp", "eval")
 PARTS = ("tests", "steps", "processes", "resume", "profile")
 CHECK_PARTS = PARTS[:4]  # what --check runs by default
 TINY = {"size": 16, "slices": 8, "val_slices": 4, "repeats": 1}
+# What a training process imports before its first step: the scripts (torch, h5py, numpy), torch._dynamo (which
+# torch.optim imports at the first Adam step), TensorBoard and scikit-image's SSIM (the first validation).
+STARTUP_IMPORTS = ("import train_sft, train_student_kd, torch._dynamo, torch.utils.tensorboard; "
+                   "from skimage.metrics import structural_similarity")
 CHECK_PROCESS_FLAGS = ["--amp", "--num-workers", "4", "--preload", "no"]
 # Limits (seconds) of the check's waits, each far above what it takes on an H100 (tests ~40 s, a process
 # ~15 s, a step cell a few s), so only a hang or a failure reaches them. --time-limit bounds the whole check
@@ -661,7 +665,8 @@ def part_processes(run: Run) -> None:
     times, in one column: bf16 with --amp (always with --check), else the last precision. Before each round of
     processes a roofline probe runs in that precision, and each process's fraction is of the probe just before
     it, so a machine loaded for a while by other jobs slows both alike; a cell gives the median over rounds and
-    the range. A row ``start-up`` times a process that only imports the training scripts."""
+    the range. A row ``start-up`` times a process that only makes the imports of a training process
+    (:data:`STARTUP_IMPORTS`)."""
     args, report = run.args, run.report
     column = "bf16" if (args.amp or args.check) and "bf16" in run.precisions else run.precisions[-1]
     dtype = torch.bfloat16 if column == "bf16" else torch.float32
@@ -682,7 +687,7 @@ def part_processes(run: Run) -> None:
             with run.block(f"processes: roofline, round {round_ + 1}"), speed.float32_mode(tf32=column == "tf32"):
                 roofs.append(roofline(args.batch_size, args.size, run.device, dtype, backward=True, rounds=3))
             exp = tmp / f"round{round_}"
-            runs = {"start-up": ("start-up (imports only)", ["-c", "import train_sft, train_student_kd"], None)}
+            runs = {"start-up": ("start-up (imports only)", ["-c", STARTUP_IMPORTS], None)}
             for name, script, kind in process_runs(teacher_ckpt, exp / "train_sft.py" / "best_model.pt", args.tiny):
                 runs[name] = (f"{name} (whole process)", [*script, *common, "--epochs", "1", "--exp-dir",
                                                           str(exp / name.replace(" ", "_"))], kind)
