@@ -1,12 +1,13 @@
 """Train the student-friendly teacher (SFT): teacher T1..T5 jointly with the student branches S2..S5."""
 from __future__ import annotations
 
-from models.networks import ModelName
-from models.roles import BASE_MODELS, sft_kind
-from models.sft import SFTNet
-from models.steps import SFTStep
-from models.training import add_arch_args, arch_config, common_parser, parse_args, train
-from utils import UserError, run_cli, weight_type
+from models.nets.registry import ModelName
+from models.distill.roles import BASE_MODELS, sft_kind
+from models.nets.sft import SFTNet
+from models.training.steps import SFTStep
+from models.training.flags import add_arch_args, arch_config, common_parser, parse_args, weight_type
+from models.training.loop import train
+from utils import UserError, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,10 @@
 """Train the standard D5C5 teacher or the D3C5 student alone with L1 (the paper's Teacher and Student rows)."""
 from __future__ import annotations
 
-from models.networks import ModelName
-from models.steps import ReconStep
-from models.training import add_arch_args, arch_config, common_parser, parse_args, train
+from models.nets.registry import ModelName
+from models.training.steps import ReconStep
+from models.training.flags import add_arch_args, arch_config, common_parser, parse_args
+from models.training.loop import train
 from utils import run_cli
 
 

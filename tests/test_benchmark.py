@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from conftest import run_cli
-from models import speed
+from models.training import speed
 from scripts import benchmark
 
 
 @pytest.mark.slow
 def test_benchmark_prints_every_step_in_both_layouts(tmp_path):
     # The whole-process part runs in tests/test_gpu_check.py (the same code, with --check's flags).
-    result = run_cli("scripts/benchmark.py", "--size", "16", "--repeats", "2", "--threads", "1",
+    result = run_cli("-m", "scripts.benchmark", "--size", "16", "--repeats", "2", "--threads", "1",
                      "--skip-processes", "--out-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
@@ -33,7 +33,7 @@ def test_benchmark_prints_every_step_in_both_layouts(tmp_path):
 
 @pytest.mark.slow
 def test_one_layout_and_bf16_only_time_what_was_asked(tmp_path):
-    result = run_cli("scripts/benchmark.py", "--size", "8", "--repeats", "1", "--threads", "1",
+    result = run_cli("-m", "scripts.benchmark", "--size", "8", "--repeats", "1", "--threads", "1",
                      "--memory-format", "contiguous", "--precision", "bf16", "--skip-processes",
                      "--out", str(tmp_path))  # the old spelling of --out-dir still works
     assert result.returncode == 0, result.stderr[-2000:]
@@ -44,7 +44,7 @@ def test_one_layout_and_bf16_only_time_what_was_asked(tmp_path):
 
 @pytest.mark.slow
 def test_bad_sizes_are_one_line_errors():
-    result = run_cli("scripts/benchmark.py", "--size", "0")
+    result = run_cli("-m", "scripts.benchmark", "--size", "0")
     assert result.returncode == 2 and result.stderr.strip() == "error: --size must be at least 1, got 0"
 
 
@@ -81,7 +81,7 @@ def test_profile_sorts_ops_into_where_the_time_goes():
 
 @pytest.mark.slow
 def test_profile_and_repeated_processes_run(tmp_path):
-    result = run_cli("scripts/benchmark.py", "--tiny", "--threads", "1", "--only", "profile", "processes",
+    result = run_cli("-m", "scripts.benchmark", "--tiny", "--threads", "1", "--only", "profile", "processes",
                      "--process-repeats", "2", "--out-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     table = (tmp_path / "table.md").read_text()

@@ -22,12 +22,12 @@ from conftest import ROOT, make_dataset, phantom, run_cli
 from data.dataset import build_dataset
 from data.fft import data_fidelity, fft2, ifft2
 from data.masks import cartesian_row_mask
-from models.dccnn import DCCNN, STUDENT, TEACHER
-from models.distributed import EpochSampler
-from models.kd_losses import build_kd_loss
-from models.sft import SFTNet, sft_forward_backward
-from models.speed import float32_mode
-from models.training import to_device
+from models.nets.dccnn import DCCNN, STUDENT, TEACHER
+from models.training.distributed import EpochSampler
+from models.distill.losses import build_kd_loss
+from models.nets.sft import SFTNet, sft_forward_backward
+from models.training.speed import float32_mode
+from models.training.loop import to_device
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -130,12 +130,12 @@ def test_dataloader_workers_with_pinned_memory_give_the_same_batches(tiny_data):
 
 
 def test_frozen_kd_teacher_and_teacher_cache_live_on_the_device(tiny_data):
-    from models.steps import KDStep
+    from models.training.steps import KDStep
     dataset = build_dataset(tiny_data, "train", ["4x"])
     batch = to_device(next(iter(DataLoader(dataset, batch_size=4))), CUDA)
     torch.manual_seed(0)
     step = KDStep(DCCNN(STUDENT), DCCNN(TEACHER), build_kd_loss("imitation", STUDENT, TEACHER), 1.0,
-                  cache_teacher=True).to_device(CUDA, torch.channels_last)
+                  cache_teacher=True).to(device=CUDA, memory_format=torch.channels_last)
     assert all(p.device.type == CUDA.type and not p.requires_grad for p in step.teacher.parameters())
     assert not step.teacher.training
     inputs = (batch["zero_filled"], batch["kspace_under"], batch["mask"])
@@ -154,7 +154,7 @@ def free_port() -> int:
 
 
 def test_one_process_nccl_group_initialises_and_trains_a_step(tiny_data):
-    from models.steps import SFTStep
+    from models.training.steps import SFTStep
     # A bounded wait: the default of 10 minutes would use up a borrowed GPU machine's whole command limit.
     torch.distributed.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
                                          world_size=1, device_id=CUDA, timeout=NCCL_TIMEOUT)
@@ -162,7 +162,7 @@ def test_one_process_nccl_group_initialises_and_trains_a_step(tiny_data):
         dataset = build_dataset(tiny_data, "train", ["4x"])
         batch = to_device(next(iter(DataLoader(dataset, batch_size=2))), CUDA)
         torch.manual_seed(0)
-        step = SFTStep(SFTNet(), 1.0, 1.0).to_device(CUDA, torch.channels_last)
+        step = SFTStep(SFTNet(), 1.0, 1.0).to(device=CUDA, memory_format=torch.channels_last)
         net = torch.nn.parallel.DistributedDataParallel(step, device_ids=[CUDA.index or 0])
         optimizer = torch.optim.Adam([p for p in step.parameters() if p.requires_grad])
         before = {k: v.clone() for k, v in step.model.state_dict().items()}

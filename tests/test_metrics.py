@@ -1,4 +1,4 @@
-"""Tests of models/metrics.py: the per-slice metrics against hand values, and the public code's volume metrics
+"""Tests of models/evaluation/metrics.py: the per-slice metrics against hand values, and the public code's volume metrics
 against its formulas."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from models.metrics import METRICS, PUBLIC_VOLUME_METRICS, hfen_log, laplacian_hfn, nmse, psnr, ssim, vif
+from models.evaluation.metrics import METRICS, PUBLIC_VOLUME_METRICS, hfen_log, laplacian_hfn, nmse, psnr, ssim, vif
 from tests.conftest import ROOT, phantom
 
 
@@ -38,7 +38,7 @@ def test_psnr_is_scikit_images_to_the_last_bit_without_importing_scipy_stats(dty
         recon = (target + rng.normal(0, 0.05, shape)).astype(dtypes[1])
         assert psnr(target, recon) == float(peak_signal_noise_ratio(target, recon, data_range=float(target.max())))
     # scikit-image's module imports scipy.stats (~1 s), which each training process paid at its first validation.
-    code = ("import sys, numpy as np; from models.metrics import psnr, ssim; x = np.random.rand(16, 16); "
+    code = ("import sys, numpy as np; from models.evaluation.metrics import psnr, ssim; x = np.random.rand(16, 16); "
             "psnr(x, x / 2); ssim(x, x / 2); print('scipy.stats' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr[-2000:]

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from data.masks import AccelerationError
-from utils import (UserError, atomic_write, describe_machine, get_rng_state, load_checkpoint, machine, run_cli,
-                   save_checkpoint, seed_everything, set_rng_state, write_json, write_text)
+from models.checkpoints.io import load_checkpoint, save_checkpoint
+from utils import (UserError, atomic_write, describe_machine, get_rng_state, machine, run_cli, seed_everything,
+                   set_rng_state, write_json, write_text)
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -236,7 +237,7 @@ def test_seed_type_takes_numpy_seeds_only(text, ok):
                                       ("x", False)])
 def test_weight_type(text, ok):
     import argparse
-    from utils import weight_type
+    from models.training.flags import weight_type
     if ok:
         assert weight_type(text) == float(text)
     else:

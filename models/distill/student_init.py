@@ -11,15 +11,15 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from models.checkpoint import describe_arch, load_model, load_sft
-from models.networks import PRESETS, configure, short_name
-from models.sft import SFTNet, student_from_blocks
+from models.checkpoints.format import describe_arch, load_model, load_sft
+from models.nets.registry import PRESETS, configure, short_name
+from models.nets.sft import SFTNet, student_from_blocks
 from utils import UserError
 
 
 @dataclass(frozen=True)
 class Init:
-    """Where the student's cascades S2..S5 come from: ``kind`` a models/roles.py init role, ``source`` the
+    """Where the student's cascades S2..S5 come from: ``kind`` a models/distill/roles.py init role, ``source`` the
     trained student to copy them from (None from scratch), ``flag`` and ``path`` for messages."""
 
     kind: str
@@ -29,7 +29,7 @@ class Init:
 
 
 def size_flags(args) -> dict:
-    """The student's size flags, for :func:`models.networks.configure`."""
+    """The student's size flags, for :func:`models.nets.registry.configure`."""
     return {"--cascades": ("cascades", args.cascades), "--depth": ("depth", args.depth),
             "--width": ("width", args.width)}
 

@@ -13,14 +13,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.dccnn import STUDENT, TEACHER
-from models.family import Family
+from models.nets.dccnn import STUDENT, TEACHER
+from models.nets.family import Family
 
 
 @dataclass(frozen=True)
 class SFTConfig:
     """An SFT network: the configs of its teacher and its student, any registered unrolled networks (see
-    models/family.py) with the same number of cascades."""
+    models/nets/family.py) with the same number of cascades."""
     teacher: Any = TEACHER
     student: Any = STUDENT
     kind: ClassVar[str] = "sft"
@@ -57,7 +57,7 @@ class SFTNet(nn.Module):
 
         Each branch runs at the caller's batch size; ``batch_branches`` runs the branches that share a
         student cascade as one batch instead (B, 2B, 3B, 4B: fewer, larger kernels). Which is faster on
-        which device is measured by scripts/benchmark.py and recorded in models/speed.py.
+        which device is measured by scripts/benchmark.py and recorded in models/training/speed.py.
         """
         intermediate = self.teacher_states(zero_filled, kspace_under, mask)
         x = intermediate[-1]
@@ -169,22 +169,17 @@ def sft_loss(teacher_out: torch.Tensor, branch_outs: list[torch.Tensor], target:
 
 
 def student_from_blocks(source: nn.Module, fresh: nn.Module) -> nn.Module:
-    """Student for step 2: cascades S2..S5 copied from the trained student ``source``, S1 taken from the
-    freshly initialised ``fresh`` (same architecture, any unrolled network). Neither argument is modified."""
+    """Student for step 2: cascades S2..S5 copied from the trained student ``source`` (an SFT network's
+    ``.student``, or a standalone student), S1 taken from the freshly initialised ``fresh`` (same architecture,
+    any unrolled network). Neither argument is modified.
+
+    S1 never ran during SFT training, so its weights are just the initial draw; the paper re-initialises it
+    and lets KD train it from scratch together with the copied cascades."""
     student = copy.deepcopy(fresh)
     for index in range(1, len(student.cascades)):
         student.cascades[index].load_state_dict(source.cascades[index].state_dict())
     student.requires_grad_(True)
     return student
-
-
-def student_from_sft(sft: SFTNet, fresh: nn.Module) -> nn.Module:
-    """Student for step 2: S2..S5 copied from ``sft``, S1 taken from the freshly initialised ``fresh``.
-
-    S1 never ran during SFT training, so its weights are just the initial draw; the paper re-initialises it
-    and lets KD train it from scratch together with the copied cascades.
-    """
-    return student_from_blocks(sft.student, fresh)
 
 
 FAMILY = Family(kind=SFTConfig.kind, title="SFT network", config=SFTConfig, parts=("teacher", "student"))
