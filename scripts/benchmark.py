@@ -750,17 +750,30 @@ PROFILE_CATEGORIES = (
 )
 
 
+OTHER_OPS = "other ops (DF where, losses, elementwise)"
+
+
+def profile_category(key: str) -> str:
+    """The :data:`PROFILE_CATEGORIES` entry (or :data:`OTHER_OPS`) of a profiler event's name."""
+    key = key.lower()
+    return next((n for n, words in PROFILE_CATEGORIES if any(w in key for w in words)), OTHER_OPS)
+
+
 def profile_categories(events) -> dict[str, float]:
-    """Seconds of self CPU time per :data:`PROFILE_CATEGORIES` entry (plus ``other ops``) of profiler events
+    """Seconds of self CPU time per :data:`PROFILE_CATEGORIES` entry (plus :data:`OTHER_OPS`) of profiler events
     (``prof.key_averages()``)."""
     seconds = {name: 0.0 for name, _ in PROFILE_CATEGORIES}
-    seconds["other ops (DF where, losses, elementwise)"] = 0.0
+    seconds[OTHER_OPS] = 0.0
     for event in events:
-        key = event.key.lower()
-        name = next((n for n, words in PROFILE_CATEGORIES if any(w in key for w in words)),
-                    "other ops (DF where, losses, elementwise)")
-        seconds[name] += event.self_cpu_time_total / 1e6
+        seconds[profile_category(event.key)] += event.self_cpu_time_total / 1e6
     return seconds
+
+
+def largest_ops(events, categories: tuple[str, ...], count: int = 4) -> str:
+    """``"aten::x 1.23 s, ..."``: the ``count`` ops with the most self CPU time in ``categories``."""
+    chosen = sorted((e for e in events if profile_category(e.key) in categories),
+                    key=lambda e: -e.self_cpu_time_total)[:count]
+    return ", ".join(f"{e.key} {e.self_cpu_time_total / 1e6:.2f} s" for e in chosen)
 
 
 def part_profile(run: Run) -> None:
@@ -786,13 +799,15 @@ def part_profile(run: Run) -> None:
                     start = time.perf_counter()
                     main_fn([*common, *flags])
                     wall = time.perf_counter() - start
-                seconds = profile_categories(prof.key_averages())
+                events = prof.key_averages()
+                seconds = profile_categories(events)
                 inside = sum(seconds.values())
                 parts = sorted(seconds.items(), key=lambda item: -item[1])
                 report.note(f"profile: {name}, 1 epoch in this process: {wall:.2f} s under the profiler; "
                             + ", ".join(f"{what} {s:.2f} s ({s / wall:.0%})" for what, s in parts if s >= 0.005)
                             + f"; outside every op (Python, the profiler) {wall - inside:.2f} s "
-                              f"({(wall - inside) / wall:.0%})")
+                              f"({(wall - inside) / wall:.0%}); largest ops outside the convolutions: "
+                            + largest_ops(events, tuple(n for n in seconds if n != "convolutions"), 6))
 
 
 PART_FUNCTIONS = {"tests": part_tests, "steps": part_steps, "processes": part_processes, "resume": part_resume,
