@@ -687,6 +687,7 @@ def part_processes(run: Run) -> None:
         for round_ in range(args.process_repeats):
             with run.block(f"processes: roofline, round {round_ + 1}"), speed.float32_mode(tf32=column == "tf32"):
                 roofs.append(roofline(args.batch_size, args.size, run.device, dtype, backward=True, rounds=3))
+                report.note(f"processes: round {round_ + 1}: roofline probe (fwd+bwd) {roofs[-1].text()}")
             exp = tmp / f"round{round_}"
             runs = {"start-up": ("start-up (imports only)", ["-c", STARTUP_IMPORTS], None)}
             for name, script, kind in process_runs(teacher_ckpt, exp / "train_sft.py" / "best_model.pt", args.tiny):
@@ -703,9 +704,6 @@ def part_processes(run: Run) -> None:
                         flops[kind] * args.size ** 2 * (n_train or 1) / child.seconds / 1e9 / roof
                     seen.setdefault(row, []).append((child.seconds, fraction, child.peak_kb))
                     report.cell(row, column, process_cell(seen[row], None if kind is None else n_train or 1))
-        if roofs:
-            report.note("processes: roofline probes before each round (fwd+bwd, 3 rounds each): "
-                        + "; ".join(roof.text() for roof in roofs))
 
 
 def process_cell(rounds: list[tuple[float, float | None, int]], slices: int | None) -> str:

@@ -91,4 +91,5 @@ def test_profile_and_repeated_processes_run(tmp_path):
     assert re.search(r"\| train_sft.py \(whole process\) \| [\d.]+ s wall \([\d.]+-[\d.]+\) over 2 runs, "
                      r".* of roofline \([\d.]+-[\d.]+\)", table)
     assert re.search(r"\| start-up \(imports only\) \| [\d.]+ s wall", table)
-    assert table.count("median ") >= 2  # a roofline probe before each round of processes
+    for round_ in (1, 2):  # a roofline probe before each round of processes
+        assert re.search(rf"processes: round {round_}: roofline probe \(fwd\+bwd\) median [\d.]+ GFLOP/s", table)
