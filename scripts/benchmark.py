@@ -277,8 +277,9 @@ class Workload:
         zero_filled = torch.rand(batch, 1, size, size, device=device)
         mask = torch.from_numpy(cartesian_row_mask((size, size), "4x"))[None, None]
         mask = mask.expand(batch, 1, size, size).contiguous().to(device)
-        self.batch = Sample(zero_filled, fft2(zero_filled) * mask, torch.rand(batch, 1, size, size, device=device),
-                            mask, ("synthetic",) * batch, torch.arange(batch), ("4x",) * batch)
+        self.batch = Sample(zero_filled=zero_filled, kspace_under=fft2(zero_filled) * mask,
+                            target=torch.rand(batch, 1, size, size, device=device), mask=mask,
+                            fname=("benchmark",) * batch, slice=torch.arange(batch), acc=("4x",) * batch)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
