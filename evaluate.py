@@ -29,9 +29,11 @@ teacher). The zero-filled input is always evaluated too, as model ``ZF``. Output
   entry of the same form (the public script prints mean +/- 2 sample std too), plus the top-level entries
   ``acc``, ``split``, ``data_root``, ``mask``, ``checkpoints`` (``{name: path}``), ``test_set`` (``--test-set``,
   default ``{data folder name}/{split}``), ``roles`` (``{name: the roles its checkpoint records,
-  models/distill/roles.py, plus its training seed}``) and ``trained_acc`` (``{name: the accelerations it was trained
-  at}``, empty where it records none: with ``--cross-acc`` they differ from ``acc``, and report.py gives such a
-  model a row of its own); these words cannot be model names.
+  models/distill/roles.py, plus its training seed}``), ``trained_acc`` (``{name: the accelerations it was
+  trained at}``, empty where it records none: with ``--cross-acc`` they differ from ``acc``, and report.py gives
+  such a model a row of its own), ``machine`` (the evaluating machine, utils.machine: CPU, ISA, torch build,
+  threads) and ``trained_on`` (``{name: the machine its checkpoint's training recorded, or null}``); these words
+  cannot be model names.
 
 What is scored is checked against what each checkpoint records of its training data: another acceleration is
 refused unless ``--cross-acc``; another slice size, another mask sampling pattern (rows, columns, 2-D) or files
@@ -77,7 +79,7 @@ from models.training.speed import MEMORY_FORMATS, auto_layout
 from models.training.distributed import resolve_device
 from models.evaluation.metrics import FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS
 from utils import (CliParser, UserError, atomic_write, check_free_space, clean_text, csv_text, folder_lock,
-                   run_cli, write_json, write_text)
+                   machine, run_cli, write_json, write_text)
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
@@ -108,8 +110,8 @@ METRIC_SETS = {
                                ["model", "volume", *PUBLIC_VOLUME_METRICS], "public_volume"),
 }
 METRIC_CHOICES = {**{name: (name,) for name in METRIC_SETS}, "all": tuple(METRIC_SETS)}
-META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "trained_acc", "fastmri",
-             "public_volume")
+META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "trained_acc", "machine",
+             "trained_on", "fastmri", "public_volume")
 RECON_KEY = "reconstruction"
 STAGE_PREFIX = ".evaluate-"
 
@@ -157,6 +159,14 @@ def recorded_roles(ckpt: dict) -> dict:
         return {}
     seed = config.get("seed")
     return {**config["roles"], **({"seed": seed} if isinstance(seed, int) else {})}
+
+
+def trained_on(ckpt: dict) -> dict | None:
+    """The machine (utils.machine) of the training process that wrote a checkpoint; None for checkpoints of older
+    versions and imported ones."""
+    config = ckpt.get("config")
+    recorded = config.get("machine") if isinstance(config, dict) else None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def check_names(names: list[str], n_checkpoints: int) -> None:
@@ -426,6 +436,7 @@ def _main(args: argparse.Namespace) -> None:
                         for name, path, (_, ckpt) in zip(names, args.checkpoints, loaded)}
     models = {name: reconstructor(model) for name, (model, _) in zip(names, loaded)}
     args.roles = {name: recorded_roles(ckpt) for name, (_, ckpt) in zip(names, loaded)}
+    args.trained_on = {name: trained_on(ckpt) for name, (_, ckpt) in zip(names, loaded)}
     # Results go to a staging folder that replaces the previous run's files (and only those) once complete, so a
     # failed or killed run leaves the old results as they were (data/owned.py).
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=args.out_dir))
@@ -484,7 +495,7 @@ def write_results(args: argparse.Namespace, names: list[str], rows: dict[str, li
                 "test_set": args.test_set or f"{Path(args.data_root).resolve().name}/{args.split}",
                 "data_root": str(args.data_root), "mask": str(args.mask) if args.mask else None,
                 "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)}, "roles": args.roles,
-                "trained_acc": args.trained_acc})
+                "trained_acc": args.trained_acc, "machine": machine(), "trained_on": args.trained_on})
     return stats
 
 

@@ -1,6 +1,6 @@
 """Shared helpers every layer needs, one section per job: errors and the CLI entry (one-line user errors, the
-CLI entry with ``--debug``), seeding and RNG state, one run per folder (an advisory lock), atomic files, and the
-one sanitiser of printed text (clean_text)."""
+CLI entry with ``--debug``), seeding and RNG state, the machine a figure comes from, one run per folder (an
+advisory lock), atomic files, and the one sanitiser of printed text (clean_text)."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ import fcntl
 import io
 import json
 import os
+import platform
 import random
 import re
 import shutil
@@ -239,6 +240,61 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- the machine a figure comes from
+
+# Environment variables that cap the vector ISA of ATen's kernels and of oneDNN's convolutions: a run under them
+# approximates another CPU kind, and its figures say so.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
+def machine() -> dict:
+    """The machine this process computes on, as JSON-able strings and ints: ``cpu`` (model name, family and
+    model numbers from /proc/cpuinfo), ``cores`` (those this process may use), ``isa`` (the vector ISA ATen
+    dispatches to, ``torch.backends.cpu.get_cpu_capability()``, plus AMX where the CPU has it), ``caps`` (the
+    ISA caps of :data:`ISA_CAPS` that are set), ``torch`` (version and build, e.g. ``2.13.0+cpu``),
+    ``threads`` (``torch.get_num_threads()``) and, with a visible GPU, ``gpu`` (name, CUDA and cuDNN).
+
+    Float results depend on all of these (a kernel's ISA and blocking change the rounding), so every table of
+    trained results and every timing records them: :func:`describe_machine` is their one-line form."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    cpu = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    amx = "amx_tile" in fields.get("flags", "").split()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"cpu": cpu, "cores": cores, "isa": torch.backends.cpu.get_cpu_capability() + (" + AMX" if amx else ""),
+            "caps": " ".join(f"{name}={os.environ[name]}" for name in ISA_CAPS if os.environ.get(name)),
+            "torch": str(torch.__version__), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info["gpu"] = (f"{props.name} ({props.total_memory / 2 ** 30:.0f} GiB), CUDA {torch.version.cuda}, "
+                       f"cuDNN {torch.backends.cudnn.version()}")
+    return info
+
+
+def describe_machine(info: dict) -> str:
+    """One line for a :func:`machine` record, e.g. ``"AMD EPYC (family 25, model 1), 2 cores, ISA AVX2,
+    torch 2.13.0+cpu, 1 thread"``; fields a record lacks are left out."""
+    parts = [str(info.get("cpu", "unknown CPU"))]
+    if info.get("cores"):
+        parts.append(f"{info['cores']} cores")
+    if info.get("isa"):
+        parts.append(f"ISA {info['isa']}" + (f" (capped: {info['caps']})" if info.get("caps") else ""))
+    if info.get("torch"):
+        parts.append(f"torch {info['torch']}")
+    if info.get("threads"):
+        parts.append(f"{info['threads']} thread{'s' if info['threads'] != 1 else ''}")
+    if info.get("gpu"):
+        parts.append(f"GPU {info['gpu']}")
+    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------- one run per folder

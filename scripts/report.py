@@ -23,7 +23,8 @@ Any of these may end in ``-seed{N}`` (``sftkd-at-seed2``); other names are liste
 scored at another acceleration than it was trained at (``evaluate.py --cross-acc``; ``summary.json``'s
 ``trained_acc``) gets a row of its own, e.g. "Student, trained at 5x", after the others.
 
-Writes ``OUT/table.md`` and ``OUT/table.csv``. Rows: ZF, Teacher, Student, SFT teacher, then per KD method
+Writes ``OUT/table.md`` and ``OUT/table.csv``. ``table.md`` opens with the machine(s) that trained the runs (CPU,
+ISA, torch build, threads; see :func:`machine_line`). Rows: ZF, Teacher, Student, SFT teacher, then per KD method
 (alphabetical) "Std-KD (method)" and "SFT-KD-Recon (method)"; missing roles are omitted. Columns per
 acceleration: PSNR and SSIM as mean ± std over slices (``ddof=0``) for one run, or, when a model has
 several seeds, mean ± std over seeds (``ddof=1``) of each seed's mean over slices (marked †). A second
@@ -61,8 +62,8 @@ from data.owned import staged  # noqa: E402
 from models.evaluation.metrics import metric as registered, used_for  # noqa: E402
 from models.distill.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
-from utils import (CliParser, UserError, atomic_write, clean_text, csv_text, refuse_to_overwrite, run_cli,  # noqa: E402
-                   write_text)
+from utils import (CliParser, UserError, atomic_write, clean_text, csv_text, describe_machine,  # noqa: E402
+                   refuse_to_overwrite, run_cli, write_text)
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
 # vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
@@ -413,6 +414,27 @@ VOLUME_TABLES = {
 }
 
 
+def machine_line(folders: list[Path], fallback: dict | None = None) -> str:
+    """Markdown: the machines that trained the models of a table (summary.json's ``trained_on``, which
+    evaluate.py copies from each checkpoint), each with the number of its runs; ``fallback`` (a utils.machine
+    record, ``--machine``) stands for runs whose checkpoints recorded none, such as the committed study's,
+    which predate the record. A single seed's numbers, and which arm comes first, depend on the CPU kind: a
+    kernel's ISA and blocking change the rounding, and training amplifies it."""
+    runs: dict[str, set[str]] = {}  # machine -> checkpoints (a run scored on two test sets counts once)
+    for folder in folders:
+        summary = json.loads((folder / "summary.json").read_text())
+        recorded = summary.get("trained_on") if isinstance(summary.get("trained_on"), dict) else {}
+        for name, path in summary.get("checkpoints", {}).items():
+            record = recorded.get(name) if isinstance(recorded.get(name), dict) else fallback
+            runs.setdefault(describe_machine(record) if record else "not recorded", set()).add(path)
+    if not runs:  # summary.json files of older versions list no checkpoints
+        return f"Trained on: {describe_machine(fallback) if fallback else 'not recorded'}."
+    if len(runs) == 1:
+        return f"Trained on: {next(iter(runs))}."
+    return "Trained on: " + "; ".join(f"{text} ({len(paths)} run{'s' if len(paths) > 1 else ''})"
+                                       for text, paths in runs.items()) + "."
+
+
 def volume_table(folders: list[Path], key: str) -> list[str]:
     """Markdown lines: the ``key`` entry (see :data:`VOLUME_TABLES`) of each folder's summary.json, one row per
     folder and model with a known role, in the folder's order; empty when no folder has one."""
@@ -469,6 +491,18 @@ def plot(table: dict, path: Path, write) -> None:
     write(path, buffer.getvalue())
 
 
+def read_machine(path: Path) -> dict:
+    """The utils.machine record in ``path`` (``--machine``), or a :class:`UserError`."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--machine {path}: cannot read a JSON machine record ({exc})") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("cpu"), str):
+        raise UserError(f"--machine {path}: not a machine record (a JSON object with \"cpu\", \"isa\", "
+                        "\"torch\", \"threads\")")
+    return record
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dirs", nargs="+", required=True, type=Path,
@@ -481,7 +515,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contrasts", action="store_true",
                         help="add the controlled contrasts of scripts/study.sh (B - C primary; C - A, C - D, B - A "
                              "Holm-corrected) with 95 %% t-intervals over seeds (scripts/contrasts.py)")
+    parser.add_argument("--machine", type=Path, default=None, metavar="JSON",
+                        help="the machine (a utils.machine record) that trained the runs whose checkpoints recorded "
+                             "none, e.g. the committed study's docs/study/machine.json")
     args = parser.parse_args(argv)
+    fallback = read_machine(args.machine) if args.machine else None
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} is a file; choose a folder")
     md_path, csv_path = args.out_dir / "table.md", args.out_dir / "table.csv"
@@ -495,6 +533,7 @@ def main(argv: list[str] | None = None) -> None:
     if not table:
         raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
     markdown, csv_rows = build_report(table)
+    markdown = machine_line(args.eval_dirs, fallback) + "\n\n" + markdown
     found = []
     if args.contrasts:
         columns = table_columns(table)

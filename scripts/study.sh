@@ -58,8 +58,11 @@ report() {
         echo "error: no evaluation under $DOCS/{mni152,colin27}/seed*; run bash scripts/study.sh first" >&2
         exit 2
     fi
+    # The committed studies' checkpoints predate the machine record: DOCS/machine.json names their machine.
+    local machine=()
+    [ -f "$DOCS/machine.json" ] && machine=(--machine "$DOCS/machine.json")
     "$PYTHON" -m scripts.report --eval-dirs "${dirs[@]}" --out-dir "$DOCS" --overwrite --plot "$DOCS/study.png" \
-        --contrasts
+        --contrasts "${machine[@]}"
 }
 if [ "${REPORT_ONLY:-0}" = 1 ]; then
     report

@@ -33,7 +33,8 @@ from models.training.experiment import (check_resume_content, check_resume_data,
 from models.evaluation.metrics import psnr, used_for
 from models.training.logs import RunLog
 from models.training.speed import MEMORY_FORMATS, resolve_memory_format
-from utils import UserError, first_line, folder_lock, get_rng_state, seed_everything, set_rng_state, write_json
+from utils import (UserError, first_line, folder_lock, get_rng_state, machine, seed_everything, set_rng_state,
+                   write_json)
 
 
 
@@ -333,7 +334,7 @@ class Trainer:
         """``config.json`` (fresh runs), the TensorBoard writer and the start-up line, on rank 0."""
         args, dist = self.args, self.dist
         self.config = {**jsonable(args), "run_name": self.run_name, "roles": self.roles, "git_commit": git_commit(),
-                       "torch_version": str(torch.__version__), "device": str(dist.device),
+                       "torch_version": str(torch.__version__), "machine": machine(), "device": str(dist.device),
                        "world_size": dist.world, "effective_batch_size": args.batch_size * dist.world,
                        "effective_lr": self.lr, "train_slices": len(self.train_set),
                        "validation_slices": len(self.val_set),
