@@ -74,7 +74,8 @@ from data.fingerprint import split_listing
 from data.layout import acc_folder
 from data.masks import acc_type, mask_lines
 from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
-from models.checkpoints.format import load_model, load_reconstructor, reconstructor
+from models.checkpoints.format import load_model, load_reconstructor
+from models.nets.registry import reconstructor
 from models.training.speed import MEMORY_FORMATS, auto_layout
 from models.training.distributed import resolve_device
 from models.evaluation.metrics import FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS
@@ -289,7 +290,7 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
                   ) -> dict[str, list[dict]]:
     """The zero-filled input (``ZF``) and every model on ``dataset``, scored by each of ``metric_sets``.
 
-    models: name -> a reconstructor (a :class:`models.nets.dccnn.DCCNN`, called with
+    models: name -> a reconstructor (a registered network, models/nets/registry.py, called with
     ``(zero_filled, kspace_under, mask)``, each (B, 1, H, W)) or a checkpoint path.
     metric_sets: keys of :data:`METRIC_SETS`: ``"paper"`` (rows ``{"model", "volume", "slice", "PSNR", "SSIM",
     "NMSE", "HFEN-LoG", "VIF"}``, one per slice), ``"fastmri"`` (rows ``{"model", "volume", "NMSE", "PSNR",

@@ -55,9 +55,9 @@ from data.masks import cartesian_row_mask  # noqa: E402
 from models.training import speed  # noqa: E402
 from models.checkpoints.format import model_payload  # noqa: E402
 from models.checkpoints.io import save_checkpoint  # noqa: E402
-from models.nets.dccnn import DCCNN, STUDENT, TEACHER  # noqa: E402
 from models.distill.losses import build_kd_loss  # noqa: E402
-from models.nets.sft import SFTNet  # noqa: E402
+from models.nets.registry import PRESETS  # noqa: E402
+from models.nets.sft import SFTConfig  # noqa: E402
 from models.training.steps import KDStep, ReconStep, SFTStep  # noqa: E402
 from models.training.loop import TrainStep  # noqa: E402
 from utils import CliParser, UserError, describe_machine, machine, old_spellings, run_cli  # noqa: E402
@@ -65,6 +65,8 @@ from utils import CliParser, UserError, describe_machine, machine, old_spellings
 CONV_FLOP = 2 * 9  # multiply-add per 3x3 tap
 # On CUDA the training scripts' float32 is "tf32" (PyTorch's default for convolutions); "fp32" is IEEE.
 PRECISIONS = {"fp32": "float32, TF32 off", "tf32": "float32, TF32 conv", "bf16": "bf16 (--amp)"}
+# The paper's networks, the ones the training scripts default to (--model teacher / student).
+TEACHER, STUDENT = PRESETS["teacher"], PRESETS["student"]
 STEPS = ("teacher", "student", "sft", "kd-imitation", "kd-at", "kd-fsp", "eval")
 PARTS = ("tests", "steps", "processes", "resume", "profile")
 CHECK_PARTS = PARTS[:4]  # what --check runs by default
@@ -303,16 +305,16 @@ class Workload:
         return one_step
 
     def sft_step(self, fmt, variant: str) -> Callable[[], None]:
-        return self.trainer(SFTStep(SFTNet(), 1.0, 1.0, variant), fmt)
+        return self.trainer(SFTStep(SFTConfig(TEACHER, STUDENT).build(), 1.0, 1.0, variant), fmt)
 
     def step(self, name: str, fmt) -> Callable[[], None]:
         """The training (or, for ``eval``, inference) step ``name`` of :data:`STEPS` in layout ``fmt``."""
         if name in ("teacher", "student"):
-            return self.trainer(ReconStep(DCCNN(TEACHER if name == "teacher" else STUDENT)), fmt)
+            return self.trainer(ReconStep((TEACHER if name == "teacher" else STUDENT).build()), fmt)
         if name == "sft":
             return self.sft_step(fmt, speed.sft_variant(self.device))
         if name == "eval":
-            teacher = ReconStep(DCCNN(TEACHER)).to(self.device, memory_format=fmt).eval()
+            teacher = ReconStep(TEACHER.build()).to(self.device, memory_format=fmt).eval()
 
             @torch.inference_mode()
             def evaluate():
@@ -320,7 +322,7 @@ class Workload:
                     teacher.predict(self.batch)
             return evaluate
         kd = build_kd_loss(name.split("-", 1)[1], STUDENT, TEACHER)
-        return self.trainer(KDStep(DCCNN(STUDENT), DCCNN(TEACHER), kd, kd.default_weight), fmt)
+        return self.trainer(KDStep(STUDENT.build(), TEACHER.build(), kd, kd.default_weight), fmt)
 
 
 # --------------------------------------------------------------------------- whole processes
@@ -679,7 +681,7 @@ def part_processes(run: Run) -> None:
         data = args.data_root or synthetic_data(tmp / "data", args.size, args.slices, args.val_slices)
         common = process_flags(run, data)
         teacher_ckpt = tmp / "teacher.pt"
-        save_checkpoint(model_payload(DCCNN(TEACHER), "teacher"), teacher_ckpt)
+        save_checkpoint(model_payload(TEACHER.build(), "teacher"), teacher_ckpt)
         n_train = args.slices if args.data_root is None else None
         report.note(f"processes: {n_train or 'all'} training slices, 1 epoch, flags {' '.join(speed_flags(args))}, "
                     f"{args.process_repeats} rounds; wall time includes start-up, data, validation and checkpoints; "

@@ -3,7 +3,7 @@
     python -m scripts.import_checkpoint --input best_model.pt --output imported/teacher.pt
 
 The output loads with ``torch.load(weights_only=True)`` and with ``models.checkpoints.format.load_model`` /
-``load_reconstructor`` / ``load_sft``; it computes what the source network computed.
+``load_reconstructor`` / ``models.distill.student_init.load_sft``; it computes what the source network computed.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from data.masks import cartesian_row_mask
-from models.checkpoints.format import build_model, load_model, load_reconstructor, load_sft
+from models.checkpoints.format import build_model, load_model, load_reconstructor
+from models.distill.student_init import load_sft
 from models.checkpoints.io import load_public
 from models.checkpoints.public import convert_state_dict, import_checkpoint
 from models.nets.dccnn import DCCNN, count_parameters

@@ -13,7 +13,8 @@ import torch
 
 import evaluate
 import train_student_kd
-from models.checkpoints.format import load_model, load_reconstructor, load_sft, model_payload
+from models.checkpoints.format import load_model, load_reconstructor, model_payload
+from models.distill.student_init import load_sft
 from models.checkpoints.io import (PUBLIC_CODE_GLOBALS, load_checkpoint, load_public, pickled_globals,
                                    save_checkpoint)
 from models.checkpoints.public import import_checkpoint
