@@ -7,7 +7,9 @@ A checkpoint is a dict of plain tensors and JSON-able values, loadable with
   config as JSON, ``{"kind": ..., its fields}`` (models/networks.py builds it back), e.g.
   ``{"kind": "dccnn", n_cascades, n_convs, channels, residual, ref_padding}`` or
   ``{"kind": "sft", "teacher": {...}, "student": {...}}``; ``model``: the state dict; ``run_name`` and
-  ``config`` (the run's flags and set-up).
+  ``config`` (the run's flags and set-up, with the data's ``image`` type, ``"magnitude"`` or ``"complex"``,
+  and ``kspace``, where its k-space came from, e.g. ``"synthetic from magnitude"``). A network for complex
+  images has ``image_channels`` 2 in its ``arch``; magnitude networks leave it out (it reads as 1).
 - ``best_model.pt`` adds ``epoch`` and ``val_metrics``.
 - ``model.pt`` (training state for ``--resume``) adds ``extra`` (other trainable parts of the step, e.g. a KD
   loss's regressors, kept apart from the student), ``optimizer``, ``scheduler``, ``epoch``,
@@ -20,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.networks import FAMILIES, build_network, describe_arch
+from data.fft import IMAGE_CHANNELS, IMAGE_TYPES
+from models.networks import FAMILIES, build_network, describe_arch, image_channels_of
 from models.sft import SFTNet
 from utils import UserError, first_line, load_checkpoint
 
@@ -99,10 +102,21 @@ def _check_declared_size(arch: dict, state, path, what: str) -> None:
                         f"{stored:,}; the file was edited or damaged")
 
 
-def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, dict]:
+def check_image(arch: dict, image: str, path, what: str) -> None:
+    """A :class:`UserError` when the network of ``arch`` takes another image type than the data's ``image``
+    (``"magnitude"``: 1 channel, ``"complex"``: 2; data/fft.py)."""
+    have, want = image_channels_of(arch), IMAGE_CHANNELS[image]
+    if have != want:
+        raise UserError(f"{what} {path} is a {have}-channel network for {IMAGE_TYPES.get(have, 'unknown')} images, "
+                        f"but the data hold {image} images ({want} channel(s)); pass a checkpoint trained on "
+                        f"{image} images, or the data of its own type")
+
+
+def load_model(path: str | Path, what: str = "checkpoint", image: str | None = None) -> tuple[nn.Module, dict]:
     """Model and checkpoint dict of a file this project wrote (``weights_only=True``).
 
-    ``what`` names the role in errors (e.g. ``"--teacher-checkpoint"``).
+    ``what`` names the role in errors (e.g. ``"--teacher-checkpoint"``); ``image`` (``"magnitude"`` or
+    ``"complex"``), when given, is the data's image type, which the network must take (:func:`check_image`).
     """
     ckpt = load_checkpoint(path, what)
     check_format(ckpt, path, what)
@@ -112,6 +126,8 @@ def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, d
         raise UserError(f"{what} {path}: unknown model kind {kind!r} in its 'arch' entry (expected "
                         f"{' or '.join(map(repr, FAMILIES))}); pass a checkpoint written by this project's "
                         "training scripts")
+    if image is not None:
+        check_image(arch, image, path, what)
     try:
         _check_declared_size(arch, ckpt["model"], path, what)
         model = build_model(arch)
@@ -138,14 +154,14 @@ def reconstructor(model: nn.Module) -> nn.Module:
     return model.teacher if isinstance(model, SFTNet) else model
 
 
-def load_reconstructor(path: str | Path, what: str = "checkpoint") -> nn.Module:
-    """:func:`reconstructor` of a checkpoint's network."""
-    return reconstructor(load_model(path, what)[0])
+def load_reconstructor(path: str | Path, what: str = "checkpoint", image: str | None = None) -> nn.Module:
+    """:func:`reconstructor` of a checkpoint's network (``image`` as in :func:`load_model`)."""
+    return reconstructor(load_model(path, what, image)[0])
 
 
-def load_sft(path: str | Path, what: str = "--init-from-sft") -> SFTNet:
-    """An :class:`SFTNet` checkpoint; anything else is a clear error."""
-    model, ckpt = load_model(path, what)
+def load_sft(path: str | Path, what: str = "--init-from-sft", image: str | None = None) -> SFTNet:
+    """An :class:`SFTNet` checkpoint; anything else is a clear error (``image`` as in :func:`load_model`)."""
+    model, ckpt = load_model(path, what, image)
     if not isinstance(model, SFTNet):
         raise UserError(f"{what} {path} is a {describe_arch(ckpt['arch'])} checkpoint, but an SFT checkpoint is "
                         "required: pass best_model.pt of a train_sft.py run")

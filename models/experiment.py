@@ -22,7 +22,8 @@ REPLACED = ".replaced"
 # or copied --data-root is accepted when its slice counts are the run's (check_resume_data).
 MAY_CHANGE_ON_RESUME = ("epochs", "num_workers", "preload", "device", "memory_format", "save_every_iters",
                         "log_every", "image_every", "no_progress", "cache_teacher", "data_root")
-_NOT_COMPARED = (*MAY_CHANGE_ON_RESUME, "exp_dir", "resume", "overwrite")
+# image and kspace are read from the data, not given: resume compares the network's image type with the data's.
+_NOT_COMPARED = (*MAY_CHANGE_ON_RESUME, "exp_dir", "resume", "overwrite", "image", "kspace")
 
 
 def flag_names(dests) -> str:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from models.checkpoint import describe_arch, load_model, load_sft
-from models.networks import PRESETS, configure, short_name
+from data.fft import IMAGE_CHANNELS
+from models.networks import PRESETS, configure, short_name, with_image_channels
 from models.sft import SFTNet, student_from_blocks
 from utils import UserError
 
@@ -35,8 +36,10 @@ def size_flags(args) -> dict:
 
 
 def chosen_student(args):
-    """The student network ``--student-model`` (default D3C5) with ``--cascades``, ``--depth``, ``--width``."""
-    return configure(PRESETS[args.student_model or "student"], size_flags(args))
+    """The student network ``--student-model`` (default D3C5) with ``--cascades``, ``--depth``, ``--width``, for
+    the data's image type (``args.image``, set by models/training.py from the data)."""
+    config = with_image_channels(PRESETS[args.student_model or "student"], IMAGE_CHANNELS[args.image])
+    return configure(config, size_flags(args))
 
 
 def _shape(config) -> dict:
@@ -47,10 +50,10 @@ def _shape(config) -> dict:
 def load_init(args) -> Init:
     """The ``--init-from-sft`` / ``--init-student`` source of S2..S5, or scratch."""
     if args.init_from_sft is not None:
-        return Init("sft-blocks", load_sft(args.init_from_sft, "--init-from-sft").student, "--init-from-sft",
-                    str(args.init_from_sft))
+        return Init("sft-blocks", load_sft(args.init_from_sft, "--init-from-sft", args.image).student,
+                    "--init-from-sft", str(args.init_from_sft))
     if args.init_student is not None:
-        model, ckpt = load_model(args.init_student, "--init-student")
+        model, ckpt = load_model(args.init_student, "--init-student", args.image)
         expected = chosen_student(args)
         if isinstance(model, SFTNet) or _shape(model.config) != _shape(expected):
             raise UserError(f"--init-student {args.init_student} is a {describe_arch(ckpt['arch'])} checkpoint, but a "

@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.augment import AugmentedSlices
-from data.dataset import build_dataset
+from data.dataset import build_dataset, data_kind
+from data.fft import magnitude
 from data.masks import acc_type
 from data.split_check import check_split
-from models.checkpoint import arch_of, describe_arch, model_payload
+from models.checkpoint import arch_of, check_image, describe_arch, model_payload
 from models.distributed import Dist, EpochSampler
 from models.experiment import (MAY_CHANGE_ON_RESUME, REPLACED, check_resume_data, drop_replaced_run, flag_names,
                                git_commit, jsonable, prepare_exp_dir, restore_old_run, set_aside_old_run)
@@ -137,6 +138,9 @@ def positive(kind):
 def common_parser(description: str) -> CliParser:
     """Parser with the flags every training script shares (defaults are the paper's)."""
     p = CliParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # The data's image type and k-space origin (models/training.py sets them from --data-root before the
+    # networks are built); magnitude until then, so a step built without the loop is the paper's.
+    p.set_defaults(image="magnitude", kspace=None)
     g = p.add_argument_group("data")
     g.add_argument("--data-root", type=Path, required=True,
                    help="folder with train/ and validation/ (acc_{acc}/*.h5) and mask_{acc}.npy")
@@ -203,7 +207,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 @torch.inference_mode()
 def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tuple[dict, dict | None]:
-    """Mean validation L1 of ``output``, PSNR and SSIM per slice (overall and per acceleration), and the
+    """Mean validation L1 of ``output`` (over its channels), PSNR and SSIM per slice (of the magnitude) (overall and per acceleration), and the
     PSNR of every extra output; sums are reduced over ranks so all ranks see the same numbers.
 
     Also returns the first slice this rank saw as images for the logs, ``{"target", "zero_filled",
@@ -222,8 +226,8 @@ def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tupl
             outputs = step.predict(batch)
         outputs = {k: v.float() for k, v in outputs.items()}
         l1 = (outputs["output"] - batch["target"]).abs().mean(dim=(1, 2, 3)).cpu().numpy()
-        target = batch["target"][:, 0].double().cpu().numpy()
-        recons = {k: v[:, 0].double().cpu().numpy() for k, v in outputs.items()}
+        target = magnitude(batch["target"])[:, 0].double().cpu().numpy()
+        recons = {k: magnitude(v)[:, 0].double().cpu().numpy() for k, v in outputs.items()}
         for i, acc in enumerate(batch["acc"]):
             for group in ("", f"_{acc}"):
                 add(group, "n", 1.0)
@@ -233,9 +237,9 @@ def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tupl
             for key in recons.keys() - {"output"}:
                 add("", f"psnr_{key}", psnr(target[i], recons[key][i]))
         if images is None:
-            images = {"target": batch["target"][:1].float().cpu(),
-                      "zero_filled": batch["zero_filled"][:1].float().cpu(),
-                      "output": outputs["output"][:1].cpu()}
+            images = {"target": magnitude(batch["target"][:1]).float().cpu(),
+                      "zero_filled": magnitude(batch["zero_filled"][:1]).float().cpu(),
+                      "output": magnitude(outputs["output"][:1]).cpu()}
     keys = sorted(sums)
     totals = dist.all_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
     sums = dict(zip(keys, totals))
@@ -340,8 +344,16 @@ class Trainer:
         self.val_set = build_dataset(args.data_root, "validation", args.acc, masks, preload)
         # Files may have been moved or merged since data/prepare.py checked them; this reads only attributes.
         check_split(args.data_root, args.acc)
+        # The image type is the data's: the scripts build their networks for it (args.image) and config.json,
+        # every checkpoint and evaluate.py's summary.json record it with the k-space's origin.
+        kind = data_kind(self.train_set)
+        if data_kind(self.val_set) != kind:
+            raise UserError(f"--data-root {args.data_root}: train/ holds {kind['image']} images, validation/ "
+                            f"{data_kind(self.val_set)['image']} ones; prepare both splits in one data/prepare.py run")
+        args.image, args.kspace = kind["image"], kind["kspace"]
         if resume is not None:
             check_resume_data(resume, args, len(self.train_set), len(self.val_set))
+            check_image(resume.get("arch") or {}, args.image, self.exp / "model.pt", "--resume:")
         self.step = step = self.build_step(args)
         recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
         shape = tuple(self.train_set[0]["target"].shape[-2:])
