@@ -19,7 +19,9 @@
 #                STUDY_FLAGS (flags of every training run, "--lr-step-size 20"), TRAIN_FLAGS (more, e.g.
 #                "--device cuda"), PREPARE_FLAGS (flags of data/prepare.py --demo), JOBS (seeds trained at
 #                once, default: all of them, one thread each; JOBS=1 on a GPU), DOCS (docs/study),
-#                COLIN27 (path of ch2bet.nii.gz, default /usr/share/mricron/templates/ch2bet.nii.gz)
+#                COLIN27 (path of ch2bet.nii.gz, default /usr/share/mricron/templates/ch2bet.nii.gz),
+#                CONTROLS (1: the arms C and E too, the default; 0: teacher, student, SFT, A and B only, e.g.
+#                PREPARE_FLAGS="--synthetic-phase 7" DOCS=docs/synthetic-phase/phase for docs/synthetic-phase)
 # The defaults are the demo's setting (scripts/demo.sh); the seeds were fixed before any run of this study and
 # differ from those used to choose the setting (42, 1, 2, 3). Resumable: re-running skips finished runs,
 # resumes interrupted ones, and re-evaluates only seeds whose evaluation is missing.
@@ -42,6 +44,7 @@ JOBS=${JOBS:-${#seed_list[@]}}
 DOCS=${DOCS:-docs/study}
 COLIN27=${COLIN27:-/usr/share/mricron/templates/ch2bet.nii.gz}
 PYTHON=${PYTHON:-python}
+CONTROLS=${CONTROLS:-1}
 DATA="$RESULTS/data"
 COLIN_DATA="$RESULTS/data_colin27"
 start=$(date +%s)
@@ -57,8 +60,10 @@ report() {
         echo "error: no evaluation under $DOCS/{mni152,colin27}/seed*; run bash scripts/study.sh first" >&2
         exit 2
     fi
+    local contrasts=(--contrasts)
+    [ "$CONTROLS" = 1 ] || contrasts=()
     "$PYTHON" scripts/report.py --eval-dirs "${dirs[@]}" --out-dir "$DOCS" --overwrite --plot "$DOCS/study.png" \
-        --contrasts
+        "${contrasts[@]}"
 }
 if [ "${REPORT_ONLY:-0}" = 1 ]; then
     report
@@ -82,7 +87,10 @@ fi
 
 names=(teacher student sft)
 for method in $KD_METHODS; do
-    names+=("stdkd-$method" "sftkd-$method" "stdkd-sftinit-$method" "stdkd-studentinit-$method")
+    names+=("stdkd-$method" "sftkd-$method")
+    if [ "$CONTROLS" = 1 ]; then
+        names+=("stdkd-sftinit-$method" "stdkd-studentinit-$method")
+    fi
 done
 
 evaluate_seed() {  # evaluate_seed SEED: every model of the seed on each test set, into DOCS
@@ -107,7 +115,7 @@ train_seed() {  # all runs of one seed (output in RESULTS/seedN/train.log), then
     local seed=$1 seed_start
     seed_start=$(date +%s)
     mkdir -p "$RESULTS/seed$seed"
-    if RESULTS="$RESULTS/seed$seed" KD_METHODS="$KD_METHODS" CONTROLS=1 \
+    if RESULTS="$RESULTS/seed$seed" KD_METHODS="$KD_METHODS" CONTROLS="$CONTROLS" \
         TRAIN_FLAGS="--seed $seed --no-progress $STUDY_FLAGS ${TRAIN_FLAGS:-}" \
         bash scripts/train_all.sh "$DATA" "$ACC" "$EPOCHS" > "$RESULTS/seed$seed/train.log" 2>&1 \
         && evaluate_seed "$seed"; then
