@@ -18,7 +18,8 @@
 #   environment: SEEDS ("11 12 13 14 15"), KD_METHODS ("at imitation"), EPOCHS (40), SIZE (32), ACC (4x),
 #                STUDY_FLAGS (flags of every training run, "--lr-step-size 20"), TRAIN_FLAGS (more, e.g.
 #                "--device cuda"), PREPARE_FLAGS (flags of data/prepare.py --demo), JOBS (seeds trained at
-#                once, default: all of them, one thread each; JOBS=1 on a GPU), DOCS (docs/study),
+#                once, default: all of them, one thread each; JOBS=1 on a GPU), THREADS (per seed, default: the
+#                cores shared out over JOBS), DOCS (docs/study),
 #                COLIN27 (path of ch2bet.nii.gz, default /usr/share/mricron/templates/ch2bet.nii.gz),
 #                CONTROLS (1: the arms C and E too, the default; 0: teacher, student, SFT, A and B only, e.g.
 #                PREPARE_FLAGS="--synthetic-phase 7" DOCS=docs/synthetic-phase/phase for docs/synthetic-phase)
@@ -129,7 +130,7 @@ train_seed() {  # all runs of one seed (output in RESULTS/seedN/train.log), then
 
 # Seeds train side by side, JOBS at a time, the cores shared out: on a CPU several one-thread processes get
 # more done than one multi-thread process (small convolutions do not keep two threads busy).
-threads=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
+threads=${THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
 pids=() failed=0
 for seed in "${seed_list[@]}"; do
     if [ ${#pids[@]} -ge "$JOBS" ]; then
