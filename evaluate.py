@@ -6,22 +6,22 @@ Usage::
         --data-root data/demo --acc 4x --out-dir results/eval_4x [--metrics paper|fastmri|public-volume|all] \
         [--save-recons]
 
-Every checkpoint is loaded with :func:`models.checkpoint.load_reconstructor` (an SFT checkpoint gives its
+Every checkpoint is loaded with :func:`models.checkpoints.format.load_reconstructor` (an SFT checkpoint gives its
 teacher). The zero-filled input is always evaluated too, as model ``ZF``. Outputs in ``--out-dir``:
 
 - ``metrics.csv`` (``--metrics paper``, the default, or ``all``): per-slice metrics, one row per model and
   slice, header ``model,volume,slice,PSNR,SSIM,NMSE,HFEN-LoG,VIF`` (``volume`` is the HDF5 file name without
   ``.h5``); ZF rows first, then the models in command-line order. PSNR, SSIM and NMSE are those of the public
   code's ``measures.py`` (each slice's own maximum); HFEN-LoG and VIF are extra (see
-  :data:`models.metrics.METRICS`). Slices with an all-zero target are left out (their metrics are undefined)
+  :data:`models.evaluation.metrics.METRICS`). Slices with an all-zero target are left out (their metrics are undefined)
   and counted in a note.
 - ``metrics_fastmri.csv`` (``--metrics fastmri`` or ``all``): fastMRI's volume-wise metrics, one row per model
   and volume, header ``model,volume,NMSE,PSNR,SSIM``, same model order. A volume is every slice of one file,
-  stacked by slice index, all-zero slices included (see :data:`models.metrics.FASTMRI_METRICS`); only a
+  stacked by slice index, all-zero slices included (see :data:`models.evaluation.metrics.FASTMRI_METRICS`); only a
   volume whose target is all zero is left out.
 - ``metrics_public_volume.csv`` (``--metrics public-volume`` or ``all``): the public SFT-KD-Recon ``evaluate.py``'s
   volume-wise metrics, one row per model and volume, header ``model,volume,NMSE,PSNR,SSIM,HFN``, volumes as for
-  fastMRI (see :data:`models.metrics.PUBLIC_VOLUME_METRICS`). Its HFN is the 3 x 3 Laplacian one with the
+  fastMRI (see :data:`models.evaluation.metrics.PUBLIC_VOLUME_METRICS`). Its HFN is the 3 x 3 Laplacian one with the
   prediction clipped to [0, 1], not the per-slice HFEN-LoG.
 - ``summary.json``: ``{model: {metric: {"mean", "std", "n"}}}`` of the paper's metrics (std over slices,
   ``ddof=0``), with fastMRI's a ``"fastmri"`` entry of the same form over volumes (``n`` volumes, ``ddof=0``;
@@ -29,7 +29,7 @@ teacher). The zero-filled input is always evaluated too, as model ``ZF``. Output
   entry of the same form (the public script prints mean +/- 2 sample std too), plus the top-level entries
   ``acc``, ``split``, ``data_root``, ``mask``, ``checkpoints`` (``{name: path}``), ``test_set`` (``--test-set``,
   default ``{data folder name}/{split}``), ``roles`` (``{name: the roles its checkpoint records,
-  models/roles.py, plus its training seed}``), ``image`` (``magnitude`` or ``complex``; complex images are
+  models/distill/roles.py, plus its training seed}``), ``image`` (``magnitude`` or ``complex``; complex images are
   scored on their magnitude, as fastMRI does) and ``kspace`` (where the data's k-space came from, e.g.
   ``synthetic from magnitude``); these words cannot be model names.
 - with ``--save-recons``: ``recons/{name}/{volume}.h5`` holding one dataset ``reconstruction`` of shape
@@ -68,10 +68,10 @@ from data.fft import magnitude
 from data.layout import acc_folder
 from data.masks import acc_type
 from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
-from models.checkpoint import load_model, load_reconstructor, reconstructor
-from models.speed import MEMORY_FORMATS, auto_layout
-from models.distributed import resolve_device
-from models.metrics import FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS
+from models.checkpoints.format import load_model, load_reconstructor, reconstructor
+from models.training.speed import MEMORY_FORMATS, auto_layout
+from models.training.distributed import resolve_device
+from models.evaluation.metrics import FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS
 from utils import (CliParser, UserError, atomic_write, check_free_space, clean_text, csv_text, folder_lock,
                    run_cli, write_json, write_text)
 
@@ -146,7 +146,7 @@ def default_split(data_root: Path, acc: str) -> str:
 
 
 def recorded_roles(ckpt: dict) -> dict:
-    """The roles a checkpoint's run recorded (models/roles.py) plus its ``seed``; empty for checkpoints of
+    """The roles a checkpoint's run recorded (models/distill/roles.py) plus its ``seed``; empty for checkpoints of
     older versions and imported ones, which scripts/report.py then names by their model name."""
     config = ckpt.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("roles"), dict):
@@ -226,7 +226,7 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
                   ) -> dict[str, list[dict]]:
     """The zero-filled input (``ZF``) and every model on ``dataset``, scored by each of ``metric_sets``.
 
-    models: name -> a reconstructor (a :class:`models.dccnn.DCCNN`, called with
+    models: name -> a reconstructor (a :class:`models.nets.dccnn.DCCNN`, called with
     ``(zero_filled, kspace_under, mask)``, each (B, C, H, W)) or a checkpoint path; it must take the data's
     image type (C = 1 magnitude, 2 complex).
     metric_sets: keys of :data:`METRIC_SETS`: ``"paper"`` (rows ``{"model", "volume", "slice", "PSNR", "SSIM",
@@ -242,7 +242,7 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
         raise UserError(f"model name {ZF_NAME!r} is reserved for the zero-filled input; rename that model")
     device = torch.device(device)
     nets = {}
-    # The faster layout for forward passes on this device, measured once (models/speed.py); results differ
+    # The faster layout for forward passes on this device, measured once (models/training/speed.py); results differ
     # between layouts only by float rounding.
     memory_format = MEMORY_FORMATS[auto_layout(device, dataset.shape, amp, backward=False, batch=batch_size)]
     for name, model in models.items():

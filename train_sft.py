@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from data.fft import IMAGE_CHANNELS
-from models.networks import ModelName, with_image_channels
-from models.roles import BASE_MODELS, sft_kind
-from models.sft import SFTNet
-from models.steps import SFTStep
-from models.training import add_arch_args, arch_config, common_parser, parse_args, train
+from models.nets.registry import ModelName, with_image_channels
+from models.distill.roles import BASE_MODELS, sft_kind
+from models.nets.sft import SFTNet
+from models.training.steps import SFTStep
+from models.training.loop import add_arch_args, arch_config, common_parser, parse_args, train
 from utils import UserError, run_cli, weight_type
 
 

@@ -8,7 +8,7 @@ The teacher (``--teacher-checkpoint``) and the student's initialisation (scratch
 - controls: a standard teacher with ``--init-from-sft`` (SFT's blocks without SFT's teacher) or with
   ``--init-student`` (cascades of a student trained alone).
 
-The run records both choices as its roles (models/roles.py) and is named after them (``stdkd-sftinit-at``).
+The run records both choices as its roles (models/distill/roles.py) and is named after them (``stdkd-sftinit-at``).
 Every fresh draw (S1, the KD loss's connectors) comes from the seeded RNG before anything is loaded, so all
 arms of one seed start S1 from the same weights.
 
@@ -24,18 +24,19 @@ import argparse
 
 import torch
 
-from models.checkpoint import load_reconstructor
-from models.kd_losses import KD_METHODS, KDMethodError, build_kd_loss, describe_methods
-from models.networks import ModelName
-from models.roles import kd_run_name, teacher_kind
-from models.steps import KDStep
-from models.student_init import build_student, load_init
-from models.training import common_parser, parse_args, positive, train
-from utils import UserError, load_checkpoint, run_cli, weight_type
+from models.checkpoints.format import load_reconstructor
+from models.checkpoints.io import load_checkpoint
+from models.distill.losses import KD_METHODS, KDMethodError, build_kd_loss, describe_methods
+from models.nets.registry import ModelName
+from models.distill.roles import kd_run_name, teacher_kind
+from models.training.steps import KDStep
+from models.distill.student_init import build_student, load_init
+from models.training.loop import common_parser, parse_args, positive, train
+from utils import UserError, run_cli, weight_type
 
 
 def teacher_role(path) -> str:
-    """The ``teacher`` role of ``--teacher-checkpoint`` (models/roles.py), from what its checkpoint records."""
+    """The ``teacher`` role of ``--teacher-checkpoint`` (models/distill/roles.py), from what its checkpoint records."""
     ckpt = load_checkpoint(path, "--teacher-checkpoint")
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), dict) else {}

@@ -1,10 +1,10 @@
 """Turn NIfTI volumes, fastMRI files or nilearn's MNI152 demo brain into the KD-MRI / SFT-KD-Recon HDF5 layout.
 
-    python data/prepare.py --preset acdc --input ACDC/database/training --out-dir datasets/acdc
-    python data/prepare.py --preset mrbrains --input MRBrainS/TrainingData --out-dir datasets/mrbrains
-    python data/prepare.py --preset fastmri-knee-sc --fastmri knee/singlecoil_train knee/singlecoil_val \
+    python -m data.prepare --preset acdc --input ACDC/database/training --out-dir datasets/acdc
+    python -m data.prepare --preset mrbrains --input MRBrainS/TrainingData --out-dir datasets/mrbrains
+    python -m data.prepare --preset fastmri-knee-sc --fastmri knee/singlecoil_train knee/singlecoil_val \
         --acc 4x 8x --center-fraction 0.08 0.04 --out-dir datasets/fastmri-knee
-    python data/prepare.py --demo --out-dir datasets/demo --size 64 --max-slices-per-volume 40
+    python -m data.prepare --demo --out-dir datasets/demo --size 64 --max-slices-per-volume 40
 
 Inputs. Folders are searched recursively (following folder symlinks, skipping hidden folders such as
 ``.git``) for ``.nii`` / ``.nii.gz``. Every file, found or named, must match ``--include`` (default: all) and
@@ -88,8 +88,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-# Run as `python data/prepare.py` from the repo root: make the top-level packages importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run by path: the repository root, which holds the packages, is not importable
+    print("error: run it as a module from the repository root: python -m data.prepare ...", file=sys.stderr)
+    sys.exit(2)
 
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402

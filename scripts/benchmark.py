@@ -1,6 +1,6 @@
 """Benchmark and GPU check: training-step and evaluation speed against a convolution roofline measured in the same process.
 
-Times the teacher, student, SFT and KD (imitation, at, fsp) training steps of models/steps.py and evaluation at
+Times the teacher, student, SFT and KD (imitation, at, fsp) training steps of models/training/steps.py and evaluation at
 ``--batch-size``, in each ``--precision`` (float32 with TF32 off, float32 with TF32 convolutions, bfloat16
 autocast) and each memory layout, as seconds per slice (median and range over ``--repeats`` interleaved rounds),
 slices/s, fraction of the roofline (a 3x3 32 -> 32 convolution in the step's dtype, same batch and size, best
@@ -10,7 +10,7 @@ and ``train_student_kd.py`` as separate processes (start-up, data, validation an
 
 ``--check`` is the GPU check that ``scripts/gpu_check.sh`` runs, in four parts (``--only`` picks some): ``tests``
 (``tests/test_cuda.py``), ``steps`` (the timings in all three precisions and the SFT step variants of
-models/speed.py), ``processes`` (with ``--amp --num-workers 4 --preload no``) and ``resume`` (a ``--resume`` after
+models/training/speed.py), ``processes`` (with ``--amp --num-workers 4 --preload no``) and ``resume`` (a ``--resume`` after
 interrupting ``train_sft.py``). Each part runs as its own process and every wait has a limit, so a hang, a crash
 or an exception becomes a FAILED cell or note and the check goes on; the table is rewritten after every cell in
 ``--out-dir``/table.md, printed at the end whatever happened, and the exit code is 1 if anything failed. It needs
@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-# Runnable as `python scripts/benchmark.py` from anywhere: the project root holds the packages.
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run by path: the repository root, which holds the packages, is not importable
+    print("error: run it as a module from the repository root: python -m scripts.benchmark ...", file=sys.stderr)
+    sys.exit(2)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -51,14 +52,15 @@ from torch.nn import functional as F  # noqa: E402
 from data.fft import fft2  # noqa: E402
 from data.layout import acc_folder, mask_name, undersample, write_volume  # noqa: E402
 from data.masks import cartesian_row_mask  # noqa: E402
-from models import speed  # noqa: E402
-from models.checkpoint import model_payload  # noqa: E402
-from models.dccnn import DCCNN, STUDENT, TEACHER  # noqa: E402
-from models.kd_losses import build_kd_loss  # noqa: E402
-from models.sft import SFTNet  # noqa: E402
-from models.steps import KDStep, ReconStep, SFTStep  # noqa: E402
-from models.training import TrainStep  # noqa: E402
-from utils import CliParser, UserError, old_spellings, run_cli, save_checkpoint  # noqa: E402
+from models.training import speed  # noqa: E402
+from models.checkpoints.format import model_payload  # noqa: E402
+from models.checkpoints.io import save_checkpoint  # noqa: E402
+from models.nets.dccnn import DCCNN, STUDENT, TEACHER  # noqa: E402
+from models.distill.losses import build_kd_loss  # noqa: E402
+from models.nets.sft import SFTNet  # noqa: E402
+from models.training.steps import KDStep, ReconStep, SFTStep  # noqa: E402
+from models.training.loop import TrainStep  # noqa: E402
+from utils import CliParser, UserError, old_spellings, run_cli  # noqa: E402
 
 CONV_FLOP = 2 * 9  # multiply-add per 3x3 tap
 # On CUDA the training scripts' float32 is "tf32" (PyTorch's default for convolutions); "fp32" is IEEE.
@@ -267,7 +269,7 @@ def roofline(batch: int, size: int, device: torch.device, dtype: torch.dtype, ba
 
 class Workload:
     """One random batch at (batch, 1, size, size) on ``device`` and the timed calls of the training steps of
-    models/steps.py (the ones the training scripts run) on it."""
+    models/training/steps.py (the ones the training scripts run) on it."""
 
     def __init__(self, batch: int, size: int, device: torch.device, amp: bool, compile_models: bool):
         self.device, self.amp, self.compile = device, amp, compile_models
@@ -281,7 +283,7 @@ class Workload:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def trainer(self, step: TrainStep, fmt) -> Callable[[], None]:
-        """One optimiser step of ``step`` (moved to ``fmt``), as models/training.py's loop takes it in one
+        """One optimiser step of ``step`` (moved to ``fmt``), as models/training/loop.py's loop takes it in one
         process: a step that runs its own backward (the SFT branch-wise step) has already run it."""
         step.to(self.device, memory_format=fmt)
         step.allow_own_backward = True
@@ -583,7 +585,7 @@ def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> No
     label = PRECISIONS[precision]
     flops = flops_per_pixel()
     picked = {True: speed.DEFAULT_LAYOUT, False: speed.DEFAULT_LAYOUT}
-    how = "timed at start-up" if device.type == "cuda" else "fixed per CPU ISA, CPU_LAYOUT in models/speed.py"
+    how = "timed at start-up" if device.type == "cuda" else "fixed per CPU ISA, CPU_LAYOUT in models/training/speed.py"
     for backward, user, work_done in ((True, "training (--memory-format auto)", "fwd+bwd"),
                                       (False, "evaluate.py", "fwd")):
         with run.block(f"{label}: layout decision of {user}"):
@@ -625,7 +627,7 @@ def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> No
             for (row, _), timing in zip(cells, timings.values()):
                 report.cell(row, precision, step_cell(timing, batch, flops["sft"] * pixels, roofs.get(True)))
             fastest = min(timings, key=lambda v: statistics.median(timings[v].seconds))
-            report.note(f"{label}: fastest SFT step variant on {device.type}: {fastest}; models/speed.py "
+            report.note(f"{label}: fastest SFT step variant on {device.type}: {fastest}; models/training/speed.py "
                         f"SFT_VARIANT[{device.type!r}] = {speed.sft_variant(device)!r}")
     del work
     if device.type == "cpu":
@@ -768,7 +770,7 @@ def build_parser() -> CliParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds per benchmark (default 3 on CPU, 20 on CUDA)")
-    p.add_argument("--sft-variants", action="store_true", help="also time the SFT step variants of models/speed.py")
+    p.add_argument("--sft-variants", action="store_true", help="also time the SFT step variants of models/training/speed.py")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of the whole-process runs")
     p.add_argument("--skip-processes", action="store_true",
                    help="only the in-process step benchmarks (and, with --check, the tests)")

@@ -1,7 +1,7 @@
 """The controlled contrasts of scripts/study.sh: which part of SFT-KD-Recon's gain is its teacher, which its
 initialisation, with statistics a reviewer accepts.
 
-Arms (models/roles.py), per KD method M: A Std-KD (standard teacher, scratch), B SFT-KD-Recon (SFT teacher,
+Arms (models/distill/roles.py), per KD method M: A Std-KD (standard teacher, scratch), B SFT-KD-Recon (SFT teacher,
 SFT blocks), C standard teacher + SFT blocks, E standard teacher + the standalone student's cascades.
 
 - **Primary** B - C: the teacher's effect with the initialisation held fixed.

@@ -40,7 +40,7 @@ fi
 start=$(date +%s)
 echo "SFT-KD-Recon demo: MNI152 template, ${SIZE}x${SIZE} slices, ${SLICES:-all} slices, ${EPOCHS} epochs, acc ${ACC}, KD method ${METHOD} -> ${OUT}"
 
-"$PYTHON" data/prepare.py --demo --out-dir "$OUT/data" --size "$SIZE" --resize --acc "$ACC" \
+"$PYTHON" -m data.prepare --demo --out-dir "$OUT/data" --size "$SIZE" --resize --acc "$ACC" \
     ${SLICES:+--max-slices-per-volume "$SLICES"}
 RESULTS="$OUT/runs" KD_METHODS="$METHOD" TRAIN_FLAGS="--device auto --image-every 2 --lr-step-size 20 $DEMO_TRAIN_FLAGS" \
     bash scripts/train_all.sh "$OUT/data" "$ACC" "$EPOCHS"
@@ -49,8 +49,8 @@ RUNS="$OUT/runs/$ACC"
 "$PYTHON" evaluate.py --data-root "$OUT/data" --acc "$ACC" --out-dir "$OUT/eval" --save-recons --device auto \
     --checkpoints "$RUNS/teacher/best_model.pt" "$RUNS/student/best_model.pt" "$RUNS/sft/best_model.pt" \
                   "$RUNS/stdkd-$METHOD/best_model.pt" "$RUNS/sftkd-$METHOD/best_model.pt"
-"$PYTHON" scripts/report.py --eval-dirs "$OUT/eval" --out-dir "$OUT"
-"$PYTHON" scripts/figure.py --eval-dir "$OUT/eval" --data-root "$OUT/data" --acc "$ACC" --output "$OUT/figure.png" \
+"$PYTHON" -m scripts.report --eval-dirs "$OUT/eval" --out-dir "$OUT"
+"$PYTHON" -m scripts.figure --eval-dir "$OUT/eval" --data-root "$OUT/data" --acc "$ACC" --output "$OUT/figure.png" \
     --models teacher student sft "stdkd-$METHOD" "sftkd-$METHOD"
 
 echo

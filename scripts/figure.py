@@ -3,13 +3,13 @@
 Usage::
 
     python evaluate.py ... --out-dir results/eval_4x --save-recons
-    python scripts/figure.py --eval-dir results/eval_4x --data-root data/demo --acc 4x \
+    python -m scripts.figure --eval-dir results/eval_4x --data-root data/demo --acc 4x \
         --models teacher student stdkd-at sftkd-at --inset 60 80 40 --out results/figure_4x.png
 
 Top row: target, ZF (the data file's ``img_volus_{acc}``) and every model's reconstruction (from
 ``EVAL_DIR/recons/{model}/{volume}.h5``), all grey with the target's range. Bottom row: ``|recon - target|``
 times ``--error-scale``, one shared colour scale (0 to the target's maximum). Each panel's title gives the
-slice's PSNR / SSIM (``models.metrics.psnr`` / ``models.metrics.ssim``). ``--inset Y0 X0 SIZE`` outlines a
+slice's PSNR / SSIM (``models.evaluation.metrics.psnr`` / ``models.evaluation.metrics.ssim``). ``--inset Y0 X0 SIZE`` outlines a
 square on every image and shows it enlarged in the panel's corner. The default slice is the one with the largest target
 energy (sum of squares) in the chosen volume (default: the first volume of the split).
 """
@@ -28,13 +28,14 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-# Run as `python scripts/figure.py`: the repository root must be importable for utils / data.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run by path: the repository root, which holds the packages, is not importable
+    print("error: run it as a module from the repository root: python -m scripts.figure ...", file=sys.stderr)
+    sys.exit(2)
 
 from data.layout import acc_folder, keys_for  # noqa: E402
 from data.masks import acc_type  # noqa: E402
 from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
-from models.metrics import psnr, ssim  # noqa: E402
+from models.evaluation.metrics import psnr, ssim  # noqa: E402
 from utils import (CliParser, UserError, atomic_write, first_line, old_spellings, refuse_to_overwrite,  # noqa: E402
                    run_cli)
 

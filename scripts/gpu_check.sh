@@ -16,4 +16,4 @@
 # (see its --help). Set PYTHON to choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-python3}" scripts/benchmark.py --check "$@"
+exec "${PYTHON:-python3}" -m scripts.benchmark --check "$@"

@@ -1,8 +1,8 @@
 """Convert a checkpoint of the public SFT-KD-Recon / KD-MRI code into this project's checkpoint format.
 
-    python scripts/import_checkpoint.py --input best_model.pt --output imported/teacher.pt --trust-pickle
+    python -m scripts.import_checkpoint --input best_model.pt --output imported/teacher.pt --trust-pickle
 
-The output loads with ``torch.load(weights_only=True)`` and with ``models.checkpoint.load_model`` /
+The output loads with ``torch.load(weights_only=True)`` and with ``models.checkpoints.format.load_model`` /
 ``load_reconstructor`` / ``load_sft``; it computes what the source network computed.
 """
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as `python scripts/import_checkpoint.py` from the repo root: make the top-level packages importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run by path: the repository root, which holds the packages, is not importable
+    print("error: run it as a module from the repository root: python -m scripts.import_checkpoint ...", file=sys.stderr)
+    sys.exit(2)
 
-from models.checkpoint import describe_arch  # noqa: E402
-from models.checkpoint_import import import_checkpoint  # noqa: E402
+from models.checkpoints.format import describe_arch  # noqa: E402
+from models.checkpoints.public import import_checkpoint  # noqa: E402
 from utils import CliParser, UserError, run_cli  # noqa: E402
 
 

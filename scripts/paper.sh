@@ -75,9 +75,9 @@ for acc in $ACCS; do
         --out-dir "$RESULTS/eval_$acc" --save-recons --overwrite --device auto --metrics all
     eval_dirs+=("$RESULTS/eval_$acc")
 done
-"$PYTHON" scripts/report.py --eval-dirs "${eval_dirs[@]}" --out-dir "$RESULTS" --overwrite
+"$PYTHON" -m scripts.report --eval-dirs "${eval_dirs[@]}" --out-dir "$RESULTS" --overwrite
 first_method=${KD_METHODS%% *}
-"$PYTHON" scripts/figure.py --eval-dir "$RESULTS/eval_$first_acc" --data-root "$DATA_ROOT" --acc "$first_acc" \
+"$PYTHON" -m scripts.figure --eval-dir "$RESULTS/eval_$first_acc" --data-root "$DATA_ROOT" --acc "$first_acc" \
     --output "$RESULTS/figure_$first_acc.png" --overwrite \
     --models teacher student "stdkd-$first_method" "sftkd-$first_method"
 echo "table: $RESULTS/table.md   figure: $RESULTS/figure_$first_acc.png   TensorBoard: tensorboard --logdir $RESULTS"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/report.py --eval-dirs results/eval_4x results/eval_5x --out-dir results/report
+    python -m scripts.report --eval-dirs results/eval_4x results/eval_5x --out-dir results/report
 
 Each ``--eval-dirs`` folder is what ``evaluate.py`` wrote (``summary.json`` + ``metrics.csv``); its
 acceleration is ``summary.json``'s ``"acc"``. Folders with the same acceleration are merged (e.g. one
@@ -52,11 +52,12 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import ttest_rel
 
-# Run as `python scripts/report.py`: the repository root must be importable for utils / data.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run by path: the repository root, which holds the packages, is not importable
+    print("error: run it as a module from the repository root: python -m scripts.report ...", file=sys.stderr)
+    sys.exit(2)
 
 from data.masks import parse_acc  # noqa: E402
-from models.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
+from models.distill.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
 from utils import CliParser, UserError, atomic_write, csv_text, refuse_to_overwrite, run_cli, write_text  # noqa: E402
 
@@ -97,7 +98,7 @@ class Run:
 
 
 def role_key(roles: dict) -> tuple[str, str | None, int | None] | None:
-    """``(role, kd_method, seed)`` from the roles evaluate.py copied out of a checkpoint (models/roles.py); None
+    """``(role, kd_method, seed)`` from the roles evaluate.py copied out of a checkpoint (models/distill/roles.py); None
     for roles this report has no row for."""
     model, seed = roles.get("model"), roles.get("seed")
     if model in BASE_MODELS:

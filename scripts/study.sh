@@ -63,7 +63,7 @@ report() {
     fi
     local contrasts=(--contrasts)
     [ "$CONTROLS" = 1 ] || contrasts=()
-    "$PYTHON" scripts/report.py --eval-dirs "${dirs[@]}" --out-dir "$DOCS" --overwrite --plot "$DOCS/study.png" \
+    "$PYTHON" -m scripts.report --eval-dirs "${dirs[@]}" --out-dir "$DOCS" --overwrite --plot "$DOCS/study.png" \
         "${contrasts[@]}"
 }
 if [ "${REPORT_ONLY:-0}" = 1 ]; then
@@ -74,13 +74,13 @@ fi
 if [ ! -f "$DATA/mask_$ACC.npy" ]; then
     rm -rf "$DATA"
     # shellcheck disable=SC2086
-    "$PYTHON" data/prepare.py --demo --out-dir "$DATA" --size "$SIZE" --resize --acc "$ACC" $PREPARE_FLAGS
+    "$PYTHON" -m data.prepare --demo --out-dir "$DATA" --size "$SIZE" --resize --acc "$ACC" $PREPARE_FLAGS
 fi
 if [ -f "$COLIN27" ] && [ ! -f "$COLIN_DATA/mask_$ACC.npy" ]; then
     rm -rf "$COLIN_DATA"
     # The MNI152 demo pads its 197 x 233 slices to 233 x 233 before resizing: the same mm per pixel here.
     # shellcheck disable=SC2086
-    "$PYTHON" data/prepare.py --input "$COLIN27" --test-only --mask-dir "$DATA" --out-dir "$COLIN_DATA" \
+    "$PYTHON" -m data.prepare --input "$COLIN27" --test-only --mask-dir "$DATA" --out-dir "$COLIN_DATA" \
         --size "$SIZE" --resize --pad-to 233 --acc "$ACC" $PREPARE_FLAGS
 elif [ ! -f "$COLIN27" ]; then
     echo "note: $COLIN27 is not installed (Debian: apt-get install mricron-data); the study skips the Colin27 test set"

@@ -7,7 +7,7 @@ import torch
 from data.augment import INTENSITY_RANGE, AugmentedSlices, augment_target
 from data.dataset import SliceDataset
 from data.fft import fft2, zero_filled
-from models.distributed import EpochSampler
+from models.training.distributed import EpochSampler
 
 
 def dihedral(image: torch.Tensor) -> list[torch.Tensor]:

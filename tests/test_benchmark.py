@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def test_benchmark_prints_every_step_in_both_layouts(tmp_path):
     # The whole-process part runs in tests/test_gpu_check.py (the same code, with --check's flags).
-    result = run_cli("scripts/benchmark.py", "--size", "16", "--repeats", "2", "--threads", "1",
+    result = run_cli("-m", "scripts.benchmark", "--size", "16", "--repeats", "2", "--threads", "1",
                      "--skip-processes", "--out-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
@@ -26,7 +26,7 @@ def test_benchmark_prints_every_step_in_both_layouts(tmp_path):
 
 
 def test_one_layout_and_bf16_only_time_what_was_asked(tmp_path):
-    result = run_cli("scripts/benchmark.py", "--size", "8", "--repeats", "1", "--threads", "1",
+    result = run_cli("-m", "scripts.benchmark", "--size", "8", "--repeats", "1", "--threads", "1",
                      "--memory-format", "contiguous", "--precision", "bf16", "--skip-processes",
                      "--out", str(tmp_path))  # the old spelling of --out-dir still works
     assert result.returncode == 0, result.stderr[-2000:]
@@ -36,5 +36,5 @@ def test_one_layout_and_bf16_only_time_what_was_asked(tmp_path):
 
 
 def test_bad_sizes_are_one_line_errors():
-    result = run_cli("scripts/benchmark.py", "--size", "0")
+    result = run_cli("-m", "scripts.benchmark", "--size", "0")
     assert result.returncode == 2 and result.stderr.strip() == "error: --size must be at least 1, got 0"

@@ -1,4 +1,4 @@
-"""Tests of the second network family, models/cascaded_unet.py, at 32 x 32: shapes and the feature contract,
+"""Tests of the second network family, models/nets/cascaded_unet.py, at 32 x 32: shapes and the feature contract,
 training with train_teacher.py, SFT teacher and student, KD with imitation, at and fitnet, evaluation."""
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import train_student_kd
 import train_teacher
 from conftest import make_dataset
 from data.fft import fft2
-from models.cascaded_unet import CascadedUNetConfig
-from models.checkpoint import load_model, load_reconstructor
-from models.dccnn import count_parameters
-from models.kd_losses import build_kd_loss
-from models.networks import PRESETS, describe_arch
-from models.sft import SFTNet
+from models.nets.cascaded_unet import CascadedUNetConfig
+from models.checkpoints.format import load_model, load_reconstructor
+from models.nets.dccnn import count_parameters
+from models.distill.losses import build_kd_loss
+from models.nets.registry import PRESETS, describe_arch
+from models.nets.sft import SFTNet
 from utils import UserError
 
 TEACHER, STUDENT = PRESETS["unet-teacher"], PRESETS["unet-student"]
@@ -64,11 +64,11 @@ def test_model_list_offers_both_families(capsys):
     names = [line.split()[0] for line in listed.splitlines()]
     assert stop.value.code == 0 and names[:2] == ["teacher", "student"]
     assert {"unet-teacher", "unet-student"} <= set(names)
-    assert "cascaded U-Net U8L2C5" in listed and "146,605 parameters" in listed
+    assert "cascaded U-Net U8L2C5" in listed and "145,685 parameters" in listed
 
 
 def test_sizes_and_names():
-    assert count_parameters(TEACHER.build()) == 146_605 and count_parameters(STUDENT.build()) == 36_985
+    assert count_parameters(TEACHER.build()) == 145_685 and count_parameters(STUDENT.build()) == 36_525
     assert TEACHER.to_dict() == {"kind": "cascaded-unet", "n_cascades": 5, "levels": 2, "channels": 8,
                                  "residual": False}
     assert describe_arch(STUDENT.to_dict()) == "cascaded U-Net U4L2C5 (5 cascades of a 2-level U-Net, width 4)"
@@ -106,7 +106,7 @@ def test_residual_refines_the_input():
 def test_train_teacher_trains_and_records_it(runs):
     ckpt = checkpoint(runs["teacher"])
     assert ckpt["arch"] == TEACHER.to_dict() and ckpt["config"]["roles"] == {"model": "unet-teacher"}
-    assert sum(v.numel() for v in ckpt["model"].values()) == 146_605
+    assert sum(v.numel() for v in ckpt["model"].values()) == 145_685
     assert ckpt["val_metrics"]["psnr"] > 0
     model, _ = load_model(runs["teacher"] / "best_model.pt")
     assert type(model.config) is CascadedUNetConfig
@@ -158,7 +158,7 @@ def test_sft_kd_distils_the_unet_student(tmp_path, runs, method):
                                  str(sft_path), "--kd-method", method))
     ckpt = checkpoint(exp)
     assert ckpt["arch"] == STUDENT.to_dict() and ckpt["run_name"] == f"sftkd-{method}"
-    assert json.loads((exp / "config.json").read_text())["model_parameters"] == 36_985
+    assert json.loads((exp / "config.json").read_text())["model_parameters"] == 36_525
 
 
 def test_std_kd_imitation_from_a_unet_teacher_into_a_fresh_unet_student(tmp_path, runs):

@@ -1,4 +1,4 @@
-"""Tests for models/checkpoint_import.py and scripts/import_checkpoint.py against an independent re-implementation
+"""Tests for models/checkpoints/public.py and scripts/import_checkpoint.py against an independent re-implementation
 of the public SFT-KD-Recon / KD-MRI networks and their way of saving checkpoints."""
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from data.masks import cartesian_row_mask
-from models.checkpoint import build_model, load_model, load_reconstructor, load_sft
-from models.checkpoint_import import convert_state_dict, import_checkpoint
-from models.dccnn import DCCNN, count_parameters
-from models.sft import SFTNet
+from models.checkpoints.format import build_model, load_model, load_reconstructor, load_sft
+from models.checkpoints.public import convert_state_dict, import_checkpoint
+from models.nets.dccnn import DCCNN, count_parameters
+from models.nets.sft import SFTNet
 from tests.conftest import run_cli
 from utils import UserError
 
-SCRIPT = "scripts/import_checkpoint.py"
+SCRIPT = ("-m", "scripts.import_checkpoint")
 
 
 # --------------------------------------------------------------------------- reference networks (public code)
@@ -133,13 +133,13 @@ def test_cli_refuses_pickle_without_flag_then_imports_teacher(tmp_path, batch):
     src = save_public(net, tmp_path / "best_model.pt")
     dst = tmp_path / "out" / "teacher.pt"
 
-    refused = run_cli(SCRIPT, "--input", str(src), "--output", str(dst))
+    refused = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst))
     assert refused.returncode == 2
     assert "--trust-pickle" in refused.stderr and "pickled" in refused.stderr
     assert refused.stderr.startswith("error: ") and len(refused.stderr.strip().splitlines()) == 1
     assert not dst.exists() and not dst.parent.exists()
 
-    done = run_cli(SCRIPT, "--input", str(src), "--output", str(dst), "--trust-pickle")
+    done = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst), "--trust-pickle")
     assert done.returncode == 0, done.stderr
     assert "warning" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert "141,765 parameters" in done.stdout and "epoch 7" in done.stdout and "D5C5" in done.stdout
@@ -160,11 +160,11 @@ def test_cli_keeps_existing_output_without_overwrite(tmp_path):
     dst = tmp_path / "existing.pt"
     dst.write_bytes(b"keep me")
 
-    refused = run_cli(SCRIPT, "--input", str(src), "--output", str(dst), "--trust-pickle")
+    refused = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst), "--trust-pickle")
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
     assert dst.read_bytes() == b"keep me"
 
-    done = run_cli(SCRIPT, "--input", str(src), "--output", str(dst), "--trust-pickle", "--overwrite")
+    done = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst), "--trust-pickle", "--overwrite")
     assert done.returncode == 0, done.stderr
     assert "49,285 parameters" in done.stdout
     model, _ = load_model(dst)
@@ -174,7 +174,7 @@ def test_cli_keeps_existing_output_without_overwrite(tmp_path):
 def test_cli_unknown_layout_is_one_line_error(tmp_path):
     src = tmp_path / "unet.pt"
     torch.save({"encoder.conv1.weight": torch.zeros(8, 1, 3, 3)}, src)
-    result = run_cli(SCRIPT, "--input", str(src), "--output", str(tmp_path / "out.pt"))
+    result = run_cli(*SCRIPT, "--input", str(src), "--output", str(tmp_path / "out.pt"))
     assert result.returncode == 2
     assert "no known layout" in result.stderr and "encoder.conv1.weight" in result.stderr
     assert not (tmp_path / "out.pt").exists()
@@ -334,9 +334,10 @@ def test_own_checkpoint_and_missing_input_are_clear_errors(tmp_path):
     ("other-1", ["'other-1'", "import_checkpoint.py"]),
 ])
 def test_checkpoint_format_is_checked_on_load(tmp_path, fmt, fragments):
-    from models.checkpoint import load_model, model_payload
-    from models.dccnn import DCCNN, STUDENT
-    from utils import UserError, save_checkpoint
+    from models.checkpoints.format import load_model, model_payload
+    from models.nets.dccnn import DCCNN, STUDENT
+    from models.checkpoints.io import save_checkpoint
+    from utils import UserError
     path = tmp_path / "model.pt"
     save_checkpoint({**model_payload(DCCNN(STUDENT)), "format": fmt}, path)
     with pytest.raises(UserError) as info:

@@ -378,7 +378,7 @@ def test_prepare_refuses_an_existing_out(tmp_path):
     out = tmp_path / "prepared"
     out.mkdir()
     (out / "mask_4x.npy").write_bytes(b"old")
-    result = run_cli("data/prepare.py", "--demo", "--out", str(out), "--size", "32")
+    result = run_cli("-m", "data.prepare", "--demo", "--out", str(out), "--size", "32")
     assert_one_line_error(result, f"--out-dir {out}", "--overwrite")
     assert snapshot(out) == {"mask_4x.npy": b"old"}
 
@@ -386,13 +386,13 @@ def test_prepare_refuses_an_existing_out(tmp_path):
 def test_report_needs_an_evaluate_folder(tmp_path):
     folder = tmp_path / "not_eval"
     folder.mkdir()
-    result = run_cli("scripts/report.py", "--eval-dirs", str(folder), "--out-dir", str(tmp_path / "report"))
+    result = run_cli("-m", "scripts.report", "--eval-dirs", str(folder), "--out-dir", str(tmp_path / "report"))
     assert_one_line_error(result, str(folder), "summary.json", "evaluate.py")
     assert not (tmp_path / "report").exists()
 
 
 def test_figure_needs_an_evaluate_folder(base, tmp_path):
-    result = run_cli("scripts/figure.py", "--eval-dir", str(tmp_path / "none"), "--data-root", str(base),
+    result = run_cli("-m", "scripts.figure", "--eval-dir", str(tmp_path / "none"), "--data-root", str(base),
                      "--acc", "4x", "--out", str(tmp_path / "figure.png"))
     assert_one_line_error(result, f"--eval-dir {tmp_path / 'none'}", "evaluate.py")
     assert not (tmp_path / "figure.png").exists()
@@ -405,7 +405,7 @@ def test_figure_needs_an_evaluate_folder(base, tmp_path):
 ])
 def test_import_checkpoint_errors(checkpoints, tmp_path, kind, flags, fragments):
     out = tmp_path / "converted.pt"
-    result = run_cli("scripts/import_checkpoint.py", "--input", str(checkpoints[kind]), "--output", str(out), *flags)
+    result = run_cli("-m", "scripts.import_checkpoint", "--input", str(checkpoints[kind]), "--output", str(out), *flags)
     assert_one_line_error(result, f"--input {checkpoints[kind]}", *fragments, warned="--trust-pickle" in flags)
     assert not out.exists()
 
@@ -413,7 +413,7 @@ def test_import_checkpoint_errors(checkpoints, tmp_path, kind, flags, fragments)
 def test_import_checkpoint_keeps_an_existing_output(checkpoints, tmp_path):
     out = tmp_path / "converted.pt"
     out.write_bytes(b"old")
-    result = run_cli("scripts/import_checkpoint.py", "--input", str(checkpoints["public"]), "--output", str(out),
+    result = run_cli("-m", "scripts.import_checkpoint", "--input", str(checkpoints["public"]), "--output", str(out),
                      "--trust-pickle")
     assert_one_line_error(result, f"--output {out}", "--overwrite")
     assert out.read_bytes() == b"old"

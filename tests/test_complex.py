@@ -23,10 +23,10 @@ from data.layout import undersample, write_volume
 from data.masks import cartesian_row_mask
 from data.prepare import ACQUIRED_FASTMRI, prepare
 from data.slicing import synthetic_phase
-from models.checkpoint import load_model
-from models.kd_losses import KD_METHODS
-from models.networks import PRESETS, with_image_channels
-from models.sft import SFTNet
+from models.checkpoints.format import load_model
+from models.distill.losses import KD_METHODS
+from models.nets.registry import PRESETS, with_image_channels
+from models.nets.sft import SFTNet
 from scripts.report import data_lines
 from tests.conftest import make_dataset, phantom
 from utils import run_cli

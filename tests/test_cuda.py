@@ -22,12 +22,12 @@ from conftest import ROOT, make_dataset, phantom, run_cli
 from data.dataset import build_dataset
 from data.fft import data_fidelity, fft2, ifft2
 from data.masks import cartesian_row_mask
-from models.dccnn import DCCNN, STUDENT, TEACHER
-from models.distributed import EpochSampler
-from models.kd_losses import build_kd_loss
-from models.sft import SFTNet, sft_forward_backward
-from models.speed import float32_mode
-from models.training import to_device
+from models.nets.dccnn import DCCNN, STUDENT, TEACHER
+from models.training.distributed import EpochSampler
+from models.distill.losses import build_kd_loss
+from models.nets.sft import SFTNet, sft_forward_backward
+from models.training.speed import float32_mode
+from models.training.loop import to_device
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -130,7 +130,7 @@ def test_dataloader_workers_with_pinned_memory_give_the_same_batches(tiny_data):
 
 
 def test_frozen_kd_teacher_and_teacher_cache_live_on_the_device(tiny_data):
-    from models.steps import KDStep
+    from models.training.steps import KDStep
     dataset = build_dataset(tiny_data, "train", ["4x"])
     batch = to_device(next(iter(DataLoader(dataset, batch_size=4))), CUDA)
     torch.manual_seed(0)
@@ -154,7 +154,7 @@ def free_port() -> int:
 
 
 def test_one_process_nccl_group_initialises_and_trains_a_step(tiny_data):
-    from models.steps import SFTStep
+    from models.training.steps import SFTStep
     # A bounded wait: the default of 10 minutes would use up a borrowed GPU machine's whole command limit.
     torch.distributed.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
                                          world_size=1, device_id=CUDA, timeout=NCCL_TIMEOUT)

@@ -1,4 +1,4 @@
-"""Tests of models/dccnn.py: sizes, shapes, features, the DF at the end of every cascade, options."""
+"""Tests of models/nets/dccnn.py: sizes, shapes, features, the DF at the end of every cascade, options."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from data.fft import data_fidelity, fft2, zero_filled
 from data.masks import cartesian_row_mask
-from models.dccnn import STUDENT, TEACHER, ConvBlock, DCCNN, DCCNNConfig, count_parameters
+from models.nets.dccnn import STUDENT, TEACHER, ConvBlock, DCCNN, DCCNNConfig, count_parameters
 
 
 def _inputs(height=32, width=32, batch=2, seed=0, symmetric=True):

@@ -55,9 +55,9 @@ def test_resume_with_another_world_size_warns(tmp_path):
 
 
 def test_two_stage_kd_with_a_learnable_loss_runs_under_torchrun(tmp_path):
-    from models.checkpoint import model_payload
-    from models.dccnn import DCCNN, TEACHER
-    from utils import save_checkpoint
+    from models.checkpoints.format import model_payload
+    from models.nets.dccnn import DCCNN, TEACHER
+    from models.checkpoints.io import save_checkpoint
     data = make_dataset(tmp_path / "data", train_volumes=2, slices=4)
     save_checkpoint(model_payload(DCCNN(TEACHER), "teacher"), tmp_path / "teacher.pt")
     exp = tmp_path / "kd"

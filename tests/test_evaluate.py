@@ -14,11 +14,12 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from conftest import make_dataset, phantom, run_cli, write_volume
 from data.dataset import SliceDataset
 from evaluate import default_names, evaluate_sets, main
-from models.checkpoint import model_payload
-from models.dccnn import DCCNN, STUDENT, TEACHER
-from models.metrics import psnr
-from models.sft import SFTNet
-from utils import UserError, load_checkpoint, save_checkpoint, seed_everything
+from models.checkpoints.format import model_payload
+from models.checkpoints.io import load_checkpoint, save_checkpoint
+from models.nets.dccnn import DCCNN, STUDENT, TEACHER
+from models.evaluation.metrics import psnr
+from models.nets.sft import SFTNet
+from utils import UserError, seed_everything
 
 HEADER = "model,volume,slice,PSNR,SSIM,NMSE,HFEN-LoG,VIF"
 

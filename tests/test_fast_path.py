@@ -7,8 +7,8 @@ import torch
 from torch.nn import functional as F
 
 from data.fft import fft2, ifft2
-from models.dccnn import DCCNN, TEACHER
-from models.sft import SFTNet, sft_loss
+from models.nets.dccnn import DCCNN, TEACHER
+from models.nets.sft import SFTNet, sft_loss
 
 
 def reference_cascade(block, x, kspace, mask):
@@ -81,7 +81,7 @@ def test_sft_training_path_matches_reference():
 
 
 def test_sft_branchwise_backward_matches_one_backward():
-    from models.sft import sft_forward_backward
+    from models.nets.sft import sft_forward_backward
     torch.manual_seed(2)
     model = SFTNet()
     zf, kspace, mask, target = inputs(seed=2)

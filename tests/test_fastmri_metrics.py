@@ -1,4 +1,4 @@
-"""Tests for fastMRI's volume-wise metrics (models.metrics.FASTMRI_METRICS) and evaluate.py / report.py --metrics fastmri."""
+"""Tests for fastMRI's volume-wise metrics (models.evaluation.metrics.FASTMRI_METRICS) and evaluate.py / report.py --metrics fastmri."""
 from __future__ import annotations
 
 import csv
@@ -13,11 +13,12 @@ from skimage.metrics import structural_similarity
 
 from conftest import make_dataset, run_cli
 from evaluate import main
-from models.checkpoint import model_payload
-from models.dccnn import DCCNN, STUDENT
-from models.metrics import FASTMRI_METRICS, psnr, volume_ssim
+from models.checkpoints.format import model_payload
+from models.checkpoints.io import save_checkpoint
+from models.nets.dccnn import DCCNN, STUDENT
+from models.evaluation.metrics import FASTMRI_METRICS, psnr, volume_ssim
 from scripts.report import main as report_main
-from utils import UserError, save_checkpoint
+from utils import UserError
 
 volume_nmse, volume_psnr = FASTMRI_METRICS["NMSE"], FASTMRI_METRICS["PSNR"]
 

@@ -53,7 +53,7 @@ def test_fastmri_files_through_prepare_sft_kd_and_both_metric_sets(tmp_path: Pat
         write_single_coil(raw / f"{name}.h5", seed, patient)
     data, sft, kd, out = (tmp_path / name for name in ("data", "sft", "sftkd-at", "eval"))
 
-    printed = run("data/prepare.py", "--preset", "fastmri-knee-sc", "--fastmri", str(raw), "--out-dir", str(data),
+    printed = run("-m", "data.prepare", "--preset", "fastmri-knee-sc", "--fastmri", str(raw), "--out-dir", str(data),
                   "--size", str(SIZE), "--acc", "4x", "--center-fraction", "0.08", "--min-foreground", "0",
                   "--val-fraction", "0.34", "--seed", "0")
     assert "not comparable with fastMRI leaderboard" in printed

@@ -46,7 +46,7 @@ def test_figure_with_and_without_inset(eval_dir, tmp_path):
     root, out, _ = eval_dir
     plain, zoomed = tmp_path / "plain.png", tmp_path / "inset.png"
     common = ["--eval-dir", str(out), "--data-root", str(root), "--acc", "4x"]
-    result = run_cli("scripts/figure.py", *common, "--output", str(plain))
+    result = run_cli("-m", "scripts.figure", *common, "--output", str(plain))
     assert result.returncode == 0, result.stderr
     assert "ZF, teacher, sftkd-at" in result.stdout
     main([*common, "--inset", "4", "6", "12", "--error-scale", "10", "--models", "sftkd-at", "--slice", "1",
@@ -76,5 +76,5 @@ def test_errors(eval_dir, tmp_path):
         main([*common[:-1], "5x", "--out", str(tmp_path / "a.png")])
     existing = tmp_path / "exists.png"
     existing.write_bytes(b"old")
-    result = run_cli("scripts/figure.py", *common, "--out", str(existing))
+    result = run_cli("-m", "scripts.figure", *common, "--out", str(existing))
     assert result.returncode == 2 and "--overwrite" in result.stderr and existing.read_bytes() == b"old"

@@ -13,7 +13,7 @@ import train_sft
 import train_student_kd
 import train_teacher
 from conftest import make_dataset
-from models.roles import arm_label, kd_run_name, teacher_kind
+from models.distill.roles import arm_label, kd_run_name, teacher_kind
 from scripts import report
 from tests.test_cli_errors import assert_one_line_error
 from tests.test_training import common

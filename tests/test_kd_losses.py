@@ -1,4 +1,4 @@
-"""Tests for models/kd_losses.py: registry, finiteness, gradient flow, zero-at-equality, hand-checked values."""
+"""Tests for models/distill/losses.py: registry, finiteness, gradient flow, zero-at-equality, hand-checked values."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +8,8 @@ from torch.nn import functional as F
 
 from data.fft import fft2, zero_filled
 from data.masks import cartesian_row_mask
-from models.dccnn import DCCNN, STUDENT, TEACHER, DCCNNConfig, count_parameters
-from models.kd_losses import KD_METHODS, KDLoss, KDMethodError, attention_map, build_kd_loss, describe_methods
+from models.nets.dccnn import DCCNN, STUDENT, TEACHER, DCCNNConfig, count_parameters
+from models.distill.losses import KD_METHODS, KDLoss, KDMethodError, attention_map, build_kd_loss, describe_methods
 from utils import UserError
 
 NAMES = ["none", "imitation", "fitnet", "at", "at-public", "cc", "fsp", "sp", "rkd", "pkt", "nst", "vid", "ab", "ft"]

@@ -36,7 +36,7 @@ def test_written_volume_reads_back_with_the_fft_relations(tmp_path):
 
 def test_importing_the_writer_needs_no_nibabel():
     code = ("import sys; sys.modules['nibabel'] = None; sys.modules['nilearn'] = None; "
-            "import data.layout, models.speed")
+            "import data.layout, models.training.speed")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-1000:]
 

@@ -1,11 +1,11 @@
-"""Tests of models/metrics.py: the per-slice metrics against hand values, and the public code's volume metrics
+"""Tests of models/evaluation/metrics.py: the per-slice metrics against hand values, and the public code's volume metrics
 against its formulas."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.metrics import METRICS, PUBLIC_VOLUME_METRICS, hfen_log, laplacian_hfn, nmse, psnr, ssim, vif
+from models.evaluation.metrics import METRICS, PUBLIC_VOLUME_METRICS, hfen_log, laplacian_hfn, nmse, psnr, ssim, vif
 from tests.conftest import phantom
 
 

@@ -1,4 +1,4 @@
-"""Tests of the network registry (models/networks.py): the default networks are drawn exactly as before it, old
+"""Tests of the network registry (models/nets/registry.py): the default networks are drawn exactly as before it, old
 checkpoints load, names and flags come from the registry."""
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ import train_sft
 import train_student_kd
 import train_teacher
 from data.fft import data_fidelity
-from models.checkpoint import FORMAT, arch_of, load_model, load_reconstructor, model_payload
-from models.dccnn import DCCNN, STUDENT, TEACHER
-from models.networks import FAMILIES, PRESETS, build_network, config_from_arch, describe_arch
-from models.sft import SFTNet
-from utils import UserError, save_checkpoint, seed_everything
+from models.checkpoints.format import FORMAT, arch_of, load_model, load_reconstructor, model_payload
+from models.checkpoints.io import save_checkpoint
+from models.nets.dccnn import DCCNN, STUDENT, TEACHER
+from models.nets.registry import FAMILIES, PRESETS, build_network, config_from_arch, describe_arch
+from models.nets.sft import SFTNet
+from utils import UserError, seed_everything
 
 # The initial weights (names, values, arch) and the next RNG draw of each script's step for seed 7, computed
 # with the code before the registry (31b20a4): a controlled study compares runs started from these.

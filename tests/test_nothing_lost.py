@@ -206,9 +206,9 @@ def torch_load(path: Path) -> dict:
 
 def kill_before_first_checkpoint(monkeypatch, main, argv) -> None:
     """Run ``main(argv)`` and stop it in its first training step the way SIGKILL would: no clean-up runs."""
-    import models.training
-    monkeypatch.setattr(models.training, "restore_old_run", lambda exp: None)
-    monkeypatch.setattr(models.training.Trainer, "train_step", lambda self, batch: (_ for _ in ()).throw(
+    import models.training.loop
+    monkeypatch.setattr(models.training.loop, "restore_old_run", lambda exp: None)
+    monkeypatch.setattr(models.training.loop.Trainer, "train_step", lambda self, batch: (_ for _ in ()).throw(
         KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         main(argv)
@@ -318,7 +318,7 @@ def test_sigkill_of_an_overwrite_before_its_first_checkpoint(tiny, trained):
     """The real thing: --overwrite killed by SIGKILL in its first step leaves its lock file and the old run in
     .replaced; the next --overwrite takes the lock over with a warning and, killed too, still keeps it."""
     import signal
-    from models.training import FAULT_ENV
+    from models.training.loop import FAULT_ENV
     from tests.conftest import run_cli as run_python
     old = checkpoints(trained)
     for seed in ("1", "2"):
@@ -353,7 +353,7 @@ def test_two_training_processes_on_one_exp_dir(tiny, tmp_path, capsys):
     import time
 
     import train_teacher
-    from models.training import FAULT_ENV
+    from models.training.loop import FAULT_ENV
     from tests.conftest import ROOT
     exp = tmp_path / "exp"
     first = subprocess.Popen([sys.executable, "train_teacher.py", *train_args(tiny, exp)], cwd=ROOT,

@@ -149,7 +149,7 @@ def test_resize_keeps_range_and_aspect(tmp_path: Path):
 @pytest.mark.slow
 def test_demo_via_cli_splits_one_brain_by_blocks(tmp_path: Path):
     out = tmp_path / "demo"
-    result = run_cli("data/prepare.py", "--test-fraction", "0", "--demo", "--size", "32", "--max-slices-per-volume", "20",
+    result = run_cli("-m", "data.prepare", "--test-fraction", "0", "--demo", "--size", "32", "--max-slices-per-volume", "20",
                      "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "validation: 1 volumes, 4 slices" in result.stdout and str(out) in result.stdout
@@ -169,7 +169,7 @@ def test_refuses_non_empty_out_and_overwrite_removes_only_own_files(nifti_dir: P
     (out / "mask_8x.npy").write_bytes(b"old")
     (out / "notes.txt").write_text("keep me")
 
-    result = run_cli("data/prepare.py", "--test-fraction", "0", "--input", str(nifti_dir), "--out", str(out), "--size", "32")
+    result = run_cli("-m", "data.prepare", "--test-fraction", "0", "--input", str(nifti_dir), "--out", str(out), "--size", "32")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and str(out) in result.stderr
     assert "--overwrite" in result.stderr and (out / "mask_8x.npy").read_bytes() == b"old"
@@ -209,7 +209,7 @@ def _cli_error(argv: list[str], capsys) -> str:
 def test_cli_errors_are_one_line(nifti_dir: Path, tmp_path: Path, capsys):
     out = str(tmp_path / "out")
     missing = tmp_path / "missing"
-    result = run_cli("data/prepare.py", "--test-fraction", "0", "--input", str(missing), "--out", out)
+    result = run_cli("-m", "data.prepare", "--test-fraction", "0", "--input", str(missing), "--out", out)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr == f"error: --input {missing} does not exist; check the path\n"
 

@@ -324,7 +324,7 @@ def test_a_sigkilled_run_does_not_block_the_rerun(tmp_path: Path):
         write_nifti(tmp_path / "in" / f"patient{n:03d}" / "t1.nii.gz", scan(n, 96, 48))
     out = tmp_path / "out"
     argv = ["--input", str(tmp_path / "in"), "--out", str(out), "--acc", "4x", "5x"]
-    process = subprocess.Popen([sys.executable, "data/prepare.py", "--test-fraction", "0", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([sys.executable, "-m", "data.prepare", "--test-fraction", "0", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 60

@@ -71,7 +71,7 @@ def test_parse_model_name():
 def test_report_table_numbers_pvalues_and_gaps(eval_dirs, tmp_path):
     dirs, models = eval_dirs
     out = tmp_path / "report"
-    result = run_cli("scripts/report.py", "--eval-dirs", *map(str, dirs), "--out-dir", str(out))
+    result = run_cli("-m", "scripts.report", "--eval-dirs", *map(str, dirs), "--out-dir", str(out))
     assert result.returncode == 0, result.stderr
     assert "my-baseline" in result.stdout  # listed as left out
     md = (out / "table.md").read_text()
@@ -149,7 +149,7 @@ def test_existing_output_needs_overwrite(eval_dirs, tmp_path):
     out = tmp_path / "r"
     main(["--eval-dirs", str(dirs[0]), "--out-dir", str(out)])
     before = (out / "table.md").read_text()
-    result = run_cli("scripts/report.py", "--eval-dirs", *map(str, dirs), "--out-dir", str(out))
+    result = run_cli("-m", "scripts.report", "--eval-dirs", *map(str, dirs), "--out-dir", str(out))
     assert result.returncode == 2 and "--overwrite" in result.stderr
     assert (out / "table.md").read_text() == before
     main(["--eval-dirs", *map(str, dirs), "--out-dir", str(out), "--overwrite"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import make_dataset, run_cli
-from models.training import FAULT_ENV
+from models.training.loop import FAULT_ENV
 
 pytestmark = pytest.mark.slow
 

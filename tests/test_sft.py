@@ -1,4 +1,4 @@
-"""Tests of models/sft.py: the SFT forward (teacher path + student branches), its loss and step-2 student."""
+"""Tests of models/nets/sft.py: the SFT forward (teacher path + student branches), its loss and step-2 student."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +8,8 @@ from torch.nn import functional as F
 
 from data.fft import fft2, zero_filled
 from data.masks import cartesian_row_mask
-from models.dccnn import DCCNN, STUDENT, DCCNNConfig
-from models.sft import SFTNet, sft_loss, student_from_sft
+from models.nets.dccnn import DCCNN, STUDENT, DCCNNConfig
+from models.nets.sft import SFTNet, sft_loss, student_from_sft
 
 SIZE = 32
 

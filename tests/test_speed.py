@@ -1,4 +1,4 @@
-"""models/speed.py: the measured memory layout and the SFT step variants change speed, never results."""
+"""models/training/speed.py: the measured memory layout and the SFT step variants change speed, never results."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import torch
 from torch.nn import functional as F
 
 from conftest import make_dataset, run_cli
-from models import speed
-from models.dccnn import DCCNN, TEACHER
-from models.sft import SFTNet, sft_forward_backward, sft_loss
+from models.training import speed
+from models.nets.dccnn import DCCNN, TEACHER
+from models.nets.sft import SFTNet, sft_forward_backward, sft_loss
 from test_fast_path import grads, inputs
 
 

@@ -16,9 +16,10 @@ from data.dataset import SliceDataset
 from data.fastmri import _text
 from data.prepare import prepare
 from data.subjects import assign_subjects
-from models.checkpoint import load_model, model_payload
-from models.dccnn import DCCNN, STUDENT
-from utils import UserError, clean_text, load_checkpoint
+from models.checkpoints.format import load_model, model_payload
+from models.checkpoints.io import load_checkpoint
+from models.nets.dccnn import DCCNN, STUDENT
+from utils import UserError, clean_text
 
 
 def test_a_transposed_mask_is_refused(tiny_data):
@@ -81,7 +82,7 @@ def test_pickle_advice_only_for_the_public_codes_globals(tmp_path):
     with pytest.raises(UserError) as info:
         load_checkpoint(evil)
     assert "posix.system" in str(info.value) and "--trust-pickle" not in str(info.value)
-    from models.checkpoint_import import import_checkpoint
+    from models.checkpoints.public import import_checkpoint
     with pytest.raises(UserError) as info:
         import_checkpoint(evil, tmp_path / "out.pt")
     assert "posix.system" in str(info.value) and "--trust-pickle" not in str(info.value)

@@ -89,9 +89,9 @@ def test_test_only_set_uses_the_given_masks(tmp_path: Path):
 
 def test_evaluate_scores_test_by_default_and_records_it(tmp_path: Path, capsys):
     import evaluate
-    from models.checkpoint import model_payload
-    from models.dccnn import DCCNN, STUDENT
-    from utils import save_checkpoint
+    from models.checkpoints.format import model_payload
+    from models.nets.dccnn import DCCNN, STUDENT
+    from models.checkpoints.io import save_checkpoint
 
     data = tmp_path / "demo"
     summary = prepare(out=data, demo=True, demo_resolution=2, size=16, resize=True, accs=["4x"])

@@ -12,9 +12,9 @@ import train_sft
 import train_student_kd
 import train_teacher
 from conftest import run_cli
-from models.dccnn import count_parameters
-from models.kd_losses import KD_METHODS
-from models.steps import KDStep, ReconStep, SFTStep
+from models.nets.dccnn import count_parameters
+from models.distill.losses import KD_METHODS
+from models.training.steps import KDStep, ReconStep, SFTStep
 from utils import UserError
 
 PAPER_METHODS = ["at", "fitnet", "cc", "fsp", "sp"]
@@ -172,9 +172,9 @@ def test_multi_acceleration_training_reports_each(tmp_path):
 
 
 def test_two_stage_schedule_is_the_public_one(tmp_path, runs, monkeypatch):
-    import models.training
+    import models.training.loop
     exp = tmp_path / "two_stage"
-    real_validate, real_start = models.training.validate, KDStep.start_epoch
+    real_validate, real_start = models.training.loop.validate, KDStep.start_epoch
     scripted = iter([1.0, 2.0, 3.0])  # stage 1's best is its first epoch, not its last
 
     def validate(*args, **kwargs):
@@ -190,7 +190,7 @@ def test_two_stage_schedule_is_the_public_one(tmp_path, runs, monkeypatch):
             seen["last"] = torch.load(exp / "model.pt", weights_only=True)
         real_start(self, epoch)
 
-    monkeypatch.setattr(models.training, "validate", validate)
+    monkeypatch.setattr(models.training.loop, "validate", validate)
     monkeypatch.setattr(KDStep, "start_epoch", start_epoch)
     sft = str(runs["sft"] / "best_model.pt")
     train_student_kd.main(common(runs["data"], exp, "--teacher-checkpoint", sft, "--init-from-sft", sft,
@@ -276,8 +276,8 @@ class _Detached(ReconStep):
 
 
 def test_a_detached_loss_is_an_error_not_a_step_that_trains_nothing(tmp_path, runs):
-    from models.dccnn import DCCNN, STUDENT
-    from models.training import common_parser, train
+    from models.nets.dccnn import DCCNN, STUDENT
+    from models.training.loop import common_parser, train
     args = common_parser("t").parse_args(common(runs["data"], tmp_path / "exp"))
     with pytest.raises(RuntimeError, match="runs_own_backward"):
         train(args, lambda a: _Detached(DCCNN(STUDENT)), run_name="detached", roles={"model": "student"})
@@ -285,8 +285,8 @@ def test_a_detached_loss_is_an_error_not_a_step_that_trains_nothing(tmp_path, ru
 
 
 def test_sft_step_declares_its_own_backward_only_where_it_runs_one(runs):
-    from models.sft import SFTNet
-    from models.speed import sft_variant
+    from models.nets.sft import SFTNet
+    from models.training.speed import sft_variant
     step = SFTStep(SFTNet(), 1.0, 1.0)
     batch = {"target": torch.zeros(1, 1, 8, 8)}
     assert not step.runs_own_backward(batch)  # not allowed until the loop says so (never under DDP)
@@ -313,7 +313,7 @@ def test_cache_teacher_with_augment_is_refused_in_one_line(tmp_path, capsys):
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
 @pytest.mark.parametrize("stop_after", [2, 3])  # the last step of stage 1; the first of stage 2
 def test_two_stage_resume_at_and_after_the_switch_is_exact(tmp_path, runs, monkeypatch, stop_after):
-    from models.training import FAULT_ENV
+    from models.training.loop import FAULT_ENV
     teacher = str(runs["teacher"] / "best_model.pt")
 
     def argv(exp, *extra):

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from data.masks import AccelerationError
-from utils import (UserError, atomic_write, get_rng_state, load_checkpoint, run_cli, save_checkpoint,
-                   seed_everything, set_rng_state, write_json, write_text)
+from models.checkpoints.io import load_checkpoint, save_checkpoint
+from utils import (UserError, atomic_write, get_rng_state, run_cli, seed_everything, set_rng_state, write_json,
+                   write_text)
 
 
 # --------------------------------------------------------------------------- atomic files

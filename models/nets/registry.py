@@ -1,7 +1,7 @@
 """The network registry: every architecture a checkpoint can hold, by its ``arch["kind"]``, and the named
 networks the training scripts offer (``--model list``).
 
-A family is one module defining ``FAMILY`` (a :class:`models.family.Family`; that module's docstring says what
+A family is one module defining ``FAMILY`` (a :class:`models.nets.family.Family`; that module's docstring says what
 its networks must provide). To add one, write the module and add one line to ``FAMILY_MODULES``.
 """
 from __future__ import annotations
@@ -13,14 +13,14 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from models.family import Family
+from models.nets.family import Family
 from utils import UserError
 
 # One line per family: the module that defines its FAMILY.
 FAMILY_MODULES = (
-    "models.dccnn",
-    "models.sft",
-    "models.cascaded_unet",
+    "models.nets.dccnn",
+    "models.nets.sft",
+    "models.nets.cascaded_unet",
 )
 
 

@@ -1,6 +1,6 @@
-"""The training steps the loop (models/training.py) runs: reconstruction, SFT and KD.
+"""The training steps the loop (models/training/loop.py) runs: reconstruction, SFT and KD.
 
-A step is a :class:`models.training.TrainStep`: its network, its loss and its validation outputs. The
+A step is a :class:`models.training.loop.TrainStep`: its network, its loss and its validation outputs. The
 training scripts build one from their flags; scripts/benchmark.py times these same steps.
 """
 from __future__ import annotations
@@ -10,10 +10,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from data.dataset import ReconInputs
-from models.kd_losses import KDLoss
-from models.sft import SFTNet, sft_forward_backward, sft_loss
-from models.speed import sft_variant
-from models.training import Frozen, TrainStep
+from models.distill.losses import KDLoss
+from models.nets.sft import SFTNet, sft_forward_backward, sft_loss
+from models.training.speed import sft_variant
+from models.training.loop import Frozen, TrainStep
 
 
 class ReconStep(TrainStep):
@@ -35,8 +35,8 @@ class ReconStep(TrainStep):
 class SFTStep(TrainStep):
     """``L_rec^T + w_s * L_rec^S + w_i * L_imit``; validation and the best checkpoint use the teacher.
 
-    ``variant`` is how the step lays out its arithmetic (one of models/speed.py's ``SFT_VARIANTS``, the same
-    gradients up to float rounding); None takes models/speed.py's choice for the batch's device."""
+    ``variant`` is how the step lays out its arithmetic (one of models/training/speed.py's ``SFT_VARIANTS``, the same
+    gradients up to float rounding); None takes models/training/speed.py's choice for the batch's device."""
 
     def __init__(self, model: SFTNet, student_rec_weight: float, imitation_weight: float,
                  variant: str | None = None):

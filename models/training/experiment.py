@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from utils import UserError, load_checkpoint
+from models.checkpoints.io import load_checkpoint
+from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 OWN_FILES = ("model.pt", "best_model.pt", "config.json", "summary")

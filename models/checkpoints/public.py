@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.checkpoint import FORMAT, build_model, model_payload
-from models.dccnn import DCCNNConfig, count_parameters
-from utils import (UserError, clean_text, first_line, pickled_globals, public_code_pickle, refuse_to_overwrite,
-                   save_checkpoint)
+from models.checkpoints.format import FORMAT, build_model, model_payload
+from models.checkpoints.io import pickled_globals, public_code_pickle, save_checkpoint
+from models.nets.dccnn import DCCNNConfig, count_parameters
+from utils import UserError, clean_text, first_line, refuse_to_overwrite
 
 _KEY = re.compile(r"^(tcascade|scascade|cascade)(\d+)\.conv(\d+)\.(weight|bias)$")
 

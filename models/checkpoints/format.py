@@ -4,7 +4,7 @@ A checkpoint is a dict of plain tensors and JSON-able values, loadable with
 ``torch.load(path, weights_only=True)``:
 
 - ``format``: ``"sftkd-v1"`` (checked on load: another version is a clear error); ``arch``: the network's
-  config as JSON, ``{"kind": ..., its fields}`` (models/networks.py builds it back), e.g.
+  config as JSON, ``{"kind": ..., its fields}`` (models/nets/registry.py builds it back), e.g.
   ``{"kind": "dccnn", n_cascades, n_convs, channels, residual, ref_padding}`` or
   ``{"kind": "sft", "teacher": {...}, "student": {...}}``; ``model``: the state dict; ``run_name`` and
   ``config`` (the run's flags and set-up, with the data's ``image`` type, ``"magnitude"`` or ``"complex"``,
@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from data.fft import IMAGE_CHANNELS, IMAGE_TYPES
-from models.networks import FAMILIES, build_network, describe_arch, image_channels_of
-from models.sft import SFTNet
-from utils import UserError, first_line, load_checkpoint
+from models.nets.registry import FAMILIES, build_network, describe_arch, image_channels_of
+from models.nets.sft import SFTNet
+from models.checkpoints.io import load_checkpoint
+from utils import UserError, first_line
 
 FORMAT = "sftkd-v1"
 
@@ -47,7 +48,7 @@ def check_format(ckpt: dict, path, what: str) -> None:
 
 
 def arch_of(model: nn.Module) -> dict:
-    """JSON architecture of a registered network (models/networks.py)."""
+    """JSON architecture of a registered network (models/nets/registry.py)."""
     return model.config.to_dict()
 
 

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from models.checkpoint import describe_arch, load_model, load_sft
 from data.fft import IMAGE_CHANNELS
-from models.networks import PRESETS, configure, short_name, with_image_channels
-from models.sft import SFTNet, student_from_blocks
+from models.checkpoints.format import describe_arch, load_model, load_sft
+from models.nets.registry import PRESETS, configure, short_name, with_image_channels
+from models.nets.sft import SFTNet, student_from_blocks
 from utils import UserError
 
 
 @dataclass(frozen=True)
 class Init:
-    """Where the student's cascades S2..S5 come from: ``kind`` a models/roles.py init role, ``source`` the
+    """Where the student's cascades S2..S5 come from: ``kind`` a models/distill/roles.py init role, ``source`` the
     trained student to copy them from (None from scratch), ``flag`` and ``path`` for messages."""
 
     kind: str
@@ -30,7 +30,7 @@ class Init:
 
 
 def size_flags(args) -> dict:
-    """The student's size flags, for :func:`models.networks.configure`."""
+    """The student's size flags, for :func:`models.nets.registry.configure`."""
     return {"--cascades": ("cascades", args.cascades), "--depth": ("depth", args.depth),
             "--width": ("width", args.width)}
 

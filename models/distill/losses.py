@@ -1,7 +1,7 @@
 """The KD loss zoo for distilling unrolled networks: one small ``nn.Module`` per method, chosen by name from
 KD_METHODS.
 
-A loss is built from the student's and the teacher's :class:`models.family.FeatureSpec` (what any registered
+A loss is built from the student's and the teacher's :class:`models.nets.family.FeatureSpec` (what any registered
 network's config provides: ``n_cascades``, ``hidden_channels``, ``border``) and called as
 ``kd_loss(student_out, student_feats, teacher_out, teacher_feats)``; it returns a scalar. ``*_out``:
 (B, 1, H, W) float32 reconstructions. ``*_feats``: what ``network(..., return_features=True)`` returns, one
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.family import FeatureSpec
+from models.nets.family import FeatureSpec
 from utils import UserError
 
 EPS = 1e-8

@@ -13,14 +13,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.dccnn import STUDENT, TEACHER
-from models.family import Family
+from models.nets.dccnn import STUDENT, TEACHER
+from models.nets.family import Family
 
 
 @dataclass(frozen=True)
 class SFTConfig:
     """An SFT network: the configs of its teacher and its student, any registered unrolled networks (see
-    models/family.py) with the same number of cascades."""
+    models/nets/family.py) with the same number of cascades."""
     teacher: Any = TEACHER
     student: Any = STUDENT
     kind: ClassVar[str] = "sft"
@@ -64,7 +64,7 @@ class SFTNet(nn.Module):
 
         Each branch runs at the caller's batch size; ``batch_branches`` runs the branches that share a
         student cascade as one batch instead (B, 2B, 3B, 4B: fewer, larger kernels). Which is faster on
-        which device is measured by scripts/benchmark.py and recorded in models/speed.py.
+        which device is measured by scripts/benchmark.py and recorded in models/training/speed.py.
         """
         intermediate = self.teacher_states(zero_filled, kspace_under, mask)
         x = intermediate[-1]

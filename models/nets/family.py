@@ -1,4 +1,4 @@
-"""What a network family gives the registry (models/networks.py): its config, its names, its flags, and the
+"""What a network family gives the registry (models/nets/registry.py): its config, its names, its flags, and the
 contract its networks keep with checkpoints, SFT and the KD losses.
 
 A family is one module defining a config dataclass, the network it builds and ``FAMILY = Family(...)``.

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from data.fft import data_fidelity
-from models.family import Family, arch_dict
+from models.nets.family import Family, arch_dict
 
 
 @dataclass(frozen=True)

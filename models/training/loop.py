@@ -1,7 +1,7 @@
 """The one training loop behind train_teacher.py, train_sft.py and train_student_kd.py.
 
 A script builds a :class:`TrainStep` (the network to train, its loss, its validation output; the project's are
-in models/steps.py) and calls :func:`train`. The loop owns everything else: flags common to all scripts,
+in models/training/steps.py) and calls :func:`train`. The loop owns everything else: flags common to all scripts,
 seeding, device, data loaders with a resumable shuffle, Adam + StepLR, validation with PSNR/SSIM, ``model.pt``
 / ``best_model.pt``, exact ``--resume``, SIGINT/SIGTERM handling, torchrun (DDP), tqdm and TensorBoard.
 """
@@ -27,15 +27,16 @@ from data.dataset import build_dataset, data_kind
 from data.fft import magnitude
 from data.masks import acc_type
 from data.split_check import check_split
-from models.checkpoint import arch_of, check_image, describe_arch, model_payload
-from models.distributed import Dist, EpochSampler
-from models.experiment import (MAY_CHANGE_ON_RESUME, REPLACED, check_resume_data, drop_replaced_run, flag_names,
+from models.checkpoints.format import arch_of, check_image, describe_arch, model_payload
+from models.checkpoints.io import save_checkpoint
+from models.training.distributed import Dist, EpochSampler
+from models.training.experiment import (MAY_CHANGE_ON_RESUME, REPLACED, check_resume_data, drop_replaced_run, flag_names,
                                git_commit, jsonable, prepare_exp_dir, restore_old_run, set_aside_old_run)
-from models.metrics import psnr, ssim
-from models.networks import PRESETS, configure
-from models.speed import MEMORY_FORMATS, resolve_memory_format
-from utils import (CliParser, UserError, first_line, folder_lock, get_rng_state, save_checkpoint, seed_everything,
-                   seed_type, set_rng_state, write_json)
+from models.evaluation.metrics import psnr, ssim
+from models.nets.registry import PRESETS, configure
+from models.training.speed import MEMORY_FORMATS, resolve_memory_format
+from utils import (CliParser, UserError, first_line, folder_lock, get_rng_state, seed_everything, seed_type,
+                   set_rng_state, write_json)
 
 # Test hook (see fault_point): ITERATION[:SIGNAL].
 FAULT_ENV = "SFTKD_FAULT_AT"
@@ -605,7 +606,7 @@ class Trainer:
 
 def train(args: argparse.Namespace, build_step, run_name: str, roles: dict) -> Path:
     """Train ``build_step(args)`` (a :class:`TrainStep`) with the common flags in ``args``; ``roles`` (what the
-    network is, see models/roles.py) goes into ``config.json`` and every checkpoint.
+    network is, see models/distill/roles.py) goes into ``config.json`` and every checkpoint.
 
     Writes into ``args.exp_dir``: ``config.json``, ``model.pt`` (every epoch, and every
     ``--save-every-iters``), ``best_model.pt`` (best validation L1) and ``summary/`` (TensorBoard).
@@ -631,7 +632,7 @@ def add_arch_args(parser: argparse.ArgumentParser, roles: tuple[str, ...] = ("",
     """Architecture flags of the scripts that build fresh networks: ``--ref-padding``, ``--residual`` and
     ``--cascades`` for every network, ``--{role}depth`` and ``--{role}width`` per role (``""``, or
     ``"teacher-"`` and ``"student-"`` for SFT's two networks). Each applies to the families that have it
-    (models/networks.py); None keeps the named network's own."""
+    (models/nets/registry.py); None keeps the named network's own."""
     g = parser.add_argument_group("architecture")
     g.add_argument("--ref-padding", type=int, default=0, choices=[0, 5],
                    help="zero-pad each block input by 5 pixels and crop before DF, as the public code does")

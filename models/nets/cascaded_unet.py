@@ -1,7 +1,7 @@
 """Cascaded U-Net: cascades of a small U-Net followed by the parameter-free data-fidelity (DF) layer, the
 single-coil analogue of an unrolled VarNet (Sriram et al. 2020) with hard data consistency.
 
-A second network family beside DC-CNN (models/dccnn.py), registered in models/networks.py: trainable with
+A second network family beside DC-CNN (models/nets/dccnn.py), registered in models/nets/registry.py: trainable with
 ``train_teacher.py --model unet-teacher``, an SFT teacher or student (``--teacher-model`` /
 ``--student-model``, as many cascades on both sides) and a KD teacher or student.
 """
@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from data.fft import data_fidelity
-from models.family import Family, arch_dict
+from models.nets.family import Family, arch_dict
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,29 @@ class CascadedUNetConfig:
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
-    """Two 3x3 convolutions with ReLU after each, (B, c_in, H, W) -> (B, c_out, H, W)."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU(inplace=True))
+    """Two 3x3 convolutions, each followed by instance normalisation and LeakyReLU(0.2), (B, c_in, H, W) ->
+    (B, c_out, H, W): fastMRI's U-Net ``ConvBlock`` (without its dropout). With a plain ReLU after every
+    convolution a narrow U-Net can start with an all-zero last map, so no parameter receives a gradient and
+    the run never changes; the leaky slope keeps every gradient path open, and the normalisation keeps each
+    map's scale independent of the initialisation draw. The convolutions have no bias: the normalisation
+    would remove it."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.InstanceNorm2d(c_out),
+                         nn.LeakyReLU(0.2, inplace=True),
+                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.InstanceNorm2d(c_out),
+                         nn.LeakyReLU(0.2, inplace=True))
+
+
+def _upsample(c_in: int, c_out: int) -> nn.Sequential:
+    """A 2x2 stride-2 transposed convolution with instance normalisation and LeakyReLU(0.2), (B, c_in, H, W) ->
+    (B, c_out, 2H, 2W): fastMRI's ``TransposeConvBlock`` (deterministic on GPUs, unlike bilinear backward)."""
+    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 2, stride=2, bias=False), nn.InstanceNorm2d(c_out),
+                         nn.LeakyReLU(0.2, inplace=True))
 
 
 class UNet(nn.Module):
-    """U-Net with ``levels`` average poolings, ``channels`` * 2**level channels per level, transposed-convolution
-    upsampling (deterministic on GPUs, unlike bilinear backward), skip connections by concatenation, and a
-    1x1 output convolution to the image's channels (1 magnitude, 2 real and imaginary)."""
+    """fastMRI's U-Net (``fastmri/models/unet.py``) with ``levels`` average poolings, ``channels`` * 2**level
+    channels per level, transposed-convolution upsampling, skip connections by concatenation, and a 1x1 output
+    convolution to the image's channels (1 magnitude, 2 real and imaginary)."""
 
     def __init__(self, levels: int, channels: int, image_channels: int = 1):
         super().__init__()
@@ -69,8 +83,7 @@ class UNet(nn.Module):
         self.levels = levels
         self.down = nn.ModuleList([_double_conv(image_channels, widths[0])] +
                                   [_double_conv(a, b) for a, b in zip(widths[:-1], widths[1:])])
-        self.upsample = nn.ModuleList(nn.ConvTranspose2d(widths[level], widths[level - 1], 2, stride=2)
-                                      for level in range(levels, 0, -1))
+        self.upsample = nn.ModuleList(_upsample(widths[level], widths[level - 1]) for level in range(levels, 0, -1))
         self.up = nn.ModuleList(_double_conv(2 * widths[level - 1], widths[level - 1])
                                 for level in range(levels, 0, -1))
         self.out = nn.Conv2d(widths[0], image_channels, 1)
@@ -94,7 +107,7 @@ class UNet(nn.Module):
 
 class CascadedUNet(nn.Module):
     """Cascade of (U-Net + DF). Images are (B, I, H, W) float32 (I = image_channels), any H x W; the feature
-    contract of models/family.py."""
+    contract of models/nets/family.py."""
 
     def __init__(self, config: CascadedUNetConfig = CascadedUNetConfig()):
         super().__init__()

@@ -1,0 +1,1 @@
+"""Evaluation: the image-quality metrics, per slice and per volume, and their registry."""
