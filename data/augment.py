@@ -27,8 +27,8 @@ INTENSITY_RANGE = (0.9, 1.1)
 def augment_target(target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """One random pose and intensity of a fully sampled image.
 
-    target: (C, H, W) float32 (C = 1 magnitude, 2 real and imaginary). Returns (C, H, W) float32 (a new tensor). Rotations by 90 / 270 degrees
-    are drawn only when H == W, so the shape never changes.
+    target: (C, H, W) float32 (C = 1 magnitude, 2 real and imaginary). Returns (C, H, W) float32 (a new
+    tensor). Rotations by 90 / 270 degrees are drawn only when H == W, so the shape never changes.
     """
     out = target
     if rng.random() < 0.5:

@@ -34,8 +34,9 @@ KSPACE_SOURCE_ATTR = "kspace_source"
 
 class ReconInputs(NamedTuple):
     """What every network reads from a batch of :class:`SliceDataset` items: ``zero_filled``
-    (B, C, H, W) float32 image (C = 1 magnitude, 2 real and imaginary), ``kspace_under`` (B, 1, H, W) complex64 undersampled k-space and ``mask``
-    (B, 1, H, W) float32 of {0, 1}. Call a network as ``model(*ReconInputs.of(batch))``."""
+    (B, C, H, W) float32 image (C = 1 magnitude, 2 real and imaginary), ``kspace_under`` (B, 1, H, W)
+    complex64 undersampled k-space and ``mask`` (B, 1, H, W) float32 of {0, 1}. Call a network as
+    ``model(*ReconInputs.of(batch))``."""
 
     zero_filled: torch.Tensor
     kspace_under: torch.Tensor

@@ -2,8 +2,9 @@
 
 ``{root}/{split}/acc_{acc}/*.h5``, one file per volume, with datasets ``volfs`` (H, W, S) float (fully
 sampled), ``img_volus_{acc}`` (H, W, S) float (zero-filled) and ``kspace_volus_{acc}`` (H, W, S) complex
-(undersampled, unshifted); for complex images (data/fft.py) ``volfs`` and ``img_volus_{acc}`` are complex; the mask of an acceleration is ``{root}/mask_{acc}.npy`` (H, W). Every reader and
-writer takes the names from here.
+(undersampled, unshifted); for complex images (data/fft.py) ``volfs`` and ``img_volus_{acc}`` are complex;
+the mask of an acceleration is ``{root}/mask_{acc}.npy`` (H, W). Every reader and writer takes the names
+from here.
 
 The writer needs only numpy, h5py and torch (no nibabel, which ``data/prepare.py`` needs for NIfTI), so tools
 that make their own volumes (``scripts/benchmark.py`` on a GPU machine without nibabel) write exactly the

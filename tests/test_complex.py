@@ -195,7 +195,8 @@ def test_a_checkpoint_of_the_other_image_type_is_refused_in_one_line(tmp_path, c
                                                   str(tmp_path / "eval2")])
     assert "2-channel network for complex images" in line and "magnitude images" in line
     assert not (tmp_path / "eval").exists() or not any((tmp_path / "eval").iterdir())
-    base = ["--data-root", str(data), "--acc", "4x", "--epochs", "1", "--exp-dir", str(tmp_path / "kd"), "--no-progress"]
+    base = ["--data-root", str(data), "--acc", "4x", "--epochs", "1", "--exp-dir", str(tmp_path / "kd"),
+            "--no-progress"]
     line = one_error_line(capsys, train_student_kd.main, [*base, "--teacher-checkpoint", str(magnitude_teacher)])
     assert line.startswith("error: --teacher-checkpoint") and "complex images" in line
     line = one_error_line(capsys, train_student_kd.main, [*base, "--teacher-checkpoint", str(runs["teacher"]),

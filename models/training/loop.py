@@ -208,8 +208,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 @torch.inference_mode()
 def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tuple[dict, dict | None]:
-    """Mean validation L1 of ``output`` (over its channels), PSNR and SSIM per slice (of the magnitude) (overall and per acceleration), and the
-    PSNR of every extra output; sums are reduced over ranks so all ranks see the same numbers.
+    """Mean validation L1 of ``output`` (over its channels), PSNR and SSIM per slice (of the magnitude) (overall
+    and per acceleration), and the PSNR of every extra output; sums are reduced over ranks so all ranks see the
+    same numbers.
 
     Also returns the first slice this rank saw as images for the logs, ``{"target", "zero_filled",
     "output"}`` each (1, 1, H, W) float32 on the CPU (None for an empty loader)."""
