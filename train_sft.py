@@ -6,8 +6,9 @@ from models.nets.registry import ModelName, with_image_channels
 from models.distill.roles import BASE_MODELS, sft_kind
 from models.nets.sft import SFTNet
 from models.training.steps import SFTStep
-from models.training.loop import add_arch_args, arch_config, common_parser, parse_args, train
-from utils import UserError, run_cli, weight_type
+from models.training.flags import add_arch_args, arch_config, common_parser, parse_args, weight_type
+from models.training.loop import train
+from utils import UserError, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,8 +31,9 @@ from models.nets.registry import ModelName
 from models.distill.roles import kd_run_name, teacher_kind
 from models.training.steps import KDStep
 from models.distill.student_init import build_student, load_init
-from models.training.loop import common_parser, parse_args, positive, train
-from utils import UserError, run_cli, weight_type
+from models.training.flags import common_parser, parse_args, positive, weight_type
+from models.training.loop import train
+from utils import UserError, run_cli
 
 
 def teacher_role(path) -> str:

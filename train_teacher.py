@@ -4,7 +4,8 @@ from __future__ import annotations
 from data.fft import IMAGE_CHANNELS
 from models.nets.registry import ModelName, with_image_channels
 from models.training.steps import ReconStep
-from models.training.loop import add_arch_args, arch_config, common_parser, parse_args, train
+from models.training.flags import add_arch_args, arch_config, common_parser, parse_args
+from models.training.loop import train
 from utils import run_cli
 
 

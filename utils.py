@@ -9,7 +9,6 @@ import errno
 import fcntl
 import io
 import json
-import math
 import os
 import random
 import re
@@ -174,17 +173,6 @@ def seed_type(text: str) -> int:
     except (ValueError, SeedError) as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a seed; use a whole number from 0 to {2 ** 32 - 1}") \
             from exc
-
-
-def weight_type(text: str) -> float:
-    """A loss weight: a finite number >= 0 (0 turns the term off)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0 (0 turns the term off)")
-    return value
 
 
 # --------------------------------------------------------------------------- seeding and RNG state

@@ -135,7 +135,7 @@ def test_frozen_kd_teacher_and_teacher_cache_live_on_the_device(tiny_data):
     batch = to_device(next(iter(DataLoader(dataset, batch_size=4))), CUDA)
     torch.manual_seed(0)
     step = KDStep(DCCNN(STUDENT), DCCNN(TEACHER), build_kd_loss("imitation", STUDENT, TEACHER), 1.0,
-                  cache_teacher=True).to_device(CUDA, torch.channels_last)
+                  cache_teacher=True).to(device=CUDA, memory_format=torch.channels_last)
     assert all(p.device.type == CUDA.type and not p.requires_grad for p in step.teacher.parameters())
     assert not step.teacher.training
     inputs = (batch["zero_filled"], batch["kspace_under"], batch["mask"])
@@ -162,7 +162,7 @@ def test_one_process_nccl_group_initialises_and_trains_a_step(tiny_data):
         dataset = build_dataset(tiny_data, "train", ["4x"])
         batch = to_device(next(iter(DataLoader(dataset, batch_size=2))), CUDA)
         torch.manual_seed(0)
-        step = SFTStep(SFTNet(), 1.0, 1.0).to_device(CUDA, torch.channels_last)
+        step = SFTStep(SFTNet(), 1.0, 1.0).to(device=CUDA, memory_format=torch.channels_last)
         net = torch.nn.parallel.DistributedDataParallel(step, device_ids=[CUDA.index or 0])
         optimizer = torch.optim.Adam([p for p in step.parameters() if p.requires_grad])
         before = {k: v.clone() for k, v in step.model.state_dict().items()}

@@ -76,7 +76,7 @@ def test_the_cycle_finder_finds_a_cycle_and_passes_a_tree():
 
 def test_relative_and_package_imports_resolve_to_project_modules():
     graph = {name: imported(name, path) for name, path in MODULES.items()}
-    assert "data.masks" in graph["models.training.loop"]  # `from data.masks import acc_type`
+    assert "data.masks" in graph["models.training.flags"]  # `from data.masks import acc_type`
     assert "models.training.steps" in graph["train_teacher"]
 
 

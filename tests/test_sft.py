@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from data.fft import fft2, zero_filled
 from data.masks import cartesian_row_mask
 from models.nets.dccnn import DCCNN, STUDENT, DCCNNConfig
-from models.nets.sft import SFTNet, sft_loss, student_from_sft
+from models.nets.sft import SFTNet, sft_loss, student_from_blocks
 
 SIZE = 32
 
@@ -175,7 +175,7 @@ def test_sft_loss_value_and_terms():
     assert not any(v.requires_grad for v in terms.values())
 
 
-def test_student_from_sft():
+def test_student_from_sft_blocks():
     sft = _sft(4)
     with torch.no_grad():  # make S2..S5 differ from any fresh draw
         for p in sft.student.parameters():
@@ -184,7 +184,7 @@ def test_student_from_sft():
     fresh = DCCNN(STUDENT)
     fresh_s1 = {k: v.clone() for k, v in fresh.cascades[0].state_dict().items()}
     fresh_before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    result = student_from_sft(sft, fresh)
+    result = student_from_blocks(sft.student, fresh)
 
     assert result is not fresh and result.config == STUDENT
     for index in range(1, 5):

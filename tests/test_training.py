@@ -277,7 +277,8 @@ class _Detached(ReconStep):
 
 def test_a_detached_loss_is_an_error_not_a_step_that_trains_nothing(tmp_path, runs):
     from models.nets.dccnn import DCCNN, STUDENT
-    from models.training.loop import common_parser, train
+    from models.training.flags import common_parser
+    from models.training.loop import train
     args = common_parser("t").parse_args(common(runs["data"], tmp_path / "exp"))
     with pytest.raises(RuntimeError, match="runs_own_backward"):
         train(args, lambda a: _Detached(DCCNN(STUDENT)), run_name="detached", roles={"model": "student"})

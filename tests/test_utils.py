@@ -237,7 +237,7 @@ def test_seed_type_takes_numpy_seeds_only(text, ok):
                                       ("x", False)])
 def test_weight_type(text, ok):
     import argparse
-    from utils import weight_type
+    from models.training.flags import weight_type
     if ok:
         assert weight_type(text) == float(text)
     else:

@@ -176,22 +176,17 @@ def sft_loss(teacher_out: torch.Tensor, branch_outs: list[torch.Tensor], target:
 
 
 def student_from_blocks(source: nn.Module, fresh: nn.Module) -> nn.Module:
-    """Student for step 2: cascades S2..S5 copied from the trained student ``source``, S1 taken from the
-    freshly initialised ``fresh`` (same architecture, any unrolled network). Neither argument is modified."""
+    """Student for step 2: cascades S2..S5 copied from the trained student ``source`` (an SFT network's
+    ``.student``, or a standalone student), S1 taken from the freshly initialised ``fresh`` (same architecture,
+    any unrolled network). Neither argument is modified.
+
+    S1 never ran during SFT training, so its weights are just the initial draw; the paper re-initialises it
+    and lets KD train it from scratch together with the copied cascades."""
     student = copy.deepcopy(fresh)
     for index in range(1, len(student.cascades)):
         student.cascades[index].load_state_dict(source.cascades[index].state_dict())
     student.requires_grad_(True)
     return student
-
-
-def student_from_sft(sft: SFTNet, fresh: nn.Module) -> nn.Module:
-    """Student for step 2: S2..S5 copied from ``sft``, S1 taken from the freshly initialised ``fresh``.
-
-    S1 never ran during SFT training, so its weights are just the initial draw; the paper re-initialises it
-    and lets KD train it from scratch together with the copied cascades.
-    """
-    return student_from_blocks(sft.student, fresh)
 
 
 FAMILY = Family(kind=SFTConfig.kind, title="SFT network", config=SFTConfig, parts=("teacher", "student"))

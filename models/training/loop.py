@@ -1,9 +1,10 @@
 """The one training loop behind train_teacher.py, train_sft.py and train_student_kd.py.
 
 A script builds a :class:`TrainStep` (the network to train, its loss, its validation output; the project's are
-in models/training/steps.py) and calls :func:`train`. The loop owns everything else: flags common to all scripts,
-seeding, device, data loaders with a resumable shuffle, Adam + StepLR, validation with PSNR/SSIM, ``model.pt``
-/ ``best_model.pt``, exact ``--resume``, SIGINT/SIGTERM handling, torchrun (DDP), tqdm and TensorBoard.
+in models/training/steps.py) and calls :func:`train`. The loop owns everything else (its flags are in
+models/training/flags.py): seeding, device, data loaders with a resumable shuffle, Adam + StepLR, validation
+with PSNR/SSIM, ``model.pt`` / ``best_model.pt``, exact ``--resume``, SIGINT/SIGTERM handling, torchrun (DDP),
+tqdm and TensorBoard.
 """
 from __future__ import annotations
 
@@ -25,18 +26,15 @@ from tqdm import tqdm
 from data.augment import AugmentedSlices
 from data.dataset import build_dataset, data_kind
 from data.fft import magnitude
-from data.masks import acc_type
 from data.split_check import check_split
 from models.checkpoints.format import arch_of, check_image, describe_arch, model_payload
 from models.checkpoints.io import save_checkpoint
 from models.training.distributed import Dist, EpochSampler
-from models.training.experiment import (MAY_CHANGE_ON_RESUME, REPLACED, check_resume_data, drop_replaced_run, flag_names,
-                               git_commit, jsonable, prepare_exp_dir, restore_old_run, set_aside_old_run)
+from models.training.experiment import (REPLACED, check_resume_data, drop_replaced_run, git_commit, jsonable,
+                                        prepare_exp_dir, restore_old_run, set_aside_old_run)
 from models.evaluation.metrics import psnr, ssim
-from models.nets.registry import PRESETS, configure
 from models.training.speed import MEMORY_FORMATS, resolve_memory_format
-from utils import (CliParser, UserError, first_line, folder_lock, get_rng_state, seed_everything, seed_type,
-                   set_rng_state, write_json)
+from utils import UserError, first_line, folder_lock, get_rng_state, seed_everything, set_rng_state, write_json
 
 # Test hook (see fault_point): ITERATION[:SIGNAL].
 FAULT_ENV = "SFTKD_FAULT_AT"
@@ -75,10 +73,6 @@ class TrainStep(nn.Module):
         """Validation outputs, (B, 1, H, W) float32 each; the key ``"output"`` defines the validation loss,
         other keys (e.g. ``"student_branch1"``) get their own PSNR in the logs."""
         raise NotImplementedError
-
-    def to_device(self, device: torch.device, memory_format=torch.contiguous_format) -> "TrainStep":
-        """``self.to(device, memory_format)``: a frozen teacher held through :class:`Frozen` moves with it."""
-        return self.to(device=device, memory_format=memory_format)
 
     def extra_state(self) -> dict:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
@@ -120,83 +114,6 @@ class Frozen(nn.Module):
     def _apply(self, fn, recurse: bool = True):
         self.module._apply(fn)
         return self
-
-
-# --------------------------------------------------------------------------- flags
-
-def positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number")
-        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
-
-
-def common_parser(description: str) -> CliParser:
-    """Parser with the flags every training script shares (defaults are the paper's)."""
-    p = CliParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # The data's image type and k-space origin (models/training.py sets them from --data-root before the
-    # networks are built); magnitude until then, so a step built without the loop is the paper's.
-    p.set_defaults(image="magnitude", kspace=None)
-    g = p.add_argument_group("data")
-    g.add_argument("--data-root", type=Path, required=True,
-                   help="folder with train/ and validation/ (acc_{acc}/*.h5) and mask_{acc}.npy")
-    g.add_argument("--acc", type=acc_type, nargs="+", default=["4x"],
-                   help="acceleration(s); several train one model on the union, e.g. --acc 4x 5x")
-    g.add_argument("--mask", type=Path, nargs="+", default=None,
-                   help="mask .npy per --acc (default {data-root}/mask_{acc}.npy)")
-    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    g.add_argument("--augment", action="store_true",
-                   help="random flips, 90-degree rotations and intensity scaling of the training slices, "
-                        "k-space recomputed (seeded by seed, epoch, slice; off in the paper's protocol)")
-    g.add_argument("--preload", choices=["auto", "yes", "no"], default="auto",
-                   help="hold the data in memory (auto: when it needs < 2 GiB)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=positive(int), default=150)
-    g.add_argument("--batch-size", type=positive(int), default=4, help="per process")
-    g.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate")
-    g.add_argument("--lr-step-size", type=positive(int), default=40, help="StepLR step (epochs)")
-    g.add_argument("--lr-gamma", type=positive(float), default=0.1, help="StepLR factor")
-    g.add_argument("--scale-lr", action="store_true",
-                   help="multiply --lr by the number of processes (linear scaling rule under torchrun)")
-    g.add_argument("--seed", type=seed_type, default=42)
-    g = p.add_argument_group("run")
-    g.add_argument("--exp-dir", type=Path, required=True, help="experiment folder for checkpoints and logs")
-    g.add_argument("--resume", action="store_true",
-                   help="continue from {exp-dir}/model.pt (a run stopped before its first model.pt starts afresh); "
-                        f"every other flag must be as the run's, except {flag_names(MAY_CHANGE_ON_RESUME)}")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing experiment in --exp-dir")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    g.add_argument("--memory-format", choices=["auto", *MEMORY_FORMATS], default="auto",
-                   help="tensor layout of the CNNs; auto times both at start-up (a fraction of a second) and "
-                        "takes channels_last unless contiguous is 10%% faster; --resume reuses the run's layout")
-    g.add_argument("--amp", action="store_true",
-                   help="bfloat16 autocast for the CNNs (DF stays float32): faster on GPUs and on CPUs with "
-                        "AMX/AVX-512 bf16, numerically not identical to float32")
-    g.add_argument("--save-every-iters", type=positive(int), default=None,
-                   help="also write model.pt every N iterations inside an epoch")
-    g.add_argument("--log-every", type=positive(int), default=10, help="iterations between loss logs")
-    g.add_argument("--image-every", type=positive(int), default=5, help="epochs between image grids")
-    g.add_argument("--no-progress", action="store_true", help="no tqdm bars (for log files)")
-    return p
-
-
-def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    args = parser.parse_args(argv)
-    if args.mask is not None and len(args.mask) != len(args.acc):
-        raise UserError(f"--mask has {len(args.mask)} file(s) but --acc has {len(args.acc)}; give one per "
-                        "acceleration, in the same order")
-    repeated = sorted({acc for acc in args.acc if args.acc.count(acc) > 1})
-    if repeated:
-        raise UserError(f"--acc lists {', '.join(repeated)} more than once, which would train on every slice twice; "
-                        "give each acceleration once")
-    if args.num_workers < 0:
-        raise UserError("--num-workers must be >= 0")
-    return args
 
 
 # --------------------------------------------------------------------------- batches and validation
@@ -627,35 +544,3 @@ def train(args: argparse.Namespace, build_step, run_name: str, roles: dict) -> P
                 raise
     finally:
         dist.close()
-
-
-def add_arch_args(parser: argparse.ArgumentParser, roles: tuple[str, ...] = ("",)) -> None:
-    """Architecture flags of the scripts that build fresh networks: ``--ref-padding``, ``--residual`` and
-    ``--cascades`` for every network, ``--{role}depth`` and ``--{role}width`` per role (``""``, or
-    ``"teacher-"`` and ``"student-"`` for SFT's two networks). Each applies to the families that have it
-    (models/nets/registry.py); None keeps the named network's own."""
-    g = parser.add_argument_group("architecture")
-    g.add_argument("--ref-padding", type=int, default=0, choices=[0, 5],
-                   help="zero-pad each block input by 5 pixels and crop before DF, as the public code does")
-    g.add_argument("--residual", action="store_true", help="add the block input to its output (not in the paper)")
-    g.add_argument("--cascades", type=positive(int), default=None, metavar="N",
-                   help="number of cascades; None: the network's own (5 for the paper's)")
-    for role in roles:
-        whose = f"the {role[:-1]}'s" if role else "the network's"
-        g.add_argument(f"--{role}depth", type=positive(int), default=None, metavar="N",
-                       help=f"{whose} depth: convs per cascade of a DC-CNN, levels of a U-Net; None: its own")
-        g.add_argument(f"--{role}width", type=positive(int), default=None, metavar="N",
-                       help=f"{whose} width: channels of the hidden layers; None: its own")
-
-
-def arch_config(name: str, args: argparse.Namespace, role: str = ""):
-    """The config of the registered network ``name`` with the flags of :func:`add_arch_args` applied."""
-    attr = role.replace("-", "_")
-    return configure(PRESETS[name], {
-        "--cascades": ("cascades", args.cascades),
-        f"--{role}depth": ("depth", getattr(args, f"{attr}depth")),
-        f"--{role}width": ("width", getattr(args, f"{attr}width")),
-        # Off is every family's default, so only a value that turns something on must fit the family.
-        "--ref-padding": ("ref_padding", args.ref_padding or None),
-        "--residual": ("residual", args.residual or None),
-    })
