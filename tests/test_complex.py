@@ -144,17 +144,6 @@ def complex_runs(tmp_path_factory):
     return data, runs
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", sorted(KD_METHODS))
-def test_every_kd_method_distils_on_complex_images(tmp_path, complex_runs, method):
-    data, runs = complex_runs
-    for flags in (["--teacher-checkpoint", str(runs["teacher"])],
-                  ["--teacher-checkpoint", str(runs["sft"]), "--init-from-sft", str(runs["sft"])]):
-        exp = tmp_path / f"kd-{len(flags)}"
-        model, ckpt = load_model(train(train_student_kd, data, exp, "--kd-method", method, *flags))
-        assert model.config.image_channels == 2 and ckpt["config"]["image"] == "complex"
-
-
 def test_evaluate_scores_the_magnitude_of_complex_images(tmp_path, complex_runs):
     data, runs = complex_runs
     evaluate.main(["--checkpoints", str(runs["teacher"]), str(runs["sft"]), "--data-root", str(data), "--acc",
@@ -334,16 +323,34 @@ def test_fastmri_complex_reference_is_the_scaled_esc(fastmri_complex):
         assert hermitian_residual(np.fft.fft2(volfs[:, :, 0], norm="ortho")) > 0.1
 
 
-def test_fastmri_complex_trains_every_role_and_evaluates(tmp_path, fastmri_complex):
-    data = fastmri_complex[0]
-    teacher = train(train_teacher, data, tmp_path / "teacher")
-    sft = train(train_sft, data, tmp_path / "sft")
-    student = train(train_student_kd, data, tmp_path / "sftkd", "--teacher-checkpoint", str(sft), "--init-from-sft",
-                    str(sft))
-    evaluate.main(["--checkpoints", str(teacher), str(student), "--data-root", str(data), "--acc", "4x",
-                   "--out-dir", str(tmp_path / "eval")])
+@pytest.fixture(scope="module")
+def fastmri_runs(tmp_path_factory, fastmri_complex):
+    """A standard teacher and an SFT teacher trained on the fastMRI fixture for one epoch."""
+    data, root = fastmri_complex[0], tmp_path_factory.mktemp("fastmri-runs")
+    return data, {"teacher": train(train_teacher, data, root / "teacher"), "sft": train(train_sft, data, root / "sft")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(KD_METHODS))
+def test_every_kd_method_distils_on_fastmri_complex_images(tmp_path, fastmri_runs, method):
+    data, runs = fastmri_runs
+    for flags in (["--teacher-checkpoint", str(runs["teacher"])],
+                  ["--teacher-checkpoint", str(runs["sft"]), "--init-from-sft", str(runs["sft"])]):
+        exp = tmp_path / f"kd-{len(flags)}"
+        model, ckpt = load_model(train(train_student_kd, data, exp, "--kd-method", method, *flags))
+        assert model.config.image_channels == 2 and ckpt["config"]["image"] == "complex"
+        assert ckpt["config"]["kspace"] == ACQUIRED_FASTMRI
+
+
+def test_fastmri_complex_trains_and_evaluates(tmp_path, fastmri_runs):
+    data, runs = fastmri_runs
+    student = train(train_student_kd, data, tmp_path / "sftkd", "--teacher-checkpoint", str(runs["sft"]),
+                    "--init-from-sft", str(runs["sft"]))
+    evaluate.main(["--checkpoints", str(runs["teacher"]), str(runs["sft"]), str(student), "--data-root", str(data),
+                   "--acc", "4x", "--out-dir", str(tmp_path / "eval")])
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary["kspace"] == ACQUIRED_FASTMRI and np.isfinite(summary["sftkd-at"]["PSNR"]["mean"])
+    assert summary["kspace"] == ACQUIRED_FASTMRI and summary["split"] == "test"
+    assert all(np.isfinite(summary[name]["PSNR"]["mean"]) for name in ("teacher", "sft", "sftkd-at"))
 
 
 def test_fastmri_multi_coil_is_refused_for_complex_images(tmp_path):
