@@ -197,6 +197,12 @@ def test_a_checkpoint_of_the_other_image_type_is_refused_in_one_line(tmp_path, c
     line = one_error_line(capsys, train_student_kd.main, [*base, "--teacher-checkpoint", str(runs["teacher"]),
                                                           "--init-student", str(magnitude_teacher)])
     assert line.startswith("error: --init-student")
+    # Resuming a magnitude run on complex data (same slice counts) is refused too.
+    complex_twin = make_complex_dataset(tmp_path / "complex-twin")
+    line = one_error_line(capsys, train_teacher.main, ["--data-root", str(complex_twin), "--acc", "4x", "--epochs",
+                                                       "2", "--exp-dir", str(tmp_path / "teacher"), "--resume",
+                                                       "--no-progress", "--batch-size", "4", "--seed", "3"])
+    assert line.startswith("error: --resume:") and "1-channel network for magnitude images" in line
 
 
 # --------------------------------------------------------------------------- --synthetic-phase
