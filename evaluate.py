@@ -63,7 +63,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.dataset import ReconInputs, SliceDataset, build_dataset, data_kind
+from data.dataset import SliceDataset, build_dataset, data_kind
 from data.fft import magnitude
 from data.layout import acc_folder
 from data.masks import acc_type
@@ -202,13 +202,13 @@ def reconstructed_volumes(nets: Mapping[str, nn.Module], dataset: SliceDataset, 
     outputs: dict[str, dict[str, dict[int, np.ndarray]]] = defaultdict(lambda: defaultdict(dict))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-        inputs = [tensor.to(device) for tensor in ReconInputs.of(batch)]
-        batch_outputs = {ZF_NAME: magnitude(batch["zero_filled"]).numpy()}
+        inputs = batch.to(device).inputs
+        batch_outputs = {ZF_NAME: magnitude(batch.zero_filled).numpy()}
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             recons = {name: net(*inputs) for name, net in nets.items()}
         batch_outputs.update({name: magnitude(out.float()).cpu().numpy() for name, out in recons.items()})
-        target_magnitude = magnitude(batch["target"])
-        for i, (fname, slice_idx) in enumerate(zip(batch["fname"], batch["slice"].tolist())):
+        target_magnitude = magnitude(batch.target)
+        for i, (fname, slice_idx) in enumerate(zip(batch.fname, batch.slice.tolist())):
             volume = Path(fname).stem
             targets[volume][slice_idx] = target_magnitude[i, 0].numpy()
             for name, out in batch_outputs.items():

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.dataset import Sample
 from data.fft import image_kspace, zero_filled
 
 # Scaling by at most 10 % either way: metrics use each slice's own maximum, so this changes what the
@@ -67,10 +68,10 @@ class AugmentedSlices(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
         index, epoch = key
-        item = dict(self.base[index])
+        item = self.base[index]
         rng = np.random.default_rng([self.seed, epoch, index])
-        item["target"] = augment_target(item["target"], rng)
-        item["kspace_under"], item["zero_filled"] = undersample(item["target"], item["mask"])
-        return item
+        target = augment_target(item.target, rng)
+        kspace_under, zero_filled = undersample(target, item.mask)
+        return item._replace(target=target, kspace_under=kspace_under, zero_filled=zero_filled)

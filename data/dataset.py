@@ -33,18 +33,40 @@ KSPACE_SOURCE_ATTR = "kspace_source"
 
 
 class ReconInputs(NamedTuple):
-    """What every network reads from a batch of :class:`SliceDataset` items: ``zero_filled``
-    (B, C, H, W) float32 image (C = 1 magnitude, 2 real and imaginary), ``kspace_under`` (B, 1, H, W)
-    complex64 undersampled k-space and ``mask`` (B, 1, H, W) float32 of {0, 1}. Call a network as
-    ``model(*ReconInputs.of(batch))``."""
+    """What every network reads from a :class:`Sample`: ``zero_filled`` (B, C, H, W) float32 image (C = 1
+    magnitude, 2 real and imaginary), ``kspace_under`` (B, 1, H, W) complex64 undersampled k-space and ``mask``
+    (B, 1, H, W) float32 of {0, 1}. Call a network as ``model(*batch.inputs)``."""
 
     zero_filled: torch.Tensor
     kspace_under: torch.Tensor
     mask: torch.Tensor
 
-    @classmethod
-    def of(cls, batch: dict) -> "ReconInputs":
-        return cls(batch["zero_filled"], batch["kspace_under"], batch["mask"])
+
+class Sample(NamedTuple):
+    """One slice of a :class:`SliceDataset`, or a batch of them: the DataLoader's default collate stacks each
+    field and keeps the type (tensors gain a leading batch dimension B, strings become lists, ints a tensor).
+
+    zero_filled: (C, H, W) float32 image, ``|F^-1(y)|`` (C = 1, magnitude data) or ``F^-1(y)`` as (real,
+    imaginary) (C = 2, complex data; data/fft.py); kspace_under: (1, H, W) complex64 undersampled k-space
+    ``y``; target: (C, H, W) float32 fully sampled image; mask: (1, H, W) float32 of {0, 1}; fname: the file's
+    name; slice: the slice's index in its file; acc: its acceleration (``"4x"``). In a batch: (B, C, H, W),
+    a tuple of B names, a (B,) int64 tensor and a tuple of B accelerations."""
+
+    zero_filled: torch.Tensor
+    kspace_under: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+    fname: str | tuple[str, ...]
+    slice: int | torch.Tensor
+    acc: str | tuple[str, ...]
+
+    @property
+    def inputs(self) -> ReconInputs:
+        return ReconInputs(self.zero_filled, self.kspace_under, self.mask)
+
+    def to(self, device: torch.device) -> "Sample":
+        """The sample with its tensors on ``device`` (names, indices and accelerations as they are)."""
+        return Sample(*(field.to(device, non_blocking=True) if torch.is_tensor(field) else field for field in self))
 
 
 def _open_h5(path: Path) -> h5py.File:
@@ -240,7 +262,7 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int) -> Sample:
         file_idx, s = self.samples[i]
         if self._cache is not None:
             arrays = {k: v[s] for k, v in self._cache[file_idx].items()}
@@ -249,15 +271,8 @@ class SliceDataset(Dataset):
         zf, target = (torch.from_numpy(np.array(arrays[key]))[None] for key in ("zero_filled", "target"))
         if self.image == "complex":
             zf, target = to_channels(zf), to_channels(target)
-        return {
-            "zero_filled": zf,
-            "kspace_under": torch.from_numpy(np.array(arrays["kspace_under"]))[None],
-            "target": target,
-            "mask": self.mask,
-            "fname": self.files[file_idx].name,
-            "slice": s,
-            "acc": self.acc,
-        }
+        return Sample(zero_filled=zf, kspace_under=torch.from_numpy(np.array(arrays["kspace_under"]))[None],
+                      target=target, mask=self.mask, fname=self.files[file_idx].name, slice=s, acc=self.acc)
 
     def nbytes(self) -> int:
         """Bytes that :attr:`preload` would hold (float32 + float32 + complex64 per pixel; complex images: three

@@ -35,25 +35,25 @@ def test_augmented_kspace_is_mask_times_fft_of_augmented_image(tiny_data):
     data = AugmentedSlices(base, seed=7)
     for index in range(len(base)):
         item, original = data[(index, 3)], base[index]
-        expected = fft2(item["target"]) * item["mask"]
-        assert torch.equal(item["kspace_under"], expected)
-        assert torch.equal(item["zero_filled"], zero_filled(expected))
-        assert item["kspace_under"].dtype == torch.complex64 and item["target"].dtype == torch.float32
-        assert item["kspace_under"][item["mask"].expand_as(expected) == 0].abs().max() == 0
-        _, scale = pose_of(item["target"], original["target"])
+        expected = fft2(item.target) * item.mask
+        assert torch.equal(item.kspace_under, expected)
+        assert torch.equal(item.zero_filled, zero_filled(expected))
+        assert item.kspace_under.dtype == torch.complex64 and item.target.dtype == torch.float32
+        assert item.kspace_under[item.mask.expand_as(expected) == 0].abs().max() == 0
+        _, scale = pose_of(item.target, original.target)
         assert INTENSITY_RANGE[0] <= scale <= INTENSITY_RANGE[1]
-        assert item["fname"] == original["fname"] and item["slice"] == original["slice"]
+        assert item.fname == original.fname and item.slice == original.slice
 
 
 def test_pose_depends_only_on_seed_epoch_and_index(tiny_data):
     base = SliceDataset(tiny_data, "train", "4x")
     first, second = AugmentedSlices(base, seed=7), AugmentedSlices(base, seed=7)  # e.g. two workers
     for key in [(0, 0), (3, 1), (5, 9)]:
-        assert torch.equal(first[key]["target"], second[key]["target"])
+        assert torch.equal(first[key].target, second[key].target)
     other_seed = AugmentedSlices(base, seed=8)
-    epochs = [torch.stack([first[(i, e)]["target"] for i in range(len(base))]) for e in range(3)]
+    epochs = [torch.stack([first[(i, e)].target for i in range(len(base))]) for e in range(3)]
     assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
-    assert not all(torch.equal(first[(i, 0)]["target"], other_seed[(i, 0)]["target"]) for i in range(len(base)))
+    assert not all(torch.equal(first[(i, 0)].target, other_seed[(i, 0)].target) for i in range(len(base)))
 
 
 def test_every_pose_is_drawn_and_non_square_slices_keep_their_shape():

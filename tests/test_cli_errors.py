@@ -314,7 +314,7 @@ def test_negative_loss_weights(base, checkpoints, tmp_path, script, flags, fragm
 @pytest.mark.parametrize("kind, fragments", [
     ("random", ["cannot be loaded", "not a file written by torch.save"]),
     ("wrong_arch", ["do not fit", "D5C5", "missing", "cascades.0.conv4.weight"]),
-    ("public", ["argparse.Namespace", "scripts/import_checkpoint.py", "--trust-pickle"]),
+    ("public", ["argparse.Namespace", "python -m scripts.import_checkpoint", "--trust-pickle"]),
 ])
 def test_bad_teacher_checkpoint(base, checkpoints, tmp_path, kind, fragments):
     path = checkpoints[kind]

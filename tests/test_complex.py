@@ -248,7 +248,7 @@ def test_synthetic_phase_keeps_the_magnitude_and_breaks_hermitian_symmetry(tmp_p
                 assert hermitian_residual(np.fft.fft2(f["volfs"][:, :, 0], norm="ortho")) < 1e-6
                 assert hermitian_residual(np.fft.fft2(g["volfs"][:, :, 0], norm="ortho")) > 0.1
     data = SliceDataset(tmp_path / "phased", "train", "4x")
-    assert (data.image, data.channels) == ("complex", 2) and data[0]["target"].shape == (2, SIZE, SIZE)
+    assert (data.image, data.channels) == ("complex", 2) and data[0].target.shape == (2, SIZE, SIZE)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -27,7 +27,6 @@ from models.training.distributed import EpochSampler
 from models.distill.losses import build_kd_loss
 from models.nets.sft import SFTNet, sft_forward_backward
 from models.training.speed import float32_mode
-from models.training.loop import to_device
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -119,26 +118,26 @@ def test_dataloader_workers_with_pinned_memory_give_the_same_batches(tiny_data):
         batches = list(loader)
         assert len(batches) == len(plain)
         for got, want in zip(batches, plain):
-            assert got.keys() == want.keys()
-            for key, value in want.items():
+            assert type(got) is type(want)
+            for key, value in want._asdict().items():
                 if torch.is_tensor(value):
-                    assert got[key].is_pinned(), key
-                    on_device = to_device(got, CUDA)[key]
+                    assert getattr(got, key).is_pinned(), key
+                    on_device = getattr(got.to(CUDA), key)
                     assert on_device.device.type == CUDA.type and torch.equal(on_device.cpu(), value), key
                 else:
-                    assert got[key] == value, key
+                    assert getattr(got, key) == value, key
 
 
 def test_frozen_kd_teacher_and_teacher_cache_live_on_the_device(tiny_data):
     from models.training.steps import KDStep
     dataset = build_dataset(tiny_data, "train", ["4x"])
-    batch = to_device(next(iter(DataLoader(dataset, batch_size=4))), CUDA)
+    batch = next(iter(DataLoader(dataset, batch_size=4))).to(CUDA)
     torch.manual_seed(0)
     step = KDStep(DCCNN(STUDENT), DCCNN(TEACHER), build_kd_loss("imitation", STUDENT, TEACHER), 1.0,
                   cache_teacher=True).to(device=CUDA, memory_format=torch.channels_last)
     assert all(p.device.type == CUDA.type and not p.requires_grad for p in step.teacher.parameters())
     assert not step.teacher.training
-    inputs = (batch["zero_filled"], batch["kspace_under"], batch["mask"])
+    inputs = (batch.zero_filled, batch.kspace_under, batch.mask)
     first = step.teacher_output(batch, inputs)
     assert len(step.teacher_cache) == 4
     assert all(value.device.type == CUDA.type for value in step.teacher_cache.values())
@@ -160,7 +159,7 @@ def test_one_process_nccl_group_initialises_and_trains_a_step(tiny_data):
                                          world_size=1, device_id=CUDA, timeout=NCCL_TIMEOUT)
     try:
         dataset = build_dataset(tiny_data, "train", ["4x"])
-        batch = to_device(next(iter(DataLoader(dataset, batch_size=2))), CUDA)
+        batch = next(iter(DataLoader(dataset, batch_size=2))).to(CUDA)
         torch.manual_seed(0)
         step = SFTStep(SFTNet(), 1.0, 1.0).to(device=CUDA, memory_format=torch.channels_last)
         net = torch.nn.parallel.DistributedDataParallel(step, device_ids=[CUDA.index or 0])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from data.dataset import ReconInputs, SliceDataset, build_dataset
+from data.dataset import Sample, SliceDataset, build_dataset
 from data.fft import zero_filled
 from data.masks import cartesian_row_mask
 from tests.conftest import make_dataset, phantom, write_volume
@@ -52,20 +52,20 @@ def test_items_shapes_dtypes_and_names(tiny_data):
     item = ds[5]
     for key, dtype in (("zero_filled", torch.float32), ("kspace_under", torch.complex64),
                        ("target", torch.float32), ("mask", torch.float32)):
-        assert item[key].shape == (1, SIZE, SIZE), key
-        assert item[key].dtype == dtype, key
-    assert item["fname"] == "vol01.h5" and item["slice"] == 1 and item["acc"] == "4x"
-    assert np.array_equal(item["mask"][0].numpy(), np.load(tiny_data / "mask_4x.npy"))
+        assert getattr(item, key).shape == (1, SIZE, SIZE), key
+        assert getattr(item, key).dtype == dtype, key
+    assert item.fname == "vol01.h5" and item.slice == 1 and item.acc == "4x"
+    assert np.array_equal(item.mask[0].numpy(), np.load(tiny_data / "mask_4x.npy"))
     assert len(SliceDataset(tiny_data, "validation", "4x")) == 4
 
 
 def test_recon_inputs_are_a_batch_s_network_inputs_as_documented(tiny_data):
     batch = next(iter(DataLoader(SliceDataset(tiny_data, "train", "4x"), batch_size=3)))
-    inputs = ReconInputs.of(batch)
+    inputs = batch.inputs
     assert inputs._fields == ("zero_filled", "kspace_under", "mask")
     for name, dtype in zip(inputs._fields, (torch.float32, torch.complex64, torch.float32)):
-        assert getattr(inputs, name) is batch[name] and batch[name].dtype == dtype
-        assert batch[name].shape == (3, 1, SIZE, SIZE)
+        assert getattr(inputs, name) is getattr(batch, name) and getattr(batch, name).dtype == dtype
+        assert getattr(batch, name).shape == (3, 1, SIZE, SIZE)
     assert set(torch.unique(inputs.mask).tolist()) <= {0.0, 1.0}
 
 
@@ -76,9 +76,9 @@ def test_values_equal_stored_float64_file(tiny_data):
     item = ds[2]
     for key in ("target", "zero_filled", "kspace_under"):
         expected = stored[key][:, :, 2].astype(np.complex64 if key == "kspace_under" else np.float32)
-        assert np.array_equal(item[key][0].numpy(), expected), key
+        assert np.array_equal(getattr(item, key)[0].numpy(), expected), key
     # The stored zero-filled image is |ifft2| of the stored k-space, in our FFT convention too.
-    assert torch.allclose(zero_filled(item["kspace_under"]), item["zero_filled"], atol=1e-6)
+    assert torch.allclose(zero_filled(item.kspace_under), item.zero_filled, atol=1e-6)
 
 
 def test_reads_float32_complex64_files(tmp_path):
@@ -89,18 +89,18 @@ def test_reads_float32_complex64_files(tmp_path):
     ds = SliceDataset(tmp_path, "train", "4x")
     assert len(ds) == 3
     item = ds[1]
-    assert np.array_equal(item["target"][0].numpy(), stored["target"][:, :, 1])
-    assert np.array_equal(item["kspace_under"][0].numpy(), stored["kspace_under"][:, :, 1])
-    assert np.abs(item["target"][0].numpy() - vol[:, :, 1]).max() < 1e-6
+    assert np.array_equal(item.target[0].numpy(), stored["target"][:, :, 1])
+    assert np.array_equal(item.kspace_under[0].numpy(), stored["kspace_under"][:, :, 1])
+    assert np.abs(item.target[0].numpy() - vol[:, :, 1]).max() < 1e-6
 
 
 def test_files_with_different_slice_counts(tmp_path):
     _single_volume_root(tmp_path, {"a.h5": phantom(SIZE, 3, 1), "b.h5": phantom(SIZE, 5, 2)})
     ds = SliceDataset(tmp_path, "train", "4x")
     assert len(ds) == 8
-    assert [(ds[i]["fname"], ds[i]["slice"]) for i in range(len(ds))] == \
+    assert [(ds[i].fname, ds[i].slice) for i in range(len(ds))] == \
         [("a.h5", s) for s in range(3)] + [("b.h5", s) for s in range(5)]
-    assert np.abs(ds[7]["target"][0].numpy() - phantom(SIZE, 5, 2)[:, :, 4]).max() < 1e-6
+    assert np.abs(ds[7].target[0].numpy() - phantom(SIZE, 5, 2)[:, :, 4]).max() < 1e-6
 
 
 def test_two_dimensional_datasets_are_one_slice(tmp_path):
@@ -112,7 +112,7 @@ def test_two_dimensional_datasets_are_one_slice(tmp_path):
             f[key] = data
     for preload in (False, True):
         ds = SliceDataset(tmp_path, "train", "4x", preload=preload)
-        assert len(ds) == 1 and ds[0]["target"].shape == (1, SIZE, SIZE)
+        assert len(ds) == 1 and ds[0].target.shape == (1, SIZE, SIZE)
     del ds  # closes its read handle so the file can be opened for writing
     with h5py.File(folder / "a.h5", "a") as f:
         data = f["volfs"][()]
@@ -128,10 +128,10 @@ def test_two_accelerations_concatenate(tmp_path):
     ds = build_dataset(root, "train", ["4x", "5x"])
     assert isinstance(ds, ConcatDataset) and len(ds) == 16
     first, last = ds[0], ds[15]
-    assert first["acc"] == "4x" and last["acc"] == "5x"
-    assert np.array_equal(first["mask"][0].numpy(), np.load(root / "mask_4x.npy"))
-    assert np.array_equal(last["mask"][0].numpy(), np.load(root / "mask_5x.npy"))
-    assert first["mask"][0, :, 0].sum() == 8 and last["mask"][0, :, 0].sum() == 6
+    assert first.acc == "4x" and last.acc == "5x"
+    assert np.array_equal(first.mask[0].numpy(), np.load(root / "mask_4x.npy"))
+    assert np.array_equal(last.mask[0].numpy(), np.load(root / "mask_5x.npy"))
+    assert first.mask[0, :, 0].sum() == 8 and last.mask[0, :, 0].sum() == 6
     single = build_dataset(root, "train", ["5x"])
     assert isinstance(single, SliceDataset) and len(single) == 8
 
@@ -142,13 +142,13 @@ def test_build_dataset_preload_choice(tiny_data):
     assert build_dataset(tiny_data, "train", ["4x"], preload_limit_bytes=10)._cache is None
 
 
-def _assert_same_items(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key, value in a.items():
+def _assert_same_items(a: Sample, b: Sample) -> None:
+    assert type(a) is type(b) is Sample
+    for key, value, other in zip(a._fields, a, b):
         if isinstance(value, torch.Tensor):
-            assert value.dtype == b[key].dtype and torch.equal(value, b[key]), key
+            assert value.dtype == other.dtype and torch.equal(value, other), key
         else:
-            assert value == b[key], key
+            assert value == other, key
 
 
 def test_preload_and_lazy_give_identical_items(tiny_data):
@@ -166,14 +166,14 @@ def test_dataloader_with_workers(tiny_data):
     assert ds._handles
     loader = DataLoader(ds, batch_size=3, num_workers=2, shuffle=False)
     batches = list(loader)
-    assert [b["target"].shape[0] for b in batches] == [3, 3, 2]
-    target = torch.cat([b["target"] for b in batches])
-    kspace = torch.cat([b["kspace_under"] for b in batches])
-    assert torch.equal(target, torch.stack([d["target"] for d in direct]))
-    assert torch.equal(kspace, torch.stack([d["kspace_under"] for d in direct]))
-    assert sum((b["fname"] for b in batches), []) == [d["fname"] for d in direct]
-    assert torch.cat([b["slice"] for b in batches]).tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
-    assert batches[0]["mask"].shape == (3, 1, SIZE, SIZE)
+    assert [b.target.shape[0] for b in batches] == [3, 3, 2]
+    target = torch.cat([b.target for b in batches])
+    kspace = torch.cat([b.kspace_under for b in batches])
+    assert torch.equal(target, torch.stack([d.target for d in direct]))
+    assert torch.equal(kspace, torch.stack([d.kspace_under for d in direct]))
+    assert [name for b in batches for name in b.fname] == [d.fname for d in direct]
+    assert torch.cat([b.slice for b in batches]).tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert batches[0].mask.shape == (3, 1, SIZE, SIZE)
 
 
 # --------------------------------------------------------------------------- failures
@@ -283,7 +283,7 @@ def test_explicit_mask_path(tiny_data, tmp_path):
     other = np.maximum(cartesian_row_mask((SIZE, SIZE), "4x", seed=11), np.load(tiny_data / "mask_4x.npy"))
     np.save(tmp_path / "mine.npy", other)
     ds = SliceDataset(tiny_data, "train", "4x", mask_path=tmp_path / "mine.npy")
-    assert np.array_equal(ds[0]["mask"][0].numpy(), other)
+    assert np.array_equal(ds[0].mask[0].numpy(), other)
 
 
 def _corrupt(path: Path, key: str, slice_index: int, value) -> None:
@@ -313,4 +313,4 @@ def test_inf_in_kspace(tiny_data, preload):
         ds[3]
     _assert_user_error_names(info, str(path), "kspace_volus_4x", "slice 3")
     if ds is not None:  # lazily, the other slices of the file are still readable
-        assert torch.isfinite(ds[2]["kspace_under"]).all()
+        assert torch.isfinite(ds[2].kspace_under).all()

@@ -28,8 +28,8 @@ def train_teacher(root: Path, steps: int = 25):
     """A D5C5 teacher after ``steps`` full-batch Adam steps on the tiny training split (about 2 s, +5 dB)."""
     seed_everything(0)
     data = SliceDataset(root, "train", "4x", preload=True)
-    batch = {k: torch.stack([data[i][k] for i in range(len(data))])
-             for k in ("zero_filled", "kspace_under", "target", "mask")}
+    items = [data[i] for i in range(len(data))]
+    batch = {k: torch.stack([getattr(item, k) for item in items]) for k in ("zero_filled", "kspace_under", "target", "mask")}
     model = DCCNN(TEACHER)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(steps):
@@ -115,10 +115,10 @@ def test_saved_reconstructions(evaluated):
         with torch.no_grad():
             for s in range(4):
                 item = dataset[s]
-                expected = net(item["zero_filled"][None], item["kspace_under"][None], item["mask"][None])[0, 0]
+                expected = net(item.zero_filled[None], item.kspace_under[None], item.mask[None])[0, 0]
                 np.testing.assert_allclose(recon[s], expected.numpy(), atol=1e-5)
                 row = next(r for r in evaluated["rows"] if r["model"] == folder and int(r["slice"]) == s)
-                assert float(row["PSNR"]) == pytest.approx(psnr(item["target"][0].double().numpy(),
+                assert float(row["PSNR"]) == pytest.approx(psnr(item.target[0].double().numpy(),
                                                                 recon[s].astype(np.float64)), abs=1e-4)
     assert not (evaluated["out"] / "recons" / "ZF").exists()  # ZF stays in the data file
 

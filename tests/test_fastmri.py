@@ -111,7 +111,7 @@ def test_round_trip_to_the_layout(tmp_path: Path, coils, preset, reference, kind
             np.testing.assert_allclose(np.moveaxis(stored["kspace"], -1, 0), kspace.numpy(), rtol=0, atol=1e-6)
             np.testing.assert_allclose(np.moveaxis(stored["zf"], -1, 0), zero_filled(kspace).numpy(), atol=1e-6)
     item = SliceDataset(out, "train", "8x")[0]
-    assert item["target"].shape == item["mask"].shape == (1, SIZE, SIZE)
+    assert item.target.shape == item.mask.shape == (1, SIZE, SIZE)
 
 
 def test_header_reads_shapes_and_attributes(tmp_path: Path):

@@ -28,10 +28,10 @@ def test_written_volume_reads_back_with_the_fft_relations(tmp_path):
     assert len(dataset) == 3
     item = dataset[1]
     target = torch.from_numpy(volfs[:, :, 1])
-    torch.testing.assert_close(item["target"][0], target)
-    torch.testing.assert_close(item["kspace_under"][0], (fft2(target) * torch.from_numpy(mask)).to(torch.complex64),
+    torch.testing.assert_close(item.target[0], target)
+    torch.testing.assert_close(item.kspace_under[0], (fft2(target) * torch.from_numpy(mask)).to(torch.complex64),
                                rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(item["zero_filled"][0], zero_filled(item["kspace_under"][0]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(item.zero_filled[0], zero_filled(item.kspace_under[0]), rtol=1e-5, atol=1e-6)
 
 
 def test_importing_the_writer_needs_no_nibabel():

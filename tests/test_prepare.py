@@ -96,8 +96,8 @@ def test_nifti_folder_to_original_layout(nifti_dir: Path, tmp_path: Path):
     dataset = SliceDataset(out, "train", "5x")
     assert len(dataset) == summary["train_slices"]
     item = dataset[0]
-    assert item["target"].shape == item["zero_filled"].shape == item["kspace_under"].shape == (1, 32, 32)
-    assert int(item["mask"].any(dim=-1).sum()) == 6
+    assert item.target.shape == item.zero_filled.shape == item.kspace_under.shape == (1, 32, 32)
+    assert int(item.mask.any(dim=-1).sum()) == 6
 
 
 def test_split_is_seeded_and_keeps_folders_together(tmp_path: Path):

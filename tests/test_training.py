@@ -288,8 +288,10 @@ def test_a_detached_loss_is_an_error_not_a_step_that_trains_nothing(tmp_path, ru
 def test_sft_step_declares_its_own_backward_only_where_it_runs_one(runs):
     from models.nets.sft import SFTNet
     from models.training.speed import sft_variant
+    from data.dataset import Sample
     step = SFTStep(SFTNet(), 1.0, 1.0)
-    batch = {"target": torch.zeros(1, 1, 8, 8)}
+    zeros = torch.zeros(1, 1, 8, 8)
+    batch = Sample(zeros, zeros.to(torch.complex64), zeros, zeros, ["a.h5"], torch.tensor([0]), ["4x"])
     assert not step.runs_own_backward(batch)  # not allowed until the loop says so (never under DDP)
     step.allow_own_backward = True
     assert step.runs_own_backward(batch) == (sft_variant(torch.device("cpu")) == "branchwise")

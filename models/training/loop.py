@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.augment import AugmentedSlices
-from data.dataset import build_dataset, data_kind
+from data.dataset import Sample, build_dataset, data_kind
 from data.fft import magnitude
 from data.split_check import check_split
 from models.checkpoints.format import arch_of, check_image, describe_arch, model_payload
@@ -56,20 +56,20 @@ class TrainStep(nn.Module):
     # True when some trainable parameters sit out whole steps (DDP must then look for them every step).
     find_unused_parameters = False
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training loss (scalar) and its terms (detached scalars) for a batch (see data.dataset items).
+    def forward(self, batch: Sample) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss (scalar) and its terms (detached scalars) for a batch (a collated data.dataset.Sample).
 
         The loss keeps its autograd graph, unless :meth:`runs_own_backward` says this call computes the
         gradients itself; then it is returned detached."""
         raise NotImplementedError
 
-    def runs_own_backward(self, batch: dict) -> bool:
+    def runs_own_backward(self, batch: Sample) -> bool:
         """Whether ``forward(batch)`` will run the backward pass itself (only when :attr:`allow_own_backward`).
         The loop checks the answer against the loss it gets, so a loss detached by mistake is an error
         rather than a step that trains nothing."""
         return False
 
-    def predict(self, batch: dict) -> dict[str, torch.Tensor]:
+    def predict(self, batch: Sample) -> dict[str, torch.Tensor]:
         """Validation outputs, (B, 1, H, W) float32 each; the key ``"output"`` defines the validation loss,
         other keys (e.g. ``"student_branch1"``) get their own PSNR in the logs."""
         raise NotImplementedError
@@ -118,11 +118,6 @@ class Frozen(nn.Module):
 
 # --------------------------------------------------------------------------- batches and validation
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    """The batch dict with its tensors on ``device`` (names and indices stay as they are)."""
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
 @torch.inference_mode()
 def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tuple[dict, dict | None]:
     """Mean validation L1 of ``output`` (over its channels), PSNR and SSIM per slice (of the magnitude) (overall
@@ -140,14 +135,14 @@ def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tupl
         sums[group, key] = sums.get((group, key), 0.0) + value
 
     for batch in loader:
-        batch = to_device(batch, dist.device)
+        batch = batch.to(dist.device)
         with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = step.predict(batch)
         outputs = {k: v.float() for k, v in outputs.items()}
-        l1 = (outputs["output"] - batch["target"]).abs().mean(dim=(1, 2, 3)).cpu().numpy()
-        target = magnitude(batch["target"])[:, 0].double().cpu().numpy()
+        l1 = (outputs["output"] - batch.target).abs().mean(dim=(1, 2, 3)).cpu().numpy()
+        target = magnitude(batch.target)[:, 0].double().cpu().numpy()
         recons = {k: magnitude(v)[:, 0].double().cpu().numpy() for k, v in outputs.items()}
-        for i, acc in enumerate(batch["acc"]):
+        for i, acc in enumerate(batch.acc):
             for group in ("", f"_{acc}"):
                 add(group, "n", 1.0)
                 add(group, "loss", float(l1[i]))
@@ -156,8 +151,8 @@ def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tupl
             for key in recons.keys() - {"output"}:
                 add("", f"psnr_{key}", psnr(target[i], recons[key][i]))
         if images is None:
-            images = {"target": magnitude(batch["target"][:1]).float().cpu(),
-                      "zero_filled": magnitude(batch["zero_filled"][:1]).float().cpu(),
+            images = {"target": magnitude(batch.target[:1]).float().cpu(),
+                      "zero_filled": magnitude(batch.zero_filled[:1]).float().cpu(),
                       "output": magnitude(outputs["output"][:1]).cpu()}
     keys = sorted(sums)
     totals = dist.all_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
@@ -275,7 +270,7 @@ class Trainer:
             check_image(resume.get("arch") or {}, args.image, self.exp / "model.pt", "--resume:")
         self.step = step = self.build_step(args)
         recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
-        shape = tuple(self.train_set[0]["target"].shape[-2:])
+        shape = tuple(self.train_set[0].target.shape[-2:])
         args.memory_format = resolve_memory_format(args.memory_format, dist.device, shape, bool(args.amp),
                                                    recorded, batch=args.batch_size)
         step.to(device=dist.device, memory_format=MEMORY_FORMATS[args.memory_format])
@@ -395,7 +390,7 @@ class Trainer:
                        total=last + 1)
         t0 = time.time()
         for i, batch in enumerate(batches, start=first_batch):
-            loss, terms = self.train_step(to_device(batch, dist.device))
+            loss, terms = self.train_step(batch.to(dist.device))
             pending.append((i, loss, terms))
             # Losses stay on the device until the logging interval: no per-iteration host sync.
             if len(pending) >= args.log_every or i == last:
@@ -421,7 +416,7 @@ class Trainer:
         batches.close()
         return running / max(seen, 1), time.time() - t0
 
-    def train_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def train_step(self, batch: Sample) -> tuple[torch.Tensor, dict]:
         """One optimiser step; returns the detached loss and its terms."""
         self.optimizer.zero_grad(set_to_none=True)
         own_backward = self.step.runs_own_backward(batch)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from data.dataset import ReconInputs
+from data.dataset import ReconInputs, Sample
 from models.distill.losses import KDLoss
 from models.nets.sft import SFTNet, sft_forward_backward, sft_loss
 from models.training.speed import sft_variant
@@ -23,13 +23,13 @@ class ReconStep(TrainStep):
         super().__init__()
         self.model = model
 
-    def forward(self, batch):
-        out = self.model(*ReconInputs.of(batch))
-        loss = F.l1_loss(out, batch["target"])
+    def forward(self, batch: Sample):
+        out = self.model(*batch.inputs)
+        loss = F.l1_loss(out, batch.target)
         return loss, {"l1": loss.detach()}
 
-    def predict(self, batch):
-        return {"output": self.model(*ReconInputs.of(batch))}
+    def predict(self, batch: Sample):
+        return {"output": self.model(*batch.inputs)}
 
 
 class SFTStep(TrainStep):
@@ -45,23 +45,23 @@ class SFTStep(TrainStep):
         self.student_rec_weight, self.imitation_weight = student_rec_weight, imitation_weight
         self.variant = variant
 
-    def variant_for(self, batch) -> str:
-        return self.variant or sft_variant(batch["target"].device)
+    def variant_for(self, batch: Sample) -> str:
+        return self.variant or sft_variant(batch.target.device)
 
-    def runs_own_backward(self, batch):
+    def runs_own_backward(self, batch: Sample):
         # Branch by branch, each graph is freed right after its backward (see sft_forward_backward).
         return self.allow_own_backward and self.training and self.variant_for(batch) == "branchwise"
 
-    def forward(self, batch):
-        inputs = ReconInputs.of(batch)
+    def forward(self, batch: Sample):
+        inputs = batch.inputs
         weights = (self.student_rec_weight, self.imitation_weight)
         if self.runs_own_backward(batch):
-            return sft_forward_backward(self.model, *inputs, batch["target"], *weights)
+            return sft_forward_backward(self.model, *inputs, batch.target, *weights)
         teacher_out, branches = self.model(*inputs, batch_branches=self.variant_for(batch) == "joint-batched")
-        return sft_loss(teacher_out, branches, batch["target"], *weights)
+        return sft_loss(teacher_out, branches, batch.target, *weights)
 
-    def predict(self, batch):
-        teacher_out, branch1 = self.model.teacher_and_branch1(*ReconInputs.of(batch))
+    def predict(self, batch: Sample):
+        teacher_out, branch1 = self.model.teacher_and_branch1(*batch.inputs)
         return {"output": teacher_out, "student_branch1": branch1}
 
     def hparams(self):
@@ -98,11 +98,11 @@ class KDStep(TrainStep):
         # optimiser, so the second stage here does too.
         return bool(self.feature_epochs) and epoch == self.feature_epochs
 
-    def forward(self, batch):
-        inputs = ReconInputs.of(batch)
+    def forward(self, batch: Sample):
+        inputs = batch.inputs
         if self.feature_epochs and not self.feature_stage:
             # Second stage of the public schedule (train_kd.sh, without --imitation_required): L1 alone.
-            loss_rec = F.l1_loss(self.model(*inputs), batch["target"])
+            loss_rec = F.l1_loss(self.model(*inputs), batch.target)
             return loss_rec, {"reconstruction": loss_rec.detach(), "kd": torch.zeros_like(loss_rec.detach())}
         features = self.kd_loss.needs_features
         if features:
@@ -115,17 +115,17 @@ class KDStep(TrainStep):
             teacher_out, teacher_feats = self.teacher_output(batch, inputs), None
         student_out = self.model(*inputs, return_features=features)
         student_out, student_feats = student_out if features else (student_out, None)
-        loss_rec = F.l1_loss(student_out, batch["target"])
+        loss_rec = F.l1_loss(student_out, batch.target)
         loss_kd = self.kd_loss(student_out, student_feats, teacher_out, teacher_feats)
         loss = self.kd_weight * loss_kd if self.feature_stage else loss_rec + self.kd_weight * loss_kd
         return loss, {"reconstruction": loss_rec.detach(), "kd": loss_kd.detach()}
 
-    def teacher_output(self, batch: dict, inputs: tuple) -> torch.Tensor:
+    def teacher_output(self, batch: Sample, inputs: ReconInputs) -> torch.Tensor:
         """The frozen teacher's (B, 1, H, W) float32 reconstruction, from the cache when every sample of the
         batch is in it. The teacher and the data never change, so after the first epoch an output-only
         method (imitation) needs no teacher forward at all."""
         if self.teacher_cache is not None:
-            keys = list(zip(batch["fname"], batch["slice"].tolist(), batch["acc"]))
+            keys = list(zip(batch.fname, batch.slice.tolist(), batch.acc))
             if all(key in self.teacher_cache for key in keys):
                 cached = torch.stack([self.teacher_cache[key] for key in keys])
                 return cached.to(inputs[0].device, non_blocking=True)
@@ -135,8 +135,8 @@ class KDStep(TrainStep):
             self.teacher_cache.update(zip(keys, teacher_out.detach().float()))
         return teacher_out
 
-    def predict(self, batch):
-        return {"output": self.model(*ReconInputs.of(batch))}
+    def predict(self, batch: Sample):
+        return {"output": self.model(*batch.inputs)}
 
     def hparams(self):
         return {"kd_weight": self.kd_weight, "feature_epochs": self.feature_epochs}
