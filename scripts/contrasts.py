@@ -1,11 +1,11 @@
 """The controlled contrasts of scripts/study.sh: which part of SFT-KD-Recon's gain is its teacher, which its
 initialisation, with statistics a reviewer accepts.
 
-Arms (models/distill/roles.py), per KD method M: A Std-KD (standard teacher, scratch), B SFT-KD-Recon (SFT teacher,
-SFT blocks), C standard teacher + SFT blocks, E standard teacher + the standalone student's cascades.
+Arms (the registry models/distill/arms.py), per KD method M: A Std-KD (standard teacher, scratch), B SFT-KD-Recon
+(SFT teacher, SFT blocks), C standard teacher + SFT blocks, D standard teacher + the standalone student's cascades.
 
 - **Primary** B - C: the teacher's effect with the initialisation held fixed.
-- Secondary C - A (SFT blocks vs scratch), C - E (SFT blocks vs ordinary pre-training), B - A (the paper's
+- Secondary C - A (SFT blocks vs scratch), C - D (SFT blocks vs ordinary pre-training), B - A (the paper's
   comparison, which mixes both), Holm-corrected together within each (method, test set, metric).
 
 The unit of replication is the seed: each seed's difference of the two arms' means over the test slices,
@@ -22,16 +22,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-# (label, arm b, arm a, primary): read as "b - a".
-CONTRASTS = (
-    ("B - C (SFT teacher vs standard, both SFT blocks)", "sftkd", "stdkd-sftinit", True),
-    ("C - A (SFT blocks vs scratch)", "stdkd-sftinit", "stdkd", False),
-    ("C - E (SFT blocks vs student init)", "stdkd-sftinit", "stdkd-studentinit", False),
-    ("B - A (SFT-KD-Recon vs Std-KD)", "sftkd", "stdkd", False),
-)
+from models.distill import arms
+from models.evaluation.metrics import metric as registered, used_for
+
+
+
+def contrast_list() -> list[tuple[str, str, str, bool]]:
+    """(label, run-name prefix of arm b, of arm a, primary) of every contrast the arm registry declares."""
+    return [(label, b.prefix, a.prefix, primary) for label, b, a, primary in arms.contrasts(arms.ARMS)]
+
 # Descriptive context beside the contrasts (not corrected, not primary).
 BASELINES = (("Teacher - Student", "teacher", "student"), ("SFT teacher - Teacher", "sft", "teacher"))
-METRICS = ("PSNR", "SSIM")
 EXACT_WILCOXON_MAX_N = 50  # scipy's exact signed-rank distribution below this many pairs (no ties)
 
 
@@ -132,18 +133,18 @@ def contrast(table: dict, label: str, key_b: tuple, key_a: tuple, column: str, m
 
 
 def all_contrasts(table: dict, columns: list[str]) -> list[Contrast]:
-    """Every contrast of :data:`CONTRASTS` (Holm over the secondary ones per method, column and metric) and
+    """Every contrast of the arm registry (Holm over the secondary ones per method, column and metric) and
     :data:`BASELINES` present in ``table``."""
     methods = sorted({method for _, method in table if method is not None})
     found = []
     for column in columns:
-        for metric in METRICS:
+        for metric in contrast_metrics():
             for label, a, b in BASELINES:
                 c = contrast(table, label, (a, None), (b, None), column, metric)
                 found += [c] if c else []
             for method in methods:
                 family = [contrast(table, f"{label} ({method})", (b, method), (a, method), column, metric, primary)
-                          for label, b, a, primary in CONTRASTS]
+                          for label, b, a, primary in contrast_list()]
                 secondary = [c for c in family if c is not None and not c.primary]
                 for c, p in zip(secondary, holm([c.p for c in secondary])):
                     c.holm_p = p
@@ -151,10 +152,15 @@ def all_contrasts(table: dict, columns: list[str]) -> list[Contrast]:
     return found
 
 
+def contrast_metrics() -> tuple[str, ...]:
+    """The registry's metrics marked ``contrasts`` (models/evaluation/metrics.py)."""
+    return tuple(m.name for m in used_for("contrasts"))
+
+
 def _fmt(value: float, metric: str, sign: bool = True) -> str:
     if not np.isfinite(value):
         return "n/a"
-    digits = 2 if metric == "PSNR" else 4
+    digits = registered(metric).digits
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
@@ -165,11 +171,11 @@ def _fmt_p(p: float) -> str:
 def markdown(found: list[Contrast]) -> list[str]:
     """Markdown lines: one table per metric, rows per contrast and test set."""
     lines = []
-    for metric in METRICS:
+    for metric in contrast_metrics():
         rows = [c for c in found if c.metric == metric]
         if not rows:
             continue
-        unit = "dB" if metric == "PSNR" else "SSIM"
+        unit = registered(metric).unit or metric
         lines += ["", f"Contrasts, {metric} ({unit}; b - a per seed: each arm's mean over the test slices; 95 % "
                   "t-interval over seeds, sample std; p: paired t-test over seeds; Holm: over the three secondary "
                   "contrasts of a method, test set and metric; per-slice Wilcoxon: description only, slices "
@@ -201,10 +207,10 @@ def plot(found: list[Contrast], path, write) -> None:
 
     columns = list(dict.fromkeys(c.column for c in found))
     labels = list(dict.fromkeys(c.label for c in found))
-    fig, axes = plt.subplots(len(columns), len(METRICS), squeeze=False,
+    fig, axes = plt.subplots(len(columns), len(contrast_metrics()), squeeze=False,
                              figsize=(12, 1.0 + 0.42 * len(labels) * len(columns)))
     for r, column in enumerate(columns):
-        for k, metric in enumerate(METRICS):
+        for k, metric in enumerate(contrast_metrics()):
             ax = axes[r][k]
             for y, label in enumerate(labels):
                 c = next((c for c in found if (c.column, c.metric, c.label) == (column, metric, label)), None)

@@ -57,6 +57,7 @@ if not __package__:  # run by path: the repository root, which holds the package
     sys.exit(2)
 
 from data.masks import parse_acc  # noqa: E402
+from models.evaluation.metrics import metric as registered, used_for  # noqa: E402
 from models.distill.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
 from utils import CliParser, UserError, atomic_write, csv_text, refuse_to_overwrite, run_cli, write_text  # noqa: E402
@@ -68,7 +69,6 @@ KD_ROLES = ARM_LABELS
 _NAME = re.compile(r"^(?:(?P<base>zf|teacher|student|sft0|sft)|(?P<kd>stdkd|sftkd|sft0kd)-(?P<method>.+?))"
                    r"(?:-seed(?P<seed>\d+))?$")
 SEED_MARK = "†"
-TABLE_METRICS = ("PSNR", "SSIM")
 
 
 def parse_model_name(name: str) -> tuple[str, str | None, int | None] | None:
@@ -95,6 +95,16 @@ class Run:
 
     def mean(self, metric: str) -> float:
         return float(np.mean(list(self.values[metric].values())))
+
+
+def table_metrics() -> tuple[str, ...]:
+    """The columns of the table: the registry's metrics marked ``table`` (models/evaluation/metrics.py)."""
+    return tuple(m.name for m in used_for("table"))
+
+
+def read_metrics() -> tuple[str, ...]:
+    """The metrics read from metrics.csv: the table's and the contrasts'."""
+    return tuple(dict.fromkeys(m.name for m in (*used_for("table"), *used_for("contrasts"))))
 
 
 def role_key(roles: dict) -> tuple[str, str | None, int | None] | None:
@@ -131,15 +141,15 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
     runs: dict[str, Run] = {}
     with metrics_path.open(newline="") as f:
         reader = csv.DictReader(f)
-        missing = {"model", "volume", "slice", *TABLE_METRICS} - set(reader.fieldnames or [])
+        missing = {"model", "volume", "slice", *read_metrics()} - set(reader.fieldnames or [])
         if missing:
             raise UserError(f"{metrics_path} lacks the columns {', '.join(sorted(missing))}; rerun evaluate.py")
         try:
             for row in reader:
-                run = runs.setdefault(row["model"], Run(folder, {m: {} for m in TABLE_METRICS},
+                run = runs.setdefault(row["model"], Run(folder, {m: {} for m in read_metrics()},
                                                         test_set=summary.get("test_set")))
                 key = (row["volume"], int(row["slice"]))
-                for metric in TABLE_METRICS:
+                for metric in read_metrics():
                     run.values[metric][key] = float(row[metric])
         except (ValueError, TypeError) as exc:
             raise UserError(f"{metrics_path} line {reader.line_num}: not a number ({exc}); "
@@ -208,7 +218,7 @@ def central(seeds: dict[int | None, Run], metric: str) -> tuple[float, float, in
 
 def format_cell(mean: float, std: float, metric: str) -> str:
     """``39.76 ± 0.85`` for PSNR, ``0.9769 ± 0.0040`` for SSIM."""
-    digits = 2 if metric == "PSNR" else 4
+    digits = registered(metric).digits
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
@@ -222,14 +232,14 @@ def build_report(table: dict, notes: list[str] = ()) -> tuple[str, list[dict]]:
     :func:`collect` table."""
     accs = table_columns(table)
     rows = row_order(table)
-    header = ["Method", *(f"{metric} {acc}" for acc in accs for metric in TABLE_METRICS)]
+    header = ["Method", *(f"{metric} {acc}" for acc in accs for metric in table_metrics())]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     csv_rows, any_seeds = [], False
     for key, label in rows:
         cells, csv_row = [label], {"method": label}
         for acc in accs:
             seeds = table[key].get(acc)
-            for metric in TABLE_METRICS:
+            for metric in table_metrics():
                 if not seeds:
                     cells.append("–")
                     continue
@@ -420,7 +430,7 @@ def plot(table: dict, path: Path) -> None:
     rows = [(key, label) for key, label in row_order(table) if key[0] != "zf"]
     fig, axes = plt.subplots(len(accs), 2, figsize=(11, 1.2 + 0.45 * len(rows) * len(accs)), squeeze=False)
     for r, acc in enumerate(accs):
-        for c, metric in enumerate(TABLE_METRICS):
+        for c, metric in enumerate(table_metrics()):
             ax = axes[r][c]
             for y, (key, label) in enumerate(rows):
                 seeds = table[key].get(acc)
@@ -466,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also draw PSNR and SSIM per model with error bars over seeds into this PNG (with "
                              "--contrasts: the contrasts with their intervals)")
     parser.add_argument("--contrasts", action="store_true",
-                        help="add the controlled contrasts of scripts/study.sh (B - C primary; C - A, C - E, B - A "
+                        help="add the controlled contrasts of scripts/study.sh (B - C primary; C - A, C - D, B - A "
                              "Holm-corrected) with 95 %% t-intervals over seeds (scripts/contrasts.py)")
     args = parser.parse_args(argv)
     if args.out_dir.exists() and not args.out_dir.is_dir():

@@ -2,12 +2,13 @@
 # Does SFT-KD-Recon help, and is it the teacher? A controlled, replicated study on the embedded MNI152 brain
 # (no download), scored on held-out test data that chose nothing.
 #
-# Per seed: teacher, student, SFT teacher, and per KD method four students that cross teacher and init:
+# Per seed: teacher, student, SFT teacher, and per KD method the four students of the arm registry's paper and
+# controls groups (models/distill/arms.py), which cross teacher and init:
 #   A  stdkd-M              standard teacher, student from scratch          (Std-KD)
 #   B  sftkd-M              SFT teacher, S2..S5 from the SFT run             (SFT-KD-Recon)
 #   C  stdkd-sftinit-M      standard teacher, S2..S5 from the SFT run        (SFT's blocks without its teacher)
-#   E  stdkd-studentinit-M  standard teacher, S2..S5 from the student run    (ordinary pre-training)
-# Primary contrast B - C (the teacher's effect, initialisation fixed); secondary C - A, C - E, B - A.
+#   D  stdkd-studentinit-M  standard teacher, S2..S5 from the student run    (ordinary pre-training)
+# Primary contrast B - C (the teacher's effect, initialisation fixed); secondary C - A, C - D, B - A.
 # best_model.pt is chosen on validation; every model is scored on the test block of the MNI152 brain and,
 # when Debian's mricron-data is installed, on a second brain (Colin27, ch2bet.nii.gz) prepared with the same
 # geometry and masks. Each seed's evaluation goes to DOCS/{mni152,colin27}/seedN (small CSV + JSON files meant
@@ -87,11 +88,11 @@ elif [ ! -f "$COLIN27" ]; then
 fi
 
 names=(teacher student sft)
+groups=(paper)
+[ "$CONTROLS" = 1 ] && groups+=(controls)
 for method in $KD_METHODS; do
-    names+=("stdkd-$method" "sftkd-$method")
-    if [ "$CONTROLS" = 1 ]; then
-        names+=("stdkd-sftinit-$method" "stdkd-studentinit-$method")
-    fi
+    mapfile -t -O "${#names[@]}" names < <("$PYTHON" -m models.distill.arms names --groups "${groups[@]}" \
+        --method "$method")
 done
 
 evaluate_seed() {  # evaluate_seed SEED: every model of the seed on each test set, into DOCS

@@ -53,29 +53,23 @@ run teacher train_teacher.py --model teacher
 run student train_teacher.py --model student
 # shellcheck disable=SC2086
 run sft train_sft.py ${SFT_FLAGS:-}
-sft_runs=(sft)
 if [ "${SFT_IMITATION0:-0}" = 1 ]; then
     # shellcheck disable=SC2086
     run sft0 train_sft.py ${SFT_FLAGS:-} --imitation-weight 0
-    sft_runs+=(sft0)
 fi
 RUN_EPOCHS=${KD_EPOCHS:-$EPOCHS}
+# The KD arms and their teacher / init flags come from the arm registry (models/distill/arms.py).
+groups=(paper)
+[ "${CONTROLS:-0}" = 1 ] && groups+=(controls)
+[ "${SFT_IMITATION0:-0}" = 1 ] && groups+=(imitation0)
 for method in $KD_METHODS; do
-    # shellcheck disable=SC2086
-    run "stdkd-$method" train_student_kd.py --kd-method "$method" --teacher-checkpoint "$OUT/teacher/best_model.pt" \
-        ${KD_FLAGS:-}
-    for sft in "${sft_runs[@]}"; do
+    # Read every line first: a run must not inherit (and read) the list on its standard input.
+    mapfile -t arms < <("$PYTHON" -m models.distill.arms runs --groups "${groups[@]}" --method "$method" --out "$OUT")
+    [ ${#arms[@]} -gt 0 ] || { echo "error: python -m models.distill.arms listed no KD arm" >&2; exit 2; }
+    for line in "${arms[@]}"; do
+        IFS=$'\t' read -r -a fields <<< "$line"
         # shellcheck disable=SC2086
-        run "${sft}kd-$method" train_student_kd.py --kd-method "$method" \
-            --teacher-checkpoint "$OUT/$sft/best_model.pt" --init-from-sft "$OUT/$sft/best_model.pt" ${KD_FLAGS:-}
+        run "${fields[0]}" train_student_kd.py --kd-method "$method" "${fields[@]:1}" ${KD_FLAGS:-}
     done
-    if [ "${CONTROLS:-0}" = 1 ]; then
-        # shellcheck disable=SC2086
-        run "stdkd-sftinit-$method" train_student_kd.py --kd-method "$method" \
-            --teacher-checkpoint "$OUT/teacher/best_model.pt" --init-from-sft "$OUT/sft/best_model.pt" ${KD_FLAGS:-}
-        # shellcheck disable=SC2086
-        run "stdkd-studentinit-$method" train_student_kd.py --kd-method "$method" \
-            --teacher-checkpoint "$OUT/teacher/best_model.pt" --init-student "$OUT/student/best_model.pt" ${KD_FLAGS:-}
-    fi
 done
 echo "all runs for $ACC are in $OUT"

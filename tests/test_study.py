@@ -46,7 +46,7 @@ def test_study_runs_every_arm_scores_two_test_sets_and_rebuilds_from_docs(tmp_pa
             assert models == {"ZF", *(f"{run}-seed{seed}" for run in RUNS)}
     table = (docs / "table.md").read_text()
     for fragment in ("| **B - C (SFT teacher vs standard, both SFT blocks) (imitation)** (primary) | 4x mni152 | 2 |",
-                     "| C - E (SFT blocks vs student init) (imitation) | 4x colin27 | 2 |",
+                     "| C - D (SFT blocks vs student init) (imitation) | 4x colin27 | 2 |",
                      "| Std teacher + student init (imitation) |"):
         assert fragment in table, fragment
     assert (docs / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,25 +10,18 @@ A run's ``roles`` (``config["roles"]`` in ``config.json`` and in every checkpoin
   ``other``: any other network) and I where the student's cascades S2..S5 came from (``scratch``;
   ``sft-blocks``: ``--init-from-sft``; ``student``: ``--init-student``, a student trained alone).
 
-The two arms of the paper are Std-KD (standard, scratch) and SFT-KD-Recon (sft, sft-blocks); the controls
-that separate the teacher from the initialisation cross them (standard teacher with SFT blocks or with a
-pre-trained student). Pure Python: scripts/report.py reads roles without torch.
+The KD arms with names of their own (the paper's Std-KD and SFT-KD-Recon, the study's controls) are the
+entries of models/distill/arms.py; any other (teacher, init) pair gets a descriptive name here. Pure Python:
+scripts/report.py reads roles without torch.
 """
 from __future__ import annotations
 
 from itertools import product
 
-TEACHER_KINDS = ("standard", "sft", "sft-imitation0", "other")
-INIT_KINDS = ("scratch", "sft-blocks", "student")
+from models.distill.arms import ARMS, BY_ROLES, INIT_FLAGS
 
-# (teacher, init) -> (run-name prefix, table label) of the KD arms with names of their own.
-KD_ARMS = {
-    ("standard", "scratch"): ("stdkd", "Std-KD"),
-    ("sft", "sft-blocks"): ("sftkd", "SFT-KD-Recon"),
-    ("sft-imitation0", "sft-blocks"): ("sft0kd", "SFT-KD-Recon, imitation 0"),
-    ("standard", "sft-blocks"): ("stdkd-sftinit", "Std teacher + SFT blocks"),
-    ("standard", "student"): ("stdkd-studentinit", "Std teacher + student init"),
-}
+TEACHER_KINDS = ("standard", "sft", "sft-imitation0", "other")
+INIT_KINDS = tuple(INIT_FLAGS)
 # Base models: role -> (report key, table label).
 BASE_MODELS = {"teacher": ("teacher", "Teacher"), "student": ("student", "Student"),
                "sft": ("sft", "SFT teacher"), "sft-imitation0": ("sft0", "SFT teacher, imitation 0")}
@@ -54,12 +47,14 @@ def sft_kind(imitation_weight: float) -> str:
 
 def arm_prefix(teacher: str, init: str) -> str:
     """Run-name prefix of a KD arm: ``stdkd``, ``sftkd``, ... or ``kd-{teacher}-{init}`` for other pairs."""
-    return KD_ARMS.get((teacher, init), (f"kd-{teacher}-{init}", None))[0]
+    arm = BY_ROLES.get((teacher, init))
+    return arm.prefix if arm else f"kd-{teacher}-{init}"
 
 
 def arm_label(teacher: str, init: str) -> str:
     """Table label of a KD arm, e.g. ``Std teacher + SFT blocks``."""
-    return KD_ARMS.get((teacher, init), (None, f"KD ({teacher} teacher, {init} init)"))[1]
+    arm = BY_ROLES.get((teacher, init))
+    return arm.label if arm else f"KD ({teacher} teacher, {init} init)"
 
 
 def kd_run_name(roles: dict) -> str:
@@ -70,4 +65,4 @@ def kd_run_name(roles: dict) -> str:
 # Run-name prefix -> table label of every KD arm the vocabulary can name: the named arms first (in the
 # report's row order), then every other teacher / init pair.
 ARM_LABELS = {arm_prefix(teacher, init): arm_label(teacher, init)
-              for teacher, init in [*KD_ARMS, *product(TEACHER_KINDS, INIT_KINDS)]}
+              for teacher, init in [*((arm.teacher, arm.init) for arm in ARMS), *product(TEACHER_KINDS, INIT_KINDS)]}

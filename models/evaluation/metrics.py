@@ -3,10 +3,10 @@ public code's per volume, each a small function over numpy arrays, grouped in on
 metric set."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
 
 # --------------------------------------------------------------------------- per-slice image metrics over (H, W) numpy images
@@ -57,6 +57,7 @@ def vif(target: np.ndarray, recon: np.ndarray) -> float:
     window) are reflect-padded. It runs in float32: torch's float64 convolutions with the 41 x 41 windows are
     over ten times slower, and float32 agrees to ~1e-6 relative.
     """
+    import torch
     from torchmetrics.functional.image import visual_information_fidelity
     scale = 255.0 / (float(target.max()) or 1.0)
     t = torch.from_numpy((np.asarray(target, dtype=np.float64) * scale).astype(np.float32))[None, None]
@@ -69,9 +70,47 @@ def vif(target: np.ndarray, recon: np.ndarray) -> float:
     return float(visual_information_fidelity(r, t))
 
 
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "PSNR": psnr, "SSIM": ssim, "NMSE": nmse, "HFEN-LoG": hfen_log, "VIF": vif,
-}
+@dataclass(frozen=True)
+class Metric:
+    """One per-slice metric of the registry: name (its CSV column), function(target, recon) -> float on (H, W)
+    float arrays, the decimals and unit tables print it with, and where it is used: ``validation`` (logged by the
+    training loop as ``val/{key}`` and in its epoch line), ``table`` (a column of scripts/report.py's table),
+    ``contrasts`` (compared by scripts/contrasts.py). evaluate.py writes every metric to metrics.csv."""
+    name: str
+    function: Callable[[np.ndarray, np.ndarray], float]
+    digits: int
+    unit: str = ""
+    validation: bool = False
+    table: bool = False
+    contrasts: bool = False
+
+    @property
+    def key(self) -> str:
+        """Its name in validation logs, e.g. ``psnr``."""
+        return self.name.lower()
+
+
+# The metric registry: a new per-slice metric is one entry.
+SLICE_METRICS: tuple[Metric, ...] = (
+    Metric("PSNR", psnr, 2, "dB", validation=True, table=True, contrasts=True),
+    Metric("SSIM", ssim, 4, validation=True, table=True, contrasts=True),
+    Metric("NMSE", nmse, 4),
+    Metric("HFEN-LoG", hfen_log, 4),
+    Metric("VIF", vif, 4),
+)
+
+
+def used_for(purpose: str) -> tuple[Metric, ...]:
+    """The registry's metrics with ``purpose`` (``"validation"``, ``"table"`` or ``"contrasts"``) set, in order."""
+    return tuple(metric for metric in SLICE_METRICS if getattr(metric, purpose))
+
+
+def metric(name: str) -> Metric:
+    return next(m for m in SLICE_METRICS if m.name == name)
+
+
+# The paper's metric set of evaluate.py (one CSV row per slice): every metric of the registry.
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {m.name: m.function for m in SLICE_METRICS}
 
 
 # --------------------------------------------------------------------------- fastMRI's per-volume metrics

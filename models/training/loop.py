@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -32,12 +31,10 @@ from models.checkpoints.io import save_checkpoint
 from models.training.distributed import Dist, EpochSampler
 from models.training.experiment import (REPLACED, check_resume_data, drop_replaced_run, git_commit, jsonable,
                                         prepare_exp_dir, restore_old_run, set_aside_old_run)
-from models.evaluation.metrics import psnr, ssim
+from models.evaluation.metrics import psnr, used_for
 from models.training.speed import MEMORY_FORMATS, resolve_memory_format
 from utils import UserError, first_line, folder_lock, get_rng_state, seed_everything, set_rng_state, write_json
 
-# Test hook (see fault_point): ITERATION[:SIGNAL].
-FAULT_ENV = "SFTKD_FAULT_AT"
 
 
 class TrainStep(nn.Module):
@@ -120,9 +117,9 @@ class Frozen(nn.Module):
 
 @torch.inference_mode()
 def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tuple[dict, dict | None]:
-    """Mean validation L1 of ``output`` (over its channels), PSNR and SSIM per slice (of the magnitude) (overall
-    and per acceleration), and the PSNR of every extra output; sums are reduced over ranks so all ranks see the
-    same numbers.
+    """Mean validation L1 of ``output`` (over its channels), the registry's validation metrics per slice of the
+    magnitude (overall and per acceleration; models/evaluation/metrics.py), and the PSNR of every extra output;
+    sums are reduced over ranks so all ranks see the same numbers.
 
     Also returns the first slice this rank saw as images for the logs, ``{"target", "zero_filled",
     "output"}`` each (1, 1, H, W) float32 on the CPU (None for an empty loader)."""
@@ -146,8 +143,8 @@ def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tupl
             for group in ("", f"_{acc}"):
                 add(group, "n", 1.0)
                 add(group, "loss", float(l1[i]))
-                add(group, "psnr", psnr(target[i], recons["output"][i]))
-                add(group, "ssim", ssim(target[i], recons["output"][i]))
+                for metric in used_for("validation"):
+                    add(group, metric.key, metric.function(target[i], recons["output"][i]))
             for key in recons.keys() - {"output"}:
                 add("", f"psnr_{key}", psnr(target[i], recons[key][i]))
         if images is None:
@@ -193,21 +190,15 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def fault_point() -> tuple[int, signal.Signals] | None:
-    """The test hook ``SFTKD_FAULT_AT=ITERATION[:SIGNAL]``: the run sends itself SIGNAL (default SIGKILL)
-    right after global iteration ITERATION (and its --save-every-iters checkpoint), so tests interrupt at
-    an exact place instead of racing a timer. None when the variable is unset."""
-    text = os.environ.get(FAULT_ENV, "")
-    if not text:
-        return None
-    iteration, _, name = text.partition(":")
-    return int(iteration), signal.Signals[name or "SIGKILL"]
-
-
 class Trainer:
     """One run of the loop, in the order a reader meets it: :meth:`build` (data, step, optimiser),
     :meth:`resume_from`, :meth:`open_logs`, then per epoch :meth:`train_epoch`, :meth:`validate`,
     :meth:`end_epoch` (best checkpoint, logs, ``model.pt``), and :meth:`finish`."""
+
+    # A test's hook, set by tests/interrupt.py: called with the global step after each optimiser step and its
+    # --save-every-iters checkpoint, before the stop check, so a test can signal the run at an exact step
+    # instead of racing a timer. A staticmethod when set; None in every real run.
+    after_step = None
 
     def __init__(self, args: argparse.Namespace, build_step, run_name: str, dist: Dist, roles: dict):
         self.args, self.build_step, self.run_name, self.dist = args, build_step, run_name, dist
@@ -216,7 +207,6 @@ class Trainer:
         self.epoch, self.start_batch, self.global_step, self.best_loss = 0, 0, 0, math.inf
         self.writer = None
         self.parked_old_run = False  # a replaced run set aside in exp/.replaced, given back on failure
-        self.fault = fault_point()
 
     def run(self) -> Path:
         resume = prepare_exp_dir(self.args)
@@ -402,10 +392,8 @@ class Trainer:
             saved = bool(args.save_every_iters and self.global_step % args.save_every_iters == 0)
             if saved:
                 self.save_last(epoch, i + 1)
-            if self.fault is not None and self.global_step == self.fault[0]:
-                # As if the signal came during this step: raise_signal runs the handler in this thread at
-                # once, so the stop below sees it (os.kill could reach another thread a step late).
-                signal.raise_signal(self.fault[1])
+            if self.after_step is not None:
+                self.after_step(self.global_step)
             if stop.signal:
                 if not saved:
                     self.save_last(epoch, i + 1)
@@ -499,9 +487,10 @@ class Trainer:
                 writer.add_image("val/target_zf_output_error", image_grid(images), epoch)
             writer.flush()
             epochs_bar.set_postfix(val_loss=f"{metrics['loss']:.4g}", psnr=f"{metrics['psnr']:.2f}")
+            scores = "".join(f", {m.name} {metrics[m.key]:.{m.digits}f}{' ' + m.unit if m.unit else ''}"
+                             for m in used_for("validation"))
             tqdm.write(f"epoch {epoch}/{self.args.epochs}: train loss {train_loss:.5f}, "
-                       f"val loss {metrics['loss']:.5f}, PSNR {metrics['psnr']:.2f} dB, "
-                       f"SSIM {metrics['ssim']:.4f}{' (best)' if improved else ''}, {seconds:.1f} s")
+                       f"val loss {metrics['loss']:.5f}{scores}{' (best)' if improved else ''}, {seconds:.1f} s")
         self.save_last(epoch, 0)
 
     def finish(self) -> None:

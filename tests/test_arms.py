@@ -1,0 +1,117 @@
+"""The arm registry (models/distill/arms.py): its invariants, what it tells the shell scripts, and that a new arm
+is one entry: a dummy arm reaches report.py's table and contrasts.py's contrasts with nothing else changed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from models.distill import arms, roles
+from models.distill.arms import ARMS, Arm
+from scripts import report
+
+
+def test_letters_run_from_a_without_a_gap_and_prefixes_are_unique():
+    assert [arm.letter for arm in ARMS] == list("ABCDE")
+    assert len({arm.prefix for arm in ARMS}) == len(ARMS)
+    assert [arm.prefix for arm in arms.selected(["paper", "controls"])] == \
+           ["stdkd", "sftkd", "stdkd-sftinit", "stdkd-studentinit"]
+
+
+def test_the_primary_contrast_comes_first_and_every_contrast_names_two_arms():
+    found = arms.contrasts()
+    assert found[0][0] == "B - C (SFT teacher vs standard, both SFT blocks)" and found[0][3]
+    assert sum(primary for *_, primary in found) == 1
+    assert {(b.letter, a.letter) for _, b, a, _ in found} == {("B", "C"), ("B", "A"), ("C", "A"), ("C", "D")}
+
+
+def test_the_shell_listing_gives_each_arm_its_teacher_and_init_flags(tmp_path):
+    out = str(tmp_path / "a dir" / "4x")  # a space: the fields are tab-separated
+    result = run_cli("-m", "models.distill.arms", "runs", "--groups", "paper", "controls", "imitation0",
+                     "--method", "at", "--out", out)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert rows == [
+        ["stdkd-at", "--teacher-checkpoint", f"{out}/teacher/best_model.pt"],
+        ["sftkd-at", "--teacher-checkpoint", f"{out}/sft/best_model.pt", "--init-from-sft", f"{out}/sft/best_model.pt"],
+        ["stdkd-sftinit-at", "--teacher-checkpoint", f"{out}/teacher/best_model.pt",
+         "--init-from-sft", f"{out}/sft/best_model.pt"],
+        ["stdkd-studentinit-at", "--teacher-checkpoint", f"{out}/teacher/best_model.pt",
+         "--init-student", f"{out}/student/best_model.pt"],
+        ["sft0kd-at", "--teacher-checkpoint", f"{out}/sft0/best_model.pt", "--init-from-sft", f"{out}/sft0/best_model.pt"],
+    ]
+    names = run_cli("-m", "models.distill.arms", "names", "--groups", "paper", "--method", "imitation")
+    assert names.stdout.split() == ["stdkd-imitation", "sftkd-imitation"]
+
+
+def _eval_folder(folder: Path, seed: int, levels: dict, kd_roles: dict) -> None:
+    """An evaluate.py folder of one seed whose model names say nothing: report.py reads the roles."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    lines = ["model,volume,slice,PSNR,SSIM,NMSE,HFN,VIF"]
+    for name, level in levels.items():
+        lines += [f"m-{name},v,{s},{level + rng.normal(0, 0.2)!r},0.9,0.01,0.1,0.9" for s in range(6)]
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (folder / "summary.json").write_text(json.dumps({
+        "acc": "4x", "split": "test", "test_set": "mni152",
+        "roles": {f"m-{name}": {**kd_roles[name], "seed": seed} for name in levels}}))
+
+
+def test_a_new_arm_is_one_registry_entry(tmp_path, monkeypatch):
+    dummy = Arm("F", "sftkd-studentinit", "SFT teacher + student init", "sft", "student", "student", "controls",
+                "a dummy arm", versus=(("A", "dummy vs Std-KD", False),))
+    registry = (*ARMS, dummy)
+    # The registry and the tables derived from it when the modules were imported.
+    monkeypatch.setattr(arms, "ARMS", registry)
+    monkeypatch.setattr(arms, "BY_LETTER", {arm.letter: arm for arm in registry})
+    monkeypatch.setattr(arms, "BY_ROLES", {(arm.teacher, arm.init): arm for arm in registry})
+    monkeypatch.setattr(roles, "BY_ROLES", arms.BY_ROLES)
+    labels = {**roles.ARM_LABELS, dummy.prefix: dummy.label}
+    monkeypatch.setattr(roles, "ARM_LABELS", labels)
+    monkeypatch.setattr(report, "KD_ROLES", labels)
+    monkeypatch.setattr(report, "ARM_LABELS", labels)
+    assert roles.kd_run_name({"teacher": "sft", "init": "student", "kd_method": "at"}) == "sftkd-studentinit-at"
+
+    kd = lambda teacher, init: {"model": "kd", "teacher": teacher, "init": init, "kd_method": "at"}  # noqa: E731
+    kd_roles = {"A": kd("standard", "scratch"), "F": kd("sft", "student")}
+    dirs = [tmp_path / f"seed{seed}" for seed in (1, 2, 3)]
+    for seed, folder in zip((1, 2, 3), dirs):
+        _eval_folder(folder, seed, {"A": 30.0, "F": 31.0}, kd_roles)
+    report.main(["--eval-dirs", *map(str, dirs), "--out-dir", str(tmp_path / "out"), "--contrasts"])
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| SFT teacher + student init (at) |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| F - A (dummy vs Std-KD) (at) |"))
+    assert "| 4x | 3 | +1.0" in row
+
+
+def test_train_all_trains_the_registry_s_arms(tmp_path):
+    """train_all.sh with a fake interpreter that records each call: the KD runs are the registry's."""
+    fake = tmp_path / "python"
+    log = tmp_path / "calls"
+    real = __import__("sys").executable
+    fake.write_text(f"#!/usr/bin/env bash\nif [ \"$1\" = -m ]; then exec {real} \"$@\"; fi\n"
+                    f"echo \"$*\" >> {log}\nexp=''; while [ $# -gt 0 ]; do [ \"$1\" = --exp-dir ] && exp=$2; shift; done\n"
+                    "mkdir -p \"$exp\" && touch \"$exp/model.pt\"\n")
+    fake.chmod(0o755)
+    import os
+    import subprocess
+    result = subprocess.run(["bash", "scripts/train_all.sh", str(tmp_path / "data"), "4x", "1"],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": str(fake), "RESULTS": str(tmp_path / "r"),
+                                 "KD_METHODS": "at", "CONTROLS": "1"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    kd_calls = [line for line in log.read_text().splitlines() if line.startswith("train_student_kd.py")]
+    out = tmp_path / "r" / "4x"
+    expected = [(arm.run_name("at"), arm.flags(str(out))) for arm in arms.selected(["paper", "controls"])]
+    assert len(kd_calls) == len(expected)
+    for call, (name, flags) in zip(kd_calls, expected):
+        assert f"--exp-dir {out / name}" in call and " ".join(flags) in call
+
+
+@pytest.mark.parametrize("arm", ARMS, ids=lambda arm: arm.letter)
+def test_each_arm_s_roles_name_it(arm):
+    assert roles.arm_prefix(arm.teacher, arm.init) == arm.prefix
+    assert roles.ARM_LABELS[arm.prefix] == arm.label
