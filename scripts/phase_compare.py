@@ -120,7 +120,7 @@ def build(folders: dict[str, Path]) -> str:
     lines = ["# The demo setting with and without `--synthetic-phase`", "",
              "Written by `python -m scripts.phase_compare` from the committed evaluation folders; the data:", "",
              *notes]
-    for metric in contrasts.METRICS:
+    for metric in contrasts.contrast_metrics():
         lines += ["", f"## {metric}{' (dB)' if metric == 'PSNR' else ''}", "",
                   "Each arm: mean over the test slices per seed; the mean over seeds; the change phase - magnitude "
                   "paired by seed, with its 95 % t-interval over seeds (sample std).", "",
