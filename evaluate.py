@@ -75,14 +75,14 @@ from data.fft import magnitude
 from data.fingerprint import split_listing
 from data.layout import acc_folder
 from data.masks import acc_type, mask_lines
-from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
+from data.outputs import check_replaceable, clean_up, new_files, owned_files, swap_in
 from models.checkpoints.format import load_model, load_reconstructor
 from models.nets.registry import reconstructor
 from models.training.speed import MEMORY_FORMATS, auto_layout
 from models.training.distributed import resolve_device
 from models.evaluation.metrics import FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS
-from utils import (CliParser, UserError, atomic_write, check_free_space, clean_text, csv_text, folder_lock,
-                   machine, run_cli, write_json, write_text)
+from data.outputs import atomic_write, check_free_space, folder_lock, write_json, write_text
+from utils import CliParser, UserError, clean_text, csv_text, machine, run_cli
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
@@ -447,7 +447,7 @@ def _main(args: argparse.Namespace) -> None:
     args.roles = {name: recorded_roles(ckpt) for name, (_, ckpt) in zip(names, loaded)}
     args.trained_on = {name: trained_on(ckpt) for name, (_, ckpt) in zip(names, loaded)}
     # Results go to a staging folder that replaces the previous run's files (and only those) once complete, so a
-    # failed or killed run leaves the old results as they were (data/owned.py).
+    # failed or killed run leaves the old results as they were (data/outputs.py).
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=args.out_dir))
     try:
         rows = evaluate_sets(models, dataset, metric_sets, device, args.batch_size,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import UserError, atomic_write
+from data.outputs import atomic_write
+from utils import UserError
 
 _ACC_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)x$")
 

@@ -105,8 +105,8 @@ from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, SO
 from data.split_check import check_split, slice_hashes  # noqa: E402
 from data.staging import check_apart, check_output, staged_output  # noqa: E402
 from data.subjects import BLOCK_GAP, assign_subjects, block_split  # noqa: E402
-from utils import (CliParser, UserError, check_free_space, check_seed, clean_text, folder_lock,  # noqa: E402
-                   old_spellings, run_cli, seed_type, write_json)
+from data.outputs import check_free_space, folder_lock, write_json  # noqa: E402
+from utils import CliParser, UserError, check_seed, clean_text, old_spellings, run_cli, seed_type  # noqa: E402
 
 DEFAULT_ACCS = ("4x", "5x")
 DEFAULT_CENTER_FRACTION = 0.08

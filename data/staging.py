@@ -1,5 +1,5 @@
 """The output folder of data/prepare.py: refuse an unusable one, and write each run into a hidden staging folder
-inside it that replaces the previous run's files (and only those) once complete, crash-safely (data/owned.py)."""
+inside it that replaces the previous run's files (and only those) once complete, crash-safely (data/outputs.py)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Iterator
 
 from data.layout import ACC_FOLDER_PREFIX, SPLITS, mask_name
-from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
-from utils import LOCK_NAME, UserError, os_error_message
+from data.outputs import check_replaceable, clean_up, new_files, owned_files, swap_in
+from data.outputs import LOCK_NAME
+from utils import UserError, os_error_message
 
 STAGE_PREFIX = ".prepare-"
 
@@ -31,7 +32,7 @@ def check_apart(out: Path, inputs: list[str | Path]) -> None:
 
 
 def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse an unusable or non-empty ``out``; finish a swap a killed run began (see data/owned.py) and delete
+    """Refuse an unusable or non-empty ``out``; finish a swap a killed run began (see data/outputs.py) and delete
     staging folders that killed runs (SIGTERM, SIGKILL, power loss) left there. Call it holding ``out``'s lock,
     which is what makes those folders safe to delete."""
     if out.exists() and not out.is_dir():

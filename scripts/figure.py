@@ -36,8 +36,8 @@ from data.layout import acc_folder, keys_for  # noqa: E402
 from data.masks import acc_type  # noqa: E402
 from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
 from models.evaluation.metrics import psnr, ssim  # noqa: E402
-from utils import (CliParser, UserError, atomic_write, first_line, old_spellings, refuse_to_overwrite,  # noqa: E402
-                   run_cli)
+from data.outputs import atomic_write  # noqa: E402
+from utils import CliParser, UserError, first_line, old_spellings, refuse_to_overwrite, run_cli  # noqa: E402
 
 
 def _magnitude(values: np.ndarray) -> np.ndarray:

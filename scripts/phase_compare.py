@@ -25,7 +25,8 @@ if not __package__:  # run by path: the repository root, which holds the package
 
 from scripts import contrasts  # noqa: E402
 from scripts.report import collect, data_lines, row_order, table_columns  # noqa: E402
-from utils import CliParser, UserError, refuse_to_overwrite, run_cli, write_text  # noqa: E402
+from data.outputs import write_text  # noqa: E402
+from utils import CliParser, UserError, refuse_to_overwrite, run_cli  # noqa: E402
 
 SETTINGS = ("magnitude", "phase")
 # (label, arm b, arm a): read as "b - a", over seeds.

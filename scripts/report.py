@@ -60,12 +60,12 @@ if not __package__:  # run by path: the repository root, which holds the package
     sys.exit(2)
 
 from data.masks import parse_acc  # noqa: E402
-from data.owned import staged  # noqa: E402
 from models.evaluation.metrics import metric as registered, used_for  # noqa: E402
 from models.distill.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
-from utils import (CliParser, UserError, atomic_write, clean_text, csv_text, describe_machine,  # noqa: E402
-                   refuse_to_overwrite, run_cli, write_text)
+from data.outputs import atomic_write, staged, write_text  # noqa: E402
+from utils import (CliParser, UserError, clean_text, csv_text, describe_machine, refuse_to_overwrite,  # noqa: E402
+                   run_cli)
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
 # vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
@@ -76,7 +76,7 @@ _NAME = re.compile(r"^(?:(?P<base>zf|teacher|student|sft0|sft)|(?P<kd>stdkd|sftk
 SEED_MARK = "†"
 # Joins a role and the accelerations a model scored across accelerations was trained at ("student@5x").
 CROSS = "@"
-# Staging folders and the list of the files a report wrote in --out-dir (data/owned.py).
+# Staging folders and the list of the files a report wrote in --out-dir (data/outputs.py).
 STAGE_PREFIX, MANIFEST = ".report-", "report_manifest.json"
 
 
@@ -571,7 +571,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_outputs(args, tables: dict[str, str], pngs: dict[Path, bytes]) -> None:
     """The tables (and a --plot inside --out-dir) written whole or not at all: staged, then swapped in for the
-    previous report's files (data/owned.py, manifest ``report_manifest.json``), so a failure (a full disk) leaves
+    previous report's files (data/outputs.py, manifest ``report_manifest.json``), so a failure (a full disk) leaves
     --out-dir as it was and a plain rerun works. A --plot elsewhere is written atomically after the swap."""
     out = args.out_dir.resolve()
     outside = {path: data for path, data in pngs.items() if out not in path.resolve().parents}

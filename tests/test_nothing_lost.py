@@ -11,11 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import data.owned
-from data.owned import NEW, OLD, finish_swap
+import data.outputs
+from data.outputs import NEW, OLD, finish_swap
 from data.prepare import main as prepare_main, prepare
 from tests.conftest import phantom
-from utils import LOCK_NAME, UserError, folder_lock, run_cli
+from data.outputs import LOCK_NAME, folder_lock
+from utils import UserError, run_cli
 
 SIZE = 16
 
@@ -90,17 +91,17 @@ def test_a_swap_killed_at_any_rename_is_finished_by_the_next_run(scans, tmp_path
     prepare_main(prepare_args(scans, out, "--acc", "4x", "5x"))
     prepare_main(prepare_args(scans, reference, "--seed", "1"))
     new = snapshot(reference)
-    real_move, calls = data.owned._move, []
+    real_move, calls = data.outputs._move, []
 
     def interrupted(src, dst):
         if len(calls) == moves:
             raise KeyboardInterrupt
         calls.append(src)
         real_move(src, dst)
-    monkeypatch.setattr(data.owned, "_move", interrupted)
+    monkeypatch.setattr(data.outputs, "_move", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_main(prepare_args(scans, out, "--overwrite", "--seed", "1"))
-    monkeypatch.setattr(data.owned, "_move", real_move)
+    monkeypatch.setattr(data.outputs, "_move", real_move)
     assert (out / NEW).is_dir()
     assert finish_swap(out)
     assert snapshot(out) == new and not (out / NEW).exists() and not (out / OLD).exists()

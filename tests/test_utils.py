@@ -13,8 +13,8 @@ import torch
 
 from data.masks import AccelerationError
 from models.checkpoints.io import load_checkpoint, save_checkpoint
-from utils import (UserError, atomic_write, describe_machine, get_rng_state, machine, run_cli, seed_everything,
-                   set_rng_state, write_json, write_text)
+from data.outputs import atomic_write, write_json, write_text
+from utils import UserError, describe_machine, get_rng_state, machine, run_cli, seed_everything, set_rng_state
 
 
 # --------------------------------------------------------------------------- atomic files

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import scripts.report as report
+import data.outputs
 import train_teacher
-import utils
 from tests.conftest import cli_error, make_dataset
 from tests.test_report import fake, write_eval_dir
 
@@ -32,13 +32,13 @@ def eval_dir(tmp_path) -> Path:
 def full_disk_at(monkeypatch, name: str) -> None:
     """Every atomic write of a file called ``name`` fails as on a full disk (after the data went to its
     temporary file), the others succeed."""
-    real = utils.atomic_write
+    real = data.outputs.atomic_write
 
     def write(path, fn, mode="wb"):
         if Path(path).name == name:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, fn, mode)
-    monkeypatch.setattr(utils, "atomic_write", write)
+    monkeypatch.setattr(data.outputs, "atomic_write", write)
     monkeypatch.setattr(report, "atomic_write", write)
 
 

@@ -22,7 +22,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from utils import UserError, atomic_write, check_free_space, clean_text
+from data.outputs import atomic_write, check_free_space
+from utils import UserError, clean_text
 
 try:  # numpy >= 2 (numpy.core is a deprecated alias there)
     from numpy._core.multiarray import scalar as _numpy_scalar

@@ -34,8 +34,8 @@ from models.training.experiment import (check_resume_content, check_resume_data,
 from models.evaluation.metrics import psnr, used_for
 from models.training.logs import RunLog
 from models.training.speed import MEMORY_FORMATS, resolve_memory_format
-from utils import (UserError, first_line, folder_lock, get_rng_state, machine, seed_everything, set_rng_state,
-                   write_json)
+from data.outputs import folder_lock, write_json
+from utils import UserError, first_line, get_rng_state, machine, seed_everything, set_rng_state
 
 
 

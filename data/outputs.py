@@ -1,5 +1,7 @@
-"""Output folders a tool owns only in part: the manifest of the files it wrote, and the crash-safe swap of a
-complete staged tree for the files of the tool's previous run (data/prepare.py's --out-dir, evaluate.py's).
+"""Every output written whole or not at all, in one place: one run per folder (an advisory lock), atomic files
+(written beside their target and renamed over it), and for output folders a tool owns only in part, the
+manifest of the files it wrote and the crash-safe swap of a complete staged tree for the files of the tool's
+previous run (data/prepare.py's --out-dir, evaluate.py's, scripts/report.py's).
 
 The swap is a sequence of renames inside one folder, recorded on disk as it goes: the staged tree is first
 renamed to ``{out}/.swap-new`` (from then on the new run is committed), the previous run's files (those its
@@ -15,15 +17,19 @@ data): each names its own manifest (``manifest``, default ``manifest.json``; rep
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
-from utils import UserError, folder_lock, refuse_to_overwrite, write_json
+from utils import UserError, clean_text, os_error_message, refuse_to_overwrite
 
 MANIFEST = "manifest.json"
 NEW, OLD = ".swap-new", ".swap-old"
@@ -95,7 +101,7 @@ def swap_in(out: Path, stage: Path, owned: list[str], manifest: str = MANIFEST) 
 
 def clean_up(out: Path, stage_prefix: str, manifest: str = MANIFEST) -> bool:
     """Finish a swap a killed run began in ``out`` and delete the staging folders (``{stage_prefix}*``) killed
-    runs left there; True when a swap was finished. Only safe holding ``out``'s lock (utils.folder_lock)."""
+    runs left there; True when a swap was finished. Only safe holding ``out``'s lock (data.outputs.folder_lock)."""
     finished = finish_swap(out, manifest)
     for stage in sorted(out.glob(f"{stage_prefix}*")):
         shutil.rmtree(stage) if stage.is_dir() and not stage.is_symlink() else stage.unlink()
@@ -161,3 +167,114 @@ def staged(out: Path, flag: str, stage_prefix: str, manifest: str, overwrite: bo
             shutil.rmtree(stage, ignore_errors=True)
             raise
         swap_in(out, stage, owned, manifest)
+
+
+# --------------------------------------------------------------------------- one run per folder
+
+LOCK_NAME = ".lock"
+
+
+def _holder(path: Path) -> str:
+    try:
+        return clean_text(path.read_text().strip()) or "an unknown process"
+    except OSError:
+        return "an unknown process"
+
+
+@contextmanager
+def folder_lock(folder: str | Path, flag: str) -> Iterator[None]:
+    """Hold an advisory lock on ``folder`` (``{folder}/.lock``, created with the folder if missing) while the
+    block runs; another run holding it is a :class:`UserError` naming its process and host.
+
+    ``flock`` is released by the kernel when its holder dies, so a lock file left by a killed run is simply
+    taken over (with a warning). Folders this created are removed again if the block leaves them empty.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file; choose a folder")
+    created = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {folder} cannot be created: {os_error_message(exc)}") from exc
+    path = folder / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{flag} {folder} is in use by another run ({_holder(path)}); wait for it to finish "
+                            f"or choose another {flag}") from None
+        # The previous holder unlinks the file on release: a lock on an unlinked file would lock nothing.
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        previous = os.read(fd, 4096).decode(errors="replace").strip()
+        if previous:
+            print(f"warning: {flag} {folder}: took over the lock of {clean_text(previous)}, which ended without "
+                  "releasing it (killed?)", file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+        for made in created:
+            if made.is_dir() and not any(made.iterdir()):
+                made.rmdir()
+
+
+# --------------------------------------------------------------------------- atomic files
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` through ``write(fileobj)`` so that a crash never leaves a half-written file.
+
+    The data goes to a temporary file in the same directory, is flushed and fsynced, and is then renamed
+    over ``path`` (atomic on POSIX): readers see the old file or the new one, never a mix.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_free_space(path: str | Path, nbytes: int) -> None:
+    """An ``OSError`` (ENOSPC) naming ``path`` and the space needed when its file system has less than
+    ``nbytes`` free: asked before writes whose library fails badly on a full disk (h5py can crash the process,
+    torch.save reports "unexpected pos")."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < nbytes:
+        raise OSError(errno.ENOSPC, f"No space left on device: {nbytes / 2 ** 20:.1f} MiB needed, "
+                                    f"{free / 2 ** 20:.1f} MiB free", str(path))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"), mode="w")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write a text file."""
+    atomic_write(path, lambda f: f.write(text), mode="w")
