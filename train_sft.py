@@ -1,7 +1,7 @@
 """Train the student-friendly teacher (SFT): teacher T1..T5 jointly with the student branches S2..S5."""
 from __future__ import annotations
 
-from models.nets.registry import ModelName
+from models.nets.registry import ModelName, capacity
 from models.distill.roles import BASE_MODELS, sft_kind
 from models.nets.sft import SFTNet
 from models.training.steps import SFTStep
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"{args.student_model} {student.n_cascades}; SFT pairs them one to one: give --cascades")
     kind = sft_kind(args.imitation_weight)
     train(args, lambda a: SFTStep(SFTNet(teacher, student), a.student_rec_weight, a.imitation_weight),
-          run_name=BASE_MODELS[kind][0], roles={"model": kind})
+          run_name=BASE_MODELS[kind][0],
+          roles={"model": kind, "nets": {"teacher": capacity(teacher), "student": capacity(student)}})
 
 
 if __name__ == "__main__":

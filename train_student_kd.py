@@ -27,10 +27,10 @@ import torch
 from models.checkpoints.format import load_reconstructor
 from models.checkpoints.io import load_checkpoint
 from models.distill.losses import KD_METHODS, KDMethodError, build_kd_loss, describe_methods
-from models.nets.registry import ModelName
+from models.nets.registry import ModelName, capacity
 from models.distill.roles import kd_run_name, teacher_kind
 from models.training.steps import KDStep
-from models.distill.student_init import build_student, load_init
+from models.distill.student_init import build_student, load_init, student_config
 from models.training.flags import common_parser, parse_args, positive, weight_type
 from models.training.loop import train
 from utils import UserError, run_cli
@@ -42,6 +42,14 @@ def teacher_role(path) -> str:
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), dict) else {}
     return teacher_kind(config.get("roles"), arch.get("kind") == "sft", config.get("imitation_weight"))
+
+
+def networks(args) -> dict:
+    """The ``nets`` role: the sizes of the teacher (an SFT checkpoint's teacher side) and of the student."""
+    with torch.random.fork_rng(devices=[]):  # loading builds networks; the run's draws must not see it
+        teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint")
+        student = student_config(args, load_init(args), warn=False)
+    return {"teacher": capacity(teacher.config), "student": capacity(student)}
 
 
 def build_step(args) -> KDStep:
@@ -131,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                         "(--kd-method list describes them)")
     init = "sft-blocks" if args.init_from_sft else "student" if args.init_student else "scratch"
     roles = {"model": "kd", "teacher": teacher_role(args.teacher_checkpoint), "init": init,
-             "kd_method": args.kd_method}
+             "kd_method": args.kd_method, "nets": networks(args)}
     train(args, build_step, run_name=kd_run_name(roles), roles=roles)
 
 

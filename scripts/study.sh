@@ -20,7 +20,10 @@
 #                STUDY_FLAGS (flags of every training run, "--lr-step-size 20"), TRAIN_FLAGS (more, e.g.
 #                "--device cuda"), PREPARE_FLAGS (flags of data/prepare.py --demo), JOBS (seeds trained at
 #                once, default: all of them, one thread each; JOBS=1 on a GPU), DOCS (docs/study),
-#                COLIN27 (path of ch2bet.nii.gz, default /usr/share/mricron/templates/ch2bet.nii.gz)
+#                COLIN27 (path of ch2bet.nii.gz, default /usr/share/mricron/templates/ch2bet.nii.gz),
+#                STUDENT_FLAGS / TEACHER_FLAGS (e.g. "--width 8": the size of the student-side networks (the
+#                student, the SFT run's student side, every KD student) / of the teacher-side ones (the teacher,
+#                the SFT run's teacher side); --width N and --depth N, see scripts/train_all.sh)
 # The defaults are the demo's setting (scripts/demo.sh); the seeds were fixed before any run of this study and
 # differ from those used to choose the setting (42, 1, 2, 3). Resumable: re-running skips finished runs,
 # resumes interrupted ones, and re-evaluates only seeds whose evaluation is missing.
@@ -66,6 +69,7 @@ if [ "${REPORT_ONLY:-0}" = 1 ]; then
     exit 0
 fi
 
+CHECK_ONLY=1 bash scripts/train_all.sh "$DATA" "$ACC"  # STUDENT_FLAGS / TEACHER_FLAGS, before anything is written
 if [ ! -f "$DATA/mask_$ACC.npy" ]; then
     rm -rf "$DATA"
     # shellcheck disable=SC2086
