@@ -1,6 +1,5 @@
-"""Shared helpers, one section per job: errors and the CLI entry (one-line user errors, the CLI entry
-with ``--debug``, shared argparse types), seeding and RNG state, one run per folder (an advisory lock), atomic
-files (checkpoint files are models/checkpoints/io.py's). The image metrics live in models/evaluation/metrics.py, beside evaluation."""
+"""Shared helpers every layer needs, one section per job: errors and the CLI entry (one-line user errors, the
+CLI entry with ``--debug``), seeding and RNG state, one run per folder (an advisory lock), atomic files."""
 from __future__ import annotations
 
 import argparse

@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from data.dataset import Sample  # noqa: E402
 from data.fft import fft2  # noqa: E402
 from data.layout import acc_folder, mask_name, undersample, write_volume  # noqa: E402
 from data.masks import cartesian_row_mask  # noqa: E402
@@ -276,8 +277,9 @@ class Workload:
         zero_filled = torch.rand(batch, 1, size, size, device=device)
         mask = torch.from_numpy(cartesian_row_mask((size, size), "4x"))[None, None]
         mask = mask.expand(batch, 1, size, size).contiguous().to(device)
-        self.batch = {"zero_filled": zero_filled, "kspace_under": fft2(zero_filled) * mask, "mask": mask,
-                      "target": torch.rand(batch, 1, size, size, device=device)}
+        self.batch = Sample(zero_filled=zero_filled, kspace_under=fft2(zero_filled) * mask,
+                            target=torch.rand(batch, 1, size, size, device=device), mask=mask,
+                            fname=("benchmark",) * batch, slice=torch.arange(batch), acc=("4x",) * batch)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)

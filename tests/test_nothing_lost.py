@@ -318,12 +318,11 @@ def test_sigkill_of_an_overwrite_before_its_first_checkpoint(tiny, trained):
     """The real thing: --overwrite killed by SIGKILL in its first step leaves its lock file and the old run in
     .replaced; the next --overwrite takes the lock over with a warning and, killed too, still keeps it."""
     import signal
-    from models.training.loop import FAULT_ENV
     from tests.conftest import run_cli as run_python
     old = checkpoints(trained)
     for seed in ("1", "2"):
-        result = run_python("train_teacher.py", *train_args(tiny, trained, "--overwrite", "--seed", seed),
-                            env={FAULT_ENV: "1:SIGKILL"})
+        result = run_python("tests/interrupt.py", "1", "SIGKILL", "train_teacher.py",
+                            *train_args(tiny, trained, "--overwrite", "--seed", seed))
         assert result.returncode == -signal.SIGKILL, result.stderr
         assert checkpoints(trained / ".replaced") == old and (trained / LOCK_NAME).exists()
     assert "took over the lock of process" in result.stderr
@@ -353,11 +352,10 @@ def test_two_training_processes_on_one_exp_dir(tiny, tmp_path, capsys):
     import time
 
     import train_teacher
-    from models.training.loop import FAULT_ENV
     from tests.conftest import ROOT
     exp = tmp_path / "exp"
-    first = subprocess.Popen([sys.executable, "train_teacher.py", *train_args(tiny, exp)], cwd=ROOT,
-                             env={**os.environ, FAULT_ENV: "1:SIGSTOP", "OMP_NUM_THREADS": "1"},
+    first = subprocess.Popen([sys.executable, "tests/interrupt.py", "1", "SIGSTOP", "train_teacher.py",
+                              *train_args(tiny, exp)], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

@@ -1,6 +1,6 @@
 """Kill -9 inside epoch 2, then --resume: the final weights are bit-identical to an uninterrupted run.
 
-The runs interrupt themselves at an exact iteration through the loop's SFTKD_FAULT_AT hook, so nothing
+The runs interrupt themselves at an exact iteration through tests/interrupt.py, the loop's test hook, so nothing
 depends on how fast the machine is."""
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from conftest import make_dataset, run_cli
-from models.training.loop import FAULT_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +32,8 @@ def read_position(path: Path):
 
 
 def run_until(args: list[str], iteration: int, signal_name: str = "SIGKILL"):
-    """Run ``python *args`` with the fault hook set: it signals itself right after global ``iteration``."""
-    return run_cli(*args, env={FAULT_ENV: f"{iteration}:{signal_name}"})
+    """Run ``python *args`` through tests/interrupt.py: it signals itself right after global ``iteration``."""
+    return run_cli("tests/interrupt.py", str(iteration), signal_name, *args)
 
 
 def kill_inside_epoch_2(args: list[str]) -> None:

@@ -316,7 +316,8 @@ def test_cache_teacher_with_augment_is_refused_in_one_line(tmp_path, capsys):
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
 @pytest.mark.parametrize("stop_after", [2, 3])  # the last step of stage 1; the first of stage 2
 def test_two_stage_resume_at_and_after_the_switch_is_exact(tmp_path, runs, monkeypatch, stop_after):
-    from models.training.loop import FAULT_ENV
+    from interrupt import signal_at
+    from models.training.loop import Trainer
     teacher = str(runs["teacher"] / "best_model.pt")
 
     def argv(exp, *extra):
@@ -324,10 +325,10 @@ def test_two_stage_resume_at_and_after_the_switch_is_exact(tmp_path, runs, monke
                       "--feature-epochs", "1", *extra, epochs=3)
 
     train_student_kd.main(argv(tmp_path / "straight"))
-    monkeypatch.setenv(FAULT_ENV, f"{stop_after}:SIGTERM")  # 2 steps per epoch
+    monkeypatch.setattr(Trainer, "after_step", signal_at(stop_after, "SIGTERM"))  # 2 steps per epoch
     with pytest.raises(SystemExit):
         train_student_kd.main(argv(tmp_path / "stopped"))
-    monkeypatch.delenv(FAULT_ENV)
+    monkeypatch.setattr(Trainer, "after_step", None)
     train_student_kd.main(argv(tmp_path / "stopped", "--resume"))
     a, b = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("straight", "stopped"))
     for key in a["model"]:

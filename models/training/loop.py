@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
-import os
 import signal
 import sys
 import time
@@ -34,11 +32,10 @@ from models.training.distributed import Dist, EpochSampler
 from models.training.experiment import (REPLACED, check_resume_data, drop_replaced_run, git_commit, jsonable,
                                         prepare_exp_dir, restore_old_run, set_aside_old_run)
 from models.evaluation.metrics import psnr, used_for
+from models.training.logs import RunLog
 from models.training.speed import MEMORY_FORMATS, resolve_memory_format
 from utils import UserError, first_line, folder_lock, get_rng_state, seed_everything, set_rng_state, write_json
 
-# Test hook (see fault_point): ITERATION[:SIGNAL].
-FAULT_ENV = "SFTKD_FAULT_AT"
 
 
 class TrainStep(nn.Module):
@@ -161,14 +158,6 @@ def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tupl
     return metrics, images
 
 
-def image_grid(images: dict) -> torch.Tensor:
-    """(1, H, 4W) image: target | zero-filled | output | 5 x |error|, clipped to [0, 1] for display."""
-    target, zf, out = images["target"][0, 0], images["zero_filled"][0, 0], images["output"][0, 0]
-    scale = float(target.max()) or 1.0
-    panels = [target / scale, zf / scale, out / scale, 5 * (out - target).abs() / scale]
-    return torch.cat(panels, dim=1).clamp(0, 1)[None]
-
-
 # --------------------------------------------------------------------------- the loop
 
 class _StopRequest:
@@ -193,30 +182,23 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def fault_point() -> tuple[int, signal.Signals] | None:
-    """The test hook ``SFTKD_FAULT_AT=ITERATION[:SIGNAL]``: the run sends itself SIGNAL (default SIGKILL)
-    right after global iteration ITERATION (and its --save-every-iters checkpoint), so tests interrupt at
-    an exact place instead of racing a timer. None when the variable is unset."""
-    text = os.environ.get(FAULT_ENV, "")
-    if not text:
-        return None
-    iteration, _, name = text.partition(":")
-    return int(iteration), signal.Signals[name or "SIGKILL"]
-
-
 class Trainer:
     """One run of the loop, in the order a reader meets it: :meth:`build` (data, step, optimiser),
     :meth:`resume_from`, :meth:`open_logs`, then per epoch :meth:`train_epoch`, :meth:`validate`,
     :meth:`end_epoch` (best checkpoint, logs, ``model.pt``), and :meth:`finish`."""
+
+    # A test's hook, set by tests/interrupt.py: called with the global step after each optimiser step and its
+    # --save-every-iters checkpoint, before the stop check, so a test can signal the run at an exact step
+    # instead of racing a timer. A staticmethod when set; None in every real run.
+    after_step = None
 
     def __init__(self, args: argparse.Namespace, build_step, run_name: str, dist: Dist, roles: dict):
         self.args, self.build_step, self.run_name, self.dist = args, build_step, run_name, dist
         self.roles = roles
         self.exp: Path = args.exp_dir
         self.epoch, self.start_batch, self.global_step, self.best_loss = 0, 0, 0, math.inf
-        self.writer = None
+        self.log: RunLog | None = None
         self.parked_old_run = False  # a replaced run set aside in exp/.replaced, given back on failure
-        self.fault = fault_point()
 
     def run(self) -> Path:
         resume = prepare_exp_dir(self.args)
@@ -372,8 +354,7 @@ class Trainer:
         if resume is None:
             self.parked_old_run = set_aside_old_run(self.exp)
             write_json(self.exp / "config.json", self.config)
-        from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(self.exp / "summary"), purge_step=self.global_step if resume else None)
+        self.log = RunLog(self.exp, self.global_step if resume else None, args.epochs, args.image_every)
         print(f"{self.run_name}: {len(self.train_set)} training / {len(self.val_set)} validation slices, "
               f"{self.config['model_parameters']:,} parameters, device {dist.device}, "
               f"batch {args.batch_size} x {dist.world} process(es) = {self.config['effective_batch_size']}, "
@@ -408,10 +389,8 @@ class Trainer:
             saved = bool(args.save_every_iters and self.global_step % args.save_every_iters == 0)
             if saved:
                 self.save_last(epoch, i + 1)
-            if self.fault is not None and self.global_step == self.fault[0]:
-                # As if the signal came during this step: raise_signal runs the handler in this thread at
-                # once, so the stop below sees it (os.kill could reach another thread a step late).
-                signal.raise_signal(self.fault[1])
+            if self.after_step is not None:
+                self.after_step(self.global_step)
             if stop.signal:
                 if not saved:
                     self.save_last(epoch, i + 1)
@@ -452,15 +431,11 @@ class Trainer:
             raise UserError(f"training loss became {losses[int(bad[0])].item()} at epoch {self.epoch + 1}, "
                             f"iteration {iteration}; the last good checkpoints in {self.exp} are kept. "
                             "Lower --lr or check the data")
-        if self.writer is not None:
+        if self.log is not None:
             names = list(pending[0][2])
             # One device-to-host copy for the whole interval, not one per scalar.
-            terms = torch.stack([torch.stack([p[2][n] for n in names]) for p in pending]).float()
-            first = self.global_step - len(pending) + 1
-            for g, value, row in zip(range(first, self.global_step + 1), losses.tolist(), terms.cpu().tolist()):
-                self.writer.add_scalar("train/loss", value, g)
-                for name, term in zip(names, row):
-                    self.writer.add_scalar(f"train/{name}", term, g)
+            terms = torch.stack([torch.stack([p[2][n] for n in names]) for p in pending], dim=1).float().cpu()
+            self.log.steps(self.global_step, losses.tolist(), dict(zip(names, terms.tolist())))
         return losses
 
     # ----------------------------------------------------------------------- checkpoints and logs
@@ -498,33 +473,13 @@ class Trainer:
             if improved:
                 save_checkpoint({**model_payload(self.step.model, self.run_name, self.config), "epoch": epoch,
                                  "val_metrics": metrics}, self.exp / "best_model.pt")
-            writer = self.writer
-            writer.add_scalar("train/epoch_loss", train_loss, epoch)
-            writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], epoch)
-            writer.add_scalar("train/seconds_per_epoch", seconds, epoch)
-            for key, value in metrics.items():
-                writer.add_scalar(f"val/{key}", value, epoch)
-            if images is not None and (epoch == 1 or epoch % self.args.image_every == 0
-                                       or epoch == self.args.epochs):
-                writer.add_image("val/target_zf_output_error", image_grid(images), epoch)
-            writer.flush()
-            epochs_bar.set_postfix(val_loss=f"{metrics['loss']:.4g}", psnr=f"{metrics['psnr']:.2f}")
-            scores = "".join(f", {m.name} {metrics[m.key]:.{m.digits}f}{' ' + m.unit if m.unit else ''}"
-                             for m in used_for("validation"))
-            tqdm.write(f"epoch {epoch}/{self.args.epochs}: train loss {train_loss:.5f}, "
-                       f"val loss {metrics['loss']:.5f}{scores}{' (best)' if improved else ''}, {seconds:.1f} s")
+            epochs_bar.set_postfix(val_loss=f"{metrics['loss']:.4g}")
+            self.log.epoch(epoch, train_loss, self.optimizer.param_groups[0]["lr"], seconds, metrics, images, improved)
 
     def finish(self) -> None:
         """TensorBoard's hparams entry and the closing line (rank 0)."""
-        if self.writer is None:
-            return
-        hparams = {**jsonable(self.args), **self.step.hparams()}
-        self.writer.add_hparams({k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
-                                 for k, v in hparams.items()},
-                                {"hparam/best_val_loss": self.best_loss}, run_name=".")
-        self.writer.close()
-        print(f"done: best validation L1 {self.best_loss:.5f}; checkpoints in {self.exp} "
-              f"(best_model.pt, model.pt); TensorBoard: tensorboard --logdir {self.exp / 'summary'}")
+        if self.log is not None:
+            self.log.close({**jsonable(self.args), **self.step.hparams()}, self.best_loss)
 
 
 def train(args: argparse.Namespace, build_step, run_name: str, roles: dict) -> Path:
