@@ -28,8 +28,16 @@ teacher). The zero-filled input is always evaluated too, as model ``ZF``. Output
   fastMRI's own script prints mean +/- 2 sample std), the public code's volume-wise ones a ``"public_volume"``
   entry of the same form (the public script prints mean +/- 2 sample std too), plus the top-level entries
   ``acc``, ``split``, ``data_root``, ``mask``, ``checkpoints`` (``{name: path}``), ``test_set`` (``--test-set``,
-  default ``{data folder name}/{split}``) and ``roles`` (``{name: the roles its checkpoint records,
-  models/distill/roles.py, plus its training seed}``); these words cannot be model names.
+  default ``{data folder name}/{split}``), ``roles`` (``{name: the roles its checkpoint records,
+  models/distill/roles.py, plus its training seed}``), ``trained_acc`` (``{name: the accelerations it was
+  trained at}``, empty where it records none: with ``--cross-acc`` they differ from ``acc``, and report.py gives
+  such a model a row of its own), ``machine`` (the evaluating machine, utils.machine: CPU, ISA, torch build,
+  threads) and ``trained_on`` (``{name: the machine its checkpoint's training recorded, or null}``); these words
+  cannot be model names.
+
+What is scored is checked against what each checkpoint records of its training data: another acceleration is
+refused unless ``--cross-acc``; another slice size, another mask sampling pattern (rows, columns, 2-D) or files
+of its own training split are refused.
 - with ``--save-recons``: ``recons/{name}/{volume}.h5`` holding one dataset ``reconstruction`` of shape
   (S, H, W) float32, slice-first. Note that this differs from the data files, whose ``volfs`` is
   (H, W, S); the target and the ZF image are not copied (read them from the data), and ZF gets no folder.
@@ -62,15 +70,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.dataset import SliceDataset, build_dataset
+from data.fingerprint import split_listing
 from data.layout import acc_folder
-from data.masks import acc_type
+from data.masks import acc_type, mask_lines
 from data.owned import check_replaceable, clean_up, new_files, owned_files, swap_in
-from models.checkpoints.format import load_model, load_reconstructor, reconstructor
+from models.checkpoints.format import load_model, load_reconstructor
+from models.nets.registry import reconstructor
 from models.training.speed import MEMORY_FORMATS, auto_layout
 from models.training.distributed import resolve_device
 from models.evaluation.metrics import FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS
 from utils import (CliParser, UserError, atomic_write, check_free_space, clean_text, csv_text, folder_lock,
-                   run_cli, write_json, write_text)
+                   machine, run_cli, write_json, write_text)
 
 ZF_NAME = "ZF"
 CSV_COLUMNS = ["model", "volume", "slice", *METRICS]
@@ -101,7 +111,8 @@ METRIC_SETS = {
                                ["model", "volume", *PUBLIC_VOLUME_METRICS], "public_volume"),
 }
 METRIC_CHOICES = {**{name: (name,) for name in METRIC_SETS}, "all": tuple(METRIC_SETS)}
-META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "fastmri", "public_volume")
+META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "trained_acc", "machine",
+             "trained_on", "fastmri", "public_volume")
 RECON_KEY = "reconstruction"
 STAGE_PREFIX = ".evaluate-"
 
@@ -151,6 +162,14 @@ def recorded_roles(ckpt: dict) -> dict:
     return {**config["roles"], **({"seed": seed} if isinstance(seed, int) else {})}
 
 
+def trained_on(ckpt: dict) -> dict | None:
+    """The machine (utils.machine) of the training process that wrote a checkpoint; None for checkpoints of older
+    versions and imported ones."""
+    config = ckpt.get("config")
+    recorded = config.get("machine") if isinstance(config, dict) else None
+    return recorded if isinstance(recorded, dict) else None
+
+
 def check_names(names: list[str], n_checkpoints: int) -> None:
     """Model names must match the checkpoints one to one, be unique and be usable as folder names."""
     if len(names) != n_checkpoints:
@@ -165,6 +184,57 @@ def check_names(names: list[str], n_checkpoints: int) -> None:
                             f"{', '.join(META_KEYS)} are summary.json entries); pass another with --names")
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise UserError(f"model name {name!r} cannot be a folder name; pass another with --names")
+
+
+# --------------------------------------------------------------------------- what a checkpoint was trained on
+
+def trained_accs(ckpt: dict) -> list[str]:
+    """The accelerations a checkpoint's run trained on: its --acc; for an imported public checkpoint its
+    ``acceleration_factor`` flag (``"4x"`` or ``"4x,5x"``); empty when it records neither."""
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    accs = config.get("acc")
+    if accs is None:
+        source = config.get("source_args") if isinstance(config.get("source_args"), dict) else {}
+        accs = str(source.get("acceleration_factor") or "").split(",")
+    return [clean_text(acc).strip() for acc in (accs if isinstance(accs, list) else [accs]) if str(acc).strip()]
+
+
+_PATTERN = {"rows": "whole rows", "columns": "whole columns", "2-D": "a 2-D pattern"}
+
+
+def check_trained_on(path: Path, ckpt: dict, dataset: SliceDataset, scored: dict[str, str],
+                     args: argparse.Namespace) -> list[str]:
+    """Refuse to score a checkpoint on data other than the kind it was trained on, as far as it records it:
+    another acceleration (unless ``--cross-acc``), another slice size, another mask sampling pattern, or files
+    of its own training split (``scored``: :func:`data.fingerprint.split_listing` of the scored split). Returns
+    the accelerations it was trained on."""
+    accs = trained_accs(ckpt)
+    if accs and args.acc not in accs and not args.cross_acc:
+        raise UserError(f"--checkpoints {path} was trained at {' '.join(accs)}, but --acc {args.acc} scores it on "
+                        f"{args.acc} data; evaluate it at {accs[0]}, or pass --cross-acc to score it across "
+                        "accelerations (summary.json records both, report.py gives it a row of its own)")
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    content = config.get("content") if isinstance(config.get("content"), dict) else {}
+    size = content.get("image_size")
+    if isinstance(size, list) and list(dataset.shape) != size:
+        raise UserError(f"--checkpoints {path} was trained on {'x'.join(map(str, size))} slices, but --split "
+                        f"{args.split} of {args.data_root} holds {dataset.shape[0]}x{dataset.shape[1]}; score it on "
+                        "data prepared at its size (data/prepare.py --size)")
+    lines = content.get("mask_lines") if isinstance(content.get("mask_lines"), dict) else {}
+    expected = lines.get(args.acc) or next(iter(lines.values()), None)
+    found = mask_lines(dataset.mask[0].numpy())
+    if expected in _PATTERN and found != expected:
+        raise UserError(f"--checkpoints {path} was trained with masks sampling {_PATTERN[expected]}, but the "
+                        f"{args.acc} mask of this data samples {_PATTERN[found]}; score it with the mask kind it "
+                        "was trained with (--mask, or data prepared with its --mask-kind)")
+    listings = content.get("data", {}).get("train", {}) if isinstance(content.get("data"), dict) else {}
+    seen = sorted({name for listing in listings.values() if isinstance(listing, dict)
+                   for name, digest in listing.items() if scored.get(name) == digest})
+    if seen:
+        raise UserError(f"--checkpoints {path} was trained on {len(seen)} of the {len(scored)} files of --split "
+                        f"{args.split} ({', '.join(seen[:3])}{', ...' if len(seen) > 3 else ''}): scores there "
+                        "measure memory, not reconstruction; score the test split, or data it never saw")
+    return accs
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -220,7 +290,7 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
                   ) -> dict[str, list[dict]]:
     """The zero-filled input (``ZF``) and every model on ``dataset``, scored by each of ``metric_sets``.
 
-    models: name -> a reconstructor (a :class:`models.nets.dccnn.DCCNN`, called with
+    models: name -> a reconstructor (a registered network, models/nets/registry.py, called with
     ``(zero_filled, kspace_under, mask)``, each (B, 1, H, W)) or a checkpoint path.
     metric_sets: keys of :data:`METRIC_SETS`: ``"paper"`` (rows ``{"model", "volume", "slice", "PSNR", "SSIM",
     "NMSE", "HFEN-LoG", "VIF"}``, one per slice), ``"fastmri"`` (rows ``{"model", "volume", "NMSE", "PSNR",
@@ -304,6 +374,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", required=True, type=Path,
                         help="folder with train/, validation/ and (data/prepare.py's default) test/")
     parser.add_argument("--acc", required=True, type=acc_type, help="acceleration, e.g. 4x")
+    parser.add_argument("--cross-acc", action="store_true",
+                        help="score checkpoints trained at another acceleration than --acc (refused without it); "
+                             "summary.json records both, report.py gives them rows of their own")
     parser.add_argument("--mask", type=Path, help="mask .npy (default: DATA_ROOT/mask_{acc}.npy)")
     parser.add_argument("--split", default=None,
                         help="data split folder (default: test when DATA_ROOT has it, else validation)")
@@ -359,8 +432,12 @@ def _main(args: argparse.Namespace) -> None:
     if names is None:
         names = default_names(args.checkpoints, [ckpt for _, ckpt in loaded])
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
+    scored = split_listing(args.data_root, args.split, args.acc)
+    args.trained_acc = {name: check_trained_on(path, ckpt, dataset, scored, args)
+                        for name, path, (_, ckpt) in zip(names, args.checkpoints, loaded)}
     models = {name: reconstructor(model) for name, (model, _) in zip(names, loaded)}
     args.roles = {name: recorded_roles(ckpt) for name, (_, ckpt) in zip(names, loaded)}
+    args.trained_on = {name: trained_on(ckpt) for name, (_, ckpt) in zip(names, loaded)}
     # Results go to a staging folder that replaces the previous run's files (and only those) once complete, so a
     # failed or killed run leaves the old results as they were (data/owned.py).
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=args.out_dir))
@@ -418,7 +495,8 @@ def write_results(args: argparse.Namespace, names: list[str], rows: dict[str, li
                {**summary, "acc": args.acc, "split": args.split,
                 "test_set": args.test_set or f"{Path(args.data_root).resolve().name}/{args.split}",
                 "data_root": str(args.data_root), "mask": str(args.mask) if args.mask else None,
-                "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)}, "roles": args.roles})
+                "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)}, "roles": args.roles,
+                "trained_acc": args.trained_acc, "machine": machine(), "trained_on": args.trained_on})
     return stats
 
 

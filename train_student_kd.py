@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     init = "sft-blocks" if args.init_from_sft else "student" if args.init_student else "scratch"
     roles = {"model": "kd", "teacher": teacher_role(args.teacher_checkpoint), "init": init,
              "kd_method": args.kd_method, "nets": networks(args)}
-    train(args, build_step, run_name=kd_run_name(roles), roles=roles)
+    # --kd-weight None is the method's own weight: --resume compares that, so giving it explicitly is no change.
+    defaults = {"kd_weight": lambda values: getattr(KD_METHODS.get(values.get("kd_method")), "default_weight", None)}
+    train(args, build_step, run_name=kd_run_name(roles), roles=roles, defaults=defaults)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Shared helpers every layer needs, one section per job: errors and the CLI entry (one-line user errors, the
-CLI entry with ``--debug``), seeding and RNG state, one run per folder (an advisory lock), atomic files."""
+CLI entry with ``--debug``), seeding and RNG state, the machine a figure comes from, one run per folder (an
+advisory lock), atomic files, and the one sanitiser of printed text (clean_text)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ import fcntl
 import io
 import json
 import os
+import platform
 import random
 import re
 import shutil
@@ -43,10 +45,23 @@ class CliParser(argparse.ArgumentParser):
         self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                           help=f"show the full traceback instead of a one-line error (or set {DEBUG_ENV}=1)")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, then a refusal of any argument holding a control character (a newline, an escape code):
+        paths and names are printed and become file names, and must not forge a line or drive the terminal."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            values = getattr(parsed, action.dest, None) if action.option_strings or action.dest else None
+            for value in values if isinstance(values, list) else [values]:
+                if isinstance(value, (str, Path)) and clean_text(value, None) != str(value):
+                    flag = "/".join(action.option_strings[:1]) or action.dest
+                    self.error(f"argument {flag}: {clean_text(value, 120)!s} holds a control character (shown "
+                               "escaped: a newline, tab or escape code); give it without")
+        return parsed, extras
+
     def error(self, message: str):
         for action, visible in self._renamed():
             message = message.replace("/".join(action.option_strings), "/".join(visible))
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {clean_text(message, None)} (see {self.prog} --help)\n")
 
     def format_help(self) -> str:
         renamed = list(self._renamed())
@@ -73,11 +88,14 @@ def old_spellings(action: argparse.Action, *names: str) -> argparse.Action:
     return action
 
 
-def clean_text(text: str, limit: int = 200) -> str:
-    """``text`` read from a file (a run name, an attribute) with control and other unprintable characters
-    replaced by ``?`` and cut to ``limit`` characters, so it cannot move the terminal's cursor or end up as an
-    odd file name."""
-    return "".join("?" if unicodedata.category(c)[0] == "C" else c for c in str(text))[:limit]
+def clean_text(text: str, limit: int | None = 200) -> str:
+    """``text`` safe to print: every control or other unprintable character (Unicode category C) shown as its
+    Python escape, so a newline becomes ``\\n`` and an escape code ``\\x1b[2J``: nothing from a user or a file
+    can start a line of its own (a fake ``error:``) or move the terminal's cursor. Cut to ``limit``
+    characters (None: whole). The one sanitiser: run_cli passes every error line through it, and text read from
+    files (run names, attributes, lock contents) goes through it before it is printed or stored."""
+    escaped = "".join(repr(c)[1:-1] if unicodedata.category(c)[0] == "C" else c for c in str(text))
+    return escaped if limit is None else escaped[:limit]
 
 
 def first_line(exc: BaseException, limit: int = 120) -> str:
@@ -120,14 +138,14 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     except UserError as exc:
         if debug:
             raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {clean_text(_one_line(exc), limit=None)}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:
         # A path the user gave (an --out under a file, a folder that cannot be made), a full disk or missing
         # permissions are the user's to fix, not bugs: say which file. Other errors naming no file stay tracebacks.
         if debug or (exc.filename is None and exc.errno not in _ENVIRONMENT_ERRNOS):
             raise
-        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        print(f"error: {clean_text(os_error_message(exc), limit=None)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -222,6 +240,61 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- the machine a figure comes from
+
+# Environment variables that cap the vector ISA of ATen's kernels and of oneDNN's convolutions: a run under them
+# approximates another CPU kind, and its figures say so.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
+def machine() -> dict:
+    """The machine this process computes on, as JSON-able strings and ints: ``cpu`` (model name, family and
+    model numbers from /proc/cpuinfo), ``cores`` (those this process may use), ``isa`` (the vector ISA ATen
+    dispatches to, ``torch.backends.cpu.get_cpu_capability()``, plus AMX where the CPU has it), ``caps`` (the
+    ISA caps of :data:`ISA_CAPS` that are set), ``torch`` (version and build, e.g. ``2.13.0+cpu``),
+    ``threads`` (``torch.get_num_threads()``) and, with a visible GPU, ``gpu`` (name, CUDA and cuDNN).
+
+    Float results depend on all of these (a kernel's ISA and blocking change the rounding), so every table of
+    trained results and every timing records them: :func:`describe_machine` is their one-line form."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    cpu = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    amx = "amx_tile" in fields.get("flags", "").split()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"cpu": cpu, "cores": cores, "isa": torch.backends.cpu.get_cpu_capability() + (" + AMX" if amx else ""),
+            "caps": " ".join(f"{name}={os.environ[name]}" for name in ISA_CAPS if os.environ.get(name)),
+            "torch": str(torch.__version__), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info["gpu"] = (f"{props.name} ({props.total_memory / 2 ** 30:.0f} GiB), CUDA {torch.version.cuda}, "
+                       f"cuDNN {torch.backends.cudnn.version()}")
+    return info
+
+
+def describe_machine(info: dict) -> str:
+    """One line for a :func:`machine` record, e.g. ``"AMD EPYC (family 25, model 1), 2 cores, ISA AVX2,
+    torch 2.13.0+cpu, 1 thread"``; fields a record lacks are left out."""
+    parts = [str(info.get("cpu", "unknown CPU"))]
+    if info.get("cores"):
+        parts.append(f"{info['cores']} cores")
+    if info.get("isa"):
+        parts.append(f"ISA {info['isa']}" + (f" (capped: {info['caps']})" if info.get("caps") else ""))
+    if info.get("torch"):
+        parts.append(f"torch {info['torch']}")
+    if info.get("threads"):
+        parts.append(f"{info['threads']} thread{'s' if info['threads'] != 1 else ''}")
+    if info.get("gpu"):
+        parts.append(f"GPU {info['gpu']}")
+    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------- one run per folder

@@ -266,6 +266,17 @@ def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     return validate_mask(mask, str(path), shape)
 
 
+def mask_lines(mask: np.ndarray) -> str:
+    """The sampling pattern of an (H, W) {0, 1} mask: ``"rows"`` (whole rows sampled: every kind of
+    data/prepare.py but the fastMRI ones), ``"columns"`` (whole columns: fastMRI's) or ``"2-D"`` (anything
+    else). A network learns to undo one pattern's aliasing, so evaluate.py compares it with the training's."""
+    if (mask == mask[:, :1]).all():
+        return "rows"
+    if (mask == mask[:1, :]).all():
+        return "columns"
+    return "2-D"
+
+
 def save_mask(path: str | Path, mask: np.ndarray) -> None:
     """Atomically write an (H, W) float32 mask as ``.npy``."""
     atomic_write(path, lambda f: np.save(f, mask.astype(np.float32)))

@@ -7,18 +7,35 @@ renamed to ``{out}/.swap-new`` (from then on the new run is committed), the prev
 place (their manifest last), and only then does ``.swap-old`` go. A run killed anywhere in between leaves
 enough on disk for :func:`finish_swap`, called by the next run under the folder's lock, to complete it;
 files the manifests do not list are never moved or deleted.
+
+Several tools may share a folder (scripts/report.py writes its tables beside evaluation folders and
+data): each names its own manifest (``manifest``, default ``manifest.json``; report.py's is
+``report_manifest.json``) and so gets swap folders of its own, and never moves another tool's files.
+:func:`staged` wraps the whole sequence for a tool that writes a few files.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from utils import UserError, write_json
+from utils import UserError, folder_lock, refuse_to_overwrite, write_json
 
 MANIFEST = "manifest.json"
 NEW, OLD = ".swap-new", ".swap-old"
+
+
+def swap_dirs(manifest: str = MANIFEST) -> tuple[str, str]:
+    """The names of the swap folders of the tool whose manifest is ``manifest``: :data:`NEW`, :data:`OLD` for
+    the default one, ``.swap-new-{name}`` / ``.swap-old-{name}`` for others."""
+    if manifest == MANIFEST:
+        return NEW, OLD
+    stem = Path(manifest).stem
+    return f"{NEW}-{stem}", f"{OLD}-{stem}"
 
 
 def _files(manifest: Path) -> list[str]:
@@ -38,9 +55,9 @@ def _safe(rel) -> bool:
     return isinstance(rel, str) and bool(rel) and not rel.startswith("/") and ".." not in rel.split("/")
 
 
-def owned_files(out: Path) -> list[str] | None:
+def owned_files(out: Path, manifest: str = MANIFEST) -> list[str] | None:
     """The files the previous run wrote in ``out`` (relative paths), or None when ``out`` has no manifest."""
-    return _files(out / MANIFEST) if (out / MANIFEST).is_file() else None
+    return _files(out / manifest) if (out / manifest).is_file() else None
 
 
 def new_files(stage: Path) -> list[str]:
@@ -48,11 +65,12 @@ def new_files(stage: Path) -> list[str]:
     return sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if not p.is_dir())
 
 
-def check_replaceable(out: Path, files: list[str], owned: list[str], layout: list[str], flag: str) -> None:
+def check_replaceable(out: Path, files: list[str], owned: list[str], layout: list[str], flag: str,
+                      manifest: str = MANIFEST) -> None:
     """Refuse the swap before anything moves when a file the previous run did not write (not in ``owned``) is
     where the new run writes one of ``files``, or inside one of its ``layout`` folders (e.g. ``train``), where
     readers of the folder would take it for the tool's own."""
-    owned_set = set(owned) | {MANIFEST}
+    owned_set = set(owned) | {manifest}
     foreign = sorted(rel for rel in files if (out / rel).exists() and rel not in owned_set)
     for folder in layout:
         if (out / folder).is_dir():
@@ -64,21 +82,21 @@ def check_replaceable(out: Path, files: list[str], owned: list[str], layout: lis
                         f"them away or choose another {flag}")
 
 
-def swap_in(out: Path, stage: Path, owned: list[str]) -> None:
+def swap_in(out: Path, stage: Path, owned: list[str], manifest: str = MANIFEST) -> None:
     """Replace the files ``owned`` (the previous run's, relative to ``out``) by the complete tree ``stage``
-    (a folder inside ``out``), crash-safely; writes the new ``manifest.json``."""
-    write_json(stage / MANIFEST, {"files": new_files(stage)})
-    if owned and not (out / MANIFEST).is_file():
+    (a folder inside ``out``), crash-safely; writes the new ``manifest``."""
+    write_json(stage / manifest, {"files": new_files(stage)})
+    if owned and not (out / manifest).is_file():
         # An older run that wrote no manifest: record what it owns, so an interrupted swap can be finished.
-        write_json(out / MANIFEST, {"files": owned})
-    os.replace(stage, out / NEW)
-    finish_swap(out)
+        write_json(out / manifest, {"files": owned})
+    os.replace(stage, out / swap_dirs(manifest)[0])
+    finish_swap(out, manifest)
 
 
-def clean_up(out: Path, stage_prefix: str) -> bool:
+def clean_up(out: Path, stage_prefix: str, manifest: str = MANIFEST) -> bool:
     """Finish a swap a killed run began in ``out`` and delete the staging folders (``{stage_prefix}*``) killed
     runs left there; True when a swap was finished. Only safe holding ``out``'s lock (utils.folder_lock)."""
-    finished = finish_swap(out)
+    finished = finish_swap(out, manifest)
     for stage in sorted(out.glob(f"{stage_prefix}*")):
         shutil.rmtree(stage) if stage.is_dir() and not stage.is_symlink() else stage.unlink()
     return finished
@@ -89,22 +107,22 @@ def _move(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
-def finish_swap(out: Path) -> bool:
+def finish_swap(out: Path, manifest: str = MANIFEST) -> bool:
     """Complete a swap :func:`swap_in` began (it may have been killed at any rename); False if none began."""
-    new, old = out / NEW, out / OLD
+    new, old = (out / name for name in swap_dirs(manifest))
     if not new.is_dir():
         return False
-    if (new / MANIFEST).is_file():
-        if (out / MANIFEST).is_file():
+    if (new / manifest).is_file():
+        if (out / manifest).is_file():
             # The previous run's files are still (partly) in place: move the rest aside, its manifest last.
-            for rel in _files(out / MANIFEST):
+            for rel in _files(out / manifest):
                 if (out / rel).exists() or (out / rel).is_symlink():
                     _move(out / rel, old / rel)
-            _move(out / MANIFEST, old / MANIFEST)
-        for rel in _files(new / MANIFEST):
+            _move(out / manifest, old / manifest)
+        for rel in _files(new / manifest):
             if (new / rel).exists():
                 _move(new / rel, out / rel)
-        _move(new / MANIFEST, out / MANIFEST)
+        _move(new / manifest, out / manifest)
     if old.is_dir():
         _prune(out, [p.relative_to(old).as_posix() for p in old.rglob("*") if not p.is_dir()])
     shutil.rmtree(old, ignore_errors=True)
@@ -119,3 +137,27 @@ def _prune(out: Path, moved: list[str]) -> None:
         path = out / folder
         if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
             path.rmdir()
+
+
+@contextmanager
+def staged(out: Path, flag: str, stage_prefix: str, manifest: str, overwrite: bool) -> Iterator[Path]:
+    """Hold ``out``'s lock and yield a fresh staging folder inside it for the tool to write its files into. When
+    the block succeeds, they replace the previous run's files (those ``manifest`` lists; for a run older than
+    the manifest, same-named files) in one crash-safe swap; when it fails, ``out`` is as it was, so a plain
+    rerun works. Without ``overwrite`` a file already where one of the new ones goes is refused, naming it."""
+    with folder_lock(out, flag):
+        clean_up(out, stage_prefix, manifest)
+        stage = Path(tempfile.mkdtemp(prefix=stage_prefix, dir=out))
+        try:
+            yield stage
+            files = new_files(stage)
+            for rel in files:
+                refuse_to_overwrite(out / rel, overwrite, flag)
+            owned = owned_files(out, manifest)
+            if owned is None:
+                owned = [rel for rel in files if (out / rel).is_file()]
+            check_replaceable(out, files, owned, [], flag, manifest)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        swap_in(out, stage, owned, manifest)

@@ -93,7 +93,7 @@ from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, SO
 from data.split_check import check_split, slice_hashes  # noqa: E402
 from data.staging import check_apart, check_output, staged_output  # noqa: E402
 from data.subjects import BLOCK_GAP, assign_subjects, block_split  # noqa: E402
-from utils import (CliParser, UserError, check_free_space, check_seed, folder_lock,  # noqa: E402
+from utils import (CliParser, UserError, check_free_space, check_seed, clean_text, folder_lock,  # noqa: E402
                    old_spellings, run_cli, seed_type, write_json)
 
 DEFAULT_ACCS = ("4x", "5x")
@@ -630,7 +630,8 @@ def _report(summary: dict[str, Any], preset: str | None) -> None:
     """Print what a run did: skipped files, subjects, splits, counts, warnings."""
     skipped_files = summary["skipped_files"]
     if skipped_files:
-        names = ", ".join(Path(p).name for p in skipped_files[:3]) + (", ..." if len(skipped_files) > 3 else "")
+        names = ", ".join(clean_text(Path(p).name) for p in skipped_files[:3])
+        names += ", ..." if len(skipped_files) > 3 else ""
         print(f"skipped {len(skipped_files)} file(s) by --include / --exclude: {names}")
     if summary["skipped_acquisitions"]:
         left_out = ", ".join(f"{n} {acq}" for acq, n in sorted(summary["skipped_acquisitions"].items()))

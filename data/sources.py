@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from data.fastmri import open_volume
-from utils import UserError, first_line
+from utils import UserError, clean_text, first_line
 
 # Label maps: ACDC's *_gt, MRBrainS's LabelsForTraining / LabelsForTesting, and the usual names elsewhere.
 DEFAULT_EXCLUDE = ("*_gt*", "*Label*", "*label*", "*seg*", "*mask*")
@@ -177,8 +177,14 @@ def subject_of(file: InputFile, pattern: re.Pattern | None = None) -> tuple[str,
 
     ``pattern`` (``--subject-regex``; default :data:`SUBJECT_TOKEN`) is searched in the path below the root,
     then in the root's own name; a match's first group, or the whole match, is the subject. Without a match
-    the default rule falls back to the folder under the root, then to the file itself.
+    the default rule falls back to the folder under the root, then to the file itself. The subject names
+    output files and is printed: control characters in a file name come out escaped (utils.clean_text).
     """
+    subject, how = _subject_of(file, pattern)
+    return clean_text(subject, None), how
+
+
+def _subject_of(file: InputFile, pattern: re.Pattern | None) -> tuple[str, str]:
     regex = pattern or SUBJECT_TOKEN
     for text in ("/".join(file.rel), file.root.name):
         match = regex.search(text)

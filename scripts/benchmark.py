@@ -25,7 +25,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import re
 import resource
 import signal
@@ -56,19 +55,26 @@ from data.masks import cartesian_row_mask  # noqa: E402
 from models.training import speed  # noqa: E402
 from models.checkpoints.format import model_payload  # noqa: E402
 from models.checkpoints.io import save_checkpoint  # noqa: E402
-from models.nets.dccnn import DCCNN, STUDENT, TEACHER  # noqa: E402
 from models.distill.losses import build_kd_loss  # noqa: E402
-from models.nets.sft import SFTNet  # noqa: E402
+from models.nets.registry import PRESETS  # noqa: E402
+from models.nets.sft import SFTConfig  # noqa: E402
 from models.training.steps import KDStep, ReconStep, SFTStep  # noqa: E402
 from models.training.loop import TrainStep  # noqa: E402
-from utils import CliParser, UserError, old_spellings, run_cli  # noqa: E402
+from utils import CliParser, UserError, describe_machine, machine, old_spellings, run_cli  # noqa: E402
 
 CONV_FLOP = 2 * 9  # multiply-add per 3x3 tap
 # On CUDA the training scripts' float32 is "tf32" (PyTorch's default for convolutions); "fp32" is IEEE.
 PRECISIONS = {"fp32": "float32, TF32 off", "tf32": "float32, TF32 conv", "bf16": "bf16 (--amp)"}
+# The paper's networks, the ones the training scripts default to (--model teacher / student).
+TEACHER, STUDENT = PRESETS["teacher"], PRESETS["student"]
 STEPS = ("teacher", "student", "sft", "kd-imitation", "kd-at", "kd-fsp", "eval")
-PARTS = ("tests", "steps", "processes", "resume")
+PARTS = ("tests", "steps", "processes", "resume", "profile")
+CHECK_PARTS = PARTS[:4]  # what --check runs by default
 TINY = {"size": 16, "slices": 8, "val_slices": 4, "repeats": 1}
+# What a training process imports before its first step: the scripts (torch, h5py, numpy), torch._dynamo (which
+# torch.optim imports at the first Adam step), TensorBoard and scikit-image's SSIM (the first validation).
+STARTUP_IMPORTS = ("import train_sft, train_student_kd, torch._dynamo, torch.utils.tensorboard; "
+                   "from skimage.metrics import structural_similarity")
 CHECK_PROCESS_FLAGS = ["--amp", "--num-workers", "4", "--preload", "no"]
 # Limits (seconds) of the check's waits, each far above what it takes on an H100 (tests ~40 s, a process
 # ~15 s, a step cell a few s), so only a hang or a failure reaches them. --time-limit bounds the whole check
@@ -78,6 +84,7 @@ SIGINT_WAIT_S = 60  # from SIGINT to the interrupted run's exit (it saves model.
 PART_GRACE_S = 10  # a part's own --time-limit is this much below the one it is killed at, to write its report
 STUCK_GRACE_S = 30  # after a block's limit, how long a call that never returns to Python gets before its part ends
 ROOFLINE_ROUND_S = 0.05  # back-to-back convolutions per round of the roofline, in seconds
+ROOFLINE_ROUNDS = 7  # rounds of the roofline probe; its figure is their median
 
 
 def block_flops(config) -> int:
@@ -93,35 +100,7 @@ def flops_per_pixel() -> dict[str, float]:
     return {"teacher": 3 * t, "student": 3 * s, "sft": 3 * (t + branches), "kd": t + 3 * s, "eval": t}
 
 
-# --------------------------------------------------------------------------- machine, precision, data
-
-def cpu_model() -> str:
-    """CPU model name, family/model numbers and the vector ISA torch dispatches to, e.g.
-    ``"AMD EPYC (family 25, model 1), AVX2"``."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in fields:
-        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    flags = fields.get("flags", "").split()
-    isa = torch.backends.cpu.get_cpu_capability() + (" + AMX" if "amx_tile" in flags else "")
-    return f"{name}, {isa}"
-
-
-def machine_line(device: torch.device) -> str:
-    line = (f"CPU {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
-            f"torch {torch.__version__}")
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        line += (f"; GPU {props.name} ({props.total_memory / 2 ** 30:.0f} GiB), CUDA {torch.version.cuda}, "
-                 f"cuDNN {torch.backends.cudnn.version()}")
-    return line
-
+# --------------------------------------------------------------------------- data
 
 def synthetic_data(root: Path, size: int, n_train: int, n_val: int, acc: str = "4x") -> Path:
     """Smooth random volumes of 8 slices in the original layout, written by data/layout.py."""
@@ -240,14 +219,34 @@ def time_calls(fn: Callable[[], None], calls: int, device: torch.device) -> floa
     return (time.perf_counter() - start) / calls
 
 
+@dataclass
+class Roofline:
+    """GFLOP/s of the roofline convolution in each round, in the layout with the highest median.
+
+    Its figure is the median over rounds: on a shared machine one round (or one whole process) can run at half
+    speed when other jobs take the cores, and the best round alone, the old figure, moved with the luck of one
+    round; the median of several, with min and max printed beside it, shows the spread instead of hiding it."""
+    gflops: list[float]
+    layout: str
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.gflops)
+
+    def text(self) -> str:
+        return (f"median {self.median:.1f} GFLOP/s (min {min(self.gflops):.1f}, max {max(self.gflops):.1f} over "
+                f"{len(self.gflops)} rounds; {self.layout})")
+
+
 def roofline(batch: int, size: int, device: torch.device, dtype: torch.dtype, backward: bool,
-             rounds: int = 3) -> tuple[float, str]:
-    """Best GFLOP/s of a 3x3 32 -> 32 convolution over the memory layouts, and that layout's name.
+             rounds: int = ROOFLINE_ROUNDS) -> Roofline:
+    """GFLOP/s of a 3x3 32 -> 32 convolution per round, in the memory layout whose median is highest.
 
     Input and weight in ``dtype`` itself (no autocast casts), forward + input and weight gradients with
     ``backward`` (returned, not accumulated into ``.grad``), else forward alone; each round is enough
-    back-to-back calls to last :data:`ROOFLINE_ROUND_S`, so launch and synchronisation costs do not count."""
-    best = []
+    back-to-back calls to last :data:`ROOFLINE_ROUND_S`, so launch and synchronisation costs do not count, and
+    the layouts take turns round by round, so a burst of load hits both."""
+    calls = {}
     for name, fmt in speed.MEMORY_FORMATS.items():
         x = torch.randn(batch, 32, size, size, device=device, dtype=dtype).to(memory_format=fmt)
         weight = torch.randn(32, 32, 3, 3, device=device, dtype=dtype).to(memory_format=fmt)
@@ -261,11 +260,14 @@ def roofline(batch: int, size: int, device: torch.device, dtype: torch.dtype, ba
                 torch.autograd.grad(out, (x, weight), grad)
         for _ in range(2):  # kernel selection
             call()
-        calls = max(1, min(1000, math.ceil(ROOFLINE_ROUND_S / time_calls(call, 1, device))))
-        best.append((min(time_calls(call, calls, device) for _ in range(rounds)), name))
-    seconds, name = min(best)
+        calls[name] = (call, max(1, min(1000, math.ceil(ROOFLINE_ROUND_S / time_calls(call, 1, device)))))
     flops = (3 if backward else 1) * CONV_FLOP * 32 * 32 * size * size * batch
-    return flops / seconds / 1e9, name
+    gflops = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, (call, n) in calls.items():
+            gflops[name].append(flops / time_calls(call, n, device) / 1e9)
+    best = max(gflops, key=lambda name: statistics.median(gflops[name]))
+    return Roofline(gflops[best], best)
 
 
 class Workload:
@@ -303,16 +305,16 @@ class Workload:
         return one_step
 
     def sft_step(self, fmt, variant: str) -> Callable[[], None]:
-        return self.trainer(SFTStep(SFTNet(), 1.0, 1.0, variant), fmt)
+        return self.trainer(SFTStep(SFTConfig(TEACHER, STUDENT).build(), 1.0, 1.0, variant), fmt)
 
     def step(self, name: str, fmt) -> Callable[[], None]:
         """The training (or, for ``eval``, inference) step ``name`` of :data:`STEPS` in layout ``fmt``."""
         if name in ("teacher", "student"):
-            return self.trainer(ReconStep(DCCNN(TEACHER if name == "teacher" else STUDENT)), fmt)
+            return self.trainer(ReconStep((TEACHER if name == "teacher" else STUDENT).build()), fmt)
         if name == "sft":
             return self.sft_step(fmt, speed.sft_variant(self.device))
         if name == "eval":
-            teacher = ReconStep(DCCNN(TEACHER)).to(self.device, memory_format=fmt).eval()
+            teacher = ReconStep(TEACHER.build()).to(self.device, memory_format=fmt).eval()
 
             @torch.inference_mode()
             def evaluate():
@@ -320,7 +322,7 @@ class Workload:
                     teacher.predict(self.batch)
             return evaluate
         kd = build_kd_loss(name.split("-", 1)[1], STUDENT, TEACHER)
-        return self.trainer(KDStep(DCCNN(STUDENT), DCCNN(TEACHER), kd, kd.default_weight), fmt)
+        return self.trainer(KDStep(STUDENT.build(), TEACHER.build(), kd, kd.default_weight), fmt)
 
 
 # --------------------------------------------------------------------------- whole processes
@@ -602,9 +604,10 @@ def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> No
     dtype = torch.bfloat16 if amp else torch.float32
     for backward, work_done in ((True, "fwd+bwd"), (False, "fwd")):
         with run.block(f"{label}: roofline {work_done}"):
-            roofs[backward], roof_layout = roofline(batch, size, device, dtype, backward)
+            roof = roofline(batch, size, device, dtype, backward)
+            roofs[backward] = roof.median
             report.note(f"{label}: roofline, 3x3 32->32 conv {work_done} in {str(dtype).split('.')[1]} at batch "
-                        f"{batch}: {roofs[backward]:.1f} GFLOP/s ({roof_layout})")
+                        f"{batch}: {roof.text()}")
     auto = picked[True]
     chosen = layouts or [auto if args.memory_format == "auto" else args.memory_format]
     work = None
@@ -663,36 +666,63 @@ def process_runs(teacher_ckpt: Path, sft_best: Path, tiny: bool) -> list[tuple[s
 
 
 def part_processes(run: Run) -> None:
-    """The whole 1-epoch runs as separate processes, each under ``--process-timeout``, in one column: bf16 with
-    --amp (always with --check), else the last precision; the fraction is of that precision's roofline."""
+    """The whole 1-epoch runs as separate processes, each under ``--process-timeout``, ``--process-repeats``
+    times, in one column: bf16 with --amp (always with --check), else the last precision. Before each round of
+    processes a roofline probe runs in that precision, and each process's fraction is of the probe just before
+    it, so a machine loaded for a while by other jobs slows both alike; a cell gives the median over rounds and
+    the range. A row ``start-up`` times a process that only makes the imports of a training process
+    (:data:`STARTUP_IMPORTS`)."""
     args, report = run.args, run.report
     column = "bf16" if (args.amp or args.check) and "bf16" in run.precisions else run.precisions[-1]
-    roof = None
-    with run.block("processes: roofline"), speed.float32_mode(tf32=column == "tf32"):
-        roof = roofline(args.batch_size, args.size, run.device, torch.bfloat16 if column == "bf16" else torch.float32,
-                        backward=True)[0]
+    dtype = torch.bfloat16 if column == "bf16" else torch.float32
     flops = flops_per_pixel()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = args.data_root or synthetic_data(tmp / "data", args.size, args.slices, args.val_slices)
         common = process_flags(run, data)
         teacher_ckpt = tmp / "teacher.pt"
-        save_checkpoint(model_payload(DCCNN(TEACHER), "teacher"), teacher_ckpt)
+        save_checkpoint(model_payload(TEACHER.build(), "teacher"), teacher_ckpt)
         n_train = args.slices if args.data_root is None else None
-        report.note(f"processes: {n_train or 'all'} training slices, 1 epoch, flags {' '.join(speed_flags(args))}; "
-                    "wall time includes start-up, data, validation and checkpoints; peak RSS is host memory")
-        for name, script, kind in process_runs(teacher_ckpt, tmp / "train_sft.py" / "best_model.pt", args.tiny):
-            row = f"{name} (whole process)"
-            with report.attempt(name, [(row, column)]):
-                child = Child([sys.executable, *script, *common, "--epochs", "1",
-                               "--exp-dir", str(tmp / name.replace(" ", "_"))],
-                              run.log_dir / f"{name.replace(' ', '_')}.log", args.threads)
-                child.run(run.deadline.limit(args.process_timeout))
-                seconds, count = child.seconds, n_train or 1
-                ratio = "" if roof is None else \
-                    f", {flops[kind] * args.size ** 2 * count / seconds / 1e9 / roof:.2f} of roofline"
-                report.cell(row, column, f"{seconds:.1f} s wall, {seconds / count:.3f} s/slice{ratio}, "
-                                         f"peak RSS {child.peak_kb / 1024:.0f} MB")
+        report.note(f"processes: {n_train or 'all'} training slices, 1 epoch, flags {' '.join(speed_flags(args))}, "
+                    f"{args.process_repeats} rounds; wall time includes start-up, data, validation and checkpoints; "
+                    "peak RSS is host memory")
+        seen: dict[str, list[tuple[float, float | None, int]]] = {}  # row -> (seconds, fraction, peak KB) per round
+        roofs = []
+        for round_ in range(args.process_repeats):
+            with run.block(f"processes: roofline, round {round_ + 1}"), speed.float32_mode(tf32=column == "tf32"):
+                roofs.append(roofline(args.batch_size, args.size, run.device, dtype, backward=True, rounds=3))
+                report.note(f"processes: round {round_ + 1}: roofline probe (fwd+bwd) {roofs[-1].text()}")
+            exp = tmp / f"round{round_}"
+            runs = {"start-up": ("start-up (imports only)", ["-c", STARTUP_IMPORTS], None)}
+            for name, script, kind in process_runs(teacher_ckpt, exp / "train_sft.py" / "best_model.pt", args.tiny):
+                runs[name] = (f"{name} (whole process)", [*script, *common, "--epochs", "1", "--exp-dir",
+                                                          str(exp / name.replace(" ", "_"))], kind)
+            suffix = f"_{round_ + 1}" if round_ else ""
+            for name, (row, command, kind) in runs.items():
+                with report.attempt(name + (f", round {round_ + 1}" if suffix else ""), [(row, column)]):
+                    child = Child([sys.executable, *command], run.log_dir / f"{name.replace(' ', '_')}{suffix}.log",
+                                  args.threads)
+                    child.run(run.deadline.limit(args.process_timeout))
+                    roof = roofs[-1].median if roofs else None
+                    fraction = None if kind is None or roof is None else \
+                        flops[kind] * args.size ** 2 * (n_train or 1) / child.seconds / 1e9 / roof
+                    seen.setdefault(row, []).append((child.seconds, fraction, child.peak_kb))
+                    report.cell(row, column, process_cell(seen[row], None if kind is None else n_train or 1))
+
+
+def process_cell(rounds: list[tuple[float, float | None, int]], slices: int | None) -> str:
+    """A whole-process cell from (seconds, fraction of roofline, peak RSS KB) per round: medians and ranges
+    (s/slice only for a training process, which trains ``slices``)."""
+    seconds = [r[0] for r in rounds]
+    text = f"{statistics.median(seconds):.1f} s wall ({min(seconds):.1f}-{max(seconds):.1f})"
+    if len(rounds) > 1:
+        text += f" over {len(rounds)} runs"
+    if slices:
+        text += f", {statistics.median(seconds) / slices:.3f} s/slice"
+    fractions = [r[1] for r in rounds if r[1] is not None]
+    if fractions:
+        text += f", {statistics.median(fractions):.2f} of roofline ({min(fractions):.2f}-{max(fractions):.2f})"
+    return text + f", peak RSS {max(r[2] for r in rounds) / 1024:.0f} MB"
 
 
 def part_resume(run: Run) -> None:
@@ -708,12 +738,87 @@ def part_resume(run: Run) -> None:
             run.report.note(f"resume: train_sft.py ok: {text}")
 
 
-PART_FUNCTIONS = {"tests": part_tests, "steps": part_steps, "processes": part_processes, "resume": part_resume}
+# Where an epoch's time goes, by the self CPU time of the ops torch.profiler records (first match wins; the
+# names are ATen's and oneDNN's on a CPU, cuDNN's and cuFFT's kernels show up under the same aten:: ops).
+PROFILE_CATEGORIES = (
+    ("convolutions", ("conv",)),
+    ("FFT (data fidelity)", ("fft",)),
+    ("ReLU and its backward", ("relu", "threshold_backward", "clamp_min")),
+    ("layout conversions and copies", ("copy_", "contiguous", "clone", "_to_copy", "to_dense", "to_mkldnn")),
+    ("allocation and fill", ("empty", "zeros", "zero_", "fill_", "resize_")),
+    ("optimiser (Adam)", ("optimizer", "_foreach", "adam", "addcdiv", "addcmul", "lerp", "sqrt")),
+    ("data loading (DataLoader)", ("dataloader",)),
+    ("autograd engine", ("autograd", "backward")),
+)
+
+
+OTHER_OPS = "other ops (DF where, losses, elementwise)"
+
+
+def profile_category(key: str) -> str:
+    """The :data:`PROFILE_CATEGORIES` entry (or :data:`OTHER_OPS`) of a profiler event's name."""
+    key = key.lower()
+    return next((n for n, words in PROFILE_CATEGORIES if any(w in key for w in words)), OTHER_OPS)
+
+
+def profile_categories(events) -> dict[str, float]:
+    """Seconds of self CPU time per :data:`PROFILE_CATEGORIES` entry (plus :data:`OTHER_OPS`) of profiler events
+    (``prof.key_averages()``)."""
+    seconds = {name: 0.0 for name, _ in PROFILE_CATEGORIES}
+    seconds[OTHER_OPS] = 0.0
+    for event in events:
+        seconds[profile_category(event.key)] += event.self_cpu_time_total / 1e6
+    return seconds
+
+
+def largest_ops(events, categories: tuple[str, ...], count: int = 4) -> str:
+    """``"aten::x 1.23 s, ..."``: the ``count`` ops with the most self CPU time in ``categories``."""
+    chosen = sorted((e for e in events if profile_category(e.key) in categories),
+                    key=lambda e: -e.self_cpu_time_total)[:count]
+    return ", ".join(f"{e.key} {e.self_cpu_time_total / 1e6:.2f} s" for e in chosen)
+
+
+def part_profile(run: Run) -> None:
+    """One epoch of ``train_sft.py`` and of ``train_student_kd.py --kd-method at`` run in this process under
+    torch.profiler (their ``main``, so data, validation and checkpoints are in it; imports are not, the
+    processes part's start-up row times those): the seconds per category of ops, and outside every op (Python:
+    the loop, TensorBoard, h5py reads, torch.save, plus the profiler's own cost)."""
+    import train_sft
+    import train_student_kd
+    args, report = run.args, run.report
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = args.data_root or synthetic_data(tmp / "data", args.size, args.slices, args.val_slices)
+        common = [*process_flags(run, data), "--epochs", "1"]
+        sft_best = tmp / "sft" / "best_model.pt"
+        mains = {"train_sft.py": (train_sft.main, ["--exp-dir", str(tmp / "sft")]),
+                 "train_student_kd.py at": (train_student_kd.main, [
+                     "--exp-dir", str(tmp / "kd"), "--kd-method", "at", "--teacher-checkpoint", str(sft_best),
+                     "--init-from-sft", str(sft_best)])}
+        for name, (main_fn, flags) in mains.items():
+            with run.block(f"profile: {name}"):
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                    start = time.perf_counter()
+                    main_fn([*common, *flags])
+                    wall = time.perf_counter() - start
+                events = prof.key_averages()
+                seconds = profile_categories(events)
+                inside = sum(seconds.values())
+                parts = sorted(seconds.items(), key=lambda item: -item[1])
+                report.note(f"profile: {name}, 1 epoch in this process: {wall:.2f} s under the profiler; "
+                            + ", ".join(f"{what} {s:.2f} s ({s / wall:.0%})" for what, s in parts if s >= 0.005)
+                            + f"; outside every op (Python, the profiler) {wall - inside:.2f} s "
+                              f"({(wall - inside) / wall:.0%}); largest ops outside the convolutions: "
+                            + largest_ops(events, tuple(n for n in seconds if n != "convolutions"), 6))
+
+
+PART_FUNCTIONS = {"tests": part_tests, "steps": part_steps, "processes": part_processes, "resume": part_resume,
+                  "profile": part_profile}
 
 
 def part_command(argv: list[str], part: str, out: Path, limit: float, precisions: list[str]) -> list[str]:
     """This script with the run's own flags for one part alone (argparse keeps the last of a repeated flag)."""
-    return [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *argv, "--only", part, "--out-dir", str(out),
+    return [sys.executable, "-m", "scripts.benchmark", *argv, "--only", part, "--out-dir", str(out),
             "--time-limit", f"{limit:.1f}", "--precision", *precisions]
 
 
@@ -752,7 +857,8 @@ def build_parser() -> CliParser:
                         "process; table in --out-dir")
     p.add_argument("--only", nargs="+", choices=PARTS, default=None, metavar="PART",
                    help=f"run only these parts ({', '.join(PARTS)}), in this order (with --check, each in its own "
-                        "process unless there is one); default: all four with --check, else steps and processes")
+                        "process unless there is one); default: the first four with --check, else steps and "
+                        "processes; profile: one SFT and one KD epoch under torch.profiler, time per kind of op")
     p.add_argument("--tiny", action="store_true",
                    help=f"CI-sized: {TINY['size']} x {TINY['size']}, {TINY['slices']} + {TINY['val_slices']} "
                         "slices, one round (checks that everything runs; the times mean nothing)")
@@ -774,6 +880,9 @@ def build_parser() -> CliParser:
                    help="timed rounds per benchmark (default 3 on CPU, 20 on CUDA)")
     p.add_argument("--sft-variants", action="store_true", help="also time the SFT step variants of models/training/speed.py")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of the whole-process runs")
+    p.add_argument("--process-repeats", type=int, default=None,
+                   help="rounds of the whole-process runs, each after a roofline probe (default 3; 1 with --tiny "
+                        "or --check)")
     p.add_argument("--skip-processes", action="store_true",
                    help="only the in-process step benchmarks (and, with --check, the tests)")
     p.add_argument("--time-limit", type=float, default=None,
@@ -798,7 +907,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.tiny:
         args.size, args.slices, args.val_slices = TINY["size"], TINY["slices"], TINY["val_slices"]
         args.repeats = args.repeats or TINY["repeats"]
-    for flag in ("size", "batch_size", "slices", "val_slices", "repeats", "threads"):
+    args.process_repeats = args.process_repeats or (1 if args.tiny or args.check else 3)
+    for flag in ("size", "batch_size", "slices", "val_slices", "repeats", "threads", "process_repeats"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -816,7 +926,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "to check the CPU side")
     args.device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     if args.only is None:
-        args.only = [part for part in (PARTS if args.check else ("steps", "processes"))
+        args.only = [part for part in (CHECK_PARTS if args.check else ("steps", "processes"))
                      if not (args.skip_processes and part in ("processes", "resume"))]
     args.only = list(dict.fromkeys(args.only))  # each part once: a part's folder holds one run
     args.cell_timeout = args.cell_timeout or LIMITS["cell"][args.device]
@@ -848,7 +958,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     title = "GPU check" if args.check else "Benchmark"
-    report = Report(f"{title}, {datetime.date.today()}: {machine_line(device)}. {args.size} x {args.size}, batch "
+    report = Report(f"{title}, {datetime.date.today()}, on {describe_machine(machine())}. {args.size} x {args.size}, "
+                    f"batch "
                     f"{args.batch_size}; s/slice is the median of {repeats} interleaved rounds (fastest-slowest).",
                     precisions, args.out)
     print(report.header, flush=True)

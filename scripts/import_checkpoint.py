@@ -1,9 +1,9 @@
 """Convert a checkpoint of the public SFT-KD-Recon / KD-MRI code into this project's checkpoint format.
 
-    python -m scripts.import_checkpoint --input best_model.pt --output imported/teacher.pt --trust-pickle
+    python -m scripts.import_checkpoint --input best_model.pt --output imported/teacher.pt
 
 The output loads with ``torch.load(weights_only=True)`` and with ``models.checkpoints.format.load_model`` /
-``load_reconstructor`` / ``load_sft``; it computes what the source network computed.
+``load_reconstructor`` / ``models.distill.student_init.load_sft``; it computes what the source network computed.
 """
 from __future__ import annotations
 
@@ -24,9 +24,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input", required=True, type=Path,
                         help="public-code checkpoint (torch.save dict with 'model', or a bare state dict)")
     parser.add_argument("--output", required=True, type=Path, help="where to write the converted checkpoint")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow unpickling the file (torch.load weights_only=False), which can run code "
-                             "stored in it; only for files from a trusted source")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("--ref-padding", type=int, default=None,
                         help="zero padding around each block input in the source network "
@@ -36,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     blocker = next((p for p in args.output.parents if p.exists() or p.is_symlink()), None)
     if blocker is not None and not blocker.is_dir():
         raise UserError(f"--output {args.output}: {blocker} is a file, not a folder; choose another --output")
-    summary = import_checkpoint(args.input, args.output, args.trust_pickle, overwrite=args.overwrite,
+    summary = import_checkpoint(args.input, args.output, overwrite=args.overwrite,
                                 ref_padding=args.ref_padding)
     epoch = "unknown" if summary["epoch"] is None else summary["epoch"]
     print(f"found {summary['layout']}: {describe_arch(summary['arch'], detail=True)}, "

@@ -19,9 +19,12 @@ folder per seed). Model names give each model's role (case does not matter):
 ``sft0kd-{method}`` student distilled from ``sft0``
 ==================  =========================================
 
-Any of these may end in ``-seed{N}`` (``sftkd-at-seed2``); other names are listed and left out.
+Any of these may end in ``-seed{N}`` (``sftkd-at-seed2``); other names are listed and left out. A model
+scored at another acceleration than it was trained at (``evaluate.py --cross-acc``; ``summary.json``'s
+``trained_acc``) gets a row of its own, e.g. "Student, trained at 5x", after the others.
 
-Writes ``OUT/table.md`` and ``OUT/table.csv``. Rows: ZF, Teacher, Student, SFT teacher, then per KD method
+Writes ``OUT/table.md`` and ``OUT/table.csv``. ``table.md`` opens with the machine(s) that trained the runs (CPU,
+ISA, torch build, threads; see :func:`machine_line`). Rows: ZF, Teacher, Student, SFT teacher, then per KD method
 (alphabetical) "Std-KD (method)" and "SFT-KD-Recon (method)"; missing roles are omitted. Columns per
 acceleration: PSNR and SSIM as mean ± std over slices (``ddof=0``) for one run, or, when a model has
 several seeds, mean ± std over seeds (``ddof=1``) of each seed's mean over slices (marked †). A second
@@ -55,10 +58,12 @@ if not __package__:  # run by path: the repository root, which holds the package
     sys.exit(2)
 
 from data.masks import parse_acc  # noqa: E402
+from data.owned import staged  # noqa: E402
 from models.evaluation.metrics import metric as registered, used_for  # noqa: E402
 from models.distill.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
-from utils import CliParser, UserError, atomic_write, csv_text, refuse_to_overwrite, run_cli, write_text  # noqa: E402
+from utils import (CliParser, UserError, atomic_write, clean_text, csv_text, describe_machine,  # noqa: E402
+                   refuse_to_overwrite, run_cli, write_text)
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
 # vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
@@ -67,6 +72,10 @@ KD_ROLES = ARM_LABELS
 _NAME = re.compile(r"^(?:(?P<base>zf|teacher|student|sft0|sft)|(?P<kd>stdkd|sftkd|sft0kd)-(?P<method>.+?))"
                    r"(?:-seed(?P<seed>\d+))?$")
 SEED_MARK = "†"
+# Joins a role and the accelerations a model scored across accelerations was trained at ("student@5x").
+CROSS = "@"
+# Staging folders and the list of the files a report wrote in --out-dir (data/owned.py).
+STAGE_PREFIX, MANIFEST = ".report-", "report_manifest.json"
 
 
 def parse_model_name(name: str) -> tuple[str, str | None, int | None] | None:
@@ -114,7 +123,7 @@ def role_key(roles: dict) -> tuple[str, str | None, int | None] | None:
         return BASE_MODELS[model][0], None, seed
     if model == "kd" and {"teacher", "init", "kd_method"} <= set(roles):
         prefix = arm_prefix(roles["teacher"], roles["init"])
-        return (prefix, roles["kd_method"], seed) if prefix in ARM_LABELS else None
+        return (prefix, clean_text(roles["kd_method"]), seed) if prefix in ARM_LABELS else None
     return None
 
 
@@ -145,8 +154,10 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
             raise UserError(f"{metrics_path} lacks the columns {', '.join(sorted(missing))}; rerun evaluate.py")
         try:
             for row in reader:
-                run = runs.setdefault(row["model"], Run(folder, {m: {} for m in read_metrics()},
-                                                        test_set=summary.get("test_set")))
+                # Names and the test set come from files: they are printed (utils.clean_text).
+                test_set = summary.get("test_set")
+                run = runs.setdefault(clean_text(row["model"]), Run(folder, {m: {} for m in read_metrics()},
+                                                                    test_set=test_set and clean_text(test_set)))
                 key = (row["volume"], int(row["slice"]))
                 for metric in read_metrics():
                     run.values[metric][key] = float(row[metric])
@@ -154,10 +165,15 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
             raise UserError(f"{metrics_path} line {reader.line_num}: not a number ({exc}); "
                             "rerun evaluate.py") from exc
     roles = summary.get("roles") if isinstance(summary.get("roles"), dict) else {}
+    trained = summary.get("trained_acc") if isinstance(summary.get("trained_acc"), dict) else {}
     for name, run in runs.items():
         recorded = roles.get(name)
         run.key = role_key(recorded) if recorded else parse_model_name(name)
         run.nets = recorded.get("nets") if recorded else None
+        accs = trained.get(name) if isinstance(trained.get(name), list) else []
+        if run.key is not None and accs and acc not in accs:
+            # Scored across accelerations (evaluate.py --cross-acc): a row of its own, never the native one.
+            run.key = (f"{run.key[0]}{CROSS}{'+'.join(map(str, accs))}", *run.key[1:])
     return acc, runs
 
 
@@ -218,6 +234,10 @@ def row_order(table: dict) -> list[tuple[tuple[str, str | None], str]]:
     for method in sorted({method for role, method in table if method is not None}):
         rows += [((role, method), f"{label} ({method})") for role, label in KD_ROLES.items()
                  if (role, method) in table]
+    for role, method in sorted((key for key in table if CROSS in key[0]), key=lambda k: (k[0], k[1] or "")):
+        base, _, trained = role.partition(CROSS)
+        label = BASE_ROLES[base] if method is None else f"{KD_ROLES[base]} ({method})"
+        rows.append(((role, method), f"{label}, trained at {trained.replace('+', ' ')}"))
     return rows
 
 
@@ -411,6 +431,27 @@ VOLUME_TABLES = {
 }
 
 
+def machine_line(folders: list[Path], fallback: dict | None = None) -> str:
+    """Markdown: the machines that trained the models of a table (summary.json's ``trained_on``, which
+    evaluate.py copies from each checkpoint), each with the number of its runs; ``fallback`` (a utils.machine
+    record, ``--machine``) stands for runs whose checkpoints recorded none, such as the committed study's,
+    which predate the record. A single seed's numbers, and which arm comes first, depend on the CPU kind: a
+    kernel's ISA and blocking change the rounding, and training amplifies it."""
+    runs: dict[str, set[str]] = {}  # machine -> checkpoints (a run scored on two test sets counts once)
+    for folder in folders:
+        summary = json.loads((folder / "summary.json").read_text())
+        recorded = summary.get("trained_on") if isinstance(summary.get("trained_on"), dict) else {}
+        for name, path in summary.get("checkpoints", {}).items():
+            record = recorded.get(name) if isinstance(recorded.get(name), dict) else fallback
+            runs.setdefault(describe_machine(record) if record else "not recorded", set()).add(path)
+    if not runs:  # summary.json files of older versions list no checkpoints
+        return f"Trained on: {describe_machine(fallback) if fallback else 'not recorded'}."
+    if len(runs) == 1:
+        return f"Trained on: {next(iter(runs))}."
+    return "Trained on: " + "; ".join(f"{text} ({len(paths)} run{'s' if len(paths) > 1 else ''})"
+                                       for text, paths in runs.items()) + "."
+
+
 def volume_table(folders: list[Path], key: str) -> list[str]:
     """Markdown lines: the ``key`` entry (see :data:`VOLUME_TABLES`) of each folder's summary.json, one row per
     folder and model with a known role, in the folder's order; empty when no folder has one."""
@@ -432,9 +473,10 @@ def volume_table(folders: list[Path], key: str) -> list[str]:
     return lines if count else []
 
 
-def plot(table: dict, path: Path) -> None:
+def plot(table: dict, path: Path, write) -> None:
     """PNG: PSNR and SSIM per model and acceleration, mean with error bars (std over seeds, else over
-    slices) and each seed's mean as a dot. ZF is left out: its level would flatten every other difference."""
+    slices) and each seed's mean as a dot, handed to ``write(path, png_bytes)``. ZF is left out: its level would
+    flatten every other difference."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -463,7 +505,19 @@ def plot(table: dict, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    write(path, buffer.getvalue())
+
+
+def read_machine(path: Path) -> dict:
+    """The utils.machine record in ``path`` (``--machine``), or a :class:`UserError`."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--machine {path}: cannot read a JSON machine record ({exc})") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("cpu"), str):
+        raise UserError(f"--machine {path}: not a machine record (a JSON object with \"cpu\", \"isa\", "
+                        "\"torch\", \"threads\")")
+    return record
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -478,7 +532,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contrasts", action="store_true",
                         help="add the controlled contrasts of scripts/study.sh (B - C primary; C - A, C - D, B - A "
                              "Holm-corrected) with 95 %% t-intervals over seeds (scripts/contrasts.py)")
+    parser.add_argument("--machine", type=Path, default=None, metavar="JSON",
+                        help="the machine (a utils.machine record) that trained the runs whose checkpoints recorded "
+                             "none, e.g. the committed study's docs/study/machine.json")
     args = parser.parse_args(argv)
+    fallback = read_machine(args.machine) if args.machine else None
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} is a file; choose a folder")
     md_path, csv_path = args.out_dir / "table.md", args.out_dir / "table.csv"
@@ -492,6 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     if not table:
         raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
     markdown, csv_rows = build_report(table)
+    markdown = machine_line(args.eval_dirs, fallback) + "\n\n" + markdown
     found = []
     if args.contrasts:
         columns = table_columns(table)
@@ -501,17 +560,29 @@ def main(argv: list[str] | None = None) -> None:
                             "stdkd-sftinit-M, stdkd-studentinit-M); run scripts/study.sh")
         markdown += "".join(f"{line}\n" for line in contrasts.markdown(found))
     markdown += "".join(f"{line}\n" for key in VOLUME_TABLES for line in volume_table(args.eval_dirs, key))
-    write_text(md_path, markdown)
-    write_text(csv_path, csv_text(csv_rows))
-    if args.plot is not None and found:
-        contrasts.plot(found, args.plot, lambda path, data: atomic_write(path, lambda f: f.write(data)))
-        print(f"wrote {args.plot}")
-    elif args.plot is not None:
-        plot(table, args.plot)
-        print(f"wrote {args.plot}")
+    pngs: dict[Path, bytes] = {}
+    if args.plot is not None:
+        draw = contrasts.plot if found else plot
+        draw(found or table, args.plot, lambda path, data: pngs.__setitem__(path, data))
+    write_outputs(args, {"table.md": markdown, "table.csv": csv_text(csv_rows)}, pngs)
     print(markdown)
-    print(f"wrote {md_path} and {csv_path}")
+    print(f"wrote {md_path} and {csv_path}" + (f" and {args.plot}" if args.plot is not None else ""))
 
+
+def write_outputs(args, tables: dict[str, str], pngs: dict[Path, bytes]) -> None:
+    """The tables (and a --plot inside --out-dir) written whole or not at all: staged, then swapped in for the
+    previous report's files (data/owned.py, manifest ``report_manifest.json``), so a failure (a full disk) leaves
+    --out-dir as it was and a plain rerun works. A --plot elsewhere is written atomically after the swap."""
+    out = args.out_dir.resolve()
+    outside = {path: data for path, data in pngs.items() if out not in path.resolve().parents}
+    with staged(args.out_dir, "--out-dir", STAGE_PREFIX, MANIFEST, args.overwrite) as stage:
+        for name, text in tables.items():
+            write_text(stage / name, text)
+        for path, data in pngs.items():
+            if path not in outside:
+                atomic_write(stage / path.resolve().relative_to(out), lambda f, data=data: f.write(data))
+    for path, data in outside.items():
+        atomic_write(path, lambda f, data=data: f.write(data))
 
 if __name__ == "__main__":
     run_cli(main)

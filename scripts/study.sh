@@ -61,8 +61,11 @@ report() {
         echo "error: no evaluation under $DOCS/{mni152,colin27}/seed*; run bash scripts/study.sh first" >&2
         exit 2
     fi
+    # The committed studies' checkpoints predate the machine record: DOCS/machine.json names their machine.
+    local machine=()
+    [ -f "$DOCS/machine.json" ] && machine=(--machine "$DOCS/machine.json")
     "$PYTHON" -m scripts.report --eval-dirs "${dirs[@]}" --out-dir "$DOCS" --overwrite --plot "$DOCS/study.png" \
-        --contrasts
+        --contrasts "${machine[@]}"
 }
 if [ "${REPORT_ONLY:-0}" = 1 ]; then
     report
@@ -105,7 +108,9 @@ evaluate_seed() {  # evaluate_seed SEED: every model of the seed on each test se
             --split test --test-set "$set" --acc "$ACC" --out-dir "$DOCS/$set/seed$seed" --overwrite \
             --device auto > "$RESULTS/seed$seed/eval_$set.log" 2>&1
     done
-    cp "$runs/times.tsv" "$DOCS/times_seed$seed.tsv"
+    # Whole or not at all: a copy cut short by a full disk must not stand in for the seed's timings.
+    cp "$runs/times.tsv" "$DOCS/.times_seed$seed.tsv.tmp"
+    mv -f "$DOCS/.times_seed$seed.tsv.tmp" "$DOCS/times_seed$seed.tsv"
 }
 
 train_seed() {  # all runs of one seed (output in RESULTS/seedN/train.log), then its evaluation

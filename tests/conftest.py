@@ -86,3 +86,15 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int 
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def cli_error(main, argv: list[str], capsys) -> str:
+    """Run a script's ``main(argv)`` as its command line would (utils.run_cli) and return its stderr, which must
+    be exactly one ``error: ...`` line with exit code 2."""
+    from utils import run_cli as run_main
+    with pytest.raises(SystemExit) as info:
+        run_main(main, argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err

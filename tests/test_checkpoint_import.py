@@ -3,6 +3,8 @@ of the public SFT-KD-Recon / KD-MRI networks and their way of saving checkpoints
 from __future__ import annotations
 
 import argparse
+import collections
+import datetime
 import json
 import pathlib
 
@@ -13,7 +15,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from data.masks import cartesian_row_mask
-from models.checkpoints.format import build_model, load_model, load_reconstructor, load_sft
+from models.checkpoints.format import build_model, load_model, load_reconstructor
+from models.distill.student_init import load_sft
+from models.checkpoints.io import load_public
 from models.checkpoints.public import convert_state_dict, import_checkpoint
 from models.nets.dccnn import DCCNN, count_parameters
 from models.nets.sft import SFTNet
@@ -93,14 +97,17 @@ def reference(kind: str, seed: int) -> tuple[RefNet, str]:
     return net.eval(), prefix
 
 
-def save_public(net: nn.Module, path: pathlib.Path, data_parallel: bool = False, epoch: int = 7) -> pathlib.Path:
-    """Save like the public training scripts: pickled Namespace args, optimizer state, numpy loss, Path."""
+def save_public(net: nn.Module, path: pathlib.Path, data_parallel: bool = False, epoch: int = 7,
+                legacy: bool = False) -> pathlib.Path:
+    """Save like the public training scripts: pickled Namespace args, optimizer state, numpy loss, Path;
+    ``legacy``: in the pre-zip format of torch < 1.6."""
     wrapped = nn.DataParallel(net) if data_parallel else net
     args = argparse.Namespace(lr=1e-3, batch_size=4, acceleration_factor="4x", model_type="teacher",
                               exp_dir=pathlib.Path("/media/exp"), device="cuda", seed=42)
     torch.save({"epoch": epoch, "args": args, "model": wrapped.state_dict(),
                 "optimizer": torch.optim.Adam(net.parameters(), lr=1e-3).state_dict(),
-                "best_dev_loss": np.float64(0.0123), "exp_dir": pathlib.Path("/media/exp")}, path)
+                "best_dev_loss": np.float64(0.0123), "exp_dir": pathlib.Path("/media/exp")}, path,
+               _use_new_zipfile_serialization=not legacy)
     return path
 
 
@@ -128,20 +135,14 @@ def ours(model: nn.Module, batch):
 # --------------------------------------------------------------------------- CLI
 
 @pytest.mark.slow
-def test_cli_refuses_pickle_without_flag_then_imports_teacher(tmp_path, batch):
+def test_cli_imports_teacher_without_any_flag(tmp_path, batch):
     net, prefix = reference("teacher", seed=0)
     src = save_public(net, tmp_path / "best_model.pt")
     dst = tmp_path / "out" / "teacher.pt"
 
-    refused = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst))
-    assert refused.returncode == 2
-    assert "--trust-pickle" in refused.stderr and "pickled" in refused.stderr
-    assert refused.stderr.startswith("error: ") and len(refused.stderr.strip().splitlines()) == 1
-    assert not dst.exists() and not dst.parent.exists()
-
-    done = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst), "--trust-pickle")
+    done = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst))
     assert done.returncode == 0, done.stderr
-    assert "warning" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr == ""
     assert "141,765 parameters" in done.stdout and "epoch 7" in done.stdout and "D5C5" in done.stdout
 
     ckpt = torch.load(dst, map_location="cpu", weights_only=True)
@@ -160,11 +161,11 @@ def test_cli_keeps_existing_output_without_overwrite(tmp_path):
     dst = tmp_path / "existing.pt"
     dst.write_bytes(b"keep me")
 
-    refused = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst), "--trust-pickle")
+    refused = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst))
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
     assert dst.read_bytes() == b"keep me"
 
-    done = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst), "--trust-pickle", "--overwrite")
+    done = run_cli(*SCRIPT, "--input", str(src), "--output", str(dst), "--overwrite")
     assert done.returncode == 0, done.stderr
     assert "49,285 parameters" in done.stdout
     model, _ = load_model(dst)
@@ -193,8 +194,8 @@ def test_import_matches_reference_network(tmp_path, batch, capsys, kind, n_param
     net, prefix = reference(kind, seed=2)
     src = save_public(net, tmp_path / f"{kind}.pt", data_parallel=data_parallel, epoch=11)
     dst = tmp_path / "imported.pt"
-    summary = import_checkpoint(src, dst, trust_pickle=True)
-    assert "warning" in capsys.readouterr().err
+    summary = import_checkpoint(src, dst)
+    assert capsys.readouterr().err == ""
     assert summary["parameters"] == n_params and summary["epoch"] == 11
 
     model, ckpt = load_model(dst)
@@ -211,7 +212,7 @@ def test_import_records_json_metadata(tmp_path):
     net, _ = reference("teacher", seed=4)
     src = save_public(net, tmp_path / "model.pt")
     dst = tmp_path / "imported.pt"
-    import_checkpoint(src, dst, trust_pickle=True)
+    import_checkpoint(src, dst)
     config = torch.load(dst, map_location="cpu", weights_only=True)["config"]
     json.dumps(config, allow_nan=False)
     assert config["imported_from"] == str(src) and config["epoch"] == 7
@@ -225,7 +226,7 @@ def test_sft_import_teacher_and_branches_match_reference(tmp_path, batch):
     net, _ = reference("sft", seed=5)
     src = save_public(net, tmp_path / "sft.pt", data_parallel=True)
     dst = tmp_path / "sft_imported.pt"
-    summary = import_checkpoint(src, dst, trust_pickle=True)
+    summary = import_checkpoint(src, dst)
     assert summary["parameters"] == 141_765 + 49_285
     assert summary["arch"]["kind"] == "sft"
 
@@ -254,24 +255,41 @@ def test_sft_import_teacher_and_branches_match_reference(tmp_path, batch):
     torch.testing.assert_close(sft.student.cascades[0].conv1.weight, net.scascade1.conv1.weight)
 
 
-def test_plain_state_dict_file_needs_no_trust(tmp_path, batch, capsys):
+def test_plain_state_dict_file_imports(tmp_path, batch, capsys):
     net, prefix = reference("teacher", seed=6)
     src = tmp_path / "weights.pt"
     torch.save(net.state_dict(), src)
     dst = tmp_path / "imported.pt"
-    summary = import_checkpoint(src, dst, trust_pickle=False)
+    summary = import_checkpoint(src, dst)
     assert capsys.readouterr().err == ""
     assert summary["epoch"] is None
     torch.testing.assert_close(ours(load_reconstructor(dst), batch), ref_output(net, prefix, batch),
                                atol=1e-5, rtol=0)
 
 
-def test_without_trust_refuses_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_public_files_load_with_weights_only_and_the_allow_list(tmp_path, legacy):
+    # Both formats the public code may have written (torch >= 1.6 zip, older pickle) import with weights_only
+    # and the allow-list; their Namespace, path and numpy loss become JSON in the config.
+    net, _ = reference("student", seed=7)
+    src = save_public(net, tmp_path / "student.pt", legacy=legacy)
+    summary = import_checkpoint(src, tmp_path / "out.pt")
+    assert summary["best_dev_loss"] == pytest.approx(0.0123) and summary["epoch"] == 7
+    config = torch.load(tmp_path / "out.pt", weights_only=True)["config"]
+    assert config["source_args"]["exp_dir"] == "/media/exp" and config["source_args"]["acceleration_factor"] == "4x"
+
+
+def test_a_global_off_the_list_is_refused_naming_it_and_writes_nothing(tmp_path):
+    # A public-looking file with one more global (here a Windows path: the public scripts ran on Linux) is
+    # refused naming exactly that global, not the allow-listed ones beside it.
     net, _ = reference("student", seed=7)
     src = save_public(net, tmp_path / "student.pt")
+    loaded = load_public(src)
+    loaded["extra"] = collections.Counter(a=1), datetime.date(2020, 1, 1)
+    torch.save(loaded, src)
     dst = tmp_path / "out.pt"
-    with pytest.raises(UserError, match="--trust-pickle"):
-        import_checkpoint(src, dst, trust_pickle=False)
+    with pytest.raises(UserError, match=r"^--input \S+ holds pickled Python objects \(datetime.date\) that "):
+        import_checkpoint(src, dst)
     assert not dst.exists()
 
 
@@ -321,7 +339,7 @@ def test_own_checkpoint_and_missing_input_are_clear_errors(tmp_path):
     net, _ = reference("student", seed=11)
     src = save_public(net, tmp_path / "student.pt")
     first = tmp_path / "first.pt"
-    import_checkpoint(src, first, trust_pickle=True)
+    import_checkpoint(src, first)
     with pytest.raises(UserError, match="already a checkpoint of this project"):
         import_checkpoint(first, tmp_path / "second.pt")
     with pytest.raises(UserError, match="does not exist"):

@@ -187,7 +187,7 @@ def test_a_step_stuck_in_a_call_ends_its_part_and_the_next_part_runs(tmp_path, c
 
     def command(argv, part, out, limit, precisions):
         if part == "steps":
-            return [sys.executable, "-c", STUCK_STEPS, *real_command(argv, part, out, limit, precisions)[2:]]
+            return [sys.executable, "-c", STUCK_STEPS, *real_command(argv, part, out, limit, precisions)[3:]]
         out.mkdir(parents=True)
         (out / "report.json").write_text(json.dumps({"notes": ["resume: ran"], "rows": {}, "failed": False}))
         return [sys.executable, "-c", "pass"]

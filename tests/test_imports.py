@@ -89,3 +89,27 @@ def test_the_project_modules_import_each_other_without_a_cycle():
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_every_module_imports(name):
     importlib.import_module(name)
+
+
+# The concrete network families: only the networks' room (models/nets/) and the tests may name them; every
+# other module reaches a network through the registry (models/nets/registry.py). The SFT network is the method's
+# own object and may be used where SFT is trained or distilled from, but not by checkpoint code.
+FAMILY_MODULES = {"models.nets.dccnn", "models.nets.cascaded_unet"}
+# The public code's checkpoints hold DC-CNNs: converting them names that family by definition.
+NAMES_A_FAMILY_BY_DEFINITION = {"models.checkpoints.public"}
+
+
+def test_no_module_outside_the_networks_room_names_a_network_family():
+    offenders = {name: sorted(imported(name, path) & FAMILY_MODULES) for name, path in MODULES.items()
+                 if not name.startswith("models.nets") and name not in NAMES_A_FAMILY_BY_DEFINITION}
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_checkpoint_code_names_no_network():
+    """Its size bounds and the reconstructor of a composite network come from each Family."""
+    for name, path in MODULES.items():
+        if not name.startswith("models.checkpoints") or name in NAMES_A_FAMILY_BY_DEFINITION:
+            continue
+        assert not imported(name, path) & (FAMILY_MODULES | {"models.nets.sft"}), name
+        source = path.read_text()
+        assert not any(word in source for word in ("SFTNet", "DCCNN", "CascadedUNet", '"sft"', '"dccnn"')), name

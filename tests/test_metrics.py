@@ -2,11 +2,14 @@
 against its formulas."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from models.evaluation.metrics import METRICS, PUBLIC_VOLUME_METRICS, hfen_log, laplacian_hfn, nmse, psnr, ssim, vif
-from tests.conftest import phantom
+from tests.conftest import ROOT, phantom
 
 
 # --------------------------------------------------------------------------- metrics
@@ -23,6 +26,22 @@ def test_psnr_hand_value():
     assert psnr(target, recon) == pytest.approx(10 * np.log10(target.max() ** 2 / mse), rel=1e-9)
     # data_range is target.max(): scaling both images leaves PSNR unchanged.
     assert psnr(3 * target, 3 * recon) == pytest.approx(psnr(target, recon), rel=1e-9)
+
+
+@pytest.mark.parametrize("dtypes", [(np.float32, np.float32), (np.float64, np.float32), (np.float32, np.float64),
+                                    (np.float64, np.float64), (np.float16, np.float32)])
+def test_psnr_is_scikit_images_to_the_last_bit_without_importing_scipy_stats(dtypes):
+    from skimage.metrics import peak_signal_noise_ratio
+    rng = np.random.default_rng(3)
+    for shape in ((32, 32), (3, 24, 40)):  # a slice, and a volume (fastMRI's volume PSNR)
+        target = rng.random(shape).astype(dtypes[0])
+        recon = (target + rng.normal(0, 0.05, shape)).astype(dtypes[1])
+        assert psnr(target, recon) == float(peak_signal_noise_ratio(target, recon, data_range=float(target.max())))
+    # scikit-image's module imports scipy.stats (~1 s), which each training process paid at its first validation.
+    code = ("import sys, numpy as np; from models.evaluation.metrics import psnr, ssim; x = np.random.rand(16, 16); "
+            "psnr(x, x / 2); ssim(x, x / 2); print('scipy.stats' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr[-2000:]
 
 
 def test_nmse_hand_value():

@@ -362,11 +362,9 @@ def test_unusable_output_paths_are_one_line_errors(acdc: Path, tmp_path: Path, c
     assert afile.read_text() == "a file"
 
     src = save_public(reference("student", seed=0)[0], tmp_path / "public.pt")
-    err = _one_line_error(import_script.main, ["--input", str(src), "--output", str(afile / "x.pt"),
-                                               "--trust-pickle"], capsys)
+    err = _one_line_error(import_script.main, ["--input", str(src), "--output", str(afile / "x.pt")], capsys)
     assert err == f"error: --output {afile / 'x.pt'}: {afile} is a file, not a folder; choose another --output"
-    err = _one_line_error(import_script.main, ["--input", str(src), "--output", "/proc/sftkd/x.pt",
-                                               "--trust-pickle"], capsys)
+    err = _one_line_error(import_script.main, ["--input", str(src), "--output", "/proc/sftkd/x.pt"], capsys)
     assert err.startswith("error: No such file or directory: /proc/sftkd")
     data = make_dataset(tmp_path / "data")
     err = _one_line_error(train_teacher.main, ["--data-root", str(data), "--exp-dir", str(afile / "run"),
@@ -399,7 +397,7 @@ def test_training_start_up_refuses_a_data_root_with_a_leak(acdc: Path, tmp_path:
 def test_kd_student_takes_its_architecture_from_an_imported_sft_checkpoint(tmp_path: Path, capsys):
     public = save_public(reference("sft", seed=0)[0], tmp_path / "public_sft.pt")
     imported = tmp_path / "sft.pt"
-    import_script.main(["--input", str(public), "--output", str(imported), "--trust-pickle"])
+    import_script.main(["--input", str(public), "--output", str(imported)])
     base = ["--data-root", "unused", "--exp-dir", "unused", "--teacher-checkpoint", str(imported),
             "--init-from-sft", str(imported)]
     parser = train_student_kd.build_parser()

@@ -76,6 +76,8 @@ def test_report_table_numbers_pvalues_and_gaps(eval_dirs, tmp_path):
     assert "my-baseline" in result.stdout  # listed as left out
     md = (out / "table.md").read_text()
     lines = md.splitlines()
+    assert lines[:2] == ["Trained on: not recorded.", ""]  # these summaries list no checkpoints
+    lines = lines[2:]
     labels = [line.split("|")[1].strip() for line in lines[2:lines.index("")]]
     assert labels == ["ZF", "Teacher", "Student", "SFT teacher", "Std-KD (at)", "SFT-KD-Recon (at)"]
     assert "my-baseline" not in md
@@ -233,3 +235,28 @@ def test_runs_of_different_sizes_are_never_one_row(tmp_path):
     (folders[1] / "summary.json").write_text(json.dumps(summary))
     table, _ = collect(folders)
     assert set(table[("student", None)]["4x"]) == {11, 12}
+
+
+def test_table_names_the_machines_that_trained_its_runs(eval_dirs, tmp_path):
+    dirs, _ = eval_dirs
+    zen3 = {"cpu": "AMD EPYC (family 25, model 1)", "cores": 2, "isa": "AVX2", "torch": "2.13.0", "threads": 1}
+    xeon = {"cpu": "Intel Xeon", "cores": 2, "isa": "AVX512 + AMX", "torch": "2.13.0", "threads": 2}
+    for folder, machines in ((dirs[0], {"teacher": xeon, "student": None}), (dirs[1], {"sftkd-at-seed2": xeon})):
+        summary = json.loads((folder / "summary.json").read_text())
+        # A run scored twice (two test sets) counts once: runs are told apart by their checkpoint's path.
+        summary.update(checkpoints={name: f"runs/{name}.pt" for name in machines}, trained_on=machines)
+        (folder / "summary.json").write_text(json.dumps(summary))
+    first = {}
+    for name, extra in (("recorded", []), ("fallback", ["--machine", str(tmp_path / "zen3.json")])):
+        (tmp_path / "zen3.json").write_text(json.dumps(zen3))
+        main(["--eval-dirs", *map(str, dirs[:2]), "--out-dir", str(tmp_path / name), *extra])
+        first[name] = (tmp_path / name / "table.md").read_text().splitlines()[0]
+    assert first["recorded"] == ("Trained on: Intel Xeon, 2 cores, ISA AVX512 + AMX, torch 2.13.0, 2 threads (2 runs); "
+                                 "not recorded (1 run).")
+    assert first["fallback"] == ("Trained on: Intel Xeon, 2 cores, ISA AVX512 + AMX, torch 2.13.0, 2 threads (2 runs); "
+                                 "AMD EPYC (family 25, model 1), 2 cores, ISA AVX2, torch 2.13.0, 1 thread (1 run).")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    for bad, message in (("bad.json", "not a machine record"), ("missing.json", "cannot read")):
+        with pytest.raises(UserError, match=f"--machine .*{bad}: {message}"):
+            main(["--eval-dirs", str(dirs[0]), "--out-dir", str(tmp_path / "r"), "--machine", str(tmp_path / bad)])
+        assert not (tmp_path / "r").exists()

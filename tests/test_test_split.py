@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from data.prepare import prepare
 from data.split_check import check_split
@@ -96,7 +97,8 @@ def test_evaluate_scores_test_by_default_and_records_it(tmp_path: Path, capsys):
     data = tmp_path / "demo"
     summary = prepare(out=data, demo=True, demo_resolution=2, size=16, resize=True, accs=["4x"])
     checkpoint = tmp_path / "student.pt"
-    save_checkpoint(model_payload(DCCNN(STUDENT), "student", {"roles": {"model": "student"}, "seed": 3}), checkpoint)
+    config = {"roles": {"model": "student"}, "seed": 3, "machine": {"cpu": "Intel Xeon", "isa": "AVX512 + AMX"}}
+    save_checkpoint(model_payload(DCCNN(STUDENT), "student", config), checkpoint)
     out = tmp_path / "eval"
     evaluate.main(["--checkpoints", str(checkpoint), "--data-root", str(data), "--acc", "4x", "--out-dir", str(out),
                    "--device", "cpu"])
@@ -104,4 +106,7 @@ def test_evaluate_scores_test_by_default_and_records_it(tmp_path: Path, capsys):
     assert recorded["split"] == "test" and recorded["test_set"] == "demo/test"
     assert recorded["student"]["PSNR"]["n"] == summary["test_slices"]
     assert recorded["roles"]["student"] == {"model": "student", "seed": 3}
+    # Where the numbers come from: the evaluating machine, and the training machine the checkpoint recorded.
+    assert recorded["machine"]["isa"].split(" + ")[0] == torch.backends.cpu.get_cpu_capability()
+    assert recorded["trained_on"] == {"student": {"cpu": "Intel Xeon", "isa": "AVX512 + AMX"}}
     assert "no test/ split" not in capsys.readouterr().out

@@ -13,8 +13,8 @@ import torch
 
 from data.masks import AccelerationError
 from models.checkpoints.io import load_checkpoint, save_checkpoint
-from utils import (UserError, atomic_write, get_rng_state, run_cli, seed_everything, set_rng_state, write_json,
-                   write_text)
+from utils import (UserError, atomic_write, describe_machine, get_rng_state, machine, run_cli, seed_everything,
+                   set_rng_state, write_json, write_text)
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -98,7 +98,7 @@ def test_load_checkpoint_refuses_pickled_objects(tmp_path):
         load_checkpoint(path)
     legacy = tmp_path / "legacy.pt"
     torch.save({"model": {}, "arch": {}, "args": io.StringIO("x")}, legacy, _use_new_zipfile_serialization=False)
-    with pytest.raises(UserError, match="old-style torch file .* --trust-pickle"):
+    with pytest.raises(UserError, match=r"legacy.pt holds pickled Python objects \(_io.StringIO\) that no checkpoint"):
         load_checkpoint(legacy)
 
 
@@ -243,3 +243,20 @@ def test_weight_type(text, ok):
     else:
         with pytest.raises(argparse.ArgumentTypeError):
             weight_type(text)
+
+
+# --------------------------------------------------------------------------- the machine a figure comes from
+
+def test_machine_records_cpu_isa_torch_build_and_threads(monkeypatch):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    info = machine()
+    assert json.loads(json.dumps(info)) == info  # JSON-able: it goes into config.json and summary.json
+    assert info["isa"].split(" + ")[0] == torch.backends.cpu.get_cpu_capability()
+    assert info["torch"] == torch.__version__ and info["threads"] == torch.get_num_threads()
+    assert info["caps"] == "ONEDNN_MAX_CPU_ISA=AVX2" and info["cpu"] and info["cores"] >= 1
+    line = describe_machine(info)
+    assert line.startswith(info["cpu"] + ", ") and f"ISA {info['isa']} (capped: ONEDNN_MAX_CPU_ISA=AVX2)" in line
+    assert describe_machine({"cpu": "AMD EPYC (family 25, model 1)", "cores": 2, "isa": "AVX2", "caps": "",
+                             "torch": "2.13.0", "threads": 1, "note": "not shown"}) == \
+        "AMD EPYC (family 25, model 1), 2 cores, ISA AVX2, torch 2.13.0, 1 thread"

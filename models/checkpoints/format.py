@@ -4,9 +4,8 @@ A checkpoint is a dict of plain tensors and JSON-able values, loadable with
 ``torch.load(path, weights_only=True)``:
 
 - ``format``: ``"sftkd-v1"`` (checked on load: another version is a clear error); ``arch``: the network's
-  config as JSON, ``{"kind": ..., its fields}`` (models/nets/registry.py builds it back), e.g.
-  ``{"kind": "dccnn", n_cascades, n_convs, channels, residual, ref_padding}`` or
-  ``{"kind": "sft", "teacher": {...}, "student": {...}}``; ``model``: the state dict; ``run_name`` and
+  config as JSON, ``{"kind": ..., its fields}`` (models/nets/registry.py builds it back; a network made of
+  networks holds each part's arch dict under the part's field); ``model``: the state dict; ``run_name`` and
   ``config`` (the run's flags and set-up).
 - ``best_model.pt`` adds ``epoch`` and ``val_metrics``.
 - ``model.pt`` (training state for ``--resume``) adds ``extra`` (other trainable parts of the step, e.g. a KD
@@ -20,8 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.nets.registry import FAMILIES, build_network, describe_arch
-from models.nets.sft import SFTNet
+from models.nets.registry import FAMILIES, build_network, describe_arch, out_of_bounds, reconstructor
 from models.checkpoints.io import load_checkpoint
 from utils import UserError, first_line
 
@@ -77,21 +75,12 @@ def _misfit(model: nn.Module, state) -> str:
     return "; ".join(parts)
 
 
-# Far beyond any DC-CNN of the paper (5 cascades, 5 convs, 32 channels); a checkpoint declaring more is forged
-# or damaged, and building it first would take minutes or all memory.
-MAX_SIZES = {"n_cascades": 100, "n_convs": 100, "channels": 65536}
-
-
 def _check_declared_size(arch: dict, state, path, what: str) -> None:
-    """Refuse an ``arch`` entry whose sizes are out of bounds or that declares far more weights than the file
-    holds (counted on the meta device, which allocates nothing), before anything is allocated."""
-    configs = (arch.get("teacher"), arch.get("student")) if arch.get("kind") == "sft" else (arch,)
-    for config in configs:
-        for key, limit in MAX_SIZES.items():
-            value = config.get(key, 1) if isinstance(config, dict) else None
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
-                raise UserError(f"{what} {path}: its 'arch' entry has {key} {value!r:.40}, outside 1..{limit}; the "
-                                "file was edited or damaged")
+    """Refuse an ``arch`` entry whose sizes are out of its family's bounds or that declares far more weights than
+    the file holds (counted on the meta device, which allocates nothing), before anything is allocated."""
+    problem = out_of_bounds(arch)
+    if problem:
+        raise UserError(f"{what} {path}: its 'arch' entry has {problem}; the file was edited or damaged")
     with torch.device("meta"):
         declared = sum(p.numel() for p in build_model(arch).state_dict().values())
     stored = sum(v.numel() for v in state.values() if torch.is_tensor(v)) if isinstance(state, dict) else 0
@@ -134,20 +123,6 @@ def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, d
     return model, ckpt
 
 
-def reconstructor(model: nn.Module) -> nn.Module:
-    """The network that reconstructs images: a network as is, the teacher of an SFT."""
-    return model.teacher if isinstance(model, SFTNet) else model
-
-
 def load_reconstructor(path: str | Path, what: str = "checkpoint") -> nn.Module:
     """:func:`reconstructor` of a checkpoint's network."""
     return reconstructor(load_model(path, what)[0])
-
-
-def load_sft(path: str | Path, what: str = "--init-from-sft") -> SFTNet:
-    """An :class:`SFTNet` checkpoint; anything else is a clear error."""
-    model, ckpt = load_model(path, what)
-    if not isinstance(model, SFTNet):
-        raise UserError(f"{what} {path} is a {describe_arch(ckpt['arch'])} checkpoint, but an SFT checkpoint is "
-                        "required: pass best_model.pt of a train_sft.py run")
-    return model

@@ -1,8 +1,10 @@
 """Import checkpoints of the public SFT-KD-Recon / KD-MRI code into this project's checkpoint format.
 
 The public code saves ``torch.save({"epoch", "args": argparse.Namespace, "model": state_dict, "optimizer",
-"best_dev_loss", "exp_dir"})``; the pickled Namespace (and ``pathlib.Path``) makes
-``torch.load(weights_only=True)`` refuse the file, so reading it needs an explicit ``trust_pickle``.
+"best_dev_loss", "exp_dir"})``. The pickled Namespace, path and numpy loss are read with
+``torch.load(weights_only=True)`` and an allow-list of exactly those globals (models/checkpoints/io.py); a
+file that names any other global is refused, naming it, and nothing is ever unpickled with
+``weights_only=False``.
 
 State-dict layouts recognised (an optional ``module.`` prefix from DataParallel is stripped):
 
@@ -19,9 +21,7 @@ networks import with ``ref_padding=0``. Either way the imported network computes
 from __future__ import annotations
 
 import json
-import pickle
 import re
-import sys
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from models.checkpoints.format import FORMAT, build_model, model_payload
-from models.checkpoints.io import pickled_globals, public_code_pickle, save_checkpoint
+from models.checkpoints.io import check_file, load_public, save_checkpoint
 from models.nets.dccnn import DCCNNConfig, count_parameters
-from utils import UserError, clean_text, first_line, refuse_to_overwrite
+from utils import UserError, refuse_to_overwrite
 
 _KEY = re.compile(r"^(tcascade|scascade|cascade)(\d+)\.conv(\d+)\.(weight|bias)$")
 
@@ -190,51 +190,23 @@ def _source_args(args: Any) -> dict:
     return kept
 
 
-def _load_source(src: Path, trust_pickle: bool) -> Any:
-    """The object stored in ``src``: plain tensors load safely, pickled objects only with ``trust_pickle``."""
-    try:
-        return torch.load(src, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not pickled_globals(src) and not trust_pickle:
-            raise UserError(f"--input {src} is corrupt or not a torch checkpoint ({first_line(exc)})") from exc
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise UserError(f"--input {src} is corrupt or not a torch checkpoint ({first_line(exc)})") from exc
-    names = pickled_globals(src)
-    if not trust_pickle and names and not public_code_pickle(names):
-        raise UserError(f"--input {src} contains pickled Python objects ({clean_text(', '.join(names))}) that "
-                        "checkpoints of the public SFT-KD-Recon code do not hold, and unpickling them could run any "
-                        "code; it is not loaded: use a checkpoint from a source you trust")
-    if not trust_pickle:
-        raise UserError(f"--input {src} contains pickled Python objects (such as the argparse.Namespace the "
-                        "public SFT-KD-Recon code saves), and unpickling can run arbitrary code; load only "
-                        "files from a trusted source, by rerunning with --trust-pickle")
-    print(f"warning: loading {src} with weights_only=False (--trust-pickle): this runs the pickled Python code "
-          "inside it; do this only for files from a trusted source", file=sys.stderr)
-    try:
-        return torch.load(src, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a class the pickle names may not exist here, or the file is damaged
-        raise UserError(f"--input {src} cannot be unpickled ({first_line(exc)})") from exc
-
-
-def import_checkpoint(src: str | Path, dst: str | Path, trust_pickle: bool = False, *,
-                      overwrite: bool = False, ref_padding: int | None = None) -> dict:
+def import_checkpoint(src: str | Path, dst: str | Path, *, overwrite: bool = False,
+                      ref_padding: int | None = None) -> dict:
     """Convert the public-code checkpoint ``src`` into this project's format at ``dst``.
 
-    ``src`` is a full checkpoint dict (with ``"model"``) or a bare state dict. A file that needs unpickling
-    (the public checkpoints do) is refused unless ``trust_pickle``; then a warning goes to stderr and it is
-    loaded with ``weights_only=False``. A plain state-dict file loads safely without the flag.
+    ``src`` is a full checkpoint dict (with ``"model"``) or a bare state dict, read by
+    :func:`models.checkpoints.io.load_public` (``weights_only=True`` plus the public code's globals).
     ``dst`` is written atomically and is never replaced unless ``overwrite``. ``ref_padding``: see
     :func:`convert_state_dict`.
 
     Returns a summary ``{"layout", "arch", "parameters", "epoch", "best_dev_loss"}``.
     """
     src, dst = Path(src), Path(dst)
-    if not src.is_file():
-        raise UserError(f"--input {src} does not exist (check the path)")
+    check_file(src, "--input")
     if dst.is_dir():
         raise UserError(f"--output {dst} is a directory; give a file path such as {dst / 'imported.pt'}")
     refuse_to_overwrite(dst, overwrite, "path", flag="--output")
-    loaded = _load_source(src, trust_pickle)
+    loaded = load_public(src, "--input")
     if not isinstance(loaded, dict):
         raise UserError(f"--input {src} holds a {type(loaded).__name__}, not a checkpoint dict or state dict")
     if loaded.get("format") == FORMAT:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from models.checkpoints.format import describe_arch, load_model, load_sft
+from models.checkpoints.format import describe_arch, load_model
 from models.nets.registry import PRESETS, configure, short_name
 from models.nets.sft import SFTNet, student_from_blocks
 from utils import UserError
@@ -42,6 +42,15 @@ def chosen_student(args):
 def _shape(config) -> dict:
     """A config's JSON without the options a loaded student may change (ref_padding, residual)."""
     return {k: v for k, v in config.to_dict().items() if k not in ("ref_padding", "residual")}
+
+
+def load_sft(path, what: str = "--init-from-sft") -> SFTNet:
+    """The SFT network of a train_sft.py checkpoint; anything else is a clear error."""
+    model, ckpt = load_model(path, what)
+    if not isinstance(model, SFTNet):
+        raise UserError(f"{what} {path} is a {describe_arch(ckpt['arch'])} checkpoint, but an SFT checkpoint is "
+                        "required: pass best_model.pt of a train_sft.py run")
+    return model
 
 
 def load_init(args) -> Init:

@@ -145,4 +145,6 @@ def describe(arch: dict, detail: bool = False) -> str:
 
 FAMILY = Family(kind=CascadedUNetConfig.kind, title="cascaded U-Net", config=CascadedUNetConfig, describe=describe,
                 presets={"unet-teacher": CascadedUNetConfig(channels=8), "unet-student": CascadedUNetConfig(channels=4)},
-                flags={"cascades": "n_cascades", "depth": "levels", "width": "channels", "residual": "residual"})
+                flags={"cascades": "n_cascades", "depth": "levels", "width": "channels", "residual": "residual"},
+                # 12 levels already pool a 4096-pixel image down to one pixel; widths double per level.
+                bounds={"n_cascades": 100, "levels": 12, "channels": 4096})

@@ -147,4 +147,6 @@ def describe(arch: dict, detail: bool = False) -> str:
 FAMILY = Family(kind=DCCNNConfig.kind, title="DC-CNN", config=DCCNNConfig, describe=describe,
                 presets={"teacher": TEACHER, "student": STUDENT},
                 flags={"cascades": "n_cascades", "depth": "n_convs", "width": "channels",
-                       "ref_padding": "ref_padding", "residual": "residual"})
+                       "ref_padding": "ref_padding", "residual": "residual"},
+                # Far beyond the paper's networks (5 cascades, 5 convs, 32 channels).
+                bounds={"n_cascades": 100, "n_convs": 100, "channels": 65536})

@@ -51,7 +51,10 @@ class Family:
     presets: the ``--model`` names it offers -> their configs; flags: the generic architecture flags
     (``cascades``, ``depth``, ``width``, ``ref_padding``, ``residual``) it understands -> its config fields;
     parts: for a network made of networks (SFT), the config fields that hold one (each an arch dict of its
-    own in checkpoints, named by its own family's ``describe``).
+    own in checkpoints, named by its own family's ``describe``); bounds: config field -> the largest value a
+    checkpoint may declare (far beyond any real network: a larger one is forged or damaged, and building it
+    would take minutes or all memory), checked before anything is built; reconstructor: for a network that is
+    not itself the reconstruction model (SFT), the part that is (its teacher); None: the network itself.
     """
     kind: str
     title: str
@@ -60,3 +63,5 @@ class Family:
     presets: dict[str, Any] = field(default_factory=dict)
     flags: dict[str, str] = field(default_factory=dict)
     parts: tuple[str, ...] = ()
+    bounds: dict[str, int] = field(default_factory=dict)
+    reconstructor: Callable[[Any], Any] | None = None

@@ -58,6 +58,30 @@ def config_from_arch(arch: dict):
     return family.config(**fields)
 
 
+def out_of_bounds(arch) -> str | None:
+    """What in a checkpoint's ``arch`` dict (nested networks too) breaks its family's :attr:`Family.bounds`,
+    e.g. ``"n_convs 10000, outside 1..100"``; None when every size is in bounds. Reads a damaged dict safely."""
+    family = FAMILIES.get(arch.get("kind")) if isinstance(arch, dict) else None
+    if family is None:
+        return f"kind {arch.get('kind') if isinstance(arch, dict) else arch!r:.40}, not a registered network"
+    for part in family.parts:
+        problem = out_of_bounds(arch.get(part))
+        if problem:
+            return f"{part}: {problem}"
+    for key, limit in family.bounds.items():
+        value = arch.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+            return f"{key} {value!r:.40}, outside 1..{limit}"
+    return None
+
+
+def reconstructor(model: nn.Module) -> nn.Module:
+    """The network that reconstructs images: a network as is, or the part its family names (an SFT network's
+    teacher)."""
+    family = FAMILIES[model.config.kind]
+    return family.reconstructor(model) if family.reconstructor else model
+
+
 def build_network(arch: dict) -> nn.Module:
     """A freshly initialised network for a checkpoint's ``arch`` dict."""
     return config_from_arch(arch).build()

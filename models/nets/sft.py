@@ -182,4 +182,5 @@ def student_from_blocks(source: nn.Module, fresh: nn.Module) -> nn.Module:
     return student
 
 
-FAMILY = Family(kind=SFTConfig.kind, title="SFT network", config=SFTConfig, parts=("teacher", "student"))
+FAMILY = Family(kind=SFTConfig.kind, title="SFT network", config=SFTConfig, parts=("teacher", "student"),
+                reconstructor=lambda model: model.teacher)

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from data.fingerprint import file_digest, listing_changes, split_listing
+from data.layout import acc_folder, mask_name
+from data.masks import load_mask, mask_lines
 from models.checkpoints.io import load_checkpoint
 from utils import UserError
 
@@ -24,6 +27,15 @@ REPLACED = ".replaced"
 MAY_CHANGE_ON_RESUME = ("epochs", "num_workers", "preload", "device", "memory_format", "save_every_iters",
                         "log_every", "image_every", "no_progress", "cache_teacher", "data_root")
 _NOT_COMPARED = (*MAY_CHANGE_ON_RESUME, "exp_dir", "resume", "overwrite")
+# Flags that choose the network, where None means "the network's own" (the named or loaded network's size,
+# padding, residual connections): a None on either side is compared through the architecture it builds, which
+# --resume checks against model.pt's (Trainer.resume_from), so an explicit default (--cascades 5,
+# --student-model student) is accepted and a real change is still refused.
+ARCH_FLAGS = ("model", "teacher_model", "student_model", "cascades", "depth", "width", "teacher_depth",
+              "teacher_width", "student_depth", "student_width", "ref_padding", "residual")
+# The checkpoints a run reads, by flag: config.json records their content (see content_record).
+CHECKPOINT_FLAGS = ("teacher_checkpoint", "init_from_sft", "init_student")
+SPLITS_READ = ("train", "validation")
 
 
 def flag_names(dests) -> str:
@@ -38,8 +50,9 @@ def _replaced_hint(exp: Path) -> str:
             f"{exp} saves model.pt: to get it back, move its files back into {exp} (replacing what is there)")
 
 
-def prepare_exp_dir(args: argparse.Namespace) -> dict | None:
+def prepare_exp_dir(args: argparse.Namespace, defaults: dict | None = None) -> dict | None:
     """Check --exp-dir against --resume / --overwrite; return the checkpoint to resume from, if any.
+    ``defaults``: see :func:`check_resume_flags`.
 
     Nothing is deleted here: an --overwrite run sets the old files aside once its own setup succeeded and
     deletes them only after saving its first model.pt (see :func:`set_aside_old_run`), so a refused or failed
@@ -71,7 +84,7 @@ def prepare_exp_dir(args: argparse.Namespace) -> dict | None:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise UserError(f"--resume: {exp / 'model.pt'} has a damaged '{key}' entry ({value!r:.40}); restore "
                                 "the model.pt the run wrote, or start again with --overwrite")
-        check_resume_flags(args, ckpt, exp / "model.pt")
+        check_resume_flags(args, ckpt, exp / "model.pt", defaults)
         return ckpt
     if started and not args.overwrite:
         raise UserError(f"--exp-dir {exp} holds a run stopped before its first checkpoint "
@@ -89,16 +102,30 @@ def _shown(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def check_resume_flags(args: argparse.Namespace, ckpt: dict, path: Path) -> None:
-    """A :class:`UserError` listing every flag outside :data:`MAY_CHANGE_ON_RESUME` whose value differs from
-    the one the run in ``path`` was started with (architecture, optimiser, data, augmentation, precision, seed):
-    resuming with them would continue another run than the checkpoint's."""
+def _resolved(values: dict, defaults: dict | None) -> dict:
+    """``values`` with every None that ``defaults`` (dest -> function of all values) resolves replaced by the
+    effective value, e.g. ``kd_weight`` None by the KD method's own weight."""
+    return {**values, **{key: resolve(values) for key, resolve in (defaults or {}).items()
+                         if key in values and values[key] is None}}
+
+
+def check_resume_flags(args: argparse.Namespace, ckpt: dict, path: Path, defaults: dict | None = None) -> None:
+    """A :class:`UserError` listing every flag outside :data:`MAY_CHANGE_ON_RESUME` whose effective value
+    differs from the run's in ``path`` (architecture, optimiser, data, augmentation, precision, seed, KD):
+    resuming with them would continue another run than the checkpoint's. Values are compared resolved, on both
+    sides: ``defaults`` maps a flag whose default None stands for a value computed from the other flags to that
+    computation (train_student_kd.py: ``--kd-weight`` -> the method's weight), so giving the default explicitly
+    is no change."""
     recorded = ckpt.get("config")
-    recorded = recorded if isinstance(recorded, dict) else {}
-    now = jsonable(args)
+    recorded = _resolved(recorded if isinstance(recorded, dict) else {}, defaults)
+    now = _resolved(jsonable(args), defaults)
+    # A run that recorded what its files hold has them compared by content (check_resume_content): a moved mask
+    # or checkpoint is the same file, a replaced one under the same path is not.
+    by_content = ("mask", *CHECKPOINT_FLAGS) if isinstance(recorded.get("content"), dict) else ()
     changed = [f"--{key.replace('_', '-')} {_shown(value)} (the run: {_shown(recorded[key])})"
                for key, value in now.items()
-               if key not in _NOT_COMPARED and key in recorded and recorded[key] != value]
+               if key not in (*_NOT_COMPARED, *by_content) and key in recorded and recorded[key] != value
+               and not (key in ARCH_FLAGS and None in (value, recorded[key]))]
     if changed:
         raise UserError(f"--resume: {'; '.join(changed)} differ from the run in {path}; resume with its flags (see "
                         f"its config.json; only {flag_names(MAY_CHANGE_ON_RESUME)} may change), or start a "
@@ -113,6 +140,54 @@ def check_resume_data(ckpt: dict, args: argparse.Namespace, train_slices: int, v
         raise UserError(f"--resume: --data-root {args.data_root} has {train_slices} training / {validation_slices} "
                         f"validation slices at --acc {' '.join(args.acc)}, but the run in {args.exp_dir} had "
                         f"{was[0]} / {was[1]} (from {recorded.get('data_root')}); resume on the run's data")
+
+
+def _mask_path(args: argparse.Namespace, acc: str) -> Path:
+    """The mask file the run reads for ``acc``: its --mask, else {data-root}/mask_{acc}.npy."""
+    given = dict(zip(args.acc, args.mask)) if args.mask else {}
+    return Path(given.get(acc) or Path(args.data_root) / mask_name(acc))
+
+
+def content_record(args: argparse.Namespace, image_size: tuple[int, int]) -> dict:
+    """What the run reads, by content (data/fingerprint.py), for config.json, --resume and evaluate.py: the
+    SHA-256 of each acceleration's mask file and its sampling pattern (data/masks.mask_lines), the slices'
+    (H, W), each split's files (name -> size and a hash of its ends) and the SHA-256 of every checkpoint it loads
+    (--teacher-checkpoint, --init-from-sft, --init-student)."""
+    return {
+        "masks": {acc: file_digest(_mask_path(args, acc)) for acc in args.acc},
+        "mask_lines": {acc: mask_lines(load_mask(_mask_path(args, acc))) for acc in args.acc},
+        "image_size": list(image_size),
+        "data": {split: {acc: split_listing(args.data_root, split, acc) for acc in args.acc} for split in SPLITS_READ},
+        "checkpoints": {flag: file_digest(getattr(args, flag)) for flag in CHECKPOINT_FLAGS
+                        if getattr(args, flag, None) is not None},
+    }
+
+
+def check_resume_content(ckpt: dict, now: dict, args: argparse.Namespace) -> None:
+    """A :class:`UserError` listing what the run reads now that has other content than when it started (see
+    :func:`content_record`): a mask file prepared again, other data files under the same names, a replaced
+    checkpoint. Runs that recorded no content (older versions) are not checked."""
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    was = config.get("content")
+    if not isinstance(was, dict):
+        return
+    changes = []
+    for acc, digest in now["masks"].items():
+        if was.get("masks", {}).get(acc, digest) != digest:
+            changes.append(f"the {acc} mask {_mask_path(args, acc)} has other contents")
+    for split, by_acc in now["data"].items():
+        for acc, listing in by_acc.items():
+            old = was.get("data", {}).get(split, {}).get(acc)
+            if isinstance(old, dict) and old != listing:
+                folder = acc_folder(Path(), split, acc).as_posix()
+                changes.append(f"{folder}: {', '.join(listing_changes(old, listing))}")
+    for flag, digest in now["checkpoints"].items():
+        if was.get("checkpoints", {}).get(flag, digest) != digest:
+            changes.append(f"--{flag.replace('_', '-')} {getattr(args, flag)} is another file than the run's "
+                           "(other contents)")
+    if changes:
+        raise UserError(f"--resume: {'; '.join(changes)}, compared with what the run in {args.exp_dir} started "
+                        "from; resume on the run's data and checkpoints, or start a new run in another --exp-dir")
 
 
 def set_aside_old_run(exp: Path) -> bool:
@@ -145,11 +220,13 @@ def _remove(exp: Path, names) -> None:
 
 
 def restore_old_run(exp: Path) -> None:
-    """Undo :func:`set_aside_old_run` after a failure: drop the new run's files, move the earlier ones back."""
+    """Undo a fresh run that failed before its first model.pt: drop its files and move the earlier ones that
+    :func:`set_aside_old_run` parked (if any) back."""
     _remove(exp, OWN_FILES)
-    for item in (exp / REPLACED).iterdir():
-        os.replace(item, exp / item.name)
-    (exp / REPLACED).rmdir()
+    if (exp / REPLACED).is_dir():
+        for item in (exp / REPLACED).iterdir():
+            os.replace(item, exp / item.name)
+        (exp / REPLACED).rmdir()
 
 
 def git_commit() -> str:

@@ -29,12 +29,14 @@ from models.checkpoints.format import arch_of, describe_arch, model_payload
 from models.checkpoints.io import save_checkpoint
 from models.training import averaging
 from models.training.distributed import Dist, EpochSampler
-from models.training.experiment import (REPLACED, check_resume_data, drop_replaced_run, git_commit, jsonable,
-                                        prepare_exp_dir, restore_old_run, set_aside_old_run)
+from models.training.experiment import (check_resume_content, check_resume_data, content_record,
+                                        drop_replaced_run, git_commit, jsonable, prepare_exp_dir, restore_old_run,
+                                        set_aside_old_run)
 from models.evaluation.metrics import psnr, used_for
 from models.training.logs import RunLog
 from models.training.speed import MEMORY_FORMATS, resolve_memory_format
-from utils import UserError, first_line, folder_lock, get_rng_state, seed_everything, set_rng_state, write_json
+from utils import (UserError, first_line, folder_lock, get_rng_state, machine, seed_everything, set_rng_state,
+                   write_json)
 
 
 
@@ -192,16 +194,18 @@ class Trainer:
     # instead of racing a timer. A staticmethod when set; None in every real run.
     after_step = None
 
-    def __init__(self, args: argparse.Namespace, build_step, run_name: str, dist: Dist, roles: dict):
+    def __init__(self, args: argparse.Namespace, build_step, run_name: str, dist: Dist, roles: dict,
+                 defaults: dict | None = None):
         self.args, self.build_step, self.run_name, self.dist = args, build_step, run_name, dist
-        self.roles = roles
+        self.roles, self.defaults = roles, defaults
         self.exp: Path = args.exp_dir
         self.epoch, self.start_batch, self.global_step, self.best_loss = 0, 0, 0, math.inf
         self.log: RunLog | None = None
-        self.parked_old_run = False  # a replaced run set aside in exp/.replaced, given back on failure
+        # A fresh run before its first model.pt: on failure its files go and a run it replaced comes back.
+        self.before_first_model = False
 
     def run(self) -> Path:
-        resume = prepare_exp_dir(self.args)
+        resume = prepare_exp_dir(self.args, self.defaults)
         if resume is not None and resume["epoch"] >= self.args.epochs and resume["batch_in_epoch"] == 0:
             if self.dist.main:
                 print(f"{self.exp} already finished {resume['epoch']} of {self.args.epochs} epochs; "
@@ -245,11 +249,13 @@ class Trainer:
         self.val_set = build_dataset(args.data_root, "validation", args.acc, masks, preload)
         # Files may have been moved or merged since data/prepare.py checked them; this reads only attributes.
         check_split(args.data_root, args.acc)
+        shape = tuple(self.train_set[0].target.shape[-2:])
+        self.content = content_record(args, shape)
         if resume is not None:
             check_resume_data(resume, args, len(self.train_set), len(self.val_set))
+            check_resume_content(resume, self.content, args)
         self.step = step = self.build_step(args)
         recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
-        shape = tuple(self.train_set[0].target.shape[-2:])
         args.memory_format = resolve_memory_format(args.memory_format, dist.device, shape, bool(args.amp),
                                                    recorded, batch=args.batch_size)
         step.to(device=dist.device, memory_format=MEMORY_FORMATS[args.memory_format])
@@ -286,6 +292,11 @@ class Trainer:
     def resume_from(self, resume: dict) -> None:
         """Weights, optimiser, schedule, position and (same world size) every rank's RNG from ``model.pt``."""
         step = self.step
+        # The architecture first: the flags that choose it are compared through it (experiment.ARCH_FLAGS).
+        if resume.get("arch") != arch_of(step.model):
+            raise UserError(f"--resume: {self.exp / 'model.pt'} holds a {describe_arch(resume.get('arch'), True)}, "
+                            f"but these flags build a {describe_arch(arch_of(step.model), True)}; resume with the "
+                            "original command")
         try:
             step.model.load_state_dict(resume["model"])
             step.load_state_dict({**step.state_dict(), **resume.get("extra", {})})
@@ -296,10 +307,6 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"--resume: {self.exp / 'model.pt'} does not match this script and flags "
                             f"({first_line(exc)}); resume with the original command") from exc
-        if resume.get("arch") != arch_of(step.model):
-            raise UserError(f"--resume: {self.exp / 'model.pt'} holds a {describe_arch(resume.get('arch'), True)}, "
-                            f"but these flags build a {describe_arch(arch_of(step.model), True)}; resume with the "
-                            "original command")
         self.epoch, self.start_batch = resume["epoch"], resume["batch_in_epoch"]
         self.global_step, self.best_loss = resume["global_step"], resume["best_val_loss"]
         world = resume.get("world_size", 1)
@@ -343,16 +350,18 @@ class Trainer:
         """``config.json`` (fresh runs), the TensorBoard writer and the start-up line, on rank 0."""
         args, dist = self.args, self.dist
         self.config = {**jsonable(args), "run_name": self.run_name, "roles": self.roles, "git_commit": git_commit(),
-                       "torch_version": str(torch.__version__), "device": str(dist.device),
+                       "torch_version": str(torch.__version__), "machine": machine(), "device": str(dist.device),
                        "world_size": dist.world, "effective_batch_size": args.batch_size * dist.world,
                        "effective_lr": self.lr, "train_slices": len(self.train_set),
                        "validation_slices": len(self.val_set),
                        "trainable_parameters": sum(p.numel() for p in self.params),
-                       "model_parameters": sum(p.numel() for p in self.step.model.parameters())}
+                       "model_parameters": sum(p.numel() for p in self.step.model.parameters()),
+                       "content": self.content}
         if not dist.main:
             return
         if resume is None:
-            self.parked_old_run = set_aside_old_run(self.exp)
+            self.before_first_model = True
+            set_aside_old_run(self.exp)
             write_json(self.exp / "config.json", self.config)
         self.log = RunLog(self.exp, self.global_step if resume else None, args.epochs, args.image_every)
         print(f"{self.run_name}: {len(self.train_set)} training / {len(self.val_set)} validation slices, "
@@ -459,7 +468,7 @@ class Trainer:
         if self.dist.main:
             save_checkpoint(state, self.exp / "model.pt")
             drop_replaced_run(self.exp)
-            self.parked_old_run = False
+            self.before_first_model = False
 
     def end_epoch(self, metrics: dict, images: dict | None, train_loss: float, seconds: float,
                   epochs_bar) -> None:
@@ -482,24 +491,27 @@ class Trainer:
             self.log.close({**jsonable(self.args), **self.step.hparams()}, self.best_loss)
 
 
-def train(args: argparse.Namespace, build_step, run_name: str, roles: dict) -> Path:
+def train(args: argparse.Namespace, build_step, run_name: str, roles: dict, defaults: dict | None = None) -> Path:
     """Train ``build_step(args)`` (a :class:`TrainStep`) with the common flags in ``args``; ``roles`` (what the
-    network is, see models/distill/roles.py) goes into ``config.json`` and every checkpoint.
+    network is, see models/distill/roles.py) goes into ``config.json`` and every checkpoint. ``defaults``: flags
+    whose None default is resolved from the others, for --resume's comparison
+    (models/training/experiment.check_resume_flags).
 
     Writes into ``args.exp_dir``: ``config.json``, ``model.pt`` (every epoch, and every
     ``--save-every-iters``), ``best_model.pt`` (best validation L1) and ``summary/`` (TensorBoard).
     Returns the experiment folder.
     """
     dist = Dist(args.device)
-    trainer = Trainer(args, build_step, run_name, dist, roles)
+    trainer = Trainer(args, build_step, run_name, dist, roles, defaults)
     try:
         # Rank 0 writes every file, so it alone holds the folder's lock (ranks of one job must not refuse each other).
         with folder_lock(args.exp_dir, "--exp-dir") if dist.main else contextlib.nullcontext():
             try:
                 return trainer.run()
             except BaseException:
-                # A run that never saved a model.pt gives the run it replaced back.
-                if trainer.parked_old_run and (args.exp_dir / REPLACED).is_dir():
+                # A fresh run that never saved a model.pt leaves nothing of its own (a best_model.pt without
+                # model.pt would pass for a result) and gives the run it replaced back.
+                if trainer.before_first_model:
                     restore_old_run(args.exp_dir)
                 raise
     finally:

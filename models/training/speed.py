@@ -45,8 +45,8 @@ SFT_VARIANT = {
 # epochs later). It takes the layout scripts/benchmark.py measured fastest for the CPU's vector ISA, keyed by
 # (torch.backends.cpu.get_cpu_capability(), training?) for images of at least CPU_LAYOUT_FROM pixels a side;
 # other keys and smaller images get DEFAULT_LAYOUT. AVX2 CPUs train faster in contiguous from about 128 pixels
-# a side and infer faster in channels_last; AVX-512 / AMX CPUs run oneDNN's NHWC kernels, channels_last at every
-# size (scripts/README.md has the measured figures).
+# a side and infer faster in channels_last; AVX-512 / AMX CPUs (an Intel Xeon, an AMD EPYC Zen 5 alike) run
+# oneDNN's NHWC kernels, channels_last at every size (scripts/README.md has the measured figures).
 CPU_LAYOUT = {("AVX2", True): "contiguous"}
 CPU_LAYOUT_FROM = 128
 
