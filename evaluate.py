@@ -32,8 +32,9 @@ teacher). The zero-filled input is always evaluated too, as model ``ZF``. Output
   models/distill/roles.py, plus its training seed}``), ``trained_acc`` (``{name: the accelerations it was
   trained at}``, empty where it records none: with ``--cross-acc`` they differ from ``acc``, and report.py gives
   such a model a row of its own), ``machine`` (the evaluating machine, utils.machine: CPU, ISA, torch build,
-  threads) and ``trained_on`` (``{name: the machine its checkpoint's training recorded, or null}``); these words
-  cannot be model names.
+  threads), ``trained_on`` (``{name: the machine its checkpoint's training recorded, or null}``), ``image``
+  (``magnitude`` or ``complex``; complex images are scored on their magnitude, as fastMRI does) and ``kspace``
+  (where the data's k-space came from, e.g. ``synthetic from magnitude``); these words cannot be model names.
 
 What is scored is checked against what each checkpoint records of its training data: another acceleration is
 refused unless ``--cross-acc``; another slice size, another mask sampling pattern (rows, columns, 2-D) or files
@@ -69,7 +70,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.dataset import SliceDataset, build_dataset
+from data.dataset import SliceDataset, build_dataset, data_kind
+from data.fft import magnitude
 from data.fingerprint import split_listing
 from data.layout import acc_folder
 from data.masks import acc_type, mask_lines
@@ -112,7 +114,7 @@ METRIC_SETS = {
 }
 METRIC_CHOICES = {**{name: (name,) for name in METRIC_SETS}, "all": tuple(METRIC_SETS)}
 META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "trained_acc", "machine",
-             "trained_on", "fastmri", "public_volume")
+             "trained_on", "fastmri", "public_volume", "image", "kspace")
 RECON_KEY = "reconstruction"
 STAGE_PREFIX = ".evaluate-"
 
@@ -261,20 +263,22 @@ def reconstructed_volumes(nets: Mapping[str, nn.Module], dataset: SliceDataset, 
                           ) -> Iterator[tuple[str, np.ndarray, dict[str, np.ndarray]]]:
     """``(volume, target, outputs)`` for each volume of ``dataset``, in dataset order, once all its slices have
     been through every network: target (S, H, W) float32, outputs ``{name: (S, H, W) float32}`` with the
-    zero-filled input first (as ``ZF``), then ``nets`` in order; slices stacked by slice index."""
+    zero-filled input first (as ``ZF``), then ``nets`` in order; slices stacked by slice index. Complex images
+    are given as their magnitude (data/fft.py's :func:`~data.fft.magnitude`), which every metric scores."""
     slices_per_volume = Counter(Path(dataset.files[file_idx]).stem for file_idx, _ in dataset.samples)
     targets: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     outputs: dict[str, dict[str, dict[int, np.ndarray]]] = defaultdict(lambda: defaultdict(dict))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
         inputs = batch.to(device).inputs
-        batch_outputs = {ZF_NAME: batch.zero_filled.numpy()}
+        batch_outputs = {ZF_NAME: magnitude(batch.zero_filled).numpy()}
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             recons = {name: net(*inputs) for name, net in nets.items()}
-        batch_outputs.update({name: out.float().cpu().numpy() for name, out in recons.items()})
+        batch_outputs.update({name: magnitude(out.float()).cpu().numpy() for name, out in recons.items()})
+        target_magnitude = magnitude(batch.target)
         for i, (fname, slice_idx) in enumerate(zip(batch.fname, batch.slice.tolist())):
             volume = Path(fname).stem
-            targets[volume][slice_idx] = batch.target[i, 0].numpy()
+            targets[volume][slice_idx] = target_magnitude[i, 0].numpy()
             for name, out in batch_outputs.items():
                 outputs[volume][name][slice_idx] = out[i, 0]
             if len(targets[volume]) == slices_per_volume[volume]:
@@ -291,7 +295,8 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
     """The zero-filled input (``ZF``) and every model on ``dataset``, scored by each of ``metric_sets``.
 
     models: name -> a reconstructor (a registered network, models/nets/registry.py, called with
-    ``(zero_filled, kspace_under, mask)``, each (B, 1, H, W)) or a checkpoint path.
+    ``(zero_filled, kspace_under, mask)``, each (B, C, H, W)) or a checkpoint path; it must take the data's
+    image type (C = 1 magnitude, 2 complex).
     metric_sets: keys of :data:`METRIC_SETS`: ``"paper"`` (rows ``{"model", "volume", "slice", "PSNR", "SSIM",
     "NMSE", "HFEN-LoG", "VIF"}``, one per slice), ``"fastmri"`` (rows ``{"model", "volume", "NMSE", "PSNR",
     "SSIM"}``, one per volume), ``"public-volume"`` (rows ``{"model", "volume", "NMSE", "PSNR", "SSIM", "HFN"}``).
@@ -309,7 +314,8 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
     # between layouts only by float rounding.
     memory_format = MEMORY_FORMATS[auto_layout(device, dataset.shape, amp, backward=False, batch=batch_size)]
     for name, model in models.items():
-        net = load_reconstructor(model, "--checkpoints") if isinstance(model, (str, Path)) else model
+        net = (load_reconstructor(model, "--checkpoints", dataset.image) if isinstance(model, (str, Path))
+               else model)
         nets[name] = net.to(device, memory_format=memory_format).eval()
     rows = {metric_set: {name: [] for name in [ZF_NAME, *nets]} for metric_set in metric_sets}
     empty_slices = empty_volumes = 0
@@ -428,7 +434,9 @@ def _main(args: argparse.Namespace) -> None:
     args.split = args.split or default_split(args.data_root, args.acc)
     dataset = build_dataset(args.data_root, args.split, [args.acc],
                             {args.acc: str(args.mask)} if args.mask else None)
-    loaded = [load_model(path, "--checkpoints") for path in args.checkpoints]  # read once: net, name, roles
+    args.data_kind = data_kind(dataset)
+    # Read once: net, name, roles; each must take the data's image type.
+    loaded = [load_model(path, "--checkpoints", dataset.image) for path in args.checkpoints]
     if names is None:
         names = default_names(args.checkpoints, [ckpt for _, ckpt in loaded])
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
@@ -496,7 +504,8 @@ def write_results(args: argparse.Namespace, names: list[str], rows: dict[str, li
                 "test_set": args.test_set or f"{Path(args.data_root).resolve().name}/{args.split}",
                 "data_root": str(args.data_root), "mask": str(args.mask) if args.mask else None,
                 "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)}, "roles": args.roles,
-                "trained_acc": args.trained_acc, "machine": machine(), "trained_on": args.trained_on})
+                "trained_acc": args.trained_acc, "machine": machine(), "trained_on": args.trained_on,
+                **args.data_kind})
     return stats
 
 

@@ -1,7 +1,8 @@
 """Train the student-friendly teacher (SFT): teacher T1..T5 jointly with the student branches S2..S5."""
 from __future__ import annotations
 
-from models.nets.registry import ModelName, capacity
+from data.fft import IMAGE_CHANNELS
+from models.nets.registry import ModelName, capacity, with_image_channels
 from models.distill.roles import BASE_MODELS, sft_kind
 from models.nets.sft import SFTNet
 from models.training.steps import SFTStep
@@ -29,8 +30,12 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--teacher-model {args.teacher_model} has {teacher.n_cascades} cascades but --student-model "
                         f"{args.student_model} {student.n_cascades}; SFT pairs them one to one: give --cascades")
     kind = sft_kind(args.imitation_weight)
-    train(args, lambda a: SFTStep(SFTNet(teacher, student), a.student_rec_weight, a.imitation_weight),
-          run_name=BASE_MODELS[kind][0],
+    # The image type (1 or 2 channels) is the data's, known once train() has opened it.
+    def step(a):
+        teacher_i, student_i = (with_image_channels(config, IMAGE_CHANNELS[a.image]) for config in (teacher, student))
+        return SFTStep(SFTNet(teacher_i, student_i), a.student_rec_weight, a.imitation_weight)
+
+    train(args, step, run_name=BASE_MODELS[kind][0],
           roles={"model": kind, "nets": {"teacher": capacity(teacher), "student": capacity(student)}})
 
 

@@ -57,7 +57,7 @@ def build_step(args) -> KDStep:
     # connectors below are the same draw in every arm of one seed, whatever teacher and init it loads.
     with torch.random.fork_rng(devices=[]):
         # A standard teacher as is, the teacher of an SFT checkpoint (detected from its architecture).
-        teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint")
+        teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint", args.image)
         init = load_init(args)
     student = build_student(args, init)
     try:

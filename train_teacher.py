@@ -1,7 +1,8 @@
 """Train the standard D5C5 teacher or the D3C5 student alone with L1 (the paper's Teacher and Student rows)."""
 from __future__ import annotations
 
-from models.nets.registry import ModelName, capacity
+from data.fft import IMAGE_CHANNELS
+from models.nets.registry import ModelName, capacity, with_image_channels
 from models.training.steps import ReconStep
 from models.training.flags import add_arch_args, arch_config, common_parser, parse_args
 from models.training.loop import train
@@ -16,8 +17,9 @@ def main(argv: list[str] | None = None) -> None:
     add_arch_args(parser)
     args = parse_args(parser, argv)
     config = arch_config(args.model, args)
-    train(args, lambda a: ReconStep(config.build()), run_name=args.model,
-          roles={"model": args.model, "nets": {args.model: capacity(config)}})
+    # The image type (1 or 2 channels) is the data's, known once train() has opened it.
+    train(args, lambda a: ReconStep(with_image_channels(config, IMAGE_CHANNELS[a.image]).build()),
+          run_name=args.model, roles={"model": args.model, "nets": {args.model: capacity(config)}})
 
 
 if __name__ == "__main__":

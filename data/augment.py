@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.dataset import Sample
-from data.fft import fft2, zero_filled
+from data.fft import image_kspace, zero_filled
 
 # Scaling by at most 10 % either way: metrics use each slice's own maximum, so this changes what the
 # network sees, not what it is scored on.
@@ -28,8 +28,8 @@ INTENSITY_RANGE = (0.9, 1.1)
 def augment_target(target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """One random pose and intensity of a fully sampled image.
 
-    target: (1, H, W) float32. Returns (1, H, W) float32 (a new tensor). Rotations by 90 / 270 degrees
-    are drawn only when H == W, so the shape never changes.
+    target: (C, H, W) float32 (C = 1 magnitude, 2 real and imaginary). Returns (C, H, W) float32 (a new
+    tensor). Rotations by 90 / 270 degrees are drawn only when H == W, so the shape never changes.
     """
     out = target
     if rng.random() < 0.5:
@@ -45,11 +45,13 @@ def augment_target(target: torch.Tensor, rng: np.random.Generator) -> torch.Tens
 def undersample(target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Retrospective undersampling under the project's FFT convention.
 
-    target: (1, H, W) float32; mask: (1, H, W) float32 {0, 1}. Returns ``(kspace_under, zero_filled)``:
-    (1, H, W) complex64 ``mask * fft2(target)`` and (1, H, W) float32 ``|ifft2(kspace_under)|``.
+    target: (C, H, W) float32 (C = 1 or 2); mask: (1, H, W) float32 {0, 1}. Returns ``(kspace_under,
+    zero_filled)``: (1, H, W) complex64 ``mask * fft2(target)`` and the (C, H, W) float32 zero-filled image
+    (data/fft.py's :func:`~data.fft.zero_filled`).
     """
-    kspace = fft2(target) * mask
-    return kspace, zero_filled(kspace)
+    channels = target.shape[-3]
+    kspace = image_kspace(target) * mask
+    return kspace, zero_filled(kspace, channels)
 
 
 class AugmentedSlices(Dataset):

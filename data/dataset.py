@@ -3,6 +3,11 @@
 The layout is data/layout.py's (``{root}/{split}/acc_{acc}/*.h5`` with ``volfs``, ``img_volus_{acc}`` and
 ``kspace_volus_{acc}``); the mask is ``{root}/mask_{acc}.npy`` (H, W) unless a path is given.
 Any float / complex dtype is accepted (other tools write float64 / complex128) and converted per slice.
+
+Image type. A data set whose ``volfs`` (and ``img_volus``) are real holds magnitude images, served as one
+channel; one whose ``volfs`` are complex (data/prepare.py's ``--image complex`` and ``--synthetic-phase``)
+holds complex images, served as two channels (real, imaginary; data/fft.py). Where the k-space came from is
+the files' ``kspace_source`` attribute; files without it (the original data) are magnitude-derived.
 """
 from __future__ import annotations
 
@@ -15,15 +20,22 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from data.fft import IMAGE_CHANNELS, to_channels
 from data.layout import acc_folder, keys_for, mask_name
 from data.masks import load_mask, parse_acc
 from utils import UserError, first_line
 
 
+# The kspace_source of data whose k-space was computed from real magnitude images (the paper's protocol):
+# Hermitian-symmetric, unlike acquired k-space (Shimron et al., PNAS 2022).
+SYNTHETIC_FROM_MAGNITUDE = "synthetic from magnitude"
+KSPACE_SOURCE_ATTR = "kspace_source"
+
+
 class ReconInputs(NamedTuple):
-    """What every network reads from a :class:`Sample`: ``zero_filled`` (B, 1, H, W) float32 image,
-    ``kspace_under`` (B, 1, H, W) complex64 undersampled k-space and ``mask`` (B, 1, H, W) float32 of {0, 1}.
-    Call a network as ``model(*batch.inputs)``."""
+    """What every network reads from a :class:`Sample`: ``zero_filled`` (B, C, H, W) float32 image (C = 1
+    magnitude, 2 real and imaginary), ``kspace_under`` (B, 1, H, W) complex64 undersampled k-space and ``mask``
+    (B, 1, H, W) float32 of {0, 1}. Call a network as ``model(*batch.inputs)``."""
 
     zero_filled: torch.Tensor
     kspace_under: torch.Tensor
@@ -34,9 +46,10 @@ class Sample(NamedTuple):
     """One slice of a :class:`SliceDataset`, or a batch of them: the DataLoader's default collate stacks each
     field and keeps the type (tensors gain a leading batch dimension B, strings become lists, ints a tensor).
 
-    zero_filled: (1, H, W) float32 image ``|F^-1(y)|``; kspace_under: (1, H, W) complex64 undersampled k-space
-    ``y``; target: (1, H, W) float32 fully sampled image; mask: (1, H, W) float32 of {0, 1}; fname: the file's
-    name; slice: the slice's index in its file; acc: its acceleration (``"4x"``). In a batch: (B, 1, H, W),
+    zero_filled: (C, H, W) float32 image, ``|F^-1(y)|`` (C = 1, magnitude data) or ``F^-1(y)`` as (real,
+    imaginary) (C = 2, complex data; data/fft.py); kspace_under: (1, H, W) complex64 undersampled k-space
+    ``y``; target: (C, H, W) float32 fully sampled image; mask: (1, H, W) float32 of {0, 1}; fname: the file's
+    name; slice: the slice's index in its file; acc: its acceleration (``"4x"``). In a batch: (B, C, H, W),
     a tuple of B names, a (B,) int64 tensor and a tuple of B accelerations."""
 
     zero_filled: torch.Tensor
@@ -86,8 +99,9 @@ def check_stored(path: Path, ds: h5py.Dataset) -> None:
 class SliceDataset(Dataset):
     """2-D slices of one split and one acceleration.
 
-    Each item is a dict with ``zero_filled`` (1, H, W) float32, ``kspace_under`` (1, H, W) complex64,
-    ``target`` (1, H, W) float32, ``mask`` (1, H, W) float32, ``fname`` (str, the file's name),
+    Each item is a dict with ``zero_filled`` (C, H, W) float32, ``kspace_under`` (1, H, W) complex64,
+    ``target`` (C, H, W) float32, ``mask`` (1, H, W) float32 (C = :attr:`channels`: 1 for magnitude data, 2
+    (real, imaginary) for complex data), ``fname`` (str, the file's name),
     ``slice`` (int) and ``acc`` (str).
 
     The (file, slice) index is built once here; HDF5 files are opened lazily in whichever process reads
@@ -117,15 +131,21 @@ class SliceDataset(Dataset):
             raise UserError(f"no .h5 files in {folder} (acceleration {acc}); check --acc or prepare the "
                             "data with data/prepare.py")
         self.samples: list[tuple[int, int]] = []
-        shape = None
+        shape = kinds = None
         for file_idx, path in enumerate(self.files):
-            n_slices, file_shape = self._inspect(path)
+            n_slices, file_shape, file_kinds = self._inspect(path)
             if shape is not None and file_shape != shape:
                 raise UserError(f"{path} has {file_shape[0]}x{file_shape[1]} slices but "
                                 f"{self.files[0].name} has {shape[0]}x{shape[1]}; one size per data set")
-            shape = file_shape
+            if kinds is not None and file_kinds != kinds:
+                raise UserError(f"{path} holds {file_kinds[0]} images (k-space: {file_kinds[1]}) but "
+                                f"{self.files[0].name} {kinds[0]} images (k-space: {kinds[1]}); one image type "
+                                "per data set: prepare them together")
+            shape, kinds = file_shape, file_kinds
             self.samples.extend((file_idx, s) for s in range(n_slices))
         self.shape = shape
+        # "magnitude" or "complex" (data/fft.py), and where the k-space came from.
+        self.image, self.kspace_source = kinds
         mask_file = Path(mask_path) if mask_path is not None else self.root / mask_name(acc)
         mask = load_mask(mask_file, shape)
         self._check_mask_fits(mask, mask_file)
@@ -140,10 +160,20 @@ class SliceDataset(Dataset):
         """Read every slice now (checking all for NaN/Inf) and serve items from memory from then on."""
         self._cache = [self._read_volume(i) for i in range(len(self.files))]
 
-    def _inspect(self, path: Path) -> tuple[int, tuple[int, int]]:
-        """Check keys, dtypes and shapes of one file; return its slice count and (H, W)."""
+    @property
+    def channels(self) -> int:
+        """Image channels of the items: 1 (magnitude) or 2 (real, imaginary)."""
+        return IMAGE_CHANNELS[self.image]
+
+    def _inspect(self, path: Path) -> tuple[int, tuple[int, int], tuple[str, str]]:
+        """Check keys, dtypes and shapes of one file; return its slice count, (H, W) and (image type, k-space
+        source)."""
         with _open_h5(path) as f:
             shapes = []
+            target = f.get(self.keys[0])
+            complex_image = isinstance(target, h5py.Dataset) and target.dtype.kind == "c"
+            source = f.attrs.get(KSPACE_SOURCE_ATTR, SYNTHETIC_FROM_MAGNITUDE)
+            source = source.decode(errors="replace") if isinstance(source, bytes) else str(source)
             for key in self.keys:
                 if key not in f:
                     raise UserError(f"{path} has no dataset '{key}' (found: {', '.join(sorted(f.keys()))}); "
@@ -152,11 +182,13 @@ class SliceDataset(Dataset):
                 if not isinstance(ds, h5py.Dataset):
                     raise UserError(f"{path}: '{key}' is an HDF5 group, not a dataset; expected an (H, W, S) "
                                     "array (re-run data/prepare.py)")
-                want_complex = key.startswith("kspace")
+                # A complex data set holds complex images and zero-filled images; k-space is always complex.
+                want_complex = key.startswith("kspace") or complex_image
                 kind = ds.dtype.kind
                 if (want_complex and kind != "c") or (not want_complex and kind not in "fiu"):
                     raise UserError(f"{path}: dataset '{key}' has dtype {ds.dtype}; expected "
-                                    f"{'complex' if want_complex else 'real float'} values")
+                                    f"{'complex' if want_complex else 'real float'} values"
+                                    f"{' (its ' + self.keys[0] + ' is complex)' if complex_image else ''}")
                 check_stored(path, ds)
                 shapes.append(tuple(ds.shape))
         if len(set(shapes)) != 1:
@@ -167,7 +199,7 @@ class SliceDataset(Dataset):
             shape = (*shape, 1)
         if len(shape) != 3 or min(shape) < 1:
             raise UserError(f"{path}: datasets have shape {shapes[0]}; expected (H, W, S)")
-        return shape[2], (shape[0], shape[1])
+        return shape[2], (shape[0], shape[1]), ("complex" if complex_image else "magnitude", source)
 
     def _check_mask_fits(self, mask: np.ndarray, mask_file: Path, n_files: int = 3) -> None:
         """The stored k-space must be zero wherever ``mask`` (H, W) is: a mask the files were not made with
@@ -201,7 +233,8 @@ class SliceDataset(Dataset):
         f = self._handle(file_idx)
         target_key, zf_key, k_key = self.keys
         arrays = {}
-        for name, key, dtype in (("target", target_key, np.float32), ("zero_filled", zf_key, np.float32),
+        image_dtype = np.complex64 if self.image == "complex" else np.float32
+        for name, key, dtype in (("target", target_key, image_dtype), ("zero_filled", zf_key, image_dtype),
                                  ("kspace_under", k_key, np.complex64)):
             ds = f[key]
             try:
@@ -235,14 +268,16 @@ class SliceDataset(Dataset):
             arrays = {k: v[s] for k, v in self._cache[file_idx].items()}
         else:
             arrays = self._read(file_idx, s)
-        return Sample(zero_filled=torch.from_numpy(np.array(arrays["zero_filled"]))[None],
-                      kspace_under=torch.from_numpy(np.array(arrays["kspace_under"]))[None],
-                      target=torch.from_numpy(np.array(arrays["target"]))[None],
-                      mask=self.mask, fname=self.files[file_idx].name, slice=s, acc=self.acc)
+        zf, target = (torch.from_numpy(np.array(arrays[key]))[None] for key in ("zero_filled", "target"))
+        if self.image == "complex":
+            zf, target = to_channels(zf), to_channels(target)
+        return Sample(zero_filled=zf, kspace_under=torch.from_numpy(np.array(arrays["kspace_under"]))[None],
+                      target=target, mask=self.mask, fname=self.files[file_idx].name, slice=s, acc=self.acc)
 
     def nbytes(self) -> int:
-        """Bytes that :attr:`preload` would hold (float32 + float32 + complex64 per pixel)."""
-        return len(self.samples) * self.shape[0] * self.shape[1] * 16
+        """Bytes that :attr:`preload` would hold (float32 + float32 + complex64 per pixel; complex images: three
+        complex64)."""
+        return len(self.samples) * self.shape[0] * self.shape[1] * (16 if self.image == "magnitude" else 24)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -270,3 +305,12 @@ def build_dataset(root: str | Path, split: str, accs: list[str], mask_paths: dic
             part.load_into_memory()
         parts.append(part)
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def data_kind(dataset: Dataset) -> dict[str, str]:
+    """``{"image": "magnitude" | "complex", "kspace": where it came from}`` of a :func:`build_dataset` result
+    (or a wrapper of one with a ``base``), as config.json, checkpoints and summary.json record it."""
+    while not isinstance(dataset, (SliceDataset, ConcatDataset)):
+        dataset = dataset.base
+    parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+    return {"image": parts[0].image, "kspace": parts[0].kspace_source}

@@ -9,9 +9,18 @@ where present; and an ``ismrmrd_header``, which is not needed here.
 The challenge scores single-coil submissions against ESC and multi-coil ones against RSS, so that is the fully
 sampled image this project takes: a single-coil file must hold ``reconstruction_esc`` (it usually holds RSS
 too), a multi-coil file ``reconstruction_rss``. Test-set files ship without references and are refused.
-``kspace`` is read for its shape only (how many coils): the raw k-space is never reconstructed here, the
-magnitude reference is undersampled again by data/prepare.py (retrospective undersampling, the paper's
-protocol).
+
+Two ways to use a file (data/prepare.py's ``--image``):
+
+- ``magnitude`` (default, the paper's protocol): ``kspace`` is read for its shape only (how many coils); the
+  magnitude reference is undersampled again by data/prepare.py, so its k-space is synthetic from magnitude.
+- ``complex``, single-coil files only: :meth:`FastmriVolume.complex_slices` forms the complex image from the
+  file's ``kspace`` with fastMRI's conventions (fastmri/data/transforms.py and fftc.py): ``ifft2c`` of the
+  centred k-space (orthonormal), then ``complex_center_crop`` to the output size (fastMRI's 320 x 320; the
+  start of the crop is ``(extent - size) // 2`` on each axis, which drops the readout oversampling), scaled by
+  ``1 / max |image|`` per volume (recorded as the ``scale`` attribute). Its magnitude is then
+  ``scale * reconstruction_esc``. A multi-coil file would need coil sensitivities to combine its coils into
+  one complex image, which the file does not hold: it is refused.
 """
 from __future__ import annotations
 
@@ -20,8 +29,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from data.dataset import check_stored
+from data.fft import ifft2c
 from utils import UserError, clean_text, first_line
 
 # kspace dimensions -> the reference the fastMRI challenge scores that kind of data against.
@@ -50,6 +61,35 @@ class FastmriVolume:
         """The reference as (H, W, S) float32 (stored as (S, H, W)), read from the file at each access."""
         with h5py.File(self.path, "r") as f:
             return np.moveaxis(f[self.reference][()], 0, -1)
+
+    def complex_slices(self, size: int) -> tuple[np.ndarray, float]:
+        """The complex image of a single-coil file, fastMRI's way (see the module docstring): ``(slices, scale)``
+        with slices (size, size, S) complex128 = scale * complex_center_crop(ifft2c(kspace)) and scale the
+        float ``1 / max |image|`` over the volume (1.0 for an all-zero volume)."""
+        if self.coils != 1:
+            raise FastmriError(multi_coil_message(self.path, self.coils))
+        with h5py.File(self.path, "r") as f:
+            check_stored(self.path, f["kspace"])
+            kspace = f["kspace"][()]  # (S, H, W) complex64, DC in the middle
+        if kspace.dtype.kind != "c":
+            raise FastmriError(f"{self.path}: 'kspace' has dtype {kspace.dtype}, not complex; it is not raw k-space")
+        image = ifft2c(torch.from_numpy(kspace.astype(np.complex128))).numpy()
+        _, height, width = image.shape
+        if height < size or width < size:
+            raise FastmriError(f"{self.path}: its k-space gives {height} x {width} images, smaller than --size {size}; "
+                               "complex_center_crop only crops: pass a smaller --size")
+        top, left = (height - size) // 2, (width - size) // 2
+        cropped = np.moveaxis(image[:, top:top + size, left:left + size], 0, -1)
+        peak = float(np.abs(cropped).max())
+        scale = 1.0 / peak if peak > 0 else 1.0
+        return cropped * scale, scale
+
+
+def multi_coil_message(path: Path, coils: int) -> str:
+    """Why a multi-coil file cannot give a complex image here (one line)."""
+    return (f"{path} is multi-coil ({coils} coils): --image complex needs coil sensitivities to combine the coils "
+            "into one complex image, and the file holds none; prepare it without --image complex (its magnitude "
+            "reconstruction_rss) or use single-coil files")
 
 
 def _text(value) -> str | None:

@@ -2,8 +2,9 @@
 
 ``{root}/{split}/acc_{acc}/*.h5``, one file per volume, with datasets ``volfs`` (H, W, S) float (fully
 sampled), ``img_volus_{acc}`` (H, W, S) float (zero-filled) and ``kspace_volus_{acc}`` (H, W, S) complex
-(undersampled, unshifted); the mask of an acceleration is ``{root}/mask_{acc}.npy`` (H, W). Every reader and
-writer takes the names from here.
+(undersampled, unshifted); for complex images (data/fft.py) ``volfs`` and ``img_volus_{acc}`` are complex;
+the mask of an acceleration is ``{root}/mask_{acc}.npy`` (H, W). Every reader and writer takes the names
+from here.
 
 The writer needs only numpy, h5py and torch (no nibabel, which ``data/prepare.py`` needs for NIfTI), so tools
 that make their own volumes (``scripts/benchmark.py`` on a GPU machine without nibabel) write exactly the
@@ -18,7 +19,7 @@ import h5py
 import numpy as np
 import torch
 
-from data.fft import fft2, zero_filled
+from data.fft import fft2, ifft2, zero_filled
 
 # test/ is optional: data in the original two-split layout (the public code's) has none.
 SPLITS = ("train", "validation", "test")
@@ -44,15 +45,20 @@ def mask_name(acc: str) -> str:
 def undersample(volfs: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Undersampled k-space and zero-filled images of a volume for each acceleration.
 
-    volfs: (H, W, S) float32; masks: acc -> (H, W) float32 {0, 1}. Returns acc -> (``kspace`` (H, W, S)
-    complex64 = mask * fft2(volfs), ``zf`` (H, W, S) float32 = |ifft2(kspace)|), computed in double
-    precision from the stored values so the files satisfy these relations to float32 rounding.
+    volfs: (H, W, S) float32 (magnitude) or complex64 (complex images); masks: acc -> (H, W) float32 {0, 1}.
+    Returns acc -> (``kspace`` (H, W, S) complex64 = mask * fft2(volfs), ``zf`` (H, W, S) = |ifft2(kspace)|
+    float32, or ifft2(kspace) complex64 for complex images), computed in double precision from the stored
+    values so the files satisfy these relations to float32 rounding.
     """
-    full = fft2(torch.from_numpy(np.moveaxis(volfs, -1, 0).astype(np.float64)))
+    is_complex = np.iscomplexobj(volfs)
+    full = fft2(torch.from_numpy(np.moveaxis(volfs, -1, 0).astype(np.complex128 if is_complex else np.float64)))
     result = {}
     for acc, mask in masks.items():
         kspace = (full * torch.from_numpy(mask.astype(np.float64))).to(torch.complex64)
-        zf = zero_filled(kspace.to(torch.complex128)).to(torch.float32)
+        if is_complex:
+            zf = ifft2(kspace.to(torch.complex128)).to(torch.complex64)
+        else:
+            zf = zero_filled(kspace.to(torch.complex128)).to(torch.float32)
         result[acc] = (np.ascontiguousarray(np.moveaxis(kspace.numpy(), 0, -1)),
                        np.ascontiguousarray(np.moveaxis(zf.numpy(), 0, -1)))
     return result
@@ -60,7 +66,8 @@ def undersample(volfs: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, tu
 
 def write_volume(path: Path, volfs: np.ndarray, kspace: np.ndarray, zf: np.ndarray, acc: str,
                  attrs: dict[str, Any]) -> None:
-    """Write one volume file. volfs, zf: (H, W, S) float32; kspace: (H, W, S) complex64.
+    """Write one volume file. volfs, zf: (H, W, S) float32 (complex64 for complex images); kspace: (H, W, S)
+    complex64.
 
     Uncompressed for read speed, but chunked one slice per chunk: with S last, a contiguous layout would
     make reading one slice a strided gather over the whole dataset.

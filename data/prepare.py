@@ -28,6 +28,16 @@ trains and scores on every slice (``--min-foreground 0`` keeps every non-zero on
 volumes are mostly noise and many papers drop them: ``--slice-range 5 -5`` (any input) keeps
 ``range(S)[5:-5]`` of each volume.
 
+Image type. By default every image is a real magnitude and its k-space is synthesised from it (Hermitian-
+symmetric, unlike a scanner's; Shimron et al., PNAS 2022); the files record ``kspace_source`` =
+``synthetic from magnitude``. ``--image complex`` with single-coil ``--fastmri`` files takes each file's own
+``kspace`` instead: the complex image ``complex_center_crop(ifft2c(kspace))`` at --size (fastMRI's
+conventions, data/fastmri.py), scaled to max |x| = 1 per volume (attribute ``scale``), is the fully sampled
+reference; the masks are then applied to its (unshifted) k-space, whose columns are fastMRI's phase-encode
+direction. Multi-coil files are refused for it (no coil sensitivities). ``--synthetic-phase SEED`` gives
+``--input`` / ``--demo`` magnitudes a smooth random phase instead (data/README.md). Complex data sets store
+``volfs`` and ``img_volus_{acc}`` as complex64; networks trained on them take 2 channels (real, imaginary).
+
 Masks. ``--mask-kind public``: the public SFT-KD-Recon mask files (variable density, whole rows), only for
 240 x 240 and 150 x 150 slices at 4x and 5x; the default of ``--preset mrbrains`` / ``acdc`` at their own
 ``--size``. ``rows`` (default otherwise): whole rows, exactly ``floor(H / acc)``, a fixed low-frequency band
@@ -87,7 +97,9 @@ from tqdm import tqdm  # noqa: E402
 
 from data.layout import SPLITS, acc_folder, mask_name, undersample, write_volume  # noqa: E402
 from data.masks import MASK_KINDS, MaskError, acc_type, load_mask, make_mask, parse_acc, save_mask  # noqa: E402
-from data.slicing import fft_friendly, kept_slices, make_slices, window_slices  # noqa: E402
+from data.dataset import KSPACE_SOURCE_ATTR, SYNTHETIC_FROM_MAGNITUDE  # noqa: E402
+from data.fft import IMAGE_CHANNELS  # noqa: E402
+from data.slicing import fft_friendly, kept_slices, make_slices, synthetic_phase, window_slices  # noqa: E402
 from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, SOURCE_KINDS, Source,  # noqa: E402
                           SourceKind, check_unique_names, read_volumes)
 from data.split_check import check_split, slice_hashes  # noqa: E402
@@ -101,6 +113,8 @@ DEFAULT_CENTER_FRACTION = 0.08
 # Characters of subject ids printed per split: ACDC's 80 training patients fit, fastMRI's hundreds of
 # 64-character patient ids do not (split.json lists them all).
 SHOWN_SUBJECT_CHARS = 1000
+# The kspace_source of data/fastmri.py's complex images, formed from the files' own k-space.
+ACQUIRED_FASTMRI = "acquired (fastMRI single-coil kspace)"
 FASTMRI_NOTE = ("This is retrospective undersampling of the magnitude reference (the paper's protocol), not "
                 "reconstruction of the raw (multi-coil) k-space: numbers are not comparable with fastMRI leaderboard "
                 "entries that reconstruct raw k-space.")
@@ -162,6 +176,8 @@ class Options:
     test_only: bool = False
     split_file: str | Path | None = None
     allow_label_like: bool = False
+    image: str = "magnitude"
+    synthetic_phase: int | None = None
 
     @property
     def given(self) -> list[SourceKind]:
@@ -181,6 +197,7 @@ class Options:
     def resolved(self) -> Options:
         """These options checked, with the preset's defaults filled in and one centre fraction per acceleration."""
         self._check_sources()
+        self._check_image()
         self._check_slices()
         self._check_split()
         accs = tuple(self.accs)
@@ -222,6 +239,30 @@ class Options:
         if self.kind is FASTMRI and self.subject_regex is not None:
             raise UserError("--subject-regex does not apply to --fastmri: a file's subject is its patient_id "
                             "attribute (else its name); use --val-subjects or --split-file to fix the split")
+
+    def _check_image(self) -> None:
+        if self.image not in IMAGE_CHANNELS:
+            raise UserError(f"--image {self.image!r} is unknown; choose one of: {', '.join(IMAGE_CHANNELS)}")
+        if self.image == "complex" and self.kind is not FASTMRI:
+            raise UserError(f"--image complex takes the acquired k-space of --fastmri single-coil files, but "
+                            f"{self.kind.flag} gives magnitude images: give them a phase with --synthetic-phase SEED")
+        if self.image == "complex" and self.resize:
+            raise UserError("--resize resamples magnitude images; --image complex centre-crops the complex image "
+                            "(fastMRI's complex_center_crop) to --size: drop --resize")
+        if self.synthetic_phase is not None:
+            if self.kind is FASTMRI:
+                raise UserError("--synthetic-phase gives magnitude images (--input, --demo) a phase, but fastMRI "
+                                "files hold their acquired one: use --image complex (single-coil files)")
+            check_seed(self.synthetic_phase)
+
+    @property
+    def kspace_source(self) -> str:
+        """Where the written k-space comes from (the files' ``kspace_source`` attribute, see data/dataset.py)."""
+        if self.image == "complex":
+            return ACQUIRED_FASTMRI
+        if self.synthetic_phase is not None:
+            return f"{SYNTHETIC_FROM_MAGNITUDE} with a smooth random phase (--synthetic-phase {self.synthetic_phase})"
+        return SYNTHETIC_FROM_MAGNITUDE
 
     def _check_slices(self) -> None:
         if self.axis not in (0, 1, 2):
@@ -286,7 +327,10 @@ class Options:
 
 @dataclass
 class SliceRules:
-    """How a volume becomes slices (the slice flags), and how many slices each rule dropped."""
+    """How a volume becomes slices (the slice and image flags), and how many slices each rule dropped.
+
+    ``image``: ``"magnitude"`` or ``"complex"`` (fastMRI k-space, data/fastmri.py); ``phase_seed``: the
+    ``--synthetic-phase`` seed (None: magnitude images stay real); ``kspace_source``: what the files record."""
 
     axis: int
     size: int
@@ -296,19 +340,34 @@ class SliceRules:
     max_slices: int | None
     window: tuple[int, int] | None
     allow_label_like: bool
+    image: str = "magnitude"
+    phase_seed: int | None = None
+    kspace_source: str = SYNTHETIC_FROM_MAGNITUDE
     dropped: Counter = field(default_factory=Counter)  # "near-empty" / "outside --slice-range" -> slices
 
-    def frames(self, source: Source) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """``[(name, slices (N, N, S) float32, kept slice indices int64 (K,))]`` of one source."""
+    def frames(self, source: Source) -> list[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]]:
+        """``[(name, slices (N, N, S) float32 or complex64, kept slice indices int64 (K,), extra file
+        attributes)]`` of one source. Slices are kept by their magnitude."""
         frames = []
-        for name, volume in read_volumes(source, self.allow_label_like):
-            slices = make_slices(volume, self.axis, self.size, self.resize, self.pad_to)
+        for name, slices, attrs in self._volumes(source):
+            magnitudes = slices if np.isrealobj(slices) else np.abs(slices)
             window = window_slices(slices.shape[2], self.window)
-            kept = kept_slices(slices, self.min_foreground, self.max_slices, window)
+            kept = kept_slices(magnitudes, self.min_foreground, self.max_slices, window)
             self.dropped["outside --slice-range"] += slices.shape[2] - len(window)
             self.dropped["near-empty"] += len(window) - len(kept)
-            frames.append((name, slices, kept))
+            if self.phase_seed is not None:
+                slices = (slices * synthetic_phase(slices.shape, self.phase_seed, name)).astype(np.complex64)
+            frames.append((name, slices, kept, attrs))
         return frames
+
+    def _volumes(self, source: Source) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
+        """``[(name, slices (N, N, S), attributes)]``: float32 in [0, 1] (min-max scaled magnitude), or for
+        fastMRI k-space complex64 with ``|slices| <= 1`` and its ``scale`` attribute."""
+        if self.image == "complex":
+            slices, scale = source.image.complex_slices(self.size)
+            return [(source.name, slices.astype(np.complex64), {"scale": scale})]
+        return [(name, make_slices(volume, self.axis, self.size, self.resize, self.pad_to), {})
+                for name, volume in read_volumes(source, self.allow_label_like)]
 
 
 class Staging:
@@ -331,14 +390,17 @@ class Staging:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def write(self, source: Source, name: str, slices: np.ndarray, split: str, indices: np.ndarray) -> None:
-        """Write slices[:, :, indices] ((N, N, S) float32, indices int64 (K,)) as volume ``name`` of ``split``."""
+    def write(self, source: Source, name: str, slices: np.ndarray, split: str, indices: np.ndarray,
+              extra: dict[str, Any]) -> None:
+        """Write slices[:, :, indices] ((N, N, S) float32 or complex64, indices int64 (K,)) as volume ``name``
+        of ``split``, with the ``extra`` attributes of its frame."""
         if len(indices) == 0:
             return
         volfs = np.ascontiguousarray(slices[:, :, indices])
         attrs = {"source_file": source.label, "slice_axis": self.rules.axis,
                  "source_slices": indices.astype(np.int64), "subject": source.group,
-                 "slice_hashes": slice_hashes(volfs), **source.attrs}
+                 "slice_hashes": slice_hashes(volfs), KSPACE_SOURCE_ATTR: self.rules.kspace_source,
+                 **source.attrs, **extra}
         # h5py can crash the process on a full disk instead of raising: ask first (volfs, complex kspace, zf).
         check_free_space(self.stage, 4 * volfs.nbytes * len(self.masks))
         for acc, (kspace, zf) in undersample(volfs, self.masks).items():
@@ -351,21 +413,21 @@ class Staging:
         """Every volume of a subject goes whole to the subject's split."""
         for source in tqdm(sources, desc="volumes", unit="vol", disable=None):
             self.record[source.group]["sources"].append(source.label)
-            for name, slices, kept in self.rules.frames(source):
-                self.write(source, name, slices, assigned[source.group], kept)
+            for name, slices, kept, extra in self.rules.frames(source):
+                self.write(source, name, slices, assigned[source.group], kept, extra)
 
     def by_blocks(self, sources: list[Source], val_fraction: float, test_fraction: float) -> None:
         """One subject: contiguous blocks of slice positions per split (see :func:`block_split`)."""
         # Every volume gets the same slice positions per split (an ED frame and the cine frame it repeats then
         # land together), so the subject's frames are read first.
         frames = [(source, *frame) for source in sources for frame in self.rules.frames(source)]
-        positions = np.unique(np.concatenate([kept for *_, kept in frames]))
+        positions = np.unique(np.concatenate([kept for _, _, _, kept, _ in frames]))
         if len(positions):
             label = sources[0].label if len(sources) == 1 else f"subject {sources[0].group}"
             blocks = block_split(positions, val_fraction, label, test_fraction)
-            for source, name, slices, kept in frames:
+            for source, name, slices, kept, extra in frames:
                 for split in blocks:
-                    self.write(source, name, slices, split, np.intersect1d(kept, blocks[split]))
+                    self.write(source, name, slices, split, np.intersect1d(kept, blocks[split]), extra)
         for source in sources:
             self.record[source.group]["sources"].append(source.label)
 
@@ -508,11 +570,14 @@ def _prepare(opts: Options, start: float) -> dict[str, Any]:
         size = fft_friendly(max(extent for s in sources for i, extent in enumerate(s.shape[:3]) if i != opts.axis))
     masks = _masks(opts, size)
     rules = SliceRules(opts.axis, size, opts.resize, opts.pad_to, opts.min_foreground, opts.max_slices_per_volume,
-                       None if opts.slice_range is None else tuple(opts.slice_range), opts.allow_label_like)
+                       None if opts.slice_range is None else tuple(opts.slice_range), opts.allow_label_like,
+                       opts.image, opts.synthetic_phase, opts.kspace_source)
     with staged_output(opts.out, opts.overwrite) as stage:
         written = _fill_stage(stage, opts, sources, assigned, masks, rules)
     references = Counter(s.attrs["reference"] for s in sources if "reference" in s.attrs)
-    return {"out": str(opts.out), "size": size, "accs": list(opts.accs), "mask_kind": opts.mask_kind, **written,
+    return {"out": str(opts.out), "size": size, "accs": list(opts.accs), "mask_kind": opts.mask_kind,
+            "image": "complex" if opts.synthetic_phase is not None else opts.image, "kspace": opts.kspace_source,
+            **written,
             "per_file_subjects": sorted({s.group for s in sources if s.found_by == "file"}),
             "skipped_files": [str(p) for p in skipped_files], "skipped_acquisitions": skipped_acquisitions,
             "fastmri_references": dict(references), "elapsed_s": time.perf_counter() - start}
@@ -543,6 +608,19 @@ def _add_input_flags(parser: CliParser) -> None:
     g.add_argument("--allow-label-like", action="store_true",
                    help=f"accept volumes with at most {LABEL_LIKE_VALUES} distinct values (refused by default "
                         "as label maps)")
+
+
+def _add_image_flags(parser: CliParser) -> None:
+    g = parser.add_argument_group("image type")
+    g.add_argument("--image", choices=tuple(IMAGE_CHANNELS), default="magnitude",
+                   help="magnitude (default, the paper's protocol): real images, k-space synthesised from them; "
+                        "complex: with --fastmri single-coil files, the complex image of the file's kspace "
+                        "(fastMRI's ifft2c and complex_center_crop to --size, scaled to max |x| = 1), networks "
+                        "get 2 channels (real, imaginary)")
+    g.add_argument("--synthetic-phase", type=seed_type, default=None, metavar="SEED",
+                   help="--input / --demo: multiply each magnitude slice by a smooth random phase (a degree-2 "
+                        "polynomial drawn from SEED, the volume and the slice; data/README.md), so the k-space "
+                        "is not Hermitian-symmetric; the images become complex (2 channels)")
 
 
 def _add_split_flags(parser: CliParser) -> None:
@@ -636,7 +714,12 @@ def _report(summary: dict[str, Any], preset: str | None) -> None:
     if summary["skipped_acquisitions"]:
         left_out = ", ".join(f"{n} {acq}" for acq, n in sorted(summary["skipped_acquisitions"].items()))
         print(f"skipped {sum(summary['skipped_acquisitions'].values())} fastMRI file(s) by --acquisition: {left_out}")
-    if summary["fastmri_references"]:
+    if summary["fastmri_references"] and summary["image"] == "complex":
+        n_files = sum(summary["fastmri_references"].values())
+        print(f"fastMRI: the kspace of {n_files} single-coil file(s) made into complex images (ifft2c, "
+              f"complex_center_crop to {summary['size']} x {summary['size']}, each volume scaled to max |x| = 1, "
+              "its 'scale' attribute); their magnitude is scale * reconstruction_esc")
+    elif summary["fastmri_references"]:
         used = ", ".join(f"{name} of {n} file(s)" for name, n in sorted(summary["fastmri_references"].items()))
         print(f"fastMRI: {used} taken as the fully sampled images. {FASTMRI_NOTE}")
     print(summary["subjects_found"])
@@ -662,14 +745,15 @@ def _report(summary: dict[str, Any], preset: str | None) -> None:
     counts = "; ".join(f"{split}: {len(summary[f'{split}_volumes'])} volumes, {summary[f'{split}_slices']} slices"
                        for split in SPLITS if summary[f"{split}_volumes"])
     print(f"{counts} (split by {summary['split']}; {summary['skipped_slices']} near-empty slices skipped{outside}; leak "
-          f"check passed); {size}x{size}, {summary['mask_kind']} masks, acc {' '.join(summary['accs'])} -> "
+          f"check passed); {size}x{size} {summary['image']} images (k-space: {summary['kspace']}), "
+          f"{summary['mask_kind']} masks, acc {' '.join(summary['accs'])} -> "
           f"{summary['out']} (split.json) in {summary['elapsed_s']:.1f} s")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = CliParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    for add_flags in (_add_input_flags, _add_split_flags, _add_slice_flags, _add_output_flags):
+    for add_flags in (_add_input_flags, _add_image_flags, _add_split_flags, _add_slice_flags, _add_output_flags):
         add_flags(parser)
     args = parser.parse_args(argv)
     summary = prepare(**{option.name: getattr(args, option.name) for option in fields(Options)})

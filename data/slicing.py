@@ -2,6 +2,8 @@
 and which of those slices are kept."""
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 # A pixel counts as foreground above 5% of the volume maximum (1 after min-max scaling).
@@ -83,3 +85,23 @@ def kept_slices(slices: np.ndarray, min_foreground: float, max_slices: int | Non
         start = (len(kept) - max_slices) // 2
         kept = kept[start:start + max_slices]
     return kept
+
+
+def synthetic_phase(shape: tuple[int, int, int], seed: int, name: str, degree: int = 2) -> np.ndarray:
+    """Unit phasors ``exp(i phi)`` of a smooth random phase per slice (``--synthetic-phase``, data/README.md).
+
+    shape: (H, W, S). phi is a 2-D polynomial of total degree <= ``degree`` in x, y in [-1, 1] (the image's
+    corners), its coefficients drawn N(0, (pi / 2)^2), so the phase drifts by a few radians across a slice, a
+    smooth background phase as partial-Fourier methods model it. Slice s of volume ``name`` draws from
+    ``(seed, crc32(name), s)`` alone, so its phase does not depend on the split or the other volumes.
+    Returns (H, W, S) complex128.
+    """
+    height, width, n_slices = shape
+    y, x = np.meshgrid(np.linspace(-1.0, 1.0, height), np.linspace(-1.0, 1.0, width), indexing="ij")
+    monomials = np.stack([x ** i * y ** j for i in range(degree + 1) for j in range(degree + 1 - i)], axis=-1)
+    phasors = np.empty(shape, dtype=np.complex128)
+    for s in range(n_slices):
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode()), s])
+        coefficients = rng.normal(0.0, np.pi / 2, monomials.shape[-1])
+        phasors[:, :, s] = np.exp(1j * (monomials @ coefficients))
+    return phasors

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import nibabel as nib
 import numpy as np
 
-from data.fastmri import open_volume
+from data.fastmri import multi_coil_message, open_volume
 from utils import UserError, clean_text, first_line
 
 # Label maps: ACDC's *_gt, MRBrainS's LabelsForTraining / LabelsForTesting, and the usual names elsewhere.
@@ -273,17 +273,21 @@ def _present(path: Path) -> Path:
 
 def fastmri_sources(inputs: list[str | Path], include: tuple[str, ...] | list[str] | None = None,
                     exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE,
-                    acquisitions: list[str] | None = None) -> tuple[list[Source], list[Path], dict[str, int]]:
+                    acquisitions: list[str] | None = None, image: str = "magnitude"
+                    ) -> tuple[list[Source], list[Path], dict[str, int]]:
     """Open (headers only) every fastMRI ``.h5`` under ``inputs`` (see data/fastmri.py for what is read).
 
     A file's subject is its ``patient_id`` attribute, else its file name; its output volume is named after the
     file. Files whose ``acquisition`` attribute is not in ``acquisitions`` (None: keep all) are left out.
+    ``image="complex"`` (its k-space made into complex images) refuses multi-coil files.
     Returns the sources, the files skipped by name, and ``{acquisition: files left out}``.
     """
     files, skipped = find_files(inputs, include, exclude, FASTMRI)
     sources, left_out = [], Counter()
     for file in files:
         volume = open_volume(_present(file.path))
+        if image == "complex" and volume.coils != 1:
+            raise UserError(multi_coil_message(volume.path, volume.coils))
         if acquisitions is not None and volume.acquisition not in acquisitions:
             left_out[volume.acquisition or "(none)"] += 1
             continue
@@ -317,8 +321,10 @@ FASTMRI = SourceKind(
     ((("--fastmri",), {"nargs": "+", "metavar": "PATH",
                        "help": "fastMRI .h5 files as downloaded, or folders searched recursively: the reference "
                                "image (reconstruction_esc single-coil, reconstruction_rss multi-coil) is the fully "
-                               "sampled image, undersampled again here (not raw k-space reconstruction)"}),),
-    lambda options: fastmri_sources(options.fastmri, options.include, options.exclude, options.acquisitions))
+                               "sampled image, undersampled again here (not raw k-space reconstruction); with "
+                               "--image complex, single-coil files' kspace gives the complex image instead"}),),
+    lambda options: fastmri_sources(options.fastmri, options.include, options.exclude, options.acquisitions,
+                                    options.image))
 DEMO = SourceKind(
     "--demo", "demo", "--demo (MNI152 template)", (), "demo",
     ((("--demo",), {"action": "store_true",

@@ -76,9 +76,9 @@ TINY = {"size": 16, "slices": 8, "val_slices": 4, "repeats": 1}
 STARTUP_IMPORTS = ("import train_sft, train_student_kd, torch._dynamo, torch.utils.tensorboard; "
                    "from skimage.metrics import structural_similarity")
 CHECK_PROCESS_FLAGS = ["--amp", "--num-workers", "4", "--preload", "no"]
-# Limits (seconds) of the check's waits, each far above what it takes on an H100 (tests ~40 s, a process
-# ~15 s, a step cell a few s), so only a hang or a failure reaches them. --time-limit bounds the whole check
-# below the 10-minute command limit of a borrowed GPU machine, so the table is printed before anything kills it.
+# Limits (seconds) of the check's waits, each far above what its part takes on a data-centre GPU, so only a hang
+# or a failure reaches them. --time-limit bounds the whole check below a 10-minute limit on one command (as
+# shared GPU machines set), so the table is printed before anything kills it.
 LIMITS = {"tests": 300, "process": 180, "cell": {"cuda": 120, "cpu": 1800}, "check": 540}
 SIGINT_WAIT_S = 60  # from SIGINT to the interrupted run's exit (it saves model.pt first)
 PART_GRACE_S = 10  # a part's own --time-limit is this much below the one it is killed at, to write its report
@@ -887,7 +887,7 @@ def build_parser() -> CliParser:
                    help="only the in-process step benchmarks (and, with --check, the tests)")
     p.add_argument("--time-limit", type=float, default=None,
                    help=f"seconds for the whole run, which every limit below is cut to; default {LIMITS['check']} "
-                        "with --check (inside a borrowed GPU machine's 10-minute command limit), else none")
+                        "with --check (inside a 10-minute limit on one command), else none")
     p.add_argument("--tests-timeout", type=float, default=LIMITS["tests"], help="seconds for tests/test_cuda.py")
     p.add_argument("--process-timeout", type=float, default=LIMITS["process"],
                    help="seconds for each training process (and for the wait for the interrupted run's model.pt)")

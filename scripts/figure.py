@@ -40,15 +40,21 @@ from utils import (CliParser, UserError, atomic_write, first_line, old_spellings
                    run_cli)
 
 
+def _magnitude(values: np.ndarray) -> np.ndarray:
+    """float64 values of a real image as they are, the magnitude of a complex one."""
+    return np.abs(values) if np.iscomplexobj(values) else np.asarray(values, dtype=np.float64)
+
+
 def read_volume(path: Path, acc: str) -> tuple[np.ndarray, np.ndarray]:
-    """Target and ZF images of one data file, each (S, H, W) float64 (the file stores (H, W, S))."""
+    """Target and ZF images of one data file, each (S, H, W) float64 (the file stores (H, W, S)); complex images
+    are shown as their magnitude, which evaluate.py scores and saves."""
     target_key, zf_key, _ = keys_for(acc)
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in (target_key, zf_key) if k not in f]
             if missing:
                 raise UserError(f"{path} has no dataset {missing[0]!r}; is it prepared for --acc {acc}?")
-            target, zero_filled = (np.asarray(f[k][()], dtype=np.float64) for k in (target_key, zf_key))
+            target, zero_filled = (_magnitude(f[k][()]) for k in (target_key, zf_key))
     except OSError as exc:
         raise UserError(f"{path} is not a readable HDF5 file ({first_line(exc, 100)})") from exc
     if target.ndim == 2:

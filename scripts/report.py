@@ -39,6 +39,8 @@ Std-KD, ...) with the per-slice Wilcoxon p, the difference per seed and a paired
 several seeds a per-seed table follows. Folders evaluated with ``evaluate.py --metrics all`` add last tables
 of fastMRI's volume-wise NMSE, PSNR and SSIM and of the public SFT-KD-Recon ``evaluate.py``'s NMSE, PSNR, SSIM
 and HFN (mean ± std over volumes, per folder and model, to ``table.md`` only). ``--plot FILE.png`` draws PSNR and SSIM per model with error bars.
+Under the tables, ``table.md`` says what the data were: ``summary.json``'s ``kspace`` and ``image`` (e.g.
+``k-space: synthetic from magnitude (magnitude images)``), one line per kind when the folders differ.
 """
 from __future__ import annotations
 
@@ -262,8 +264,9 @@ def format_p(p: float) -> str:
     return "n/a" if not np.isfinite(p) else f"{p:.3g}"
 
 
-def build_report(table: dict) -> tuple[str, list[dict]]:
-    """The Markdown text (table, Wilcoxon table, gap lines) and the CSV rows of a :func:`collect` table."""
+def build_report(table: dict, notes: list[str] = ()) -> tuple[str, list[dict]]:
+    """The Markdown text (table, ``notes`` lines under it, Wilcoxon table, gap lines) and the CSV rows of a
+    :func:`collect` table."""
     accs = table_columns(table)
     rows = row_order(table)
     header = ["Method", *(f"{metric} {acc}" for acc in accs for metric in table_metrics())]
@@ -290,6 +293,7 @@ def build_report(table: dict) -> tuple[str, list[dict]]:
     md.append("Cells: mean ± std over slices (population std)." + (
         f" {SEED_MARK} several seeds: mean ± sample std (ddof 1) over seeds of each seed's mean over slices."
         if any_seeds else ""))
+    md += notes
     md += wilcoxon_table(table, accs)
     md += comparison_table(table, accs)
     md += per_seed_table(table, accs)
@@ -520,6 +524,19 @@ def read_machine(path: Path) -> dict:
     return record
 
 
+def data_lines(folders: list[Path]) -> list[str]:
+    """What the scored data were, from each summary.json's ``image`` and ``kspace`` (evaluate.py): one line per
+    kind, naming the folders when they differ. Folders written before these entries add nothing (all data were
+    magnitude-derived then), so the committed study tables rebuild as they were."""
+    kinds: dict[str, list[str]] = {}
+    for folder in folders:
+        summary = json.loads((folder / "summary.json").read_text())
+        if "kspace" in summary:
+            kinds.setdefault(f"k-space: {summary['kspace']} ({summary.get('image')} images)", []).append(str(folder))
+    lines = list(kinds) if len(kinds) == 1 else [f"{kind}: {', '.join(names)}" for kind, names in kinds.items()]
+    return ["", *lines] if lines else []
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dirs", nargs="+", required=True, type=Path,
@@ -549,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(unknown))
     if not table:
         raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
-    markdown, csv_rows = build_report(table)
+    markdown, csv_rows = build_report(table, data_lines(args.eval_dirs))
     markdown = machine_line(args.eval_dirs, fallback) + "\n\n" + markdown
     found = []
     if args.contrasts:

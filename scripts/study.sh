@@ -19,8 +19,11 @@
 #   environment: SEEDS ("11 12 13 14 15"), KD_METHODS ("at imitation"), EPOCHS (40), SIZE (32), ACC (4x),
 #                STUDY_FLAGS (flags of every training run, "--lr-step-size 20"), TRAIN_FLAGS (more, e.g.
 #                "--device cuda"), PREPARE_FLAGS (flags of data/prepare.py --demo), JOBS (seeds trained at
-#                once, default: all of them, one thread each; JOBS=1 on a GPU), DOCS (docs/study),
+#                once, default: all of them, one thread each; JOBS=1 on a GPU), THREADS (per seed, default: the
+#                cores shared out over JOBS), DOCS (docs/study),
 #                COLIN27 (path of ch2bet.nii.gz, default /usr/share/mricron/templates/ch2bet.nii.gz),
+#                CONTROLS (1: the arms C and E too, the default; 0: teacher, student, SFT, A and B only, e.g.
+#                PREPARE_FLAGS="--synthetic-phase 7" DOCS=docs/synthetic-phase/phase for docs/synthetic-phase),
 #                STUDENT_FLAGS / TEACHER_FLAGS (e.g. "--width 8": the size of the student-side networks (the
 #                student, the SFT run's student side, every KD student) / of the teacher-side ones (the teacher,
 #                the SFT run's teacher side); --width N and --depth N, see scripts/train_all.sh)
@@ -46,6 +49,7 @@ JOBS=${JOBS:-${#seed_list[@]}}
 DOCS=${DOCS:-docs/study}
 COLIN27=${COLIN27:-/usr/share/mricron/templates/ch2bet.nii.gz}
 PYTHON=${PYTHON:-python}
+CONTROLS=${CONTROLS:-1}
 DATA="$RESULTS/data"
 COLIN_DATA="$RESULTS/data_colin27"
 start=$(date +%s)
@@ -62,10 +66,11 @@ report() {
         exit 2
     fi
     # The committed studies' checkpoints predate the machine record: DOCS/machine.json names their machine.
-    local machine=()
+    local machine=() contrasts=(--contrasts)
     [ -f "$DOCS/machine.json" ] && machine=(--machine "$DOCS/machine.json")
+    [ "$CONTROLS" = 1 ] || contrasts=()
     "$PYTHON" -m scripts.report --eval-dirs "${dirs[@]}" --out-dir "$DOCS" --overwrite --plot "$DOCS/study.png" \
-        --contrasts "${machine[@]}"
+        "${contrasts[@]}" "${machine[@]}"
 }
 if [ "${REPORT_ONLY:-0}" = 1 ]; then
     report
@@ -89,8 +94,11 @@ elif [ ! -f "$COLIN27" ]; then
 fi
 
 names=(teacher student sft)
+groups=(paper)
+[ "$CONTROLS" = 1 ] && groups+=(controls)
 for method in $KD_METHODS; do
-    mapfile -t -O "${#names[@]}" names < <("$PYTHON" -m models.distill.arms names --groups paper controls --method "$method")
+    mapfile -t -O "${#names[@]}" names < <("$PYTHON" -m models.distill.arms names --groups "${groups[@]}" \
+        --method "$method")
 done
 
 evaluate_seed() {  # evaluate_seed SEED: every model of the seed on each test set, into DOCS
@@ -117,7 +125,7 @@ train_seed() {  # all runs of one seed (output in RESULTS/seedN/train.log), then
     local seed=$1 seed_start
     seed_start=$(date +%s)
     mkdir -p "$RESULTS/seed$seed"
-    if RESULTS="$RESULTS/seed$seed" KD_METHODS="$KD_METHODS" CONTROLS=1 \
+    if RESULTS="$RESULTS/seed$seed" KD_METHODS="$KD_METHODS" CONTROLS="$CONTROLS" \
         TRAIN_FLAGS="--seed $seed --no-progress $STUDY_FLAGS ${TRAIN_FLAGS:-}" \
         bash scripts/train_all.sh "$DATA" "$ACC" "$EPOCHS" > "$RESULTS/seed$seed/train.log" 2>&1 \
         && evaluate_seed "$seed"; then
@@ -131,7 +139,7 @@ train_seed() {  # all runs of one seed (output in RESULTS/seedN/train.log), then
 
 # Seeds train side by side, JOBS at a time, the cores shared out: on a CPU several one-thread processes get
 # more done than one multi-thread process (small convolutions do not keep two threads busy).
-threads=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
+threads=${THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
 pids=() failed=0
 for seed in "${seed_list[@]}"; do
     if [ ${#pids[@]} -ge "$JOBS" ]; then

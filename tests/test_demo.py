@@ -31,6 +31,12 @@ def test_demo_writes_table_and_figure_and_refuses_to_overwrite(tmp_path):
     with open(out / "eval" / "metrics.csv") as f:
         models = {row["model"] for row in csv.DictReader(f)}
     assert models == {"ZF", "teacher", "student", "sft", "stdkd-at", "sftkd-at"}
+    # The demo's k-space is computed from magnitude images, and every record of the run says so.
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert (summary["image"], summary["kspace"]) == ("magnitude", "synthetic from magnitude")
+    config = json.loads((out / "runs" / "4x" / "teacher" / "config.json").read_text())
+    assert (config["image"], config["kspace"]) == ("magnitude", "synthetic from magnitude")
+    assert "k-space: synthetic from magnitude (magnitude images)" in table
     for run in ("teacher", "student", "sft", "stdkd-at", "sftkd-at"):
         assert list((out / "runs" / "4x" / run / "summary").glob("events.out.tfevents.*")), run
     assert "tensorboard --logdir" in result.stdout

@@ -260,3 +260,49 @@ def test_table_names_the_machines_that_trained_its_runs(eval_dirs, tmp_path):
         with pytest.raises(UserError, match=f"--machine .*{bad}: {message}"):
             main(["--eval-dirs", str(dirs[0]), "--out-dir", str(tmp_path / "r"), "--machine", str(tmp_path / bad)])
         assert not (tmp_path / "r").exists()
+
+
+def test_kspace_origin_is_printed_under_the_table(tmp_path):
+    rng = np.random.default_rng(3)
+    folders = [write_eval_dir(tmp_path / name, "4x", {"ZF": fake(rng, 30, 0.8), f"teacher-seed{i}": fake(rng, 35, 0.9)})
+               for i, name in enumerate(("a", "b"))]
+    main(["--eval-dirs", *map(str, folders), "--out-dir", str(tmp_path / "old")])
+    assert "k-space" not in (tmp_path / "old" / "table.md").read_text()  # written before the entry: nothing
+    for folder, kspace in zip(folders, ("synthetic from magnitude", "acquired (fastMRI single-coil kspace)")):
+        summary = json.loads((folder / "summary.json").read_text())
+        (folder / "summary.json").write_text(json.dumps({**summary, "image": "magnitude", "kspace": kspace}))
+    main(["--eval-dirs", str(folders[0]), "--out-dir", str(tmp_path / "one")])
+    table = (tmp_path / "one" / "table.md").read_text()
+    assert "\n\nk-space: synthetic from magnitude (magnitude images)\n" in table
+    assert table.index("Cells:") < table.index("k-space:")
+    main(["--eval-dirs", *map(str, folders), "--out-dir", str(tmp_path / "two")])
+    table = (tmp_path / "two" / "table.md").read_text()
+    assert f"k-space: synthetic from magnitude (magnitude images): {folders[0]}" in table
+    assert f"k-space: acquired (fastMRI single-coil kspace) (magnitude images): {folders[1]}" in table
+
+
+def test_phase_compare_pairs_the_settings_by_seed(tmp_path):
+    from scripts.phase_compare import main as compare
+    rng = np.random.default_rng(5)
+    means = {"magnitude": {"teacher": 32.0, "student": 31.0, "sft": 30.5, "stdkd-at": 31.5, "sftkd-at": 32.5},
+             "phase": {"teacher": 30.0, "student": 29.5, "sft": 29.0, "stdkd-at": 30.5, "sftkd-at": 30.0}}
+    written = {}
+    for setting, arms in means.items():
+        for seed in (11, 12, 13):
+            models = {"ZF": fake(rng, 25, 0.7), **{f"{arm}-seed{seed}": fake(rng, psnr + 0.1 * seed, 0.95)
+                                                    for arm, psnr in arms.items()}}
+            written[setting, seed] = models
+            write_eval_dir(tmp_path / setting / "mni152" / f"seed{seed}", "4x", models)
+    compare(["--magnitude", str(tmp_path / "magnitude"), "--phase", str(tmp_path / "phase"), "--out",
+             str(tmp_path / "out.md")])
+    text = (tmp_path / "out.md").read_text()
+    change = [np.mean(written["phase", s][f"sftkd-at-seed{s}"][0])
+              - np.mean(written["magnitude", s][f"sftkd-at-seed{s}"][0]) for s in (11, 12, 13)]
+    row = next(line for line in text.splitlines() if line.startswith("| SFT-KD-Recon (at) |"))
+    assert row.endswith(f"| {' '.join(f'{d:+.2f}' for d in change)} |")
+    assert f"{np.mean(change):+.2f} [" in row
+    ranking = [line for line in text.splitlines() if line.startswith("| phase | 12 |")][0]
+    assert ranking.index("Std-KD (at)") < ranking.index("SFT-KD-Recon (at)") < ranking.index("SFT teacher")
+    with pytest.raises(UserError, match="--out"):
+        compare(["--magnitude", str(tmp_path / "magnitude"), "--phase", str(tmp_path / "phase"), "--out",
+                 str(tmp_path / "out.md")])

@@ -6,7 +6,9 @@ A checkpoint is a dict of plain tensors and JSON-able values, loadable with
 - ``format``: ``"sftkd-v1"`` (checked on load: another version is a clear error); ``arch``: the network's
   config as JSON, ``{"kind": ..., its fields}`` (models/nets/registry.py builds it back; a network made of
   networks holds each part's arch dict under the part's field); ``model``: the state dict; ``run_name`` and
-  ``config`` (the run's flags and set-up).
+  ``config`` (the run's flags and set-up, with the data's ``image`` type, ``"magnitude"`` or ``"complex"``,
+  and ``kspace``, where its k-space came from, e.g. ``"synthetic from magnitude"``). A network for complex
+  images has ``image_channels`` 2 in its ``arch``; magnitude networks leave it out (it reads as 1).
 - ``best_model.pt`` adds ``epoch`` and ``val_metrics``.
 - ``model.pt`` (training state for ``--resume``) adds ``extra`` (other trainable parts of the step, e.g. a KD
   loss's regressors, kept apart from the student), ``optimizer``, ``scheduler``, ``epoch``,
@@ -19,7 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.nets.registry import FAMILIES, build_network, describe_arch, out_of_bounds, reconstructor
+from data.fft import IMAGE_CHANNELS, IMAGE_TYPES
+from models.nets.registry import (FAMILIES, build_network, describe_arch, image_channels_of, out_of_bounds,
+                                  reconstructor)
 from models.checkpoints.io import load_checkpoint
 from utils import UserError, first_line
 
@@ -89,10 +93,21 @@ def _check_declared_size(arch: dict, state, path, what: str) -> None:
                         f"{stored:,}; the file was edited or damaged")
 
 
-def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, dict]:
+def check_image(arch: dict, image: str, path, what: str) -> None:
+    """A :class:`UserError` when the network of ``arch`` takes another image type than the data's ``image``
+    (``"magnitude"``: 1 channel, ``"complex"``: 2; data/fft.py)."""
+    have, want = image_channels_of(arch), IMAGE_CHANNELS[image]
+    if have != want:
+        raise UserError(f"{what} {path} is a {have}-channel network for {IMAGE_TYPES.get(have, 'unknown')} images, "
+                        f"but the data hold {image} images ({want} channel(s)); pass a checkpoint trained on "
+                        f"{image} images, or the data of its own type")
+
+
+def load_model(path: str | Path, what: str = "checkpoint", image: str | None = None) -> tuple[nn.Module, dict]:
     """Model and checkpoint dict of a file this project wrote (``weights_only=True``).
 
-    ``what`` names the role in errors (e.g. ``"--teacher-checkpoint"``).
+    ``what`` names the role in errors (e.g. ``"--teacher-checkpoint"``); ``image`` (``"magnitude"`` or
+    ``"complex"``), when given, is the data's image type, which the network must take (:func:`check_image`).
     """
     ckpt = load_checkpoint(path, what)
     check_format(ckpt, path, what)
@@ -102,6 +117,8 @@ def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, d
         raise UserError(f"{what} {path}: unknown model kind {kind!r} in its 'arch' entry (expected "
                         f"{' or '.join(map(repr, FAMILIES))}); pass a checkpoint written by this project's "
                         "training scripts")
+    if image is not None:
+        check_image(arch, image, path, what)
     try:
         _check_declared_size(arch, ckpt["model"], path, what)
         model = build_model(arch)
@@ -123,6 +140,6 @@ def load_model(path: str | Path, what: str = "checkpoint") -> tuple[nn.Module, d
     return model, ckpt
 
 
-def load_reconstructor(path: str | Path, what: str = "checkpoint") -> nn.Module:
-    """:func:`reconstructor` of a checkpoint's network."""
-    return reconstructor(load_model(path, what)[0])
+def load_reconstructor(path: str | Path, what: str = "checkpoint", image: str | None = None) -> nn.Module:
+    """:func:`models.nets.registry.reconstructor` of a checkpoint's network (``image`` as in :func:`load_model`)."""
+    return reconstructor(load_model(path, what, image)[0])

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from data.fft import IMAGE_CHANNELS
 from models.checkpoints.format import describe_arch, load_model
-from models.nets.registry import PRESETS, configure, short_name
+from models.nets.registry import PRESETS, configure, short_name, with_image_channels
 from models.nets.sft import SFTNet, student_from_blocks
 from utils import UserError
 
@@ -35,8 +36,10 @@ def size_flags(args) -> dict:
 
 
 def chosen_student(args):
-    """The student network ``--student-model`` (default D3C5) with ``--cascades``, ``--depth``, ``--width``."""
-    return configure(PRESETS[args.student_model or "student"], size_flags(args))
+    """The student network ``--student-model`` (default D3C5) with ``--cascades``, ``--depth``, ``--width``, for
+    the data's image type (``args.image``, set by models/training.py from the data)."""
+    config = with_image_channels(PRESETS[args.student_model or "student"], IMAGE_CHANNELS[args.image])
+    return configure(config, size_flags(args))
 
 
 def _shape(config) -> dict:
@@ -44,9 +47,10 @@ def _shape(config) -> dict:
     return {k: v for k, v in config.to_dict().items() if k not in ("ref_padding", "residual")}
 
 
-def load_sft(path, what: str = "--init-from-sft") -> SFTNet:
-    """The SFT network of a train_sft.py checkpoint; anything else is a clear error."""
-    model, ckpt = load_model(path, what)
+def load_sft(path, what: str = "--init-from-sft", image: str | None = None) -> SFTNet:
+    """The SFT network of a train_sft.py checkpoint; anything else is a clear error (``image`` as in
+    models.checkpoints.format.load_model)."""
+    model, ckpt = load_model(path, what, image)
     if not isinstance(model, SFTNet):
         raise UserError(f"{what} {path} is a {describe_arch(ckpt['arch'])} checkpoint, but an SFT checkpoint is "
                         "required: pass best_model.pt of a train_sft.py run")
@@ -56,10 +60,10 @@ def load_sft(path, what: str = "--init-from-sft") -> SFTNet:
 def load_init(args) -> Init:
     """The ``--init-from-sft`` / ``--init-student`` source of S2..S5, or scratch."""
     if args.init_from_sft is not None:
-        return Init("sft-blocks", load_sft(args.init_from_sft, "--init-from-sft").student, "--init-from-sft",
-                    str(args.init_from_sft))
+        return Init("sft-blocks", load_sft(args.init_from_sft, "--init-from-sft", args.image).student,
+                    "--init-from-sft", str(args.init_from_sft))
     if args.init_student is not None:
-        model, ckpt = load_model(args.init_student, "--init-student")
+        model, ckpt = load_model(args.init_student, "--init-student", args.image)
         expected = chosen_student(args)
         if isinstance(model, SFTNet) or _shape(model.config) != _shape(expected):
             raise UserError(f"--init-student {args.init_student} is a {describe_arch(ckpt['arch'])} checkpoint, but a "

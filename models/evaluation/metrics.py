@@ -19,8 +19,8 @@ def psnr(target: np.ndarray, recon: np.ndarray) -> float:
     instead (:data:`PUBLIC_VOLUME_METRICS`), and which of the two made the paper's table is not stated.
     """
     # scikit-image's peak_signal_noise_ratio, step for step (its float type, its float64 mean), so the numbers are
-    # the same to the last bit (tests/test_metrics.py): importing it imports scipy.stats, which cost each training
-    # process ~1 s of start-up for the first validation.
+    # the same to the last bit (tests/test_metrics.py): importing it imports scipy.stats, a slow import that each
+    # training process would pay at its first validation.
     float_type = np.result_type(*[np.float32 if d == np.float16 else d if d.kind == "f" else np.float64
                                   for d in (target.dtype, recon.dtype)])
     err = np.mean((np.asarray(target, float_type) - np.asarray(recon, float_type)) ** 2, dtype=np.float64)

@@ -7,7 +7,7 @@ A second network family beside DC-CNN (models/nets/dccnn.py), registered in mode
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from data.fft import data_fidelity
-from models.nets.family import Family
+from models.nets.family import Family, arch_dict
 
 
 @dataclass(frozen=True)
@@ -24,15 +24,17 @@ class CascadedUNetConfig:
 
     levels: poolings of each U-Net (its depth); channels: width of the first level, doubled per level;
     residual: the U-Net refines its input (``x + U(x)`` before DF, VarNet's update) instead of replacing it.
+    image_channels: 1 for magnitude images, 2 for complex ones as (real, imaginary).
     """
     n_cascades: int = 5
     levels: int = 2
     channels: int = 8
     residual: bool = False
+    image_channels: int = 1
     kind: ClassVar[str] = "cascaded-unet"
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, **asdict(self)}
+        return arch_dict(self)
 
     def build(self) -> "CascadedUNet":
         return CascadedUNet(self)
@@ -71,23 +73,23 @@ def _upsample(c_in: int, c_out: int) -> nn.Sequential:
 class UNet(nn.Module):
     """fastMRI's U-Net (``fastmri/models/unet.py``) with ``levels`` average poolings, ``channels`` * 2**level
     channels per level, transposed-convolution upsampling, skip connections by concatenation, and a 1x1 output
-    convolution to one channel."""
+    convolution to the image's channels (1 magnitude, 2 real and imaginary)."""
 
-    def __init__(self, levels: int, channels: int):
+    def __init__(self, levels: int, channels: int, image_channels: int = 1):
         super().__init__()
         if levels < 1:
             raise ValueError("a U-Net needs at least 1 level")
         widths = [channels * 2 ** level for level in range(levels + 1)]
         self.levels = levels
-        self.down = nn.ModuleList([_double_conv(1, widths[0])] +
+        self.down = nn.ModuleList([_double_conv(image_channels, widths[0])] +
                                   [_double_conv(a, b) for a, b in zip(widths[:-1], widths[1:])])
         self.upsample = nn.ModuleList(_upsample(widths[level], widths[level - 1]) for level in range(levels, 0, -1))
         self.up = nn.ModuleList(_double_conv(2 * widths[level - 1], widths[level - 1])
                                 for level in range(levels, 0, -1))
-        self.out = nn.Conv2d(widths[0], 1, 1)
+        self.out = nn.Conv2d(widths[0], image_channels, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x: (B, 1, H, W) float32, any H x W. Returns the output (B, 1, H, W) and the full-resolution maps
+        """x: (B, I, H, W) float32, any H x W. Returns the output (B, I, H, W) and the full-resolution maps
         [first encoder level, last decoder level], each (B, channels, H, W)."""
         height, width = x.shape[-2:]
         multiple = 2 ** self.levels
@@ -104,13 +106,14 @@ class UNet(nn.Module):
 
 
 class CascadedUNet(nn.Module):
-    """Cascade of (U-Net + DF). Images are (B, 1, H, W) float32, any H x W; the feature contract of
-    models/nets/family.py."""
+    """Cascade of (U-Net + DF). Images are (B, I, H, W) float32 (I = image_channels), any H x W; the feature
+    contract of models/nets/family.py."""
 
     def __init__(self, config: CascadedUNetConfig = CascadedUNetConfig()):
         super().__init__()
         self.config = config
-        self.cascades = nn.ModuleList(UNet(config.levels, config.channels) for _ in range(config.n_cascades))
+        self.cascades = nn.ModuleList(UNet(config.levels, config.channels, config.image_channels)
+                                      for _ in range(config.n_cascades))
 
     def run_cascade(self, index: int, x: torch.Tensor, kspace_under: torch.Tensor,
                     mask: torch.Tensor, keep_hidden: set[int] | None = None) -> tuple[torch.Tensor, dict]:

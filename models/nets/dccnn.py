@@ -5,7 +5,7 @@ parameters), as in KD-MRI and SFT-KD-Recon.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from data.fft import data_fidelity
-from models.nets.family import Family
+from models.nets.family import Family, arch_dict
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,20 @@ class DCCNNConfig:
     outputs up to ~1e-2 apart on [0, 1] images (measured for D3C5 and D5C5 at 64 and 150 pixels: max
     |difference| 0.011-0.012, mean 1.5e-4-1.1e-3). Run weights with the padding they were trained with:
     imported public checkpoints carry 5, and train_student_kd.py takes it from --init-from-sft.
+
+    image_channels: 1 for magnitude images (the paper's), 2 for complex ones as (real, imaginary), as
+    Schlemper et al. define the DC-CNN; only the first and last convolutions change.
     """
     n_cascades: int = 5
     n_convs: int = 5
     channels: int = 32
     residual: bool = False
     ref_padding: int = 0
+    image_channels: int = 1
     kind: ClassVar[str] = "dccnn"
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, **asdict(self)}
+        return arch_dict(self)
 
     def build(self) -> "DCCNN":
         return DCCNN(self)
@@ -58,16 +62,19 @@ STUDENT = DCCNNConfig(n_convs=3)
 
 
 class ConvBlock(nn.Module):
-    """``n_convs`` 3x3 convolutions 1 -> C -> ... -> C -> 1, ReLU after all but the last, bias on.
+    """``n_convs`` 3x3 convolutions I -> C -> ... -> C -> I (I = image channels, 1 or 2), ReLU after all but the
+    last, bias on.
 
     Layers are named ``conv1 .. conv{n}`` like the public code, so its state dicts map one to one.
     """
 
-    def __init__(self, n_convs: int, channels: int = 32, residual: bool = False):
+    def __init__(self, n_convs: int, channels: int = 32, residual: bool = False, image_channels: int = 1):
         super().__init__()
         if n_convs < 2:
             raise ValueError("a CNN block needs at least 2 convolutions")
-        widths = [1] + [channels] * (n_convs - 1) + [1]
+        if image_channels not in (1, 2):
+            raise ValueError(f"image_channels must be 1 (magnitude) or 2 (complex), not {image_channels}")
+        widths = [image_channels] + [channels] * (n_convs - 1) + [image_channels]
         self.names = [f"conv{j + 1}" for j in range(n_convs)]
         for name, c_in, c_out in zip(self.names, widths[:-1], widths[1:]):
             self.add_module(name, nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=True))
@@ -75,7 +82,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, keep_hidden: set[int] | None = None
                 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """x: (B, 1, H, W) float32. Returns the block output (B, 1, H, W) and the hidden activations,
+        """x: (B, I, H, W) float32. Returns the block output (B, I, H, W) and the hidden activations,
         a list of ``n_convs - 1`` (B, C, H, W) tensors (after ReLU), for feature-based KD.
 
         ``keep_hidden`` (0-based indices) keeps only those activations and puts None in the other places,
@@ -92,21 +99,22 @@ class ConvBlock(nn.Module):
 
 
 class DCCNN(nn.Module):
-    """Cascade of (CNN block + DF). Input and output images are (B, 1, H, W) float32, any H x W."""
+    """Cascade of (CNN block + DF). Input and output images are (B, I, H, W) float32 (I = image_channels: 1
+    magnitude, 2 real and imaginary), any H x W."""
 
     def __init__(self, config: DCCNNConfig = TEACHER):
         super().__init__()
         self.config = config
-        self.cascades = nn.ModuleList(ConvBlock(config.n_convs, config.channels, config.residual)
-                                      for _ in range(config.n_cascades))
+        self.cascades = nn.ModuleList(ConvBlock(config.n_convs, config.channels, config.residual,
+                                                config.image_channels) for _ in range(config.n_cascades))
 
     def run_cascade(self, index: int, x: torch.Tensor, kspace_under: torch.Tensor,
                     mask: torch.Tensor, keep_hidden: set[int] | None = None) -> tuple[torch.Tensor, dict]:
         """Cascade ``index`` (0-based) then DF.
 
-        x: (B, 1, H, W) float32; kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W) float32.
-        Returns the DF output (B, 1, H, W) float32 and the features
-        ``{"hidden": [(B, C, H', W')] * (n_convs - 1), "cnn_out": (B, 1, H, W), "out": (B, 1, H, W)}``
+        x: (B, I, H, W) float32; kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W) float32.
+        Returns the DF output (B, I, H, W) float32 and the features
+        ``{"hidden": [(B, C, H', W')] * (n_convs - 1), "cnn_out": (B, I, H, W), "out": (B, I, H, W)}``
         (H' = H + 2 * ref_padding); ``keep_hidden`` as in :meth:`ConvBlock.forward`.
         """
         pad = self.config.ref_padding
@@ -119,9 +127,9 @@ class DCCNN(nn.Module):
 
     def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
                 return_features: bool = False, keep_hidden: set[int] | None = None):
-        """zero_filled: (B, 1, H, W) float32; kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W).
+        """zero_filled: (B, I, H, W) float32; kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W).
 
-        Returns the reconstruction (B, 1, H, W) float32, and with ``return_features`` also a list with one
+        Returns the reconstruction (B, I, H, W) float32, and with ``return_features`` also a list with one
         feature dict per cascade (see :meth:`run_cascade`; ``keep_hidden`` selects hidden layers).
         """
         x = zero_filled

@@ -5,14 +5,16 @@ A family is one module defining a config dataclass, the network it builds and ``
 
 The config (stored as ``to_dict()`` JSON under a checkpoint's ``arch``) provides:
 
-- ``kind`` (class attribute, the ``arch["kind"]``), ``to_dict()`` and ``build()`` (a freshly initialised
-  network, whose ``config`` attribute is this config);
+- ``kind`` (class attribute, the ``arch["kind"]``), ``to_dict()`` (:func:`arch_dict` for a dataclass) and
+  ``build()`` (a freshly initialised network, whose ``config`` attribute is this config);
+- ``image_channels``: 1 for magnitude images, 2 for complex ones as (real, imaginary) (data/fft.py); a network
+  takes and returns images of that many channels;
 - the feature interface the KD losses read, :class:`FeatureSpec`: ``n_cascades``, ``hidden_channels`` and
   ``border``.
 
 An unrolled network (one that can be a standalone reconstructor, an SFT teacher or student, or a KD student)
-provides, for zero_filled / x (B, 1, H, W) float32, kspace_under (B, 1, H, W) complex64 and mask
-(B or 1, 1, H, W) float32:
+provides, for zero_filled / x (B, C, H, W) float32 (C = ``image_channels``), kspace_under (B, 1, H, W)
+complex64 and mask (B or 1, 1, H, W) float32 (the (B, 1, H, W) images below are (B, C, H, W)):
 
 - ``cascades``: an ``nn.ModuleList``, one entry per cascade (SFT copies and freezes them one by one);
 - ``run_cascade(index, x, kspace_under, mask, keep_hidden=None)`` -> ``(out, features)``: cascade ``index``
@@ -25,8 +27,18 @@ provides, for zero_filled / x (B, 1, H, W) float32, kspace_under (B, 1, H, W) co
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol
+
+
+def arch_dict(config) -> dict:
+    """A dataclass config as its checkpoint ``arch`` JSON, ``{"kind": ..., its fields}``. ``image_channels`` is
+    written only when it is not 1, so the arch of every magnitude network (the paper's, the public imports,
+    checkpoints written before complex images) stays the dict it always was; a missing entry reads as 1."""
+    fields = asdict(config)
+    if fields.get("image_channels") == 1:
+        del fields["image_channels"]
+    return {"kind": config.kind, **fields}
 
 
 class FeatureSpec(Protocol):

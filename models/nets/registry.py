@@ -80,6 +80,22 @@ def reconstructor(model: nn.Module) -> nn.Module:
     teacher)."""
     family = FAMILIES[model.config.kind]
     return family.reconstructor(model) if family.reconstructor else model
+def with_image_channels(config, channels: int):
+    """``config`` for images of ``channels`` (1 magnitude, 2 complex; data/fft.py), its parts (SFT's teacher
+    and student) too."""
+    family = FAMILIES[config.kind]
+    if family.parts:
+        return replace(config, **{part: with_image_channels(getattr(config, part), channels) for part in family.parts})
+    return replace(config, image_channels=channels)
+
+
+def image_channels_of(arch: dict) -> int:
+    """The image channels of a checkpoint's ``arch`` dict: its own entry (1 where it has none, as every arch
+    written before complex images), or for a network of networks (SFT) its first part's."""
+    family = FAMILIES.get(arch.get("kind"))
+    if family is not None and family.parts:
+        return image_channels_of(arch.get(family.parts[0]) or {})
+    return arch.get("image_channels", 1)
 
 
 def build_network(arch: dict) -> nn.Module:

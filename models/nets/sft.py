@@ -31,6 +31,11 @@ class SFTConfig:
     def build(self) -> "SFTNet":
         return SFTNet(self.teacher, self.student)
 
+    @property
+    def image_channels(self) -> int:
+        """The image channels of both networks (1 magnitude, 2 complex; :class:`SFTNet` checks they agree)."""
+        return self.teacher.image_channels
+
 
 class SFTNet(nn.Module):
     """Teacher (``self.teacher``, D5C5 by default) and student (``self.student``, D3C5) in one module."""
@@ -39,6 +44,8 @@ class SFTNet(nn.Module):
         super().__init__()
         if teacher_config.n_cascades != student_config.n_cascades:
             raise ValueError("SFT needs as many student cascades as teacher cascades")
+        if teacher_config.image_channels != student_config.image_channels:
+            raise ValueError("SFT needs a teacher and a student of one image type (image_channels)")
         self.config = SFTConfig(teacher_config, student_config)
         self.teacher = teacher_config.build()
         self.student = student_config.build()

@@ -50,6 +50,9 @@ def positive(kind):
 def common_parser(description: str) -> CliParser:
     """Parser with the flags every training script shares (defaults are the paper's)."""
     p = CliParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # The data's image type and k-space origin (models/training/loop.py sets them from --data-root before the
+    # networks are built); magnitude until then, so a step built without the loop is the paper's.
+    p.set_defaults(image="magnitude", kspace=None)
     g = p.add_argument_group("data")
     g.add_argument("--data-root", type=Path, required=True,
                    help="folder with train/ and validation/ (acc_{acc}/*.h5) and mask_{acc}.npy")

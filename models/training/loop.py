@@ -23,9 +23,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.augment import AugmentedSlices
-from data.dataset import Sample, build_dataset
+from data.dataset import Sample, build_dataset, data_kind
+from data.fft import magnitude
 from data.split_check import check_split
-from models.checkpoints.format import arch_of, describe_arch, model_payload
+from models.checkpoints.format import arch_of, check_image, describe_arch, model_payload
 from models.checkpoints.io import save_checkpoint
 from models.training import averaging
 from models.training.distributed import Dist, EpochSampler
@@ -120,8 +121,9 @@ class Frozen(nn.Module):
 
 @torch.inference_mode()
 def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tuple[dict, dict | None]:
-    """Mean validation L1 of ``output``, the registry's validation metrics per slice (overall and per
-    acceleration; models/evaluation/metrics.py), and the PSNR of every extra output; sums are reduced over ranks so all ranks see the same numbers.
+    """Mean validation L1 of ``output`` (over its channels), the registry's validation metrics per slice of the
+    magnitude (overall and per acceleration; models/evaluation/metrics.py), and the PSNR of every extra output;
+    sums are reduced over ranks so all ranks see the same numbers.
 
     Also returns the first slice this rank saw as images for the logs, ``{"target", "zero_filled",
     "output"}`` each (1, 1, H, W) float32 on the CPU (None for an empty loader)."""
@@ -139,8 +141,8 @@ def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tupl
             outputs = step.predict(batch)
         outputs = {k: v.float() for k, v in outputs.items()}
         l1 = (outputs["output"] - batch.target).abs().mean(dim=(1, 2, 3)).cpu().numpy()
-        target = batch.target[:, 0].double().cpu().numpy()
-        recons = {k: v[:, 0].double().cpu().numpy() for k, v in outputs.items()}
+        target = magnitude(batch.target)[:, 0].double().cpu().numpy()
+        recons = {k: magnitude(v)[:, 0].double().cpu().numpy() for k, v in outputs.items()}
         for i, acc in enumerate(batch.acc):
             for group in ("", f"_{acc}"):
                 add(group, "n", 1.0)
@@ -150,9 +152,9 @@ def validate(step: TrainStep, loader: DataLoader, dist: Dist, amp: bool) -> tupl
             for key in recons.keys() - {"output"}:
                 add("", f"psnr_{key}", psnr(target[i], recons[key][i]))
         if images is None:
-            images = {"target": batch.target[:1].float().cpu(),
-                      "zero_filled": batch.zero_filled[:1].float().cpu(),
-                      "output": outputs["output"][:1].cpu()}
+            images = {"target": magnitude(batch.target[:1]).float().cpu(),
+                      "zero_filled": magnitude(batch.zero_filled[:1]).float().cpu(),
+                      "output": magnitude(outputs["output"][:1]).cpu()}
     keys = sorted(sums)
     totals = dist.all_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
     sums = dict(zip(keys, totals))
@@ -249,10 +251,19 @@ class Trainer:
         self.val_set = build_dataset(args.data_root, "validation", args.acc, masks, preload)
         # Files may have been moved or merged since data/prepare.py checked them; this reads only attributes.
         check_split(args.data_root, args.acc)
+        # The image type is the data's: the scripts build their networks for it (args.image) and config.json,
+        # every checkpoint and evaluate.py's summary.json record it with the k-space's origin.
+        kind = data_kind(self.train_set)
+        if data_kind(self.val_set) != kind:
+            raise UserError(f"--data-root {args.data_root}: train/ holds {kind['image']} images, validation/ "
+                            f"{data_kind(self.val_set)['image']} ones; prepare both splits in one data/prepare.py run")
+        args.image, args.kspace = kind["image"], kind["kspace"]
         shape = tuple(self.train_set[0].target.shape[-2:])
         self.content = content_record(args, shape)
         if resume is not None:
             check_resume_data(resume, args, len(self.train_set), len(self.val_set))
+            # The image type first: data of the other type differs in content too, but this says why.
+            check_image(resume.get("arch") or {}, args.image, self.exp / "model.pt", "--resume:")
             check_resume_content(resume, self.content, args)
         self.step = step = self.build_step(args)
         recorded = resume.get("config", {}).get("memory_format") if resume is not None else None

@@ -21,8 +21,8 @@ SWITCH_MARGIN = 0.10
 # Start-up cost of the measurement: interleaved rounds of both layouts until this much time is spent.
 MEASURE_BUDGET_S = 0.2
 MEASURE_ROUNDS = (2, 5)  # at least, at most
-# A GPU convolution of a training batch takes ~0.05-0.5 ms, near the launch and synchronisation cost: a round
-# times this many back-to-back calls, so the layouts differ by their kernels, not by noise.
+# A GPU convolution of a training batch is short, near the launch and synchronisation cost: a round times this
+# many back-to-back calls, so the layouts differ by their kernels, not by noise.
 GPU_CALLS_PER_ROUND = 20
 
 # SFT training step per device type, chosen from scripts/benchmark.py's "SFT step variants" (its figures are
@@ -36,7 +36,8 @@ SFT_VARIANT = {
     # freed after its backward); joint-batched is slower on a CPU, whose large temporaries are page-faulted in
     # on every allocation (glibc's mmap threshold).
     "cpu": "branchwise",
-    # Not yet measured on a GPU: the CPU choice. `bash scripts/gpu_check.sh` prints which variant wins.
+    # The CPU's choice until a GPU measurement says otherwise: `bash scripts/gpu_check.sh` prints which variant
+    # is fastest on the GPU it runs on (docs/measurements.md keeps the figures).
     "cuda": "branchwise",
 }
 
