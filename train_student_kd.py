@@ -30,7 +30,7 @@ from models.distill.losses import KD_METHODS, KDMethodError, build_kd_loss, desc
 from models.nets.registry import ModelName, capacity
 from models.distill.roles import kd_run_name, teacher_kind
 from models.training.steps import KDStep
-from models.distill.student_init import build_student, load_init, student_config
+from models.distill.student_init import build_student, load_init
 from models.training.flags import common_parser, parse_args, positive, weight_type
 from models.training.loop import train
 from utils import UserError, run_cli
@@ -44,15 +44,10 @@ def teacher_role(path) -> str:
     return teacher_kind(config.get("roles"), arch.get("kind") == "sft", config.get("imitation_weight"))
 
 
-def networks(args) -> dict:
-    """The ``nets`` role: the sizes of the teacher (an SFT checkpoint's teacher side) and of the student."""
-    with torch.random.fork_rng(devices=[]):  # loading builds networks; the run's draws must not see it
-        teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint")
-        student = student_config(args, load_init(args), warn=False)
-    return {"teacher": capacity(teacher.config), "student": capacity(student)}
-
-
-def build_step(args) -> KDStep:
+def build_step(args, roles: dict | None = None) -> KDStep:
+    """The KD step; records the sizes of its teacher (an SFT checkpoint's teacher side) and student as
+    ``roles["nets"]`` when given the run's roles (the loop writes them into config.json after building the
+    step)."""
     # Loading builds networks, which draws from the RNG: on a forked RNG, so that the fresh S1 and KD
     # connectors below are the same draw in every arm of one seed, whatever teacher and init it loads.
     with torch.random.fork_rng(devices=[]):
@@ -60,6 +55,8 @@ def build_step(args) -> KDStep:
         teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint", args.image)
         init = load_init(args)
     student = build_student(args, init)
+    if roles is not None:
+        roles["nets"] = {"teacher": capacity(teacher.config), "student": capacity(student.config)}
     try:
         kd_loss = build_kd_loss(args.kd_method, student.config, teacher.config)
     except KDMethodError as exc:
@@ -139,10 +136,10 @@ def main(argv: list[str] | None = None) -> None:
                         "(--kd-method list describes them)")
     init = "sft-blocks" if args.init_from_sft else "student" if args.init_student else "scratch"
     roles = {"model": "kd", "teacher": teacher_role(args.teacher_checkpoint), "init": init,
-             "kd_method": args.kd_method, "nets": networks(args)}
+             "kd_method": args.kd_method}
     # --kd-weight None is the method's own weight: --resume compares that, so giving it explicitly is no change.
     defaults = {"kd_weight": lambda values: getattr(KD_METHODS.get(values.get("kd_method")), "default_weight", None)}
-    train(args, build_step, run_name=kd_run_name(roles), roles=roles, defaults=defaults)
+    train(args, lambda a: build_step(a, roles), run_name=kd_run_name(roles), roles=roles, defaults=defaults)
 
 
 if __name__ == "__main__":

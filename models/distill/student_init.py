@@ -73,13 +73,12 @@ def load_init(args) -> Init:
     return Init("scratch")
 
 
-def student_config(args, init: Init, warn: bool = True):
+def student_config(args, init: Init):
     """The student's architecture. From a loaded student (``--init-from-sft``, ``--init-student``): its own (an
     imported public checkpoint brings ``ref_padding`` 5), with ``--ref-padding`` applied when given (a warning:
     the copied cascades then start from other outputs); ``--residual`` against a plain student is an error, and
     so are a ``--student-model`` or size flags that it is not. From scratch: ``--student-model`` (D3C5) with
-    the size flags, ``--ref-padding`` (default 0) and ``--residual``. ``warn``: print that warning (once per run:
-    train_student_kd.py also asks for the config to record the student's size)."""
+    the size flags, ``--ref-padding`` (default 0) and ``--residual``."""
     if init.source is None:
         return configure(chosen_student(args), {"--ref-padding": ("ref_padding", args.ref_padding or None),
                                                 "--residual": ("residual", args.residual or None)})
@@ -96,10 +95,9 @@ def student_config(args, init: Init, warn: bool = True):
     trained_with = getattr(config, "ref_padding", 0)
     if args.ref_padding is not None and args.ref_padding != trained_with:
         config = configure(config, {"--ref-padding": ("ref_padding", args.ref_padding)})
-        if warn:
-            print(f"warning: --ref-padding {args.ref_padding} overrides the {trained_with} the student of "
-                  f"{init.flag} {init.path} was trained with; its copied cascades S2..S5 then start from outputs "
-                  "~1e-2 away from that student's (KD trains on from there)", file=sys.stderr)
+        print(f"warning: --ref-padding {args.ref_padding} overrides the {trained_with} the student of "
+              f"{init.flag} {init.path} was trained with; its copied cascades S2..S5 then start from outputs "
+              "~1e-2 away from that student's (KD trains on from there)", file=sys.stderr)
     return config
 
 
