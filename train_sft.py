@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from data.fft import IMAGE_CHANNELS
-from models.nets.registry import ModelName, with_image_channels
+from models.nets.registry import ModelName, capacity, with_image_channels
 from models.distill.roles import BASE_MODELS, sft_kind
 from models.nets.sft import SFTNet
 from models.training.steps import SFTStep
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         teacher_i, student_i = (with_image_channels(config, IMAGE_CHANNELS[a.image]) for config in (teacher, student))
         return SFTStep(SFTNet(teacher_i, student_i), a.student_rec_weight, a.imitation_weight)
 
-    train(args, step,
-          run_name=BASE_MODELS[kind][0], roles={"model": kind})
+    train(args, step, run_name=BASE_MODELS[kind][0],
+          roles={"model": kind, "nets": {"teacher": capacity(teacher), "student": capacity(student)}})
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import torch
 from models.checkpoints.format import load_reconstructor
 from models.checkpoints.io import load_checkpoint
 from models.distill.losses import KD_METHODS, KDMethodError, build_kd_loss, describe_methods
-from models.nets.registry import ModelName
+from models.nets.registry import ModelName, capacity
 from models.distill.roles import kd_run_name, teacher_kind
 from models.training.steps import KDStep
 from models.distill.student_init import build_student, load_init
@@ -44,7 +44,10 @@ def teacher_role(path) -> str:
     return teacher_kind(config.get("roles"), arch.get("kind") == "sft", config.get("imitation_weight"))
 
 
-def build_step(args) -> KDStep:
+def build_step(args, roles: dict | None = None) -> KDStep:
+    """The KD step; records the sizes of its teacher (an SFT checkpoint's teacher side) and student as
+    ``roles["nets"]`` when given the run's roles (the loop writes them into config.json after building the
+    step)."""
     # Loading builds networks, which draws from the RNG: on a forked RNG, so that the fresh S1 and KD
     # connectors below are the same draw in every arm of one seed, whatever teacher and init it loads.
     with torch.random.fork_rng(devices=[]):
@@ -52,6 +55,8 @@ def build_step(args) -> KDStep:
         teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint", args.image)
         init = load_init(args)
     student = build_student(args, init)
+    if roles is not None:
+        roles["nets"] = {"teacher": capacity(teacher.config), "student": capacity(student.config)}
     try:
         kd_loss = build_kd_loss(args.kd_method, student.config, teacher.config)
     except KDMethodError as exc:
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
              "kd_method": args.kd_method}
     # --kd-weight None is the method's own weight: --resume compares that, so giving it explicitly is no change.
     defaults = {"kd_weight": lambda values: getattr(KD_METHODS.get(values.get("kd_method")), "default_weight", None)}
-    train(args, build_step, run_name=kd_run_name(roles), roles=roles, defaults=defaults)
+    train(args, lambda a: build_step(a, roles), run_name=kd_run_name(roles), roles=roles, defaults=defaults)
 
 
 if __name__ == "__main__":

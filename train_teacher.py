@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from data.fft import IMAGE_CHANNELS
-from models.nets.registry import ModelName, with_image_channels
+from models.nets.registry import ModelName, capacity, with_image_channels
 from models.training.steps import ReconStep
 from models.training.flags import add_arch_args, arch_config, common_parser, parse_args
 from models.training.loop import train
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     config = arch_config(args.model, args)
     # The image type (1 or 2 channels) is the data's, known once train() has opened it.
     train(args, lambda a: ReconStep(with_image_channels(config, IMAGE_CHANNELS[a.image]).build()),
-          run_name=args.model, roles={"model": args.model})
+          run_name=args.model, roles={"model": args.model, "nets": {args.model: capacity(config)}})
 
 
 if __name__ == "__main__":

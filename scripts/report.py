@@ -101,6 +101,7 @@ class Run:
     values: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
     test_set: str | None = None
     key: tuple[str, str | None, int | None] | None = None
+    nets: dict | None = None  # the sizes its roles record (models/distill/roles.py), None for older runs
 
     def mean(self, metric: str) -> float:
         return float(np.mean(list(self.values[metric].values())))
@@ -170,6 +171,7 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
     for name, run in runs.items():
         recorded = roles.get(name)
         run.key = role_key(recorded) if recorded else parse_model_name(name)
+        run.nets = recorded.get("nets") if recorded else None
         accs = trained.get(name) if isinstance(trained.get(name), list) else []
         if run.key is not None and accs and acc not in accs:
             # Scored across accelerations (evaluate.py --cross-acc): a row of its own, never the native one.
@@ -210,7 +212,22 @@ def collect(folders: list[Path]) -> tuple[dict, list[str]]:
                 raise UserError(f"model {name} at {column} is in both {seeds[seed].source} and {folder}; "
                                 "keep one, or rename one with a -seed{N} suffix (evaluate.py --names)")
             seeds[seed] = run
+    for per_column in table.values():
+        check_one_size([(seed, run) for seeds in per_column.values() for seed, run in seeds.items()])
     return table, unknown
+
+
+def check_one_size(runs: list[tuple[int | None, Run]]) -> None:
+    """A :class:`UserError` when the runs of one row recorded networks of different sizes (e.g. a width-8 and a
+    width-32 student): their mean would describe neither. Runs that record no sizes (older versions) pass."""
+    sized = [(seed, run) for seed, run in runs if run.nets is not None]
+    for seed, run in sized[1:]:
+        if run.nets != sized[0][1].nets:
+            first_seed, first = sized[0]
+            raise UserError(f"the {run.key[0]} runs of {first.source} (seed {first_seed}) and {run.source} (seed "
+                            f"{seed}) have networks of different sizes ({json.dumps(first.nets, sort_keys=True)} vs "
+                            f"{json.dumps(run.nets, sort_keys=True)}); report each size on its own (separate "
+                            "--eval-dirs)")
 
 
 def row_order(table: dict) -> list[tuple[tuple[str, str | None], str]]:

@@ -23,7 +23,10 @@
 #                cores shared out over JOBS), DOCS (docs/study),
 #                COLIN27 (path of ch2bet.nii.gz, default /usr/share/mricron/templates/ch2bet.nii.gz),
 #                CONTROLS (1: the arms C and E too, the default; 0: teacher, student, SFT, A and B only, e.g.
-#                PREPARE_FLAGS="--synthetic-phase 7" DOCS=docs/synthetic-phase/phase for docs/synthetic-phase)
+#                PREPARE_FLAGS="--synthetic-phase 7" DOCS=docs/synthetic-phase/phase for docs/synthetic-phase),
+#                STUDENT_FLAGS / TEACHER_FLAGS (e.g. "--width 8": the size of the student-side networks (the
+#                student, the SFT run's student side, every KD student) / of the teacher-side ones (the teacher,
+#                the SFT run's teacher side); --width N and --depth N, see scripts/train_all.sh)
 # The defaults are the demo's setting (scripts/demo.sh); the seeds were fixed before any run of this study and
 # differ from those used to choose the setting (42, 1, 2, 3). Resumable: re-running skips finished runs,
 # resumes interrupted ones, and re-evaluates only seeds whose evaluation is missing.
@@ -74,6 +77,7 @@ if [ "${REPORT_ONLY:-0}" = 1 ]; then
     exit 0
 fi
 
+CHECK_ONLY=1 bash scripts/train_all.sh "$DATA" "$ACC"  # STUDENT_FLAGS / TEACHER_FLAGS, before anything is written
 if [ ! -f "$DATA/mask_$ACC.npy" ]; then
     rm -rf "$DATA"
     # shellcheck disable=SC2086

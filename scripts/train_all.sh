@@ -12,7 +12,11 @@
 #                teacher with SFT's blocks, "stdkd-sftinit-<method>", and with the standalone student's
 #                cascades, "stdkd-studentinit-<method>")
 #                SFT_FLAGS / KD_FLAGS (extra flags for the SFT runs / the KD runs only), KD_EPOCHS (--epochs of
-#                each KD run; default EPOCHS; scripts/paper.sh doubles it for the two-stage schedule)
+#                each KD run; default EPOCHS; scripts/paper.sh doubles it for the two-stage schedule),
+#                STUDENT_FLAGS / TEACHER_FLAGS (the size of the student-side / teacher-side networks, --width N
+#                and --depth N: the student run, the SFT run's student side (as --student-width ...) and every
+#                KD student / the teacher run and the SFT run's teacher side; every run records them in its
+#                roles), CHECK_ONLY=1 (only check these flags, run nothing)
 # Each run's wall time is printed and appended to RESULTS/ACC/times.tsv (run, seconds, fresh|resumed|skipped).
 set -euo pipefail
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
@@ -27,6 +31,33 @@ KD_METHODS=${KD_METHODS:-at fitnet cc fsp sp}
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 OUT="$RESULTS/$ACC"
+
+side_flags() {  # side_flags VAR PREFIX: VAR's --width / --depth, each as --PREFIXwidth N; anything else an error
+    local var=$1 prefix=$2 words
+    read -r -a words <<< "${!var:-}"
+    local i=0 out=()
+    while [ $i -lt ${#words[@]} ]; do
+        case ${words[$i]} in
+            --width|--depth)
+                if [ $((i + 1)) -ge ${#words[@]} ]; then
+                    echo "error: $var ends with ${words[$i]} without a value; give e.g. $var=\"--width 8\"" >&2
+                    exit 2
+                fi
+                out+=("--$prefix${words[$i]#--}" "${words[$((i + 1))]}")
+                i=$((i + 2)) ;;
+            *)
+                echo "error: $var takes only --width N and --depth N (the size of one side's networks), got" \
+                    "'${words[$i]}'; put other flags in TRAIN_FLAGS" >&2
+                exit 2 ;;
+        esac
+    done
+    echo "${out[@]}"
+}
+# Checked before any run: a typo must not leave half a study trained at the wrong size.
+student_flags=$(side_flags STUDENT_FLAGS "")
+teacher_flags=$(side_flags TEACHER_FLAGS "")
+sft_flags="$(side_flags STUDENT_FLAGS student-) $(side_flags TEACHER_FLAGS teacher-)"
+[ "${CHECK_ONLY:-0}" = 1 ] && exit 0
 
 run() {  # run NAME SCRIPT ARGS...: fresh, resumed or skipped depending on what NAME's folder holds
     local name=$1 script=$2; shift 2
@@ -49,13 +80,15 @@ run() {  # run NAME SCRIPT ARGS...: fresh, resumed or skipped depending on what 
     printf '%s\t%s\t%s\n' "$name" "$seconds" "$how" >> "$OUT/times.tsv"
 }
 
-run teacher train_teacher.py --model teacher
-run student train_teacher.py --model student
 # shellcheck disable=SC2086
-run sft train_sft.py ${SFT_FLAGS:-}
+run teacher train_teacher.py --model teacher $teacher_flags
+# shellcheck disable=SC2086
+run student train_teacher.py --model student $student_flags
+# shellcheck disable=SC2086
+run sft train_sft.py $sft_flags ${SFT_FLAGS:-}
 if [ "${SFT_IMITATION0:-0}" = 1 ]; then
     # shellcheck disable=SC2086
-    run sft0 train_sft.py ${SFT_FLAGS:-} --imitation-weight 0
+    run sft0 train_sft.py $sft_flags ${SFT_FLAGS:-} --imitation-weight 0
 fi
 RUN_EPOCHS=${KD_EPOCHS:-$EPOCHS}
 # The KD arms and their teacher / init flags come from the arm registry (models/distill/arms.py).
@@ -69,7 +102,7 @@ for method in $KD_METHODS; do
     for line in "${arms[@]}"; do
         IFS=$'\t' read -r -a fields <<< "$line"
         # shellcheck disable=SC2086
-        run "${fields[0]}" train_student_kd.py --kd-method "$method" "${fields[@]:1}" ${KD_FLAGS:-}
+        run "${fields[0]}" train_student_kd.py --kd-method "$method" "${fields[@]:1}" $student_flags ${KD_FLAGS:-}
     done
 done
 echo "all runs for $ACC are in $OUT"

@@ -105,7 +105,8 @@ def test_residual_refines_the_input():
 
 def test_train_teacher_trains_and_records_it(runs):
     ckpt = checkpoint(runs["teacher"])
-    assert ckpt["arch"] == TEACHER.to_dict() and ckpt["config"]["roles"] == {"model": "unet-teacher"}
+    assert ckpt["arch"] == TEACHER.to_dict() and ckpt["config"]["roles"] == {
+        "model": "unet-teacher", "nets": {"unet-teacher": {"cascades": 5, "depth": 2, "width": 8}}}
     assert sum(v.numel() for v in ckpt["model"].values()) == 145_685
     assert ckpt["val_metrics"]["psnr"] > 0
     model, _ = load_model(runs["teacher"] / "best_model.pt")

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from scripts.contrasts import holm, wilcoxon_floor
+from scripts.contrasts import detectable_effect, holm, t_test_power, wilcoxon_floor
 from scripts.report import main
 
 KEYS = [("test", s) for s in range(12)]
@@ -64,19 +65,20 @@ def test_contrasts_match_an_independent_computation(study, tmp_path):
                                 for s in seeds]) for pair in (("B", "C"), ("C", "A"), ("C", "E"), ("B", "A"))}
         d = diff[("B", "C")]
         low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
-        label, _, n, mean, ci, per_seed, p, holm_p, _ = row("B - C", test_set)
+        label, _, n, mean, ci, per_seed, sd, mde, p, holm_p, _ = row("B - C", test_set)
         assert "(primary)" in label and n == "5" and holm_p == "–"
+        assert sd == f"{d.std(ddof=1):.2f}" and mde == f"{detectable_effect(5) * d.std(ddof=1):.2f}"
         assert mean == f"{d.mean():+.2f}" and ci == f"[{low:+.2f}, {high:+.2f}]"
         assert per_seed == " ".join(f"{x:+.2f}" for x in d)
         assert p == f"{stats.ttest_rel([psnr[(test_set, s)]['B'].mean() for s in seeds], [psnr[(test_set, s)]['C'].mean() for s in seeds]).pvalue:.2g}"
         secondary = [stats.ttest_1samp(diff[pair], 0).pvalue for pair in (("C", "A"), ("C", "E"), ("B", "A"))]
         expected = holm(secondary)
         for label, value in zip(("C - A", "C - D", "B - A"), expected):
-            assert row(label, test_set)[7] == f"{value:.2g}"
+            assert row(label, test_set)[9] == f"{value:.2g}"
         # Per-slice description: slices averaged over seeds, n stated with the exact test's floor.
         b = np.mean([psnr[(test_set, s)]["B"] for s in seeds], axis=0)
         c = np.mean([psnr[(test_set, s)]["C"] for s in seeds], axis=0)
-        assert row("B - C", test_set)[8] == f"{stats.wilcoxon(b, c).pvalue:.2g} (12, {2 / 2 ** 12:.1g})"
+        assert row("B - C", test_set)[10] == f"{stats.wilcoxon(b, c).pvalue:.2g} (12, {2 / 2 ** 12:.1g})"
 
 
 def test_holm_and_the_wilcoxon_floor():
@@ -84,3 +86,17 @@ def test_holm_and_the_wilcoxon_floor():
     assert holm([0.5, float("nan"), 0.01]) == pytest.approx([0.5, float("nan"), 0.02], nan_ok=True)
     assert wilcoxon_floor(28) == pytest.approx(7.45e-9, rel=1e-3)  # the old headline's "p = 7e-09"
     assert wilcoxon_floor(136) is None
+
+
+def test_the_minimum_detectable_effect_is_the_textbook_one():
+    # Cohen's tables / G*Power: a one-sample t-test with 10 pairs has power 0.803 against d = 1 (alpha 0.05,
+    # two-sided), so 80 % power needs slightly less than d = 1.
+    assert t_test_power(1.0, 10) == pytest.approx(0.8031, abs=5e-4)
+    assert t_test_power(0.0, 10) == pytest.approx(0.05)  # no effect: the test's level
+    assert detectable_effect(10) == pytest.approx(0.996, abs=1e-3)
+    assert t_test_power(detectable_effect(5), 5) == pytest.approx(0.8)
+    # More seeds detect smaller effects, towards the normal approximation (z_0.975 + z_0.8) / sqrt(n).
+    effects = [detectable_effect(n) for n in (2, 3, 5, 10, 50, 1000)]
+    assert effects == sorted(effects, reverse=True)
+    assert effects[-1] == pytest.approx((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / math.sqrt(1000), rel=1e-2)
+    assert math.isnan(detectable_effect(1))

@@ -91,14 +91,17 @@ def test_roles_are_recorded_named_and_reported(base, tmp_path):
         config = json.loads((exp / "config.json").read_text())
         assert torch.load(runs[arm], weights_only=True)["config"]["roles"] == config["roles"]
     roles = {arm: json.loads((tmp_path / arm / "config.json").read_text())["roles"] for arm in ARMS}
-    assert roles["A"] == {"model": "kd", "teacher": "standard", "init": "scratch", "kd_method": "ab"}
+    d5c5, d3c5 = {"cascades": 5, "depth": 5, "width": 32}, {"cascades": 5, "depth": 3, "width": 32}
+    assert roles["A"] == {"model": "kd", "teacher": "standard", "init": "scratch", "kd_method": "ab",
+                          "nets": {"teacher": d5c5, "student": d3c5}}
+    assert all(roles[arm]["nets"] == roles["A"]["nets"] for arm in ARMS)  # an SFT teacher: its teacher side
     assert (roles["B"]["teacher"], roles["B"]["init"]) == ("sft", "sft-blocks")
     assert (roles["C"]["teacher"], roles["C"]["init"]) == ("standard", "sft-blocks")
     assert (roles["E"]["teacher"], roles["E"]["init"]) == ("standard", "student")
     assert [kd_run_name(roles[a]) for a in ARMS] == ["stdkd-ab", "sftkd-ab", "stdkd-sftinit-ab",
                                                     "stdkd-studentinit-ab"]
     sft0 = json.loads((base["sft0"].parent / "config.json").read_text())["roles"]
-    assert sft0 == {"model": "sft-imitation0"}
+    assert sft0 == {"model": "sft-imitation0", "nets": {"teacher": d5c5, "student": d3c5}}
     # Names that say nothing: evaluate.py records roles and seed, report.py builds its rows from them.
     out = tmp_path / "eval"
     names = ["m1", "m2", "m3", "m4", "m5"]

@@ -214,6 +214,29 @@ def test_report_lists_the_public_volume_metrics(tmp_path):
     assert "fastMRI's volume-wise" not in table
 
 
+def test_runs_of_different_sizes_are_never_one_row(tmp_path):
+    """Two seeds of the committed study, one student relabelled as width 8: the student row would average a
+    width-8 and a width-32 network, so the report refuses; with equal sizes it reads both."""
+    root = Path(__file__).resolve().parents[1]
+    folders = []
+    for seed, width in ((11, 32), (12, 8)):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        (folder / "metrics.csv").write_bytes((root / "docs/study/mni152" / f"seed{seed}" / "metrics.csv").read_bytes())
+        summary = json.loads((root / "docs/study/mni152" / f"seed{seed}" / "summary.json").read_text())
+        summary["roles"][f"student-seed{seed}"]["nets"] = {"student": {"cascades": 5, "depth": 3, "width": width}}
+        (folder / "summary.json").write_text(json.dumps(summary))
+        folders.append(folder)
+    with pytest.raises(UserError, match=r"student runs of .*seed11 \(seed 11\) and .*seed12 \(seed 12\) have "
+                                         r"networks of different sizes"):
+        collect(folders)
+    summary = json.loads((folders[1] / "summary.json").read_text())
+    summary["roles"]["student-seed12"]["nets"]["student"]["width"] = 32
+    (folders[1] / "summary.json").write_text(json.dumps(summary))
+    table, _ = collect(folders)
+    assert set(table[("student", None)]["4x"]) == {11, 12}
+
+
 def test_table_names_the_machines_that_trained_its_runs(eval_dirs, tmp_path):
     dirs, _ = eval_dirs
     zen3 = {"cpu": "AMD EPYC (family 25, model 1)", "cores": 2, "isa": "AVX2", "torch": "2.13.0", "threads": 1}

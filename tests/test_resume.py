@@ -55,6 +55,13 @@ def assert_identical(a: Path, b: Path) -> None:
         for name, value in state.items():
             assert torch.equal(value, cb["optimizer"]["state"][pid][name]), (pid, name)
     assert ca["scheduler"] == cb["scheduler"]
+    assert ca.keys() == cb.keys()
+    if "average" in ca:  # weight averaging: its state continues exactly too
+        assert ca["average"]["ema"] is None or all(torch.equal(v, cb["average"]["ema"][k])
+                                                   for k, v in ca["average"]["ema"].items())
+        assert len(ca["average"]["snapshots"]) == len(cb["average"]["snapshots"])
+        for sa, sb in zip(ca["average"]["snapshots"], cb["average"]["snapshots"]):
+            assert all(torch.equal(v, sb[k]) for k, v in sa.items())
     assert ca["best_val_loss"] == cb["best_val_loss"]
     # The RNG states too: a resumed run draws nothing an uninterrupted one does not (rebuilding the
     # interrupted epoch's DataLoader iterator used to take one extra draw from the global torch RNG).
@@ -76,11 +83,15 @@ def sft_checkpoint(data, tmp_path_factory) -> Path:
     return exp / "best_model.pt"
 
 
-@pytest.mark.parametrize("kind", ["teacher", "augment", "sft", "kd"])
+@pytest.mark.parametrize("kind", ["teacher", "augment", "sft", "kd", "ema-cosine", "average-last"])
 def test_kill_and_resume_is_bit_identical(tmp_path, data, sft_checkpoint, kind):
     def args(exp):
         if kind == "teacher":
             return teacher_args(data, exp)
+        if kind == "ema-cosine":
+            return [*teacher_args(data, exp), "--ema", "0.9", "--lr-schedule", "cosine"]
+        if kind == "average-last":
+            return [*teacher_args(data, exp), "--average-last", "2"]
         if kind == "augment":
             return [*teacher_args(data, exp), "--augment"]
         if kind == "sft":

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 from tests.test_prepare import synthetic_volume, write_nifti
@@ -63,3 +64,31 @@ def test_study_says_when_the_second_brain_is_missing(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "is not installed (Debian: apt-get install mricron-data); the study skips the Colin27 test set" in result.stdout
     assert not (tmp_path / "docs" / "colin27").exists()
+
+
+def test_student_and_teacher_flags_reach_every_run_and_its_recorded_roles(tmp_path):
+    result = study(tmp_path, SEEDS="3", COLIN27=str(tmp_path / "absent.nii.gz"), STUDENT_FLAGS="--width 8",
+                   TEACHER_FLAGS="--width 12 --depth 4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    teacher, student = {"cascades": 5, "depth": 4, "width": 12}, {"cascades": 5, "depth": 3, "width": 8}
+    # SFT and every KD run have both sides; a KD run from an SFT checkpoint records its teacher side.
+    expected = {"teacher": {"teacher": teacher}, "student": {"student": student},
+                **{run: {"teacher": teacher, "student": student} for run in RUNS[2:]}}
+    summary = json.loads((tmp_path / "docs" / "mni152" / "seed3" / "summary.json").read_text())
+    for run in RUNS:
+        config = json.loads((tmp_path / "study" / "seed3" / "4x" / run / "config.json").read_text())
+        assert config["roles"]["nets"] == expected[run], run
+        assert summary["roles"][f"{run}-seed3"]["nets"] == expected[run], run
+    # The networks are built at those sizes, not only labelled with them.
+    for run, (side, channels) in {"student": (None, 8), "teacher": (None, 12), "sft": ("student", 8),
+                                  "stdkd-imitation": (None, 8), "sftkd-imitation": (None, 8)}.items():
+        ckpt = torch.load(tmp_path / "study" / "seed3" / "4x" / run / "best_model.pt", weights_only=True)
+        arch = ckpt["arch"][side] if side else ckpt["arch"]
+        assert arch["channels"] == channels, run
+
+
+def test_a_bad_student_flag_stops_the_study_before_anything_is_written(tmp_path):
+    result = study(tmp_path, SEEDS="3", STUDENT_FLAGS="--width 8 --lr 0.1")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: STUDENT_FLAGS takes only --width N and --depth N"), result.stderr
+    assert not (tmp_path / "study").exists() and not (tmp_path / "docs").exists()

@@ -8,7 +8,12 @@ A run's ``roles`` (``config["roles"]`` in ``config.json`` and in every checkpoin
 - ``train_student_kd.py``: ``{"model": "kd", "teacher": T, "init": I, "kd_method": M}`` with T what
   ``--teacher-checkpoint`` holds (``standard``: a teacher trained alone; ``sft``; ``sft-imitation0``; or
   ``other``: any other network) and I where the student's cascades S2..S5 came from (``scratch``;
-  ``sft-blocks``: ``--init-from-sft``; ``student``: ``--init-student``, a student trained alone).
+  ``sft-blocks``: ``--init-from-sft``; ``student``: ``--init-student``, a student trained alone);
+- every run also records ``"nets"``: the size of each network it trains or distils from, by side, e.g.
+  ``{"teacher": {"cascades": 5, "depth": 5, "width": 32}, "student": {"cascades": 5, "depth": 3, "width": 8}}``
+  (train_teacher.py: its one network under its ``--model`` name; the KD teacher of an SFT checkpoint: its
+  teacher side), so that runs of different capacities are never reported as one (runs of older versions
+  lack it).
 
 The KD arms with names of their own (the paper's Std-KD and SFT-KD-Recon, the study's controls) are the
 entries of models/distill/arms.py; any other (teacher, init) pair gets a descriptive name here. Pure Python:

@@ -121,6 +121,16 @@ def _describe_part(arch, detail: bool) -> str:
     return family.describe(arch, detail) if family is not None and family.describe else repr(arch)
 
 
+CAPACITY = ("cascades", "depth", "width")
+
+
+def capacity(config) -> dict:
+    """The size of a network as the architecture flags name it, e.g. ``{"cascades": 5, "depth": 3, "width": 32}``
+    for D3C5 (the entries its family has): what a run records of each network in its roles."""
+    family = FAMILIES[config.kind]
+    return {generic: getattr(config, family.flags[generic]) for generic in CAPACITY if generic in family.flags}
+
+
 def short_name(config) -> str:
     """The name of a network without its details, e.g. ``"D3C5"``."""
     return FAMILIES[config.kind].describe(config.to_dict(), False).split(" (")[0]

@@ -24,6 +24,17 @@ def weight_type(text: str) -> float:
     return value
 
 
+def decay_type(text: str) -> float:
+    """An EMA decay: a number in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), e.g. 0.99, got {text}")
+    return value
+
+
 def positive(kind):
     def parse(text: str):
         try:
@@ -59,8 +70,19 @@ def common_parser(description: str) -> CliParser:
     g.add_argument("--epochs", type=positive(int), default=150)
     g.add_argument("--batch-size", type=positive(int), default=4, help="per process")
     g.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate")
+    g.add_argument("--lr-schedule", choices=["step", "cosine"], default="step",
+                   help="step: StepLR (--lr-step-size, --lr-gamma; the paper's); cosine: cosine annealing from --lr "
+                        "to 0 over the run's --epochs (over the stage's epochs from a new --feature-epochs stage)")
     g.add_argument("--lr-step-size", type=positive(int), default=40, help="StepLR step (epochs)")
     g.add_argument("--lr-gamma", type=positive(float), default=0.1, help="StepLR factor")
+    g.add_argument("--ema", type=decay_type, default=None, metavar="DECAY",
+                   help="weight averaging: validate and save as best_model.pt an exponential moving average of "
+                        "the weights, updated after every step (avg = DECAY * avg + (1 - DECAY) * weights, e.g. "
+                        "0.99); training continues from the raw weights (model.pt keeps both); off by default")
+    g.add_argument("--average-last", type=positive(int), default=None, metavar="K",
+                   help="weight averaging: validate and save as best_model.pt the mean of the weights at the end "
+                        "of the last K epochs (of all epochs so far while fewer); training continues from the "
+                        "raw weights; off by default; not with --ema")
     g.add_argument("--scale-lr", action="store_true",
                    help="multiply --lr by the number of processes (linear scaling rule under torchrun)")
     g.add_argument("--seed", type=seed_type, default=42)
@@ -94,6 +116,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     if repeated:
         raise UserError(f"--acc lists {', '.join(repeated)} more than once, which would train on every slice twice; "
                         "give each acceleration once")
+    if args.ema is not None and args.average_last is not None:
+        raise UserError("--ema and --average-last are two kinds of weight averaging; give one of them")
     if args.num_workers < 0:
         raise UserError("--num-workers must be >= 0")
     return args

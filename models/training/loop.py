@@ -2,7 +2,8 @@
 
 A script builds a :class:`TrainStep` (the network to train, its loss, its validation output; the project's are
 in models/training/steps.py) and calls :func:`train`. The loop owns everything else (its flags are in
-models/training/flags.py): seeding, device, data loaders with a resumable shuffle, Adam + StepLR, validation
+models/training/flags.py): seeding, device, data loaders with a resumable shuffle, Adam + StepLR (or cosine),
+optional weight averaging (models/training/averaging.py), validation
 with PSNR/SSIM, ``model.pt`` / ``best_model.pt``, exact ``--resume``, SIGINT/SIGTERM handling, torchrun (DDP),
 tqdm and TensorBoard.
 """
@@ -27,6 +28,7 @@ from data.fft import magnitude
 from data.split_check import check_split
 from models.checkpoints.format import arch_of, check_image, describe_arch, model_payload
 from models.checkpoints.io import save_checkpoint
+from models.training import averaging
 from models.training.distributed import Dist, EpochSampler
 from models.training.experiment import (check_resume_content, check_resume_data, content_record,
                                         drop_replaced_run, git_commit, jsonable, prepare_exp_dir, restore_old_run,
@@ -227,8 +229,13 @@ class Trainer:
                     self.begin_stage()
                 train_loss, seconds = self.train_epoch(stop, show)
                 self.scheduler.step()
-                metrics, images = validate(self.step, self.val_loader, self.dist, self.amp)
-                self.end_epoch(metrics, images, train_loss, seconds, epochs_bar)
+                if self.average is not None:
+                    self.average.after_epoch()
+                # Validation, and so best_model.pt, sees the averaged weights when averaging is on.
+                with self.average.applied() if self.average is not None else contextlib.nullcontext():
+                    metrics, images = validate(self.step, self.val_loader, self.dist, self.amp)
+                    self.end_epoch(metrics, images, train_loss, seconds, epochs_bar)
+                self.save_last(epoch + 1, 0)
         self.finish()
         return self.exp
 
@@ -266,13 +273,19 @@ class Trainer:
         self.amp = bool(args.amp)
         self.lr = args.lr * (dist.world if args.scale_lr else 1)
         self.params = [p for p in step.parameters() if p.requires_grad]
+        self.average = averaging.from_args(args, step.model)
         self.build_optimizer()
 
     def build_optimizer(self) -> None:
-        """A fresh Adam over the trainable parameters and its StepLR."""
+        """A fresh Adam over the trainable parameters and its schedule (``--lr-schedule``; cosine over the epochs
+        left from here)."""
         self.optimizer = torch.optim.Adam(self.params, lr=self.lr)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=self.args.lr_step_size,
-                                                         gamma=self.args.lr_gamma)
+        if self.args.lr_schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
+                                                                        T_max=self.args.epochs - self.epoch)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=self.args.lr_step_size,
+                                                             gamma=self.args.lr_gamma)
 
     def begin_stage(self) -> None:
         """Start a stage of the step's schedule (:meth:`TrainStep.begins_stage`) from the previous stage's best
@@ -281,6 +294,7 @@ class Trainer:
         best = torch.load(self.exp / "best_model.pt", map_location=self.dist.device, weights_only=True)
         self.step.model.load_state_dict(best["model"])
         self.build_optimizer()
+        self.average = averaging.from_args(self.args, self.step.model)  # a stage averages its own weights
         self.best_loss = math.inf
         if self.dist.main:
             tqdm.write(f"epoch {self.epoch + 1}: new stage from best_model.pt of epoch {best['epoch']}, fresh "
@@ -299,6 +313,8 @@ class Trainer:
             step.load_state_dict({**step.state_dict(), **resume.get("extra", {})})
             self.optimizer.load_state_dict(resume["optimizer"])
             self.scheduler.load_state_dict(resume["scheduler"])
+            if self.average is not None:
+                self.average.load_state_dict(resume["average"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"--resume: {self.exp / 'model.pt'} does not match this script and flags "
                             f"({first_line(exc)}); resume with the original command") from exc
@@ -420,6 +436,8 @@ class Trainer:
         if not own_backward:
             loss.backward()
         self.optimizer.step()
+        if self.average is not None:
+            self.average.after_step()
         self.global_step += 1
         return loss.detach(), terms
 
@@ -452,7 +470,8 @@ class Trainer:
         return {**model_payload(self.step.model, self.run_name, self.config), "extra": self.step.extra_state(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": self.global_step,
-                "best_val_loss": self.best_loss, "rng_per_rank": rng, "world_size": self.dist.world}
+                "best_val_loss": self.best_loss, "rng_per_rank": rng, "world_size": self.dist.world,
+                **({"average": self.average.state_dict()} if self.average is not None else {})}
 
     def save_last(self, epoch: int, batch_in_epoch: int) -> None:
         """``model.pt`` at this position (all ranks take part; rank 0 writes); the replaced run goes."""
@@ -464,7 +483,8 @@ class Trainer:
 
     def end_epoch(self, metrics: dict, images: dict | None, train_loss: float, seconds: float,
                   epochs_bar) -> None:
-        """``best_model.pt`` when validation improved, the epoch's logs, then ``model.pt``."""
+        """``best_model.pt`` when validation improved and the epoch's logs (:meth:`run` then writes
+        ``model.pt``, outside the averaged weights)."""
         epoch = self.epoch + 1  # epochs completed
         improved = metrics["loss"] < self.best_loss
         if improved:
@@ -475,7 +495,6 @@ class Trainer:
                                  "val_metrics": metrics}, self.exp / "best_model.pt")
             epochs_bar.set_postfix(val_loss=f"{metrics['loss']:.4g}")
             self.log.epoch(epoch, train_loss, self.optimizer.param_groups[0]["lr"], seconds, metrics, images, improved)
-        self.save_last(epoch, 0)
 
     def finish(self) -> None:
         """TensorBoard's hparams entry and the closing line (rank 0)."""

@@ -1,0 +1,164 @@
+"""The map of scripts/map.sh from its committed files: per cell (student width x acceleration) the teacher's lead
+over the student and the primary contrast B - C (the SFT teacher's effect, initialisation held fixed), each the
+mean over seeds with its 95 % t-interval (scripts/contrasts.py), as two heatmaps (PNG) and a Markdown table.
+
+    python -m scripts.map --map-dir docs/map --out docs/map/map.png [--test-set mni152] [--kd-method at]
+
+A cell is a folder of ``--map-dir`` holding ``{test set}/seedN/`` evaluation folders (scripts/study.sh's
+``DOCS``). Its width is the student's as its runs recorded it (roles ``nets``), its acceleration the
+evaluation's, so a folder's name cannot mislabel it. The table goes next to the PNG (``map.md``).
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data.masks import parse_acc
+from scripts import contrasts, report
+from utils import CliParser, UserError, atomic_write, refuse_to_overwrite, run_cli, write_text
+
+PRIMARY_PREFIX = "B - C"
+
+
+@dataclass
+class Cell:
+    """One cell: its folder, the student's width, the acceleration and its two contrasts (None if missing)."""
+
+    folder: Path
+    width: int
+    acc: str
+    gap: contrasts.Contrast | None
+    primary: contrasts.Contrast | None
+
+
+def student_width(table: dict, column: str, folder: Path) -> int:
+    """The width every student run of the cell recorded (report.collect has checked that they agree)."""
+    runs = table.get(("student", None), {}).get(column, {})
+    widths = {run.nets["student"]["width"] for run in runs.values() if run.nets and "student" in run.nets}
+    if len(widths) != 1:
+        raise UserError(f"{folder}: its student runs record {'no' if not widths else 'several'} widths "
+                        f"({sorted(widths)}); a map cell needs runs of this version with one student width")
+    return widths.pop()
+
+
+def read_cell(folder: Path, test_set: str, kd_method: str) -> Cell:
+    dirs = sorted(d for d in (folder / test_set).glob("seed*") if (d / "summary.json").is_file())
+    table, _ = report.collect(dirs)
+    columns = report.table_columns(table)
+    if len(columns) != 1:
+        raise UserError(f"{folder}: its {test_set} evaluations have {len(columns)} accelerations ({columns}); "
+                        "a map cell has one")
+    column = columns[0]
+    found = contrasts.all_contrasts(table, columns)
+    metric = "PSNR"
+    gap = next((c for c in found if c.label == "Teacher - Student" and c.metric == metric), None)
+    primary = next((c for c in found if c.primary and c.method == kd_method and c.metric == metric
+                    and c.label.startswith(PRIMARY_PREFIX)), None)
+    return Cell(folder, student_width(table, column, folder), column, gap, primary)
+
+
+def read_map(map_dir: Path, test_set: str, kd_method: str) -> list[Cell]:
+    if not map_dir.is_dir():
+        raise UserError(f"--map-dir {map_dir} does not exist; run bash scripts/map.sh first")
+    cells = [read_cell(folder, test_set, kd_method) for folder in sorted(map_dir.iterdir())
+             if folder.is_dir() and any((folder / test_set).glob("seed*/summary.json"))]
+    if not cells:
+        raise UserError(f"--map-dir {map_dir} has no cell with {test_set}/seed*/summary.json; run bash scripts/map.sh")
+    seen: dict[tuple[int, str], Path] = {}
+    for cell in cells:
+        key = (cell.width, cell.acc)
+        if key in seen:
+            raise UserError(f"{seen[key]} and {cell.folder} are both the cell student width {cell.width}, {cell.acc}; "
+                            "keep one")
+        seen[key] = cell.folder
+    return cells
+
+
+def _interval(c: contrasts.Contrast | None) -> str:
+    if c is None:
+        return "–"
+    low, high = c.interval()
+    return f"{c.mean:+.2f} [{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else f"{c.mean:+.2f}"
+
+
+def markdown(cells: list[Cell], test_set: str, kd_method: str) -> str:
+    lines = [f"Map, {test_set} test set, PSNR dB: mean over seeds [95 % t-interval]; B - C with KD method "
+             f"{kd_method}; SD: per-seed SD of B - C; MDE: its minimum detectable effect (80 % power, two-sided "
+             "paired t, alpha 0.05).", "",
+             "| cell | student width | acc | seeds | Teacher - Student | B - C | SD | MDE |",
+             "|---|---|---|---|---|---|---|---|"]
+    for cell in sorted(cells, key=lambda c: (parse_acc(c.acc), c.width)):
+        p = cell.primary
+        sd = f"{p.sd:.2f}" if p is not None and np.isfinite(p.sd) else "–"
+        mde = f"{p.mde:.2f}" if p is not None and np.isfinite(p.mde) else "–"
+        n = len(p.diffs) if p is not None else len(cell.gap.diffs) if cell.gap is not None else 0
+        lines.append(f"| {cell.folder.name} | {cell.width} | {cell.acc} | {n} | {_interval(cell.gap)} | "
+                     f"{_interval(p)} | {sd} | {mde} |")
+    return "\n".join(lines) + "\n"
+
+
+def heatmaps(cells: list[Cell], test_set: str, kd_method: str) -> bytes:
+    """PNG bytes: two heatmaps (rows student width, columns acceleration), colour the mean (diverging around 0),
+    each cell's text its mean and 95 % interval."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths = sorted({c.width for c in cells})
+    accs = sorted({c.acc for c in cells}, key=parse_acc)
+    fig, axes = plt.subplots(1, 2, figsize=(4.0 + 2.2 * len(accs), 1.6 + 0.9 * len(widths)), squeeze=False)
+    panels = (("Teacher - Student (dB)", lambda c: c.gap), (f"B - C, {kd_method} (dB)", lambda c: c.primary))
+    for ax, (title, pick) in zip(axes[0], panels):
+        grid = np.full((len(widths), len(accs)), np.nan)
+        for cell in cells:
+            c = pick(cell)
+            if c is not None:
+                grid[widths.index(cell.width), accs.index(cell.acc)] = c.mean
+        limit = max(float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0, 0.1)
+        image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        for cell in cells:
+            c = pick(cell)
+            text = _interval(c).replace(" [", "\n[")
+            ax.text(accs.index(cell.acc), widths.index(cell.width), text, ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(accs)), accs)
+        ax.set_yticks(range(len(widths)), [f"width {w}" for w in widths])
+        ax.set_xlabel("acceleration")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle(f"{test_set}: mean over seeds [95 % t-interval]", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = CliParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--map-dir", type=Path, default=Path("docs/map"), help="the cells' folders")
+    parser.add_argument("--out", type=Path, required=True, help="the heatmaps' PNG; the table goes beside it (.md)")
+    parser.add_argument("--test-set", default="mni152", help="which test set of each cell")
+    parser.add_argument("--kd-method", default="at", help="the KD method of the B - C heatmap")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing PNG and table")
+    args = parser.parse_args(argv)
+    table_path = args.out.with_suffix(".md")
+    for path in (args.out, table_path):
+        refuse_to_overwrite(path, args.overwrite, "--out", "--out" if path == args.out else "")
+    cells = read_map(args.map_dir, args.test_set, args.kd_method)
+    if all(c.primary is None for c in cells):
+        raise UserError(f"no cell of {args.map_dir} has B - C for --kd-method {args.kd_method}; name a method the "
+                        "cells trained")
+    text = markdown(cells, args.test_set, args.kd_method)
+    png = heatmaps(cells, args.test_set, args.kd_method)
+    atomic_write(args.out, lambda f: f.write(png))
+    write_text(table_path, text)
+    print(text, end="")
+    print(f"wrote {args.out} and {table_path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,75 @@
+"""scripts/map.py reads each cell's width from its recorded roles and gives the contrasts the study's own table
+gives; scripts/map.sh runs a tiny cell end to end and resumes it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from scripts.map import main
+from utils import UserError
+
+
+def fake_cell(folder: Path, docs: str, width: int) -> Path:
+    """A map cell from a committed study (docs/study*): its MNI152 evaluations, every run recorded at ``width``."""
+    for seed_dir in sorted((ROOT / docs / "mni152").glob("seed*")):
+        out = folder / "mni152" / seed_dir.name
+        out.mkdir(parents=True)
+        (out / "metrics.csv").write_bytes((seed_dir / "metrics.csv").read_bytes())
+        summary = json.loads((seed_dir / "summary.json").read_text())
+        for roles in summary["roles"].values():
+            roles["nets"] = {"student": {"cascades": 5, "depth": 3, "width": width}}
+        (out / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_the_map_gives_each_cell_the_study_table_numbers_under_its_recorded_width(tmp_path):
+    fake_cell(tmp_path / "map" / "w32-4x", "docs/study", 8)  # the folder's name is wrong: the roles say 8
+    fake_cell(tmp_path / "map" / "w16-4x", "docs/study-augment", 16)
+    out = tmp_path / "out" / "map.png"
+    main(["--map-dir", str(tmp_path / "map"), "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [line for line in (tmp_path / "out" / "map.md").read_text().splitlines() if line.startswith("| w")]
+    # The committed tables' (README) Teacher - Student and AT B - C on the MNI152 block, width first.
+    assert rows == ["| w32-4x | 8 | 4x | 5 | -0.51 [-1.66, +0.63] | -0.24 [-0.59, +0.11] | 0.28 | 0.48 |",
+                    "| w16-4x | 16 | 4x | 5 | -0.30 [-0.78, +0.18] | +0.06 [-0.16, +0.29] | 0.18 | 0.31 |"]
+    with pytest.raises(UserError, match="already exists"):
+        main(["--map-dir", str(tmp_path / "map"), "--out", str(out)])
+    fake_cell(tmp_path / "map" / "again", "docs/study", 8)
+    with pytest.raises(UserError, match="are both the cell student width 8, 4x"):
+        main(["--map-dir", str(tmp_path / "map"), "--out", str(out), "--overwrite"])
+
+
+def test_a_cell_without_recorded_widths_is_refused(tmp_path):
+    folder = tmp_path / "map" / "w8-4x" / "mni152" / "seed11"
+    folder.mkdir(parents=True)
+    for name in ("metrics.csv", "summary.json"):
+        (folder / name).write_bytes((ROOT / "docs/study/mni152/seed11" / name).read_bytes())
+    with pytest.raises(UserError, match="record no widths"):
+        main(["--map-dir", str(tmp_path / "map"), "--out", str(tmp_path / "m.png")])
+
+
+def map_sh(tmp_path, **env):
+    full = {**os.environ, "WIDTHS": "4", "ACCS": "4x", "SEEDS": "1 2", "EPOCHS": "1", "SIZE": "16",
+            "KD_METHODS": "imitation", "PREPARE_FLAGS": "--max-slices-per-volume 12", "OMP_NUM_THREADS": "1",
+            "PYTHON": sys.executable, "MAP_DOCS": str(tmp_path / "docs"), "COLIN27": str(tmp_path / "none"), **env}
+    return subprocess.run(["bash", "scripts/map.sh", str(tmp_path / "runs")], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_map_sh_runs_a_cell_at_its_width_and_resumes(tmp_path):
+    result = map_sh(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((tmp_path / "runs" / "w4-4x" / "seed1" / "4x" / "stdkd-imitation" / "config.json").read_text())
+    assert config["roles"]["nets"]["student"]["width"] == 4
+    assert "| w4-4x | 4 | 4x | 2 |" in (tmp_path / "docs" / "map.md").read_text()
+    again = map_sh(tmp_path)
+    assert again.returncode == 0 and "== cell w4-4x: done" in again.stdout
+    refused = map_sh(tmp_path, SEEDS="11 30")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: SEEDS has 11, a seed of the study")
