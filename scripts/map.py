@@ -19,7 +19,8 @@ import numpy as np
 
 from data.masks import parse_acc
 from scripts import contrasts, report
-from utils import CliParser, UserError, atomic_write, refuse_to_overwrite, run_cli, write_text
+from data.outputs import atomic_write, write_text
+from utils import CliParser, UserError, refuse_to_overwrite, run_cli
 
 PRIMARY_PREFIX = "B - C"
 
