@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import signal
 import sys
 import time
@@ -36,8 +35,9 @@ from models.training.experiment import (check_resume_content, check_resume_data,
 from models.evaluation.metrics import psnr, used_for
 from models.training.logs import RunLog
 from models.training.speed import MEMORY_FORMATS, resolve_memory_format
+from models.training.state import RunState
 from data.outputs import folder_lock, write_json
-from utils import UserError, first_line, get_rng_state, machine, seed_everything, set_rng_state
+from utils import UserError, first_line, machine, seed_everything
 
 
 
@@ -189,7 +189,8 @@ class _StopRequest:
 class Trainer:
     """One run of the loop, in the order a reader meets it: :meth:`build` (data, step, optimiser),
     :meth:`resume_from`, :meth:`open_logs`, then per epoch :meth:`train_epoch`, :meth:`validate`,
-    :meth:`end_epoch` (best checkpoint, logs, ``model.pt``), and :meth:`finish`."""
+    :meth:`end_epoch` (best checkpoint, logs, ``model.pt``), and :meth:`finish`. Where the run stands (epoch,
+    batch, step, best loss, RNG) is its :class:`~models.training.state.RunState`, which ``model.pt`` saves."""
 
     # A test's hook, set by tests/interrupt.py: called with the global step after each optimiser step and its
     # --save-every-iters checkpoint, before the stop check, so a test can signal the run at an exact step
@@ -201,7 +202,7 @@ class Trainer:
         self.args, self.build_step, self.run_name, self.dist = args, build_step, run_name, dist
         self.roles, self.defaults = roles, defaults
         self.exp: Path = args.exp_dir
-        self.epoch, self.start_batch, self.global_step, self.best_loss = 0, 0, 0, math.inf
+        self.state = RunState()  # position, best validation loss, RNG: what --resume restores
         self.log: RunLog | None = None
         # A fresh run before its first model.pt: on failure its files go and a run it replaced comes back.
         self.before_first_model = False
@@ -220,14 +221,15 @@ class Trainer:
         self.wrap()
         self.open_logs(resume)
         show = self.dist.main and not self.args.no_progress
-        epochs_bar = tqdm(range(self.epoch, self.args.epochs), initial=self.epoch, total=self.args.epochs,
+        state = self.state
+        epochs_bar = tqdm(range(state.epoch, self.args.epochs), initial=state.epoch, total=self.args.epochs,
                           desc=self.run_name, unit="epoch", disable=not show, dynamic_ncols=True)
         with _StopRequest() as stop:
             for epoch in epochs_bar:
-                self.epoch = epoch
-                if self.start_batch == 0 and self.step.begins_stage(epoch):
+                first_batch = state.start_epoch(epoch)
+                if first_batch == 0 and self.step.begins_stage(epoch):
                     self.begin_stage()
-                train_loss, seconds = self.train_epoch(stop, show)
+                train_loss, seconds = self.train_epoch(first_batch, stop, show)
                 self.scheduler.step()
                 if self.average is not None:
                     self.average.after_epoch()
@@ -282,7 +284,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.params, lr=self.lr)
         if self.args.lr_schedule == "cosine":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
-                                                                        T_max=self.args.epochs - self.epoch)
+                                                                        T_max=self.args.epochs - self.state.epoch)
         else:
             self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=self.args.lr_step_size,
                                                              gamma=self.args.lr_gamma)
@@ -295,13 +297,13 @@ class Trainer:
         self.step.model.load_state_dict(best["model"])
         self.build_optimizer()
         self.average = averaging.from_args(self.args, self.step.model)  # a stage averages its own weights
-        self.best_loss = math.inf
+        self.state.new_stage()
         if self.dist.main:
-            tqdm.write(f"epoch {self.epoch + 1}: new stage from best_model.pt of epoch {best['epoch']}, fresh "
+            tqdm.write(f"epoch {self.state.epoch + 1}: new stage from best_model.pt of epoch {best['epoch']}, fresh "
                        "optimiser and learning-rate schedule")
 
     def resume_from(self, resume: dict) -> None:
-        """Weights, optimiser, schedule, position and (same world size) every rank's RNG from ``model.pt``."""
+        """Weights, optimiser, schedule, and the run's state (position, best loss, RNG) from ``model.pt``."""
         step = self.step
         # The architecture first: the flags that choose it are compared through it (experiment.ARCH_FLAGS).
         if resume.get("arch") != arch_of(step.model):
@@ -318,14 +320,7 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"--resume: {self.exp / 'model.pt'} does not match this script and flags "
                             f"({first_line(exc)}); resume with the original command") from exc
-        self.epoch, self.start_batch = resume["epoch"], resume["batch_in_epoch"]
-        self.global_step, self.best_loss = resume["global_step"], resume["best_val_loss"]
-        world = resume.get("world_size", 1)
-        if world != self.dist.world:
-            print(f"warning: resuming a {world}-process run with {self.dist.world} process(es); training "
-                  "continues but is not bit-identical to an uninterrupted run", file=sys.stderr)
-        elif resume.get("rng_per_rank") and self.dist.rank < len(resume["rng_per_rank"]):
-            set_rng_state(resume["rng_per_rank"][self.dist.rank])
+        self.state = RunState.restore(resume, self.dist.rank, self.dist.world)
 
     def make_loaders(self) -> None:
         """Loaders over the resumable sampler; built after the RNG is restored, as the original run did."""
@@ -374,7 +369,7 @@ class Trainer:
             self.before_first_model = True
             set_aside_old_run(self.exp)
             write_json(self.exp / "config.json", self.config)
-        self.log = RunLog(self.exp, self.global_step if resume else None, args.epochs, args.image_every)
+        self.log = RunLog(self.exp, self.state.global_step if resume else None, args.epochs, args.image_every)
         print(f"{self.run_name}: {len(self.train_set)} training / {len(self.val_set)} validation slices, "
               f"{self.config['model_parameters']:,} parameters, device {dist.device}, "
               f"batch {args.batch_size} x {dist.world} process(es) = {self.config['effective_batch_size']}, "
@@ -382,10 +377,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------- training
 
-    def train_epoch(self, stop: _StopRequest, show: bool) -> tuple[float, float]:
-        """One epoch (the rest of it when resumed inside it); returns (mean training loss, seconds)."""
-        args, dist, epoch = self.args, self.dist, self.epoch
-        first_batch, self.start_batch = self.start_batch, 0
+    def train_epoch(self, first_batch: int, stop: _StopRequest, show: bool) -> tuple[float, float]:
+        """The state's epoch from batch ``first_batch`` on (non-zero when resumed inside it); returns (mean
+        training loss, seconds)."""
+        args, dist, state = self.args, self.dist, self.state
+        epoch = state.epoch
         self.train_sampler.set_epoch(epoch, first_batch * args.batch_size)
         self.step.start_epoch(epoch)
         self.step.train()
@@ -406,11 +402,11 @@ class Trainer:
                 seen += len(losses)
                 batches.set_postfix(loss=f"{running / seen:.4g}")
                 pending.clear()
-            saved = bool(args.save_every_iters and self.global_step % args.save_every_iters == 0)
+            saved = bool(args.save_every_iters and state.global_step % args.save_every_iters == 0)
             if saved:
                 self.save_last(epoch, i + 1)
             if self.after_step is not None:
-                self.after_step(self.global_step)
+                self.after_step(state.global_step)
             if stop.signal:
                 if not saved:
                     self.save_last(epoch, i + 1)
@@ -438,7 +434,7 @@ class Trainer:
         self.optimizer.step()
         if self.average is not None:
             self.average.after_step()
-        self.global_step += 1
+        self.state.global_step += 1
         return loss.detach(), terms
 
     def log_interval(self, pending: list[tuple[int, torch.Tensor, dict]]) -> torch.Tensor:
@@ -448,29 +444,23 @@ class Trainer:
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             iteration = pending[int(bad[0])][0] + 1
-            raise UserError(f"training loss became {losses[int(bad[0])].item()} at epoch {self.epoch + 1}, "
+            raise UserError(f"training loss became {losses[int(bad[0])].item()} at epoch {self.state.epoch + 1}, "
                             f"iteration {iteration}; the last good checkpoints in {self.exp} are kept. "
                             "Lower --lr or check the data")
         if self.log is not None:
             names = list(pending[0][2])
             # One device-to-host copy for the whole interval, not one per scalar.
             terms = torch.stack([torch.stack([p[2][n] for n in names]) for p in pending], dim=1).float().cpu()
-            self.log.steps(self.global_step, losses.tolist(), dict(zip(names, terms.tolist())))
+            self.log.steps(self.state.global_step, losses.tolist(), dict(zip(names, terms.tolist())))
         return losses
 
     # ----------------------------------------------------------------------- checkpoints and logs
 
     def checkpoint(self, epoch: int, batch_in_epoch: int) -> dict:
-        """Everything ``--resume`` needs; every rank's RNG state is gathered (a collective call)."""
-        rng = [get_rng_state()]
-        if self.dist.world > 1:
-            gathered = [None] * self.dist.world
-            torch.distributed.all_gather_object(gathered, rng[0])
-            rng = gathered
+        """Everything ``--resume`` needs (the state's entries gather every rank's RNG: a collective call)."""
         return {**model_payload(self.step.model, self.run_name, self.config), "extra": self.step.extra_state(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": self.global_step,
-                "best_val_loss": self.best_loss, "rng_per_rank": rng, "world_size": self.dist.world,
+                **self.state.entries(epoch, batch_in_epoch, self.dist.world),
                 **({"average": self.average.state_dict()} if self.average is not None else {})}
 
     def save_last(self, epoch: int, batch_in_epoch: int) -> None:
@@ -485,10 +475,8 @@ class Trainer:
                   epochs_bar) -> None:
         """``best_model.pt`` when validation improved and the epoch's logs (:meth:`run` then writes
         ``model.pt``, outside the averaged weights)."""
-        epoch = self.epoch + 1  # epochs completed
-        improved = metrics["loss"] < self.best_loss
-        if improved:
-            self.best_loss = metrics["loss"]
+        epoch = self.state.epoch + 1  # epochs completed
+        improved = self.state.record(metrics["loss"])
         if self.dist.main:
             if improved:
                 save_checkpoint({**model_payload(self.step.model, self.run_name, self.config), "epoch": epoch,
@@ -499,7 +487,7 @@ class Trainer:
     def finish(self) -> None:
         """TensorBoard's hparams entry and the closing line (rank 0)."""
         if self.log is not None:
-            self.log.close({**jsonable(self.args), **self.step.hparams()}, self.best_loss)
+            self.log.close({**jsonable(self.args), **self.step.hparams()}, self.state.best_loss)
 
 
 def train(args: argparse.Namespace, build_step, run_name: str, roles: dict, defaults: dict | None = None) -> Path:
