@@ -21,19 +21,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.augment import AugmentedSlices
-from data.dataset import Sample, build_dataset, data_kind
+from data.dataset import Sample
 from data.fft import magnitude
-from data.split_check import check_split
-from models.checkpoints.format import arch_of, check_image, describe_arch, model_payload
+from models.checkpoints.format import arch_of, describe_arch, model_payload
 from models.checkpoints.io import save_checkpoint
 from models.training import averaging
-from models.training.distributed import Dist, EpochSampler
-from models.training.experiment import (check_resume_content, check_resume_data, content_record,
-                                        drop_replaced_run, git_commit, jsonable, prepare_exp_dir, restore_old_run,
+from models.training.distributed import Dist
+from models.training.experiment import (drop_replaced_run, git_commit, jsonable, prepare_exp_dir, restore_old_run,
                                         set_aside_old_run)
 from models.evaluation.metrics import psnr, used_for
 from models.training.logs import RunLog
+from models.training.run_data import RunData
 from models.training.speed import MEMORY_FORMATS, resolve_memory_format
 from models.training.state import RunState
 from data.outputs import folder_lock, write_json
@@ -244,32 +242,14 @@ class Trainer:
     # ----------------------------------------------------------------------- set-up
 
     def build(self, resume: dict | None) -> None:
-        """Seed, data sets, the step on its device in its memory layout, Adam and StepLR."""
+        """Seed, the run's data (checked against a resumed run), the step on its device in its memory layout,
+        Adam and its schedule."""
         args, dist = self.args, self.dist
         seed_everything(args.seed + dist.rank)
-        masks = dict(zip(args.acc, args.mask)) if args.mask else None
-        preload = {"auto": "auto", "yes": True, "no": False}[args.preload]
-        self.train_set = build_dataset(args.data_root, "train", args.acc, masks, preload)
-        self.val_set = build_dataset(args.data_root, "validation", args.acc, masks, preload)
-        # Files may have been moved or merged since data/prepare.py checked them; this reads only attributes.
-        check_split(args.data_root, args.acc)
-        # The image type is the data's: the scripts build their networks for it (args.image) and config.json,
-        # every checkpoint and evaluate.py's summary.json record it with the k-space's origin.
-        kind = data_kind(self.train_set)
-        if data_kind(self.val_set) != kind:
-            raise UserError(f"--data-root {args.data_root}: train/ holds {kind['image']} images, validation/ "
-                            f"{data_kind(self.val_set)['image']} ones; prepare both splits in one data/prepare.py run")
-        args.image, args.kspace = kind["image"], kind["kspace"]
-        shape = tuple(self.train_set[0].target.shape[-2:])
-        self.content = content_record(args, shape)
-        if resume is not None:
-            check_resume_data(resume, args, len(self.train_set), len(self.val_set))
-            # The image type first: data of the other type differs in content too, but this says why.
-            check_image(resume.get("arch") or {}, args.image, self.exp / "model.pt", "--resume:")
-            check_resume_content(resume, self.content, args)
+        self.data = RunData.load(args, self.exp, resume)
         self.step = step = self.build_step(args)
         recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
-        args.memory_format = resolve_memory_format(args.memory_format, dist.device, shape, bool(args.amp),
+        args.memory_format = resolve_memory_format(args.memory_format, dist.device, self.data.shape, bool(args.amp),
                                                    recorded, batch=args.batch_size)
         step.to(device=dist.device, memory_format=MEMORY_FORMATS[args.memory_format])
         self.amp = bool(args.amp)
@@ -323,23 +303,8 @@ class Trainer:
         self.state = RunState.restore(resume, self.dist.rank, self.dist.world)
 
     def make_loaders(self) -> None:
-        """Loaders over the resumable sampler; built after the RNG is restored, as the original run did."""
-        args, dist = self.args, self.dist
-        if args.augment:
-            self.train_set = AugmentedSlices(self.train_set, args.seed)
-        self.train_sampler = EpochSampler(len(self.train_set), args.seed, dist.rank, dist.world,
-                                          keys=args.augment)
-        val_sampler = EpochSampler(len(self.val_set), args.seed, dist.rank, dist.world, shuffle=False)
-        opts = dict(batch_size=args.batch_size, num_workers=args.num_workers,
-                    pin_memory=dist.device.type == "cuda", persistent_workers=args.num_workers > 0)
-        # Each epoch's iterator draws a base seed (for worker processes): from a generator of the loader's own,
-        # not the global RNG, which model.pt saves. Otherwise a run resumed mid-epoch, which builds that epoch's
-        # iterator a second time, would end one draw ahead of an uninterrupted run. The data pipeline itself
-        # draws no random numbers, so the base seed changes nothing it computes.
-        self.train_loader = DataLoader(self.train_set, sampler=self.train_sampler, **opts,
-                                       generator=torch.Generator().manual_seed(args.seed + dist.rank))
-        self.val_loader = DataLoader(self.val_set, sampler=val_sampler, **opts,
-                                     generator=torch.Generator().manual_seed(args.seed + dist.rank))
+        """The loaders, built after the RNG is restored, as the original run did."""
+        self.train_loader, self.train_sampler, self.val_loader = self.data.loaders(self.args, self.dist)
 
     def wrap(self) -> None:
         """The module the loop calls: the step itself, or under torchrun the step inside DDP."""
@@ -358,11 +323,11 @@ class Trainer:
         self.config = {**jsonable(args), "run_name": self.run_name, "roles": self.roles, "git_commit": git_commit(),
                        "torch_version": str(torch.__version__), "machine": machine(), "device": str(dist.device),
                        "world_size": dist.world, "effective_batch_size": args.batch_size * dist.world,
-                       "effective_lr": self.lr, "train_slices": len(self.train_set),
-                       "validation_slices": len(self.val_set),
+                       "effective_lr": self.lr, "train_slices": len(self.data.train),
+                       "validation_slices": len(self.data.validation),
                        "trainable_parameters": sum(p.numel() for p in self.params),
                        "model_parameters": sum(p.numel() for p in self.step.model.parameters()),
-                       "content": self.content}
+                       "content": self.data.content}
         if not dist.main:
             return
         if resume is None:
@@ -370,7 +335,7 @@ class Trainer:
             set_aside_old_run(self.exp)
             write_json(self.exp / "config.json", self.config)
         self.log = RunLog(self.exp, self.state.global_step if resume else None, args.epochs, args.image_every)
-        print(f"{self.run_name}: {len(self.train_set)} training / {len(self.val_set)} validation slices, "
+        print(f"{self.run_name}: {len(self.data.train)} training / {len(self.data.validation)} validation slices, "
               f"{self.config['model_parameters']:,} parameters, device {dist.device}, "
               f"batch {args.batch_size} x {dist.world} process(es) = {self.config['effective_batch_size']}, "
               f"lr {self.lr:g}; writing to {self.exp}", flush=True)
