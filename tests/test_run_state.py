@@ -6,11 +6,18 @@ import torch
 from models.training.state import RunState
 
 
-def test_start_epoch_hands_out_the_resumed_batch_once():
-    state = RunState(epoch=3, batch_in_epoch=7)
-    assert state.start_epoch(3) == 7  # the epoch a run resumed inside continues at its batch
-    assert state.batch_in_epoch == 0
-    assert state.start_epoch(4) == 0 and state.epoch == 4
+def test_steps_and_epoch_ends_move_the_saved_position():
+    state = RunState(epoch=3, batch_in_epoch=7, global_step=50)  # resumed inside epoch 3, at its batch 7
+    state.step_done()
+    state.step_done()
+    assert state.entries(world=1)["epoch"] == 3 and state.entries(world=1)["batch_in_epoch"] == 9
+    assert state.global_step == 52
+    state.end_epoch()
+    assert (state.epoch, state.batch_in_epoch, state.global_step) == (4, 0, 52)  # the next epoch from batch 0
+    assert not RunState.finished(state.entries(world=1), epochs=5)
+    state.end_epoch()
+    assert RunState.finished(state.entries(world=1), epochs=5)
+    assert not RunState.finished({"epoch": 5, "batch_in_epoch": 3}, epochs=5)  # stopped inside a later epoch
 
 
 def test_record_keeps_the_stage_best_and_a_new_stage_forgets_it():
@@ -26,7 +33,7 @@ def test_record_keeps_the_stage_best_and_a_new_stage_forgets_it():
 def test_entries_restore_round_trip_with_the_random_state():
     torch.manual_seed(5)
     state = RunState(epoch=2, batch_in_epoch=1, global_step=41, best_loss=0.125)
-    saved = state.entries(2, 1, world=1)
+    saved = state.entries(world=1)
     expected = torch.rand(4)  # what an uninterrupted run draws next
     torch.manual_seed(99)  # a resumed process starts elsewhere
     back = RunState.restore(saved, rank=0, world=1)
@@ -36,7 +43,7 @@ def test_entries_restore_round_trip_with_the_random_state():
 
 
 def test_restore_with_another_world_size_warns_and_keeps_the_random_state(capsys):
-    saved = RunState(global_step=3).entries(1, 0, world=1) | {"world_size": 2}
+    saved = RunState(epoch=1, global_step=3).entries(world=1) | {"world_size": 2}
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)

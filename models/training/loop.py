@@ -207,7 +207,7 @@ class Trainer:
 
     def run(self) -> Path:
         resume = prepare_exp_dir(self.args, self.defaults)
-        if resume is not None and resume["epoch"] >= self.args.epochs and resume["batch_in_epoch"] == 0:
+        if resume is not None and RunState.finished(resume, self.args.epochs):
             if self.dist.main:
                 print(f"{self.exp} already finished {resume['epoch']} of {self.args.epochs} epochs; "
                       "nothing to resume")
@@ -224,7 +224,7 @@ class Trainer:
                           desc=self.run_name, unit="epoch", disable=not show, dynamic_ncols=True)
         with _StopRequest() as stop:
             for epoch in epochs_bar:
-                first_batch = state.start_epoch(epoch)
+                first_batch = state.batch_in_epoch  # non-zero only in the epoch a run resumed inside
                 if first_batch == 0 and self.step.begins_stage(epoch):
                     self.begin_stage()
                 train_loss, seconds = self.train_epoch(first_batch, stop, show)
@@ -235,7 +235,8 @@ class Trainer:
                 with self.average.applied() if self.average is not None else contextlib.nullcontext():
                     metrics, images = validate(self.step, self.val_loader, self.dist, self.amp)
                     self.end_epoch(metrics, images, train_loss, seconds, epochs_bar)
-                self.save_last(epoch + 1, 0)
+                state.end_epoch()
+                self.save_last()
         self.finish()
         return self.exp
 
@@ -369,12 +370,12 @@ class Trainer:
                 pending.clear()
             saved = bool(args.save_every_iters and state.global_step % args.save_every_iters == 0)
             if saved:
-                self.save_last(epoch, i + 1)
+                self.save_last()
             if self.after_step is not None:
                 self.after_step(state.global_step)
             if stop.signal:
                 if not saved:
-                    self.save_last(epoch, i + 1)
+                    self.save_last()
                 if dist.main:
                     print(f"\nstopped by {stop.signal} in epoch {epoch + 1}; model.pt is saved. "
                           "Continue with the same command plus --resume", file=sys.stderr)
@@ -399,7 +400,7 @@ class Trainer:
         self.optimizer.step()
         if self.average is not None:
             self.average.after_step()
-        self.state.global_step += 1
+        self.state.step_done()
         return loss.detach(), terms
 
     def log_interval(self, pending: list[tuple[int, torch.Tensor, dict]]) -> torch.Tensor:
@@ -421,16 +422,16 @@ class Trainer:
 
     # ----------------------------------------------------------------------- checkpoints and logs
 
-    def checkpoint(self, epoch: int, batch_in_epoch: int) -> dict:
+    def checkpoint(self) -> dict:
         """Everything ``--resume`` needs (the state's entries gather every rank's RNG: a collective call)."""
         return {**model_payload(self.step.model, self.run_name, self.config), "extra": self.step.extra_state(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                **self.state.entries(epoch, batch_in_epoch, self.dist.world),
+                **self.state.entries(self.dist.world),
                 **({"average": self.average.state_dict()} if self.average is not None else {})}
 
-    def save_last(self, epoch: int, batch_in_epoch: int) -> None:
-        """``model.pt`` at this position (all ranks take part; rank 0 writes); the replaced run goes."""
-        state = self.checkpoint(epoch, batch_in_epoch)
+    def save_last(self) -> None:
+        """``model.pt`` at the state's position (all ranks take part; rank 0 writes); the replaced run goes."""
+        state = self.checkpoint()
         if self.dist.main:
             save_checkpoint(state, self.exp / "model.pt")
             drop_replaced_run(self.exp)

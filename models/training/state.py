@@ -18,9 +18,11 @@ from utils import get_rng_state, set_rng_state
 
 @dataclass
 class RunState:
-    """``epoch``: the epoch being trained (0-based; the number completed once it ends); ``batch_in_epoch``:
+    """``epoch``: the epoch being trained (0-based, so also the number of epochs completed); ``batch_in_epoch``:
     batches of it already trained (a run resumed inside an epoch starts there); ``global_step``: optimiser steps
-    so far; ``best_loss``: the best validation loss of the current stage (``best_model.pt``'s)."""
+    so far; ``best_loss``: the best validation loss of the current stage (``best_model.pt``'s). Only
+    :meth:`step_done` and :meth:`end_epoch` move the position, so what :meth:`entries` saves is where the run
+    is."""
 
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -39,12 +41,20 @@ class RunState:
             set_rng_state(resume["rng_per_rank"][rank])
         return cls(resume["epoch"], resume["batch_in_epoch"], resume["global_step"], resume["best_val_loss"])
 
-    def start_epoch(self, epoch: int) -> int:
-        """Enter ``epoch``; returns the batch to start it from (non-zero only in the epoch a run resumed
-        inside) and clears it, so the next epoch starts from its first batch."""
-        self.epoch = epoch
-        first, self.batch_in_epoch = self.batch_in_epoch, 0
-        return first
+    @staticmethod
+    def finished(resume: dict, epochs: int) -> bool:
+        """Whether the run saved in ``resume`` (a loaded ``model.pt``) has completed all ``epochs``."""
+        return resume["epoch"] >= epochs and resume["batch_in_epoch"] == 0
+
+    def step_done(self) -> None:
+        """One optimiser step of the current epoch is done."""
+        self.global_step += 1
+        self.batch_in_epoch += 1
+
+    def end_epoch(self) -> None:
+        """The current epoch is done: the position moves to the next epoch's first batch."""
+        self.epoch += 1
+        self.batch_in_epoch = 0
 
     def record(self, val_loss: float) -> bool:
         """Whether ``val_loss`` beats the stage's best (then it is the new best)."""
@@ -57,13 +67,13 @@ class RunState:
         """A stage starts as a separate run would: no best validation loss yet."""
         self.best_loss = math.inf
 
-    def entries(self, epoch: int, batch_in_epoch: int, world: int) -> dict:
-        """The checkpoint's entries for position (``epoch``, ``batch_in_epoch``), with every rank's RNG state
-        (gathered under DDP: a collective call that all ranks make)."""
+    def entries(self, world: int) -> dict:
+        """The checkpoint's entries for the current position, with every rank's RNG state (gathered under DDP:
+        a collective call that all ranks make)."""
         rng = [get_rng_state()]
         if world > 1:
             gathered = [None] * world
             torch.distributed.all_gather_object(gathered, rng[0])
             rng = gathered
-        return {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": self.global_step,
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
                 "best_val_loss": self.best_loss, "rng_per_rank": rng, "world_size": world}
