@@ -1,6 +1,8 @@
 """The map of scripts/map.sh from its committed files: per cell (student width x acceleration) the teacher's lead
 over the student and the primary contrast B - C (the SFT teacher's effect, initialisation held fixed), each the
-mean over seeds with its 95 % t-interval (scripts/contrasts.py), as two heatmaps (PNG) and a Markdown table.
+mean over seeds with its 95 % t-interval (scripts/contrasts.py), as two heatmaps (PNG) and a Markdown table;
+below that table, every contrast of every cell with its interval, per-seed SD, minimum detectable effect and,
+for a null, the effect its interval excludes.
 
     python -m scripts.map --map-dir docs/map --out docs/map/map.png [--test-set mni152] [--kd-method at]
 
@@ -27,13 +29,15 @@ PRIMARY_PREFIX = "B - C"
 
 @dataclass
 class Cell:
-    """One cell: its folder, the student's width, the acceleration and its two contrasts (None if missing)."""
+    """One cell: its folder, the student's width, the acceleration, its two mapped contrasts (None if missing)
+    and every PSNR contrast of the study's table (the mapped two among them)."""
 
     folder: Path
     width: int
     acc: str
     gap: contrasts.Contrast | None
     primary: contrasts.Contrast | None
+    every: list[contrasts.Contrast]
 
 
 def student_width(table: dict, column: str, folder: Path) -> int:
@@ -54,12 +58,12 @@ def read_cell(folder: Path, test_set: str, kd_method: str) -> Cell:
         raise UserError(f"{folder}: its {test_set} evaluations have {len(columns)} accelerations ({columns}); "
                         "a map cell has one")
     column = columns[0]
-    found = contrasts.all_contrasts(table, columns)
     metric = "PSNR"
-    gap = next((c for c in found if c.label == "Teacher - Student" and c.metric == metric), None)
-    primary = next((c for c in found if c.primary and c.method == kd_method and c.metric == metric
-                    and c.label.startswith(PRIMARY_PREFIX)), None)
-    return Cell(folder, student_width(table, column, folder), column, gap, primary)
+    found = [c for c in contrasts.all_contrasts(table, columns) if c.metric == metric]
+    gap = next((c for c in found if c.label == "Teacher - Student"), None)
+    primary = next((c for c in found if c.primary and c.method == kd_method and c.label.startswith(PRIMARY_PREFIX)),
+                   None)
+    return Cell(folder, student_width(table, column, folder), column, gap, primary, found)
 
 
 def read_map(map_dir: Path, test_set: str, kd_method: str) -> list[Cell]:
@@ -86,6 +90,34 @@ def _interval(c: contrasts.Contrast | None) -> str:
     return f"{c.mean:+.2f} [{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else f"{c.mean:+.2f}"
 
 
+def _reading(c: contrasts.Contrast) -> str:
+    """Where the interval lies: above or below 0, or, for a null, the effect it excludes at 95 %."""
+    low, high = c.interval()
+    if not np.isfinite(low):
+        return "–"
+    if low > 0:
+        return "above 0"
+    if high < 0:
+        return "below 0"
+    return f"null: > {high:+.2f} excluded"
+
+
+def every_contrast(cells: list[Cell]) -> list[str]:
+    """Markdown lines: per cell, every contrast of its study table (PSNR dB) with its power statement."""
+    lines = ["", "Every contrast of every cell (PSNR dB, as each cell's `table.md`): mean [95 % t-interval]; SD: "
+             "per-seed SD; MDE: minimum detectable effect of the cell's seeds (80 % power, two-sided paired t, "
+             "alpha 0.05); for a null (interval containing 0), the effect above the interval's bound is excluded at "
+             "95 %.", "",
+             "| cell | contrast | mean [95 % CI] | SD | MDE | reading |", "|---|---|---|---|---|---|"]
+    for cell in sorted(cells, key=lambda c: (parse_acc(c.acc), c.width)):
+        for c in cell.every:
+            label = f"**{c.label}** (primary)" if c.primary else c.label
+            sd = f"{c.sd:.2f}" if np.isfinite(c.sd) else "–"
+            mde = f"{c.mde:.2f}" if np.isfinite(c.mde) else "–"
+            lines.append(f"| {cell.folder.name} | {label} | {_interval(c)} | {sd} | {mde} | {_reading(c)} |")
+    return lines
+
+
 def markdown(cells: list[Cell], test_set: str, kd_method: str) -> str:
     lines = [f"Map, {test_set} test set, PSNR dB: mean over seeds [95 % t-interval]; B - C with KD method "
              f"{kd_method}; SD: per-seed SD of B - C; MDE: its minimum detectable effect (80 % power, two-sided "
@@ -99,7 +131,7 @@ def markdown(cells: list[Cell], test_set: str, kd_method: str) -> str:
         n = len(p.diffs) if p is not None else len(cell.gap.diffs) if cell.gap is not None else 0
         lines.append(f"| {cell.folder.name} | {cell.width} | {cell.acc} | {n} | {_interval(cell.gap)} | "
                      f"{_interval(p)} | {sd} | {mde} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + every_contrast(cells)) + "\n"
 
 
 def heatmaps(cells: list[Cell], test_set: str, kd_method: str) -> bytes:
