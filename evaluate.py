@@ -32,7 +32,8 @@ teacher). The zero-filled input is always evaluated too, as model ``ZF``. Output
   models/distill/roles.py, plus its training seed}``), ``trained_acc`` (``{name: the accelerations it was
   trained at}``, empty where it records none: with ``--cross-acc`` they differ from ``acc``, and report.py gives
   such a model a row of its own), ``machine`` (the evaluating machine, utils.machine: CPU, ISA, torch build,
-  threads), ``trained_on`` (``{name: the machine its checkpoint's training recorded, or null}``), ``image``
+  threads), ``trained_on`` (``{name: the machine its checkpoint's training recorded, or null}``), ``recipe``
+  (``{name: the training flags that make runs comparable, models.training.flags.RECIPE_KEYS}``), ``image``
   (``magnitude`` or ``complex``; complex images are scored on their magnitude, as fastMRI does) and ``kspace``
   (where the data's k-space came from, e.g. ``synthetic from magnitude``); these words cannot be model names.
 
@@ -80,6 +81,7 @@ from models.checkpoints.format import load_model, load_reconstructor
 from models.nets.registry import reconstructor
 from models.training.speed import MEMORY_FORMATS, auto_layout
 from models.training.distributed import resolve_device
+from models.training.flags import recipe
 from models.evaluation.metrics import FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS
 from data.outputs import atomic_write, check_free_space, folder_lock, write_json, write_text
 from utils import CliParser, UserError, clean_text, csv_text, machine, run_cli
@@ -114,7 +116,7 @@ METRIC_SETS = {
 }
 METRIC_CHOICES = {**{name: (name,) for name in METRIC_SETS}, "all": tuple(METRIC_SETS)}
 META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "trained_acc", "machine",
-             "trained_on", "fastmri", "public_volume", "image", "kspace")
+             "trained_on", "recipe", "fastmri", "public_volume", "image", "kspace")
 RECON_KEY = "reconstruction"
 STAGE_PREFIX = ".evaluate-"
 
@@ -446,6 +448,7 @@ def _main(args: argparse.Namespace) -> None:
     models = {name: reconstructor(model) for name, (model, _) in zip(names, loaded)}
     args.roles = {name: recorded_roles(ckpt) for name, (_, ckpt) in zip(names, loaded)}
     args.trained_on = {name: trained_on(ckpt) for name, (_, ckpt) in zip(names, loaded)}
+    args.recipe = {name: recipe(ckpt.get("config")) for name, (_, ckpt) in zip(names, loaded)}
     # Results go to a staging folder that replaces the previous run's files (and only those) once complete, so a
     # failed or killed run leaves the old results as they were (data/outputs.py).
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=args.out_dir))
@@ -505,7 +508,7 @@ def write_results(args: argparse.Namespace, names: list[str], rows: dict[str, li
                 "data_root": str(args.data_root), "mask": str(args.mask) if args.mask else None,
                 "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)}, "roles": args.roles,
                 "trained_acc": args.trained_acc, "machine": machine(), "trained_on": args.trained_on,
-                **args.data_kind})
+                "recipe": args.recipe, **args.data_kind})
     return stats
 
 

@@ -13,7 +13,9 @@ evaluation's, so a folder's name cannot mislabel it. The table goes next to the 
 from __future__ import annotations
 
 import io
+import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,7 @@ class Cell:
     gap: contrasts.Contrast | None
     primary: contrasts.Contrast | None
     every: list[contrasts.Contrast]
+    recipes: dict[str, dict]
 
 
 def student_width(table: dict, column: str, folder: Path) -> int:
@@ -48,6 +51,41 @@ def student_width(table: dict, column: str, folder: Path) -> int:
         raise UserError(f"{folder}: its student runs record {'no' if not widths else 'several'} widths "
                         f"({sorted(widths)}); a map cell needs runs of this version with one student width")
     return widths.pop()
+
+
+def cell_recipes(folder: Path, dirs: list[Path]) -> dict[str, dict]:
+    """``{run name without its -seedN: the recipe its runs recorded}`` (evaluate.py's ``recipe``), checked to be
+    the same for every seed of the cell; empty for cells of older versions, which recorded none."""
+    found: dict[str, tuple[dict, str]] = {}
+    for seed_dir in dirs:
+        recorded = json.loads((seed_dir / "summary.json").read_text()).get("recipe")
+        for name, recipe in (recorded.items() if isinstance(recorded, dict) else ()):
+            if not recipe:
+                continue
+            run = re.sub(r"-seed\d+$", "", name)
+            seen = found.setdefault(run, (recipe, seed_dir.name))
+            if seen[0] != recipe:
+                raise UserError(f"{folder}: its {run} runs were trained in two settings ({seen[1]}: "
+                                f"{_differences(seen[0], recipe)}, {seed_dir.name}); a cell holds one setting")
+    return {run: recipe for run, (recipe, _) in found.items()}
+
+
+def _differences(a: dict, b: dict) -> str:
+    keys = sorted(key for key in {*a, *b} if a.get(key) != b.get(key))
+    return ", ".join(f"{key} {a.get(key)!r} against {b.get(key)!r}" for key in keys)
+
+
+def check_one_setting(cells: list[Cell]) -> None:
+    """Refuse a map whose cells trained a run of one name in different settings (the student's width and the
+    acceleration excepted: they are the map's axes, and recipes do not hold them)."""
+    seen: dict[str, tuple[dict, Path]] = {}
+    for cell in cells:
+        for run, recipe in cell.recipes.items():
+            other = seen.setdefault(run, (recipe, cell.folder))
+            if other[0] != recipe:
+                raise UserError(f"{other[1]} and {cell.folder} trained {run} in different settings "
+                                f"({_differences(other[0], recipe)}); a map compares cells of one setting: "
+                                "rerun one of them with the other's STUDY_FLAGS, or map them apart (--map-dir)")
 
 
 def read_cell(folder: Path, test_set: str, kd_method: str) -> Cell:
@@ -63,7 +101,7 @@ def read_cell(folder: Path, test_set: str, kd_method: str) -> Cell:
     gap = next((c for c in found if c.label == "Teacher - Student"), None)
     primary = next((c for c in found if c.primary and c.method == kd_method and c.label.startswith(PRIMARY_PREFIX)),
                    None)
-    return Cell(folder, student_width(table, column, folder), column, gap, primary, found)
+    return Cell(folder, student_width(table, column, folder), column, gap, primary, found, cell_recipes(folder, dirs))
 
 
 def read_map(map_dir: Path, test_set: str, kd_method: str) -> list[Cell]:
@@ -80,6 +118,7 @@ def read_map(map_dir: Path, test_set: str, kd_method: str) -> list[Cell]:
             raise UserError(f"{seen[key]} and {cell.folder} are both the cell student width {cell.width}, {cell.acc}; "
                             "keep one")
         seen[key] = cell.folder
+    check_one_setting(cells)
     return cells
 
 
@@ -131,7 +170,19 @@ def markdown(cells: list[Cell], test_set: str, kd_method: str) -> str:
         n = len(p.diffs) if p is not None else len(cell.gap.diffs) if cell.gap is not None else 0
         lines.append(f"| {cell.folder.name} | {cell.width} | {cell.acc} | {n} | {_interval(cell.gap)} | "
                      f"{_interval(p)} | {sd} | {mde} |")
-    return "\n".join(lines + every_contrast(cells)) + "\n"
+    return "\n".join(lines + setting_line(cells) + every_contrast(cells)) + "\n"
+
+
+def setting_line(cells: list[Cell]) -> list[str]:
+    """Markdown lines: which cells recorded their training setting (checked alike), which did not."""
+    recorded = [c.folder.name for c in cells if c.recipes]
+    missing = [c.folder.name for c in cells if not c.recipes]
+    if not recorded:
+        return ["", "Training setting: recorded by no cell (runs of older versions), so not checked."]
+    text = f"Training setting (evaluate.py's `recipe`): recorded and the same in {', '.join(recorded)}"
+    if missing:
+        text += f"; not recorded (runs of older versions, not checked): {', '.join(missing)}"
+    return ["", text + "."]
 
 
 def heatmaps(cells: list[Cell], test_set: str, kd_method: str) -> bytes:

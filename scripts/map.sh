@@ -7,9 +7,11 @@
 #   environment: WIDTHS (student widths, "8 16 32"), ACCS ("4x 8x"), SEEDS (the map's own, "21 22 23 24 25":
 #                never the study's 11-15 nor those that chose the setting), KD_METHODS ("at"), MAP_DOCS
 #                (docs/map), COMMIT=1 (git-commit each finished cell's folder on its own, so cells run at
-#                different times or on different machines add up), and every variable of scripts/study.sh
-#                (EPOCHS, SIZE, STUDY_FLAGS, TRAIN_FLAGS, PREPARE_FLAGS, TEACHER_FLAGS, JOBS, ...), the same
-#                for every cell; STUDENT_FLAGS and ACC are the cell's.
+#                different times or on different machines add up), STUDY_FLAGS (default: the map's setting,
+#                chosen in docs/setting, "--lr-step-size 20 --augment"; study.sh's own default lacks --augment,
+#                so a cell run through study.sh alone would not be a cell of this map), and every other variable
+#                of scripts/study.sh (EPOCHS, SIZE, TRAIN_FLAGS, PREPARE_FLAGS, TEACHER_FLAGS, JOBS, ...), the
+#                same for every cell; STUDENT_FLAGS and ACC are the cell's.
 # Resumable: study.sh skips finished runs and evaluations, so re-running continues the first unfinished cell;
 # a cell whose every seed is evaluated is not touched. MAP_ONLY=1 only redraws the heatmaps from MAP_DOCS.
 set -euo pipefail
@@ -24,7 +26,8 @@ ACCS=${ACCS:-4x 8x}
 SEEDS=${SEEDS:-21 22 23 24 25}
 MAP_DOCS=${MAP_DOCS:-docs/map}
 PYTHON=${PYTHON:-python}
-export SEEDS KD_METHODS=${KD_METHODS:-at}
+STUDY_FLAGS=${STUDY_FLAGS:---lr-step-size 20 --augment}
+export SEEDS KD_METHODS=${KD_METHODS:-at} STUDY_FLAGS
 for seed in $SEEDS; do
     case " 11 12 13 14 15 " in *" $seed "*)
         echo "error: SEEDS has $seed, a seed of the study (11-15); the map needs seeds of its own" >&2

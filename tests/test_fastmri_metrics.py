@@ -141,7 +141,7 @@ def test_paper_output_is_unchanged_and_sets_are_separate(evaluated):
     fastmri = json.loads((tmp / "fastmri" / "summary.json").read_text())
     assert paper == {k: v for k, v in both.items() if k not in ("fastmri", "public_volume")}
     assert list(paper) == ["ZF", "student", "acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles",
-                           "trained_acc", "machine", "trained_on", "image", "kspace"]
+                           "trained_acc", "machine", "trained_on", "recipe", "image", "kspace"]
     assert fastmri == {k: v for k, v in both.items() if k not in ("ZF", "student", "public_volume")}
 
 

@@ -53,6 +53,29 @@ def test_the_map_gives_each_cell_the_study_table_numbers_under_its_recorded_widt
         main(["--map-dir", str(tmp_path / "map"), "--out", str(out), "--overwrite"])
 
 
+def test_cells_of_different_training_settings_are_refused(tmp_path):
+    def record(cell: Path, augment: bool, seeds=None):
+        for summary_path in sorted(cell.glob("mni152/seed*/summary.json"))[:seeds]:
+            summary = json.loads(summary_path.read_text())
+            summary["recipe"] = {name: {"epochs": 40, "augment": augment} for name in summary["roles"]}
+            summary_path.write_text(json.dumps(summary))
+
+    augmented = fake_cell(tmp_path / "map" / "w16-4x", "docs/study-augment", 16)
+    plain = fake_cell(tmp_path / "map" / "w8-4x", "docs/study", 8)
+    out = tmp_path / "out" / "map.png"
+    record(augmented, True)
+    main(["--map-dir", str(tmp_path / "map"), "--out", str(out)])  # an older cell that recorded none is not checked
+    assert ("recorded and the same in w16-4x; not recorded (runs of older versions, not checked): w8-4x"
+            in (tmp_path / "out" / "map.md").read_text())
+    record(plain, False)
+    with pytest.raises(UserError, match=r"w16-4x and .*w8-4x trained teacher in different settings \(augment True "
+                                        r"against False\)"):
+        main(["--map-dir", str(tmp_path / "map"), "--out", str(out), "--overwrite"])
+    record(plain, True, seeds=2)  # two of its seeds now say True, the others False
+    with pytest.raises(UserError, match=r"w8-4x: its teacher runs were trained in two settings"):
+        main(["--map-dir", str(tmp_path / "map"), "--out", str(out), "--overwrite"])
+
+
 def test_a_cell_without_recorded_widths_is_refused(tmp_path):
     folder = tmp_path / "map" / "w8-4x" / "mni152" / "seed11"
     folder.mkdir(parents=True)

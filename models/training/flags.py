@@ -123,6 +123,22 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+# The flags (and resolved sizes) that make two runs of one role comparable: what evaluate.py records per model as
+# its ``recipe``, so that scripts/map.py can refuse cells trained in different settings. Seeds, paths and speed
+# flags are left out: they differ between runs that are meant to be compared.
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "lr_schedule", "lr_step_size", "lr_gamma", "augment", "ema",
+               "average_last", "kd_weight", "feature_epochs", "student_rec_weight", "imitation_weight",
+               "train_slices", "validation_slices")
+
+
+def recipe(config: dict | None) -> dict:
+    """The :data:`RECIPE_KEYS` a run's ``config`` (config.json, a checkpoint's ``config``) holds; empty for
+    checkpoints of older versions and imported ones."""
+    if not isinstance(config, dict):
+        return {}
+    return {key: config[key] for key in RECIPE_KEYS if key in config}
+
+
 def add_arch_args(parser: argparse.ArgumentParser, roles: tuple[str, ...] = ("",)) -> None:
     """Architecture flags of the scripts that build fresh networks: ``--ref-padding``, ``--residual`` and
     ``--cascades`` for every network, ``--{role}depth`` and ``--{role}width`` per role (``""``, or
