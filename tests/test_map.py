@@ -99,7 +99,9 @@ def test_map_sh_runs_a_cell_at_its_width_and_resumes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((tmp_path / "runs" / "w4-4x" / "seed1" / "4x" / "stdkd-imitation" / "config.json").read_text())
     assert config["roles"]["nets"]["student"]["width"] == 4
-    assert "| w4-4x | 4 | 4x | 2 |" in (tmp_path / "docs" / "map.md").read_text()
+    assert config["augment"] is True and config["lr_step_size"] == 20  # the map's setting, not study.sh's default
+    table = (tmp_path / "docs" / "map.md").read_text()
+    assert "| w4-4x | 4 | 4x | 2 |" in table and "recorded and the same in w4-4x." in table
     again = map_sh(tmp_path)
     assert again.returncode == 0 and "== cell w4-4x: done" in again.stdout
     refused = map_sh(tmp_path, SEEDS="11 30")
