@@ -13,9 +13,7 @@ evaluation's, so a folder's name cannot mislabel it. The table goes next to the 
 from __future__ import annotations
 
 import io
-import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,21 +51,20 @@ def student_width(table: dict, column: str, folder: Path) -> int:
     return widths.pop()
 
 
-def cell_recipes(folder: Path, dirs: list[Path]) -> dict[str, dict]:
-    """``{run name without its -seedN: the recipe its runs recorded}`` (evaluate.py's ``recipe``), checked to be
-    the same for every seed of the cell; empty for cells of older versions, which recorded none."""
-    found: dict[str, tuple[dict, str]] = {}
-    for seed_dir in dirs:
-        recorded = json.loads((seed_dir / "summary.json").read_text()).get("recipe")
-        for name, recipe in (recorded.items() if isinstance(recorded, dict) else ()):
-            if not recipe:
+def cell_recipes(folder: Path, table: dict, column: str) -> dict[str, dict]:
+    """``{row label: the recipe its runs recorded}`` (evaluate.py's ``recipe``, read by report.collect), checked to
+    be the same for every seed of the cell; empty for cells of older versions, which recorded none."""
+    found: dict[str, tuple[dict, int | None]] = {}
+    for (role, method), per_column in table.items():
+        run_label = role if method is None else f"{role} ({method})"
+        for seed, run in sorted(per_column.get(column, {}).items(), key=lambda item: (item[0] is not None, item[0])):
+            if not run.recipe:
                 continue
-            run = re.sub(r"-seed\d+$", "", name)
-            seen = found.setdefault(run, (recipe, seed_dir.name))
-            if seen[0] != recipe:
-                raise UserError(f"{folder}: its {run} runs were trained in two settings ({seen[1]}: "
-                                f"{_differences(seen[0], recipe)}, {seed_dir.name}); a cell holds one setting")
-    return {run: recipe for run, (recipe, _) in found.items()}
+            seen = found.setdefault(run_label, (run.recipe, seed))
+            if seen[0] != run.recipe:
+                raise UserError(f"{folder}: its {run_label} runs were trained in two settings (seed {seen[1]}: "
+                                f"{_differences(seen[0], run.recipe)}, seed {seed}); a cell holds one setting")
+    return {run_label: recipe for run_label, (recipe, _) in found.items()}
 
 
 def _differences(a: dict, b: dict) -> str:
@@ -101,7 +98,8 @@ def read_cell(folder: Path, test_set: str, kd_method: str) -> Cell:
     gap = next((c for c in found if c.label == "Teacher - Student"), None)
     primary = next((c for c in found if c.primary and c.method == kd_method and c.label.startswith(PRIMARY_PREFIX)),
                    None)
-    return Cell(folder, student_width(table, column, folder), column, gap, primary, found, cell_recipes(folder, dirs))
+    return Cell(folder, student_width(table, column, folder), column, gap, primary, found,
+                cell_recipes(folder, table, column))
 
 
 def read_map(map_dir: Path, test_set: str, kd_method: str) -> list[Cell]:

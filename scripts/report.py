@@ -102,6 +102,7 @@ class Run:
     test_set: str | None = None
     key: tuple[str, str | None, int | None] | None = None
     nets: dict | None = None  # the sizes its roles record (models/distill/roles.py), None for older runs
+    recipe: dict | None = None  # the training setting evaluate.py recorded (its ``recipe``), None for older runs
 
     def mean(self, metric: str) -> float:
         return float(np.mean(list(self.values[metric].values())))
@@ -168,10 +169,12 @@ def read_eval_dir(folder: Path) -> tuple[str, dict[str, Run]]:
                             "rerun evaluate.py") from exc
     roles = summary.get("roles") if isinstance(summary.get("roles"), dict) else {}
     trained = summary.get("trained_acc") if isinstance(summary.get("trained_acc"), dict) else {}
+    recipes = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else {}
     for name, run in runs.items():
         recorded = roles.get(name)
         run.key = role_key(recorded) if recorded else parse_model_name(name)
         run.nets = recorded.get("nets") if recorded else None
+        run.recipe = recipes.get(name) or None
         accs = trained.get(name) if isinstance(trained.get(name), list) else []
         if run.key is not None and accs and acc not in accs:
             # Scored across accelerations (evaluate.py --cross-acc): a row of its own, never the native one.
