@@ -1,7 +1,9 @@
 """Shared fixtures: tiny data sets written in the original KD-MRI / SFT-KD-Recon HDF5 layout."""
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +100,59 @@ def cli_error(main, argv: list[str], capsys) -> str:
     assert info.value.code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     return err
+
+
+def dc_only_parameters(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters whose gradient is zero by construction wherever DF keeps the sampled DC
+    coefficient: the bias of each cascade's last convolution. That bias adds a constant to the image handed to
+    DF, a constant changes only the DC coefficient of k-space, and hard DF replaces every sampled coefficient,
+    DC included, by the acquired one. So no output depends on it, and its computed gradient is rounding noise
+    (about 1e-10 on most CPU kinds, exactly 0 on an Intel AVX-512 Xeon): a test may assert that it is near 0,
+    never that it is nonzero."""
+    names = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and module.bias is not None:
+            cascade = re.match(r"(.*cascades\.\d+)\.", name)
+            if cascade:  # modules come in order: the cascade's last convolution wins
+                names[cascade.group(1)] = f"{name}.bias"
+    return set(names.values())
+
+
+@contextlib.contextmanager
+def dc_gradient_scale(model: torch.nn.Module):
+    """Run a forward and backward pass inside: the yielded dict then maps each of ``dc_only_parameters(model)``
+    to sum |dL/d(its convolution's output)|, the size its gradient (the sum of those values) would have if
+    nothing cancelled. A cascade run more than once (SFT branches) adds up its runs."""
+    names = dc_only_parameters(model)
+    scale = dict.fromkeys(names, 0.0)
+    modules = dict(model.named_modules())
+    handles = []
+    for name in names:
+        def keep(_module, _inputs, out, name=name):
+            if out.requires_grad:
+                out.register_hook(lambda g: scale.__setitem__(name, scale[name] + g.abs().sum().item()))
+        handles.append(modules[name.removesuffix(".bias")].register_forward_hook(keep))
+    try:
+        yield scale
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def assert_gradients_follow_df(model: torch.nn.Module, mask: torch.Tensor, scale: dict, params=None) -> None:
+    """Every parameter in ``params`` (default: all that require a gradient) that can change an output has a
+    nonzero gradient, and each that cannot (``dc_only_parameters``, given that ``mask`` samples DC) has one at
+    rounding level: at most 1e-4 of ``scale`` (``dc_gradient_scale``), about a thousand float32 epsilons. Measured
+    on the D3C5 fixture: 1e-9 to 1e-8 of it; a DF that lets the CNN's DC through gives 0.15 to 0.95."""
+    assert bool((mask[..., 0, 0] > 0.5).all()), "the argument needs a mask that samples the DC coefficient"
+    named = dict(model.named_parameters())
+    params = {n: p for n, p in named.items() if p.requires_grad} if params is None else params
+    zero = dc_only_parameters(model) & set(params)
+    assert zero, "no last-layer bias found: the network's layout changed, update dc_only_parameters"
+    for name, p in params.items():
+        assert p.grad is not None, name
+        if name in zero:
+            assert scale[name] > 0, name
+            assert p.grad.abs().sum().item() <= 1e-4 * scale[name], f"{name}: DF does not keep the sampled DC"
+        else:
+            assert p.grad.abs().sum() > 0, name
