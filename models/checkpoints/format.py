@@ -24,7 +24,7 @@ from torch import nn
 from data.fft import IMAGE_CHANNELS, IMAGE_TYPES
 from models.nets.registry import (FAMILIES, build_network, describe_arch, image_channels_of, out_of_bounds,
                                   reconstructor)
-from models.checkpoints.io import load_checkpoint
+from models.checkpoints.io import CheckpointFile, load_checkpoint
 from utils import UserError, first_line
 
 FORMAT = "sftkd-v1"
@@ -110,6 +110,16 @@ def load_model(path: str | Path, what: str = "checkpoint", image: str | None = N
     ``"complex"``), when given, is the data's image type, which the network must take (:func:`check_image`).
     """
     ckpt = load_checkpoint(path, what)
+    return _model_of(ckpt, path, what, image), ckpt
+
+
+def model_from(file: CheckpointFile, image: str | None = None, what: str | None = None) -> nn.Module:
+    """The model of a checkpoint already read (models.checkpoints.io.read_checkpoint), checked as
+    :func:`load_model` checks it; ``what`` overrides the flag named in errors (one file may serve two flags)."""
+    return _model_of(file.ckpt, file.path, what or file.what, image)
+
+
+def _model_of(ckpt: dict, path: str | Path, what: str, image: str | None) -> nn.Module:
     check_format(ckpt, path, what)
     arch = ckpt["arch"]
     kind = arch.get("kind") if isinstance(arch, dict) else None
@@ -137,7 +147,7 @@ def load_model(path: str | Path, what: str = "checkpoint", image: str | None = N
     if bad is not None:
         raise UserError(f"{what} {path} holds NaN or Inf weights (e.g. {bad}): the run that wrote it diverged; use "
                         "an earlier checkpoint of it, or retrain with a lower --lr")
-    return model, ckpt
+    return model
 
 
 def load_reconstructor(path: str | Path, what: str = "checkpoint", image: str | None = None) -> nn.Module:

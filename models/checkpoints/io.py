@@ -11,13 +11,15 @@ pickle's opcodes with :mod:`pickletools`, which executes nothing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import pathlib
 import pickletools
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -179,7 +181,7 @@ def _cannot_load(what: str, path: Path, exc: Exception, advice: str) -> UserErro
     return UserError(f"{what} {path} cannot be loaded: it is {unreadable_reason(path)}; {advice}")
 
 
-def _weights_only_load(path: Path, allowed: dict[str, Any] | None = None):
+def _weights_only_load(path: Path | BinaryIO, allowed: dict[str, Any] | None = None):
     """``torch.load(path, weights_only=True)`` onto the CPU with the extra globals ``allowed`` (name -> object).
 
     torch's warnings are held back while it reads: a refused file must give one line, not a UserWarning about its
@@ -210,16 +212,36 @@ def check_file(path: Path, what: str) -> None:
         raise UserError(f"{what} {path} does not exist (check the path)")
 
 
-def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint read once: its ``path``, the flag that named it (``what``, for messages), the loaded dict
+    (``ckpt``) and the SHA-256 (hex) of the bytes it was loaded from (``digest``, data/fingerprint.file_digest's)."""
+
+    path: Path
+    what: str
+    ckpt: dict
+    digest: str
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> CheckpointFile:
+    """:func:`load_checkpoint` and the file's SHA-256 from one read of its bytes."""
+    path = Path(path)
+    check_file(path, what)
+    data = path.read_bytes()
+    return CheckpointFile(path, what, load_checkpoint(path, what, data), hashlib.sha256(data).hexdigest())
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint", data: bytes | None = None) -> dict:
     """``torch.load(path, weights_only=True)`` onto the CPU, with one-line errors naming the file (and the
     globals that made it refuse); a checkpoint of the public code is sent to scripts/import_checkpoint.py.
 
-    ``what`` names the role in messages, e.g. ``"--teacher-checkpoint"``.
+    ``what`` names the role in messages, e.g. ``"--teacher-checkpoint"``; ``data``: the file's bytes when they
+    were read already (:func:`read_checkpoint`).
     """
     path = Path(path)
     check_file(path, what)
     try:
-        ckpt = _weights_only_load(path)
+        ckpt = _weights_only_load(path if data is None else io.BytesIO(data))
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         names = refused_globals(path)
         if names and set(names) <= set(PUBLIC_CODE_GLOBALS):
