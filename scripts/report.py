@@ -540,6 +540,34 @@ def data_lines(folders: list[Path]) -> list[str]:
     return ["", *lines] if lines else []
 
 
+def scored_line(table: dict) -> str:
+    """Markdown: which split each column scored and on how many slices of how many volumes, e.g. "Scored on the
+    test split, 28 slices of 1 volume." (one column) or "Scored on the test split: 4x mni152 28 slices of 1
+    volume; 4x colin27 136 slices of 1 volume." The split is each folder's summary.json ``split``; the slices are
+    the (volume, slice) pairs its metrics.csv scored, over every model of the column."""
+    splits: dict[Path, str] = {}
+
+    def split_of(folder: Path) -> str:
+        if folder not in splits:
+            summary = json.loads((folder / "summary.json").read_text())
+            splits[folder] = clean_text(str(summary.get("split") or "unrecorded"))
+        return splits[folder]
+
+    parts = []
+    for column in table_columns(table):
+        runs = [run for per_column in table.values() for run in per_column.get(column, {}).values()]
+        keys = {key for run in runs for key in run.values["PSNR"]}
+        names = sorted({split_of(run.source) for run in runs})
+        volumes = len({volume for volume, _ in keys})
+        parts.append((column, f"the {' and '.join(names)} split{'s' if len(names) > 1 else ''}",
+                      f"{len(keys)} slice{'s' if len(keys) != 1 else ''} of {volumes} volume{'s' if volumes != 1 else ''}"))
+    if len(parts) == 1:
+        return f"Scored on {parts[0][1]}, {parts[0][2]}."
+    if len({split for _, split, _ in parts}) == 1:
+        return f"Scored on {parts[0][1]}: " + "; ".join(f"{column} {count}" for column, _, count in parts) + "."
+    return "Scored on: " + "; ".join(f"{column} {split}, {count}" for column, split, count in parts) + "."
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dirs", nargs="+", required=True, type=Path,
@@ -570,7 +598,7 @@ def main(argv: list[str] | None = None) -> None:
     if not table:
         raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
     markdown, csv_rows = build_report(table, data_lines(args.eval_dirs))
-    markdown = machine_line(args.eval_dirs, fallback) + "\n\n" + markdown
+    markdown = machine_line(args.eval_dirs, fallback) + "\n\n" + scored_line(table) + "\n\n" + markdown
     found = []
     if args.contrasts:
         columns = table_columns(table)
