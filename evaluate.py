@@ -117,7 +117,7 @@ def default_split(data_root: Path, acc: str) -> str:
 
 def recorded_roles(ckpt: dict) -> dict:
     """The roles a checkpoint's run recorded (models/distill/roles.py) plus its ``seed``; empty for checkpoints of
-    older versions and imported ones, which scripts/report.py then names by their model name."""
+    checkpoints without roles (imported ones among them), which scripts/report.py then names by their model name."""
     config = ckpt.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("roles"), dict):
         return {}

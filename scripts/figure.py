@@ -172,7 +172,7 @@ def draw(target: np.ndarray, recons: dict[str, np.ndarray], title: str, error_sc
 
 
 def evaluated_split(eval_dir: Path) -> str:
-    """The split an evaluate.py folder scored (its summary.json), ``validation`` for folders that predate it."""
+    """The split an evaluate.py folder scored (its summary.json), ``validation`` for folders that record none."""
     try:
         return str(json.loads((eval_dir / "summary.json").read_text()).get("split") or "validation")
     except (OSError, ValueError, AttributeError):
