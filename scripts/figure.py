@@ -34,7 +34,8 @@ if not __package__:  # run by path: the repository root, which holds the package
 
 from data.layout import acc_folder, keys_for  # noqa: E402
 from data.masks import acc_type  # noqa: E402
-from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
+from models.evaluation.engine import ZF_NAME  # noqa: E402
+from models.evaluation.recons import RECON_KEY  # noqa: E402
 from models.evaluation.metrics import psnr, ssim  # noqa: E402
 from data.outputs import atomic_write  # noqa: E402
 from utils import CliParser, UserError, first_line, old_spellings, refuse_to_overwrite, run_cli  # noqa: E402
