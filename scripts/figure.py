@@ -37,7 +37,8 @@ if not __package__:  # run by path: the repository root, which holds the package
 
 from data.layout import acc_folder, keys_for  # noqa: E402
 from data.masks import acc_type  # noqa: E402
-from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
+from models.evaluation.engine import ZF_NAME  # noqa: E402
+from models.evaluation.recons import RECON_KEY  # noqa: E402
 from models.evaluation.metrics import psnr, ssim  # noqa: E402
 from data.outputs import atomic_write  # noqa: E402
 from utils import CliParser, UserError, first_line, old_spellings, refuse_to_overwrite, run_cli  # noqa: E402
@@ -109,7 +110,8 @@ def model_scores(eval_dir: Path, model: str, volume: str | None) -> dict[tuple[s
                 if row.get("model") == model and (volume is None or row.get("volume") == volume):
                     scores[(row["volume"], int(row["slice"]))] = float(row["PSNR"])
     except (KeyError, ValueError, TypeError) as exc:
-        raise UserError(f"{path} is not an evaluate.py metrics.csv ({first_line(exc, 100)}); rerun evaluate.py") from exc
+        raise UserError(f"{path} is not an evaluate.py metrics.csv ({first_line(exc, 100)}); "
+                        "rerun evaluate.py") from exc
     if not scores:
         raise UserError(f"--median-of {model}: {path} has no rows of that model"
                         + (f" on volume {volume}" if volume else "") + "; name a model it scored")

@@ -528,8 +528,9 @@ def scored_line(table: dict) -> str:
         keys = {key for run in runs for key in run.values["PSNR"]}
         names = sorted({split_of(run.source) for run in runs})
         volumes = len({volume for volume, _ in keys})
+        slices = f"{len(keys)} slice{'s' if len(keys) != 1 else ''}"
         parts.append((column, f"the {' and '.join(names)} split{'s' if len(names) > 1 else ''}",
-                      f"{len(keys)} slice{'s' if len(keys) != 1 else ''} of {volumes} volume{'s' if volumes != 1 else ''}"))
+                      f"{slices} of {volumes} volume{'s' if volumes != 1 else ''}"))
     if len(parts) == 1:
         return f"Scored on {parts[0][1]}, {parts[0][2]}."
     if len({split for _, split, _ in parts}) == 1:
