@@ -5,9 +5,9 @@
 #   bash scripts/demo.sh [--overwrite]
 #
 # Outputs in results/demo (DEMO_OUT): table.md, figure.png (the test slice with the median teacher PSNR), eval/
-# (per-slice metrics), runs/ (checkpoints and TensorBoard logs), data/. The defaults (32 x 32, 40 epochs, lr / 10 after epoch 20) are one seed of
-# scripts/study.sh's setting: its table is what one seed gives, the study's intervals say what that is worth
-# (docs/demo.md, docs/study.md). --device auto uses a GPU when there is one.
+# (per-slice metrics), runs/ (checkpoints and TensorBoard logs), data/. The defaults (32 x 32, 40 epochs, lr / 10
+# after epoch 20) are one seed of scripts/study.sh's setting: its table is what one seed gives, the study's
+# intervals say what that is worth (docs/demo.md, docs/study.md). --device auto uses a GPU when there is one.
 # Environment knobs (the test suite shrinks them): DEMO_SIZE, DEMO_EPOCHS, DEMO_SLICES, DEMO_METHOD, DEMO_ACC,
 # DEMO_TRAIN_FLAGS (flags of every training run), DEMO_OUT.
 # One template brain and 40 epochs: a demonstration of the pipeline, not the paper's benchmark.
