@@ -224,6 +224,15 @@ def estimate_maps(kspace_under: np.ndarray, mask: np.ndarray, method: str = "esp
     return np.asarray(maps, dtype=np.complex64)
 
 
+def estimate_volume_maps(kspace_under: np.ndarray, mask: np.ndarray, method: str = "espirit",
+                         **options) -> np.ndarray:
+    """:func:`estimate_maps` of each slice of a volume (maps are estimated per slice, as a scanner would).
+    kspace_under: (S, N, H, W) complex; mask: (H, W). Returns (S, N, H, W) complex64."""
+    if kspace_under.ndim != 4:
+        raise ValueError(f"kspace_under {kspace_under.shape} is not (S, N, H, W)")
+    return np.stack([estimate_maps(slice_kspace, mask, method, **options) for slice_kspace in kspace_under])
+
+
 # --------------------------------------------------------------------------- coil compression
 
 def compression_matrix(kspace: np.ndarray, k: int) -> np.ndarray:
@@ -246,12 +255,21 @@ def compression_matrix(kspace: np.ndarray, k: int) -> np.ndarray:
     return vectors.conj().T.astype(np.complex64)
 
 
+def apply_compression(matrix: np.ndarray, coils: np.ndarray) -> np.ndarray:
+    """Apply a (k, N) :func:`compression_matrix` across the coil axis (-3) of k-space, coil images or maps (all
+    transform alike: compressed k-space is the FFT of ``matrix @ (maps * image)``). True maps compressed this way
+    keep ``RSS <= 1``, with equality only where the map vector lies in the kept subspace.
+
+    coils: (..., N, H, W) complex. Returns (..., k, H, W) complex64.
+    """
+    return np.einsum("kn,...nhw->...khw", matrix, coils.astype(np.complex64)).astype(np.complex64)
+
+
 def coil_compress(kspace: np.ndarray, k: int) -> np.ndarray:
     """SVD coil compression of one volume to ``k`` virtual coils, one matrix for all its slices
     (:func:`compression_matrix`). Compress before estimating maps: maps estimated from the compressed k-space
-    describe the virtual coils. (True maps transform as ``matrix @ maps`` and then no longer have unit RSS.)
+    describe the virtual coils (simulated true maps go through :func:`apply_compression` with the same matrix).
 
     kspace: (S, N, H, W) or (N, H, W) complex. Returns (S, k, H, W) or (k, H, W) complex64.
     """
-    matrix = compression_matrix(kspace, k)
-    return np.einsum("kn,...nhw->...khw", matrix, kspace.astype(np.complex64)).astype(np.complex64)
+    return apply_compression(compression_matrix(kspace, k), kspace)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import phantom
-from data.coils import (MIN_ACS_LINES, acs_region, align_phase, birdcage_maps, coil_compress, compression_matrix,
-                        estimate_maps, fft2, from_centered, ifft2, rss, to_centered)
+from data.coils import (MIN_ACS_LINES, acs_region, align_phase, apply_compression, birdcage_maps, coil_compress,
+                        compression_matrix, estimate_maps, estimate_volume_maps, fft2, from_centered, ifft2, rss,
+                        to_centered)
 from data.masks import (cartesian_row_mask, fastmri_column_mask, make_mask, public_mask,
                         variable_density_row_mask)
 from data.slicing import synthetic_phase
@@ -200,6 +201,14 @@ def test_espirit_at_the_smallest_acs_block(seed):
     assert map_error(maps, true_maps)[inside].max() < 0.3
 
 
+def test_volume_maps_are_per_slice_maps(simulation):
+    _, _, kspace_under, mask, _ = simulation
+    volume = np.stack([kspace_under, kspace_under[::-1]])  # two slices, the second with its coils reordered
+    maps = estimate_volume_maps(volume, mask, "acs-rss")
+    assert maps.shape == (2, 8, 64, 64) and maps.dtype == np.complex64
+    np.testing.assert_allclose(maps[1], estimate_maps(kspace_under[::-1], mask, "acs-rss"), atol=1e-6)
+
+
 def test_unknown_method_and_mismatched_shapes_raise(simulation):
     _, _, kspace_under, mask, _ = simulation
     with pytest.raises(ValueError, match="espirit, acs-rss"):
@@ -224,6 +233,15 @@ def test_coil_compression_keeps_the_energy(simulation):
     largest = matrix[np.arange(4), np.argmax(np.abs(matrix), axis=1)]
     np.testing.assert_allclose(largest.imag, 0, atol=1e-6)  # the phase fixed for determinism
     assert (largest.real > 0).all()
+
+
+def test_compression_transforms_maps_as_it_does_kspace(simulation):
+    image, true_maps, kspace_under, mask, _ = simulation
+    matrix = compression_matrix(kspace_under, 4)
+    maps = apply_compression(matrix, true_maps)
+    scale = np.abs(kspace_under).max()
+    np.testing.assert_allclose(apply_compression(matrix, kspace_under), fft2(maps * image) * mask, atol=1e-5 * scale)
+    assert rss(maps).max() <= 1 + 1e-5  # orthonormal rows: a projection of unit-RSS maps
 
 
 def test_coil_compression_to_all_coils_is_lossless(simulation):
