@@ -186,6 +186,15 @@ def test_espirit_on_an_off_centre_column_block():
     assert error.max() < 0.1 and error.mean() < 0.02, (error.max(), error.mean())
 
 
+def test_espirit_calibrates_on_at_most_max_calib_width_lines():
+    # A fully sampled slice calibrates on the central 24 x 24 square. Measured: max 0.017, mean 0.0036, as with
+    # the whole 48 x 48 (0.016, 0.0037): the cap costs no accuracy here.
+    image, true_maps, kspace, inside = simulate(48, 8, seed=0)
+    maps = estimate_maps(kspace, np.ones((48, 48)), "espirit", max_calib_width=24)
+    error = map_error(maps, true_maps)[inside]
+    assert error.max() < 0.03 and error.mean() < 0.006, (error.max(), error.mean())
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_espirit_at_the_smallest_acs_block(seed):
     # A block of exactly MIN_ACS_LINES = 4 rows: ESPIRiT keeps every pixel of the object (with 3 lines it crops a
