@@ -173,6 +173,21 @@ def test_acs_rss_maps_match_the_true_maps_more_loosely(simulation):
     assert espirit_error.mean() < error.mean()
 
 
+def test_espirit_is_robust_to_noise(simulation):
+    # Complex Gaussian noise of 0.03 per k-space sample (orthonormal FFT: 0.03 per image pixel and coil, against
+    # image values of 0.5-1.5). Measured: ESPIRiT max 0.048, mean 0.013 (noise-free 0.036, 0.0068), no pixel of the
+    # object cropped; acs-rss max 0.17, mean 0.050 (its maps are ratios of noisy low-resolution images).
+    image, true_maps, kspace_under, mask, inside = simulation
+    rng = np.random.default_rng(0)
+    noise = 0.03 * (rng.standard_normal(kspace_under.shape) + 1j * rng.standard_normal(kspace_under.shape)) / 2 ** 0.5
+    noisy = kspace_under + noise * mask
+    espirit = estimate_maps(noisy, mask, "espirit")
+    error = map_error(espirit, true_maps)[inside]
+    assert error.max() < 0.08 and error.mean() < 0.025, (error.max(), error.mean())
+    np.testing.assert_allclose(rss(espirit)[inside], 1.0, atol=1e-5)
+    assert 2 * error.mean() < map_error(estimate_maps(noisy, mask, "acs-rss"), true_maps)[inside].mean()
+
+
 def test_espirit_on_an_off_centre_column_block():
     # A column mask whose ACS block (-3..8) is not centred: the block is rolled to sigpy's centre and used whole.
     image, true_maps, kspace, inside = simulate(32, 6, seed=1)
