@@ -76,11 +76,13 @@ from data.fft import magnitude
 from data.fingerprint import split_listing
 from data.layout import acc_folder
 from data.masks import acc_type, mask_lines
+from data.split_check import check_split
 from data.outputs import check_replaceable, clean_up, new_files, owned_files, swap_in
 from models.checkpoints.format import load_model, load_reconstructor
 from models.nets.registry import reconstructor
 from models.training.speed import MEMORY_FORMATS, auto_layout
 from models.training.distributed import resolve_device
+from models.training.experiment import SPLITS_READ
 from models.training.flags import recipe
 from models.evaluation.metrics import FASTMRI_METRICS, METRICS, PUBLIC_VOLUME_METRICS
 from data.outputs import atomic_write, check_free_space, folder_lock, write_json, write_text
@@ -232,8 +234,9 @@ def check_trained_on(path: Path, ckpt: dict, dataset: SliceDataset, scored: dict
                         f"{args.acc} mask of this data samples {_PATTERN[found]}; score it with the mask kind it "
                         "was trained with (--mask, or data prepared with its --mask-kind)")
     listings = content.get("data", {}).get("train", {}) if isinstance(content.get("data"), dict) else {}
-    seen = sorted({name for listing in listings.values() if isinstance(listing, dict)
-                   for name, digest in listing.items() if scored.get(name) == digest})
+    # By content: a training file renamed or copied into another data set is the same file.
+    trained = {digest for listing in listings.values() if isinstance(listing, dict) for digest in listing.values()}
+    seen = sorted(name for name, digest in scored.items() if digest in trained)
     if seen:
         raise UserError(f"--checkpoints {path} was trained on {len(seen)} of the {len(scored)} files of --split "
                         f"{args.split} ({', '.join(seen[:3])}{', ...' if len(seen) > 3 else ''}): scores there "
@@ -442,6 +445,10 @@ def _main(args: argparse.Namespace) -> None:
     if names is None:
         names = default_names(args.checkpoints, [ckpt for _, ckpt in loaded])
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
+    # The scored split against the training ones, by slice content, as training start-up checks its splits.
+    check_split(args.data_root, [args.acc], label=f"--data-root {args.data_root}", splits=SPLITS_READ + (args.split,),
+                fix="score a split that holds none of the training slices (data/prepare.py's test/), or remove "
+                    "the copy")
     scored = split_listing(args.data_root, args.split, args.acc)
     args.trained_acc = {name: check_trained_on(path, ckpt, dataset, scored, args)
                         for name, path, (_, ckpt) in zip(names, args.checkpoints, loaded)}
