@@ -73,7 +73,7 @@ from tqdm import tqdm
 
 from data.dataset import SliceDataset, build_dataset, data_kind
 from data.fft import magnitude
-from data.fingerprint import split_listing
+from data.fingerprint import matching_files, split_listing
 from data.layout import acc_folder
 from data.masks import acc_type, mask_lines
 from data.split_check import check_split
@@ -235,8 +235,8 @@ def check_trained_on(path: Path, ckpt: dict, dataset: SliceDataset, scored: dict
                         "was trained with (--mask, or data prepared with its --mask-kind)")
     listings = content.get("data", {}).get("train", {}) if isinstance(content.get("data"), dict) else {}
     # By content: a training file renamed or copied into another data set is the same file.
-    trained = {digest for listing in listings.values() if isinstance(listing, dict) for digest in listing.values()}
-    seen = sorted(name for name, digest in scored.items() if digest in trained)
+    trained = [digest for listing in listings.values() if isinstance(listing, dict) for digest in listing.values()]
+    seen = matching_files(trained, scored, acc_folder(args.data_root, args.split, args.acc))
     if seen:
         raise UserError(f"--checkpoints {path} was trained on {len(seen)} of the {len(scored)} files of --split "
                         f"{args.split} ({', '.join(seen[:3])}{', ...' if len(seen) > 3 else ''}): scores there "

@@ -68,8 +68,9 @@ crop/pad (or ``--resize``) to N x N; slices outside ``--slice-range``, near-empt
 Output: ``{out}/mask_{acc}.npy`` (N, N) float32, ``{out}/{train,validation,test}/acc_{acc}/{volume}.h5`` with
 ``volfs`` (H, W, S) float32, ``kspace_volus_{acc}`` (H, W, S) complex64 = mask * fft2(volfs) (unshifted,
 orthonormal) and ``img_volus_{acc}`` (H, W, S) float32 = |ifft2(kspace)|, and ``{out}/split.json`` (per
-subject: split, source files, output files, slice counts). Volume names are the file names, prefixed by the
-subject where they do not contain it (``1_T1``; fastMRI files keep their own names); two inputs that would
+subject: split, source files, output files, slice counts; ``sha256``: each file's SHA-256, which training and
+evaluate.py check, data/fingerprint.py). Volume names are the file names, prefixed by the subject where they do
+not contain it (``1_T1``; fastMRI files keep their own names); two inputs that would
 write the same name are an error, never an overwrite. Attributes ``source_file``, ``slice_axis``,
 ``source_slices`` (the slice index in the source of each of the S slices), ``subject`` and ``slice_hashes``
 (and for fastMRI ``reference`` and ``acquisition``) are extras that the original readers ignore;
@@ -103,6 +104,7 @@ from data.slicing import fft_friendly, kept_slices, make_slices, synthetic_phase
 from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, SOURCE_KINDS, Source,  # noqa: E402
                           SourceKind, check_unique_names, read_volumes)
 from data.split_check import check_split, slice_hashes  # noqa: E402
+from data.fingerprint import HASH_KEY, tree_hashes  # noqa: E402
 from data.staging import check_apart, check_output, staged_output  # noqa: E402
 from data.subjects import BLOCK_GAP, assign_subjects, block_split  # noqa: E402
 from data.outputs import check_free_space, folder_lock, write_json  # noqa: E402
@@ -529,7 +531,7 @@ def _fill_stage(stage: Path, options: Options, sources: list[Source], assigned: 
     per_split = {f"{split}_subjects": subjects[split] for split in SPLITS}
     write_json(stage / "split.json", {
         "split_by": split_by, "how": _split_how(options), "subjects_found": found_line, **per_split,
-        "subjects": staging.record})
+        "subjects": staging.record, HASH_KEY: tree_hashes(stage)})
     return {"split": split_by, "subjects_found": found_line, **per_split,
             **{f"{split}_volumes": staging.volumes[split] for split in SPLITS},
             **{f"{split}_slices": counts[split] for split in SPLITS},

@@ -48,7 +48,7 @@ class RunData:
                             f"{data_kind(validation)['image']} ones; prepare both splits in one data/prepare.py run")
         args.image, args.kspace = kind["image"], kind["kspace"]
         shape = tuple(train[0].target.shape[-2:])
-        content = content_record(args, shape)
+        content = content_record(args, shape, first_use=resume is None)
         if resume is not None:
             check_resume_data(resume, args, len(train), len(validation))
             # The image type first: data of the other type differs in content too, but this says why.
