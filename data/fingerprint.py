@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -67,12 +66,12 @@ def recorded_hashes(root: str | Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in hashes.items()} if isinstance(hashes, dict) else {}
 
 
-def data_listing(root: str | Path, splits: Iterable[str], accs: Iterable[str],
-                 note: bool = True) -> dict[str, dict[str, dict[str, str]]]:
+def data_listing(root: str | Path, splits: Iterable[str],
+                 accs: Iterable[str]) -> tuple[dict[str, dict[str, dict[str, str]]], str | None]:
     """``{split: {acc: {file name: "sha256:<hex>"}}}`` of every ``.h5`` of those splits (empty for a missing
     folder), each file hashed now and compared with split.json: a :class:`UserError` names a file whose content
-    changed since data/prepare.py wrote it. With ``note``, files split.json does not list get one note on stderr
-    (at a run's first use of them; a resumed run compares them with its own record)."""
+    changed since data/prepare.py wrote it. Also returns a one-line note when split.json lists some of the files
+    not (None when it lists them all), for a run to print at its first use of them."""
     root = Path(root)
     recorded = recorded_hashes(root)
     listing, unrecorded = {}, 0
@@ -93,16 +92,17 @@ def data_listing(root: str | Path, splits: Iterable[str], accs: Iterable[str],
                                     "again with data/prepare.py")
                 files[path.name] = PREFIX + digest
             listing.setdefault(split, {})[acc] = files
-    if unrecorded and note:
+    note = None
+    if unrecorded:
         why = "" if recorded else " (prepared before file hashes were recorded, or not by data/prepare.py)"
-        print(f"note: {root}/{SPLIT_RECORD} records no file hashes for {unrecorded} file(s){why}: hashed them now, "
-              "and this run records them", file=sys.stderr)
-    return listing
+        note = (f"note: {root / SPLIT_RECORD} records no file hash for {unrecorded} file(s){why}: hashed them now, "
+                "and this run records them")
+    return listing, note
 
 
 def split_listing(root: str | Path, split: str, acc: str) -> dict[str, str]:
-    """:func:`data_listing` of one split and acceleration, without the note: ``{file name: "sha256:<hex>"}``."""
-    return data_listing(root, [split], [acc], note=False)[split][acc]
+    """:func:`data_listing` of one split and acceleration: ``{file name: "sha256:<hex>"}``."""
+    return data_listing(root, [split], [acc])[0][split][acc]
 
 
 def listing_changes(was: dict[str, str], now: dict[str, str], folder: str | Path | None = None) -> list[str]:

@@ -118,7 +118,7 @@ def test_data_without_recorded_hashes_is_hashed_at_first_use_with_one_note(copy,
     (copy["data"] / "split.json").write_text(json.dumps(split))
     exp = copy["exp"].parent / "fresh"
     train_teacher.main(train_args({"data": copy["data"], "exp": exp}, "--epochs", "1"))
-    notes = [line for line in capsys.readouterr().err.splitlines() if "records no file hashes" in line]
+    notes = [line for line in capsys.readouterr().err.splitlines() if "records no file hash for" in line]
     assert len(notes) == 1, notes
     listing = json.loads((exp / "config.json").read_text())["content"]["data"]["train"]["4x"]
     assert listing and all(digest.startswith("sha256:") for digest in listing.values())

@@ -11,11 +11,11 @@ from pathlib import Path
 from data.fingerprint import data_listing, file_digest, listing_changes
 from data.layout import acc_folder, mask_name
 from data.masks import load_mask, mask_lines
-from models.checkpoints.io import load_checkpoint
+from models.checkpoints.io import RECORD, load_checkpoint
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-OWN_FILES = ("model.pt", "best_model.pt", "config.json", "summary")
+OWN_FILES = ("model.pt", "best_model.pt", "config.json", "summary", RECORD)
 RESUME_KEYS = ("optimizer", "scheduler", "epoch", "batch_in_epoch", "global_step", "best_val_loss")
 # An --overwrite run parks the run it replaces here until it has saved its own first model.pt.
 REPLACED = ".replaced"
@@ -149,20 +149,21 @@ def _mask_path(args: argparse.Namespace, acc: str) -> Path:
     return Path(given.get(acc) or Path(args.data_root) / mask_name(acc))
 
 
-def content_record(args: argparse.Namespace, image_size: tuple[int, int], first_use: bool = True) -> dict:
+def content_record(args: argparse.Namespace, image_size: tuple[int, int]) -> tuple[dict, str | None]:
     """What the run reads, by content (data/fingerprint.py), for config.json, --resume and evaluate.py: the
     SHA-256 of each acceleration's mask file and its sampling pattern (data/masks.mask_lines), the slices'
     (H, W), each split's files (name -> SHA-256, checked against split.json) and the SHA-256 of every
-    checkpoint it loads (--teacher-checkpoint, --init-from-sft, --init-student). ``first_use``: a fresh run,
-    which notes data files split.json records no hash of."""
+    checkpoint it loads (--teacher-checkpoint, --init-from-sft, --init-student). Also returns the note of
+    :func:`data.fingerprint.data_listing` on data files split.json records no hash of."""
+    data, note = data_listing(args.data_root, SPLITS_READ, args.acc)
     return {
         "masks": {acc: file_digest(_mask_path(args, acc)) for acc in args.acc},
         "mask_lines": {acc: mask_lines(load_mask(_mask_path(args, acc))) for acc in args.acc},
         "image_size": list(image_size),
-        "data": data_listing(args.data_root, SPLITS_READ, args.acc, note=first_use),
+        "data": data,
         "checkpoints": {flag: file_digest(getattr(args, flag)) for flag in CHECKPOINT_FLAGS
                         if getattr(args, flag, None) is not None},
-    }
+    }, note
 
 
 def check_resume_content(ckpt: dict, now: dict, args: argparse.Namespace) -> None:
