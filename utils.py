@@ -12,6 +12,7 @@ import os
 import platform
 import random
 import re
+import stat
 import sys
 import unicodedata
 from pathlib import Path
@@ -128,6 +129,19 @@ def clean_lines(text: str) -> str:
     """:func:`clean_text` of every line of ``text``, whole, its line breaks kept: for a table or report that is
     printed or written and quotes names read from files."""
     return "\n".join(clean_text(line, None) for line in str(text).split("\n"))
+
+
+def not_a_file(path: Path) -> str:
+    """What ``path`` is when it is not a regular file, for an error: ``"does not exist"``, ``"is a FIFO (named
+    pipe), not a file"``, ``"is a folder, not a file"``, ``"is a broken link"``, ..."""
+    if not os.path.lexists(path):
+        return "does not exist"
+    if not path.exists():
+        return "is a broken link"
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return f"is {next((name for test, name in kinds if test(mode)), 'not a regular file')}, not a file"
 
 
 def first_line(exc: BaseException, limit: int = 120) -> str:

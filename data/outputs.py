@@ -192,6 +192,8 @@ def folder_lock(folder: str | Path, flag: str) -> Iterator[None]:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{flag} {folder} is a file; choose a folder")
+    if folder.resolve() == Path(folder.resolve().anchor):
+        raise UserError(f"{flag} {folder} is the file system's root; give the outputs a folder of their own")
     created = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from data.outputs import atomic_write, check_free_space, write_json
-from utils import UserError, clean_text, format_bytes
+from utils import UserError, clean_text, format_bytes, not_a_file
 
 try:  # numpy >= 2 (numpy.core is a deprecated alias there)
     from numpy._core.multiarray import scalar as _numpy_scalar
@@ -299,7 +299,7 @@ def check_file(path: Path, what: str) -> None:
         hint = f"pass the file, e.g. {path / inside[0]}" if inside else "pass a checkpoint file"
         raise UserError(f"{what} {path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
-        raise UserError(f"{what} {path} does not exist (check the path)")
+        raise UserError(f"{what} {path} {not_a_file(path)} (check the path)")
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint",
