@@ -41,7 +41,7 @@ from models.evaluation.engine import ZF_NAME  # noqa: E402
 from models.evaluation.recons import RECON_KEY  # noqa: E402
 from models.evaluation.metrics import psnr, ssim  # noqa: E402
 from data.outputs import atomic_write  # noqa: E402
-from utils import CliParser, UserError, first_line, old_spellings, refuse_to_overwrite, run_cli  # noqa: E402
+from utils import CliParser, UserError, clean_text, first_line, old_spellings, refuse_to_overwrite, run_cli  # noqa: E402
 
 
 def _magnitude(values: np.ndarray) -> np.ndarray:
@@ -150,6 +150,7 @@ def draw(target: np.ndarray, recons: dict[str, np.ndarray], title: str, error_sc
     vmax = float(target.max()) or 1.0
     error_image = None
     for col, (name, image) in enumerate([("Target", target), *recons.items()]):
+        name = clean_text(name)  # a folder name
         top, bottom = axes[0, col], axes[1, col]
         top.imshow(image, cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest")
         if col == 0:
@@ -276,8 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     atomic_write(args.out, lambda f: f.write(buffer.getvalue()))
-    print(f"wrote {args.out} ({data_file.stem}, slice {slice_idx}, models: {', '.join(recons)})"
-          + (f"; title: {suptitle}" if suptitle else ""))
+    print(clean_text(f"wrote {args.out} ({data_file.stem}, slice {slice_idx}, models: {', '.join(recons)})"
+                     + (f"; title: {suptitle}" if suptitle else ""), None))
 
 
 if __name__ == "__main__":

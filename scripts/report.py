@@ -33,8 +33,8 @@ from models.evaluation.metrics import metric as registered, used_for  # noqa: E4
 from models.distill.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
 from data.outputs import atomic_write, staged, write_text  # noqa: E402
-from utils import (CliParser, UserError, clean_text, csv_text, describe_machine, refuse_to_overwrite,  # noqa: E402
-                   run_cli)
+from utils import (CliParser, UserError, clean_lines, clean_text, csv_text, describe_machine,  # noqa: E402
+                   refuse_to_overwrite, run_cli)
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
 # vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
@@ -563,8 +563,8 @@ def main(argv: list[str] | None = None) -> None:
             refuse_to_overwrite(path, args.overwrite, "--out-dir")
     table, unknown = collect(args.eval_dirs)
     if unknown:
-        print("left out (names fit no role: teacher, student, sft, stdkd-M, sftkd-M[-seedN]): "
-              + ", ".join(unknown))
+        print(clean_text("left out (names fit no role: teacher, student, sft, stdkd-M, sftkd-M[-seedN]): "
+                         + ", ".join(unknown), None))
     if not table:
         raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
     markdown, csv_rows = build_report(table, data_lines(args.eval_dirs))
@@ -582,7 +582,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot is not None:
         draw = contrasts.plot if found else plot
         draw(found or table, args.plot, lambda path, data: pngs.__setitem__(path, data))
-    write_outputs(args, {"table.md": markdown, "table.csv": csv_text(csv_rows)}, pngs)
+    # Names, machines and data descriptions come from files: nothing in them may move a terminal's cursor.
+    markdown = clean_lines(markdown)
+    write_outputs(args, {"table.md": markdown, "table.csv": clean_lines(csv_text(csv_rows))}, pngs)
     print(markdown)
     print(f"wrote {md_path} and {csv_path}" + (f" and {args.plot}" if args.plot is not None else ""))
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.dataset import SliceDataset
+from data.fingerprint import matching_files
+from data.layout import acc_folder
 from data.masks import mask_lines
+from data.split_check import check_split
 from utils import UserError, clean_text
 
 
@@ -41,6 +44,15 @@ def trained_accs(ckpt: dict) -> list[str]:
 _PATTERN = {"rows": "whole rows", "columns": "whole columns", "2-D": "a 2-D pattern"}
 
 
+def check_scored_split(data_root: Path, split: str, acc: str) -> None:
+    """Refuse a scored split that shares a subject, a source slice or an identical slice with the training or
+    validation split of ``data_root``: the check training start-up runs (data/split_check.check_split), by
+    content, so a training file renamed into test/ is caught."""
+    check_split(data_root, [acc], label=f"--data-root {data_root}", splits=("train", "validation", split),
+                fix="score a split that holds none of the training slices (data/prepare.py's test/), or remove "
+                    "the copy")
+
+
 def check_trained_on(path: Path, ckpt: dict, dataset: SliceDataset, scored: dict[str, str], *, acc: str,
                      split: str, data_root: Path, cross_acc: bool = False) -> list[str]:
     """Refuse to score a checkpoint on data other than the kind it was trained on, as far as it records it:
@@ -68,8 +80,9 @@ def check_trained_on(path: Path, ckpt: dict, dataset: SliceDataset, scored: dict
                         f"{acc} mask of this data samples {_PATTERN[found]}; score it with the mask kind it "
                         "was trained with (--mask, or data prepared with its --mask-kind)")
     listings = content.get("data", {}).get("train", {}) if isinstance(content.get("data"), dict) else {}
-    seen = sorted({name for listing in listings.values() if isinstance(listing, dict)
-                   for name, digest in listing.items() if scored.get(name) == digest})
+    # By content: a training file renamed, or copied into another data set, is the same file.
+    trained = [digest for listing in listings.values() if isinstance(listing, dict) for digest in listing.values()]
+    seen = matching_files(trained, scored, acc_folder(data_root, split, acc))
     if seen:
         raise UserError(f"--checkpoints {path} was trained on {len(seen)} of the {len(scored)} files of --split "
                         f"{split} ({', '.join(seen[:3])}{', ...' if len(seen) > 3 else ''}): scores there "
