@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
-from data.fft import IMAGE_TYPES, magnitude
+from data.fft import IMAGE_TYPES, data_fidelity, data_fidelity_half, half_spectrum, magnitude
 from data.fingerprint import file_digest
 from data.layout import mask_name
 from data.masks import load_mask, mask_lines
@@ -115,3 +116,92 @@ def reconstruct(net: nn.Module, inputs: NetworkInputs, device: torch.device, bat
             bar.update(zero_filled.shape[0])
     seconds = (time.perf_counter() - start) / max(n_slices, 1)
     return np.concatenate(outputs), seconds
+
+
+# --------------------------------------------------------------------------- faster inference modes
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, relu: bool) -> torch.Tensor:
+    """``relu(conv(x))`` (or ``conv(x)``) as one oneDNN convolution with a ReLU post-op: no second pass over the
+    32-channel map. The post-op is max(0, v) on the same sums, so it changes nothing but time where oneDNN keeps
+    the same kernel (bit-identical on the CPUs measured); CPU tensors only."""
+    return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
+                                                   list(conv.dilation), conv.groups, "relu" if relu else "none",
+                                                   [None], "")
+
+
+class FusedDCCNN(nn.Module):
+    """Inference-only forward of a DC-CNN (models/nets/dccnn.py) with its fixed cost cut: the mask made boolean
+    once per forward instead of once per cascade; each convolution and its ReLU one oneDNN call (CPU); and for
+    magnitude images the data-fidelity step on real FFTs (:func:`data.fft.data_fidelity_half`: half the FFT
+    work, no real <-> complex copies). Equal to the training forward up to float rounding
+    (tests/test_inference_modes.py states the tolerance). Takes and returns what the DC-CNN does."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.config = net.config
+
+    def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = mask if mask.dtype == torch.bool else mask > 0.5
+        real = zero_filled.shape[1] == 1
+        half = half_spectrum(kspace_under, keep) if real else None
+        fused = zero_filled.device.type == "cpu" and torch.backends.mkldnn.is_available()
+        pad = self.config.ref_padding
+        x = zero_filled
+        for block in self.net.cascades:
+            cnn_in = F.pad(x, (pad, pad, pad, pad)) if pad else x
+            h = cnn_in
+            for name in block.names[:-1]:
+                conv = getattr(block, name)
+                h = _conv(conv, h, True) if fused else F.relu(conv(h), inplace=True)
+            last = getattr(block, block.names[-1])
+            out = _conv(last, h, False) if fused else last(h)
+            if block.residual:
+                out = out + cnn_in
+            if pad:
+                out = out[..., pad:-pad, pad:-pad]
+            x = data_fidelity_half(out, half) if real else data_fidelity(out, kspace_under, keep)
+        return x
+
+
+def _fused(net: nn.Module) -> nn.Module:
+    if getattr(net.config, "kind", None) != "dccnn":
+        raise UserError(f"--mode fused runs DC-CNNs; this checkpoint holds a {net.config.kind} network: use --mode "
+                        "exact")
+    return FusedDCCNN(net)
+
+
+class _Autocast(nn.Module):
+    """The network under bfloat16 autocast (its convolutions in bf16, DF in float32 as data/fft.py casts)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.config = net.config
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(inputs[0].device.type, dtype=torch.bfloat16):
+            return self.net(*inputs).float()
+
+
+def _compiled(net: nn.Module) -> nn.Module:
+    compiled = torch.compile(_fused(net), dynamic=False)
+    compiled.config = net.config
+    return compiled
+
+
+# --mode NAME -> (what it is, how the network is wrapped). "exact" is the training forward itself.
+INFERENCE_MODES = {
+    "exact": ("the training forward, float32 (bit-identical to evaluate.py)", lambda net: net),
+    "fused": ("conv+ReLU fused (oneDNN post-op), DF on real FFTs, mask once; float32, equal up to rounding",
+              _fused),
+    "bf16": ("bfloat16 autocast of the convolutions, DF in float32", _Autocast),
+    "compile": ("torch.compile (inductor) of the fused mode; float32, equal up to rounding", _compiled),
+}
+
+
+def inference_network(net: nn.Module, mode: str = "exact") -> nn.Module:
+    """``net`` (set up by :func:`for_inference`) wrapped for ``mode`` of :data:`INFERENCE_MODES`."""
+    if mode not in INFERENCE_MODES:
+        raise UserError(f"--mode {mode!r} is unknown; choose one of: {', '.join(INFERENCE_MODES)}")
+    return INFERENCE_MODES[mode][1](net)

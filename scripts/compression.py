@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from data.outputs import staged, write_json, write_text  # noqa: E402
 from models.checkpoints.format import load_model  # noqa: E402
 from models.cost import count_parameters, forward_flops, pareto_front, peak_memory_bytes, synthetic_inputs  # noqa: E402
-from models.inference import for_inference  # noqa: E402
+from models.inference import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
 from models.nets.registry import describe_arch, image_channels_of, reconstructor  # noqa: E402
 from scripts.benchmark import roofline, time_interleaved  # noqa: E402
 from utils import CliParser, UserError, clean_text, describe_machine, machine, run_cli  # noqa: E402
@@ -98,10 +98,11 @@ def settings(devices: list[torch.device], sizes: list[int], batches: list[int]) 
     return cells
 
 
-def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: list[dict], repeats: int
-            ) -> list[dict]:
-    """Latency rows: one per cell and network, with seconds per slice (median, min, max), FLOP/s and the
-    fraction of the cell's roofline."""
+def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: list[dict], repeats: int,
+            modes: dict[str, tuple[str, str]]) -> list[dict]:
+    """Latency rows: one per cell and network in each mode (``modes``: entry name -> (network, mode of
+    models/inference.py)), with seconds per slice (median, min, max), FLOP/s (the exact network's FLOPs: a mode
+    changes how, not what, is computed) and the fraction of the cell's roofline."""
     rows = []
     saved_threads = torch.get_num_threads()
     try:
@@ -111,21 +112,22 @@ def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: l
                 torch.set_num_threads(cell["threads"])
             size, batch = cell["size"], cell["batch"]
             calls, flops = {}, {}
-            for name, net in nets.items():
-                ready = for_inference(net, device, (size, size), batch)
+            for entry, (name, mode) in modes.items():
+                ready = for_inference(nets[name], device, (size, size), batch)
                 inputs = tuple(t.to(device) for t in synthetic_inputs(size, batch, channels[name]))
-                flops[name] = forward_flops(ready, *inputs)
+                flops[entry] = forward_flops(ready, *inputs)
+                ready = inference_network(ready, mode)
 
                 def call(ready=ready, inputs=inputs):
                     with torch.inference_mode():
                         ready(*inputs)
-                calls[name] = call
+                calls[entry] = call
             roof = roofline(batch, size, device, torch.float32, backward=False, rounds=ROOFLINE_ROUNDS)
             timings = time_interleaved(calls, repeats, device)
             for name, timing in timings.items():
                 median, fastest, slowest = timing.per_slice(batch)
                 gflops = flops[name] / batch / median / 1e9
-                rows.append({**cell, "network": name, "median_s": median, "min_s": fastest, "max_s": slowest,
+                rows.append({**cell, "network": name, "mode": modes[name][1], "median_s": median, "min_s": fastest, "max_s": slowest,
                              "gflops": gflops, "roofline_gflops": roof.median, "roofline_layout": roof.layout,
                              "of_roofline": gflops / roof.median})
     finally:
@@ -148,15 +150,19 @@ def static_costs(nets: dict[str, torch.nn.Module], channels: dict[str, int], siz
 
 def ratios(costs: dict, rows: list[dict], scores: dict, reference: str, cell: dict) -> dict[str, dict]:
     """Each network against ``reference`` (the first): parameters and FLOPs as reference / network (the
-    compression), latency as reference / network (the speed-up) in ``cell``, PSNR and SSIM as differences."""
+    compression), latency as reference / network (the speed-up) in ``cell``, in the exact mode and (``speed_up_by_mode``)
+    in each mode against the reference in the same mode, PSNR and SSIM as differences."""
     latency = {row["network"]: row["median_s"] for row in rows
                if all(row[key] == value for key, value in cell.items())}
+    modes = sorted({row["mode"] for row in rows if row["mode"] != "exact"})
     size = str(cell["size"])
     out = {}
     for name, cost in costs.items():
         entry = {"parameters": costs[reference]["parameters"] / cost["parameters"],
                  "flops": costs[reference]["flops"][size] / cost["flops"][size],
-                 "speed_up": latency[reference] / latency[name] if name in latency else None}
+                 "speed_up": latency[reference] / latency[name] if name in latency else None,
+                 "speed_up_by_mode": {mode: latency[f"{reference}+{mode}"] / latency[f"{name}+{mode}"]
+                                      for mode in modes if f"{name}+{mode}" in latency}}
         for metric in ("PSNR", "SSIM"):
             if name in scores and reference in scores and metric in scores[name]:
                 entry[f"{metric}_difference"] = scores[name][metric] - scores[reference][metric]
@@ -186,26 +192,32 @@ def table(report: dict) -> str:
             cells += [f"{scores[name]['PSNR']:.2f}" if name in scores else "-",
                       f"{scores[name]['SSIM']:.4f}" if name in scores and "SSIM" in scores[name] else "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| device | threads | size | batch | " + " | ".join(names) + " |",
-              "|" + "---|" * (4 + len(names))]
+    entries = list(report["modes"])
+    lines += ["", "| device | threads | size | batch | " + " | ".join(entries) + " |",
+              "|" + "---|" * (4 + len(entries))]
     by_cell: dict[tuple, dict[str, dict]] = {}
     for row in report["latency"]:
         by_cell.setdefault((row["device"], row["threads"], row["size"], row["batch"]), {})[row["network"]] = row
     for (device, threads, size, batch), cell in by_cell.items():
         texts = [f"{r['median_s'] * 1e3:.1f} ms ({r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}), "
                  f"{r['gflops']:.0f} GFLOP/s, {r['of_roofline']:.2f} of {r['roofline_gflops']:.0f}"
-                 for r in (cell[name] for name in names)]
+                 for r in (cell[entry] for entry in entries)]
         lines.append(f"| {device} | {threads or '-'} | {size} | {batch} | " + " | ".join(texts) + " |")
     reference = names[0]
     lines += ["", f"Against {reference} (parameters and FLOPs: {reference} / network; speed-up at "
-              f"{report['ratio_cell_text']}):", "", "| network | parameters | FLOPs | speed-up | PSNR | SSIM |",
-              "|---|---|---|---|---|---|"]
+              f"{report['ratio_cell_text']}; in another mode: against {reference} in that mode):", "",
+              "| network | parameters | FLOPs | speed-up | speed-up in other modes | PSNR | SSIM |",
+              "|---|---|---|---|---|---|---|"]
     for name in names:
         r = report["ratios"][name]
         lines.append(f"| {name} | {r['parameters']:.2f}:1 | {r['flops']:.2f}:1 | "
-                     f"{r['speed_up']:.2f}x | {r.get('PSNR_difference', float('nan')):+.2f} dB | "
+                     f"{r['speed_up']:.2f}x | "
+                     f"{', '.join(f'{m} {v:.2f}x' for m, v in r['speed_up_by_mode'].items()) or '-'} | "
+                     f"{r.get('PSNR_difference', float('nan')):+.2f} dB | "
                      f"{r.get('SSIM_difference', float('nan')):+.4f} |")
-    lines += ["", "![latency against quality](compression.png)", ""]
+    lines += ["", "Modes (models/inference.py): " + "; ".join(f"{mode}: {INFERENCE_MODES[mode][0]}"
+                                                         for mode in dict.fromkeys(report["modes"].values())) + ".",
+              "", "![latency against quality](compression.png)", ""]
     return "\n".join(lines)
 
 
@@ -250,6 +262,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 320], help="slice sizes (square)")
     parser.add_argument("--throughput-batch", type=int, default=8, help="the batch of the throughput rows")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per cell")
+    parser.add_argument("--modes", nargs="+", choices=tuple(INFERENCE_MODES), default=["exact", "fused"],
+                        help="inference modes to time (models/inference.py); exact is the training forward, the "
+                             "others are named {network}+{mode} in the latency table")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto",
                         help="auto: the CPU, and CUDA too where present")
     parser.add_argument("--overwrite", action="store_true")
@@ -269,13 +284,15 @@ def main(argv: list[str] | None = None) -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if args.device == "auto" and torch.cuda.is_available()
                                        else [])
     costs = static_costs(nets, channels, sizes)
-    rows = measure(nets, channels, settings(devices, sizes, sorted({1, args.throughput_batch})), args.repeats)
+    modes = {name if mode == "exact" else f"{name}+{mode}": (name, mode)
+             for mode in dict.fromkeys(["exact", *args.modes]) for name in names}
+    rows = measure(nets, channels, settings(devices, sizes, sorted({1, args.throughput_batch})), args.repeats, modes)
     all_threads = max(row["threads"] or 0 for row in rows)
     cell = {"device": "cpu", "threads": all_threads, "size": sizes[-1], "batch": 1}
     report = {"machine": machine(), "machine_line": describe_machine(machine()), "networks": names,
               "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)},
               "describe": {n: describe_arch(ckpt["arch"]).split(" (")[0] for n, (_, ckpt) in zip(names, loaded)},
-              "sizes": sizes, "repeats": args.repeats, "costs": costs, "quality": scores, "latency": rows,
+              "sizes": sizes, "repeats": args.repeats, "modes": {entry: mode for entry, (_, mode) in modes.items()}, "costs": costs, "quality": scores, "latency": rows,
               "ratio_cell": cell, "ratio_cell_text": f"{sizes[-1]} x {sizes[-1]}, batch 1, {all_threads} threads, CPU"}
     report["ratios"] = ratios(costs, rows, scores, names[0], cell)
     with staged(args.out_dir, "--out-dir", STAGE_PREFIX, "compression_manifest.json", args.overwrite) as stage:

@@ -35,7 +35,7 @@ from data.outputs import staged  # noqa: E402
 from data.recon_files import FILE_NAMES, WRITERS, write_png  # noqa: E402
 from data.scans import ReadOptions, network_inputs, read_scans  # noqa: E402
 from models.checkpoints.format import load_model  # noqa: E402
-from models.inference import checkpoint_target, for_inference, reconstruct  # noqa: E402
+from models.inference import INFERENCE_MODES, checkpoint_target, for_inference, inference_network, reconstruct  # noqa: E402
 from models.nets.registry import reconstructor  # noqa: E402
 from models.training.distributed import resolve_device  # noqa: E402
 from utils import CliParser, UserError, refuse_to_overwrite, run_cli  # noqa: E402
@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                      "(default: its first)")
     parser.add_argument("--size", type=int, help="slice size, only for checkpoints that record none")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=2, help="slice axis of NIfTI volumes")
+    parser.add_argument("--mode", choices=tuple(INFERENCE_MODES), default="exact",
+                        help="; ".join(f"{name}: {text}" for name, (text, _) in INFERENCE_MODES.items()))
     parser.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out-dir")
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     with staged(args.out_dir, "--out-dir", STAGE_PREFIX, "manifest.json", args.overwrite) as stage:
         for scan in scans:
             inputs = network_inputs(scan, target)
-            ready = for_inference(net, device, tuple(inputs.zero_filled.shape[-2:]), args.batch_size)
+            ready = inference_network(for_inference(net, device, tuple(inputs.zero_filled.shape[-2:]), args.batch_size),
+                                      args.mode)
             recon, seconds = reconstruct(ready, inputs, device, args.batch_size, not args.no_progress, scan.name)
             recon = inputs.crop(recon)
             write(stage, scan.name, recon, (inputs.slope, inputs.intercept), inputs.affine)

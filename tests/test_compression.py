@@ -71,11 +71,15 @@ def test_report_is_written_and_its_ratios_agree_with_the_counts(tmp_path, capsys
     cell = report["ratio_cell"]
     latency = {r["network"]: r["median_s"] for r in report["latency"] if all(r[k] == v for k, v in cell.items())}
     assert ratios["student"]["speed_up"] == pytest.approx(latency["teacher"] / latency["student"])
+    # The fused mode (default --modes exact fused) is timed too, against the teacher in the same mode.
+    assert {r["mode"] for r in report["latency"]} == {"exact", "fused"}
+    assert ratios["student"]["speed_up_by_mode"]["fused"] == pytest.approx(latency["teacher+fused"] /
+                                                                           latency["student+fused"])
     # Every cell: 1 thread and all, batch 1 and 2, both networks, each with its own roofline and a fraction of it.
     assert {(r["threads"], r["batch"]) for r in report["latency"]} >= {(1, 1), (1, 2)}
     for row in report["latency"]:
         assert row["min_s"] <= row["median_s"] <= row["max_s"]
-        assert row["of_roofline"] == pytest.approx(flops[row["network"]] / row["median_s"] / 1e9 / row["roofline_gflops"])
+        assert row["of_roofline"] == pytest.approx(flops[row["network"].split("+")[0]] / row["median_s"] / 1e9 / row["roofline_gflops"])
     text = (out / "compression.md").read_text()
     assert "Measured on:" in text and "2.88:1" in text and "-0.75 dB" in text
     assert (out / "compression.png").stat().st_size > 1000

@@ -248,3 +248,14 @@ def test_bad_inputs_are_one_line_and_write_nothing(runs, tmp_path, capsys):
     # An earlier run's files are replaced only with --overwrite.
     err = cli_error(reconstruct.main, [magnitude_run["checkpoint"], good, "--out-dir", str(out)], capsys)
     assert "--overwrite" in err
+
+
+@pytest.mark.parametrize("mode, tolerance", [("fused", 1e-5), ("bf16", 2e-2)])
+def test_faster_modes_are_close_to_the_exact_reconstruction(runs, tmp_path, mode, tolerance):
+    """tests/test_inference_modes.py argues the tolerances."""
+    run, raw = runs["magnitude"], str(runs["root"] / "raw" / "file2.h5")
+    for name in ("exact", mode):
+        reconstruct.main([run["checkpoint"], raw, "--out-dir", str(tmp_path / name), "--no-progress", "--mode", name])
+    exact, fast = (np.asarray(nib.load(tmp_path / name / "file2.nii.gz").dataobj.get_unscaled())
+                   for name in ("exact", mode))
+    assert np.abs(fast - exact).max() <= tolerance * np.abs(exact).max()
