@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 if not __package__:  # run by path: the repository root, which holds the packages, is not importable
@@ -39,7 +40,7 @@ from models.checkpoints.format import load_model  # noqa: E402
 from models.cost import count_parameters, forward_flops, pareto_front, peak_memory_bytes, synthetic_inputs  # noqa: E402
 from models.inference import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
 from models.nets.registry import describe_arch, image_channels_of, reconstructor  # noqa: E402
-from scripts.benchmark import roofline, time_interleaved  # noqa: E402
+from scripts.benchmark import profile_category, roofline, time_interleaved  # noqa: E402
 from utils import CliParser, UserError, clean_text, describe_machine, machine, run_cli  # noqa: E402
 
 STAGE_PREFIX = ".compression-"
@@ -135,6 +136,54 @@ def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: l
     return rows
 
 
+WIDE_CONVOLUTIONS = "32 -> 32 convolutions"
+NARROW_CONVOLUTIONS = "1-channel convolutions (first and last of each block)"
+PROFILE_CALLS = 3
+
+
+def profile(nets: dict[str, torch.nn.Module], channels: dict[str, int], modes: dict[str, tuple[str, str]],
+            size: int) -> dict[str, dict]:
+    """Where a batch-1 forward pass at ``size`` spends its time, on all threads, per network and mode: seconds
+    per forward of each of scripts/benchmark.py's op categories, the convolutions split into the 32 -> 32 ones
+    (the work the roofline measures) and the 1-channel ones, plus the wall-clock time and the time outside every
+    op (Python, the profiler's own cost)."""
+    found = {}
+    for entry, (name, mode) in modes.items():
+        ready = inference_network(for_inference(nets[name], torch.device("cpu"), (size, size), 1), mode)
+        inputs = synthetic_inputs(size, 1, channels[name])
+        with torch.inference_mode():
+            ready(*inputs)  # kernel selection, compilation
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+                start = time.perf_counter()
+                for _ in range(PROFILE_CALLS):
+                    ready(*inputs)
+                wall = (time.perf_counter() - start) / PROFILE_CALLS
+        seconds: dict[str, float] = {}
+        for event in prof.key_averages(group_by_input_shape=True):
+            category = profile_category(event.key)
+            if category == "convolutions":
+                shapes = [shape for shape in event.input_shapes if len(shape) == 4]
+                wide = len(shapes) >= 2 and shapes[0][1] == 32 and shapes[1][0] == 32
+                category = WIDE_CONVOLUTIONS if wide else NARROW_CONVOLUTIONS
+            seconds[category] = seconds.get(category, 0.0) + event.self_cpu_time_total / 1e6 / PROFILE_CALLS
+        inside = sum(seconds.values())
+        found[entry] = {"wall_s": wall, "outside_ops_s": max(wall - inside, 0.0),
+                        "seconds": dict(sorted(seconds.items(), key=lambda item: -item[1]))}
+    return found
+
+
+def profile_text(profiles: dict[str, dict], size: int, threads: int) -> list[str]:
+    """compression.md's profile section."""
+    lines = ["", f"Profile of one batch-1 forward at {size} x {size}, {threads} threads (torch.profiler, self CPU "
+             f"time per op category, mean of {PROFILE_CALLS} calls; wall-clock under the profiler):", ""]
+    for entry, found in profiles.items():
+        wall = found["wall_s"]
+        parts = [f"{what} {s * 1e3:.1f} ms ({s / wall:.0%})" for what, s in found["seconds"].items() if s >= 5e-4]
+        lines.append(f"- {entry}: {wall * 1e3:.1f} ms; " + ", ".join(parts)
+                     + f"; outside every op {found['outside_ops_s'] * 1e3:.1f} ms")
+    return lines
+
+
 def static_costs(nets: dict[str, torch.nn.Module], channels: dict[str, int], sizes: list[int]) -> dict[str, dict]:
     """Parameters, FLOPs per slice and peak memory (batch 1) per network and size."""
     costs = {}
@@ -215,6 +264,8 @@ def table(report: dict) -> str:
                      f"{', '.join(f'{m} {v:.2f}x' for m, v in r['speed_up_by_mode'].items()) or '-'} | "
                      f"{r.get('PSNR_difference', float('nan')):+.2f} dB | "
                      f"{r.get('SSIM_difference', float('nan')):+.4f} |")
+    if report.get("profile"):
+        lines += profile_text(report["profile"], report["ratio_cell"]["size"], report["ratio_cell"]["threads"])
     lines += ["", "Modes (models/inference.py): " + "; ".join(f"{mode}: {INFERENCE_MODES[mode][0]}"
                                                          for mode in dict.fromkeys(report["modes"].values())) + ".",
               "", "![latency against quality](compression.png)", ""]
@@ -267,6 +318,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "others are named {network}+{mode} in the latency table")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto",
                         help="auto: the CPU, and CUDA too where present")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile a batch-1 forward at the largest size on all threads, per network and mode")
     parser.add_argument("--overwrite", action="store_true")
     return parser.parse_args(argv)
 
@@ -295,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
               "sizes": sizes, "repeats": args.repeats, "modes": {entry: mode for entry, (_, mode) in modes.items()}, "costs": costs, "quality": scores, "latency": rows,
               "ratio_cell": cell, "ratio_cell_text": f"{sizes[-1]} x {sizes[-1]}, batch 1, {all_threads} threads, CPU"}
     report["ratios"] = ratios(costs, rows, scores, names[0], cell)
+    report["profile"] = profile(nets, channels, modes, sizes[-1]) if args.profile else {}
     with staged(args.out_dir, "--out-dir", STAGE_PREFIX, "compression_manifest.json", args.overwrite) as stage:
         write_json(stage / "compression.json", report)
         write_text(stage / "compression.md", table(report))

@@ -58,7 +58,7 @@ def test_report_is_written_and_its_ratios_agree_with_the_counts(tmp_path, capsys
         "checkpoints": {"teacher": str(paths["teacher"]), "student": str(paths["student"])}}))
     out = tmp_path / "report"
     compression.main(["--checkpoints", str(paths["teacher"]), str(paths["student"]), "--eval-dir", str(evaluation),
-                      "--out-dir", str(out), "--sizes", "16", "--throughput-batch", "2", "--repeats", "1"])
+                      "--out-dir", str(out), "--sizes", "16", "--throughput-batch", "2", "--repeats", "1", "--profile"])
     report = json.loads((out / "compression.json").read_text())
     assert report["networks"] == ["teacher", "student"]
     assert report["costs"]["teacher"]["parameters"] == 141_765 and report["costs"]["student"]["parameters"] == 49_285
@@ -80,6 +80,10 @@ def test_report_is_written_and_its_ratios_agree_with_the_counts(tmp_path, capsys
     for row in report["latency"]:
         assert row["min_s"] <= row["median_s"] <= row["max_s"]
         assert row["of_roofline"] == pytest.approx(flops[row["network"].split("+")[0]] / row["median_s"] / 1e9 / row["roofline_gflops"])
+    # The profile splits the convolutions into the 32 -> 32 ones and the 1-channel ones, per network and mode.
+    assert set(report["profile"]) == {"teacher", "student", "teacher+fused", "student+fused"}
+    for found in report["profile"].values():
+        assert found["seconds"][compression.WIDE_CONVOLUTIONS] > 0 and found["seconds"][compression.NARROW_CONVOLUTIONS] > 0
     text = (out / "compression.md").read_text()
     assert "Measured on:" in text and "2.88:1" in text and "-0.75 dB" in text
     assert (out / "compression.png").stat().st_size > 1000
