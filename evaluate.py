@@ -6,51 +6,10 @@ Usage::
         --data-root data/demo --acc 4x --out-dir results/eval_4x [--metrics paper|fastmri|public-volume|all] \
         [--save-recons]
 
-Every checkpoint is loaded with :func:`models.checkpoints.format.load_reconstructor` (an SFT checkpoint gives its
-teacher). The zero-filled input is always evaluated too, as model ``ZF``. Outputs in ``--out-dir``:
-
-- ``metrics.csv`` (``--metrics paper``, the default, or ``all``): per-slice metrics, one row per model and
-  slice, header ``model,volume,slice,PSNR,SSIM,NMSE,HFEN-LoG,VIF`` (``volume`` is the HDF5 file name without
-  ``.h5``); ZF rows first, then the models in command-line order. PSNR, SSIM and NMSE are those of the public
-  code's ``measures.py`` (each slice's own maximum); HFEN-LoG and VIF are extra (see
-  :data:`models.evaluation.metrics.METRICS`). Slices with an all-zero target are left out (their metrics are undefined)
-  and counted in a note.
-- ``metrics_fastmri.csv`` (``--metrics fastmri`` or ``all``): fastMRI's volume-wise metrics, one row per model
-  and volume, header ``model,volume,NMSE,PSNR,SSIM``, same model order. A volume is every slice of one file,
-  stacked by slice index, all-zero slices included (see :data:`models.evaluation.metrics.FASTMRI_METRICS`); only a
-  volume whose target is all zero is left out.
-- ``metrics_public_volume.csv`` (``--metrics public-volume`` or ``all``): the public SFT-KD-Recon ``evaluate.py``'s
-  volume-wise metrics, one row per model and volume, header ``model,volume,NMSE,PSNR,SSIM,HFN``, volumes as for
-  fastMRI (see :data:`models.evaluation.metrics.PUBLIC_VOLUME_METRICS`). Its HFN is the 3 x 3 Laplacian one with the
-  prediction clipped to [0, 1], not the per-slice HFEN-LoG.
-- ``summary.json``: ``{model: {metric: {"mean", "std", "n"}}}`` of the paper's metrics (std over slices,
-  ``ddof=0``), with fastMRI's a ``"fastmri"`` entry of the same form over volumes (``n`` volumes, ``ddof=0``;
-  fastMRI's own script prints mean +/- 2 sample std), the public code's volume-wise ones a ``"public_volume"``
-  entry of the same form (the public script prints mean +/- 2 sample std too), plus the top-level entries
-  ``acc``, ``split``, ``data_root``, ``mask``, ``checkpoints`` (``{name: path}``), ``test_set`` (``--test-set``,
-  default ``{data folder name}/{split}``), ``roles`` (``{name: the roles its checkpoint records,
-  models/distill/roles.py, plus its training seed}``), ``trained_acc`` (``{name: the accelerations it was
-  trained at}``, empty where it records none: with ``--cross-acc`` they differ from ``acc``, and report.py gives
-  such a model a row of its own), ``machine`` (the evaluating machine, utils.machine: CPU, ISA, torch build,
-  threads), ``trained_on`` (``{name: the machine its checkpoint's training recorded, or null}``), ``recipe``
-  (``{name: the training flags that make runs comparable, models.training.flags.RECIPE_KEYS}``), ``image``
-  (``magnitude`` or ``complex``; complex images are scored on their magnitude, as fastMRI does) and ``kspace``
-  (where the data's k-space came from, e.g. ``synthetic from magnitude``); these words cannot be model names.
-
-What is scored is checked against what each checkpoint records of its training data: another acceleration is
-refused unless ``--cross-acc``; another slice size, another mask sampling pattern (rows, columns, 2-D) or files
-of its own training split are refused.
-- with ``--save-recons``: ``recons/{name}/{volume}.h5`` holding one dataset ``reconstruction`` of shape
-  (S, H, W) float32, slice-first. Note that this differs from the data files, whose ``volfs`` is
-  (H, W, S); the target and the ZF image are not copied (read them from the data), and ZF gets no folder.
-
-Split: ``test`` when the data set has one (data/prepare.py writes it; it never chose a checkpoint), else
-``validation`` with a printed note (the original two-split layout: the slices ``best_model.pt`` was chosen on,
-so the scores are optimistic); ``--split`` overrides.
-
-Model names default to each checkpoint's ``run_name``, then its folder name, then its file stem;
-``--names`` overrides them. ``scripts/report.py`` takes each model's role from ``roles``, and from the name
-(``teacher``, ``sft``, ``stdkd-{method}``, ..., optionally ``-seed{N}``) only for checkpoints without roles.
+Scores ``test/`` when the data has one (else ``validation/``, with a note: its slices chose ``best_model.pt``),
+every model and the zero-filled input (model ``ZF``), and refuses checkpoints trained on other data. What it
+writes (``metrics.csv``, ``summary.json`` and its entries, ``recons/``), the metric sets and how models are named:
+scripts/README.md, "Outputs" and "Model names, roles and the report".
 """
 from __future__ import annotations
 
@@ -67,7 +26,7 @@ from data.masks import acc_type
 from data.outputs import check_replaceable, clean_up, folder_lock, new_files, swap_in
 from models.checkpoints.format import load_model
 from models.evaluation.engine import evaluate_sets
-from models.evaluation.provenance import check_trained_on, recorded_roles, trained_on
+from models.evaluation.provenance import check_scored_split, check_trained_on, recorded_roles, trained_on
 from models.evaluation.recons import RECON_KEY
 from models.evaluation.results import check_names, default_names, owned_results, write_results
 from models.evaluation.sets import METRIC_CHOICES, METRIC_SETS, format_table
@@ -155,6 +114,7 @@ def _main(args: argparse.Namespace) -> None:
     if names is None:
         names = default_names(args.checkpoints, [ckpt for _, ckpt in loaded])
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
+    check_scored_split(args.data_root, split, args.acc)
     scored = split_listing(args.data_root, split, args.acc)
     trained_acc = {name: check_trained_on(path, ckpt, dataset, scored, acc=args.acc, split=split,
                                           data_root=args.data_root, cross_acc=args.cross_acc)

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoints.format import model_from
-from models.checkpoints.io import CheckpointFile, read_checkpoint
+from models.checkpoints.format import CheckpointFile, model_from, read_checkpoint
 from models.distill.losses import KD_METHODS, KDMethodError, build_kd_loss, describe_methods
 from models.distill.roles import kd_run_name, teacher_kind
 from models.distill.student_init import Init, StudentSpec, build_student, sft_blocks, student_blocks

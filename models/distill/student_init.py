@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from data.fft import IMAGE_CHANNELS
-from models.checkpoints.format import describe_arch, load_model, model_from
-from models.checkpoints.io import CheckpointFile
+from models.checkpoints.format import CheckpointFile, describe_arch, load_model, model_from
 from models.nets.registry import PRESETS, configure, short_name, with_image_channels
 from models.nets.sft import SFTNet, student_from_blocks
 from utils import UserError

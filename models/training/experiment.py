@@ -7,15 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data.fingerprint import file_digest, listing_changes, split_listing
+from data.fingerprint import data_listing, file_digest, listing_changes
 from data.layout import acc_folder
 from data.masks import load_mask, mask_lines
-from models.checkpoints.io import load_checkpoint
+from models.checkpoints.io import RECORD, load_checkpoint
 from models.training.config import DataConfig, TrainConfig
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-OWN_FILES = ("model.pt", "best_model.pt", "config.json", "summary")
+OWN_FILES = ("model.pt", "best_model.pt", "config.json", "summary", RECORD)
 RESUME_KEYS = ("optimizer", "scheduler", "epoch", "batch_in_epoch", "global_step", "best_val_loss")
 # An --overwrite run parks the run it replaces here until it has saved its own first model.pt.
 REPLACED = ".replaced"
@@ -138,25 +138,26 @@ def check_resume_data(ckpt: dict, config: TrainConfig, train_slices: int, valida
                         "on the run's data")
 
 
-def content_record(data: DataConfig, checkpoints: dict, image_size: tuple[int, int]) -> dict:
+def content_record(data: DataConfig, checkpoints: dict, image_size: tuple[int, int]) -> tuple[dict, str | None]:
     """What the run reads, by content (data/fingerprint.py), for config.json, --resume and evaluate.py: the
     SHA-256 of each acceleration's mask file and its sampling pattern (data/masks.mask_lines), the slices'
-    (H, W), each split's files (name -> size and a hash of its ends) and ``checkpoints``, the SHA-256 of every
-    checkpoint it loads (by the setting that names it; the script hashes what it reads)."""
+    (H, W), each split's files (name -> SHA-256, checked against split.json) and ``checkpoints``, the SHA-256 of
+    every checkpoint it loads (by the setting that names it; the script hashes what it reads). Also returns the
+    note of :func:`data.fingerprint.data_listing` on data files split.json records no hash of."""
+    listing, note = data_listing(data.data_root, SPLITS_READ, list(data.acc))
     return {
         "masks": {acc: file_digest(data.mask_path(acc)) for acc in data.acc},
         "mask_lines": {acc: mask_lines(load_mask(data.mask_path(acc))) for acc in data.acc},
         "image_size": list(image_size),
-        "data": {split: {acc: split_listing(data.data_root, split, acc) for acc in data.acc}
-                 for split in SPLITS_READ},
+        "data": listing,
         "checkpoints": dict(checkpoints),
-    }
+    }, note
 
 
 def check_resume_content(ckpt: dict, now: dict, config: TrainConfig) -> None:
     """A :class:`UserError` listing what the run reads now that has other content than when it started (see
     :func:`content_record`): a mask file prepared again, other data files under the same names, a replaced
-    checkpoint. Runs that recorded no content (older versions) are not checked."""
+    checkpoint. Runs that recorded no content are not checked."""
     recorded = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     was = recorded.get("content")
     if not isinstance(was, dict):
@@ -168,9 +169,10 @@ def check_resume_content(ckpt: dict, now: dict, config: TrainConfig) -> None:
     for split, by_acc in now["data"].items():
         for acc, listing in by_acc.items():
             old = was.get("data", {}).get(split, {}).get(acc)
-            if isinstance(old, dict) and old != listing:
-                folder = acc_folder(Path(), split, acc).as_posix()
-                changes.append(f"{folder}: {', '.join(listing_changes(old, listing))}")
+            differ = listing_changes(old, listing, acc_folder(Path(config.data.data_root), split, acc)) if isinstance(
+                old, dict) else []
+            if differ:
+                changes.append(f"{acc_folder(Path(), split, acc).as_posix()}: {', '.join(differ)}")
     for key, digest in now["checkpoints"].items():
         if was.get("checkpoints", {}).get(key, digest) != digest:
             changes.append(f"--{key.replace('_', '-')} {config.settings.get(key)} is another file than the run's "

@@ -2,6 +2,7 @@
 it resumes, and their loaders over the resumable shuffle (models/training/distributed.EpochSampler)."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,8 @@ class RunData:
     """``train`` / ``validation``: the splits' slices (data.dataset.Sample items); ``shape``: a slice's (H, W);
     ``content``: the fingerprint record of what the run reads (masks, data files, checkpoints), which
     ``config.json`` keeps for ``--resume``; ``image`` (``magnitude`` or ``complex``) and ``kspace`` (its origin):
-    what the data hold, which the networks are built for."""
+    what the data hold, which the networks are built for; ``note``: the line that says data files were hashed at
+    their first use (a fresh run prints it once its set-up has succeeded, so that a refusal stays one line)."""
 
     train: Dataset
     validation: Dataset
@@ -30,6 +32,7 @@ class RunData:
     content: dict
     image: str
     kspace: str | None
+    note: str | None = None
 
     @classmethod
     def load(cls, config: TrainConfig, resume: dict | None) -> "RunData":
@@ -49,18 +52,22 @@ class RunData:
             raise UserError(f"--data-root {data.data_root}: train/ holds {kind['image']} images, validation/ "
                             f"{data_kind(validation)['image']} ones; prepare both splits in one data/prepare.py run")
         shape = tuple(train[0].target.shape[-2:])
-        content = content_record(data, config.checkpoints, shape)
+        content, note = content_record(data, config.checkpoints, shape)
         if resume is not None:
             check_resume_data(resume, config, len(train), len(validation))
             # The image type first: data of the other type differs in content too, but this says why.
             check_image(resume.get("arch") or {}, kind["image"], config.run.exp_dir / "model.pt", "--resume:")
             check_resume_content(resume, content, config)
-        return cls(train, validation, shape, content, kind["image"], kind["kspace"])
+        return cls(train, validation, shape, content, kind["image"], kind["kspace"],
+                   note if resume is None else None)
 
     def loaders(self, data: DataConfig, optim: OptimConfig, dist: Dist
                 ) -> tuple[DataLoader, EpochSampler, DataLoader]:
         """(training loader, its sampler, validation loader) for this rank. Build them after a resumed run's RNG
-        is restored, as the original run did; ``--augment`` wraps the training split here."""
+        is restored, as the original run did; ``--augment`` wraps the training split here. The set-up is then
+        complete: :attr:`note` is printed here."""
+        if self.note and dist.main:
+            print(self.note, file=sys.stderr)
         seed = optim.seed
         train = AugmentedSlices(self.train, seed) if data.augment else self.train
         sampler = EpochSampler(len(train), seed, dist.rank, dist.world, keys=data.augment)
