@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from data.fft import IMAGE_CHANNELS
 from models.nets.registry import ModelName, capacity, with_image_channels
-from models.distill.roles import BASE_MODELS, sft_kind
+from models.distill.roles import BASE_RUNS, sft_kind
 from models.nets.sft import SFTNet
 from models.training.steps import SFTStep
 from models.training.config import ResumeRules
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         teacher_i, student_i = (with_image_channels(net, IMAGE_CHANNELS[image]) for net in (teacher, student))
         return SFTStep(SFTNet(teacher_i, student_i), args.student_rec_weight, args.imitation_weight)
 
-    train(config, step, run_name=BASE_MODELS[kind][0],
+    train(config, step, run_name=BASE_RUNS[kind],
           roles={"model": kind, "nets": {"teacher": capacity(teacher), "student": capacity(student)}})
 
 

@@ -55,32 +55,29 @@ class CliParser(argparse.ArgumentParser):
         return parsed, extras
 
     def error(self, message: str):
-        for action, visible in self._renamed():
-            message = message.replace("/".join(action.option_strings), "/".join(visible))
         self.exit(2, f"error: {clean_text(message, None)} (see {self.prog} --help)\n")
 
-    def format_help(self) -> str:
-        renamed = list(self._renamed())
-        for action, visible in renamed:
-            action.option_strings, action.all_spellings = visible, action.option_strings
-        try:
-            return super().format_help()
-        finally:
-            for action, _ in renamed:
-                action.option_strings = action.all_spellings
 
-    def _renamed(self):
-        """(action, its current spellings) for every flag with old spellings (see :func:`old_spellings`)."""
-        for action in self._actions:
-            old = getattr(action, "old_spellings", ())
-            if old:
-                yield action, [s for s in action.option_strings if s not in old]
+class _OldSpelling(argparse.Action):
+    """An old spelling of a renamed flag: refused in one line that names the current one."""
+
+    def __init__(self, spelling: str, current: str):
+        super().__init__([spelling], argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        self.current = current
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is now {self.current}: give {self.current}"
+                     f"{' ' + str(values) if values else ''} instead")
 
 
 def old_spellings(action: argparse.Action, *names: str) -> argparse.Action:
     """Mark ``names`` (given to ``add_argument`` after the current spelling) as old spellings of a renamed
-    flag: still accepted, left out of ``--help`` and of error messages."""
-    action.old_spellings = names
+    flag: refused with a one-line hint naming the current spelling, left out of ``--help`` and of error
+    messages. (Kept known to the parser, so that argparse does not take ``--out`` for an abbreviation of
+    ``--out-dir``.)"""
+    action.option_strings = [name for name in action.option_strings if name not in names]
+    for name in names:
+        action.container._option_string_actions[name] = _OldSpelling(name, action.option_strings[0])
     return action
 
 

@@ -1,1 +1,3 @@
-"""The scripts that run after training (report, contrasts, figure, benchmark, checkpoint import); run each as a module from the repository root, e.g. ``python -m scripts.report``."""
+"""The scripts that run the pipeline and read its results: runners (.sh), report, figure, benchmark and the GPU
+check, compression, reconstruction, checkpoint import; the study's tooling is scripts/study/. Run each as a module
+from the repository root, e.g. ``python -m scripts.report``."""

@@ -6,7 +6,7 @@
 #
 # Outputs in results/demo (DEMO_OUT): table.md, figure.png (the test slice with the median teacher PSNR), eval/
 # (per-slice metrics), runs/ (checkpoints and TensorBoard logs), data/. The defaults (32 x 32, 40 epochs, lr / 10
-# after epoch 20) are one seed of scripts/study.sh's setting: its table is what one seed gives, the study's
+# after epoch 20) are one seed of scripts/study/study.sh's setting: its table is what one seed gives, the study's
 # intervals say what that is worth (docs/demo.md, docs/study.md). --device auto uses a GPU when there is one.
 # Environment knobs (the test suite shrinks them): DEMO_SIZE, DEMO_EPOCHS, DEMO_SLICES, DEMO_METHOD, DEMO_ACC,
 # DEMO_TRAIN_FLAGS (flags of every training run), DEMO_OUT.
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 OUT=${DEMO_OUT:-results/demo}
 SIZE=${DEMO_SIZE:-32}
 EPOCHS=${DEMO_EPOCHS:-40}
-# All slices with brain in them by default, as scripts/study.sh prepares them (79 / 28 / 28 train / validation /
+# All slices with brain in them by default, as scripts/study/study.sh prepares them (79 / 28 / 28 train / validation /
 # test at 32 x 32): the demo is one seed of the study's setting.
 SLICES=${DEMO_SLICES:-}
 METHOD=${DEMO_METHOD:-at}
@@ -50,7 +50,7 @@ RUNS="$OUT/runs/$ACC"
     --checkpoints "$RUNS/teacher/best_model.pt" "$RUNS/student/best_model.pt" "$RUNS/sft/best_model.pt" \
                   "$RUNS/stdkd-$METHOD/best_model.pt" "$RUNS/sftkd-$METHOD/best_model.pt"
 "$PYTHON" -m scripts.report --eval-dirs "$OUT/eval" --out-dir "$OUT"
-"$PYTHON" -m scripts.figure --eval-dir "$OUT/eval" --data-root "$OUT/data" --acc "$ACC" --output "$OUT/figure.png" \
+"$PYTHON" -m scripts.figure --eval-dir "$OUT/eval" --data-root "$OUT/data" --acc "$ACC" --out-dir "$OUT" \
     --models teacher student sft "stdkd-$METHOD" "sftkd-$METHOD" --median-of teacher
 
 echo

@@ -4,7 +4,7 @@ Usage::
 
     python evaluate.py ... --out-dir results/eval_4x --save-recons
     python -m scripts.figure --eval-dir results/eval_4x --data-root data/demo --acc 4x \
-        --models teacher student stdkd-at sftkd-at --inset 60 80 40 --out results/figure_4x.png
+        --models teacher student stdkd-at sftkd-at --inset 60 80 40 --out-dir results/figure_4x
 
 Top row: target, ZF (the data file's ``img_volus_{acc}``) and every model's reconstruction (from
 ``EVAL_DIR/recons/{model}/{volume}.h5``), all grey with the target's range. Bottom row: ``|recon - target|``
@@ -13,7 +13,8 @@ slice's PSNR / SSIM (``models.evaluation.metrics.psnr`` / ``models.evaluation.me
 square on every image and shows it enlarged in the panel's corner. ``--median-of MODEL`` shows the slice whose
 PSNR for MODEL (``EVAL_DIR/metrics.csv``) is the median of the scored slices, and the figure's title says so (what
 scripts/demo.sh draws: a typical slice, not the best or the edge of the brain). Otherwise the slice is the one with
-the largest target energy (sum of squares) in the chosen volume (default: the first volume of the split).
+the largest target energy (sum of squares) in the chosen volume (default: the first volume of the split). The
+figure is ``--out-dir``/figure.png.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ from models.evaluation.recons import RECON_KEY  # noqa: E402
 from models.evaluation.metrics import psnr, ssim  # noqa: E402
 from data.outputs import atomic_write  # noqa: E402
 from utils import CliParser, UserError, clean_text, first_line, old_spellings, refuse_to_overwrite, run_cli  # noqa: E402
+
+FIGURE = "figure.png"
 
 
 def _magnitude(values: np.ndarray) -> np.ndarray:
@@ -210,19 +213,18 @@ def build_parser() -> CliParser:
     parser.add_argument("--error-scale", type=float, default=5.0, help="error map magnification (default 5)")
     parser.add_argument("--inset", nargs=3, type=int, metavar=("Y0", "X0", "SIZE"),
                         help="zoom on the square of SIZE pixels whose top-left corner is (Y0, X0)")
-    old_spellings(parser.add_argument("--output", "--out", dest="out", required=True, type=Path,
-                                      help="output .png"), "--out")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    old_spellings(parser.add_argument("--out-dir", "--output", "--out", required=True, type=Path,
+                                      help="where the figure goes, as figure.png"), "--output", "--out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out-dir/figure.png")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.out.suffix.lower() != ".png":
-        raise UserError(f"--output {args.out} must end in .png")
-    if args.out.is_dir():
-        raise UserError(f"--output {args.out} is a folder; give a file name such as {args.out / 'figure.png'}")
-    refuse_to_overwrite(args.out, args.overwrite, "--output")
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise UserError(f"--out-dir {args.out_dir} is a file; give the folder the figure goes into")
+    out = args.out_dir / FIGURE
+    refuse_to_overwrite(out, args.overwrite, "--out-dir")
     if not args.error_scale > 0:
         raise UserError(f"--error-scale {args.error_scale} must be positive")
     if not args.eval_dir.is_dir():
@@ -276,8 +278,8 @@ def main(argv: list[str] | None = None) -> None:
                tuple(args.inset) if args.inset else None, suptitle)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    atomic_write(args.out, lambda f: f.write(buffer.getvalue()))
-    print(clean_text(f"wrote {args.out} ({data_file.stem}, slice {slice_idx}, models: {', '.join(recons)})"
+    atomic_write(out, lambda f: f.write(buffer.getvalue()))
+    print(clean_text(f"wrote {out} ({data_file.stem}, slice {slice_idx}, models: {', '.join(recons)})"
                      + (f"; title: {suptitle}" if suptitle else ""), None))
 
 

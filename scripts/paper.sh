@@ -78,6 +78,6 @@ done
 "$PYTHON" -m scripts.report --eval-dirs "${eval_dirs[@]}" --out-dir "$RESULTS" --overwrite
 first_method=${KD_METHODS%% *}
 "$PYTHON" -m scripts.figure --eval-dir "$RESULTS/eval_$first_acc" --data-root "$DATA_ROOT" --acc "$first_acc" \
-    --output "$RESULTS/figure_$first_acc.png" --overwrite \
+    --out-dir "$RESULTS/figure_$first_acc" --overwrite \
     --models teacher student "stdkd-$first_method" "sftkd-$first_method"
-echo "table: $RESULTS/table.md   figure: $RESULTS/figure_$first_acc.png   TensorBoard: tensorboard --logdir $RESULTS"
+echo "table: $RESULTS/table.md   figure: $RESULTS/figure_$first_acc/figure.png   TensorBoard: tensorboard --logdir $RESULTS"

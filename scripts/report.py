@@ -30,15 +30,18 @@ if not __package__:  # run by path: the repository root, which holds the package
 
 from data.masks import parse_acc  # noqa: E402
 from models.evaluation.metrics import metric as registered, used_for  # noqa: E402
-from models.distill.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
-from scripts import contrasts  # noqa: E402
+from models.distill.roles import BASE_RUNS, kd_prefix  # noqa: E402
+from scripts.study import contrasts  # noqa: E402
+from scripts.study.arms import ARM_LABELS  # noqa: E402
 from data.outputs import atomic_write, staged, write_text  # noqa: E402
 from utils import (CliParser, UserError, clean_lines, clean_text, csv_text, describe_machine,  # noqa: E402
                    refuse_to_overwrite, run_cli)
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
-# vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
-BASE_ROLES = {"zf": "ZF", **{key: label for key, label in BASE_MODELS.values()}}
+# vanishing imitation term trains in effect (scripts/study/study.sh runs it beside the paper's formula).
+# Row key (a base run's name) -> table label.
+BASE_ROLES = {"zf": "ZF", "teacher": "Teacher", "student": "Student", "sft": "SFT teacher",
+              "sft0": "SFT teacher, imitation 0"}
 KD_ROLES = ARM_LABELS
 _NAME = re.compile(r"^(?:(?P<base>zf|teacher|student|sft0|sft)|(?P<kd>stdkd|sftkd|sft0kd)-(?P<method>.+?))"
                    r"(?:-seed(?P<seed>\d+))?$")
@@ -91,11 +94,11 @@ def role_key(roles: dict) -> tuple[str, str | None, int | None] | None:
     """``(role, kd_method, seed)`` from the roles evaluate.py copied out of a checkpoint (models/distill/roles.py); None
     for roles this report has no row for."""
     model, seed = roles.get("model"), roles.get("seed")
-    if model in BASE_MODELS:
-        return BASE_MODELS[model][0], None, seed
+    if model in BASE_RUNS:
+        return BASE_RUNS[model], None, seed
     if model == "kd" and {"teacher", "init", "kd_method"} <= set(roles):
-        prefix = arm_prefix(roles["teacher"], roles["init"])
-        return (prefix, clean_text(roles["kd_method"]), seed) if prefix in ARM_LABELS else None
+        prefix = kd_prefix(roles["teacher"], roles["init"])
+        return (prefix, clean_text(roles["kd_method"]), seed) if prefix in KD_ROLES else None
     return None
 
 
@@ -548,8 +551,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also draw PSNR and SSIM per model with error bars over seeds into this PNG (with "
                              "--contrasts: the contrasts with their intervals)")
     parser.add_argument("--contrasts", action="store_true",
-                        help="add the controlled contrasts of scripts/study.sh (B - C primary; C - A, C - D, B - A "
-                             "Holm-corrected) with 95 %% t-intervals over seeds (scripts/contrasts.py)")
+                        help="add the controlled contrasts of scripts/study/study.sh (B - C primary; C - A, C - D, B - A "
+                             "Holm-corrected) with 95 %% t-intervals over seeds (scripts/study/contrasts.py)")
     parser.add_argument("--machine", type=Path, default=None, metavar="JSON",
                         help="the machine (a utils.machine record) that trained the runs whose checkpoints recorded "
                              "none, e.g. the committed study's docs/study/machine.json")
@@ -575,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
         found = contrasts.all_contrasts(table, columns)
         if not found:
             raise UserError("--contrasts: the folders hold none of the study's arms (stdkd-M, sftkd-M, "
-                            "stdkd-sftinit-M, stdkd-studentinit-M); run scripts/study.sh")
+                            "stdkd-sftinit-M, stdkd-studentinit-M); run scripts/study/study.sh")
         markdown += "".join(f"{line}\n" for line in contrasts.markdown(found))
     markdown += "".join(f"{line}\n" for key in VOLUME_TABLES for line in volume_table(args.eval_dirs, key))
     pngs: dict[Path, bytes] = {}

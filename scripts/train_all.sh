@@ -110,14 +110,14 @@ if [ "${SFT_IMITATION0:-0}" = 1 ]; then
     run sft0 train_sft.py $sft_flags ${SFT_FLAGS:-} --imitation-weight 0
 fi
 RUN_EPOCHS=${KD_EPOCHS:-$EPOCHS}
-# The KD arms and their teacher / init flags come from the arm registry (models/distill/arms.py).
+# The KD arms and their teacher / init flags come from the arm registry (scripts/study/arms.py).
 groups=(paper)
 [ "${CONTROLS:-0}" = 1 ] && groups+=(controls)
 [ "${SFT_IMITATION0:-0}" = 1 ] && groups+=(imitation0)
 for method in $KD_METHODS; do
     # Read every line first: a run must not inherit (and read) the list on its standard input.
-    mapfile -t arms < <("$PYTHON" -m models.distill.arms runs --groups "${groups[@]}" --method "$method" --out "$OUT")
-    [ ${#arms[@]} -gt 0 ] || { echo "error: python -m models.distill.arms listed no KD arm" >&2; exit 2; }
+    mapfile -t arms < <("$PYTHON" -m scripts.study.arms runs --groups "${groups[@]}" --method "$method" --runs-dir "$OUT")
+    [ ${#arms[@]} -gt 0 ] || { echo "error: python -m scripts.study.arms listed no KD arm" >&2; exit 2; }
     for line in "${arms[@]}"; do
         IFS=$'\t' read -r -a fields <<< "$line"
         # shellcheck disable=SC2086

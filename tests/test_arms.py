@@ -1,4 +1,4 @@
-"""The arm registry (models/distill/arms.py): its invariants, what it tells the shell scripts, and that a new arm
+"""The arm registry (scripts/study/arms.py): its invariants, what it tells the shell scripts, and that a new arm
 is one entry: a dummy arm reaches report.py's table and contrasts.py's contrasts with nothing else changed."""
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from models.distill import arms, roles
-from models.distill.arms import ARMS, Arm
+from models.distill import roles
 from scripts import report
+from scripts.study import arms
+from scripts.study.arms import ARMS, Arm
 
 
 def test_letters_run_from_a_without_a_gap_and_prefixes_are_unique():
@@ -30,8 +31,8 @@ def test_the_primary_contrast_comes_first_and_every_contrast_names_two_arms():
 
 def test_the_shell_listing_gives_each_arm_its_teacher_and_init_flags(tmp_path):
     out = str(tmp_path / "a dir" / "4x")  # a space: the fields are tab-separated
-    result = run_cli("-m", "models.distill.arms", "runs", "--groups", "paper", "controls", "imitation0",
-                     "--method", "at", "--out", out)
+    result = run_cli("-m", "scripts.study.arms", "runs", "--groups", "paper", "controls", "imitation0",
+                     "--method", "at", "--runs-dir", out)
     assert result.returncode == 0, result.stderr
     rows = [line.split("\t") for line in result.stdout.splitlines()]
     assert rows == [
@@ -43,7 +44,7 @@ def test_the_shell_listing_gives_each_arm_its_teacher_and_init_flags(tmp_path):
          "--init-student", f"{out}/student/best_model.pt"],
         ["sft0kd-at", "--teacher-checkpoint", f"{out}/sft0/best_model.pt", "--init-from-sft", f"{out}/sft0/best_model.pt"],
     ]
-    names = run_cli("-m", "models.distill.arms", "names", "--groups", "paper", "--method", "imitation")
+    names = run_cli("-m", "scripts.study.arms", "names", "--groups", "paper", "--method", "imitation")
     assert names.stdout.split() == ["stdkd-imitation", "sftkd-imitation"]
 
 
@@ -61,19 +62,19 @@ def _eval_folder(folder: Path, seed: int, levels: dict, kd_roles: dict) -> None:
 
 
 def test_a_new_arm_is_one_registry_entry(tmp_path, monkeypatch):
-    dummy = Arm("F", "sftkd-studentinit", "SFT teacher + student init", "sft", "student", "student", "controls",
-                "a dummy arm", versus=(("A", "dummy vs Std-KD", False),))
+    dummy = Arm("F", "SFT teacher + student init", "sft", "student", "student", "controls", "a dummy arm",
+                versus=(("A", "dummy vs Std-KD", False),))
     registry = (*ARMS, dummy)
     # The registry and the tables derived from it when the modules were imported.
     monkeypatch.setattr(arms, "ARMS", registry)
     monkeypatch.setattr(arms, "BY_LETTER", {arm.letter: arm for arm in registry})
     monkeypatch.setattr(arms, "BY_ROLES", {(arm.teacher, arm.init): arm for arm in registry})
-    monkeypatch.setattr(roles, "BY_ROLES", arms.BY_ROLES)
-    labels = {**roles.ARM_LABELS, dummy.prefix: dummy.label}
-    monkeypatch.setattr(roles, "ARM_LABELS", labels)
+    labels = {**arms.ARM_LABELS, dummy.prefix: dummy.label}
+    monkeypatch.setattr(arms, "ARM_LABELS", labels)
     monkeypatch.setattr(report, "KD_ROLES", labels)
-    monkeypatch.setattr(report, "ARM_LABELS", labels)
-    assert roles.kd_run_name({"teacher": "sft", "init": "student", "kd_method": "at"}) == "sftkd-studentinit-at"
+    # Its pair has no short name in the roles, so its runs are named descriptively, never like the paper's.
+    assert dummy.prefix == "kd-sft-student"
+    assert roles.kd_run_name({"teacher": "sft", "init": "student", "kd_method": "at"}) == "kd-sft-student-at"
 
     kd = lambda teacher, init: {"model": "kd", "teacher": teacher, "init": init, "kd_method": "at"}  # noqa: E731
     kd_roles = {"A": kd("standard", "scratch"), "F": kd("sft", "student")}
@@ -113,5 +114,5 @@ def test_train_all_trains_the_registry_s_arms(tmp_path):
 
 @pytest.mark.parametrize("arm", ARMS, ids=lambda arm: arm.letter)
 def test_each_arm_s_roles_name_it(arm):
-    assert roles.arm_prefix(arm.teacher, arm.init) == arm.prefix
-    assert roles.ARM_LABELS[arm.prefix] == arm.label
+    assert roles.kd_prefix(arm.teacher, arm.init) == arm.prefix
+    assert arms.ARM_LABELS[arm.prefix] == arm.label

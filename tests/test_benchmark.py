@@ -9,7 +9,7 @@ import torch
 
 from conftest import run_cli
 from models.training import speed
-from scripts import benchmark
+from scripts import benchmark, gpu_check
 
 
 @pytest.mark.slow
@@ -35,7 +35,7 @@ def test_benchmark_prints_every_step_in_both_layouts(tmp_path):
 def test_one_layout_and_bf16_only_time_what_was_asked(tmp_path):
     result = run_cli("-m", "scripts.benchmark", "--size", "8", "--repeats", "1", "--threads", "1",
                      "--memory-format", "contiguous", "--precision", "bf16", "--skip-processes",
-                     "--out", str(tmp_path))  # the old spelling of --out-dir still works
+                     "--out-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "table.md").is_file()
     assert "| teacher, contiguous | " in result.stdout and "channels_last |" not in result.stdout
@@ -59,9 +59,9 @@ def test_roofline_is_the_median_of_its_rounds_with_the_spread_beside_it():
 
 def test_process_cells_give_the_median_and_range_of_the_rounds():
     rounds = [(10.0, 0.5, 1024), (12.0, 0.4, 2048), (9.0, 0.6, 1024)]
-    assert benchmark.process_cell(rounds, 32) == ("10.0 s wall (9.0-12.0) over 3 runs, 0.312 s/slice, 0.50 of roofline "
+    assert gpu_check.process_cell(rounds, 32) == ("10.0 s wall (9.0-12.0) over 3 runs, 0.312 s/slice, 0.50 of roofline "
                                                   "(0.40-0.60), peak RSS 2 MB")
-    assert benchmark.process_cell([(3.0, None, 512)], None) == "3.0 s wall (3.0-3.0), peak RSS 0 MB"
+    assert gpu_check.process_cell([(3.0, None, 512)], None) == "3.0 s wall (3.0-3.0), peak RSS 0 MB"
 
 
 def test_profile_sorts_ops_into_where_the_time_goes():

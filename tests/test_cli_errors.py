@@ -375,7 +375,7 @@ def test_prepare_refuses_an_existing_out(tmp_path):
     out = tmp_path / "prepared"
     out.mkdir()
     (out / "mask_4x.npy").write_bytes(b"old")
-    result = run_cli("-m", "data.prepare", "--demo", "--out", str(out), "--size", "32")
+    result = run_cli("-m", "data.prepare", "--demo", "--out-dir", str(out), "--size", "32")
     assert_one_line_error(result, f"--out-dir {out}", "--overwrite")
     assert snapshot(out) == {"mask_4x.npy": b"old"}
 
@@ -390,9 +390,9 @@ def test_report_needs_an_evaluate_folder(tmp_path):
 
 def test_figure_needs_an_evaluate_folder(base, tmp_path):
     result = run_cli("-m", "scripts.figure", "--eval-dir", str(tmp_path / "none"), "--data-root", str(base),
-                     "--acc", "4x", "--out", str(tmp_path / "figure.png"))
+                     "--acc", "4x", "--out-dir", str(tmp_path / "figure"))
     assert_one_line_error(result, f"--eval-dir {tmp_path / 'none'}", "evaluate.py")
-    assert not (tmp_path / "figure.png").exists()
+    assert not (tmp_path / "figure").exists()
 
 
 @pytest.mark.parametrize("flags, fragments", [

@@ -162,9 +162,9 @@ def test_evaluate_scores_the_magnitude_of_complex_images(tmp_path, complex_runs)
     with h5py.File(tmp_path / "eval" / "recons" / "teacher" / "vol3.h5") as f:
         assert f["reconstruction"].shape == (4, SIZE, SIZE) and f["reconstruction"][()].min() >= 0
     assert data_lines([tmp_path / "eval"]) == ["", "k-space: test fixture (complex images)"]
-    figure.main(["--eval-dir", str(tmp_path / "eval"), "--data-root", str(data), "--acc", "4x", "--output",
-                 str(tmp_path / "figure.png"), "--models", "teacher", "sft"])
-    assert (tmp_path / "figure.png").read_bytes()[:4] == b"\x89PNG"
+    figure.main(["--eval-dir", str(tmp_path / "eval"), "--data-root", str(data), "--acc", "4x", "--out-dir",
+                 str(tmp_path / "figure"), "--models", "teacher", "sft"])
+    assert (tmp_path / "figure" / "figure.png").read_bytes()[:4] == b"\x89PNG"
     shown_target, _ = figure.read_volume(dataset.files[0], "4x")
     assert np.allclose(shown_target[0], target)
 

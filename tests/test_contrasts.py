@@ -1,4 +1,4 @@
-"""scripts/contrasts.py and report.py --contrasts: the study's contrasts against independent computations."""
+"""scripts/study/contrasts.py and report.py --contrasts: the study's contrasts against independent computations."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from scripts.contrasts import detectable_effect, holm, t_test_power, wilcoxon_floor
+from scripts.study.contrasts import detectable_effect, holm, t_test_power, wilcoxon_floor
 from scripts.report import main
 
 KEYS = [("test", s) for s in range(12)]

@@ -44,16 +44,16 @@ def check_png(path):
 @pytest.mark.slow
 def test_figure_with_and_without_inset(eval_dir, tmp_path):
     root, out, _ = eval_dir
-    plain, zoomed = tmp_path / "plain.png", tmp_path / "inset.png"
+    plain, zoomed = tmp_path / "plain" / "figure.png", tmp_path / "inset" / "figure.png"
     common = ["--eval-dir", str(out), "--data-root", str(root), "--acc", "4x"]
-    result = run_cli("-m", "scripts.figure", *common, "--output", str(plain))
+    result = run_cli("-m", "scripts.figure", *common, "--out-dir", str(plain.parent))
     assert result.returncode == 0, result.stderr
     assert "ZF, teacher, sftkd-at" in result.stdout
     main([*common, "--inset", "4", "6", "12", "--error-scale", "10", "--models", "sftkd-at", "--slice", "1",
-          "--out", str(zoomed)])  # --out: the old spelling of --output still works
+          "--out-dir", str(zoomed.parent)])
     image_plain, image_zoomed = check_png(plain), check_png(zoomed)
     assert image_zoomed.shape[1] < image_plain.shape[1]  # one model fewer: narrower figure
-    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file
+    assert not list(tmp_path.glob("*/.*.tmp"))  # the atomic write left no temporary file
 
 
 def test_default_slice_has_most_energy():
@@ -69,15 +69,20 @@ def test_errors(eval_dir, tmp_path):
     root, out, _ = eval_dir
     common = ["--eval-dir", str(out), "--data-root", str(root), "--acc", "4x"]
     with pytest.raises(UserError, match="does not fit"):
-        main([*common, "--inset", "30", "0", "8", "--out", str(tmp_path / "a.png")])
+        main([*common, "--inset", "30", "0", "8", "--out-dir", str(tmp_path / "a")])
     with pytest.raises(UserError, match="student.*does not exist"):
-        main([*common, "--models", "student", "--out", str(tmp_path / "a.png")])
+        main([*common, "--models", "student", "--out-dir", str(tmp_path / "a")])
     with pytest.raises(UserError, match="evaluated at 4x"):
-        main([*common[:-1], "5x", "--out", str(tmp_path / "a.png")])
-    existing = tmp_path / "exists.png"
+        main([*common[:-1], "5x", "--out-dir", str(tmp_path / "a")])
+    existing = tmp_path / "exists" / "figure.png"
+    existing.parent.mkdir()
     existing.write_bytes(b"old")
-    result = run_cli("-m", "scripts.figure", *common, "--out", str(existing))
+    result = run_cli("-m", "scripts.figure", *common, "--out-dir", str(existing.parent))
     assert result.returncode == 2 and "--overwrite" in result.stderr and existing.read_bytes() == b"old"
+    for old in ("--out", "--output"):  # the old spellings: one line naming the flag to give
+        result = run_cli("-m", "scripts.figure", *common, old, str(tmp_path / "x.png"))
+        assert result.returncode == 2 and result.stderr.startswith(f"error: {old} is now --out-dir")
+        assert result.stderr.count("\n") == 1
 
 
 def test_median_slice_is_a_scored_slice_at_the_middle_rank():
@@ -101,15 +106,15 @@ def test_median_of_picks_the_model_median_slice_and_names_it(eval_dir, tmp_path,
                                                   "checkpoints": {"teacher": "t.pt", "sftkd-at": "s.pt"}}))
     expected = int(np.argsort(psnrs)[(n - 1) // 2])
     main(["--eval-dir", str(out), "--data-root", str(root), "--acc", "4x", "--median-of", "teacher",
-          "--out", str(tmp_path / "median.png")])
+          "--out-dir", str(tmp_path / "median")])
     printed = capsys.readouterr().out
     assert f"vol02, slice {expected}," in printed
     assert (f"title: validation split, vol02 slice {expected}: the median teacher PSNR "
             f"({psnrs[expected]:.2f} dB) of {n} slices of 1 volume") in printed
-    check_png(tmp_path / "median.png")
+    check_png(tmp_path / "median" / "figure.png")
     with pytest.raises(UserError, match="--median-of student: .* no rows of that model"):
         main(["--eval-dir", str(out), "--data-root", str(root), "--acc", "4x", "--median-of", "student",
-              "--out", str(tmp_path / "b.png")])
+              "--out-dir", str(tmp_path / "b")])
     with pytest.raises(UserError, match="give one of them"):
         main(["--eval-dir", str(out), "--data-root", str(root), "--acc", "4x", "--median-of", "teacher",
-              "--slice", "0", "--out", str(tmp_path / "c.png")])
+              "--slice", "0", "--out-dir", str(tmp_path / "c")])

@@ -13,6 +13,8 @@ import pytest
 
 from conftest import ROOT
 from scripts import benchmark
+from scripts import gpu_check as runner
+from scripts.supervise import Report
 
 
 def gpu_check(*args: str, out, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -116,7 +118,7 @@ def test_a_hung_and_a_failing_process_are_failed_cells_and_the_rest_runs(tmp_pat
         return [("hangs", [*python, "import time; print('started'); time.sleep(60)"], "sft"),
                 ("fails", [*python, "import sys; sys.exit('no model.pt in /x: out of memory')"], "kd"),
                 ("works", [*python, "pass"], "kd")]
-    monkeypatch.setattr(benchmark, "process_runs", runs)
+    monkeypatch.setattr(runner, "process_runs", runs)
     monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # the check must unbuffer its children itself
     start = time.monotonic()
     table, stdout = check(tmp_path, capsys, "--only", "processes", "--process-timeout", "3")
@@ -140,7 +142,7 @@ def test_a_part_that_never_returns_is_killed_and_the_check_goes_on(tmp_path, cap
             (out / "report.json").write_text(json.dumps({"notes": ["CUDA tests: 8 passed"],
                                                          "rows": {}, "failed": False}))
         return [sys.executable, "-c", code]
-    monkeypatch.setattr(benchmark, "part_command", command)
+    monkeypatch.setattr(runner, "part_command", command)
     monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # the check must unbuffer its children itself
     start = time.monotonic()
     table, stdout = check(tmp_path, capsys, "--only", "tests", "steps", "resume", "--time-limit", "2")
@@ -176,14 +178,15 @@ def stuck_step(self, name, fmt):
         return lambda: (signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM}), time.sleep(60))
     return real_step(self, name, fmt)
 benchmark.Workload.step = stuck_step
-benchmark.STUCK_GRACE_S = 1
+from scripts import supervise
+supervise.STUCK_GRACE_S = 1
 benchmark.run_cli(benchmark.main, sys.argv[1:])
 """
 
 
 @pytest.mark.slow
 def test_a_step_stuck_in_a_call_ends_its_part_and_the_next_part_runs(tmp_path, capsys, monkeypatch):
-    real_command = benchmark.part_command
+    real_command = runner.part_command
 
     def command(argv, part, out, limit, precisions):
         if part == "steps":
@@ -191,7 +194,7 @@ def test_a_step_stuck_in_a_call_ends_its_part_and_the_next_part_runs(tmp_path, c
         out.mkdir(parents=True)
         (out / "report.json").write_text(json.dumps({"notes": ["resume: ran"], "rows": {}, "failed": False}))
         return [sys.executable, "-c", "pass"]
-    monkeypatch.setattr(benchmark, "part_command", command)
+    monkeypatch.setattr(runner, "part_command", command)
     monkeypatch.chdir(ROOT)  # the steps child imports scripts.benchmark from the repository root
     start = time.monotonic()
     table, stdout = check(tmp_path, capsys, "--only", "steps", "resume", "--precision", "fp32",
@@ -211,7 +214,7 @@ def test_a_broken_cuda_context_does_not_end_the_run(tmp_path, monkeypatch):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
     monkeypatch.setattr(benchmark.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(benchmark.torch.cuda, "empty_cache", broken)
-    report = benchmark.Report("header", ["bf16"], tmp_path)
+    report = Report("header", {"bf16": "bf16 (--amp)"}, tmp_path)
     with report.attempt("bf16 (--amp): teacher", [("teacher, channels_last", "bf16")]):
         broken()
     assert report.failed and report.rows == {

@@ -13,9 +13,10 @@ import train_sft
 import train_student_kd
 import train_teacher
 from conftest import make_dataset
-from models.distill.roles import arm_label, kd_run_name, teacher_kind
+from models.distill.roles import kd_run_name, teacher_kind
 from models.training.flags import RECIPE_KEYS
 from scripts import report
+from scripts.study.arms import arm_label
 from tests.test_cli_errors import assert_one_line_error
 from tests.test_training import common
 from conftest import run_cli
@@ -111,7 +112,7 @@ def test_roles_are_recorded_named_and_reported(base, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["split"] == "validation"  # the fixture's two-split layout
     assert summary["roles"]["m3"] == {**roles["B"], "seed": 0} and summary["roles"]["m1"]["model"] == "teacher"
-    # ... and each run's training setting, what a map compares across cells (scripts/map.py).
+    # ... and each run's training setting, what a map compares across cells (scripts/study/map.py).
     config_b = json.loads((tmp_path / "B" / "config.json").read_text())
     assert summary["recipe"]["m3"] == {key: config_b[key] for key in RECIPE_KEYS if key in config_b}
     assert {"epochs", "lr", "augment", "kd_weight", "train_slices"} <= set(summary["recipe"]["m3"])

@@ -1,5 +1,5 @@
-"""scripts/map.py reads each cell's width from its recorded roles and gives the contrasts the study's own table
-gives; scripts/map.sh runs a tiny cell end to end and resumes it."""
+"""scripts/study/map.py reads each cell's width from its recorded roles and gives the contrasts the study's own table
+gives; scripts/study/map.sh runs a tiny cell end to end and resumes it."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from scripts.map import main
+from scripts.study.map import main
 from utils import UserError
 
 
@@ -32,7 +32,7 @@ def test_the_map_gives_each_cell_the_study_table_numbers_under_its_recorded_widt
     fake_cell(tmp_path / "map" / "w32-4x", "docs/study", 8)  # the folder's name is wrong: the roles say 8
     fake_cell(tmp_path / "map" / "w16-4x", "docs/study-augment", 16)
     out = tmp_path / "out" / "map.png"
-    main(["--map-dir", str(tmp_path / "map"), "--out", str(out)])
+    main(["--map-dir", str(tmp_path / "map"), "--out-dir", str(out.parent)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     mapped, every = (tmp_path / "out" / "map.md").read_text().split("Every contrast of every cell")
     rows = [line for line in mapped.splitlines() if line.startswith("| w")]
@@ -47,10 +47,10 @@ def test_the_map_gives_each_cell_the_study_table_numbers_under_its_recorded_widt
     assert "| w16-4x | B - A (SFT-KD-Recon vs Std-KD) (at) | +0.99 [+0.60, +1.38] | 0.31 | 0.53 | above 0 |" in rows
     assert "| w16-4x | SFT teacher - Teacher | -0.51 [-0.66, -0.36] | 0.12 | 0.20 | below 0 |" in rows
     with pytest.raises(UserError, match="already exists"):
-        main(["--map-dir", str(tmp_path / "map"), "--out", str(out)])
+        main(["--map-dir", str(tmp_path / "map"), "--out-dir", str(out.parent)])
     fake_cell(tmp_path / "map" / "again", "docs/study", 8)
     with pytest.raises(UserError, match="are both the cell student width 8, 4x"):
-        main(["--map-dir", str(tmp_path / "map"), "--out", str(out), "--overwrite"])
+        main(["--map-dir", str(tmp_path / "map"), "--out-dir", str(out.parent), "--overwrite"])
 
 
 def test_cells_of_different_training_settings_are_refused(tmp_path):
@@ -64,16 +64,16 @@ def test_cells_of_different_training_settings_are_refused(tmp_path):
     plain = fake_cell(tmp_path / "map" / "w8-4x", "docs/study", 8)
     out = tmp_path / "out" / "map.png"
     record(augmented, True)
-    main(["--map-dir", str(tmp_path / "map"), "--out", str(out)])  # an older cell that recorded none is not checked
+    main(["--map-dir", str(tmp_path / "map"), "--out-dir", str(out.parent)])  # an older cell that recorded none is not checked
     assert ("recorded and the same in w16-4x; not recorded (runs of older versions, not checked): w8-4x"
             in (tmp_path / "out" / "map.md").read_text())
     record(plain, False)
     with pytest.raises(UserError, match=r"w16-4x and .*w8-4x trained teacher in different settings \(augment True "
                                         r"against False\)"):
-        main(["--map-dir", str(tmp_path / "map"), "--out", str(out), "--overwrite"])
+        main(["--map-dir", str(tmp_path / "map"), "--out-dir", str(out.parent), "--overwrite"])
     record(plain, True, seeds=2)  # two of its seeds now say True, the others False
     with pytest.raises(UserError, match=r"w8-4x: its teacher runs were trained in two settings"):
-        main(["--map-dir", str(tmp_path / "map"), "--out", str(out), "--overwrite"])
+        main(["--map-dir", str(tmp_path / "map"), "--out-dir", str(out.parent), "--overwrite"])
 
 
 def test_a_cell_without_recorded_widths_is_refused(tmp_path):
@@ -82,14 +82,14 @@ def test_a_cell_without_recorded_widths_is_refused(tmp_path):
     for name in ("metrics.csv", "summary.json"):
         (folder / name).write_bytes((ROOT / "docs/study/mni152/seed11" / name).read_bytes())
     with pytest.raises(UserError, match="record no widths"):
-        main(["--map-dir", str(tmp_path / "map"), "--out", str(tmp_path / "m.png")])
+        main(["--map-dir", str(tmp_path / "map"), "--out-dir", str(tmp_path / "m")])
 
 
 def map_sh(tmp_path, **env):
     full = {**os.environ, "WIDTHS": "4", "ACCS": "4x", "SEEDS": "1 2", "EPOCHS": "1", "SIZE": "16",
             "KD_METHODS": "imitation", "PREPARE_FLAGS": "--max-slices-per-volume 12", "OMP_NUM_THREADS": "1",
             "PYTHON": sys.executable, "MAP_DOCS": str(tmp_path / "docs"), "COLIN27": str(tmp_path / "none"), **env}
-    return subprocess.run(["bash", "scripts/map.sh", str(tmp_path / "runs")], cwd=ROOT, env=full,
+    return subprocess.run(["bash", "scripts/study/map.sh", str(tmp_path / "runs")], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=900)
 
 

@@ -150,7 +150,7 @@ def test_resize_keeps_range_and_aspect(tmp_path: Path):
 def test_demo_via_cli_splits_one_brain_by_blocks(tmp_path: Path):
     out = tmp_path / "demo"
     result = run_cli("-m", "data.prepare", "--test-fraction", "0", "--demo", "--size", "32", "--max-slices-per-volume", "20",
-                     "--out", str(out))
+                     "--out-dir", str(out))
     assert result.returncode == 0, result.stderr
     assert "validation: 1 volumes, 4 slices" in result.stdout and str(out) in result.stdout
     for acc in ("4x", "5x"):
@@ -169,7 +169,7 @@ def test_refuses_non_empty_out_and_overwrite_removes_only_own_files(nifti_dir: P
     (out / "mask_8x.npy").write_bytes(b"old")
     (out / "notes.txt").write_text("keep me")
 
-    result = run_cli("-m", "data.prepare", "--test-fraction", "0", "--input", str(nifti_dir), "--out", str(out), "--size", "32")
+    result = run_cli("-m", "data.prepare", "--test-fraction", "0", "--input", str(nifti_dir), "--out-dir", str(out), "--size", "32")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and str(out) in result.stderr
     assert "--overwrite" in result.stderr and (out / "mask_8x.npy").read_bytes() == b"old"
@@ -209,25 +209,25 @@ def _cli_error(argv: list[str], capsys) -> str:
 def test_cli_errors_are_one_line(nifti_dir: Path, tmp_path: Path, capsys):
     out = str(tmp_path / "out")
     missing = tmp_path / "missing"
-    result = run_cli("-m", "data.prepare", "--test-fraction", "0", "--input", str(missing), "--out", out)
+    result = run_cli("-m", "data.prepare", "--test-fraction", "0", "--input", str(missing), "--out-dir", out)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr == f"error: --input {missing} does not exist; check the path\n"
 
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not an image")
-    assert str(text_file) in _cli_error(["--input", str(text_file), "--out", out], capsys)
+    assert str(text_file) in _cli_error(["--input", str(text_file), "--out-dir", out], capsys)
     fake = tmp_path / "fake.nii"
     fake.write_bytes(b"\x00" * 100)
-    assert "fake.nii cannot be read by nibabel" in _cli_error(["--input", str(fake), "--out", out], capsys)
+    assert "fake.nii cannot be read by nibabel" in _cli_error(["--input", str(fake), "--out-dir", out], capsys)
     assert "argument --acc: '4' is not an acceleration" in _cli_error(
-        ["--input", str(nifti_dir), "--out", out, "--acc", "4"], capsys)
+        ["--input", str(nifti_dir), "--out-dir", out, "--acc", "4"], capsys)
     # --out is the old spelling of --out-dir: both reach the same checks.
     assert "fake.nii cannot be read by nibabel" in _cli_error(["--input", str(fake), "--out-dir", out], capsys)
 
     mask_dir = tmp_path / "masks"
     mask_dir.mkdir()
     np.save(mask_dir / "mask_4x.npy", np.ones((31, 31), dtype=np.float32))
-    err = _cli_error(["--input", str(nifti_dir), "--out", out, "--size", "32", "--acc", "4x",
+    err = _cli_error(["--input", str(nifti_dir), "--out-dir", out, "--size", "32", "--acc", "4x",
                       "--mask-dir", str(mask_dir)], capsys)
     assert "31x31" in err and "32x32" in err
     assert not Path(out).exists()

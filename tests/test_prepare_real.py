@@ -154,7 +154,7 @@ def test_acdc_preset_takes_ed_es_only_and_splits_by_patient(acdc: Path, tmp_path
 
 
 def test_readme_default_on_acdc_warns_that_frames_repeat_the_cine(acdc: Path, tmp_path: Path, capsys):
-    summary = main(["--test-fraction", "0", "--input", str(acdc), "--out", str(tmp_path / "all"), "--size", str(SIZE), "--acc", "4x"])
+    summary = main(["--test-fraction", "0", "--input", str(acdc), "--out-dir", str(tmp_path / "all"), "--size", str(SIZE), "--acc", "4x"])
     err = capsys.readouterr().err
     # Every cine frame and the ED/ES files: each ED/ES slice repeats a cine slice of its own split.
     n_val = len(summary["validation_subjects"])
@@ -166,7 +166,7 @@ def test_readme_default_on_acdc_warns_that_frames_repeat_the_cine(acdc: Path, tm
 
 def test_single_patient_folder_is_split_by_slice_blocks(acdc: Path, tmp_path: Path, capsys):
     out = tmp_path / "one"
-    summary = main(["--test-fraction", "0", "--input", str(acdc / "patient002"), "--out", str(out), "--size", str(SIZE), "--acc", "4x"])
+    summary = main(["--test-fraction", "0", "--input", str(acdc / "patient002"), "--out-dir", str(out), "--size", str(SIZE), "--acc", "4x"])
     assert "only one subject" in capsys.readouterr().out
     assert summary["split"] == "slice blocks"
     assert summary["train_subjects"] == summary["validation_subjects"] == ["patient002"]
@@ -228,7 +228,7 @@ def test_flat_and_symlinked_copies_split_like_the_original(acdc: Path, tmp_path:
 def test_label_maps_are_refused_even_when_named(acdc: Path, tmp_path: Path, capsys):
     named = sorted(str(p) for p in acdc.glob("patient00[12]/*_frame*.nii.gz"))  # the shell glob: _gt included
     assert sum("_gt" in p for p in named) == 4
-    summary = main(["--test-fraction", "0", "--input", *named, "--out", str(tmp_path / "named"), "--size", str(SIZE), "--acc", "4x"])
+    summary = main(["--test-fraction", "0", "--input", *named, "--out-dir", str(tmp_path / "named"), "--size", str(SIZE), "--acc", "4x"])
     assert "skipped 4 file(s) by --include / --exclude" in capsys.readouterr().out
     assert sorted(summary["train_volumes"] + summary["validation_volumes"]) == [
         "patient001_frame01", "patient001_frame04", "patient002_frame01", "patient002_frame04"]
@@ -323,7 +323,7 @@ def test_a_sigkilled_run_does_not_block_the_rerun(tmp_path: Path):
     for n in range(12):
         write_nifti(tmp_path / "in" / f"patient{n:03d}" / "t1.nii.gz", scan(n, 96, 48))
     out = tmp_path / "out"
-    argv = ["--input", str(tmp_path / "in"), "--out", str(out), "--acc", "4x", "5x"]
+    argv = ["--input", str(tmp_path / "in"), "--out-dir", str(out), "--acc", "4x", "5x"]
     process = subprocess.Popen([sys.executable, "-m", "data.prepare", "--test-fraction", "0", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
@@ -357,7 +357,7 @@ def test_unusable_output_paths_are_one_line_errors(acdc: Path, tmp_path: Path, c
     afile.write_text("a file")
     source = str(acdc / "patient001" / "patient001_frame01.nii.gz")
     for out, reason in ((afile / "sub", "Not a directory"), (Path("/proc/sftkd/out"), "No such file")):
-        err = _one_line_error(main, ["--input", source, "--out", str(out), "--size", str(SIZE)], capsys)
+        err = _one_line_error(main, ["--input", source, "--out-dir", str(out), "--size", str(SIZE)], capsys)
         assert f"--out-dir {out} cannot be created" in err and reason in err
     assert afile.read_text() == "a file"
 

@@ -1,4 +1,4 @@
-"""scripts/probes.py: each probe's contrasts are the study table's, and a lever's paired change is the probe's
+"""scripts/study/probes.py: each probe's contrasts are the study table's, and a lever's paired change is the probe's
 per-seed contrast minus the baseline's on the same seeds."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from scripts import probes
+from scripts.study import probes
 from utils import UserError
 
 

@@ -304,7 +304,7 @@ def test_kspace_origin_is_printed_under_the_table(tmp_path):
 
 
 def test_phase_compare_pairs_the_settings_by_seed(tmp_path):
-    from scripts.phase_compare import main as compare
+    from scripts.study.phase_compare import main as compare
     rng = np.random.default_rng(5)
     means = {"magnitude": {"teacher": 32.0, "student": 31.0, "sft": 30.5, "stdkd-at": 31.5, "sftkd-at": 32.5},
              "phase": {"teacher": 30.0, "student": 29.5, "sft": 29.0, "stdkd-at": 30.5, "sftkd-at": 30.0}}
@@ -315,9 +315,9 @@ def test_phase_compare_pairs_the_settings_by_seed(tmp_path):
                                                     for arm, psnr in arms.items()}}
             written[setting, seed] = models
             write_eval_dir(tmp_path / setting / "mni152" / f"seed{seed}", "4x", models)
-    compare(["--magnitude", str(tmp_path / "magnitude"), "--phase", str(tmp_path / "phase"), "--out",
-             str(tmp_path / "out.md")])
-    text = (tmp_path / "out.md").read_text()
+    compare(["--magnitude", str(tmp_path / "magnitude"), "--phase", str(tmp_path / "phase"), "--out-dir",
+             str(tmp_path / "out")])
+    text = (tmp_path / "out" / "comparison.md").read_text()
     change = [np.mean(written["phase", s][f"sftkd-at-seed{s}"][0])
               - np.mean(written["magnitude", s][f"sftkd-at-seed{s}"][0]) for s in (11, 12, 13)]
     row = next(line for line in text.splitlines() if line.startswith("| SFT-KD-Recon (at) |"))
@@ -325,6 +325,6 @@ def test_phase_compare_pairs_the_settings_by_seed(tmp_path):
     assert f"{np.mean(change):+.2f} [" in row
     ranking = [line for line in text.splitlines() if line.startswith("| phase | 12 |")][0]
     assert ranking.index("Std-KD (at)") < ranking.index("SFT-KD-Recon (at)") < ranking.index("SFT teacher")
-    with pytest.raises(UserError, match="--out"):
-        compare(["--magnitude", str(tmp_path / "magnitude"), "--phase", str(tmp_path / "phase"), "--out",
-                 str(tmp_path / "out.md")])
+    with pytest.raises(UserError, match="--out-dir"):
+        compare(["--magnitude", str(tmp_path / "magnitude"), "--phase", str(tmp_path / "phase"), "--out-dir",
+                 str(tmp_path / "out")])

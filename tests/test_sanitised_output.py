@@ -46,8 +46,8 @@ def test_figure_prints_a_hostile_model_folder_name_escaped(tmp_path, capsys):
     with h5py.File(out / "recons" / name / "vol01.h5", "w") as f:
         f["reconstruction"] = target.astype(np.float32)
     (out / "summary.json").write_text(json.dumps({"acc": "4x", "checkpoints": {name: "x.pt"}}))
-    figure.main(["--eval-dir", str(out), "--data-root", str(root), "--acc", "4x", "--output",
-                 str(tmp_path / "f.png")])
+    figure.main(["--eval-dir", str(out), "--data-root", str(root), "--acc", "4x", "--out-dir",
+                 str(tmp_path / "f")])
     printed = capsys.readouterr()
     assert ESC not in printed.out + printed.err and chr(7) not in printed.out + printed.err
-    assert "evil\\x1b[2J" in printed.out and (tmp_path / "f.png").is_file()
+    assert "evil\\x1b[2J" in printed.out and (tmp_path / "f" / "figure.png").is_file()

@@ -1,10 +1,10 @@
-"""scripts/seed_noise.py separates a seed's shift of every slice from seed x slice interaction."""
+"""scripts/study/seed_noise.py separates a seed's shift of every slice from seed x slice interaction."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from scripts.seed_noise import decompose, projected_sd
+from scripts.study.seed_noise import decompose, projected_sd
 
 
 def test_a_pure_shift_and_pure_interaction_are_told_apart():

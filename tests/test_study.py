@@ -1,4 +1,4 @@
-"""scripts/study.sh end to end at a tiny size: two seeds, every arm of the controlled study, evaluation on the
+"""scripts/study/study.sh end to end at a tiny size: two seeds, every arm of the controlled study, evaluation on the
 MNI152 test block and on a second brain, the committed-data layout, and the report rebuilt from it alone."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def study(tmp_path, **env):
     full = {**os.environ, "SEEDS": "1 2", "EPOCHS": "1", "SIZE": "16", "ACC": "4x", "KD_METHODS": "imitation",
             "PREPARE_FLAGS": "--max-slices-per-volume 12", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
             "DOCS": str(tmp_path / "docs"), **env}
-    return subprocess.run(["bash", "scripts/study.sh", str(tmp_path / "study")], cwd=ROOT, env=full,
+    return subprocess.run(["bash", "scripts/study/study.sh", str(tmp_path / "study")], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -53,7 +53,7 @@ def test_study_runs_every_arm_scores_two_test_sets_and_rebuilds_from_docs(tmp_pa
     assert (docs / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The committed files alone rebuild the same table: no run folder needed.
     (docs / "table.md").unlink()
-    rebuilt = subprocess.run(["bash", "scripts/study.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    rebuilt = subprocess.run(["bash", "scripts/study/study.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                              env={**os.environ, "REPORT_ONLY": "1", "DOCS": str(docs), "PYTHON": sys.executable})
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     assert (docs / "table.md").read_text() == table

@@ -207,9 +207,15 @@ def _renamed_parser():
     return parser
 
 
-def test_old_spelling_of_a_renamed_flag_still_parses_but_is_hidden(capsys):
+def test_old_spelling_of_a_renamed_flag_is_refused_with_a_hint_and_hidden(capsys):
     parser = _renamed_parser()
-    assert parser.parse_args(["--out", "a"]).out == parser.parse_args(["--out-dir", "a"]).out == "a"
+    assert parser.parse_args(["--out-dir", "a"]).out == "a"
+    for argv in (["--out", "a"], ["--out=a"], ["--out-dir", "a", "--out"]):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: --out is now --out-dir: give --out-dir"), err
     text = parser.format_help()
     assert "--out-dir" in text and "--out " not in text and "--out," not in text
     assert "--debug" in text and "SFTKD_DEBUG" in text

@@ -80,7 +80,7 @@ class Metric:
     """One per-slice metric of the registry: name (its CSV column), function(target, recon) -> float on (H, W)
     float arrays, the decimals and unit tables print it with, and where it is used: ``validation`` (logged by the
     training loop as ``val/{key}`` and in its epoch line), ``table`` (a column of scripts/report.py's table),
-    ``contrasts`` (compared by scripts/contrasts.py). evaluate.py writes every metric to metrics.csv."""
+    ``contrasts`` (compared by scripts/study/contrasts.py). evaluate.py writes every metric to metrics.csv."""
     name: str
     function: Callable[[np.ndarray, np.ndarray], float]
     digits: int

@@ -140,7 +140,7 @@ def train_config(args: argparse.Namespace, rules: ResumeRules = ResumeRules(),
 
 
 # The flags (and resolved sizes) that make two runs of one role comparable: what evaluate.py records per model as
-# its ``recipe``, so that scripts/map.py can refuse cells trained in different settings. Seeds, paths and speed
+# its ``recipe``, so that scripts/study/map.py can refuse cells trained in different settings. Seeds, paths and speed
 # flags are left out: they differ between runs that are meant to be compared.
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "lr_schedule", "lr_step_size", "lr_gamma", "augment", "ema",
                "average_last", "kd_weight", "feature_epochs", "student_rec_weight", "imitation_weight",

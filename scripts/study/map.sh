@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# Where does a student-friendly teacher help? The study of scripts/study.sh repeated over a map of cells, one
+# Where does a student-friendly teacher help? The study of scripts/study/study.sh repeated over a map of cells, one
 # cell = one student width x one acceleration, each cell's evaluation in docs/map/<cell>/ (cell "w8-4x": student
-# width 8, 4x), then the two heatmaps of scripts/map.py (teacher - student, and B - C with its interval).
+# width 8, 4x), then the two heatmaps of scripts/study/map.py (teacher - student, and B - C with its interval).
 #
-#   bash scripts/map.sh [RESULTS]     every cell (RESULTS, default results/map: RESULTS/<cell>/ as study.sh's)
+#   bash scripts/study/map.sh [RESULTS]     every cell (RESULTS, default results/map: RESULTS/<cell>/ as study.sh's)
 #   environment: WIDTHS (student widths, "8 16 32"), ACCS ("4x 8x"), SEEDS (the map's own, "21 22 23 24 25":
 #                never the study's 11-15 nor those that chose the setting), KD_METHODS ("at"), MAP_DOCS
 #                (docs/map), COMMIT=1 (git-commit each finished cell's folder on its own, so cells run at
 #                different times or on different machines add up), STUDY_FLAGS (default: the map's setting,
 #                chosen in docs/setting, "--lr-step-size 20 --augment"; study.sh's own default lacks --augment,
 #                so a cell run through study.sh alone would not be a cell of this map), and every other variable
-#                of scripts/study.sh (EPOCHS, SIZE, TRAIN_FLAGS, PREPARE_FLAGS, TEACHER_FLAGS, JOBS, ...), the
+#                of scripts/study/study.sh (EPOCHS, SIZE, TRAIN_FLAGS, PREPARE_FLAGS, TEACHER_FLAGS, JOBS, ...), the
 #                same for every cell; STUDENT_FLAGS and ACC are the cell's.
 # Resumable: study.sh skips finished runs and evaluations, so re-running continues the first unfinished cell;
 # a cell whose every seed is evaluated is not touched. MAP_ONLY=1 only redraws the heatmaps from MAP_DOCS.
 set -euo pipefail
 if [ $# -gt 1 ]; then
-    echo "error: expected at most one argument, got $#; usage: bash scripts/map.sh [RESULTS]" >&2
+    echo "error: expected at most one argument, got $#; usage: bash scripts/study/map.sh [RESULTS]" >&2
     exit 2
 fi
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RESULTS=${1:-results/map}
 WIDTHS=${WIDTHS:-8 16 32}
 ACCS=${ACCS:-4x 8x}
@@ -55,7 +55,7 @@ if [ "${MAP_ONLY:-0}" != 1 ]; then
                 continue
             fi
             echo "== cell $cell: student width $width, $acc"
-            ACC=$acc STUDENT_FLAGS="--width $width" DOCS="$MAP_DOCS/$cell" bash scripts/study.sh "$RESULTS/$cell"
+            ACC=$acc STUDENT_FLAGS="--width $width" DOCS="$MAP_DOCS/$cell" bash scripts/study/study.sh "$RESULTS/$cell"
             if [ "${COMMIT:-0}" = 1 ]; then
                 git add -- "$MAP_DOCS/$cell"
                 git commit -q -m "map cell $cell (student width $width, $acc, seeds $SEEDS): $MAP_DOCS/$cell" \
@@ -64,4 +64,4 @@ if [ "${MAP_ONLY:-0}" != 1 ]; then
         done
     done
 fi
-"$PYTHON" -m scripts.map --map-dir "$MAP_DOCS" --out "$MAP_DOCS/map.png" --overwrite --kd-method "${KD_METHODS%% *}"
+"$PYTHON" -m scripts.study.map --map-dir "$MAP_DOCS" --out-dir "$MAP_DOCS" --overwrite --kd-method "${KD_METHODS%% *}"

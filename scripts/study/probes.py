@@ -1,9 +1,9 @@
 """The setting probes of docs/setting/ side by side: per probe, the study's contrasts (mean over seeds and
 per-seed SD), and, for probes on the baseline's seeds, each lever's paired effect on every contrast.
 
-    python -m scripts.probes --baseline docs/setting/p1-w8-augment docs/setting/p2-w8-ema ... [--kd-method at]
+    python -m scripts.study.probes --baseline docs/setting/p1-w8-augment docs/setting/p2-w8-ema ... [--kd-method at]
 
-A probe is a folder holding ``{test set}/seedN/`` evaluation folders (scripts/study.sh's ``DOCS``). A lever is
+A probe is a folder holding ``{test set}/seedN/`` evaluation folders (scripts/study/study.sh's ``DOCS``). A lever is
 judged by what it does to the spread (the per-seed SD the issue's goals bound), so the baseline and each probe
 share their seeds: the lever's effect on a contrast, per seed, is the probe's contrast minus the baseline's,
 and its SD change is read beside that paired difference, not across seed sets. Three seeds bound an SD only
@@ -17,17 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from models.distill import arms
-from scripts import contrasts, report
+from scripts import report
+from scripts.study import arms, contrasts
 from data.outputs import write_text
-from utils import CliParser, UserError, refuse_to_overwrite, run_cli
+from utils import CliParser, UserError, old_spellings, refuse_to_overwrite, run_cli
 
-# (column heading, label prefix of scripts/contrasts.py, whether the contrast is per KD method)
+# (column heading, label prefix of scripts/study/contrasts.py, whether the contrast is per KD method)
 CONTRASTS = (("Teacher - Student", "Teacher - Student", False), ("B - C", "B - C", True),
              ("B - A", "B - A", True), ("C - A", "C - A", True))
 
 
-# (column heading, report.collect row key or an arm letter of models/distill/arms.py, per KD method)
+# (column heading, report.collect row key or an arm letter of scripts/study/arms.py, per KD method)
 ROWS = (("Teacher", "teacher"), ("Student", "student"), ("A", "A"), ("B", "B"), ("C", "C"))
 
 
@@ -45,7 +45,7 @@ class Probe:
 def read_probe(folder: Path, test_set: str, kd_method: str, metric: str = "PSNR") -> Probe:
     dirs = sorted(d for d in (folder / test_set).glob("seed*") if (d / "summary.json").is_file())
     if not dirs:
-        raise UserError(f"{folder} has no {test_set}/seed*/summary.json; run its scripts/study.sh line "
+        raise UserError(f"{folder} has no {test_set}/seed*/summary.json; run its scripts/study/study.sh line "
                         "(docs/setting/README.md) first")
     table, _ = report.collect(dirs)
     columns = report.table_columns(table)
@@ -125,15 +125,17 @@ def markdown(baseline: Probe, probes: list[Probe], test_set: str, kd_method: str
 
 def main(argv: list[str] | None = None) -> None:
     parser = CliParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("probes", type=Path, nargs="+", help="probe folders (scripts/study.sh DOCS)")
+    parser.add_argument("probes", type=Path, nargs="+", help="probe folders (scripts/study/study.sh DOCS)")
     parser.add_argument("--baseline", type=Path, required=True, help="the probe the levers change one at a time")
     parser.add_argument("--test-set", default="mni152", help="which test set of each probe")
     parser.add_argument("--kd-method", default="at", help="the KD method of B - C, B - A and C - A")
-    parser.add_argument("--out", type=Path, default=None, help="also write the table here (.md)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    old_spellings(parser.add_argument("--out-dir", "--out", type=Path, default=None,
+                                      help="also write the table into this folder, as probes.md"), "--out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out-dir/probes.md")
     args = parser.parse_args(argv)
-    if args.out is not None:
-        refuse_to_overwrite(args.out, args.overwrite, "--out")
+    out = args.out_dir / "probes.md" if args.out_dir is not None else None
+    if out is not None:
+        refuse_to_overwrite(out, args.overwrite, "--out-dir")
     baseline = read_probe(args.baseline, args.test_set, args.kd_method)
     probes = [read_probe(folder, args.test_set, args.kd_method) for folder in args.probes
               if folder.resolve() != args.baseline.resolve()]
@@ -142,9 +144,9 @@ def main(argv: list[str] | None = None) -> None:
                         "the probe trained")
     text = markdown(baseline, probes, args.test_set, args.kd_method)
     print(text, end="")
-    if args.out is not None:
-        write_text(args.out, text)
-        print(f"wrote {args.out}")
+    if out is not None:
+        write_text(out, text)
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""The map of scripts/map.sh from its committed files: per cell (student width x acceleration) the teacher's lead
+"""The map of scripts/study/map.sh from its committed files: per cell (student width x acceleration) the teacher's lead
 over the student and the primary contrast B - C (the SFT teacher's effect, initialisation held fixed), each the
-mean over seeds with its 95 % t-interval (scripts/contrasts.py), as two heatmaps (PNG) and a Markdown table;
+mean over seeds with its 95 % t-interval (scripts/study/contrasts.py), as two heatmaps (PNG) and a Markdown table;
 below that table, every contrast of every cell with its interval, per-seed SD, minimum detectable effect and,
 for a null, the effect its interval excludes.
 
-    python -m scripts.map --map-dir docs/map --out docs/map/map.png [--test-set mni152] [--kd-method at]
+    python -m scripts.study.map --map-dir docs/map --out-dir docs/map [--test-set mni152] [--kd-method at]
 
-A cell is a folder of ``--map-dir`` holding ``{test set}/seedN/`` evaluation folders (scripts/study.sh's
+A cell is a folder of ``--map-dir`` holding ``{test set}/seedN/`` evaluation folders (scripts/study/study.sh's
 ``DOCS``). Its width is the student's as its runs recorded it (roles ``nets``), its acceleration the
 evaluation's, so a folder's name cannot mislabel it. The table goes next to the PNG (``map.md``).
 """
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from data.masks import parse_acc
-from scripts import contrasts, report
+from scripts import report
+from scripts.study import contrasts
 from data.outputs import atomic_write, write_text
-from utils import CliParser, UserError, clean_lines, refuse_to_overwrite, run_cli
+from utils import CliParser, UserError, clean_lines, old_spellings, refuse_to_overwrite, run_cli
 
 PRIMARY_PREFIX = "B - C"
 
@@ -104,11 +105,11 @@ def read_cell(folder: Path, test_set: str, kd_method: str) -> Cell:
 
 def read_map(map_dir: Path, test_set: str, kd_method: str) -> list[Cell]:
     if not map_dir.is_dir():
-        raise UserError(f"--map-dir {map_dir} does not exist; run bash scripts/map.sh first")
+        raise UserError(f"--map-dir {map_dir} does not exist; run bash scripts/study/map.sh first")
     cells = [read_cell(folder, test_set, kd_method) for folder in sorted(map_dir.iterdir())
              if folder.is_dir() and any((folder / test_set).glob("seed*/summary.json"))]
     if not cells:
-        raise UserError(f"--map-dir {map_dir} has no cell with {test_set}/seed*/summary.json; run bash scripts/map.sh")
+        raise UserError(f"--map-dir {map_dir} has no cell with {test_set}/seed*/summary.json; run bash scripts/study/map.sh")
     seen: dict[tuple[int, str], Path] = {}
     for cell in cells:
         key = (cell.width, cell.acc)
@@ -222,24 +223,25 @@ def heatmaps(cells: list[Cell], test_set: str, kd_method: str) -> bytes:
 def main(argv: list[str] | None = None) -> None:
     parser = CliParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--map-dir", type=Path, default=Path("docs/map"), help="the cells' folders")
-    parser.add_argument("--out", type=Path, required=True, help="the heatmaps' PNG; the table goes beside it (.md)")
+    old_spellings(parser.add_argument("--out-dir", "--out", type=Path, required=True,
+                                      help="where the heatmaps (map.png) and their table (map.md) go"), "--out")
     parser.add_argument("--test-set", default="mni152", help="which test set of each cell")
     parser.add_argument("--kd-method", default="at", help="the KD method of the B - C heatmap")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing PNG and table")
     args = parser.parse_args(argv)
-    table_path = args.out.with_suffix(".md")
-    for path in (args.out, table_path):
-        refuse_to_overwrite(path, args.overwrite, "--out", "--out" if path == args.out else "")
+    png_path, table_path = args.out_dir / "map.png", args.out_dir / "map.md"
+    for path in (png_path, table_path):
+        refuse_to_overwrite(path, args.overwrite, "--out-dir")
     cells = read_map(args.map_dir, args.test_set, args.kd_method)
     if all(c.primary is None for c in cells):
         raise UserError(f"no cell of {args.map_dir} has B - C for --kd-method {args.kd_method}; name a method the "
                         "cells trained")
     text = clean_lines(markdown(cells, args.test_set, args.kd_method))  # it quotes what the cells' files hold
     png = heatmaps(cells, args.test_set, args.kd_method)
-    atomic_write(args.out, lambda f: f.write(png))
+    atomic_write(png_path, lambda f: f.write(png))
     write_text(table_path, text)
     print(text, end="")
-    print(f"wrote {args.out} and {table_path}")
+    print(f"wrote {png_path} and {table_path}")
 
 
 if __name__ == "__main__":

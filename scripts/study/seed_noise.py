@@ -7,7 +7,7 @@ The per-seed difference d_s = mean_i x[s, i] has the variance ``shift + interact
 the two-way residual variance of x (seed x slice, ``(S-1)(N-1)`` degrees of freedom) and ``shift`` the rest
 (floored at 0). The projected per-seed SD at N' test slices is ``sqrt(shift + interaction / N')``.
 
-    python -m scripts.seed_noise --docs docs/study [--kd-method at]
+    python -m scripts.study.seed_noise --docs docs/study [--kd-method at]
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""The controlled contrasts of scripts/study.sh: which part of SFT-KD-Recon's gain is its teacher, which its
+"""The controlled contrasts of scripts/study/study.sh: which part of SFT-KD-Recon's gain is its teacher, which its
 initialisation, with statistics a reviewer accepts.
 
-Arms (the registry models/distill/arms.py), per KD method M: A Std-KD (standard teacher, scratch), B SFT-KD-Recon
+Arms (the registry scripts/study/arms.py), per KD method M: A Std-KD (standard teacher, scratch), B SFT-KD-Recon
 (SFT teacher, SFT blocks), C standard teacher + SFT blocks, D standard teacher + the standalone student's cascades.
 
 - **Primary** B - C: the teacher's effect with the initialisation held fixed.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
-from models.distill import arms
+from scripts.study import arms
 from models.evaluation.metrics import metric as registered, used_for
 
 

@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m scripts.phase_compare --magnitude docs/synthetic-phase/magnitude \
-        --phase docs/synthetic-phase/phase --out docs/synthetic-phase/comparison.md [--overwrite]
+    python -m scripts.study.phase_compare --magnitude docs/synthetic-phase/magnitude \
+        --phase docs/synthetic-phase/phase --out-dir docs/synthetic-phase [--overwrite]
 
-Each folder holds what ``scripts/study.sh`` (``CONTROLS=0 KD_METHODS=at DOCS=...``) commits: one evaluate.py
+Each folder holds what ``scripts/study/study.sh`` (``CONTROLS=0 KD_METHODS=at DOCS=...``) commits: one evaluate.py
 folder ``{test set}/seed{N}`` per seed. Writes one Markdown file with, per setting (magnitude-derived
 k-space, or the same magnitudes given a smooth random phase), each arm's PSNR / SSIM as the mean over seeds
 and per seed; the KD ordering (arms ranked by PSNR) per seed; the contrasts of scripts/report.py's orderings
@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 if not __package__:  # run by path: the repository root, which holds the packages, is not importable
-    print("error: run it as a module from the repository root: python -m scripts.phase_compare ...", file=sys.stderr)
+    print("error: run it as a module from the repository root: python -m scripts.study.phase_compare ...",
+          file=sys.stderr)
     sys.exit(2)
 
-from scripts import contrasts  # noqa: E402
+from scripts.study import contrasts  # noqa: E402
 from scripts.report import collect, data_lines, row_order, table_columns  # noqa: E402
 from data.outputs import write_text  # noqa: E402
-from utils import CliParser, UserError, refuse_to_overwrite, run_cli  # noqa: E402
+from utils import CliParser, UserError, old_spellings, refuse_to_overwrite, run_cli  # noqa: E402
 
 SETTINGS = ("magnitude", "phase")
 # (label, arm b, arm a): read as "b - a", over seeds.
@@ -52,7 +53,7 @@ def load(folder: Path) -> tuple[dict, str, list[Path]]:
     """The scripts/report.py table of one setting's seed folders, its single column and the folders."""
     dirs = sorted(p for p in folder.glob("*/seed*") if (p / "summary.json").is_file())
     if not dirs:
-        raise UserError(f"{folder} holds no {{test set}}/seed{{N}}/summary.json; run scripts/study.sh with "
+        raise UserError(f"{folder} holds no {{test set}}/seed{{N}}/summary.json; run scripts/study/study.sh with "
                         f"DOCS={folder} first")
     table, _ = collect(dirs)
     columns = table_columns(table)
@@ -119,7 +120,7 @@ def build(folders: dict[str, Path]) -> str:
         tables[setting], columns[setting], dirs = load(folder)
         notes += [f"- {setting} ({folder}): {line.removeprefix('k-space: ')}" for line in data_lines(dirs) if line]
     lines = ["# The demo setting with and without `--synthetic-phase`", "",
-             "Written by `python -m scripts.phase_compare` from the committed evaluation folders; the data:", "",
+             "Written by `python -m scripts.study.phase_compare` from the committed evaluation folders; the data:", "",
              *notes]
     for metric in contrasts.contrast_metrics():
         lines += ["", f"## {metric}{' (dB)' if metric == 'PSNR' else ''}", "",
@@ -135,16 +136,18 @@ def build(folders: dict[str, Path]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--magnitude", type=Path, required=True,
-                        help="the seed folders of the magnitude setting (scripts/study.sh DOCS)")
+                        help="the seed folders of the magnitude setting (scripts/study/study.sh DOCS)")
     parser.add_argument("--phase", type=Path, required=True, help="the same with --synthetic-phase")
-    parser.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    old_spellings(parser.add_argument("--out-dir", "--out", type=Path, required=True,
+                                      help="the folder of the comparison (comparison.md)"), "--out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out-dir/comparison.md")
     args = parser.parse_args(argv)
-    refuse_to_overwrite(args.out, args.overwrite, "--out")
+    out = args.out_dir / "comparison.md"
+    refuse_to_overwrite(out, args.overwrite, "--out-dir")
     text = build({"magnitude": args.magnitude, "phase": args.phase})
-    write_text(args.out, text)
+    write_text(out, text)
     print(text)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # (no download), scored on held-out test data that chose nothing.
 #
 # Per seed: teacher, student, SFT teacher, and per KD method the four students of the arm registry's paper and
-# controls groups (models/distill/arms.py), which cross teacher and init:
+# controls groups (scripts/study/arms.py), which cross teacher and init:
 #   A  stdkd-M              standard teacher, student from scratch          (Std-KD)
 #   B  sftkd-M              SFT teacher, S2..S5 from the SFT run             (SFT-KD-Recon)
 #   C  stdkd-sftinit-M      standard teacher, S2..S5 from the SFT run        (SFT's blocks without its teacher)
@@ -14,8 +14,8 @@
 # geometry and masks. Each seed's evaluation goes to DOCS/{mni152,colin27}/seedN (small CSV + JSON files meant
 # to be committed), so a study continues on another machine and the table is rebuilt from committed data:
 #
-#   bash scripts/study.sh [RESULTS]            runs (RESULTS, default results/study), evaluation, report
-#   REPORT_ONLY=1 bash scripts/study.sh        only the report, from DOCS: DOCS/table.md, DOCS/study.png
+#   bash scripts/study/study.sh [RESULTS]            runs (RESULTS, default results/study), evaluation, report
+#   REPORT_ONLY=1 bash scripts/study/study.sh        only the report, from DOCS: DOCS/table.md, DOCS/study.png
 #   environment: SEEDS ("11 12 13 14 15"), KD_METHODS ("at imitation"), EPOCHS (40), SIZE (32), ACC (4x),
 #                STUDY_FLAGS (flags of every training run, "--lr-step-size 20"), TRAIN_FLAGS (more, e.g.
 #                "--device cuda"), PREPARE_FLAGS (flags of data/prepare.py --demo), JOBS (seeds trained at
@@ -32,10 +32,10 @@
 # resumes interrupted ones, and re-evaluates only seeds whose evaluation is missing.
 set -euo pipefail
 if [ $# -gt 1 ]; then
-    echo "error: expected at most one argument, got $#; usage: bash scripts/study.sh [RESULTS]" >&2
+    echo "error: expected at most one argument, got $#; usage: bash scripts/study/study.sh [RESULTS]" >&2
     exit 2
 fi
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RESULTS=${1:-results/study}
 SEEDS=${SEEDS:-11 12 13 14 15}
 KD_METHODS=${KD_METHODS:-at imitation}
@@ -62,7 +62,7 @@ report() {
         done
     done
     if [ ${#dirs[@]} -eq 0 ]; then
-        echo "error: no evaluation under $DOCS/{mni152,colin27}/seed*; run bash scripts/study.sh first" >&2
+        echo "error: no evaluation under $DOCS/{mni152,colin27}/seed*; run bash scripts/study/study.sh first" >&2
         exit 2
     fi
     # The committed studies' checkpoints record no machine: DOCS/machine.json names it.
@@ -97,7 +97,7 @@ names=(teacher student sft)
 groups=(paper)
 [ "$CONTROLS" = 1 ] && groups+=(controls)
 for method in $KD_METHODS; do
-    mapfile -t -O "${#names[@]}" names < <("$PYTHON" -m models.distill.arms names --groups "${groups[@]}" \
+    mapfile -t -O "${#names[@]}" names < <("$PYTHON" -m scripts.study.arms names --groups "${groups[@]}" \
         --method "$method")
 done
 
