@@ -303,7 +303,7 @@ def check_file(path: Path, what: str) -> None:
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint",
-                    inspect: Callable[[Any], None] | None = None) -> dict:
+                    inspect: Callable[[Any], None] | None = None, data: bytes | None = None) -> dict:
     """``torch.load(path, weights_only=True)`` onto the CPU, with one-line errors naming the file (and the
     globals that made it refuse); a checkpoint of the public code is sent to scripts/import_checkpoint.py. A
     file its folder's run record lists must have the recorded content (:func:`check_recorded`). The one loader
@@ -312,11 +312,13 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint",
     Nothing is materialised before :func:`check_storage_sizes` has passed and ``inspect`` (given the file's
     object on the meta device, e.g. to compare an architecture with its weights) has returned.
 
-    ``what`` names the role in messages, e.g. ``"--teacher-checkpoint"``.
+    ``what`` names the role in messages, e.g. ``"--teacher-checkpoint"``; ``data``: the file's bytes when the
+    caller has read them already (models.checkpoints.format.read_checkpoint hashes them too).
     """
     path = Path(path)
     check_file(path, what)
-    data = path.read_bytes()  # read once: what is verified is what is loaded
+    if data is None:
+        data = path.read_bytes()  # read once: what is verified is what is loaded
     check_recorded(path, data, what)
     meta = check_storage_sizes(data, path, what)
     if inspect is not None and meta is not None:
