@@ -110,7 +110,8 @@ def model_scores(eval_dir: Path, model: str, volume: str | None) -> dict[tuple[s
                 if row.get("model") == model and (volume is None or row.get("volume") == volume):
                     scores[(row["volume"], int(row["slice"]))] = float(row["PSNR"])
     except (KeyError, ValueError, TypeError) as exc:
-        raise UserError(f"{path} is not an evaluate.py metrics.csv ({first_line(exc, 100)}); rerun evaluate.py") from exc
+        raise UserError(f"{path} is not an evaluate.py metrics.csv ({first_line(exc, 100)}); "
+                        "rerun evaluate.py") from exc
     if not scores:
         raise UserError(f"--median-of {model}: {path} has no rows of that model"
                         + (f" on volume {volume}" if volume else "") + "; name a model it scored")
@@ -174,7 +175,7 @@ def draw(target: np.ndarray, recons: dict[str, np.ndarray], title: str, error_sc
 
 
 def evaluated_split(eval_dir: Path) -> str:
-    """The split an evaluate.py folder scored (its summary.json), ``validation`` for folders that predate it."""
+    """The split an evaluate.py folder scored (its summary.json), ``validation`` for folders that record none."""
     try:
         return str(json.loads((eval_dir / "summary.json").read_text()).get("split") or "validation")
     except (OSError, ValueError, AttributeError):

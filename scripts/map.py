@@ -53,7 +53,7 @@ def student_width(table: dict, column: str, folder: Path) -> int:
 
 def cell_recipes(folder: Path, table: dict, column: str) -> dict[str, dict]:
     """``{row label: the recipe its runs recorded}`` (evaluate.py's ``recipe``, read by report.collect), checked to
-    be the same for every seed of the cell; empty for cells of older versions, which recorded none."""
+    be the same for every seed of the cell; empty for cells whose runs recorded none."""
     found: dict[str, tuple[dict, int | None]] = {}
     for (role, method), per_column in table.items():
         run_label = role if method is None else f"{role} ({method})"

@@ -13,8 +13,8 @@ from utils import UserError, clean_text
 
 
 def recorded_roles(ckpt: dict) -> dict:
-    """The roles a checkpoint's run recorded (models/distill/roles.py) plus its ``seed``; empty for checkpoints of
-    older versions and imported ones, which scripts/report.py then names by their model name."""
+    """The roles a checkpoint's run recorded (models/distill/roles.py) plus its ``seed``; empty for checkpoints
+    without roles (imported ones among them), which scripts/report.py then names by their model name."""
     config = ckpt.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("roles"), dict):
         return {}
@@ -23,8 +23,8 @@ def recorded_roles(ckpt: dict) -> dict:
 
 
 def trained_on(ckpt: dict) -> dict | None:
-    """The machine (utils.machine) of the training process that wrote a checkpoint; None for checkpoints of older
-    versions and imported ones."""
+    """The machine (utils.machine) of the training process that wrote a checkpoint; None for checkpoints that record
+    none (imported ones among them)."""
     config = ckpt.get("config")
     recorded = config.get("machine") if isinstance(config, dict) else None
     return recorded if isinstance(recorded, dict) else None

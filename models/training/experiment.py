@@ -169,7 +169,7 @@ def content_record(args: argparse.Namespace, image_size: tuple[int, int]) -> tup
 def check_resume_content(ckpt: dict, now: dict, args: argparse.Namespace) -> None:
     """A :class:`UserError` listing what the run reads now that has other content than when it started (see
     :func:`content_record`): a mask file prepared again, other data files under the same names, a replaced
-    checkpoint. Runs that recorded no content (older versions) are not checked."""
+    checkpoint. Runs that recorded no content are not checked."""
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     was = config.get("content")
     if not isinstance(was, dict):
