@@ -8,8 +8,8 @@ streamed SHA-256 reads about 0.5 GB/s on one core (docs/measurements.md): minute
 per run start. Data prepared before split.json recorded hashes is hashed at first use (one note says so), as
 are files in the public layout (no split.json), and the run's config.json records those hashes.
 
-Runs of older versions recorded each file's size and a hash of its first and last 64 KiB
-(:func:`ends_digest`, ``"{size}:{16 hex digits}"``); their records are still compared, that way.
+A run record whose entries are ends digests (:func:`ends_digest`, ``"{size}:{16 hex digits}"``: the size and a
+hash of the first and last 64 KiB) is compared that way.
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def file_digest(path: str | Path) -> str:
 
 
 def ends_digest(path: str | Path) -> str:
-    """``"{size}:{hash}"``: the file's size and a SHA-256 (first 16 hex digits) of its first and last 64 KiB (the
-    record of older runs)."""
+    """``"{size}:{hash}"``: the file's size and a SHA-256 (first 16 hex digits) of its first and last 64 KiB (what
+    run records without whole-file hashes hold)."""
     with open(path, "rb") as f:
         f.seek(0, 2)
         size = f.tell()
@@ -53,7 +53,8 @@ def ends_digest(path: str | Path) -> str:
 def tree_hashes(root: str | Path) -> dict[str, str]:
     """``{relative path: SHA-256 hex}`` of every ``.h5`` under ``root``'s split folders, for split.json."""
     root = Path(root)
-    return {p.relative_to(root).as_posix(): file_digest(p) for p in sorted(root.glob(f"*/{ACC_FOLDER_PREFIX}*/*.h5")) if p.is_file()}
+    files = sorted(root.glob(f"*/{ACC_FOLDER_PREFIX}*/*.h5"))
+    return {p.relative_to(root).as_posix(): file_digest(p) for p in files if p.is_file()}
 
 
 def recorded_hashes(root: str | Path) -> dict[str, str] | None:
@@ -110,8 +111,8 @@ def split_listing(root: str | Path, split: str, acc: str) -> dict[str, str]:
 
 def listing_changes(was: dict[str, str], now: dict[str, str], folder: str | Path | None = None) -> list[str]:
     """What differs between a recorded listing and :func:`split_listing` now, e.g. ``["vol03.h5 changed",
-    "vol09.h5 new"]`` (at most three of each kind named, then a count). Entries an older run recorded as ends
-    digests are compared as such, reading the file in ``folder``."""
+    "vol09.h5 new"]`` (at most three of each kind named, then a count). Entries recorded as ends digests are
+    compared as such, reading the file in ``folder``."""
     def changed(name: str) -> bool:
         if str(was[name]).startswith(PREFIX) or folder is None:
             return was[name] != now[name]
@@ -129,7 +130,7 @@ def listing_changes(was: dict[str, str], now: dict[str, str], folder: str | Path
 
 def matching_files(recorded: Iterable[str], listing: dict[str, str], folder: str | Path) -> list[str]:
     """The names in ``listing`` (:func:`split_listing` of ``folder``) whose content is one of the ``recorded``
-    digests (whole-file, or an older run's ends digests), sorted."""
+    digests (whole-file, or ends digests), sorted."""
     recorded = set(map(str, recorded))
     ends = any(not digest.startswith(PREFIX) for digest in recorded)
     return sorted(name for name, digest in listing.items()

@@ -40,8 +40,8 @@ from data.fingerprint import HASH_KEY, tree_hashes  # noqa: E402
 from data.staging import check_apart, check_output, staged_output  # noqa: E402
 from data.subjects import BLOCK_GAP, assign_subjects, block_split  # noqa: E402
 from data.outputs import check_free_space, folder_lock, write_json  # noqa: E402
-from utils import (CliParser, UserError, check_fits_memory, check_seed, clean_text, old_spellings, run_cli,  # noqa: E402
-                   seed_type)
+from utils import (CliParser, UserError, check_fits_memory, check_seed, clean_text,  # noqa: E402
+                   old_spellings, run_cli, seed_type)
 
 DEFAULT_ACCS = ("4x", "5x")
 DEFAULT_CENTER_FRACTION = 0.08

@@ -103,7 +103,7 @@ def test_a_tampered_resume_position_is_refused(tiny_data, tmp_path):
     torch.save(ckpt, exp / "model.pt")
     with pytest.raises(UserError, match="model.pt is not the file this run wrote"):
         train_teacher.main([*argv, "--resume", "--epochs", "2"])
-    (exp / "checksums.json").unlink()  # a run of an older version, which recorded nothing: the entry is checked
+    (exp / "checksums.json").unlink()  # a run without a record: the entry itself is checked
     with pytest.raises(UserError, match="model.pt has a damaged 'epoch' entry"):
         train_teacher.main([*argv, "--resume", "--epochs", "2"])
 
