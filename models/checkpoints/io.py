@@ -53,7 +53,8 @@ def save_checkpoint(obj: dict, path: str | Path, record: bool = False) -> None:
     torch.save(obj, buffer)
     data = buffer.getbuffer()
     digest = hashlib.sha256(data).hexdigest()
-    check_free_space(path, len(data))
+    if path.parent.is_dir():  # else the write names what is missing
+        check_free_space(path, len(data))
     if record:
         _record(path, digest, keep_previous=True)
     atomic_write(path, lambda f: f.write(data))
