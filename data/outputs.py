@@ -266,8 +266,10 @@ def check_free_space(path: str | Path, nbytes: int) -> None:
     folder = Path(path)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    free = shutil.disk_usage(folder).free
-    if free < nbytes:
+    usage = shutil.disk_usage(folder)
+    free = usage.free
+    # A pseudo file system (/proc, /sys) reports no size at all: the write itself then gives the true error.
+    if usage.total > 0 and free < nbytes:
         raise OSError(errno.ENOSPC, f"No space left on device: {format_bytes(nbytes)} needed, "
                                     f"{format_bytes(free)} free", str(path))
 

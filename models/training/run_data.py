@@ -63,8 +63,8 @@ class RunData:
         """(training loader, its sampler, validation loader) for this rank. Build them after a resumed run's RNG
         is restored, as the original run did; ``--augment`` wraps the training split here. The set-up is then
         complete: :attr:`note` is printed here."""
-        if self.note and dist.main:
-            print(self.note, file=sys.stderr)
+        if self.note and dist.main:  # information, not a problem: stdout, so stderr stays one error line
+            print(self.note)
         train = AugmentedSlices(self.train, args.seed) if args.augment else self.train
         sampler = EpochSampler(len(train), args.seed, dist.rank, dist.world, keys=args.augment)
         val_sampler = EpochSampler(len(self.validation), args.seed, dist.rank, dist.world, shuffle=False)
