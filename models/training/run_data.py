@@ -3,7 +3,6 @@ it resumes, and their loaders over the resumable shuffle (models/training/distri
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
