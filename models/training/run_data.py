@@ -2,7 +2,6 @@
 it resumes, and their loaders over the resumable shuffle (models/training/distributed.EpochSampler)."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
