@@ -6,6 +6,7 @@ output), so a slice reconstructed here equals evaluate.py's reconstruction of th
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from data.fft import IMAGE_TYPES, data_fidelity, data_fidelity_half, half_spectr
 from data.fingerprint import file_digest
 from data.layout import mask_name
 from data.masks import load_mask, mask_lines
+from data.outputs import atomic_write
 from data.scans import NetworkInputs, Target
+from models.cost import synthetic_inputs
 from models.nets.registry import image_channels_of
 from models.training.speed import MEMORY_FORMATS, auto_layout
 from utils import UserError
@@ -205,3 +208,31 @@ def inference_network(net: nn.Module, mode: str = "exact") -> nn.Module:
     if mode not in INFERENCE_MODES:
         raise UserError(f"--mode {mode!r} is unknown; choose one of: {', '.join(INFERENCE_MODES)}")
     return INFERENCE_MODES[mode][1](net)
+
+
+# --------------------------------------------------------------------------- a self-contained program
+
+EXPORT_INFO = "sftkd.json"
+EXPORT_USAGE = ("import torch; net = torch.export.load(PATH).module(); recon = net(zero_filled, kspace_under, mask) "
+                "with zero_filled (B, C, H, W) float32, kspace_under (B, 1, H, W) complex64 and mask (B, 1, H, W) "
+                "float32 of {0, 1}, k-space unshifted (DC at [0, 0]) and orthonormal: image = ifft2(k, norm='ortho')")
+
+
+def export_program(net: nn.Module, path: Path, channels: int, info: dict, mode: str = "exact") -> None:
+    """Write ``net`` in ``mode`` as a :func:`torch.export` program (``.pt2``) that runs with torch alone, without
+    this repository: batch, height and width are dynamic. ``info`` (JSON-able: the checkpoint's arch, image
+    type, training size) is stored beside it as the extra file :data:`EXPORT_INFO`, with the usage."""
+    from torch.export import Dim
+
+    program_net = inference_network(net.cpu().eval(), mode)
+    example = _example_inputs(channels)
+    batch, height, width = Dim("batch", min=1, max=4096), Dim("height", min=8, max=8192), Dim("width", min=8, max=8192)
+    dims = {0: batch, 2: height, 3: width}
+    with torch.no_grad():
+        program = torch.export.export(program_net, example, dynamic_shapes=(dims, dims, dims))
+    extra = {EXPORT_INFO: json.dumps({**info, "mode": mode, "usage": EXPORT_USAGE}, indent=2)}
+    atomic_write(path, lambda f: torch.export.save(program, f, extra_files=extra))
+
+
+def _example_inputs(channels: int) -> tuple[torch.Tensor, ...]:
+    return synthetic_inputs(24, 2, channels)
