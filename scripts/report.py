@@ -4,43 +4,12 @@ Usage::
 
     python -m scripts.report --eval-dirs results/eval_4x results/eval_5x --out-dir results/report
 
-Each ``--eval-dirs`` folder is what ``evaluate.py`` wrote (``summary.json`` + ``metrics.csv``); its
-acceleration is ``summary.json``'s ``"acc"``. Folders with the same acceleration are merged (e.g. one
-folder per seed). Model names give each model's role (case does not matter):
-
-==================  =========================================
-``ZF``              zero-filled input (added by evaluate.py)
-``teacher``         teacher D5C5 trained alone
-``student``         student D3C5 trained alone
-``sft``             the student-friendly (SFT) teacher
-``stdkd-{method}``  student distilled from ``teacher`` (Std-KD)
-``sftkd-{method}``  student distilled from ``sft`` (SFT-KD-Recon)
-``sft0``            SFT teacher trained with ``--imitation-weight 0``
-``sft0kd-{method}`` student distilled from ``sft0``
-==================  =========================================
-
-Any of these may end in ``-seed{N}`` (``sftkd-at-seed2``); other names are listed and left out. A model
-scored at another acceleration than it was trained at (``evaluate.py --cross-acc``; ``summary.json``'s
-``trained_acc``) gets a row of its own, e.g. "Student, trained at 5x", after the others.
-
-Writes ``OUT/table.md`` and ``OUT/table.csv``. ``table.md`` opens with the machine(s) that trained the runs (CPU,
-ISA, torch build, threads; see :func:`machine_line`). Rows: ZF, Teacher, Student, SFT teacher, then per KD method
-(alphabetical) "Std-KD (method)" and "SFT-KD-Recon (method)"; missing roles are omitted. Columns per
-acceleration: PSNR and SSIM as mean ± std over slices (``ddof=0``) for one run, or, when a model has
-several seeds, mean ± std over seeds (``ddof=1``) of each seed's mean over slices (marked †). A second
-table gives, per KD method and acceleration, the two-sided Wilcoxon signed-rank p-value of PSNR between
-the SFT-KD-Recon and the Std-KD student, paired by (volume, slice) (with several seeds, each slice's PSNR
-is first averaged over seeds). ``table.csv`` has the same rows with plain numbers
-(``PSNR_{acc}_mean``, ``PSNR_{acc}_std``, ``SSIM_{acc}_mean``, ``SSIM_{acc}_std``, ``seeds_{acc}``,
-``wilcoxon_p_{acc}`` on SFT-KD-Recon rows). The teacher-student gap (student minus teacher PSNR) and the
-same for the best SFT-KD-Recon student are printed and appended to ``table.md``. An "Orderings" table
-gives the paper's claims as paired differences (teacher - student, KD student - student, SFT-KD-Recon -
-Std-KD, ...) with the per-slice Wilcoxon p, the difference per seed and a paired t-test over seeds; with
-several seeds a per-seed table follows. Folders evaluated with ``evaluate.py --metrics all`` add last tables
-of fastMRI's volume-wise NMSE, PSNR and SSIM and of the public SFT-KD-Recon ``evaluate.py``'s NMSE, PSNR, SSIM
-and HFN (mean ± std over volumes, per folder and model, to ``table.md`` only). ``--plot FILE.png`` draws PSNR and SSIM per model with error bars.
-Under the tables, ``table.md`` says what the data were: ``summary.json``'s ``kspace`` and ``image`` (e.g.
-``k-space: synthetic from magnitude (magnitude images)``), one line per kind when the folders differ.
+Each ``--eval-dirs`` folder is what ``evaluate.py`` wrote (``summary.json`` + ``metrics.csv``); folders with the
+same acceleration are merged (e.g. one per seed), and each model's row comes from the roles its checkpoint
+recorded, else from its name. Writes ``OUT/table.md`` (the machine that trained the runs, the split and slices
+scored, every role's PSNR and SSIM, the Wilcoxon and ordering tables, the teacher-student gap) and
+``OUT/table.csv``; ``--contrasts`` adds the study's contrasts, ``--plot`` a figure. Model names, rows, columns
+and statistics: scripts/README.md, "Model names, roles and the report".
 """
 from __future__ import annotations
 
@@ -64,8 +33,8 @@ from models.evaluation.metrics import metric as registered, used_for  # noqa: E4
 from models.distill.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
 from data.outputs import atomic_write, staged, write_text  # noqa: E402
-from utils import (CliParser, UserError, clean_text, csv_text, describe_machine, refuse_to_overwrite,  # noqa: E402
-                   run_cli)
+from utils import (CliParser, UserError, clean_lines, clean_text, csv_text, describe_machine,  # noqa: E402
+                   refuse_to_overwrite, run_cli)
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
 # vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
@@ -101,8 +70,8 @@ class Run:
     values: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
     test_set: str | None = None
     key: tuple[str, str | None, int | None] | None = None
-    nets: dict | None = None  # the sizes its roles record (models/distill/roles.py), None for older runs
-    recipe: dict | None = None  # the training setting evaluate.py recorded (its ``recipe``), None for older runs
+    nets: dict | None = None  # the sizes its roles record (models/distill/roles.py), None if unrecorded
+    recipe: dict | None = None  # the training setting evaluate.py recorded (its ``recipe``), None if unrecorded
 
     def mean(self, metric: str) -> float:
         return float(np.mean(list(self.values[metric].values())))
@@ -222,7 +191,7 @@ def collect(folders: list[Path]) -> tuple[dict, list[str]]:
 
 def check_one_size(runs: list[tuple[int | None, Run]]) -> None:
     """A :class:`UserError` when the runs of one row recorded networks of different sizes (e.g. a width-8 and a
-    width-32 student): their mean would describe neither. Runs that record no sizes (older versions) pass."""
+    width-32 student): their mean would describe neither. Runs that record no sizes pass."""
     sized = [(seed, run) for seed, run in runs if run.nets is not None]
     for seed, run in sized[1:]:
         if run.nets != sized[0][1].nets:
@@ -441,9 +410,9 @@ VOLUME_TABLES = {
 def machine_line(folders: list[Path], fallback: dict | None = None) -> str:
     """Markdown: the machines that trained the models of a table (summary.json's ``trained_on``, which
     evaluate.py copies from each checkpoint), each with the number of its runs; ``fallback`` (a utils.machine
-    record, ``--machine``) stands for runs whose checkpoints recorded none, such as the committed study's,
-    which predate the record. A single seed's numbers, and which arm comes first, depend on the CPU kind: a
-    kernel's ISA and blocking change the rounding, and training amplifies it."""
+    record, ``--machine``) stands for runs whose checkpoints recorded none, such as the committed study's. A
+    single seed's numbers, and which arm comes first, depend on the CPU kind: a kernel's ISA and blocking change
+    the rounding, and training amplifies it."""
     runs: dict[str, set[str]] = {}  # machine -> checkpoints (a run scored on two test sets counts once)
     for folder in folders:
         summary = json.loads((folder / "summary.json").read_text())
@@ -451,7 +420,7 @@ def machine_line(folders: list[Path], fallback: dict | None = None) -> str:
         for name, path in summary.get("checkpoints", {}).items():
             record = recorded.get(name) if isinstance(recorded.get(name), dict) else fallback
             runs.setdefault(describe_machine(record) if record else "not recorded", set()).add(path)
-    if not runs:  # summary.json files of older versions list no checkpoints
+    if not runs:  # a summary.json without a "checkpoints" entry
         return f"Trained on: {describe_machine(fallback) if fallback else 'not recorded'}."
     if len(runs) == 1:
         return f"Trained on: {next(iter(runs))}."
@@ -540,6 +509,35 @@ def data_lines(folders: list[Path]) -> list[str]:
     return ["", *lines] if lines else []
 
 
+def scored_line(table: dict) -> str:
+    """Markdown: which split each column scored and on how many slices of how many volumes, e.g. "Scored on the
+    test split, 28 slices of 1 volume." (one column) or "Scored on the test split: 4x mni152 28 slices of 1
+    volume; 4x colin27 136 slices of 1 volume." The split is each folder's summary.json ``split``; the slices are
+    the (volume, slice) pairs its metrics.csv scored, over every model of the column."""
+    splits: dict[Path, str] = {}
+
+    def split_of(folder: Path) -> str:
+        if folder not in splits:
+            summary = json.loads((folder / "summary.json").read_text())
+            splits[folder] = clean_text(str(summary.get("split") or "unrecorded"))
+        return splits[folder]
+
+    parts = []
+    for column in table_columns(table):
+        runs = [run for per_column in table.values() for run in per_column.get(column, {}).values()]
+        keys = {key for run in runs for key in run.values["PSNR"]}
+        names = sorted({split_of(run.source) for run in runs})
+        volumes = len({volume for volume, _ in keys})
+        slices = f"{len(keys)} slice{'s' if len(keys) != 1 else ''}"
+        parts.append((column, f"the {' and '.join(names)} split{'s' if len(names) > 1 else ''}",
+                      f"{slices} of {volumes} volume{'s' if volumes != 1 else ''}"))
+    if len(parts) == 1:
+        return f"Scored on {parts[0][1]}, {parts[0][2]}."
+    if len({split for _, split, _ in parts}) == 1:
+        return f"Scored on {parts[0][1]}: " + "; ".join(f"{column} {count}" for column, _, count in parts) + "."
+    return "Scored on: " + "; ".join(f"{column} {split}, {count}" for column, split, count in parts) + "."
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dirs", nargs="+", required=True, type=Path,
@@ -565,12 +563,12 @@ def main(argv: list[str] | None = None) -> None:
             refuse_to_overwrite(path, args.overwrite, "--out-dir")
     table, unknown = collect(args.eval_dirs)
     if unknown:
-        print("left out (names fit no role: teacher, student, sft, stdkd-M, sftkd-M[-seedN]): "
-              + ", ".join(unknown))
+        print(clean_text("left out (names fit no role: teacher, student, sft, stdkd-M, sftkd-M[-seedN]): "
+                         + ", ".join(unknown), None))
     if not table:
         raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
     markdown, csv_rows = build_report(table, data_lines(args.eval_dirs))
-    markdown = machine_line(args.eval_dirs, fallback) + "\n\n" + markdown
+    markdown = machine_line(args.eval_dirs, fallback) + "\n\n" + scored_line(table) + "\n\n" + markdown
     found = []
     if args.contrasts:
         columns = table_columns(table)
@@ -584,7 +582,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot is not None:
         draw = contrasts.plot if found else plot
         draw(found or table, args.plot, lambda path, data: pngs.__setitem__(path, data))
-    write_outputs(args, {"table.md": markdown, "table.csv": csv_text(csv_rows)}, pngs)
+    # Names, machines and data descriptions come from files: nothing in them may move a terminal's cursor.
+    markdown = clean_lines(markdown)
+    write_outputs(args, {"table.md": markdown, "table.csv": clean_lines(csv_text(csv_rows))}, pngs)
     print(markdown)
     print(f"wrote {md_path} and {csv_path}" + (f" and {args.plot}" if args.plot is not None else ""))
 
