@@ -259,6 +259,11 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         raise
 
 
+# Free space to ask beyond an HDF5 file's arrays: its superblock, object headers, attributes and page buffer,
+# whose failing flush on a full disk crashes h5py instead of raising.
+HDF5_MARGIN = 1 << 20
+
+
 def check_free_space(path: str | Path, nbytes: int) -> None:
     """An ``OSError`` (ENOSPC) naming ``path`` and the space needed when its file system has less than
     ``nbytes`` free: asked before writes whose library fails badly on a full disk (h5py can crash the process,
