@@ -32,6 +32,7 @@ from data.masks import parse_acc  # noqa: E402
 from models.evaluation.metrics import metric as registered, used_for  # noqa: E402
 from models.distill.roles import BASE_RUNS, kd_prefix  # noqa: E402
 from scripts.study import contrasts  # noqa: E402
+from scripts.study import arms  # noqa: E402
 from scripts.study.arms import ARM_LABELS  # noqa: E402
 from data.outputs import atomic_write, staged, write_text  # noqa: E402
 from utils import (CliParser, UserError, clean_lines, clean_text, csv_text, describe_machine,  # noqa: E402
@@ -206,11 +207,18 @@ def check_one_size(runs: list[tuple[int | None, Run]]) -> None:
 
 
 def row_order(table: dict) -> list[tuple[tuple[str, str | None], str]]:
-    """Table rows as ``((role, method), label)``: base roles first, then each KD method's pair."""
+    """Table rows as ``((role, method), label)``: base roles first, then each KD method's pair, then the no-KD
+    arms (N, L: their own label) and any other run of their method."""
     rows = [((role, None), label) for role, label in BASE_ROLES.items() if (role, None) in table]
-    for method in sorted({method for role, method in table if method is not None}):
+    methods = {method for role, method in table if method is not None}
+    for method in arms.study_methods(methods):
         rows += [((role, method), f"{label} ({method})") for role, label in KD_ROLES.items()
                  if (role, method) in table]
+    own = {arm.key(""): arm.label for arm in arms.own_method_arms()}
+    rows += [(key, label) for key, label in own.items() if key in table]
+    for method in sorted(methods & arms.OWN_METHODS):
+        rows += [((role, method), f"{label} ({method})") for role, label in KD_ROLES.items()
+                 if (role, method) in table and (role, method) not in own]
     for role, method in sorted((key for key in table if CROSS in key[0]), key=lambda k: (k[0], k[1] or "")):
         base, _, trained = role.partition(CROSS)
         label = BASE_ROLES[base] if method is None else f"{KD_ROLES[base]} ({method})"
@@ -285,7 +293,7 @@ def wilcoxon_table(table: dict, accs: list[str]) -> list[str]:
              "| KD method | acc | Std-KD PSNR | SFT-KD-Recon PSNR | difference (dB) | p | slices |",
              "|---|---|---|---|---|---|---|"]
     count = 0
-    for method in sorted({method for _, method in table if method is not None}):
+    for method in arms.study_methods(method for _, method in table):
         for acc in accs:
             std_kd = table.get(("stdkd", method), {}).get(acc)
             sft_kd = table.get(("sftkd", method), {}).get(acc)
@@ -339,7 +347,7 @@ def comparisons(table: dict) -> list[tuple[str, tuple, tuple]]:
     pairs = [("Teacher - Student", ("student", None), ("teacher", None)),
              ("SFT teacher - Teacher", ("teacher", None), ("sft", None)),
              ("SFT teacher, imitation 0 - Teacher", ("teacher", None), ("sft0", None))]
-    for method in sorted({method for _, method in table if method is not None}):
+    for method in arms.study_methods(method for _, method in table):
         pairs += [(f"Std-KD ({method}) - Student", ("student", None), ("stdkd", method)),
                   (f"SFT-KD-Recon ({method}) - Student", ("student", None), ("sftkd", method)),
                   (f"SFT-KD-Recon ({method}) - Std-KD ({method})", ("stdkd", method), ("sftkd", method)),
@@ -396,7 +404,8 @@ def role_label(name: str) -> str | None:
     if parsed is None:
         return None
     role, method, seed = parsed
-    label = BASE_ROLES[role] if method is None else f"{KD_ROLES[role]} ({method})"
+    own = {arm.key(""): arm.label for arm in arms.own_method_arms()}
+    label = BASE_ROLES[role] if method is None else own.get((role, method)) or f"{KD_ROLES[role]} ({method})"
     return label if seed is None else f"{label}, seed {seed}"
 
 
@@ -552,7 +561,8 @@ def main(argv: list[str] | None = None) -> None:
                              "--contrasts: the contrasts with their intervals)")
     parser.add_argument("--contrasts", action="store_true",
                         help="add the controlled contrasts of scripts/study/study.sh (B - C primary; C - A, C - D, B - A "
-                             "Holm-corrected) with 95 %% t-intervals over seeds (scripts/study/contrasts.py)")
+                             "Holm-corrected; with the no-KD arms B - N, C - N, C - L, D - L, Holm-corrected apart) "
+                             "with 95 %% t-intervals over seeds (scripts/study/contrasts.py)")
     parser.add_argument("--machine", type=Path, default=None, metavar="JSON",
                         help="the machine (a utils.machine record) that trained the runs whose checkpoints recorded "
                              "none, e.g. the committed study's docs/study/machine.json")
@@ -578,7 +588,8 @@ def main(argv: list[str] | None = None) -> None:
         found = contrasts.all_contrasts(table, columns)
         if not found:
             raise UserError("--contrasts: the folders hold none of the study's arms (stdkd-M, sftkd-M, "
-                            "stdkd-sftinit-M, stdkd-studentinit-M); run scripts/study/study.sh")
+                            "stdkd-sftinit-M, stdkd-studentinit-M, stdkd-sftinit-none, stdkd-none); run "
+                            "scripts/study/study.sh")
         markdown += "".join(f"{line}\n" for line in contrasts.markdown(found))
     markdown += "".join(f"{line}\n" for key in VOLUME_TABLES for line in volume_table(args.eval_dirs, key))
     pngs: dict[Path, bytes] = {}

@@ -10,7 +10,10 @@
 #                "sft0kd-<method>": the public code's imitation term is ~0, so users ask which one to use),
 #                CONTROLS=1 (also the arms that separate SFT's teacher from SFT's initialisation: the standard
 #                teacher with SFT's blocks, "stdkd-sftinit-<method>", and with the standalone student's
-#                cascades, "stdkd-studentinit-<method>")
+#                cascades, "stdkd-studentinit-<method>"), NOKD=1 (also the no-KD arms, once whatever KD_METHODS
+#                holds: N, the SFT blocks fine-tuned with L1 alone, "stdkd-sftinit-none", and L, the student alone
+#                for EPOCHS + KD_EPOCHS epochs with the StepLR step of TRAIN_FLAGS / KD_FLAGS scaled alike,
+#                "stdkd-none"; KD_METHODS itself may not hold none)
 #                SFT_FLAGS / KD_FLAGS (extra flags for the SFT runs / the KD runs only), KD_EPOCHS (--epochs of
 #                each KD run; default EPOCHS; scripts/paper.sh doubles it for the two-stage schedule),
 #                STUDENT_FLAGS / TEACHER_FLAGS (the size of the student-side / teacher-side networks, --width N
@@ -59,6 +62,34 @@ side_flags() {  # side_flags VAR PREFIX: VAR's --width / --depth, each as --PREF
 student_flags=$(side_flags STUDENT_FLAGS "")
 teacher_flags=$(side_flags TEACHER_FLAGS "")
 sft_flags="$(side_flags STUDENT_FLAGS student-) $(side_flags TEACHER_FLAGS teacher-)"
+
+last_value() {  # last_value FLAG WORDS...: the value of the last FLAG N / FLAG=N among WORDS, else nothing
+    local flag=$1 value="" previous=""; shift
+    for word in "$@"; do
+        [ "$previous" = "$flag" ] && value=$word
+        case $word in "$flag="*) value=${word#*=} ;; esac
+        previous=$word
+    done
+    echo "$value"
+}
+# The KD arms and their flags come from the arm registry (scripts/study/arms.py), read before any run: a KD
+# method that is not the study's (none is the no-KD arms' own) stops everything here.
+groups=(paper)
+[ "${CONTROLS:-0}" = 1 ] && groups+=(controls)
+[ "${SFT_IMITATION0:-0}" = 1 ] && groups+=(imitation0)
+[ "${NOKD:-0}" = 1 ] && groups+=(nokd)
+# shellcheck disable=SC2086
+lr_step=$(last_value --lr-step-size ${TRAIN_FLAGS:-} ${KD_FLAGS:-})
+read -r -a methods <<< "$KD_METHODS"
+arm_flags=(--groups "${groups[@]}" --method "${methods[@]}" --runs-dir "$OUT" --pretrain-epochs "$EPOCHS"
+           --epochs "${KD_EPOCHS:-$EPOCHS}")
+[ -n "$lr_step" ] && arm_flags+=(--lr-step-size "$lr_step")
+# Read every line first: a run must not inherit (and read) the list on its standard input.
+mapfile -t arms < <("$PYTHON" -m scripts.study.arms runs "${arm_flags[@]}" || echo "arms-failed")
+if [ ${#arms[@]} -eq 0 ] || [ "${arms[-1]}" = arms-failed ]; then
+    echo "error: python -m scripts.study.arms listed no KD arm (see its error above)" >&2
+    exit 2
+fi
 [ "${CHECK_ONLY:-0}" = 1 ] && exit 0
 
 run() {  # run NAME SCRIPT ARGS...: fresh, resumed or skipped depending on what NAME's folder holds
@@ -110,18 +141,10 @@ if [ "${SFT_IMITATION0:-0}" = 1 ]; then
     run sft0 train_sft.py $sft_flags ${SFT_FLAGS:-} --imitation-weight 0
 fi
 RUN_EPOCHS=${KD_EPOCHS:-$EPOCHS}
-# The KD arms and their teacher / init flags come from the arm registry (scripts/study/arms.py).
-groups=(paper)
-[ "${CONTROLS:-0}" = 1 ] && groups+=(controls)
-[ "${SFT_IMITATION0:-0}" = 1 ] && groups+=(imitation0)
-for method in $KD_METHODS; do
-    # Read every line first: a run must not inherit (and read) the list on its standard input.
-    mapfile -t arms < <("$PYTHON" -m scripts.study.arms runs --groups "${groups[@]}" --method "$method" --runs-dir "$OUT")
-    [ ${#arms[@]} -gt 0 ] || { echo "error: python -m scripts.study.arms listed no KD arm" >&2; exit 2; }
-    for line in "${arms[@]}"; do
-        IFS=$'\t' read -r -a fields <<< "$line"
-        # shellcheck disable=SC2086
-        run "${fields[0]}" train_student_kd.py --kd-method "$method" "${fields[@]:1}" $student_flags ${KD_FLAGS:-}
-    done
+for line in "${arms[@]}"; do
+    IFS=$'\t' read -r -a fields <<< "$line"
+    # The arm's own flags come after TRAIN_FLAGS, so L's --epochs / --lr-step-size win.
+    # shellcheck disable=SC2086
+    run "${fields[0]}" train_student_kd.py $student_flags ${KD_FLAGS:-} "${fields[@]:1}"
 done
 echo "all runs for $ACC are in $OUT"

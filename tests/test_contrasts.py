@@ -100,3 +100,50 @@ def test_the_minimum_detectable_effect_is_the_textbook_one():
     assert effects == sorted(effects, reverse=True)
     assert effects[-1] == pytest.approx((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / math.sqrt(1000), rel=1e-2)
     assert math.isnan(detectable_effect(1))
+
+
+def test_the_no_kd_arms_rows_and_contrasts_with_a_holm_family_of_their_own(tmp_path):
+    """Arms N (SFT blocks, --kd-method none) and L (student alone, no KD, its own epochs): their table rows, the
+    contrasts B - N, C - N, C - L, D - L against an independent computation, and the map's three secondary
+    contrasts still Holm-corrected among themselves."""
+    roles = {**ROLES, "N": {"model": "kd", "teacher": "standard", "init": "sft-blocks", "kd_method": "none"},
+             "L": {"model": "kd", "teacher": "standard", "init": "scratch", "kd_method": "none"}}
+    levels = {**LEVELS, "N": 33.25, "L": 32.95}
+    rng = np.random.default_rng(8)
+    seeds, psnr, dirs = (21, 22, 23, 24, 25), {}, []
+    for seed in seeds:
+        psnr[seed] = {name: level + rng.normal(0, 0.3) + rng.normal(0, 0.5, len(KEYS)) for name, level in levels.items()}
+        dirs.append(tmp_path / f"seed{seed}")
+        dirs[-1].mkdir()
+        lines = ["model,volume,slice,PSNR,SSIM,NMSE,HFN,VIF"]
+        for name, values in psnr[seed].items():
+            lines += [f"m-{name},{v},{s},{float(p)!r},{0.9 + float(p) / 1000!r},0.01,0.1,0.9"
+                      for (v, s), p in zip(KEYS, values)]
+        (dirs[-1] / "metrics.csv").write_text("\n".join(lines) + "\n")
+        (dirs[-1] / "summary.json").write_text(json.dumps({
+            "acc": "4x", "split": "test", "test_set": "mni152",
+            "roles": {f"m-{name}": {**roles[name], "seed": seed} for name in psnr[seed]}}))
+    out = tmp_path / "report"
+    main(["--eval-dirs", *map(str, dirs), "--out-dir", str(out), "--contrasts"])
+    md = (out / "table.md").read_text()
+    rows = [line.split("|")[1].strip() for line in md.split("\n\n")[2].splitlines()[2:]]
+    assert rows[-2:] == ["SFT blocks, no KD", "Student alone, pre-training + KD epochs"]
+    assert "(none)" not in md  # none is the no-KD arms' own method, never a study method of its own
+
+    def row(prefix: str) -> list[str]:
+        line = next(line for line in md.splitlines() if line.startswith(f"| {prefix} ("))
+        return [cell.strip() for cell in line.split("|")[1:-1]]
+
+    diff = {pair: np.array([psnr[s][pair[0]].mean() - psnr[s][pair[1]].mean() for s in seeds])
+            for pair in (("B", "N"), ("C", "N"), ("C", "L"), ("E", "L"), ("C", "A"), ("C", "E"), ("B", "A"))}
+    nokd = [("B - N", ("B", "N")), ("C - N", ("C", "N")), ("C - L", ("C", "L")), ("D - L", ("E", "L"))]
+    for (label, pair), holm_p in zip(nokd, holm([stats.ttest_1samp(diff[pair], 0).pvalue for _, pair in nokd])):
+        cells = row(label)
+        d = diff[pair]
+        low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+        assert cells[0].endswith("(at)") and cells[2] == "5" and cells[3] == f"{d.mean():+.2f}"
+        assert cells[4] == f"[{low:+.2f}, {high:+.2f}]" and cells[9] == f"{holm_p:.2g}"
+    map_family = [("C - A", ("C", "A")), ("C - D", ("C", "E")), ("B - A", ("B", "A"))]
+    for (label, pair), holm_p in zip(map_family, holm([stats.ttest_1samp(diff[pair], 0).pvalue for _, pair in map_family])):
+        assert row(label)[9] == f"{holm_p:.2g}"
+    assert "and apart from them over the no-KD arms' contrasts (B - N, C - N, C - L, D - L)" in md

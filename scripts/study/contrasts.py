@@ -7,6 +7,9 @@ Arms (the registry scripts/study/arms.py), per KD method M: A Std-KD (standard t
 - **Primary** B - C: the teacher's effect with the initialisation held fixed.
 - Secondary C - A (SFT blocks vs scratch), C - D (SFT blocks vs ordinary pre-training), B - A (the paper's
   comparison, which mixes both), Holm-corrected together within each (method, test set, metric).
+- With the no-KD arms N (SFT blocks, L1 alone) and L (the student alone for pre-training + KD epochs): B - N
+  (does the SFT teacher add to its own blocks?), C - N (does the standard teacher hurt?), C - L and D - L
+  (pre-training vs the same epochs spent on the student), Holm-corrected as a family of their own.
 
 The unit of replication is the seed: each seed's difference of the two arms' means over the test slices,
 then the mean over seeds with its 95 % t-interval (sample std, ``ddof=1``, ``n - 1`` degrees of freedom) and
@@ -31,9 +34,11 @@ from models.evaluation.metrics import metric as registered, used_for
 
 
 
-def contrast_list() -> list[tuple[str, str, str, bool]]:
-    """(label, run-name prefix of arm b, of arm a, primary) of every contrast the arm registry declares."""
-    return [(label, b.prefix, a.prefix, primary) for label, b, a, primary in arms.contrasts(arms.ARMS)]
+def contrast_list(method: str) -> list[tuple[str, tuple, tuple, bool, str]]:
+    """(label, table row of arm b, of arm a, primary, Holm family) of every contrast the arm registry declares,
+    for the study's KD method ``method`` (a no-KD arm's row is its own method's whatever ``method`` is)."""
+    return [(label, b.key(method), a.key(method), primary, a.family)
+            for label, b, a, primary in arms.contrasts(arms.ARMS)]
 
 # Descriptive context beside the contrasts (not corrected, not primary).
 BASELINES = (("Teacher - Student", "teacher", "student"), ("SFT teacher - Teacher", "sft", "teacher"))
@@ -72,6 +77,7 @@ class Contrast:
     diffs: np.ndarray
     seeds: list
     primary: bool = False
+    family: str = "map"
     slice_p: float = math.nan
     n_slices: int = 0
     holm_p: float = math.nan
@@ -155,13 +161,14 @@ def wilcoxon_p(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def contrast(table: dict, label: str, key_b: tuple, key_a: tuple, column: str, metric: str,
-             primary: bool = False) -> Contrast | None:
-    """The contrast ``b - a`` of two :func:`scripts.report.collect` rows on ``column``; None if one is missing."""
+             primary: bool = False, method: str | None = None, family: str = "map") -> Contrast | None:
+    """The contrast ``b - a`` of two :func:`scripts.report.collect` rows on ``column``; None if one is missing.
+    ``method``: the study's KD method it belongs to (default: row b's)."""
     b, a = table.get(key_b, {}).get(column), table.get(key_a, {}).get(column)
     if not a or not b:
         return None
     seeds, diffs = seed_differences(a, b, metric)
-    result = Contrast(label, key_b[1], column, metric, diffs, seeds, primary)
+    result = Contrast(label, method or key_b[1], column, metric, diffs, seeds, primary, family)
     x, y = slice_pairs(a, b, metric)
     result.n_slices = len(x)
     result.slice_p = wilcoxon_p(x, y)
@@ -169,9 +176,9 @@ def contrast(table: dict, label: str, key_b: tuple, key_a: tuple, column: str, m
 
 
 def all_contrasts(table: dict, columns: list[str]) -> list[Contrast]:
-    """Every contrast of the arm registry (Holm over the secondary ones per method, column and metric) and
+    """Every contrast of the arm registry (Holm over the secondary ones per method, column, metric and family) and
     :data:`BASELINES` present in ``table``."""
-    methods = sorted({method for _, method in table if method is not None})
+    methods = arms.study_methods(method for _, method in table)
     found = []
     for column in columns:
         for metric in contrast_metrics():
@@ -179,13 +186,25 @@ def all_contrasts(table: dict, columns: list[str]) -> list[Contrast]:
                 c = contrast(table, label, (a, None), (b, None), column, metric)
                 found += [c] if c else []
             for method in methods:
-                family = [contrast(table, f"{label} ({method})", (b, method), (a, method), column, metric, primary)
-                          for label, b, a, primary in contrast_list()]
-                secondary = [c for c in family if c is not None and not c.primary]
-                for c, p in zip(secondary, holm([c.p for c in secondary])):
-                    c.holm_p = p
-                found += [c for c in family if c is not None]
+                listed = [contrast(table, f"{label} ({method})", key_b, key_a, column, metric, primary, method, family)
+                          for label, key_b, key_a, primary, family in contrast_list(method)]
+                listed = [c for c in listed if c is not None]
+                for family in dict.fromkeys(c.family for c in listed):
+                    secondary = [c for c in listed if c.family == family and not c.primary]
+                    for c, p in zip(secondary, holm([c.p for c in secondary])):
+                        c.holm_p = p
+                found += listed
     return found
+
+
+def holm_scope(found: list[Contrast]) -> str:
+    """What the Holm column corrects over, for the families present in ``found``."""
+    text = "Holm: over the three secondary contrasts of a method, test set and metric"
+    others = {c.family for c in found} - {"map"}
+    if others:
+        text += (" (B - A, C - A, C - D), and apart from them over the no-KD arms' contrasts (B - N, C - N, C - L, "
+                 "D - L)")
+    return text
 
 
 def contrast_metrics() -> tuple[str, ...]:
@@ -213,8 +232,8 @@ def markdown(found: list[Contrast]) -> list[str]:
             continue
         unit = registered(metric).unit or metric
         lines += ["", f"Contrasts, {metric} ({unit}; b - a per seed: each arm's mean over the test slices; 95 % "
-                  "t-interval over seeds, sample std; p: paired t-test over seeds; Holm: over the three secondary "
-                  "contrasts of a method, test set and metric; SD: per-seed standard deviation of b - a; MDE: the "
+                  f"t-interval over seeds, sample std; p: paired t-test over seeds; {holm_scope(found)}; SD: "
+                  "per-seed standard deviation of b - a; MDE: the "
                   "smallest true mean difference these seeds detect with 80 % power in that t-test at alpha 0.05; "
                   "per-slice Wilcoxon: description only, slices averaged over seeds, with its smallest possible "
                   "p):", "",

@@ -8,7 +8,9 @@
 #   B  sftkd-M              SFT teacher, S2..S5 from the SFT run             (SFT-KD-Recon)
 #   C  stdkd-sftinit-M      standard teacher, S2..S5 from the SFT run        (SFT's blocks without its teacher)
 #   D  stdkd-studentinit-M  standard teacher, S2..S5 from the student run    (ordinary pre-training)
-# Primary contrast B - C (the teacher's effect, initialisation fixed); secondary C - A, C - D, B - A.
+# Primary contrast B - C (the teacher's effect, initialisation fixed); secondary C - A, C - D, B - A. With NOKD=1
+# also the no-KD arms N (the SFT blocks, L1 alone) and L (the student alone for pre-training + KD epochs) and
+# their contrasts B - N, C - N, C - L, D - L (a Holm family of their own).
 # best_model.pt is chosen on validation; every model is scored on the test block of the MNI152 brain and,
 # when Debian's mricron-data is installed, on a second brain (Colin27, ch2bet.nii.gz) prepared with the same
 # geometry and masks. Each seed's evaluation goes to DOCS/{mni152,colin27}/seedN (small CSV + JSON files meant
@@ -22,8 +24,10 @@
 #                once, default: all of them, one thread each; JOBS=1 on a GPU), THREADS (per seed, default: the
 #                cores shared out over JOBS), DOCS (docs/study),
 #                COLIN27 (path of ch2bet.nii.gz, default /usr/share/mricron/templates/ch2bet.nii.gz),
-#                CONTROLS (1: the arms C and E too, the default; 0: teacher, student, SFT, A and B only, e.g.
+#                CONTROLS (1: the arms C and D too, the default; 0: teacher, student, SFT, A and B only, e.g.
 #                PREPARE_FLAGS="--synthetic-phase 7" DOCS=docs/synthetic-phase/phase for docs/synthetic-phase),
+#                NOKD (1: the no-KD arms N and L too, once beside every KD method's arms, see train_all.sh;
+#                default 0),
 #                STUDENT_FLAGS / TEACHER_FLAGS (e.g. "--width 8": the size of the student-side networks (the
 #                student, the SFT run's student side, every KD student) / of the teacher-side ones (the teacher,
 #                the SFT run's teacher side); --width N and --depth N, see scripts/train_all.sh)
@@ -50,6 +54,7 @@ DOCS=${DOCS:-docs/study}
 COLIN27=${COLIN27:-/usr/share/mricron/templates/ch2bet.nii.gz}
 PYTHON=${PYTHON:-python}
 CONTROLS=${CONTROLS:-1}
+NOKD=${NOKD:-0}
 DATA="$RESULTS/data"
 COLIN_DATA="$RESULTS/data_colin27"
 start=$(date +%s)
@@ -96,10 +101,10 @@ fi
 names=(teacher student sft)
 groups=(paper)
 [ "$CONTROLS" = 1 ] && groups+=(controls)
-for method in $KD_METHODS; do
-    mapfile -t -O "${#names[@]}" names < <("$PYTHON" -m scripts.study.arms names --groups "${groups[@]}" \
-        --method "$method")
-done
+[ "$NOKD" = 1 ] && groups+=(nokd)
+read -r -a methods <<< "$KD_METHODS"
+mapfile -t -O "${#names[@]}" names < <("$PYTHON" -m scripts.study.arms names --groups "${groups[@]}" \
+    --method "${methods[@]}")
 
 evaluate_seed() {  # evaluate_seed SEED: every model of the seed on each test set, into DOCS
     local seed=$1 runs="$RESULTS/seed$1/$ACC" checkpoints=() labels=()
@@ -125,7 +130,7 @@ train_seed() {  # all runs of one seed (output in RESULTS/seedN/train.log), then
     local seed=$1 seed_start
     seed_start=$(date +%s)
     mkdir -p "$RESULTS/seed$seed"
-    if RESULTS="$RESULTS/seed$seed" KD_METHODS="$KD_METHODS" CONTROLS="$CONTROLS" \
+    if RESULTS="$RESULTS/seed$seed" KD_METHODS="$KD_METHODS" CONTROLS="$CONTROLS" NOKD="$NOKD" \
         TRAIN_FLAGS="--seed $seed --no-progress $STUDY_FLAGS ${TRAIN_FLAGS:-}" \
         bash scripts/train_all.sh "$DATA" "$ACC" "$EPOCHS" > "$RESULTS/seed$seed/train.log" 2>&1 \
         && evaluate_seed "$seed"; then
