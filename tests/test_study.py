@@ -1,5 +1,6 @@
-"""scripts/study/study.sh end to end at a tiny size: two seeds, every arm of the controlled study, evaluation on the
-MNI152 test block and on a second brain, the committed-data layout, and the report rebuilt from it alone."""
+"""scripts/study/study.sh end to end at a tiny size: two seeds, every arm of the controlled study (the no-KD arms N and
+L included), evaluation on the MNI152 test block and on a second brain, the committed-data layout, and the report
+rebuilt from it alone."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,7 @@ from tests.test_prepare import synthetic_volume, write_nifti
 
 pytestmark = pytest.mark.slow
 RUNS = ["teacher", "student", "sft", "stdkd-imitation", "sftkd-imitation", "stdkd-sftinit-imitation",
-        "stdkd-studentinit-imitation"]
+        "stdkd-studentinit-imitation", "stdkd-sftinit-none", "stdkd-none"]
 
 
 def study(tmp_path, **env):
@@ -29,7 +30,7 @@ def study(tmp_path, **env):
 
 def test_study_runs_every_arm_scores_two_test_sets_and_rebuilds_from_docs(tmp_path):
     brain = write_nifti(tmp_path / "other_brain.nii.gz", synthetic_volume(3, size=200, n_slices=16))  # ~ the demo's 233-pixel field of view
-    result = study(tmp_path, COLIN27=str(brain))
+    result = study(tmp_path, COLIN27=str(brain), NOKD="1")
     assert result.returncode == 0, result.stderr[-3000:]
     docs = tmp_path / "docs"
     for seed in (1, 2):
@@ -38,6 +39,12 @@ def test_study_runs_every_arm_scores_two_test_sets_and_rebuilds_from_docs(tmp_pa
         kd = json.loads((tmp_path / "study" / f"seed{seed}" / "4x" / "stdkd-sftinit-imitation" / "config.json")
                         .read_text())
         assert kd["seed"] == seed and kd["roles"]["teacher"] == "standard" and kd["roles"]["init"] == "sft-blocks"
+        runs = tmp_path / "study" / f"seed{seed}" / "4x"
+        no_kd = json.loads((runs / "stdkd-sftinit-none" / "config.json").read_text())
+        alone = json.loads((runs / "stdkd-none" / "config.json").read_text())
+        assert (no_kd["epochs"], no_kd["lr_step_size"], no_kd["roles"]["kd_method"]) == (1, 20, "none")
+        # L: the base runs' epoch plus the KD run's, study.sh's StepLR step 20 scaled alike.
+        assert (alone["epochs"], alone["lr_step_size"], alone["roles"]["init"]) == (2, 40, "scratch")
         for test_set in ("mni152", "colin27"):
             summary = json.loads((docs / test_set / f"seed{seed}" / "summary.json").read_text())
             assert summary["split"] == "test" and summary["test_set"] == test_set
@@ -48,7 +55,10 @@ def test_study_runs_every_arm_scores_two_test_sets_and_rebuilds_from_docs(tmp_pa
     table = (docs / "table.md").read_text()
     for fragment in ("| **B - C (SFT teacher vs standard, both SFT blocks) (imitation)** (primary) | 4x mni152 | 2 |",
                      "| C - D (SFT blocks vs student init) (imitation) | 4x colin27 | 2 |",
-                     "| Std teacher + student init (imitation) |"):
+                     "| Std teacher + student init (imitation) |", "| SFT blocks, no KD |",
+                     "| Student alone, pre-training + KD epochs |",
+                     "| B - N (SFT teacher's KD vs its blocks without KD) (imitation) | 4x colin27 | 2 |",
+                     "| D - L (student pre-training + KD vs the student alone, same epochs) (imitation) | 4x mni152 | 2 |"):
         assert fragment in table, fragment
     assert (docs / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The committed files alone rebuild the same table: no run folder needed.

@@ -10,8 +10,9 @@
 #                different times or on different machines add up), STUDY_FLAGS (default: the map's setting,
 #                chosen in docs/setting, "--lr-step-size 20 --augment"; study.sh's own default lacks --augment,
 #                so a cell run through study.sh alone would not be a cell of this map), and every other variable
-#                of scripts/study/study.sh (EPOCHS, SIZE, TRAIN_FLAGS, PREPARE_FLAGS, TEACHER_FLAGS, JOBS, ...), the
-#                same for every cell; STUDENT_FLAGS and ACC are the cell's.
+#                of scripts/study/study.sh (EPOCHS, SIZE, TRAIN_FLAGS, PREPARE_FLAGS, TEACHER_FLAGS, JOBS, NOKD, ...),
+#                the same for every cell; STUDENT_FLAGS and ACC are the cell's. One committed cell again with the
+#                no-KD arms N and L: scripts/study/cell.sh (docs/map/plan-N-L.md).
 # Resumable: study.sh skips finished runs and evaluations, so re-running continues the first unfinished cell;
 # a cell whose every seed is evaluated is not touched. MAP_ONLY=1 only redraws the heatmaps from MAP_DOCS.
 set -euo pipefail

@@ -1,0 +1,109 @@
+"""scripts/study/cell.sh after its runs (a scratch evaluation already in place, so nothing trains): the bit-for-bit
+check of the old arms decides what is copied into the committed cell, and the cell's table and the map rebuild."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+CELL = "w8-4x"
+
+
+def setup(tmp_path):
+    """A copy of the committed map and a scratch rerun of one cell that equals the committed evaluation."""
+    docs = tmp_path / "map"
+    shutil.copytree(ROOT / "docs" / "map", docs)
+    scratch = tmp_path / "results" / "docs" / CELL
+    shutil.copytree(docs / CELL / "mni152", scratch / "mni152")
+    for times in (docs / CELL).glob("times_seed*.tsv"):
+        shutil.copy(times, scratch)
+    return docs, scratch
+
+
+def cell_sh(tmp_path, docs, cell=CELL, **env):
+    brain = tmp_path / "ch2bet.nii.gz"
+    brain.write_bytes(b"")  # only its presence is checked once the runs exist
+    outer = {key: value for key, value in os.environ.items()
+             if key not in ("SEEDS", "STUDY_FLAGS", "EPOCHS", "SIZE", "KD_METHODS", "STUDENT_FLAGS", "TEACHER_FLAGS",
+                            "TRAIN_FLAGS", "PREPARE_FLAGS")}
+    full = {**outer, "MAP_DOCS": str(docs), "COLIN27": str(brain), "PYTHON": sys.executable, "ALLOW_DIRTY": "1",
+            **env}
+    return subprocess.run(["bash", "scripts/study/cell.sh", cell, str(tmp_path / "results")], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow  # two reports and a map, ~20 s of CPU
+def test_a_reproduced_rerun_rebuilds_the_committed_cell_byte_for_byte(tmp_path):
+    docs, _ = setup(tmp_path)
+    result = cell_sh(tmp_path, docs)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "reproduced: every committed per-slice metric is identical" in result.stdout
+    assert "git add" in result.stdout and "old arms reproduced bit for bit" in result.stdout
+    record = json.loads((docs / CELL / "rerun.json").read_text())
+    assert record["old_arms_reproduced"] is True and record["kd_methods"] == ["at", "imitation"]
+    assert "AMD EPYC" in record["trained_on"]
+    for name in ("table.md", "table.csv"):
+        assert (docs / CELL / name).read_text() == (ROOT / "docs" / "map" / CELL / name).read_text()
+    assert (docs / "map.md").read_text() == (ROOT / "docs" / "map" / "map.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_rerun_that_differs_is_refused_on_the_map_s_cpu_kind_and_a_new_cell_on_another(tmp_path):
+    docs, scratch = setup(tmp_path)
+    metrics = scratch / "mni152" / "seed23" / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+    fields = lines[40].split(",")
+    fields[3] = repr(float(fields[3]) + 1e-9)
+    metrics.write_text("\n".join([*lines[:40], ",".join(fields), *lines[41:]]) + "\n")
+    before = (docs / CELL / "mni152" / "seed23" / "metrics.csv").read_text()
+    refused = cell_sh(tmp_path, docs)
+    assert refused.returncode == 1 and "the code changed their numbers" in refused.stderr
+    assert f"seed23: {fields[0]} differs on 1 of 28 slices" in refused.stdout
+    assert (docs / CELL / "mni152" / "seed23" / "metrics.csv").read_text() == before
+    assert not (docs / CELL / "rerun.json").exists()
+    # The same difference from another CPU kind: a new cell, copied whole, its record saying so.
+    for summary_path in scratch.glob("mni152/seed*/summary.json"):
+        summary = json.loads(summary_path.read_text())
+        for record in summary["trained_on"].values():
+            record["cpu"] = "Other CPU (family 6, model 143)"
+        summary_path.write_text(json.dumps(summary))
+    new = cell_sh(tmp_path, docs)
+    assert new.returncode == 0, new.stderr[-2000:]
+    assert "the CPU kind differs" in new.stdout and "new cell" in new.stdout
+    assert (docs / CELL / "mni152" / "seed23" / "metrics.csv").read_text() == metrics.read_text()
+    assert json.loads((docs / CELL / "rerun.json").read_text())["old_arms_reproduced"] is False
+    assert "Trained on: Other CPU (family 6, model 143)" in (docs / CELL / "table.md").read_text()
+
+
+def test_bad_cells_and_settings_are_refused_before_anything_runs(tmp_path):
+    docs = tmp_path / "map"
+    docs.mkdir()
+    assert cell_sh(tmp_path, docs, cell="w8-5x").stderr.startswith("error: unknown cell 'w8-5x'")
+    refused = cell_sh(tmp_path, docs, SEEDS="1 2")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: SEEDS is set")
+    missing = cell_sh(tmp_path, docs)
+    assert missing.returncode == 2 and missing.stderr.startswith(f"error: {docs}/{CELL}/mni152 does not exist")
+    assert not (tmp_path / "results").exists()
+
+
+def test_reproduced_compares_every_committed_row_as_text(tmp_path):
+    from conftest import run_cli
+    committed = ROOT / "docs" / "map" / CELL
+    same = run_cli("-m", "scripts.study.reproduced", "--committed", str(committed), "--rerun", str(committed))
+    assert same.returncode == 0 and same.stdout.splitlines()[-1].startswith("reproduced: every committed")
+    rerun = tmp_path / CELL
+    shutil.copytree(committed / "mni152", rerun / "mni152")
+    metrics = rerun / "mni152" / "seed21" / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(line for line in lines if not line.startswith("sftkd-at-seed21,")) + "\n")
+    missing = run_cli("-m", "scripts.study.reproduced", "--committed", str(committed), "--rerun", str(rerun))
+    assert missing.returncode == 1 and "not reproduced: mni152/seed21: sftkd-at-seed21 is missing" in missing.stdout
+    assert "mni152/seed22: 8 of 8 committed models identical, 0 new" in missing.stdout
+    bad = run_cli("-m", "scripts.study.reproduced", "--committed", str(tmp_path / "nothing"), "--rerun", str(rerun))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --committed")
