@@ -6,6 +6,7 @@ output), so a slice reconstructed here equals evaluate.py's reconstruction of th
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from data.fft import IMAGE_TYPES, data_fidelity, data_fidelity_half, half_spectr
 from data.fingerprint import file_digest
 from data.layout import mask_name
 from data.masks import load_mask, mask_lines
+from data.outputs import atomic_write
 from data.scans import NetworkInputs, Target
+from models.cost import synthetic_inputs
 from models.nets.registry import image_channels_of
 from models.training.speed import MEMORY_FORMATS, auto_layout
 from utils import UserError
@@ -129,11 +132,35 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor, relu: bool) -> torch.Tensor:
                                                    [None], "")
 
 
+def _narrow_conv(conv: nn.Conv2d, hidden: torch.Tensor) -> torch.Tensor:
+    """A 3x3 convolution to a few channels (C -> I, I = 1 or 2: a block's last) as one matrix product and nine
+    shifted sums: ``g = W' h`` gives, per pixel, each tap's contribution, (I * 9, B, H, W), and the output adds
+    each tap's plane shifted by its offset. oneDNN's kernels are built for wide outputs: this does the same
+    multiply-adds in a different order (float rounding) several times faster.
+
+    hidden: (B, C, H, W) float32, any layout. Returns (B, I, H, W) float32."""
+    batch, channels, height, width = hidden.shape
+    outputs = conv.out_channels
+    taps = conv.weight.permute(0, 2, 3, 1).reshape(outputs * 9, channels)  # (I * 9, C), tap t = 3 i + j
+    if hidden.is_contiguous(memory_format=torch.channels_last):
+        per_tap = taps @ hidden.permute(1, 0, 2, 3).reshape(channels, -1)  # a (C, B H W) view of NHWC
+        per_tap = per_tap.view(outputs, 9, batch, height, width).transpose(1, 2).transpose(0, 1)
+    else:
+        per_tap = (taps @ hidden.reshape(batch, channels, -1)).view(batch, outputs, 9, height, width)
+    out = per_tap[:, :, 4] + conv.bias.view(1, -1, 1, 1)  # the centre tap covers every pixel
+    for tap in (0, 1, 2, 3, 5, 6, 7, 8):
+        di, dj = tap // 3 - 1, tap % 3 - 1  # out[y, x] += plane[y + di, x + dj] where that is inside
+        out[..., max(0, -di):height - max(0, di), max(0, -dj):width - max(0, dj)] += \
+            per_tap[:, :, tap, max(0, di):height - max(0, -di), max(0, dj):width - max(0, -dj)]
+    return out
+
+
 class FusedDCCNN(nn.Module):
     """Inference-only forward of a DC-CNN (models/nets/dccnn.py) with its fixed cost cut: the mask made boolean
-    once per forward instead of once per cascade; each convolution and its ReLU one oneDNN call (CPU); and for
-    magnitude images the data-fidelity step on real FFTs (:func:`data.fft.data_fidelity_half`: half the FFT
-    work, no real <-> complex copies). Equal to the training forward up to float rounding
+    once per forward instead of once per cascade; each convolution and its ReLU one oneDNN call (CPU); each
+    block's last convolution (to 1 or 2 channels) as a matrix product (:func:`_narrow_conv`); and for magnitude
+    images the data-fidelity step on real FFTs (:func:`data.fft.data_fidelity_half`: half the FFT work, one
+    elementwise pass, no real <-> complex copies). Equal to the training forward up to float rounding
     (tests/test_inference_modes.py states the tolerance). Takes and returns what the DC-CNN does."""
 
     def __init__(self, net: nn.Module):
@@ -155,7 +182,7 @@ class FusedDCCNN(nn.Module):
                 conv = getattr(block, name)
                 h = _conv(conv, h, True) if fused else F.relu(conv(h), inplace=True)
             last = getattr(block, block.names[-1])
-            out = _conv(last, h, False) if fused else last(h)
+            out = _narrow_conv(last, h) if last.out_channels <= 2 else last(h)
             if block.residual:
                 out = out + cnn_in
             if pad:
@@ -205,3 +232,31 @@ def inference_network(net: nn.Module, mode: str = "exact") -> nn.Module:
     if mode not in INFERENCE_MODES:
         raise UserError(f"--mode {mode!r} is unknown; choose one of: {', '.join(INFERENCE_MODES)}")
     return INFERENCE_MODES[mode][1](net)
+
+
+# --------------------------------------------------------------------------- a self-contained program
+
+EXPORT_INFO = "sftkd.json"
+EXPORT_USAGE = ("import torch; net = torch.export.load(PATH).module(); recon = net(zero_filled, kspace_under, mask) "
+                "with zero_filled (B, C, H, W) float32, kspace_under (B, 1, H, W) complex64 and mask (B, 1, H, W) "
+                "float32 of {0, 1}, k-space unshifted (DC at [0, 0]) and orthonormal: image = ifft2(k, norm='ortho')")
+
+
+def export_program(net: nn.Module, path: Path, channels: int, info: dict, mode: str = "exact") -> None:
+    """Write ``net`` in ``mode`` as a :func:`torch.export` program (``.pt2``) that runs with torch alone, without
+    this repository: batch, height and width are dynamic. ``info`` (JSON-able: the checkpoint's arch, image
+    type, training size) is stored beside it as the extra file :data:`EXPORT_INFO`, with the usage."""
+    from torch.export import Dim
+
+    program_net = inference_network(net.cpu().eval(), mode)
+    example = _example_inputs(channels)
+    batch, height, width = Dim("batch", min=1, max=4096), Dim("height", min=8, max=8192), Dim("width", min=8, max=8192)
+    dims = {0: batch, 2: height, 3: width}
+    with torch.no_grad():
+        program = torch.export.export(program_net, example, dynamic_shapes=(dims, dims, dims))
+    extra = {EXPORT_INFO: json.dumps({**info, "mode": mode, "usage": EXPORT_USAGE}, indent=2)}
+    atomic_write(path, lambda f: torch.export.save(program, f, extra_files=extra))
+
+
+def _example_inputs(channels: int) -> tuple[torch.Tensor, ...]:
+    return synthetic_inputs(24, 2, channels)

@@ -4,7 +4,9 @@ fastMRI submission files out.
 Usage::
 
     python -m scripts.reconstruct CHECKPOINT INPUT... --out-dir DIR [--format nifti|fastmri] [--png]
-        [--no-undersample] [--mask FILE] [--acc 4x] [--batch-size 4] [--device auto|cpu|cuda] [--overwrite]
+        [--no-undersample] [--mask FILE] [--acc 4x] [--mode exact|fused|bf16|compile] [--batch-size 4]
+        [--device auto|cpu|cuda] [--overwrite]
+    python -m scripts.reconstruct CHECKPOINT --export student.pt2 [--mode exact|fused]
 
 Inputs (data/scans.py, one reader per format): fastMRI single-coil HDF5 (test files hold undersampled ``kspace``
 and its ``mask``; train / validation files are undersampled with the checkpoint's mask unless
@@ -18,7 +20,13 @@ Outputs in ``--out-dir``, one per input volume, named after it (data/recon_files
 the input's affine where it has one) or ``{name}.h5`` (``--format fastmri``: dataset ``reconstruction`` (S, H, W)
 in the input's units, which fastMRI's evaluate.py scores); with ``--png`` also ``png/{name}_{slice}.png``. They
 replace the previous run's files only once every input is done (``manifest.json``); on any error nothing is
-written. A slice's reconstruction is evaluate.py's for the same slice and checkpoint, bit for bit.
+written. A slice's reconstruction is evaluate.py's for the same slice and checkpoint, bit for bit, in the default
+``--mode exact`` (the training forward); the faster modes (models/inference.py) differ by float rounding (fused,
+compile) or bfloat16 rounding (bf16), as tests/test_inference_modes.py bounds.
+
+``--export FILE.pt2`` writes the network instead, as a torch.export program that runs with torch alone (no
+checkout of this repository): ``torch.export.load(FILE).module()(zero_filled, kspace_under, mask)``; the file's
+extra entry ``sftkd.json`` records the checkpoint, architecture, image type, training size and the usage.
 """
 from __future__ import annotations
 
@@ -30,13 +38,15 @@ if not __package__:  # run by path: the repository root, which holds the package
     print("error: run it as a module from the repository root: python -m scripts.reconstruct ...", file=sys.stderr)
     sys.exit(2)
 
+from data.fft import IMAGE_TYPES  # noqa: E402
 from data.masks import acc_type  # noqa: E402
 from data.outputs import staged  # noqa: E402
 from data.recon_files import FILE_NAMES, WRITERS, write_png  # noqa: E402
 from data.scans import ReadOptions, network_inputs, read_scans  # noqa: E402
 from models.checkpoints.format import load_model  # noqa: E402
-from models.inference import INFERENCE_MODES, checkpoint_target, for_inference, inference_network, reconstruct  # noqa: E402
-from models.nets.registry import reconstructor  # noqa: E402
+from models.inference import (EXPORT_USAGE, INFERENCE_MODES, checkpoint_target, export_program,  # noqa: E402
+                              for_inference, inference_network, reconstruct)
+from models.nets.registry import describe_arch, image_channels_of, reconstructor  # noqa: E402
 from models.training.distributed import resolve_device  # noqa: E402
 from utils import CliParser, UserError, refuse_to_overwrite, run_cli  # noqa: E402
 
@@ -47,9 +57,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
                         help="a checkpoint of this project (best_model.pt; an SFT checkpoint gives its teacher)")
-    parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+    parser.add_argument("inputs", type=Path, nargs="*", metavar="INPUT",
                         help="fastMRI .h5, ISMRMRD .h5 / .mrd or NIfTI .nii / .nii.gz files")
-    parser.add_argument("--out-dir", type=Path, required=True, help="where the reconstructions go")
+    parser.add_argument("--out-dir", type=Path, help="where the reconstructions go")
+    parser.add_argument("--export", type=Path, metavar="FILE.pt2",
+                        help="instead: write the network (in --mode) as a torch.export program that runs with torch "
+                             "alone, without this repository (dynamic batch, height and width)")
     parser.add_argument("--format", choices=tuple(WRITERS), default="nifti",
                         help="nifti: {name}.nii.gz; fastmri: {name}.h5 with 'reconstruction' (S, H, W), fastMRI's "
                              "submission format")
@@ -77,6 +90,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size} must be at least 1")
     model, ckpt = load_model(args.checkpoint, "CHECKPOINT")
+    if args.export is not None:
+        if args.inputs or args.out_dir:
+            raise UserError("--export writes the network alone; drop the INPUT files and --out-dir (or --export)")
+        export(args, model, ckpt)
+        return
+    if not args.inputs or args.out_dir is None:
+        raise UserError("pass INPUT files and --out-dir (or --export FILE.pt2 to write the network alone)")
     target = checkpoint_target(args.checkpoint, ckpt, args.acc, args.mask, args.size)
     options = ReadOptions(target.image, args.axis, args.no_undersample)
     scans = [scan for path in args.inputs for scan in read_scans(path, options)]
@@ -106,6 +126,21 @@ def main(argv: list[str] | None = None) -> None:
                   f"{seconds * 1e3:.1f} ms per slice ({device.type})")
     print(f"wrote {len(scans)} reconstruction(s), {total} slices, to {args.out_dir} (--format {args.format}"
           f"{', png/' if args.png else ''})")
+
+
+def export(args: argparse.Namespace, model, ckpt: dict) -> None:
+    """--export: the checkpoint's reconstructing network as a self-contained torch.export program."""
+    if args.export.suffix != ".pt2":
+        raise UserError(f"--export {args.export}: name the program FILE.pt2 (torch.export's format)")
+    refuse_to_overwrite(args.export, args.overwrite, "--export path", "--export")
+    content = ckpt.get("config", {}).get("content", {}) if isinstance(ckpt.get("config"), dict) else {}
+    channels = image_channels_of(ckpt["arch"])
+    info = {"checkpoint": str(args.checkpoint), "arch": ckpt["arch"], "run_name": ckpt.get("run_name"),
+            "image": IMAGE_TYPES.get(channels), "trained_size": content.get("image_size") if isinstance(content, dict)
+            else None}
+    export_program(reconstructor(model), args.export, channels, info, args.mode)
+    print(f"wrote {args.export}: {describe_arch(ckpt['arch'])} in --mode {args.mode} as a torch.export program; "
+          f"{EXPORT_USAGE.replace('PATH', repr(str(args.export)))}")
 
 
 if __name__ == "__main__":

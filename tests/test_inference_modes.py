@@ -83,3 +83,15 @@ def test_compiled_mode_equals_the_training_forward_within_tolerance():
 def test_every_mode_is_described():
     assert set(INFERENCE_MODES) >= {"exact", "fused", "bf16", "compile"}
     assert all(description for description, _ in INFERENCE_MODES.values())
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_narrow_convolution_as_a_matrix_product_equals_conv2d(outputs, layout):
+    from models.inference import _narrow_conv
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, outputs, 3, padding=1)
+    hidden = torch.randn(2, 32, 13, 17).to(memory_format=layout)
+    # The same 9 * 32 products per output, summed in another order: float32 rounding, a few eps of the sum of |terms|.
+    expected = conv(hidden)
+    assert relative_difference(expected, _narrow_conv(conv, hidden)) < 1e-5

@@ -2,7 +2,6 @@
 it resumes, and their loaders over the resumable shuffle (models/training/distributed.EpochSampler)."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -66,8 +65,8 @@ class RunData:
         """(training loader, its sampler, validation loader) for this rank. Build them after a resumed run's RNG
         is restored, as the original run did; ``--augment`` wraps the training split here. The set-up is then
         complete: :attr:`note` is printed here."""
-        if self.note and dist.main:
-            print(self.note, file=sys.stderr)
+        if self.note and dist.main:  # information, not a problem: stdout, so stderr stays one error line
+            print(self.note)
         seed = optim.seed
         train = AugmentedSlices(self.train, seed) if data.augment else self.train
         sampler = EpochSampler(len(train), seed, dist.rank, dist.world, keys=data.augment)
