@@ -67,18 +67,23 @@ def test_a_rerun_that_differs_is_refused_on_the_map_s_cpu_kind_and_a_new_cell_on
     assert f"seed23: {fields[0]} differs on 1 of 28 slices" in refused.stdout
     assert (docs / CELL / "mni152" / "seed23" / "metrics.csv").read_text() == before
     assert not (docs / CELL / "rerun.json").exists()
-    # The same difference from another CPU kind: a new cell, copied whole, its record saying so.
-    for summary_path in scratch.glob("mni152/seed*/summary.json"):
+    # The same difference from another CPU kind: a new cell, copied whole, its record saying so. Its runs scored
+    # a second brain too (here a copy of the first under its name), which the map draws apart.
+    shutil.copytree(scratch / "mni152", scratch / "colin27")
+    for summary_path in scratch.glob("*/seed*/summary.json"):
         summary = json.loads(summary_path.read_text())
         for record in summary["trained_on"].values():
             record["cpu"] = "Other CPU (family 6, model 143)"
+        summary["test_set"] = summary_path.parts[-3]
         summary_path.write_text(json.dumps(summary))
     new = cell_sh(tmp_path, docs)
     assert new.returncode == 0, new.stderr[-2000:]
     assert "the CPU kind differs" in new.stdout and "new cell" in new.stdout
     assert (docs / CELL / "mni152" / "seed23" / "metrics.csv").read_text() == metrics.read_text()
     assert json.loads((docs / CELL / "rerun.json").read_text())["old_arms_reproduced"] is False
-    assert "Trained on: Other CPU (family 6, model 143)" in (docs / CELL / "table.md").read_text()
+    table = (docs / CELL / "table.md").read_text()
+    assert "Trained on: Other CPU (family 6, model 143)" in table and "| 4x colin27 |" in table
+    assert (docs / "colin27" / "map.md").read_text().startswith("Map, colin27 test set")
 
 
 def test_bad_cells_and_settings_are_refused_before_anything_runs(tmp_path):

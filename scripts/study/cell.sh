@@ -108,5 +108,5 @@ else
     what="new cell: the CPU kind differs from the map's, every arm from this machine"
 fi
 echo "== cell $CELL done ($what); $MAP_DOCS/$CELL/table.md. To commit it:"
-echo "   git add $MAP_DOCS/$CELL $MAP_DOCS/map.md $MAP_DOCS/map.png && git commit -m \"map cell $CELL with arms N and L," \
+echo "   git add $MAP_DOCS/$CELL $MAP_DOCS/map.md $MAP_DOCS/map.png $MAP_DOCS/colin27 && git commit -m \"map cell $CELL with arms N and L," \
     "Colin27$( [ "$acc" = 4x ] && echo ", imitation") (plan docs/map/plan-N-L.md; $what; at $commit) (issue 39)\""

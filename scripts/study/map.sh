@@ -14,7 +14,8 @@
 #                the same for every cell; STUDENT_FLAGS and ACC are the cell's. One committed cell again with the
 #                no-KD arms N and L: scripts/study/cell.sh (docs/map/plan-N-L.md).
 # Resumable: study.sh skips finished runs and evaluations, so re-running continues the first unfinished cell;
-# a cell whose every seed is evaluated is not touched. MAP_ONLY=1 only redraws the heatmaps from MAP_DOCS.
+# a cell whose every seed is evaluated is not touched. MAP_ONLY=1 only redraws the heatmaps from MAP_DOCS (and, once a
+# cell has scored Colin27, those of the second brain in MAP_DOCS/colin27).
 set -euo pipefail
 if [ $# -gt 1 ]; then
     echo "error: expected at most one argument, got $#; usage: bash scripts/study/map.sh [RESULTS]" >&2
@@ -66,3 +67,8 @@ if [ "${MAP_ONLY:-0}" != 1 ]; then
     done
 fi
 "$PYTHON" -m scripts.study.map --map-dir "$MAP_DOCS" --out-dir "$MAP_DOCS" --overwrite --kd-method "${KD_METHODS%% *}"
+# The second brain's map (MAP_DOCS/colin27/map.{png,md}) once some cell has scored Colin27 (docs/map/plan-N-L.md).
+if compgen -G "$MAP_DOCS/*/colin27/seed*/summary.json" > /dev/null; then
+    "$PYTHON" -m scripts.study.map --map-dir "$MAP_DOCS" --test-set colin27 --out-dir "$MAP_DOCS/colin27" --overwrite \
+        --kd-method "${KD_METHODS%% *}"
+fi
