@@ -129,7 +129,7 @@ ARMS = (
         versus=(("L", "student pre-training + KD vs the student alone, same epochs", False),)),
     Arm("E", "SFT-KD-Recon, imitation 0", "sft-imitation0", "sft-blocks", "sft0", "imitation0",
         "SFT-KD-Recon with the SFT teacher trained at --imitation-weight 0"),
-    # The no-KD arms (issue 39; plan: docs/map/plan-N-L.md). N is the replication's hand-run control
+    # The no-KD arms (why, and what each outcome means: docs/map/plan-N-L.md). N is the replication's hand-run control
     # (docs/replication/w8-8x-20-nokd, run stdkd-sftinit-none); their contrasts are their own Holm family.
     Arm("N", "SFT blocks, no KD", "standard", "sft-blocks", "sft", "nokd",
         "the SFT run's S2..S5 fine-tuned with L1 alone (--kd-method none), the KD runs' epochs and schedule",
