@@ -84,11 +84,14 @@ read -r -a methods <<< "$KD_METHODS"
 arm_flags=(--groups "${groups[@]}" --method "${methods[@]}" --runs-dir "$OUT" --pretrain-epochs "$EPOCHS"
            --epochs "${KD_EPOCHS:-$EPOCHS}")
 [ -n "$lr_step" ] && arm_flags+=(--lr-step-size "$lr_step")
-# Read every line first: a run must not inherit (and read) the list on its standard input.
-mapfile -t arms < <("$PYTHON" -m scripts.study.arms runs "${arm_flags[@]}" || echo "arms-failed")
-if [ ${#arms[@]} -eq 0 ] || [ "${arms[-1]}" = arms-failed ]; then
-    echo "error: python -m scripts.study.arms listed no KD arm (see its error above)" >&2
-    exit 2
+arms=()
+if [ ${#methods[@]} -gt 0 ] || [ "${NOKD:-0}" = 1 ]; then  # KD_METHODS="" and no NOKD: the base runs only
+    # Read every line first: a run must not inherit (and read) the list on its standard input.
+    mapfile -t arms < <("$PYTHON" -m scripts.study.arms runs "${arm_flags[@]}" || echo "arms-failed")
+    if [ ${#arms[@]} -eq 0 ] || [ "${arms[-1]}" = arms-failed ]; then
+        echo "error: python -m scripts.study.arms listed no KD arm (see its error above)" >&2
+        exit 2
+    fi
 fi
 [ "${CHECK_ONLY:-0}" = 1 ] && exit 0
 
@@ -141,7 +144,7 @@ if [ "${SFT_IMITATION0:-0}" = 1 ]; then
     run sft0 train_sft.py $sft_flags ${SFT_FLAGS:-} --imitation-weight 0
 fi
 RUN_EPOCHS=${KD_EPOCHS:-$EPOCHS}
-for line in "${arms[@]}"; do
+for line in "${arms[@]+"${arms[@]}"}"; do
     IFS=$'\t' read -r -a fields <<< "$line"
     # The arm's own flags come after TRAIN_FLAGS, so L's --epochs / --lr-step-size win.
     # shellcheck disable=SC2086

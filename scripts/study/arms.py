@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = CliParser(prog="python -m scripts.study.arms", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["runs", "names"])
     parser.add_argument("--groups", nargs="+", choices=GROUPS, default=["paper"])
-    parser.add_argument("--method", nargs="+", required=True,
-                        help="the study's KD methods (names of --kd-method list)")
+    parser.add_argument("--method", nargs="*", required=True,
+                        help="the study's KD methods (names of --kd-method list); none given: the no-KD arms only")
     # Read, not written: the base runs' folder, so not --out-dir.
     old_spellings(parser.add_argument("--runs-dir", "--out", default=".",
                                       help="folder of the base runs (teacher/, student/, sft/, sft0/)"), "--out")
