@@ -112,3 +112,60 @@ def test_reproduced_compares_every_committed_row_as_text(tmp_path):
     assert "mni152/seed22: 8 of 8 committed models identical, 0 new" in missing.stdout
     bad = run_cli("-m", "scripts.study.reproduced", "--committed", str(tmp_path / "nothing"), "--rerun", str(rerun))
     assert bad.returncode == 2 and bad.stderr.startswith("error: --committed")
+
+
+def test_partial_compares_only_the_rerun_models(tmp_path):
+    from conftest import run_cli
+    committed = ROOT / "docs" / "map" / CELL
+    rerun = tmp_path / CELL
+    shutil.copytree(committed / "mni152", rerun / "mni152")
+    for metrics in rerun.glob("mni152/seed*/metrics.csv"):
+        lines = metrics.read_text().splitlines()
+        metrics.write_text("\n".join(line for line in lines if "kd-" not in line.split(",")[0]) + "\n")
+    partial = run_cli("-m", "scripts.study.reproduced", "--committed", str(committed), "--rerun", str(rerun),
+                      "--partial")
+    assert partial.returncode == 0, partial.stdout
+    assert "mni152/seed21: 4 of 8 committed models identical (4 not rerun), 0 new" in partial.stdout
+
+
+@pytest.mark.slow  # a report and a map, ~10 s of CPU
+def test_arms_evaluated_apart_join_their_cell_s_table_and_map(tmp_path):
+    """A cell's nokd/{test set}/seedN (N and L run after the cell) is read with the cell by study.sh's report and
+    map.py: their rows and contrasts appear, the rest of the table is unchanged."""
+    docs = tmp_path / "map"
+    shutil.copytree(ROOT / "docs" / "map" / CELL, docs / CELL)
+    roles = {"stdkd-sftinit-none": {"model": "kd", "teacher": "standard", "init": "sft-blocks", "kd_method": "none"},
+             "stdkd-none": {"model": "kd", "teacher": "standard", "init": "scratch", "kd_method": "none"}}
+    for seed in range(21, 26):
+        source = docs / CELL / "mni152" / f"seed{seed}"
+        part = docs / CELL / "nokd" / "mni152" / f"seed{seed}"
+        part.mkdir(parents=True)
+        lines = (source / "metrics.csv").read_text().splitlines()
+        rows = [lines[0], *(line for line in lines if line.startswith("ZF,"))]
+        for run, like in (("stdkd-sftinit-none", "stdkd-sftinit-at"), ("stdkd-none", "student")):
+            rows += [line.replace(f"{like}-seed{seed},", f"{run}-seed{seed},", 1) for line in lines
+                     if line.startswith(f"{like}-seed{seed},")]
+        (part / "metrics.csv").write_text("\n".join(rows) + "\n")
+        summary = json.loads((source / "summary.json").read_text())
+        nets = summary["roles"][f"stdkd-at-seed{seed}"]["nets"]
+        summary["roles"] = {f"{run}-seed{seed}": {**r, "nets": nets, "seed": seed} for run, r in roles.items()}
+        summary["checkpoints"] = {f"{run}-seed{seed}": f"{run}/best_model.pt" for run in roles}
+        summary["trained_on"] = {name: summary["machine"] for name in summary["checkpoints"]}
+        (part / "summary.json").write_text(json.dumps(summary))
+    env = {**os.environ, "REPORT_ONLY": "1", "DOCS": str(docs / CELL), "PYTHON": sys.executable}
+    result = subprocess.run(["bash", "scripts/study/study.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (docs / CELL / "table.md").read_text()
+    committed = (ROOT / "docs" / "map" / CELL / "table.md").read_text()
+    # N scores like C here, so B - N is B - C; the old rows are the committed ones.
+    primary = next(line for line in committed.splitlines() if line.startswith("| **B - C"))
+    b_n = next(line for line in table.splitlines() if line.startswith("| B - N"))
+    assert b_n.split("|")[3:9] == primary.split("|")[3:9]
+    assert "| SFT blocks, no KD |" in table and "| Student alone, pre-training + KD epochs |" in table
+    assert next(line for line in committed.splitlines() if line.startswith("| Teacher |")) in table
+    mapped = subprocess.run([sys.executable, "-m", "scripts.study.map", "--map-dir", str(docs), "--out-dir",
+                             str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert mapped.returncode == 0, mapped.stderr[-2000:]
+    assert f"| {CELL} | D - L (student pre-training + KD vs the student alone, same epochs) (at) |" in \
+        (tmp_path / "out" / "map.md").read_text()

@@ -76,7 +76,9 @@ if [ "$status" -ne 0 ] && grep -q "the CPU kind is the same" "$check"; then
 fi
 [ "$status" -le 1 ] || exit "$status"
 
-# The rerun's evaluation replaces the cell's: every seed of both test sets and its times.
+# The rerun's evaluation replaces the cell's: every seed of both test sets and its times; arms evaluated apart
+# before (nokd/: N and L run alone) are in the rerun too, from this one machine.
+rm -rf "${MAP_DOCS:?}/$CELL/nokd"
 for set in mni152 colin27; do
     for dir in "$scratch/$CELL/$set"/seed*; do
         [ -d "$dir" ] || continue

@@ -87,7 +87,9 @@ def check_one_setting(cells: list[Cell]) -> None:
 
 
 def read_cell(folder: Path, test_set: str, kd_method: str) -> Cell:
-    dirs = sorted(d for d in (folder / test_set).glob("seed*") if (d / "summary.json").is_file())
+    # Arms evaluated after the rest of the cell (``<part>/{test set}/seedN``, e.g. nokd/) are read with it.
+    dirs = sorted(d for pattern in (f"{test_set}/seed*", f"*/{test_set}/seed*") for d in folder.glob(pattern)
+                  if (d / "summary.json").is_file())
     table, _ = report.collect(dirs)
     columns = report.table_columns(table)
     if len(columns) != 1:

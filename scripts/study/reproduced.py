@@ -1,6 +1,6 @@
 """Does a rerun of a committed cell reproduce its per-slice metrics bit for bit, and on which kind of CPU?
 
-    python -m scripts.study.reproduced --committed docs/map/w8-4x --rerun results/cells/w8-4x/docs/w8-4x
+    python -m scripts.study.reproduced --committed docs/map/w8-4x --rerun results/cells/w8-4x/docs/w8-4x [--partial]
 
 Both folders have study.sh's layout (``{test set}/seedN/metrics.csv`` and ``summary.json``). For every seed and
 test set of ``--committed``, every model it scored (ZF included) must be in the rerun's metrics.csv with the
@@ -48,8 +48,9 @@ def kinds(summary_path: Path) -> set[tuple]:
     return {tuple(record.get(field) for field in KIND_FIELDS) for record in records.values() if isinstance(record, dict)}
 
 
-def compare(committed: Path, rerun: Path) -> tuple[list[str], list[str]]:
-    """(one line per compared seed folder, the problems found): see the module docstring."""
+def compare(committed: Path, rerun: Path, partial: bool = False) -> tuple[list[str], list[str]]:
+    """(one line per compared seed folder, the problems found): see the module docstring. ``partial``: a rerun of
+    some arms only; committed models it did not score are counted as not rerun, not as problems."""
     lines, problems = [], []
     seed_dirs = sorted(committed.glob("*/seed*/metrics.csv"))
     if not seed_dirs:
@@ -62,9 +63,12 @@ def compare(committed: Path, rerun: Path) -> tuple[list[str], list[str]]:
             continue
         columns, old = read_rows(old_csv)
         _, new = read_rows(new_csv)
-        differing = []
+        differing, skipped = [], 0
         for model, old_rows in old.items():
             new_rows = new.get(model)
+            if new_rows is None and partial:
+                skipped += 1
+                continue
             if new_rows is None:
                 problems.append(f"{part}: {model} is missing from the rerun")
                 continue
@@ -77,8 +81,8 @@ def compare(committed: Path, rerun: Path) -> tuple[list[str], list[str]]:
                 differing.append(model)
                 problems.append(f"{part}: {model} differs on {len(changed)} of {len(old_rows)} slices "
                                 f"(largest PSNR difference {worst:.3g} dB)")
-        lines.append(f"{part}: {len(old) - len(differing)} of {len(old)} committed models identical, "
-                     f"{len(set(new) - set(old))} new")
+        lines.append(f"{part}: {len(old) - skipped - len(differing)} of {len(old)} committed models identical"
+                     + (f" ({skipped} not rerun)" if skipped else "") + f", {len(set(new) - set(old))} new")
     return lines, problems
 
 
@@ -86,11 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = CliParser(prog="python -m scripts.study.reproduced", description=__doc__.split("\n\n")[0])
     parser.add_argument("--committed", type=Path, required=True, help="the committed cell (e.g. docs/map/w8-4x)")
     parser.add_argument("--rerun", type=Path, required=True, help="the rerun's evaluation folder of the same cell")
+    parser.add_argument("--partial", action="store_true",
+                        help="the rerun trained some arms only: compare the committed models it scored, count the "
+                             "others as not rerun")
     args = parser.parse_args(argv)
     for flag, folder in (("--committed", args.committed), ("--rerun", args.rerun)):
         if not folder.is_dir():
             raise UserError(f"{flag} {folder} does not exist")
-    lines, problems = compare(args.committed, args.rerun)
+    lines, problems = compare(args.committed, args.rerun, args.partial)
     old_kinds = set().union(*(kinds(p) for p in args.committed.glob("*/seed*/summary.json")))
     new_kinds = set().union(*(kinds(p) for p in args.rerun.glob("*/seed*/summary.json")))
     name = lambda kind: describe_machine(dict(zip(KIND_FIELDS, kind)))  # noqa: E731

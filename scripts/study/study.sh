@@ -61,8 +61,9 @@ start=$(date +%s)
 
 report() {
     local dirs=()
+    # DOCS/<part>/{set}/seedN: arms evaluated after the rest of a seed's, read with it (e.g. a map cell's nokd/).
     for set in mni152 colin27; do
-        for dir in "$DOCS/$set"/seed*; do
+        for dir in "$DOCS/$set"/seed* "$DOCS"/*/"$set"/seed*; do
             [ -f "$dir/summary.json" ] && dirs+=("$dir")
         done
     done
