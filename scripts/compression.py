@@ -280,12 +280,15 @@ def plot(report: dict, path: Path) -> None:
     cell = report["ratio_cell"]
     latency = {row["network"]: row["median_s"] * 1e3 for row in report["latency"]
                if all(row[key] == value for key, value in cell.items())}
-    names = report["networks"]
+    # Every network in the exact mode and in the modes equal to it up to float32 rounding (fused): their PSNR is
+    # the evaluated one. bf16 changes the output beyond that and its PSNR is not evaluated here.
+    names = [entry for entry, mode in report["modes"].items() if mode in ("exact", "fused")]
+    base = {entry: entry.split("+")[0] for entry in names}
     if report["quality"]:
-        names = [n for n in names if n in report["quality"]]
-        values, label = [report["quality"][n]["PSNR"] for n in names], "PSNR (dB)"
+        names = [n for n in names if base[n] in report["quality"]]
+        values, label = [report["quality"][base[n]]["PSNR"] for n in names], "PSNR (dB)"
     else:
-        values = [-report["costs"][n]["flops"][str(cell["size"])] / 1e9 for n in names]
+        values = [-report["costs"][base[n]]["flops"][str(cell["size"])] / 1e9 for n in names]
         label = "- GFLOP per slice (higher is cheaper)"
     points = [(latency[n], v) for n, v in zip(names, values)]
     front = pareto_front(points)
