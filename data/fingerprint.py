@@ -5,11 +5,11 @@ data/prepare.py hashes each data file once, as it writes it, into ``split.json``
 hex digest}``); :func:`data_listing` hashes the files again wherever they are read (training start-up, --resume,
 evaluate.py) and refuses one whose content has changed since, even an edit in the middle that keeps its size. A
 streamed SHA-256 reads about 0.5 GB/s on one core (docs/measurements.md): minutes for a fastMRI-sized set, once
-per run start. Data prepared before split.json recorded hashes, or not by data/prepare.py, is hashed at first
-use (one note says so) and the run's config.json records those hashes.
+per run start. Data prepared before split.json recorded hashes is hashed at first use (one note says so), as
+are files in the public layout (no split.json), and the run's config.json records those hashes.
 
-Runs of older versions recorded each file's size and a hash of its first and last 64 KiB
-(:func:`ends_digest`, ``"{size}:{16 hex digits}"``); their records are still compared, that way.
+A run record whose entries are ends digests (:func:`ends_digest`, ``"{size}:{16 hex digits}"``: the size and a
+hash of the first and last 64 KiB) is compared that way.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from data.layout import acc_folder
+from data.layout import ACC_FOLDER_PREFIX, acc_folder
 from utils import UserError
 
 _CHUNK = 1 << 20
@@ -38,8 +38,8 @@ def file_digest(path: str | Path) -> str:
 
 
 def ends_digest(path: str | Path) -> str:
-    """``"{size}:{hash}"``: the file's size and a SHA-256 (first 16 hex digits) of its first and last 64 KiB (the
-    record of older runs)."""
+    """``"{size}:{hash}"``: the file's size and a SHA-256 (first 16 hex digits) of its first and last 64 KiB (what
+    run records without whole-file hashes hold)."""
     with open(path, "rb") as f:
         f.seek(0, 2)
         size = f.tell()
@@ -53,15 +53,17 @@ def ends_digest(path: str | Path) -> str:
 def tree_hashes(root: str | Path) -> dict[str, str]:
     """``{relative path: SHA-256 hex}`` of every ``.h5`` under ``root``'s split folders, for split.json."""
     root = Path(root)
-    return {p.relative_to(root).as_posix(): file_digest(p) for p in sorted(root.glob("*/acc_*/*.h5")) if p.is_file()}
+    files = sorted(root.glob(f"*/{ACC_FOLDER_PREFIX}*/*.h5"))
+    return {p.relative_to(root).as_posix(): file_digest(p) for p in files if p.is_file()}
 
 
-def recorded_hashes(root: str | Path) -> dict[str, str]:
-    """The hashes data/prepare.py recorded in ``root``'s split.json (empty for data without them)."""
+def recorded_hashes(root: str | Path) -> dict[str, str] | None:
+    """The hashes data/prepare.py recorded in ``root``'s split.json: empty for data prepared before it recorded
+    them, None for data without a split.json (the public KD-MRI files, which no run of this project prepared)."""
     try:
         record = json.loads((Path(root) / SPLIT_RECORD).read_text())
     except (OSError, ValueError):
-        return {}
+        return None
     hashes = record.get(HASH_KEY) if isinstance(record, dict) else None
     return {str(k): str(v) for k, v in hashes.items()} if isinstance(hashes, dict) else {}
 
@@ -70,10 +72,12 @@ def data_listing(root: str | Path, splits: Iterable[str],
                  accs: Iterable[str]) -> tuple[dict[str, dict[str, dict[str, str]]], str | None]:
     """``{split: {acc: {file name: "sha256:<hex>"}}}`` of every ``.h5`` of those splits (empty for a missing
     folder), each file hashed now and compared with split.json: a :class:`UserError` names a file whose content
-    changed since data/prepare.py wrote it. Also returns a one-line note when split.json lists some of the files
-    not (None when it lists them all), for a run to print at its first use of them."""
+    changed since data/prepare.py wrote it. Also returns a one-line note when the data's split.json lacks some
+    of the files (data prepared before split.json recorded hashes; None when it lists them all, or when there is
+    no split.json: data in the public layout), for a run to print at its first use of them."""
     root = Path(root)
-    recorded = recorded_hashes(root)
+    prepared = recorded_hashes(root)
+    recorded = prepared or {}
     listing, unrecorded = {}, 0
     for split in splits:
         for acc in accs:
@@ -93,8 +97,8 @@ def data_listing(root: str | Path, splits: Iterable[str],
                 files[path.name] = PREFIX + digest
             listing.setdefault(split, {})[acc] = files
     note = None
-    if unrecorded:
-        why = "" if recorded else " (prepared before file hashes were recorded, or not by data/prepare.py)"
+    if unrecorded and prepared is not None:
+        why = "" if recorded else " (prepared before data/prepare.py recorded file hashes)"
         note = (f"note: {root / SPLIT_RECORD} records no file hash for {unrecorded} file(s){why}: hashed them now, "
                 "and this run records them")
     return listing, note
@@ -107,8 +111,8 @@ def split_listing(root: str | Path, split: str, acc: str) -> dict[str, str]:
 
 def listing_changes(was: dict[str, str], now: dict[str, str], folder: str | Path | None = None) -> list[str]:
     """What differs between a recorded listing and :func:`split_listing` now, e.g. ``["vol03.h5 changed",
-    "vol09.h5 new"]`` (at most three of each kind named, then a count). Entries an older run recorded as ends
-    digests are compared as such, reading the file in ``folder``."""
+    "vol09.h5 new"]`` (at most three of each kind named, then a count). Entries recorded as ends digests are
+    compared as such, reading the file in ``folder``."""
     def changed(name: str) -> bool:
         if str(was[name]).startswith(PREFIX) or folder is None:
             return was[name] != now[name]
@@ -126,7 +130,7 @@ def listing_changes(was: dict[str, str], now: dict[str, str], folder: str | Path
 
 def matching_files(recorded: Iterable[str], listing: dict[str, str], folder: str | Path) -> list[str]:
     """The names in ``listing`` (:func:`split_listing` of ``folder``) whose content is one of the ``recorded``
-    digests (whole-file, or an older run's ends digests), sorted."""
+    digests (whole-file, or ends digests), sorted."""
     recorded = set(map(str, recorded))
     ends = any(not digest.startswith(PREFIX) for digest in recorded)
     return sorted(name for name, digest in listing.items()

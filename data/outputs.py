@@ -259,6 +259,11 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         raise
 
 
+# Free space to ask beyond an HDF5 file's arrays: its superblock, object headers, attributes and page buffer,
+# whose failing flush on a full disk crashes h5py instead of raising.
+HDF5_MARGIN = 1 << 20
+
+
 def check_free_space(path: str | Path, nbytes: int) -> None:
     """An ``OSError`` (ENOSPC) naming ``path`` and the space needed when its file system has less than
     ``nbytes`` free: asked before writes whose library fails badly on a full disk (h5py can crash the process,
@@ -266,8 +271,10 @@ def check_free_space(path: str | Path, nbytes: int) -> None:
     folder = Path(path)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    free = shutil.disk_usage(folder).free
-    if free < nbytes:
+    usage = shutil.disk_usage(folder)
+    free = usage.free
+    # A pseudo file system (/proc, /sys) reports no size at all: the write itself then gives the true error.
+    if usage.total > 0 and free < nbytes:
         raise OSError(errno.ENOSPC, f"No space left on device: {format_bytes(nbytes)} needed, "
                                     f"{format_bytes(free)} free", str(path))
 

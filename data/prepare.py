@@ -39,17 +39,15 @@ from data.split_check import check_split, slice_hashes  # noqa: E402
 from data.fingerprint import HASH_KEY, tree_hashes  # noqa: E402
 from data.staging import check_apart, check_output, staged_output  # noqa: E402
 from data.subjects import BLOCK_GAP, assign_subjects, block_split  # noqa: E402
-from data.outputs import check_free_space, folder_lock, write_json  # noqa: E402
-from utils import (CliParser, UserError, check_fits_memory, check_seed, clean_text, old_spellings, run_cli,  # noqa: E402
-                   seed_type)
+from data.outputs import HDF5_MARGIN, check_free_space, folder_lock, write_json  # noqa: E402
+from utils import (CliParser, UserError, check_fits_memory, check_seed, clean_text,  # noqa: E402
+                   old_spellings, run_cli, seed_type)
 
 DEFAULT_ACCS = ("4x", "5x")
 DEFAULT_CENTER_FRACTION = 0.08
 # Characters of subject ids printed per split: ACDC's 80 training patients fit, fastMRI's hundreds of
 # 64-character patient ids do not (split.json lists them all).
 SHOWN_SUBJECT_CHARS = 1000
-# Free space asked beyond a volume file's arrays: its superblock, object headers, attributes and page buffer.
-HDF5_MARGIN = 1 << 20
 # The kspace_source of data/fastmri.py's complex images, formed from the files' own k-space.
 ACQUIRED_FASTMRI = "acquired (fastMRI single-coil kspace)"
 FASTMRI_NOTE = ("This is retrospective undersampling of the magnitude reference (the paper's protocol), not "

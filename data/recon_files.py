@@ -14,7 +14,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from data.outputs import atomic_write, check_free_space
+from data.outputs import HDF5_MARGIN, atomic_write, check_free_space
 
 RECONSTRUCTION_KEY = "reconstruction"
 # --format -> the file a volume named ``name`` is written to.
@@ -48,7 +48,7 @@ def write_submission(folder: Path, name: str, recon: np.ndarray, scaling: tuple[
     def write(f):
         with h5py.File(f, "w") as h5:
             h5.create_dataset(RECONSTRUCTION_KEY, data=values)
-    check_free_space(folder, values.nbytes)
+    check_free_space(folder, values.nbytes + HDF5_MARGIN)
     atomic_write(path, write, mode="w+b")
     return path
 

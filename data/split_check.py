@@ -22,7 +22,7 @@ from typing import Iterable
 import h5py
 import numpy as np
 
-from data.layout import SPLITS, acc_folder
+from data.layout import SPLITS, TARGET_KEY, acc_folder
 from utils import UserError, first_line
 
 
@@ -39,9 +39,9 @@ def slice_hashes(volfs: np.ndarray) -> np.ndarray:
 
 def _image_hashes(f: h5py.File) -> np.ndarray | None:
     """:func:`slice_hashes` of a file's ``volfs`` (H, W, S), non-constant slices only; None without ``volfs``."""
-    if "volfs" not in f or len(f["volfs"].shape) != 3:
+    if TARGET_KEY not in f or len(f[TARGET_KEY].shape) != 3:
         return None
-    volfs = f["volfs"][()]
+    volfs = f[TARGET_KEY][()]
     varies = volfs.max(axis=(0, 1)) > volfs.min(axis=(0, 1))
     return slice_hashes(volfs)[varies]
 

@@ -55,6 +55,21 @@ def test_a_storage_larger_than_its_views_is_refused(tmp_path, deflate):
             load(path)
 
 
+def test_a_pickle_that_inflates_to_a_large_object_is_refused(tmp_path):
+    # A deflated data.pkl holding a long run of zeros: torch reads the pickle whole before unpickling it.
+    buffer = io.BytesIO()
+    torch.save(model_payload(DCCNN(STUDENT), "student"), buffer)
+    source = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    path = tmp_path / "big_pickle.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            body = source.read(info.filename)
+            out.writestr(info.filename, body + b"\0" * (80 << 20) if info.filename.endswith("data.pkl") else body)
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(UserError, match=r"inflates to 80\.\d MiB of pickled objects"):
+        load_checkpoint(path)
+
+
 def test_a_genuine_checkpoint_loads(tmp_path):
     path = tmp_path / "ok.pt"
     save_checkpoint(model_payload(DCCNN(STUDENT), "student"), path)

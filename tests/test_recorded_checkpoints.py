@@ -92,7 +92,7 @@ def test_a_malicious_best_model_is_refused_in_one_line_and_never_runs(world, sto
     # Issue F1: the stage switch used an unwrapped torch.load, whose refusal was a traceback.
     sentinel = stopped / "SENTINEL"
     shutil.move(malicious(stopped.parent, "zip", sentinel), stopped / "best_model.pt")
-    if not recorded:  # a run of an older version, which recorded nothing: the loader itself refuses
+    if not recorded:  # a run without a record: the loader itself refuses
         (stopped / RECORD).unlink()
     err = cli_error(train_student_kd.main, kd_args(world, stopped, "--resume"), capsys)
     assert str(stopped / "best_model.pt") in err and "Traceback" not in err and "weights_only=False" not in err

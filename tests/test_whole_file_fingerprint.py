@@ -18,7 +18,7 @@ import evaluate
 import train_teacher
 from data.fingerprint import ends_digest, split_listing
 from data.prepare import main as prepare_main
-from tests.conftest import cli_error, phantom, write_volume
+from tests.conftest import cli_error, make_dataset, phantom, write_volume
 from data.masks import cartesian_row_mask
 from utils import UserError
 
@@ -118,7 +118,17 @@ def test_data_without_recorded_hashes_is_hashed_at_first_use_with_one_note(copy,
     (copy["data"] / "split.json").write_text(json.dumps(split))
     exp = copy["exp"].parent / "fresh"
     train_teacher.main(train_args({"data": copy["data"], "exp": exp}, "--epochs", "1"))
-    notes = [line for line in capsys.readouterr().err.splitlines() if "records no file hash for" in line]
+    notes = [line for line in capsys.readouterr().out.splitlines() if "records no file hash for" in line]
     assert len(notes) == 1, notes
     listing = json.loads((exp / "config.json").read_text())["content"]["data"]["train"]["4x"]
     assert listing and all(digest.startswith("sha256:") for digest in listing.values())
+
+
+def test_public_layout_data_is_hashed_silently_and_recorded(tmp_path, capsys):
+    # No split.json: the original KD-MRI files, which no data/prepare.py run recorded; nothing to note.
+    data = make_dataset(tmp_path / "public", size=16, train_volumes=1, slices=2)
+    exp = tmp_path / "run"
+    train_teacher.main(train_args({"data": data, "exp": exp}, "--epochs", "1"))
+    assert "records no file hash" not in capsys.readouterr().out
+    listing = json.loads((exp / "config.json").read_text())["content"]["data"]["train"]["4x"]
+    assert listing == {"vol00.h5": "sha256:" + hashlib.sha256((data / "train/acc_4x/vol00.h5").read_bytes()).hexdigest()}

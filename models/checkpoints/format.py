@@ -16,6 +16,8 @@ A checkpoint is a dict of plain tensors and JSON-able values, loadable with
 """
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +26,7 @@ from torch import nn
 from data.fft import IMAGE_CHANNELS, IMAGE_TYPES
 from models.nets.registry import (FAMILIES, build_network, describe_arch, image_channels_of, out_of_bounds,
                                   reconstructor)
-from models.checkpoints.io import load_checkpoint
+from models.checkpoints.io import check_file, load_checkpoint
 from utils import UserError, first_line
 
 FORMAT = "sftkd-v1"
@@ -124,6 +126,36 @@ def load_model(path: str | Path, what: str = "checkpoint", image: str | None = N
     ``"complex"``), when given, is the data's image type, which the network must take (:func:`check_image`).
     """
     ckpt = load_checkpoint(path, what, inspect=_inspect(path, what))
+    return _model_of(ckpt, path, what, image), ckpt
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint read once: its ``path``, the flag that named it (``what``, for messages), the loaded dict
+    (``ckpt``) and the SHA-256 (hex) of the bytes it was loaded from (``digest``, data/fingerprint.file_digest's)."""
+
+    path: Path
+    what: str
+    ckpt: dict
+    digest: str
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> CheckpointFile:
+    """The checkpoint as :func:`load_model` loads it, and the file's SHA-256, from one read of its bytes."""
+    path = Path(path)
+    check_file(path, what)
+    data = path.read_bytes()
+    ckpt = load_checkpoint(path, what, inspect=_inspect(path, what), data=data)
+    return CheckpointFile(path, what, ckpt, hashlib.sha256(data).hexdigest())
+
+
+def model_from(file: CheckpointFile, image: str | None = None, what: str | None = None) -> nn.Module:
+    """The model of a checkpoint already read (:func:`read_checkpoint`), checked as :func:`load_model` checks
+    it; ``what`` overrides the flag named in errors (one file may serve two flags)."""
+    return _model_of(file.ckpt, file.path, what or file.what, image)
+
+
+def _model_of(ckpt: dict, path: str | Path, what: str, image: str | None) -> nn.Module:
     check_format(ckpt, path, what)
     arch = ckpt["arch"]
     kind = arch.get("kind") if isinstance(arch, dict) else None
@@ -151,7 +183,7 @@ def load_model(path: str | Path, what: str = "checkpoint", image: str | None = N
     if bad is not None:
         raise UserError(f"{what} {path} holds NaN or Inf weights (e.g. {bad}): the run that wrote it diverged; use "
                         "an earlier checkpoint of it, or retrain with a lower --lr")
-    return model, ckpt
+    return model
 
 
 def load_reconstructor(path: str | Path, what: str = "checkpoint", image: str | None = None) -> nn.Module:

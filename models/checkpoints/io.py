@@ -53,7 +53,8 @@ def save_checkpoint(obj: dict, path: str | Path, record: bool = False) -> None:
     torch.save(obj, buffer)
     data = buffer.getbuffer()
     digest = hashlib.sha256(data).hexdigest()
-    check_free_space(path, len(data))
+    if path.parent.is_dir():  # else the write names what is missing
+        check_free_space(path, len(data))
     if record:
         _record(path, digest, keep_previous=True)
     atomic_write(path, lambda f: f.write(data))
@@ -256,12 +257,29 @@ def _viewed_bytes(tensor: torch.Tensor) -> int:
     return (last + 1) * tensor.element_size()
 
 
+# What a checkpoint's zip may hold outside its tensor data (data.pkl, version, byteorder, ...) once inflated:
+# this project's pickles are a few KiB; torch reads each entry whole.
+MAX_ZIP_METADATA = 64 << 20
+
+
 def check_storage_sizes(data: bytes | memoryview, path: Path, what: str, allowed: dict[str, Any] | None = None):
     """The file's object on the meta device (shapes and storage sizes as its pickle declares them, nothing
     allocated), after refusing storages larger than the tensors that view them: a small file, e.g. a deflated
     zip, whose weight views a few bytes of a huge zero storage would allocate all of it. Also refuses zip
-    entries (what torch reads whole) larger than the tensors in all. None when the file does not even load
-    on the meta device (the real load then says why)."""
+    entries (what torch reads whole, inflated) larger than the tensors in all, or a pickle larger than
+    :data:`MAX_ZIP_METADATA`. None when the file does not even load on the meta device (the real load then
+    says why)."""
+    entries = {}
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                entries = {info.filename: info.file_size for info in archive.infolist()}
+        except zipfile.BadZipFile:
+            return None
+    metadata = sum(size for name, size in entries.items() if "/data/" not in name)
+    if metadata > MAX_ZIP_METADATA:
+        raise UserError(f"{what} {path} inflates to {format_bytes(metadata)} of pickled objects (a checkpoint holds "
+                        "a few KiB): the file was crafted or damaged, so it is not loaded")
     try:
         meta = _weights_only_load(io.BytesIO(data), allowed, device="meta")
     except Exception:  # refused or damaged: the real load gives the one-line reason
@@ -275,13 +293,11 @@ def check_storage_sizes(data: bytes | memoryview, path: Path, what: str, allowed
                             f"its tensors view only {format_bytes(_viewed_bytes(tensor))} of: loading the "
                             f"{format_bytes(len(data))} file would allocate that storage whole; torch.save never "
                             "writes this (the file was crafted or damaged), so it is not loaded")
-    if zipfile.is_zipfile(io.BytesIO(data)):
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            stored = sum(info.file_size for info in archive.infolist() if "/data/" in info.filename)
-        if stored > viewed:
-            raise UserError(f"{what} {path} holds {format_bytes(stored)} of tensor data for tensors of "
-                            f"{format_bytes(viewed)} in all: loading it would allocate the rest too; torch.save "
-                            "never writes this (the file was crafted or damaged), so it is not loaded")
+    stored = sum(size for name, size in entries.items() if "/data/" in name)
+    if stored > viewed:
+        raise UserError(f"{what} {path} holds {format_bytes(stored)} of tensor data for tensors of "
+                        f"{format_bytes(viewed)} in all: loading it would allocate the rest too; torch.save "
+                        "never writes this (the file was crafted or damaged), so it is not loaded")
     return meta
 
 
@@ -303,7 +319,7 @@ def check_file(path: Path, what: str) -> None:
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint",
-                    inspect: Callable[[Any], None] | None = None) -> dict:
+                    inspect: Callable[[Any], None] | None = None, data: bytes | None = None) -> dict:
     """``torch.load(path, weights_only=True)`` onto the CPU, with one-line errors naming the file (and the
     globals that made it refuse); a checkpoint of the public code is sent to scripts/import_checkpoint.py. A
     file its folder's run record lists must have the recorded content (:func:`check_recorded`). The one loader
@@ -312,11 +328,13 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint",
     Nothing is materialised before :func:`check_storage_sizes` has passed and ``inspect`` (given the file's
     object on the meta device, e.g. to compare an architecture with its weights) has returned.
 
-    ``what`` names the role in messages, e.g. ``"--teacher-checkpoint"``.
+    ``what`` names the role in messages, e.g. ``"--teacher-checkpoint"``; ``data``: the file's bytes when the
+    caller has read them already (models.checkpoints.format.read_checkpoint hashes them too).
     """
     path = Path(path)
     check_file(path, what)
-    data = path.read_bytes()  # read once: what is verified is what is loaded
+    if data is None:
+        data = path.read_bytes()  # read once: what is verified is what is loaded
     check_recorded(path, data, what)
     meta = check_storage_sizes(data, path, what)
     if inspect is not None and meta is not None:
