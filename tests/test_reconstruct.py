@@ -285,7 +285,7 @@ def test_exported_program_runs_without_the_repository(runs, tmp_path, image):
     import torch
 
     from models.checkpoints.format import load_reconstructor
-    from models.cost import synthetic_inputs
+    from models.inference.cost import synthetic_inputs
     checkpoint = runs[image]["checkpoint"]
     reconstruct.main([checkpoint, "--export", str(tmp_path / "net.pt2")])
     channels = 2 if image == "complex" else 1

@@ -22,7 +22,7 @@ from data.layout import mask_name
 from data.masks import load_mask, mask_lines
 from data.outputs import atomic_write
 from data.scans import NetworkInputs, Target
-from models.cost import synthetic_inputs
+from models.inference.cost import synthetic_inputs
 from models.nets.registry import image_channels_of
 from models.training.speed import MEMORY_FORMATS, auto_layout
 from utils import UserError
