@@ -12,7 +12,7 @@ burst of load from other processes hits all alike), at batch 1 and ``--throughpu
 1 thread and on all (and on CUDA where present), in the fastest exact mode (``torch.inference_mode``, float32,
 the memory layout evaluate.py takes). Each cell's fraction of the roofline compares the FLOPs the network does
 per second with a 3x3 32 -> 32 forward convolution at the same batch, size, threads and device, measured in the
-same run (scripts/benchmark.py's probe). FLOPs are FlopCounterMode's (the convolutions; models/cost.py).
+same run (scripts/benchmark.py's probe). FLOPs are FlopCounterMode's (the convolutions; models/inference/cost.py).
 ``--eval-dir``: evaluate.py's folder; a network's PSNR / SSIM are its row in summary.json, matched by checkpoint
 path, else by name.
 
@@ -37,8 +37,8 @@ import torch  # noqa: E402
 
 from data.outputs import staged, write_json, write_text  # noqa: E402
 from models.checkpoints.format import load_model  # noqa: E402
-from models.cost import count_parameters, forward_flops, pareto_front, peak_memory_bytes, synthetic_inputs  # noqa: E402
-from models.inference import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
+from models.inference.cost import count_parameters, forward_flops, pareto_front, peak_memory_bytes, synthetic_inputs  # noqa: E402
+from models.inference.forward import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
 from models.nets.registry import describe_arch, image_channels_of, reconstructor  # noqa: E402
 from scripts.benchmark import profile_category, roofline, time_interleaved  # noqa: E402
 from utils import CliParser, UserError, clean_text, describe_machine, machine, run_cli  # noqa: E402
@@ -102,7 +102,7 @@ def settings(devices: list[torch.device], sizes: list[int], batches: list[int]) 
 def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: list[dict], repeats: int,
             modes: dict[str, tuple[str, str]]) -> list[dict]:
     """Latency rows: one per cell and network in each mode (``modes``: entry name -> (network, mode of
-    models/inference.py)), with seconds per slice (median, min, max), FLOP/s (the exact network's FLOPs: a mode
+    models/inference/forward.py)), with seconds per slice (median, min, max), FLOP/s (the exact network's FLOPs: a mode
     changes how, not what, is computed) and the fraction of the cell's roofline."""
     rows = []
     saved_threads = torch.get_num_threads()
@@ -266,7 +266,7 @@ def table(report: dict) -> str:
                      f"{r.get('SSIM_difference', float('nan')):+.4f} |")
     if report.get("profile"):
         lines += profile_text(report["profile"], report["ratio_cell"]["size"], report["ratio_cell"]["threads"])
-    lines += ["", "Modes (models/inference.py): " + "; ".join(f"{mode}: {INFERENCE_MODES[mode][0]}"
+    lines += ["", "Modes (models/inference/forward.py): " + "; ".join(f"{mode}: {INFERENCE_MODES[mode][0]}"
                                                          for mode in dict.fromkeys(report["modes"].values())) + ".",
               "", "![latency against quality](compression.png)", ""]
     return "\n".join(lines)
@@ -280,12 +280,15 @@ def plot(report: dict, path: Path) -> None:
     cell = report["ratio_cell"]
     latency = {row["network"]: row["median_s"] * 1e3 for row in report["latency"]
                if all(row[key] == value for key, value in cell.items())}
-    names = report["networks"]
+    # Every network in the exact mode and in the modes equal to it up to float32 rounding (fused): their PSNR is
+    # the evaluated one. bf16 changes the output beyond that and its PSNR is not evaluated here.
+    names = [entry for entry, mode in report["modes"].items() if mode in ("exact", "fused")]
+    base = {entry: entry.split("+")[0] for entry in names}
     if report["quality"]:
-        names = [n for n in names if n in report["quality"]]
-        values, label = [report["quality"][n]["PSNR"] for n in names], "PSNR (dB)"
+        names = [n for n in names if base[n] in report["quality"]]
+        values, label = [report["quality"][base[n]]["PSNR"] for n in names], "PSNR (dB)"
     else:
-        values = [-report["costs"][n]["flops"][str(cell["size"])] / 1e9 for n in names]
+        values = [-report["costs"][base[n]]["flops"][str(cell["size"])] / 1e9 for n in names]
         label = "- GFLOP per slice (higher is cheaper)"
     points = [(latency[n], v) for n, v in zip(names, values)]
     front = pareto_front(points)
@@ -314,7 +317,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--throughput-batch", type=int, default=8, help="the batch of the throughput rows")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per cell")
     parser.add_argument("--modes", nargs="+", choices=tuple(INFERENCE_MODES), default=["exact", "fused"],
-                        help="inference modes to time (models/inference.py); exact is the training forward, the "
+                        help="inference modes to time (models/inference/forward.py); exact is the training forward, the "
                              "others are named {network}+{mode} in the latency table")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto",
                         help="auto: the CPU, and CUDA too where present")

@@ -1,4 +1,4 @@
-"""The compression report (scripts/compression.py, models/cost.py): FLOPs as the formula gives them, ratios that
+"""The compression report (scripts/compression.py, models/inference/cost.py): FLOPs as the formula gives them, ratios that
 agree with the counts, the table, JSON and plot written. No timing is asserted."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from conftest import cli_error
 from models.checkpoints.format import model_payload
 from models.checkpoints.io import save_checkpoint
-from models.cost import count_parameters, forward_flops, pareto_front, peak_memory_bytes, synthetic_inputs
+from models.inference.cost import count_parameters, forward_flops, pareto_front, peak_memory_bytes, synthetic_inputs
 from models.nets.dccnn import DCCNN, STUDENT, TEACHER
 from scripts import compression
 

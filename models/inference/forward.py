@@ -22,7 +22,7 @@ from data.layout import mask_name
 from data.masks import load_mask, mask_lines
 from data.outputs import atomic_write
 from data.scans import NetworkInputs, Target
-from models.cost import synthetic_inputs
+from models.inference.cost import synthetic_inputs
 from models.nets.registry import image_channels_of
 from models.training.speed import MEMORY_FORMATS, auto_layout
 from utils import UserError
@@ -211,19 +211,14 @@ class _Autocast(nn.Module):
             return self.net(*inputs).float()
 
 
-def _compiled(net: nn.Module) -> nn.Module:
-    compiled = torch.compile(_fused(net), dynamic=False)
-    compiled.config = net.config
-    return compiled
-
-
-# --mode NAME -> (what it is, how the network is wrapped). "exact" is the training forward itself.
+# --mode NAME -> (what it is, how the network is wrapped). "exact" is the training forward itself. torch.compile
+# was tried and left out: inductor generates no code for complex ops (DF stays eager), and compiling the fused
+# student took over 10 minutes on the shared 2-core EPYC (docs/measurements.md).
 INFERENCE_MODES = {
     "exact": ("the training forward, float32 (bit-identical to evaluate.py)", lambda net: net),
     "fused": ("conv+ReLU fused (oneDNN post-op), DF on real FFTs, mask once; float32, equal up to rounding",
               _fused),
     "bf16": ("bfloat16 autocast of the convolutions, DF in float32", _Autocast),
-    "compile": ("torch.compile (inductor) of the fused mode; float32, equal up to rounding", _compiled),
 }
 
 
