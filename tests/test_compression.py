@@ -45,7 +45,10 @@ def test_pareto_front():
     assert pareto_front(points) == [4, 0, 2, 3]
 
 
-def test_report_is_written_and_its_ratios_agree_with_the_counts(tmp_path, capsys):
+def test_report_is_written_and_its_ratios_agree_with_the_counts(tmp_path, capsys, monkeypatch):
+    # Properties only: one roofline round per cell and one profiled call are enough.
+    monkeypatch.setattr(compression, "ROOFLINE_ROUNDS", 1)
+    monkeypatch.setattr(compression, "PROFILE_CALLS", 1)
     torch.manual_seed(0)
     paths = {"teacher": tmp_path / "t.pt", "student": tmp_path / "s.pt"}
     for name, config in (("teacher", TEACHER), ("student", STUDENT)):

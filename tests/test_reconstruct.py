@@ -293,7 +293,7 @@ torch.save(program(*inputs), "out.pt")
 """
 
 
-@pytest.mark.parametrize("image", ["magnitude", "complex"])
+@pytest.mark.parametrize("image", ["magnitude", pytest.param("complex", marks=pytest.mark.slow)])
 def test_exported_program_runs_without_the_repository(runs, tmp_path, image):
     """The .pt2 program, in a fresh interpreter that cannot import this repository, at another batch and size than
     it was traced at, against the checkpoint's network. It runs the same ATen operations in the same order, so the
