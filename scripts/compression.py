@@ -326,8 +326,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per cell")
     parser.add_argument("--modes", nargs="+", choices=tuple(INFERENCE_MODES), default=["exact", "fused"],
                         help="inference modes to time (models/inference/forward.py); exact is the training forward, "
-                             "the "
-                             "others are named {network}+{mode} in the latency table")
+                             "the others are named {network}+{mode} in the latency table")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto",
                         help="auto: the CPU, and CUDA too where present")
     parser.add_argument("--profile", action="store_true",
