@@ -1,6 +1,8 @@
-"""The compression report: what each network costs (parameters, FLOPs, peak memory, latency against a convolution
-roofline measured in the same run) and what it gives (PSNR / SSIM from an evaluation folder), the ratios of each
-to the first (the teacher), and a PSNR-against-latency plot with the Pareto front.
+"""The compression report: what each network costs and gives, its ratios to the teacher, PSNR against latency.
+
+Costs: parameters, FLOPs, peak memory, latency against a convolution roofline measured in the same run; gains:
+PSNR / SSIM from an evaluation folder; the ratios of each network to the first (the teacher), and a
+PSNR-against-latency plot with the Pareto front.
 
 Usage::
 
@@ -37,7 +39,8 @@ import torch  # noqa: E402
 
 from data.outputs import staged, write_json, write_text  # noqa: E402
 from models.checkpoints.format import load_model  # noqa: E402
-from models.inference.cost import count_parameters, forward_flops, pareto_front, peak_memory_bytes, synthetic_inputs  # noqa: E402
+from models.inference.cost import (count_parameters, forward_flops, pareto_front, peak_memory_bytes,  # noqa: E402
+                                   synthetic_inputs)
 from models.inference.forward import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
 from models.nets.registry import describe_arch, image_channels_of, reconstructor  # noqa: E402
 from scripts.benchmark import profile_category, roofline, time_interleaved  # noqa: E402
@@ -105,6 +108,7 @@ def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: l
     models/inference/forward.py)), with seconds per slice (median, min, max), FLOP/s (the exact network's FLOPs: a mode
     changes how, not what, is computed) and the fraction of the cell's roofline."""
     rows = []
+    counted: dict[tuple, int] = {}  # FLOPs do not depend on the threads or the mode
     saved_threads = torch.get_num_threads()
     try:
         for cell in cells:
@@ -116,7 +120,10 @@ def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: l
             for entry, (name, mode) in modes.items():
                 ready = for_inference(nets[name], device, (size, size), batch)
                 inputs = tuple(t.to(device) for t in synthetic_inputs(size, batch, channels[name]))
-                flops[entry] = forward_flops(ready, *inputs)
+                key = (name, device.type, size, batch)
+                if key not in counted:
+                    counted[key] = forward_flops(ready, *inputs)
+                flops[entry] = counted[key]
                 ready = inference_network(ready, mode)
 
                 def call(ready=ready, inputs=inputs):
@@ -128,7 +135,8 @@ def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: l
             for name, timing in timings.items():
                 median, fastest, slowest = timing.per_slice(batch)
                 gflops = flops[name] / batch / median / 1e9
-                rows.append({**cell, "network": name, "mode": modes[name][1], "median_s": median, "min_s": fastest, "max_s": slowest,
+                rows.append({**cell, "network": name, "mode": modes[name][1], "median_s": median, "min_s": fastest,
+                             "max_s": slowest,
                              "gflops": gflops, "roofline_gflops": roof.median, "roofline_layout": roof.layout,
                              "of_roofline": gflops / roof.median})
     finally:
@@ -199,8 +207,8 @@ def static_costs(nets: dict[str, torch.nn.Module], channels: dict[str, int], siz
 
 def ratios(costs: dict, rows: list[dict], scores: dict, reference: str, cell: dict) -> dict[str, dict]:
     """Each network against ``reference`` (the first): parameters and FLOPs as reference / network (the
-    compression), latency as reference / network (the speed-up) in ``cell``, in the exact mode and (``speed_up_by_mode``)
-    in each mode against the reference in the same mode, PSNR and SSIM as differences."""
+    compression), latency as reference / network (the speed-up) in ``cell``, in the exact mode and
+    (``speed_up_by_mode``) in each mode against the reference in the same mode, PSNR and SSIM as differences."""
     latency = {row["network"]: row["median_s"] for row in rows
                if all(row[key] == value for key, value in cell.items())}
     modes = sorted({row["mode"] for row in rows if row["mode"] != "exact"})
@@ -317,8 +325,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--throughput-batch", type=int, default=8, help="the batch of the throughput rows")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per cell")
     parser.add_argument("--modes", nargs="+", choices=tuple(INFERENCE_MODES), default=["exact", "fused"],
-                        help="inference modes to time (models/inference/forward.py); exact is the training forward, the "
-                             "others are named {network}+{mode} in the latency table")
+                        help="inference modes to time (models/inference/forward.py); exact is the training forward, "
+                             "the others are named {network}+{mode} in the latency table")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto",
                         help="auto: the CPU, and CUDA too where present")
     parser.add_argument("--profile", action="store_true",
@@ -348,7 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     report = {"machine": machine(), "machine_line": describe_machine(machine()), "networks": names,
               "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)},
               "describe": {n: describe_arch(ckpt["arch"]).split(" (")[0] for n, (_, ckpt) in zip(names, loaded)},
-              "sizes": sizes, "repeats": args.repeats, "modes": {entry: mode for entry, (_, mode) in modes.items()}, "costs": costs, "quality": scores, "latency": rows,
+              "sizes": sizes, "repeats": args.repeats, "modes": {entry: mode for entry, (_, mode) in modes.items()},
+              "costs": costs, "quality": scores, "latency": rows,
               "ratio_cell": cell, "ratio_cell_text": f"{sizes[-1]} x {sizes[-1]}, batch 1, {all_threads} threads, CPU"}
     report["ratios"] = ratios(costs, rows, scores, names[0], cell)
     report["profile"] = profile(nets, channels, modes, sizes[-1]) if args.profile else {}

@@ -1,5 +1,4 @@
-"""Reconstruct one's own scans with a trained checkpoint: fastMRI, ISMRMRD or NIfTI files in, NIfTI volumes or
-fastMRI submission files out.
+"""Reconstruct one's own scans (fastMRI, ISMRMRD, NIfTI) with a trained checkpoint, to NIfTI or fastMRI submissions.
 
 Usage::
 
@@ -21,8 +20,8 @@ the input's affine where it has one) or ``{name}.h5`` (``--format fastmri``: dat
 in the input's units, which fastMRI's evaluate.py scores); with ``--png`` also ``png/{name}_{slice}.png``. They
 replace the previous run's files only once every input is done (``manifest.json``); on any error nothing is
 written. A slice's reconstruction is evaluate.py's for the same slice and checkpoint, bit for bit, in the default
-``--mode exact`` (the training forward); the faster modes (models/inference/forward.py) differ by float rounding (fused) or
-bfloat16 rounding (bf16), as tests/test_inference_modes.py bounds.
+``--mode exact`` (the training forward); the faster modes (models/inference/forward.py) differ by float rounding
+(fused) or bfloat16 rounding (bf16), as tests/test_inference_modes.py bounds.
 
 ``--export FILE.pt2`` writes the network instead, as a torch.export program that runs with torch alone (no
 checkout of this repository): ``torch.export.load(FILE).module()(zero_filled, kspace_under, mask)``; the file's

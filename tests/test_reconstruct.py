@@ -62,8 +62,8 @@ def write_ismrmrd(path, kspace: np.ndarray, lines: np.ndarray, trajectory: str =
                                                                          center=n_lines // 2))
     encoding = xsd.encodingType(encodedSpace=space, reconSpace=space, encodingLimits=limits,
                                 trajectory=xsd.trajectoryType(trajectory))
-    header = xsd.ismrmrdHeader(experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=63_500_000),
-                               encoding=[encoding])
+    conditions = xsd.experimentalConditionsType(H1resonanceFrequency_Hz=63_500_000)
+    header = xsd.ismrmrdHeader(experimentalConditions=conditions, encoding=[encoding])
     dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
     dataset.write_xml_header(header.toXML("utf-8"))
     noise = ismrmrd.Acquisition.from_array(np.ones((1, readout), np.complex64))
@@ -293,7 +293,7 @@ torch.save(program(*inputs), "out.pt")
 """
 
 
-@pytest.mark.parametrize("image", ["magnitude", "complex"])
+@pytest.mark.parametrize("image", ["magnitude", pytest.param("complex", marks=pytest.mark.slow)])
 def test_exported_program_runs_without_the_repository(runs, tmp_path, image):
     """The .pt2 program, in a fresh interpreter that cannot import this repository, at another batch and size than
     it was traced at, against the checkpoint's network. It runs the same ATen operations in the same order, so the
