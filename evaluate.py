@@ -316,7 +316,7 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
     # between layouts only by float rounding.
     memory_format = MEMORY_FORMATS[auto_layout(device, dataset.shape, amp, backward=False, batch=batch_size)]
     for name, model in models.items():
-        net = (load_reconstructor(model, "--checkpoints", dataset.image) if isinstance(model, (str, Path))
+        net = (load_reconstructor(model, "--checkpoints", dataset.image, dataset.coils) if isinstance(model, (str, Path))
                else model)
         nets[name] = net.to(device, memory_format=memory_format).eval()
     rows = {metric_set: {name: [] for name in [ZF_NAME, *nets]} for metric_set in metric_sets}
@@ -438,7 +438,7 @@ def _main(args: argparse.Namespace) -> None:
                             {args.acc: str(args.mask)} if args.mask else None)
     args.data_kind = data_kind(dataset)
     # Read once: net, name, roles; each must take the data's image type.
-    loaded = [load_model(path, "--checkpoints", dataset.image) for path in args.checkpoints]
+    loaded = [load_model(path, "--checkpoints", dataset.image, dataset.coils) for path in args.checkpoints]
     if names is None:
         names = default_names(args.checkpoints, [ckpt for _, ckpt in loaded])
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator

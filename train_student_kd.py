@@ -52,7 +52,8 @@ def build_step(args, roles: dict | None = None) -> KDStep:
     # connectors below are the same draw in every arm of one seed, whatever teacher and init it loads.
     with torch.random.fork_rng(devices=[]):
         # A standard teacher as is, the teacher of an SFT checkpoint (detected from its architecture).
-        teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint", args.image)
+        teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint", args.image,
+                                     getattr(args, "coils", None))
         init = load_init(args)
     student = build_student(args, init)
     if roles is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from data.fft import IMAGE_CHANNELS
-from models.checkpoints.format import describe_arch, load_model
+from models.checkpoints.format import UNCHECKED, describe_arch, load_model
 from models.nets.registry import PRESETS, configure, short_name, with_image_channels
 from models.nets.sft import SFTNet, student_from_blocks
 from utils import UserError
@@ -47,10 +47,10 @@ def _shape(config) -> dict:
     return {k: v for k, v in config.to_dict().items() if k not in ("ref_padding", "residual")}
 
 
-def load_sft(path, what: str = "--init-from-sft", image: str | None = None) -> SFTNet:
+def load_sft(path, what: str = "--init-from-sft", image: str | None = None, coils=UNCHECKED) -> SFTNet:
     """The SFT network of a train_sft.py checkpoint; anything else is a clear error (``image`` as in
     models.checkpoints.format.load_model)."""
-    model, ckpt = load_model(path, what, image)
+    model, ckpt = load_model(path, what, image, coils)
     if not isinstance(model, SFTNet):
         raise UserError(f"{what} {path} is a {describe_arch(ckpt['arch'])} checkpoint, but an SFT checkpoint is "
                         "required: pass best_model.pt of a train_sft.py run")
@@ -60,10 +60,11 @@ def load_sft(path, what: str = "--init-from-sft", image: str | None = None) -> S
 def load_init(args) -> Init:
     """The ``--init-from-sft`` / ``--init-student`` source of S2..S5, or scratch."""
     if args.init_from_sft is not None:
-        return Init("sft-blocks", load_sft(args.init_from_sft, "--init-from-sft", args.image).student,
+        sft = load_sft(args.init_from_sft, "--init-from-sft", args.image, getattr(args, "coils", None))
+        return Init("sft-blocks", sft.student,
                     "--init-from-sft", str(args.init_from_sft))
     if args.init_student is not None:
-        model, ckpt = load_model(args.init_student, "--init-student", args.image)
+        model, ckpt = load_model(args.init_student, "--init-student", args.image, getattr(args, "coils", None))
         expected = chosen_student(args)
         if isinstance(model, SFTNet) or _shape(model.config) != _shape(expected):
             raise UserError(f"--init-student {args.init_student} is a {describe_arch(ckpt['arch'])} checkpoint, but a "

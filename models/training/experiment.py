@@ -26,8 +26,10 @@ REPLACED = ".replaced"
 # or copied --data-root is accepted when its slice counts are the run's (check_resume_data).
 MAY_CHANGE_ON_RESUME = ("epochs", "num_workers", "preload", "device", "memory_format", "save_every_iters",
                         "log_every", "image_every", "no_progress", "cache_teacher", "data_root")
-# image and kspace are read from the data, not given: resume compares the network's image type with the data's.
-_NOT_COMPARED = (*MAY_CHANGE_ON_RESUME, "exp_dir", "resume", "overwrite", "image", "kspace")
+# image, kspace, coils and maps are read from the data, not given: resume compares the network's image type and
+# coils with the data's.
+_NOT_COMPARED = (*MAY_CHANGE_ON_RESUME, "exp_dir", "resume", "overwrite", "image", "kspace",
+                 "coils", "maps")
 # Flags that choose the network, where None means "the network's own" (the named or loaded network's size,
 # padding, residual connections): a None on either side is compared through the architecture it builds, which
 # --resume checks against model.pt's (Trainer.resume_from), so an explicit default (--cascades 5,

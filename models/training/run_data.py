@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from data.augment import AugmentedSlices
 from data.dataset import build_dataset, data_kind
 from data.split_check import check_split
-from models.checkpoints.format import check_image
+from models.checkpoints.format import check_coils, check_image
 from models.training.distributed import Dist, EpochSampler
 from models.training.experiment import check_resume_content, check_resume_data, content_record
 from utils import UserError
@@ -46,13 +46,20 @@ class RunData:
         if data_kind(validation) != kind:
             raise UserError(f"--data-root {args.data_root}: train/ holds {kind['image']} images, validation/ "
                             f"{data_kind(validation)['image']} ones; prepare both splits in one data/prepare.py run")
+        if data_kind(validation).get("coils") != kind.get("coils"):
+            raise UserError(f"--data-root {args.data_root}: train/ and validation/ hold different coil counts; "
+                            "prepare both splits in one data/prepare.py run")
         args.image, args.kspace = kind["image"], kind["kspace"]
+        # Multi-coil data only, so that single-coil configs and checkpoints keep the keys they always had.
+        if "coils" in kind:
+            args.coils, args.maps = kind["coils"], kind["maps"]
         shape = tuple(train[0].target.shape[-2:])
         content = content_record(args, shape)
         if resume is not None:
             check_resume_data(resume, args, len(train), len(validation))
             # The image type first: data of the other type differs in content too, but this says why.
             check_image(resume.get("arch") or {}, args.image, exp / "model.pt", "--resume:")
+            check_coils(resume, kind.get("coils"), exp / "model.pt", "--resume:")
             check_resume_content(resume, content, args)
         return cls(train, validation, shape, content)
 
