@@ -7,7 +7,8 @@ the mask of an acceleration is ``{root}/mask_{acc}.npy`` (H, W). Multi-coil volu
 k-space ``kspace_volus_{acc}`` (N, H, W, S) complex64 and its sensitivity maps ``maps_{acc}`` (N, H, W, S)
 complex64 (estimated from that acceleration's undersampled k-space, so one set per acceleration); ``volfs``
 and ``img_volus_{acc}`` are the coil-combined complex images E^H k (data/fft.py), and the attribute
-``maps_method`` says how the maps were made. Every reader and writer takes the names from here.
+``maps_method`` says how the maps were made; ``reconstruction_rss`` (H, W, S) float32 is the root sum of squares
+of the fully sampled coil images, what multi-coil data are scored against (fastMRI's convention). Every reader and writer takes the names from here.
 
 The writer needs only numpy, h5py and torch (no nibabel, which ``data/prepare.py`` needs for NIfTI), so tools
 that make their own volumes (``scripts/benchmark.py`` on a GPU machine without nibabel) write exactly the
@@ -40,6 +41,8 @@ def maps_key(acc: str) -> str:
     return f"maps_{acc}"
 
 
+# Multi-coil files: the root sum of squares of the fully sampled coil images, (H, W, S) float32, fastMRI's name.
+RSS_KEY = "reconstruction_rss"
 # File attribute naming the sensitivity-map estimate ("espirit", "acs-rss", or "true" for a simulation's own).
 MAPS_METHOD_ATTR = "maps_method"
 
@@ -77,9 +80,10 @@ def undersample(volfs: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, tu
 
 
 def write_volume(path: Path, volfs: np.ndarray, kspace: np.ndarray, zf: np.ndarray, acc: str,
-                 attrs: dict[str, Any], maps: np.ndarray | None = None) -> None:
+                 attrs: dict[str, Any], maps: np.ndarray | None = None, rss: np.ndarray | None = None) -> None:
     """Write one volume file. volfs, zf: (H, W, S) float32 (complex64 for complex images); kspace: (H, W, S)
-    complex64, or (N, H, W, S) complex64 coil k-space with maps (N, H, W, S) complex64 (multi-coil).
+    complex64, or (N, H, W, S) complex64 coil k-space with maps (N, H, W, S) complex64 (multi-coil) and rss
+    (H, W, S) float32, the fully sampled coil images' root sum of squares.
 
     Uncompressed for read speed, but chunked one slice per chunk: with S last, a contiguous layout would
     make reading one slice a strided gather over the whole dataset.
@@ -92,5 +96,7 @@ def write_volume(path: Path, volfs: np.ndarray, kspace: np.ndarray, zf: np.ndarr
         f.create_dataset(zf_key, data=zf, chunks=chunks)
         if maps is not None:
             f.create_dataset(maps_key(acc), data=maps, chunks=maps.shape[:-1] + (1,))
+        if rss is not None:
+            f.create_dataset(RSS_KEY, data=rss, chunks=chunks)
         for key, value in attrs.items():
             f.attrs[key] = value

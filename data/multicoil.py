@@ -10,10 +10,12 @@ the zero-filled input are E^H of the fully sampled and of the undersampled coil 
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
-from data.fft import expand, reduce
+from data.fft import expand, fft2, ifft2, reduce
 
 MAP_METHODS = ("espirit", "acs-rss", "true")
 # What the maps of a simulation are called in files, configs and tables when --maps true keeps them.
@@ -67,6 +69,45 @@ def undersample_coils(coil_kspace: np.ndarray, masks: dict[str, np.ndarray], met
         result[acc] = {"volfs": _slices_last(volfs.numpy()), "kspace": _slices_last(under64.numpy()),
                        "zf": _slices_last(zf.numpy()), "maps": _slices_last(maps)}
     return result
+
+
+class MulticoilVolume(NamedTuple):
+    """One volume ready for data/layout.py's writer: ``coils`` (N, after any compression), ``rss`` (H, W, S)
+    float32, the root sum of squares of the fully sampled coil images before compression (fastMRI's
+    ``reconstruction_rss`` convention, what multi-coil data are scored against), and ``arrays``, acc ->
+    :func:`undersample_coils`' dict."""
+
+    coils: int
+    rss: np.ndarray
+    arrays: dict[str, dict[str, np.ndarray]]
+
+
+def multicoil_volume(images: np.ndarray, masks: dict[str, np.ndarray], method: str,
+                     simulate_coils: int | None = None, compress: int | None = None) -> MulticoilVolume:
+    """A multi-coil volume from a simulation or from acquired coil images.
+
+    images: (H, W, S) complex, an image to simulate ``simulate_coils`` birdcage coils on (data/coils.py's
+    ``birdcage_maps``, sum |S|^2 = 1), or (C, H, W, S) complex acquired coil images (fastMRI, data/fastmri.py);
+    masks: acc -> (H, W) {0, 1}; method: how the maps are made (:data:`MAP_METHODS`; "true" only for a
+    simulation); compress: SVD-compress the coils to this many virtual coils first (data/coils.py's
+    ``coil_compress``, one matrix per volume) or None. Raises ValueError for a mask without ACS lines.
+    """
+    from data import coils as coil_tools  # noqa: PLC0415 - sigpy loads slowly; only multi-coil work needs it
+    true_maps = None
+    if images.ndim == 3:
+        true_maps = coil_tools.birdcage_maps(simulate_coils, images.shape[:2])
+        coil_kspace = torch.from_numpy(simulate_coil_kspace(np.moveaxis(images, -1, 0), true_maps))
+    else:
+        coil_kspace = fft2(torch.from_numpy(np.moveaxis(images, -1, 0).astype(np.complex128)))
+    coil_images = ifft2(coil_kspace.to(torch.complex128))
+    rss = torch.sqrt((coil_images.abs() ** 2).sum(dim=1)).to(torch.float32).numpy()
+    coil_kspace = coil_kspace.numpy()
+    if compress is not None:
+        if method == TRUE_MAPS:
+            raise ValueError("--maps true cannot describe compressed (virtual) coils")
+        coil_kspace = coil_tools.coil_compress(coil_kspace, compress)
+    arrays = undersample_coils(coil_kspace, masks, method, true_maps)
+    return MulticoilVolume(coil_kspace.shape[1], _slices_last(rss), arrays)
 
 
 def _slices_last(array: np.ndarray) -> np.ndarray:

@@ -359,13 +359,11 @@ def test_fastmri_complex_trains_and_evaluates(tmp_path, fastmri_runs):
     assert all(np.isfinite(summary[name]["PSNR"]["mean"]) for name in ("teacher", "sft", "sftkd-at"))
 
 
-def test_fastmri_multi_coil_is_refused_for_complex_images(tmp_path):
+def test_fastmri_multi_coil_keeps_its_magnitude_path(tmp_path):
+    # --image complex reads multi-coil files as coil k-space (tests/test_multicoil_prepare.py); without it their
+    # magnitude reconstruction_rss is the image, as before.
     (tmp_path / "in").mkdir()
     write_single_coil(tmp_path / "in" / "brain.h5", 0, coils=4)
-    with pytest.raises(Exception, match="multi-coil \\(4 coils\\): --image complex needs coil sensitivities"):
-        prepare(out=tmp_path / "out", fastmri=[tmp_path / "in"], image="complex", size=SIZE, accs=["4x"])
-    assert not (tmp_path / "out").exists()
-    # The magnitude path stays for it.
     summary = prepare(out=tmp_path / "magnitude", fastmri=[tmp_path / "in"], size=SIZE, accs=["4x"],
                       min_foreground=0.0, val_fraction=0.4, test_fraction=0.0)
     assert summary["image"] == "magnitude"
