@@ -1,82 +1,15 @@
 """Turn NIfTI volumes, fastMRI files or nilearn's MNI152 demo brain into the KD-MRI / SFT-KD-Recon HDF5 layout.
 
-    python -m data.prepare --preset acdc --input ACDC/database/training --out-dir datasets/acdc
     python -m data.prepare --preset mrbrains --input MRBrainS/TrainingData --out-dir datasets/mrbrains
+    python -m data.prepare --preset acdc --input ACDC/database/training --out-dir datasets/acdc
     python -m data.prepare --preset fastmri-knee-sc --fastmri knee/singlecoil_train knee/singlecoil_val \
         --acc 4x 8x --center-fraction 0.08 0.04 --out-dir datasets/fastmri-knee
     python -m data.prepare --demo --out-dir datasets/demo --size 64 --max-slices-per-volume 40
 
-Inputs. Folders are searched recursively (following folder symlinks, skipping hidden folders such as
-``.git``) for ``.nii`` / ``.nii.gz``. Every file, found or named, must match ``--include`` (default: all) and
-not match ``--exclude`` (default: the label-map names ``*_gt*``, ``*Label*``, ``*label*``, ``*seg*``,
-``*mask*``); a volume with at most 16 distinct values is refused as a label map unless
-``--allow-label-like``. A 4-D volume (a cine) is split along its last axis into 3-D volumes ``{name}_t{k}``.
-Presets set the defaults of the paper's data sets (flags still override them):
-``--preset acdc`` keeps the ED and ES frames ``patientNNN_frameNN`` (not the ``_4d`` cine, whose frames they
-repeat, nor the ``_gt`` labels) at 150 x 150; ``--preset mrbrains`` keeps ``T1.nii`` at 240 x 240.
-
-fastMRI. ``--fastmri`` takes fastMRI ``.h5`` files as downloaded (folders searched like ``--input``, the same
-``--include`` / ``--exclude``). The reference image the fastMRI challenge scores against, ``reconstruction_esc``
-for single-coil and ``reconstruction_rss`` for multi-coil files (see data/fastmri.py), is the fully sampled
-image; a file without it (the test sets) is an error naming it. This is retrospective undersampling of the
-magnitude reference, the paper's protocol, NOT reconstruction of the raw (multi-coil) k-space: the numbers are
-not comparable with fastMRI leaderboard entries, which reconstruct raw k-space. ``--acquisition CORPD_FBK ...``
-keeps only files with those ``acquisition`` attributes (the others are counted in the output). A file's
-subject is its ``patient_id`` attribute, else its file name. ``--preset fastmri-knee-sc`` /
-``fastmri-brain-mc`` set 320 x 320 and fastMRI's random (knee) / equispaced (brain) masks. fastMRI itself
-trains and scores on every slice (``--min-foreground 0`` keeps every non-zero one); the outer slices of knee
-volumes are mostly noise and many papers drop them: ``--slice-range 5 -5`` (any input) keeps
-``range(S)[5:-5]`` of each volume.
-
-Image type. By default every image is a real magnitude and its k-space is synthesised from it (Hermitian-
-symmetric, unlike a scanner's; Shimron et al., PNAS 2022); the files record ``kspace_source`` =
-``synthetic from magnitude``. ``--image complex`` with single-coil ``--fastmri`` files takes each file's own
-``kspace`` instead: the complex image ``complex_center_crop(ifft2c(kspace))`` at --size (fastMRI's
-conventions, data/fastmri.py), scaled to max |x| = 1 per volume (attribute ``scale``), is the fully sampled
-reference; the masks are then applied to its (unshifted) k-space, whose columns are fastMRI's phase-encode
-direction. Multi-coil files are refused for it (no coil sensitivities). ``--synthetic-phase SEED`` gives
-``--input`` / ``--demo`` magnitudes a smooth random phase instead (data/README.md). Complex data sets store
-``volfs`` and ``img_volus_{acc}`` as complex64; networks trained on them take 2 channels (real, imaginary).
-
-Masks. ``--mask-kind public``: the public SFT-KD-Recon mask files (variable density, whole rows), only for
-240 x 240 and 150 x 150 slices at 4x and 5x; the default of ``--preset mrbrains`` / ``acdc`` at their own
-``--size``. ``rows`` (default otherwise): whole rows, exactly ``floor(H / acc)``, a fixed low-frequency band
-at both ends plus uniform rows. ``variable-density``: the same number of rows, denser near DC (a Gaussian
-density), for other sizes. ``fastmri-random`` / ``fastmri-equispaced``: fastMRI's masks, whole
-columns (fastMRI's phase-encoding axis, W), ``round(W * --center-fraction)`` centre columns fully sampled
-(at both ends once unshifted), see data/masks.py. ``--center-fraction`` gives one value, or one per ``--acc``.
-
-Subjects. The split is made over subjects, so no patient's anatomy is in two splits: train (to fit),
-validation (to choose the checkpoint) and test (held out, scored by evaluate.py). A file's subject is
-the first subject token (``patient001``, ``sub-01``, ``subject_3``, ``case12``) in its path below the
-``--input`` folder (for named files: below their deepest common folder), else in that folder's own name;
-failing that, the folder directly under it (MRBrainS ``TrainingData/1/T1.nii`` -> ``1``); a file directly in
-that folder with no token is its own subject (with a warning). Symlinks are never resolved for this, so
-git-annex / DataLad copies group like the originals. ``--subject-regex`` replaces the token rule (its first
-group, or the whole match, is the subject). Subjects are shuffled with ``--seed``; ``round(--val-fraction * n)``
-go to validation and ``round(--test-fraction * n)`` to test (``--test-fraction 0``: no test split, the public
-code's two-split layout); ``--val-subjects`` / ``--test-subjects`` or ``--split-file`` fix the split instead.
-With only one subject (the demo, a single patient) the slices are split in contiguous blocks of slice
-positions, low to high: training, validation, test, with two positions dropped as a gap between neighbours,
-the same positions for every volume of that subject. ``--test-only`` writes every slice to test/: an external
-test set (another brain) for models trained elsewhere; give it the training set's masks with ``--mask-dir``.
-
-Per volume: float64, min-max scaled to [0, 1] over the whole volume (a fastMRI reference too, so its values
-are about ``x / max``: a magnitude image's minimum is near 0), slice axis moved last -> (H, W, S), centre
-crop/pad (or ``--resize``) to N x N; slices outside ``--slice-range``, near-empty and all-zero slices dropped.
-
-Output: ``{out}/mask_{acc}.npy`` (N, N) float32, ``{out}/{train,validation,test}/acc_{acc}/{volume}.h5`` with
-``volfs`` (H, W, S) float32, ``kspace_volus_{acc}`` (H, W, S) complex64 = mask * fft2(volfs) (unshifted,
-orthonormal) and ``img_volus_{acc}`` (H, W, S) float32 = |ifft2(kspace)|, and ``{out}/split.json`` (per
-subject: split, source files, output files, slice counts). Volume names are the file names, prefixed by the
-subject where they do not contain it (``1_T1``; fastMRI files keep their own names); two inputs that would
-write the same name are an error, never an overwrite. Attributes ``source_file``, ``slice_axis``,
-``source_slices`` (the slice index in the source of each of the S slices), ``subject`` and ``slice_hashes``
-(and for fastMRI ``reference`` and ``acquisition``) are extras that the original readers ignore;
-data/split_check.py uses them for the leak check run after every preparation (and at training start-up): no
-subject, source slice or identical slice in both splits.
-``{out}/manifest.json`` lists every file the run wrote: all that a later ``--overwrite`` replaces (other files in
-``--out-dir`` are never touched).
+The flags fill ``Options``; the volumes are read by their source (data/sources.py), split by subject
+(data/subjects.py), sliced (data/slicing.py), written into a staging folder and checked for leaks
+(data/staging.py, data/split_check.py) before anything is moved into ``--out-dir``. Presets, inputs, masks, the
+split rules, fastMRI, complex images and the layout written: data/README.md.
 """
 from __future__ import annotations
 

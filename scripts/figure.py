@@ -10,11 +10,14 @@ Top row: target, ZF (the data file's ``img_volus_{acc}``) and every model's reco
 ``EVAL_DIR/recons/{model}/{volume}.h5``), all grey with the target's range. Bottom row: ``|recon - target|``
 times ``--error-scale``, one shared colour scale (0 to the target's maximum). Each panel's title gives the
 slice's PSNR / SSIM (``models.evaluation.metrics.psnr`` / ``models.evaluation.metrics.ssim``). ``--inset Y0 X0 SIZE`` outlines a
-square on every image and shows it enlarged in the panel's corner. The default slice is the one with the largest target
-energy (sum of squares) in the chosen volume (default: the first volume of the split).
+square on every image and shows it enlarged in the panel's corner. ``--median-of MODEL`` shows the slice whose
+PSNR for MODEL (``EVAL_DIR/metrics.csv``) is the median of the scored slices, and the figure's title says so (what
+scripts/demo.sh draws: a typical slice, not the best or the edge of the brain). Otherwise the slice is the one with
+the largest target energy (sum of squares) in the chosen volume (default: the first volume of the split).
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import sys
@@ -34,7 +37,8 @@ if not __package__:  # run by path: the repository root, which holds the package
 
 from data.layout import acc_folder, keys_for  # noqa: E402
 from data.masks import acc_type  # noqa: E402
-from evaluate import RECON_KEY, ZF_NAME  # noqa: E402
+from models.evaluation.engine import ZF_NAME  # noqa: E402
+from models.evaluation.recons import RECON_KEY  # noqa: E402
 from models.evaluation.metrics import psnr, ssim  # noqa: E402
 from data.outputs import atomic_write  # noqa: E402
 from utils import CliParser, UserError, first_line, old_spellings, refuse_to_overwrite, run_cli  # noqa: E402
@@ -86,6 +90,33 @@ def default_slice(target: np.ndarray) -> int:
     return int(np.argmax(np.sum(target ** 2, axis=(1, 2))))
 
 
+def median_slice(scores: dict[tuple[str, int], float]) -> tuple[str, int]:
+    """The (volume, slice) whose score is the median: rank ``(n - 1) // 2`` of the scores sorted ascending (the
+    lower of the two middle ones when n is even, so it is always a scored slice); ties in (volume, slice) order.
+    scores: (volume, slice) -> PSNR, at least one."""
+    ranked = sorted(scores, key=lambda key: (scores[key], key))
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def model_scores(eval_dir: Path, model: str, volume: str | None) -> dict[tuple[str, int], float]:
+    """(volume, slice) -> PSNR of ``model`` in ``EVAL_DIR/metrics.csv`` (only ``volume``'s slices when given)."""
+    path = eval_dir / "metrics.csv"
+    if not path.is_file():
+        raise UserError(f"--median-of needs {path}; pass an evaluate.py --out-dir as --eval-dir")
+    scores: dict[tuple[str, int], float] = {}
+    try:
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("model") == model and (volume is None or row.get("volume") == volume):
+                    scores[(row["volume"], int(row["slice"]))] = float(row["PSNR"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{path} is not an evaluate.py metrics.csv ({first_line(exc, 100)}); rerun evaluate.py") from exc
+    if not scores:
+        raise UserError(f"--median-of {model}: {path} has no rows of that model"
+                        + (f" on volume {volume}" if volume else "") + "; name a model it scored")
+    return scores
+
+
 def eval_models(eval_dir: Path, acc: str) -> list[str]:
     """Model names with reconstructions in ``eval_dir``, in evaluate.py's order; a wrong ``acc`` is an error."""
     summary_path = eval_dir / "summary.json"
@@ -107,10 +138,13 @@ def eval_models(eval_dir: Path, acc: str) -> list[str]:
 
 
 def draw(target: np.ndarray, recons: dict[str, np.ndarray], title: str, error_scale: float,
-         inset: tuple[int, int, int] | None) -> Figure:
-    """The figure for one slice. target and every recon (the ZF image first): (H, W) float64."""
+         inset: tuple[int, int, int] | None, suptitle: str | None = None) -> Figure:
+    """The figure for one slice. target and every recon (the ZF image first): (H, W) float64; ``suptitle``, when
+    given, heads the figure."""
     n_cols = 1 + len(recons)
     fig = Figure(figsize=(2.3 * n_cols, 5.0), dpi=150, layout="constrained")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
     axes = fig.subplots(2, n_cols, squeeze=False)
     vmax = float(target.max()) or 1.0
     error_image = None
@@ -167,6 +201,9 @@ def build_parser() -> CliParser:
                         help="the split evaluate.py scored (default: the one its summary.json records)")
     parser.add_argument("--volume", help="volume (file name, .h5 optional; default: the first)")
     parser.add_argument("--slice", type=int, help="slice index (default: largest target energy)")
+    parser.add_argument("--median-of", metavar="MODEL",
+                        help="show the slice with the median PSNR of MODEL over the scored slices (metrics.csv; "
+                             "of --volume only, when given), named in the figure's title")
     parser.add_argument("--models", nargs="+", help="models to show, in order (default: all with recons)")
     parser.add_argument("--error-scale", type=float, default=5.0, help="error map magnification (default 5)")
     parser.add_argument("--inset", nargs=3, type=int, metavar=("Y0", "X0", "SIZE"),
@@ -194,6 +231,17 @@ def main(argv: list[str] | None = None) -> None:
     files = sorted(folder.glob("*.h5"))
     if not files:
         raise UserError(f"no .h5 files in {folder}; check --data-root, --split and --acc")
+    if args.median_of is not None and args.slice is not None:
+        raise UserError("--slice and --median-of both choose the slice; give one of them")
+    suptitle = None
+    if args.median_of is not None:
+        volume = args.volume.removesuffix(".h5") if args.volume else None
+        scores = model_scores(args.eval_dir, args.median_of, volume)
+        args.volume, args.slice = median_slice(scores)
+        volumes = len({v for v, _ in scores})
+        suptitle = (f"{args.split} split, {args.volume} slice {args.slice}: the median {args.median_of} PSNR "
+                    f"({scores[(args.volume, args.slice)]:.2f} dB) of {len(scores)} slices of {volumes} "
+                    f"volume{'s' if volumes != 1 else ''}")
     if args.volume is None:
         data_file = files[0]
     else:
@@ -223,11 +271,12 @@ def main(argv: list[str] | None = None) -> None:
         recons[name] = read_recon(path, n_slices)[slice_idx]
 
     fig = draw(target[slice_idx], recons, f"{data_file.stem}, slice {slice_idx}", args.error_scale,
-               tuple(args.inset) if args.inset else None)
+               tuple(args.inset) if args.inset else None, suptitle)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     atomic_write(args.out, lambda f: f.write(buffer.getvalue()))
-    print(f"wrote {args.out} ({data_file.stem}, slice {slice_idx}, models: {', '.join(recons)})")
+    print(f"wrote {args.out} ({data_file.stem}, slice {slice_idx}, models: {', '.join(recons)})"
+          + (f"; title: {suptitle}" if suptitle else ""))
 
 
 if __name__ == "__main__":

@@ -4,43 +4,12 @@ Usage::
 
     python -m scripts.report --eval-dirs results/eval_4x results/eval_5x --out-dir results/report
 
-Each ``--eval-dirs`` folder is what ``evaluate.py`` wrote (``summary.json`` + ``metrics.csv``); its
-acceleration is ``summary.json``'s ``"acc"``. Folders with the same acceleration are merged (e.g. one
-folder per seed). Model names give each model's role (case does not matter):
-
-==================  =========================================
-``ZF``              zero-filled input (added by evaluate.py)
-``teacher``         teacher D5C5 trained alone
-``student``         student D3C5 trained alone
-``sft``             the student-friendly (SFT) teacher
-``stdkd-{method}``  student distilled from ``teacher`` (Std-KD)
-``sftkd-{method}``  student distilled from ``sft`` (SFT-KD-Recon)
-``sft0``            SFT teacher trained with ``--imitation-weight 0``
-``sft0kd-{method}`` student distilled from ``sft0``
-==================  =========================================
-
-Any of these may end in ``-seed{N}`` (``sftkd-at-seed2``); other names are listed and left out. A model
-scored at another acceleration than it was trained at (``evaluate.py --cross-acc``; ``summary.json``'s
-``trained_acc``) gets a row of its own, e.g. "Student, trained at 5x", after the others.
-
-Writes ``OUT/table.md`` and ``OUT/table.csv``. ``table.md`` opens with the machine(s) that trained the runs (CPU,
-ISA, torch build, threads; see :func:`machine_line`). Rows: ZF, Teacher, Student, SFT teacher, then per KD method
-(alphabetical) "Std-KD (method)" and "SFT-KD-Recon (method)"; missing roles are omitted. Columns per
-acceleration: PSNR and SSIM as mean ± std over slices (``ddof=0``) for one run, or, when a model has
-several seeds, mean ± std over seeds (``ddof=1``) of each seed's mean over slices (marked †). A second
-table gives, per KD method and acceleration, the two-sided Wilcoxon signed-rank p-value of PSNR between
-the SFT-KD-Recon and the Std-KD student, paired by (volume, slice) (with several seeds, each slice's PSNR
-is first averaged over seeds). ``table.csv`` has the same rows with plain numbers
-(``PSNR_{acc}_mean``, ``PSNR_{acc}_std``, ``SSIM_{acc}_mean``, ``SSIM_{acc}_std``, ``seeds_{acc}``,
-``wilcoxon_p_{acc}`` on SFT-KD-Recon rows). The teacher-student gap (student minus teacher PSNR) and the
-same for the best SFT-KD-Recon student are printed and appended to ``table.md``. An "Orderings" table
-gives the paper's claims as paired differences (teacher - student, KD student - student, SFT-KD-Recon -
-Std-KD, ...) with the per-slice Wilcoxon p, the difference per seed and a paired t-test over seeds; with
-several seeds a per-seed table follows. Folders evaluated with ``evaluate.py --metrics all`` add last tables
-of fastMRI's volume-wise NMSE, PSNR and SSIM and of the public SFT-KD-Recon ``evaluate.py``'s NMSE, PSNR, SSIM
-and HFN (mean ± std over volumes, per folder and model, to ``table.md`` only). ``--plot FILE.png`` draws PSNR and SSIM per model with error bars.
-Under the tables, ``table.md`` says what the data were: ``summary.json``'s ``kspace`` and ``image`` (e.g.
-``k-space: synthetic from magnitude (magnitude images)``), one line per kind when the folders differ.
+Each ``--eval-dirs`` folder is what ``evaluate.py`` wrote (``summary.json`` + ``metrics.csv``); folders with the
+same acceleration are merged (e.g. one per seed), and each model's row comes from the roles its checkpoint
+recorded, else from its name. Writes ``OUT/table.md`` (the machine that trained the runs, the split and slices
+scored, every role's PSNR and SSIM, the Wilcoxon and ordering tables, the teacher-student gap) and
+``OUT/table.csv``; ``--contrasts`` adds the study's contrasts, ``--plot`` a figure. Model names, rows, columns
+and statistics: scripts/README.md, "Model names, roles and the report".
 """
 from __future__ import annotations
 
@@ -540,6 +509,34 @@ def data_lines(folders: list[Path]) -> list[str]:
     return ["", *lines] if lines else []
 
 
+def scored_line(table: dict) -> str:
+    """Markdown: which split each column scored and on how many slices of how many volumes, e.g. "Scored on the
+    test split, 28 slices of 1 volume." (one column) or "Scored on the test split: 4x mni152 28 slices of 1
+    volume; 4x colin27 136 slices of 1 volume." The split is each folder's summary.json ``split``; the slices are
+    the (volume, slice) pairs its metrics.csv scored, over every model of the column."""
+    splits: dict[Path, str] = {}
+
+    def split_of(folder: Path) -> str:
+        if folder not in splits:
+            summary = json.loads((folder / "summary.json").read_text())
+            splits[folder] = clean_text(str(summary.get("split") or "unrecorded"))
+        return splits[folder]
+
+    parts = []
+    for column in table_columns(table):
+        runs = [run for per_column in table.values() for run in per_column.get(column, {}).values()]
+        keys = {key for run in runs for key in run.values["PSNR"]}
+        names = sorted({split_of(run.source) for run in runs})
+        volumes = len({volume for volume, _ in keys})
+        parts.append((column, f"the {' and '.join(names)} split{'s' if len(names) > 1 else ''}",
+                      f"{len(keys)} slice{'s' if len(keys) != 1 else ''} of {volumes} volume{'s' if volumes != 1 else ''}"))
+    if len(parts) == 1:
+        return f"Scored on {parts[0][1]}, {parts[0][2]}."
+    if len({split for _, split, _ in parts}) == 1:
+        return f"Scored on {parts[0][1]}: " + "; ".join(f"{column} {count}" for column, _, count in parts) + "."
+    return "Scored on: " + "; ".join(f"{column} {split}, {count}" for column, split, count in parts) + "."
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dirs", nargs="+", required=True, type=Path,
@@ -570,7 +567,7 @@ def main(argv: list[str] | None = None) -> None:
     if not table:
         raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
     markdown, csv_rows = build_report(table, data_lines(args.eval_dirs))
-    markdown = machine_line(args.eval_dirs, fallback) + "\n\n" + markdown
+    markdown = machine_line(args.eval_dirs, fallback) + "\n\n" + scored_line(table) + "\n\n" + markdown
     found = []
     if args.contrasts:
         columns = table_columns(table)

@@ -88,7 +88,7 @@ def test_data_fidelity_runs_in_float32_under_autocast():
 
 
 def test_evaluation_on_cuda_matches_cpu_metrics(tmp_path):
-    from evaluate import evaluate_sets
+    from models.evaluation.engine import evaluate_sets
     data = make_dataset(tmp_path / "data", size=32)
     dataset = build_dataset(data, "validation", ["4x"])
     torch.manual_seed(0)

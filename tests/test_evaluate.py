@@ -13,7 +13,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from conftest import make_dataset, phantom, run_cli, write_volume
 from data.dataset import SliceDataset
-from evaluate import default_names, evaluate_sets, main
+from evaluate import main
+from models.evaluation.engine import evaluate_sets
+from models.evaluation.results import default_names
 from models.checkpoints.format import model_payload
 from models.checkpoints.io import load_checkpoint, save_checkpoint
 from models.nets.dccnn import DCCNN, STUDENT, TEACHER

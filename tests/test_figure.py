@@ -9,7 +9,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from conftest import make_dataset, run_cli
-from scripts.figure import default_slice, main
+from scripts.figure import default_slice, main, median_slice
 from utils import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -78,3 +78,38 @@ def test_errors(eval_dir, tmp_path):
     existing.write_bytes(b"old")
     result = run_cli("-m", "scripts.figure", *common, "--out", str(existing))
     assert result.returncode == 2 and "--overwrite" in result.stderr and existing.read_bytes() == b"old"
+
+
+def test_median_slice_is_a_scored_slice_at_the_middle_rank():
+    odd = {("a", 0): 30.0, ("a", 1): 10.0, ("b", 0): 20.0}
+    assert median_slice(odd) == ("b", 0)
+    even = {("a", 0): 4.0, ("a", 1): 1.0, ("a", 2): 3.0, ("a", 3): 2.0}
+    assert median_slice(even) == ("a", 3)  # 2.0: the lower of the middle two (2.0, 3.0)
+    assert median_slice({("a", 5): 7.0}) == ("a", 5)
+
+
+def test_median_of_picks_the_model_median_slice_and_names_it(eval_dir, tmp_path, capsys):
+    root, out, target = eval_dir
+    n = target.shape[0]
+    # The teacher's PSNR per slice is a permutation of n values; the median of n values sits at rank (n - 1) // 2.
+    psnrs = np.random.default_rng(3).permutation(np.arange(n, dtype=float) + 25.0)
+    rows = ["model,volume,slice,PSNR,SSIM"]
+    rows += [f"teacher,vol02,{s},{float(p)!r},0.9" for s, p in enumerate(psnrs)]
+    rows += [f"sftkd-at,vol02,{s},{float(40.0 - p)!r},0.9" for s, p in enumerate(psnrs)]  # another model, other order
+    (out / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (out / "summary.json").write_text(json.dumps({"acc": "4x", "split": "validation",
+                                                  "checkpoints": {"teacher": "t.pt", "sftkd-at": "s.pt"}}))
+    expected = int(np.argsort(psnrs)[(n - 1) // 2])
+    main(["--eval-dir", str(out), "--data-root", str(root), "--acc", "4x", "--median-of", "teacher",
+          "--out", str(tmp_path / "median.png")])
+    printed = capsys.readouterr().out
+    assert f"vol02, slice {expected}," in printed
+    assert (f"title: validation split, vol02 slice {expected}: the median teacher PSNR "
+            f"({psnrs[expected]:.2f} dB) of {n} slices of 1 volume") in printed
+    check_png(tmp_path / "median.png")
+    with pytest.raises(UserError, match="--median-of student: .* no rows of that model"):
+        main(["--eval-dir", str(out), "--data-root", str(root), "--acc", "4x", "--median-of", "student",
+              "--out", str(tmp_path / "b.png")])
+    with pytest.raises(UserError, match="give one of them"):
+        main(["--eval-dir", str(out), "--data-root", str(root), "--acc", "4x", "--median-of", "teacher",
+              "--slice", "0", "--out", str(tmp_path / "c.png")])

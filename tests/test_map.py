@@ -36,10 +36,10 @@ def test_the_map_gives_each_cell_the_study_table_numbers_under_its_recorded_widt
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     mapped, every = (tmp_path / "out" / "map.md").read_text().split("Every contrast of every cell")
     rows = [line for line in mapped.splitlines() if line.startswith("| w")]
-    # The committed tables' (README) Teacher - Student and AT B - C on the MNI152 block, width first.
+    # The committed tables' (docs/map.md) Teacher - Student and AT B - C on the MNI152 block, width first.
     assert rows == ["| w32-4x | 8 | 4x | 5 | -0.51 [-1.66, +0.63] | -0.24 [-0.59, +0.11] | 0.28 | 0.48 |",
                     "| w16-4x | 16 | 4x | 5 | -0.30 [-0.78, +0.18] | +0.06 [-0.16, +0.29] | 0.18 | 0.31 |"]
-    # Below it, every contrast with its power statement, as the README's two study tables give them.
+    # Below it, every contrast with its power statement, as docs/study.md's two tables give them.
     rows = [line for line in every.splitlines() if line.startswith("| w16-4x")]
     assert len(rows) == 2 + 4 * 2  # Teacher - Student, SFT teacher - Teacher; B - C, B - A, C - A, C - D per KD method
     assert ("| w16-4x | **B - C (SFT teacher vs standard, both SFT blocks) (at)** (primary) | +0.06 [-0.16, +0.29] "

@@ -7,11 +7,11 @@ import json
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import evaluate
 import train_teacher
 from conftest import make_dataset
 from models.evaluation import metrics
 from models.evaluation.metrics import SLICE_METRICS, Metric
+from models.evaluation.sets import METRIC_SETS
 from scripts import report
 
 
@@ -26,8 +26,8 @@ def test_the_registry_drives_every_consumer():
     assert [m.name for m in metrics.used_for("validation")] == ["PSNR", "SSIM"]
     assert report.table_metrics() == ("PSNR", "SSIM")
     # evaluate.py's paper set writes every registered metric, in registry order.
-    assert evaluate.METRIC_SETS["paper"].metrics == tuple(m.name for m in SLICE_METRICS)
-    assert evaluate.METRIC_SETS["paper"].columns == ["model", "volume", "slice", *(m.name for m in SLICE_METRICS)]
+    assert METRIC_SETS["paper"].metrics == tuple(m.name for m in SLICE_METRICS)
+    assert METRIC_SETS["paper"].columns == ["model", "volume", "slice", *(m.name for m in SLICE_METRICS)]
 
 
 def test_a_new_metric_is_logged_in_validation(tmp_path, monkeypatch, capsys):

@@ -272,6 +272,7 @@ def eval_args(tiny: Path, trained: Path, out: Path, *extra: str) -> list[str]:
 def test_a_failed_evaluate_overwrite_keeps_the_old_results(tiny, trained, tmp_path, monkeypatch, capsys, where):
     """Issue #18 case 5: a full disk while writing the metrics or a reconstruction leaves the old results."""
     import evaluate
+    from models.evaluation import results
     out = tmp_path / "results"
     evaluate.main(eval_args(tiny, trained, out, "--save-recons", "--names", "old"))
     before = snapshot(out)
@@ -282,7 +283,7 @@ def test_a_failed_evaluate_overwrite_keeps_the_old_results(tiny, trained, tmp_pa
     if where == "recons":
         monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 9, 10 ** 9, 0))
     else:
-        monkeypatch.setattr(evaluate, "write_text", full_disk)
+        monkeypatch.setattr(results, "write_text", full_disk)
     err = one_line_error(evaluate.main, eval_args(tiny, trained, out, "--save-recons", "--names", "new",
                                                   "--overwrite"), capsys)
     assert err.startswith("error: No space left on device")

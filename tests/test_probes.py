@@ -22,7 +22,7 @@ def copy_probe(folder, docs, seeds=None):
 def test_probe_contrasts_and_paired_changes(tmp_path, capsys):
     base = probes.read_probe(copy_probe(tmp_path / "base", "docs/study"), "mni152", "at")
     lever = probes.read_probe(copy_probe(tmp_path / "augment", "docs/study-augment"), "mni152", "at")
-    # The README's study tables: AT B - C on the MNI152 block, -0.24 (SD 0.28) and +0.06 (SD 0.18).
+    # docs/study.md's tables: AT B - C on the MNI152 block, -0.24 (SD 0.28) and +0.06 (SD 0.18).
     assert (round(base.found["B - C"].mean, 2), round(base.found["B - C"].sd, 2)) == (-0.24, 0.28)
     assert (round(lever.found["B - C"].mean, 2), round(lever.found["B - C"].sd, 2)) == (0.06, 0.18)
     assert base.seeds == [11, 12, 13, 14, 15]

@@ -77,7 +77,8 @@ def test_report_table_numbers_pvalues_and_gaps(eval_dirs, tmp_path):
     md = (out / "table.md").read_text()
     lines = md.splitlines()
     assert lines[:2] == ["Trained on: not recorded.", ""]  # these summaries list no checkpoints
-    lines = lines[2:]
+    assert lines[2:4] == ["Scored on the validation split: 4x 10 slices of 2 volumes; 5x 10 slices of 2 volumes.", ""]
+    lines = lines[4:]
     labels = [line.split("|")[1].strip() for line in lines[2:lines.index("")]]
     assert labels == ["ZF", "Teacher", "Student", "SFT teacher", "Std-KD (at)", "SFT-KD-Recon (at)"]
     assert "my-baseline" not in md
@@ -260,6 +261,27 @@ def test_table_names_the_machines_that_trained_its_runs(eval_dirs, tmp_path):
         with pytest.raises(UserError, match=f"--machine .*{bad}: {message}"):
             main(["--eval-dirs", str(dirs[0]), "--out-dir", str(tmp_path / "r"), "--machine", str(tmp_path / bad)])
         assert not (tmp_path / "r").exists()
+
+
+def test_table_says_which_split_it_scored_on_how_many_slices(eval_dirs, tmp_path):
+    dirs, _ = eval_dirs  # every folder: the validation split, 10 slices of 2 volumes (KEYS)
+    main(["--eval-dirs", str(dirs[2]), "--out-dir", str(tmp_path / "one")])
+    lines = (tmp_path / "one" / "table.md").read_text().splitlines()
+    assert lines[1:4] == ["", "Scored on the validation split, 10 slices of 2 volumes.", ""]
+    # A column is the union of its folders' slices: a second test set of 3 slices in 1 volume is its own column.
+    other = tmp_path / "other"
+    rows = ["model,volume,slice,PSNR,SSIM,NMSE,HFEN-LoG,VIF"] + [f"ZF,brain,{s},30.0,0.9,0.01,0.1,0.9" for s in range(3)]
+    other.mkdir()
+    (other / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (other / "summary.json").write_text(json.dumps({"acc": "4x", "split": "test", "test_set": "colin27"}))
+    for folder in dirs[:2]:
+        summary = json.loads((folder / "summary.json").read_text())
+        (folder / "summary.json").write_text(json.dumps({**summary, "split": "test", "test_set": "mni152"}))
+    main(["--eval-dirs", *map(str, dirs[:2]), "--out-dir", str(tmp_path / "same")])
+    assert "\nScored on the test split, 10 slices of 2 volumes.\n" in (tmp_path / "same" / "table.md").read_text()
+    main(["--eval-dirs", *map(str, dirs[:2]), str(other), "--out-dir", str(tmp_path / "two")])
+    assert ("\nScored on the test split: 4x mni152 10 slices of 2 volumes; 4x colin27 3 slices of 1 volume.\n"
+            in (tmp_path / "two" / "table.md").read_text())
 
 
 def test_kspace_origin_is_printed_under_the_table(tmp_path):
