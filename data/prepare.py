@@ -9,7 +9,7 @@
 The flags fill ``Options``; the volumes are read by their source (data/sources.py), split by subject
 (data/subjects.py), sliced (data/slicing.py), written into a staging folder and checked for leaks
 (data/staging.py, data/split_check.py) before anything is moved into ``--out-dir``. Presets, inputs, masks, the
-split rules, fastMRI, complex images and the layout written: data/README.md.
+split rules, fastMRI, complex images, multi-coil data and the layout written: data/README.md.
 """
 from __future__ import annotations
 
@@ -675,7 +675,8 @@ def _add_image_flags(parser: CliParser) -> None:
     g = parser.add_argument_group("image type")
     g.add_argument("--image", choices=tuple(IMAGE_CHANNELS), default="magnitude",
                    help="magnitude (default, the paper's protocol): real images, k-space synthesised from them; "
-                        "complex: with --fastmri single-coil files, the complex image of the file's kspace "
+                        "complex: with --fastmri single-coil files, the complex image of the file's kspace (multi-coil "
+                        "files: their coil k-space, maps estimated, data/README.md 'Multi-coil') "
                         "(fastMRI's ifft2c and complex_center_crop to --size, scaled to max |x| = 1), networks "
                         "get 2 channels (real, imaginary)")
     g.add_argument("--synthetic-phase", type=seed_type, default=None, metavar="SEED",
