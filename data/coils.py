@@ -186,15 +186,17 @@ def estimate_maps(kspace_under: np.ndarray, mask: np.ndarray, method: str = "esp
     """Coil sensitivity maps from the ACS region of one slice's undersampled k-space.
 
     - ``"espirit"``: ESPIRiT (Uecker et al., MRM 2014) through ``sigpy.mri.app.EspiritCalib``. sigpy calibrates
-      on a centred square of side ``calib_width``; here that side is the ACS block's width (at most H, W and
-      ``max_calib_width``: the SVD's cost grows with the square's area, for little gain past sigpy's and BART's
-      default of 24; data/README.md has timings), and the block is rolled to sigpy's centre so
-      an off-centre block is used whole (the calibration matrix depends only on the block's values, not on where
-      it sits); a block wider than the square gives its lines nearest DC. ``thresh`` (singular values kept above ``thresh`` times
-      the largest) and ``crop`` (maps set to 0 where the top eigenvalue is below ``crop``, i.e. outside the
-      object) are sigpy's defaults; the kernel is ``kernel_width`` wide, shrunk to ``calib_width - 2`` for narrow
-      blocks so the calibration matrix keeps several rows. Maps have unit RSS where not cropped, and coil 0 has a
-      real phase.
+      on a centred square of side ``calib_width``; here that side is the ACS block's width, at most H, W and
+      ``max_calib_width`` (the SVD's cost grows with the square's area, for little gain past sigpy's and BART's
+      default of 24; data/README.md has timings). The block is rolled to sigpy's centre, so an off-centre block
+      is used whole (the calibration matrix depends only on the block's values, not on where it sits); a block
+      wider than the square gives its lines nearest DC. The kernel is ``(calib_width + 2) // 3`` wide, at most
+      ``kernel_width`` (6, sigpy's and BART's default, reached from 16 lines): the square has ``(calib_width -
+      kernel + 1)^2`` calibration rows, and a wide kernel on a narrow block leaves too few, so that pixels inside
+      the object get eigenvalues below ``crop`` (measured on tests/test_coils.py's simulations). ``thresh`` (singular values
+      kept above ``thresh`` times the largest) and ``crop`` (maps set to 0 where the top eigenvalue is below it:
+      outside the object) are sigpy's defaults. The maps have unit RSS where not cropped; coil 0 has a real
+      phase.
     - ``"acs-rss"``: DIRECT's default: the low-resolution coil images of the ACS lines alone (other lines
       zeroed), each divided by their RSS; unit RSS wherever that RSS is nonzero. The maps carry the image's
       phase and the ACS resolution.
@@ -206,13 +208,13 @@ def estimate_maps(kspace_under: np.ndarray, mask: np.ndarray, method: str = "esp
     if kspace_under.ndim != 3 or kspace_under.shape[-2:] != mask.shape:
         raise ValueError(f"kspace_under {kspace_under.shape} is not (N, H, W) with the mask's (H, W) "
                          f"{np.shape(mask)}")
+    if method not in MAP_METHODS:
+        raise ValueError(f"map method {method!r} is unknown; choose one of: {', '.join(MAP_METHODS)}")
     region = acs_region(mask, source=source)
     if method == "acs-rss":
         low = ifft2(np.where(region.lines_mask(mask.shape), kspace_under, 0))
         norm = rss(low, axis=0)
         return np.divide(low, norm, out=np.zeros_like(low), where=norm > 0).astype(np.complex64)
-    if method != "espirit":
-        raise ValueError(f"map method {method!r} is unknown; choose one of: {', '.join(MAP_METHODS)}")
     import sigpy.mri  # noqa: PLC0415 - slow import, only for multi-coil work
     height, width = mask.shape
     calib_width = min(region.width, height, width, max_calib_width)
