@@ -26,7 +26,7 @@ from data.masks import acc_type
 from data.outputs import check_replaceable, clean_up, folder_lock, new_files, swap_in
 from models.checkpoints.format import load_model
 from models.evaluation.engine import evaluate_sets
-from models.evaluation.provenance import check_trained_on, recorded_roles, trained_on
+from models.evaluation.provenance import check_scored_split, check_trained_on, recorded_roles, trained_on
 from models.evaluation.recons import RECON_KEY
 from models.evaluation.results import check_names, default_names, owned_results, write_results
 from models.evaluation.sets import METRIC_CHOICES, METRIC_SETS, format_table
@@ -114,6 +114,7 @@ def _main(args: argparse.Namespace) -> None:
     if names is None:
         names = default_names(args.checkpoints, [ckpt for _, ckpt in loaded])
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
+    check_scored_split(args.data_root, split, args.acc)
     scored = split_listing(args.data_root, split, args.acc)
     trained_acc = {name: check_trained_on(path, ckpt, dataset, scored, acc=args.acc, split=split,
                                           data_root=args.data_root, cross_acc=args.cross_acc)

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from utils import UserError, clean_text, os_error_message, refuse_to_overwrite
+from utils import UserError, clean_text, format_bytes, os_error_message, refuse_to_overwrite
 
 MANIFEST = "manifest.json"
 NEW, OLD = ".swap-new", ".swap-old"
@@ -192,6 +192,8 @@ def folder_lock(folder: str | Path, flag: str) -> Iterator[None]:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{flag} {folder} is a file; choose a folder")
+    if folder.resolve() == Path(folder.resolve().anchor):
+        raise UserError(f"{flag} {folder} is the file system's root; give the outputs a folder of their own")
     created = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -266,8 +268,8 @@ def check_free_space(path: str | Path, nbytes: int) -> None:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < nbytes:
-        raise OSError(errno.ENOSPC, f"No space left on device: {nbytes / 2 ** 20:.1f} MiB needed, "
-                                    f"{free / 2 ** 20:.1f} MiB free", str(path))
+        raise OSError(errno.ENOSPC, f"No space left on device: {format_bytes(nbytes)} needed, "
+                                    f"{format_bytes(free)} free", str(path))
 
 
 def write_json(path: str | Path, obj: Any) -> None:

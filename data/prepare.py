@@ -36,16 +36,20 @@ from data.slicing import fft_friendly, kept_slices, make_slices, synthetic_phase
 from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, SOURCE_KINDS, Source,  # noqa: E402
                           SourceKind, check_unique_names, read_volumes)
 from data.split_check import check_split, slice_hashes  # noqa: E402
+from data.fingerprint import HASH_KEY, tree_hashes  # noqa: E402
 from data.staging import check_apart, check_output, staged_output  # noqa: E402
 from data.subjects import BLOCK_GAP, assign_subjects, block_split  # noqa: E402
 from data.outputs import check_free_space, folder_lock, write_json  # noqa: E402
-from utils import CliParser, UserError, check_seed, clean_text, old_spellings, run_cli, seed_type  # noqa: E402
+from utils import (CliParser, UserError, check_fits_memory, check_seed, clean_text, old_spellings, run_cli,  # noqa: E402
+                   seed_type)
 
 DEFAULT_ACCS = ("4x", "5x")
 DEFAULT_CENTER_FRACTION = 0.08
 # Characters of subject ids printed per split: ACDC's 80 training patients fit, fastMRI's hundreds of
 # 64-character patient ids do not (split.json lists them all).
 SHOWN_SUBJECT_CHARS = 1000
+# Free space asked beyond a volume file's arrays: its superblock, object headers, attributes and page buffer.
+HDF5_MARGIN = 1 << 20
 # The kspace_source of data/fastmri.py's complex images, formed from the files' own k-space.
 ACQUIRED_FASTMRI = "acquired (fastMRI single-coil kspace)"
 FASTMRI_NOTE = ("This is retrospective undersampling of the magnitude reference (the paper's protocol), not "
@@ -334,8 +338,9 @@ class Staging:
                  "source_slices": indices.astype(np.int64), "subject": source.group,
                  "slice_hashes": slice_hashes(volfs), KSPACE_SOURCE_ATTR: self.rules.kspace_source,
                  **source.attrs, **extra}
-        # h5py can crash the process on a full disk instead of raising: ask first (volfs, complex kspace, zf).
-        check_free_space(self.stage, 4 * volfs.nbytes * len(self.masks))
+        # h5py can crash the process on a full disk instead of raising (its page buffer fails in a flush): ask
+        # first, for volfs, complex kspace and zf, and room for HDF5's own metadata.
+        check_free_space(self.stage, (4 * volfs.nbytes + HDF5_MARGIN) * len(self.masks))
         for acc, (kspace, zf) in undersample(volfs, self.masks).items():
             write_volume(self.folder(split, acc) / f"{name}.h5", volfs, kspace, zf, acc, attrs)
         self.volumes[split].append(name)
@@ -462,7 +467,7 @@ def _fill_stage(stage: Path, options: Options, sources: list[Source], assigned: 
     per_split = {f"{split}_subjects": subjects[split] for split in SPLITS}
     write_json(stage / "split.json", {
         "split_by": split_by, "how": _split_how(options), "subjects_found": found_line, **per_split,
-        "subjects": staging.record})
+        "subjects": staging.record, HASH_KEY: tree_hashes(stage)})
     return {"split": split_by, "subjects_found": found_line, **per_split,
             **{f"{split}_volumes": staging.volumes[split] for split in SPLITS},
             **{f"{split}_slices": counts[split] for split in SPLITS},
@@ -501,6 +506,11 @@ def _prepare(opts: Options, start: float) -> dict[str, Any]:
     size = opts.size
     if size is None:
         size = fft_friendly(max(extent for s in sources for i, extent in enumerate(s.shape[:3]) if i != opts.axis))
+    # A volume's arrays at the output size (float32 image, complex64 k-space, float32 zero-filled, a float64 copy
+    # while resampling), before the first is allocated.
+    deepest = max(s.shape[opts.axis] for s in sources)
+    check_fits_memory(24 * size ** 2 * deepest, f"{'--size ' if opts.size else 'slices of '}{size}: a {size} x {size} "
+                      f"x {deepest} volume", "choose a smaller --size")
     masks = _masks(opts, size)
     rules = SliceRules(opts.axis, size, opts.resize, opts.pad_to, opts.min_foreground, opts.max_slices_per_volume,
                        None if opts.slice_range is None else tuple(opts.slice_range), opts.allow_label_like,

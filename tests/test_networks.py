@@ -23,8 +23,8 @@ from models.nets.sft import SFTNet
 from utils import UserError, seed_everything
 
 # The initial weights (names, shapes, values, arch) and the next RNG draws of each script's step for seed 7, as
-# computed with the code before the registry (31b20a4): a controlled study compares runs started from these.
-# They were pinned as sha256 digests of the weight bytes until those were found to depend on the CPU kind: the
+# computed at commit 31b20a4: a controlled study compares runs started from these.
+# Not sha256 digests of the weight bytes, because those depend on the CPU kind: the
 # vectorised uniform_ of an AVX2 / AVX-512 CPU and the scalar code of a CPU without AVX2 (measured with
 # ATEN_CPU_CAPABILITY=default) round `low + u * (high - low)` differently, so about half of the weights differ
 # there by 1 ulp (<= 3e-8). Fingerprinted (see fingerprint), the same weights here and under that setting differ

@@ -80,17 +80,31 @@ def _misfit(model: nn.Module, state) -> str:
 
 
 def _check_declared_size(arch: dict, state, path, what: str) -> None:
-    """Refuse an ``arch`` entry whose sizes are out of its family's bounds or that declares far more weights than
-    the file holds (counted on the meta device, which allocates nothing), before anything is allocated."""
+    """Refuse an ``arch`` entry whose sizes are out of its family's bounds, or whose weights differ in number from
+    those the file's ``model`` holds by much (counted on the meta device, which allocates nothing). Run on the
+    file's meta-device copy, before any tensor is materialised (see load_checkpoint's ``inspect``)."""
     problem = out_of_bounds(arch)
     if problem:
         raise UserError(f"{what} {path}: its 'arch' entry has {problem}; the file was edited or damaged")
     with torch.device("meta"):
         declared = sum(p.numel() for p in build_model(arch).state_dict().values())
     stored = sum(v.numel() for v in state.values() if torch.is_tensor(v)) if isinstance(state, dict) else 0
-    if declared > 4 * stored + 10 ** 6:
+    if declared > 4 * stored + 10 ** 6 or stored > 4 * declared + 10 ** 6:
         raise UserError(f"{what} {path}: its 'arch' entry declares {declared:,} weights but the file holds "
                         f"{stored:,}; the file was edited or damaged")
+
+
+def _inspect(path, what: str):
+    """load_checkpoint's ``inspect`` for :func:`load_model`: the architecture's bounds and its weight count
+    against the file's, on the meta-device copy; anything unusual is left to the checks after loading."""
+    def check(meta) -> None:
+        arch = meta.get("arch") if isinstance(meta, dict) else None
+        if isinstance(arch, dict) and arch.get("kind") in FAMILIES:
+            try:
+                _check_declared_size(arch, meta.get("model"), path, what)
+            except (TypeError, KeyError, ValueError):
+                pass  # an arch that cannot build: load_model says so
+    return check
 
 
 def check_image(arch: dict, image: str, path, what: str) -> None:
@@ -109,7 +123,7 @@ def load_model(path: str | Path, what: str = "checkpoint", image: str | None = N
     ``what`` names the role in errors (e.g. ``"--teacher-checkpoint"``); ``image`` (``"magnitude"`` or
     ``"complex"``), when given, is the data's image type, which the network must take (:func:`check_image`).
     """
-    ckpt = load_checkpoint(path, what)
+    ckpt = load_checkpoint(path, what, inspect=_inspect(path, what))
     check_format(ckpt, path, what)
     arch = ckpt["arch"]
     kind = arch.get("kind") if isinstance(arch, dict) else None

@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data.fingerprint import file_digest, listing_changes, split_listing
+from data.fingerprint import data_listing, file_digest, listing_changes
 from data.layout import acc_folder, mask_name
 from data.masks import load_mask, mask_lines
-from models.checkpoints.io import load_checkpoint
+from models.checkpoints.io import RECORD, load_checkpoint
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-OWN_FILES = ("model.pt", "best_model.pt", "config.json", "summary")
+OWN_FILES = ("model.pt", "best_model.pt", "config.json", "summary", RECORD)
 RESUME_KEYS = ("optimizer", "scheduler", "epoch", "batch_in_epoch", "global_step", "best_val_loss")
 # An --overwrite run parks the run it replaces here until it has saved its own first model.pt.
 REPLACED = ".replaced"
@@ -149,25 +149,27 @@ def _mask_path(args: argparse.Namespace, acc: str) -> Path:
     return Path(given.get(acc) or Path(args.data_root) / mask_name(acc))
 
 
-def content_record(args: argparse.Namespace, image_size: tuple[int, int]) -> dict:
+def content_record(args: argparse.Namespace, image_size: tuple[int, int]) -> tuple[dict, str | None]:
     """What the run reads, by content (data/fingerprint.py), for config.json, --resume and evaluate.py: the
     SHA-256 of each acceleration's mask file and its sampling pattern (data/masks.mask_lines), the slices'
-    (H, W), each split's files (name -> size and a hash of its ends) and the SHA-256 of every checkpoint it loads
-    (--teacher-checkpoint, --init-from-sft, --init-student)."""
+    (H, W), each split's files (name -> SHA-256, checked against split.json) and the SHA-256 of every
+    checkpoint it loads (--teacher-checkpoint, --init-from-sft, --init-student). Also returns the note of
+    :func:`data.fingerprint.data_listing` on data files split.json records no hash of."""
+    data, note = data_listing(args.data_root, SPLITS_READ, args.acc)
     return {
         "masks": {acc: file_digest(_mask_path(args, acc)) for acc in args.acc},
         "mask_lines": {acc: mask_lines(load_mask(_mask_path(args, acc))) for acc in args.acc},
         "image_size": list(image_size),
-        "data": {split: {acc: split_listing(args.data_root, split, acc) for acc in args.acc} for split in SPLITS_READ},
+        "data": data,
         "checkpoints": {flag: file_digest(getattr(args, flag)) for flag in CHECKPOINT_FLAGS
                         if getattr(args, flag, None) is not None},
-    }
+    }, note
 
 
 def check_resume_content(ckpt: dict, now: dict, args: argparse.Namespace) -> None:
     """A :class:`UserError` listing what the run reads now that has other content than when it started (see
     :func:`content_record`): a mask file prepared again, other data files under the same names, a replaced
-    checkpoint. Runs that recorded no content (older versions) are not checked."""
+    checkpoint. Runs that recorded no content are not checked."""
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     was = config.get("content")
     if not isinstance(was, dict):
@@ -179,9 +181,10 @@ def check_resume_content(ckpt: dict, now: dict, args: argparse.Namespace) -> Non
     for split, by_acc in now["data"].items():
         for acc, listing in by_acc.items():
             old = was.get("data", {}).get(split, {}).get(acc)
-            if isinstance(old, dict) and old != listing:
-                folder = acc_folder(Path(), split, acc).as_posix()
-                changes.append(f"{folder}: {', '.join(listing_changes(old, listing))}")
+            differ = listing_changes(old, listing, acc_folder(Path(args.data_root), split, acc)) if isinstance(
+                old, dict) else []
+            if differ:
+                changes.append(f"{acc_folder(Path(), split, acc).as_posix()}: {', '.join(differ)}")
     for flag, digest in now["checkpoints"].items():
         if was.get("checkpoints", {}).get(flag, digest) != digest:
             changes.append(f"--{flag.replace('_', '-')} {getattr(args, flag)} is another file than the run's "

@@ -133,7 +133,7 @@ RECIPE_KEYS = ("epochs", "batch_size", "lr", "lr_schedule", "lr_step_size", "lr_
 
 def recipe(config: dict | None) -> dict:
     """The :data:`RECIPE_KEYS` a run's ``config`` (config.json, a checkpoint's ``config``) holds; empty for
-    checkpoints of older versions and imported ones."""
+    checkpoints that record none (imported ones among them)."""
     if not isinstance(config, dict):
         return {}
     return {key: config[key] for key in RECIPE_KEYS if key in config}

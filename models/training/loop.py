@@ -24,7 +24,7 @@ from tqdm import tqdm
 from data.dataset import Sample
 from data.fft import magnitude
 from models.checkpoints.format import arch_of, describe_arch, model_payload
-from models.checkpoints.io import save_checkpoint
+from models.checkpoints.io import load_checkpoint, save_checkpoint
 from models.training import averaging
 from models.training.distributed import Dist
 from models.training.experiment import (drop_replaced_run, git_commit, jsonable, prepare_exp_dir, restore_old_run,
@@ -274,7 +274,7 @@ class Trainer:
         """Start a stage of the step's schedule (:meth:`TrainStep.begins_stage`) from the previous stage's best
         model, with a fresh optimiser and schedule; every rank reads the same ``best_model.pt``. A run resumed
         at the stage's first epoch passes here again and gets the same start."""
-        best = torch.load(self.exp / "best_model.pt", map_location=self.dist.device, weights_only=True)
+        best = load_checkpoint(self.exp / "best_model.pt", "new stage:")
         self.step.model.load_state_dict(best["model"])
         self.build_optimizer()
         self.average = averaging.from_args(self.args, self.step.model)  # a stage averages its own weights
@@ -433,7 +433,7 @@ class Trainer:
         """``model.pt`` at the state's position (all ranks take part; rank 0 writes); the replaced run goes."""
         state = self.checkpoint()
         if self.dist.main:
-            save_checkpoint(state, self.exp / "model.pt")
+            save_checkpoint(state, self.exp / "model.pt", record=True)
             drop_replaced_run(self.exp)
             self.before_first_model = False
 
@@ -446,7 +446,7 @@ class Trainer:
         if self.dist.main:
             if improved:
                 save_checkpoint({**model_payload(self.step.model, self.run_name, self.config), "epoch": epoch,
-                                 "val_metrics": metrics}, self.exp / "best_model.pt")
+                                 "val_metrics": metrics}, self.exp / "best_model.pt", record=True)
             epochs_bar.set_postfix(val_loss=f"{metrics['loss']:.4g}")
             self.log.epoch(epoch, train_loss, self.optimizer.param_groups[0]["lr"], seconds, metrics, images, improved)
 

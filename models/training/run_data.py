@@ -3,6 +3,7 @@ it resumes, and their loaders over the resumable shuffle (models/training/distri
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +23,14 @@ from utils import UserError
 class RunData:
     """``train`` / ``validation``: the splits' slices (data.dataset.Sample items); ``shape``: a slice's (H, W);
     ``content``: the fingerprint record of what the run reads (masks, data files, checkpoints), which
-    ``config.json`` keeps for ``--resume``."""
+    ``config.json`` keeps for ``--resume``; ``note``: the line that says data files were hashed at their first
+    use (a fresh run prints it once its set-up has succeeded, so that a refusal stays one line)."""
 
     train: Dataset
     validation: Dataset
     shape: tuple[int, int]
     content: dict
+    note: str | None = None
 
     @classmethod
     def load(cls, args: argparse.Namespace, exp: Path, resume: dict | None) -> "RunData":
@@ -48,17 +51,20 @@ class RunData:
                             f"{data_kind(validation)['image']} ones; prepare both splits in one data/prepare.py run")
         args.image, args.kspace = kind["image"], kind["kspace"]
         shape = tuple(train[0].target.shape[-2:])
-        content = content_record(args, shape)
+        content, note = content_record(args, shape)
         if resume is not None:
             check_resume_data(resume, args, len(train), len(validation))
             # The image type first: data of the other type differs in content too, but this says why.
             check_image(resume.get("arch") or {}, args.image, exp / "model.pt", "--resume:")
             check_resume_content(resume, content, args)
-        return cls(train, validation, shape, content)
+        return cls(train, validation, shape, content, note if resume is None else None)
 
     def loaders(self, args: argparse.Namespace, dist: Dist) -> tuple[DataLoader, EpochSampler, DataLoader]:
         """(training loader, its sampler, validation loader) for this rank. Build them after a resumed run's RNG
-        is restored, as the original run did; ``--augment`` wraps the training split here."""
+        is restored, as the original run did; ``--augment`` wraps the training split here. The set-up is then
+        complete: :attr:`note` is printed here."""
+        if self.note and dist.main:
+            print(self.note, file=sys.stderr)
         train = AugmentedSlices(self.train, args.seed) if args.augment else self.train
         sampler = EpochSampler(len(train), args.seed, dist.rank, dist.world, keys=args.augment)
         val_sampler = EpochSampler(len(self.validation), args.seed, dist.rank, dist.world, shuffle=False)
