@@ -666,10 +666,11 @@ def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> No
             report.note(f"{label}: fastest SFT step variant on {device.type}: {fastest}; models/training/speed.py "
                         f"SFT_VARIANT[{device.type!r}] = {speed.sft_variant(device)!r}")
     for coils in args.coils or ():
-        cells = [(f"{name}, multi-coil {coils} coils, {auto}", precision) for name in MULTICOIL_STEPS]
+        layout = chosen[0]  # the asked layout, else the one training picks
+        cells = [(f"{name}, multi-coil {coils} coils, {layout}", precision) for name in MULTICOIL_STEPS]
         with run.block(f"{label}: multi-coil, {coils} coils", cells):
             work = Workload(batch, size, device, amp, args.compile, coils)
-            fmt = speed.MEMORY_FORMATS[auto]
+            fmt = speed.MEMORY_FORMATS[layout]
             steps = {name: work.step(name, fmt) for name in MULTICOIL_STEPS}
             steps.update({f"df-{name}": work.data_fidelity(name != "eval") for name in MULTICOIL_STEPS})
             timings = time_interleaved(steps, run.repeats, device)
