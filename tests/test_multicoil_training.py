@@ -79,12 +79,15 @@ def test_every_kd_method_trains_on_multicoil_data(tmp_path, mc_runs, method):
 
 def test_evaluate_scores_multicoil_models_against_the_rss_with_the_cs_row(tmp_path, mc_runs):
     out = tmp_path / "eval"
-    evaluate.main(["--checkpoints", str(mc_runs["teacher"] / "best_model.pt"), str(mc_runs["sft"] / "best_model.pt"),
+    kd = tmp_path / "sftkd"
+    sft = str(mc_runs["sft"] / "best_model.pt")
+    train_student_kd.main(common(mc_runs["data"], kd, "--teacher-checkpoint", sft, "--init-from-sft", sft))
+    evaluate.main(["--checkpoints", str(mc_runs["teacher"] / "best_model.pt"), sft, str(kd / "best_model.pt"),
                    "--data-root", str(mc_runs["data"]), "--acc", "4x", "--out-dir", str(out), "--metrics", "all"])
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["coils"], summary["maps"], summary["image"]) == (COILS, "true", "complex")
     assert summary["cs"]["lambda"] in (1e-5, 1e-4, 1e-3, 1e-2) and len(summary["cs"]["candidates"]) == 4
-    for name in ("ZF", "CS (L1-wavelet)", "teacher", "sft"):
+    for name in ("ZF", "CS (L1-wavelet)", "teacher", "sft", "sftkd-at"):
         assert np.isfinite(summary[name]["PSNR"]["mean"]) and summary[name]["PSNR"]["n"] == 3, name
         assert name in summary["fastmri"], name
     # The CS row beats zero-filling (its lambda was chosen on validation slices, its data term is E^H's).
