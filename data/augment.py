@@ -64,7 +64,7 @@ def undersample(target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     return kspace, zero_filled(kspace, channels)
 
 
-def undersample_coils(target: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor
+def undersample_with_maps(target: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`undersample` for multi-coil data: ``(mask * E x, E^H (mask * E x))``, (N, H, W) complex64 and
     (2, H, W) float32. target: (2, H, W) float32; mask: (1, H, W); maps: (N, H, W) complex64."""
@@ -96,5 +96,5 @@ class AugmentedSlices(Dataset):
             kspace_under, zero_filled = undersample(target, item.mask)
             return item._replace(target=target, kspace_under=kspace_under, zero_filled=zero_filled)
         target, maps = augment_target(item.target, rng, maps)
-        kspace_under, zero_filled = undersample_coils(target, item.mask, maps)
+        kspace_under, zero_filled = undersample_with_maps(target, item.mask, maps)
         return item._replace(target=target, kspace_under=kspace_under, zero_filled=zero_filled, maps=maps)
