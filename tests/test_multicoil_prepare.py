@@ -15,9 +15,6 @@ from data import prepare as prepare_module
 from data.dataset import SliceDataset
 from data.prepare import ACQUIRED_FASTMRI_MC, prepare
 
-# data/coils.py (ESPIRiT, birdcage maps, coil compression) lands from the coils branch.
-pytest.importorskip("data.coils")
-
 SIZE, READOUT, PHASE_ENCODE, COILS = 32, 64, 40, 4
 
 

@@ -80,8 +80,8 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
     # between layouts only by float rounding.
     memory_format = MEMORY_FORMATS[auto_layout(device, dataset.shape, amp, backward=False, batch=batch_size)]
     for name, model in models.items():
-        net = (load_reconstructor(model, "--checkpoints", dataset.image, dataset.coils) if isinstance(model, (str, Path))
-               else model)
+        net = (load_reconstructor(model, "--checkpoints", dataset.image, dataset.coils)
+               if isinstance(model, (str, Path)) else model)
         nets[name] = net.to(device, memory_format=memory_format).eval()
     rows = {metric_set: {name: [] for name in [ZF_NAME, *nets]} for metric_set in metric_sets}
     empty_slices = empty_volumes = 0
