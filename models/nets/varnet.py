@@ -120,7 +120,7 @@ def _run_through_dc(lines: torch.Tensor) -> torch.Tensor:
     and n - 1, n - 2, ...); all False where line 0 is not sampled."""
     n = lines.shape[-1]
     above = lines.long().cumprod(dim=-1).sum(dim=-1, keepdim=True)
-    below = lines.flip(-1).long().cumprod(dim=-1).sum(dim=-1, keepdim=True)
+    below = lines.flip(-1).long().cumprod(dim=-1).sum(dim=-1, keepdim=True) * lines[..., :1]
     index = torch.arange(n, device=lines.device)
     return (index < above) | (index >= n - below)
 
