@@ -245,3 +245,15 @@ def test_every_kd_method_trains_a_varnet_student(tmp_path, runs, method):
     # The student started from the SFT student's S2.. and its sensitivity model, which the branches trained.
     assert ckpt["arch"]["kind"] == "varnet" and any(key.startswith("sens_net.") for key in ckpt["model"])
     assert any(key.startswith("student.sens_net.") for key in sft_student)
+
+
+def test_prepared_maps_flag_uses_the_data_maps_unrefined(tmp_path, runs, capsys):
+    from conftest import cli_error
+    exp = tmp_path / "prepared"
+    train_teacher.main(common(runs["data"], exp, "--model", "varnet-student", *ARCH, "--prepared-maps"))
+    ckpt = torch.load(exp / "best_model.pt", map_location="cpu", weights_only=True)
+    assert ckpt["arch"]["sens_refine"] is False and not any(k.startswith("sens_net.") for k in ckpt["model"])
+    assert np.isfinite(ckpt["val_metrics"]["loss"])
+    err = cli_error(train_teacher.main, common(runs["data"], tmp_path / "dccnn", "--model", "student",
+                                               "--prepared-maps"), capsys)
+    assert "--prepared-maps does not apply to DC-CNN" in err

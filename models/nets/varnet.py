@@ -9,12 +9,13 @@ Cascade t maps coil k-space k_t (B, N, H, W) complex64 to
 with y the acquired coil k-space, m the sampling mask, eta_t a learned scalar (init 1), E / E^H data/fft.py's
 :func:`~data.fft.expand` / :func:`~data.fft.reduce` with the network's maps, and U_t a U-Net on the (real,
 imaginary) channels of the coil-combined image, normalised per sample and channel (fastMRI's ``NormUnet``). The
-first state is k_0 = y. The maps are the prepared ones (``sens_refine=False``) or, as in the paper, the
-sensitivity model's estimate from the undersampled data alone: each coil's ACS image through a small normalised U-Net (coils
-in the batch dimension), divided by the root-sum-of-squares (RSS) over coils. The output is the RSS of the final
-coil images, ``sqrt(sum_c |F^-1 k_c|^2)`` (fastMRI's VarNet output); for complex data (2 channels) it carries the
-phase of E^H k with the data's own (prepared) maps, the maps the targets were combined with, so that its magnitude
-is the RSS and its phase that of the targets. Single-coil data are one coil with unit maps.
+first state is k_0 = y. The maps are the prepared ones (``sens_refine=False``, ``--prepared-maps``) or, as in
+the paper, the sensitivity model's estimate from the undersampled data alone: each coil's ACS image through a
+small normalised U-Net (coils in the batch dimension), divided by the root-sum-of-squares (RSS) over coils. The
+output is the RSS of the final coil images, ``sqrt(sum_c |F^-1 k_c|^2)`` (fastMRI's VarNet output); for complex
+data (2 channels) it carries the phase of E^H k with the data's own (prepared) maps, the maps the targets were
+combined with, so that its magnitude is the RSS and its phase that of the targets. Single-coil data are one coil
+with unit maps.
 
 A family of models/nets/registry.py: ``train_teacher.py --model varnet-teacher`` / ``varnet-student``, an SFT
 teacher or student (branch points between cascades, where the state is coil k-space) and a KD teacher or student
@@ -248,12 +249,13 @@ def describe(arch: dict, detail: bool = False) -> str:
     maps = "learned maps" if refine else "prepared maps"
     if detail and refine:
         maps += f" ({arch.get('sens_levels')}-level U-Net, width {arch.get('sens_channels')})"
-    return f"V{width}L{levels}C{n_cascades} ({n_cascades} k-space cascades of a {levels}-level U-Net, width {width}, {maps})"
+    return (f"V{width}L{levels}C{n_cascades} ({n_cascades} k-space cascades of a {levels}-level U-Net, "
+            f"width {width}, {maps})")
 
 
 FAMILY = Family(kind=VarNetConfig.kind, title="E2E-VarNet", config=VarNetConfig, describe=describe,
                 presets={"varnet-teacher": TEACHER, "varnet-student": STUDENT},
-                flags={"cascades": "n_cascades", "depth": "levels", "width": "channels"},
+                flags={"cascades": "n_cascades", "depth": "levels", "width": "channels", "sens_refine": "sens_refine"},
                 # 12 levels already pool a 4096-pixel image down to one pixel; widths double per level.
                 bounds={"n_cascades": 100, "levels": 12, "channels": 4096, "sens_levels": 12,
                         "sens_channels": 4096})
