@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from data.fft import IMAGE_CHANNELS, to_channels
-from data.layout import MAPS_METHOD_ATTR, acc_folder, keys_for, maps_key, mask_name
+from data.fft import IMAGE_CHANNELS, magnitude, to_channels
+from data.layout import COIL_SOURCE_ATTR, MAPS_METHOD_ATTR, RSS_KEY, acc_folder, keys_for, maps_key, mask_name
 from data.masks import load_mask, parse_acc
 from utils import UserError, first_line
 
@@ -147,14 +147,15 @@ class SliceDataset(Dataset):
         shape = kinds = None
         self.coils: int | None = None
         self.maps_method: str | None = None
+        self.coil_source: str | None = None  # "simulated (birdcage)" or "acquired" (files without it: None)
         for file_idx, path in enumerate(self.files):
-            n_slices, file_shape, file_kinds, (coils, maps_method) = self._inspect(path)
+            n_slices, file_shape, file_kinds, (coils, maps_method, coil_source) = self._inspect(path)
             if file_idx and (coils, maps_method) != (self.coils, self.maps_method):
                 have = f"{coils} coils (maps: {maps_method})" if coils else "single-coil data"
                 want = f"{self.coils} coils (maps: {self.maps_method})" if self.coils else "single-coil data"
                 raise UserError(f"{path} holds {have} but {self.files[0].name} {want}; one coil count and one map "
                                 "estimate per data set: prepare them together (--coils, --coil-compress K)")
-            self.coils, self.maps_method = coils, maps_method
+            self.coils, self.maps_method, self.coil_source = coils, maps_method, coil_source
             if shape is not None and file_shape != shape:
                 raise UserError(f"{path} has {file_shape[0]}x{file_shape[1]} slices but "
                                 f"{self.files[0].name} has {shape[0]}x{shape[1]}; one size per data set")
@@ -190,9 +191,9 @@ class SliceDataset(Dataset):
     def multicoil(self) -> bool:
         return self.coils is not None
 
-    def _inspect(self, path: Path) -> tuple[int, tuple[int, int], tuple[str, str], tuple[int | None, str | None]]:
+    def _inspect(self, path: Path) -> tuple[int, tuple[int, int], tuple[str, str], tuple]:
         """Check keys, dtypes and shapes of one file; return its slice count, (H, W), (image type, k-space
-        source) and (coils, maps method), (None, None) for single-coil data."""
+        source) and (coils, maps method, coil source), all None for single-coil data."""
         with _open_h5(path) as f:
             shapes = []
             target = f.get(self.keys[0])
@@ -219,7 +220,7 @@ class SliceDataset(Dataset):
                                     f"{' (its ' + self.keys[0] + ' is complex)' if complex_image else ''}")
                 check_stored(path, ds)
                 shapes.append(tuple(ds.shape))
-            coils = maps_method = None
+            coils = maps_method = coil_source = None
             if multicoil:
                 if not complex_image:
                     raise UserError(f"{path}: multi-coil k-space ('{self.keys[2]}' {kspace.shape}) needs complex "
@@ -230,6 +231,10 @@ class SliceDataset(Dataset):
                 coils = shapes[2][0]
                 maps_method = f.attrs.get(MAPS_METHOD_ATTR, "unknown")
                 maps_method = maps_method.decode(errors="replace") if isinstance(maps_method, bytes) else str(maps_method)
+                coil_source = f.attrs.get(COIL_SOURCE_ATTR)
+                if isinstance(coil_source, bytes):
+                    coil_source = coil_source.decode(errors="replace")
+                coil_source = None if coil_source is None else str(coil_source)
                 shapes = shapes[:2] + [shapes[2][1:]]
         if len(set(shapes)) != 1:
             detail = ", ".join(f"{k} {s}" for k, s in zip(self.keys, shapes))
@@ -241,7 +246,7 @@ class SliceDataset(Dataset):
         if len(shape) != 3 or min(shape) < 1:
             raise UserError(f"{path}: datasets have shape {shapes[0]}; expected (H, W, S)")
         return (shape[2], (shape[0], shape[1]), ("complex" if complex_image else "magnitude", source),
-                (coils, maps_method))
+                (coils, maps_method, coil_source))
 
     def _check_mask_fits(self, mask: np.ndarray, mask_file: Path, n_files: int = 3) -> None:
         """The stored k-space must be zero wherever ``mask`` (H, W) is: a mask the files were not made with
@@ -322,6 +327,22 @@ class SliceDataset(Dataset):
                       target=target, mask=self.mask, fname=self.files[file_idx].name, slice=s, acc=self.acc,
                       maps=maps)
 
+    def scoring_targets(self, batch: Sample) -> np.ndarray:
+        """The (B, H, W) float32 images a batch's slices are scored against: the magnitude of the target, and for
+        multi-coil data the root sum of squares of the fully sampled coil images (``reconstruction_rss``,
+        fastMRI's multi-coil reference; files without it: the target's magnitude). The coil-combined images
+        with maps of unit RSS have exactly the magnitude of the RSS of their coil images, so a reconstruction's
+        magnitude is scored in the same convention."""
+        magnitudes = magnitude(batch.target)[:, 0].numpy()
+        if not self.multicoil:
+            return magnitudes
+        index = {path.name: i for i, path in enumerate(self.files)}
+        rss = []
+        for i, (fname, s) in enumerate(zip(batch.fname, batch.slice.tolist())):
+            f = self._handle(index[fname])
+            rss.append(np.asarray(f[RSS_KEY][:, :, s], dtype=np.float32) if RSS_KEY in f else magnitudes[i])
+        return np.stack(rss)
+
     def nbytes(self) -> int:
         """Bytes that :attr:`preload` would hold (float32 + float32 + complex64 per pixel; complex images: three
         complex64)."""
@@ -361,11 +382,14 @@ def build_dataset(root: str | Path, split: str, accs: list[str], mask_paths: dic
 def data_kind(dataset: Dataset) -> dict[str, str]:
     """``{"image": "magnitude" | "complex", "kspace": where it came from}`` of a :func:`build_dataset` result
     (or a wrapper of one with a ``base``), as config.json, checkpoints and summary.json record it; multi-coil
-    data add ``"coils"`` (N) and ``"maps"`` (how the sensitivity maps were made)."""
+    data add ``"coils"`` (N), ``"maps"`` (how the sensitivity maps were made) and ``"coil_source"`` (simulated or
+    acquired coils)."""
     while not isinstance(dataset, (SliceDataset, ConcatDataset)):
         dataset = dataset.base
     parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
     kind = {"image": parts[0].image, "kspace": parts[0].kspace_source}
     if parts[0].multicoil:
         kind.update(coils=parts[0].coils, maps=parts[0].maps_method)
+        if parts[0].coil_source is not None:
+            kind["coil_source"] = parts[0].coil_source
     return kind

@@ -45,6 +45,8 @@ def maps_key(acc: str) -> str:
 RSS_KEY = "reconstruction_rss"
 # File attribute naming the sensitivity-map estimate ("espirit", "acs-rss", or "true" for a simulation's own).
 MAPS_METHOD_ATTR = "maps_method"
+# File attribute of multi-coil data: "simulated (birdcage)" (data/prepare.py --coils) or "acquired".
+COIL_SOURCE_ATTR = "coil_source"
 
 
 def acc_folder(root: Path, split: str, acc: str) -> Path:

@@ -28,7 +28,8 @@ if not __package__:  # run by path: the repository root, which holds the package
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data.layout import MAPS_METHOD_ATTR, SPLITS, acc_folder, mask_name, undersample, write_volume  # noqa: E402
+from data.layout import (COIL_SOURCE_ATTR, MAPS_METHOD_ATTR, SPLITS, acc_folder, mask_name, undersample,  # noqa: E402
+                         write_volume)
 from data.masks import MASK_KINDS, MaskError, acc_type, load_mask, make_mask, parse_acc, save_mask  # noqa: E402
 from data.dataset import KSPACE_SOURCE_ATTR, SYNTHETIC_FROM_MAGNITUDE  # noqa: E402
 from data.fft import IMAGE_CHANNELS  # noqa: E402
@@ -51,6 +52,7 @@ SHOWN_SUBJECT_CHARS = 1000
 ACQUIRED_FASTMRI = "acquired (fastMRI single-coil kspace)"
 ACQUIRED_FASTMRI_MC = "acquired (fastMRI multi-coil kspace)"
 DEFAULT_MAPS = "espirit"
+SIMULATED_COILS, ACQUIRED_COILS = "simulated (birdcage)", "acquired"
 # More simulated coils than any scanner's receive array (fastMRI's have at most 20-odd).
 MAX_COILS = 64
 FASTMRI_NOTE = ("This is retrospective undersampling of the magnitude reference (the paper's protocol), not "
@@ -415,7 +417,8 @@ class Staging:
             raise UserError(f"{source.label} has {coils} coils but {self.coils_from} has {self.coils}; one coil count "
                             "per data set: pass --coil-compress K (K at most the smallest count) to make them equal")
         self.coils, self.coils_from = coils, self.coils_from or source.label
-        attrs = {**attrs, "slice_hashes": slice_hashes(volume.rss), MAPS_METHOD_ATTR: rules.maps, "coils": coils}
+        attrs = {**attrs, "slice_hashes": slice_hashes(volume.rss), MAPS_METHOD_ATTR: rules.maps, "coils": coils,
+                 COIL_SOURCE_ATTR: SIMULATED_COILS if rules.coils is not None else ACQUIRED_COILS}
         if rules.coil_compress is not None:
             attrs["coil_compress"] = rules.coil_compress
         check_free_space(self.stage, 2 * (coils + 2) * 8 * volume.rss.size * len(self.masks))
@@ -575,7 +578,7 @@ def _coil_record(options: Options, coils: int) -> dict[str, Any]:
     """What split.json and the summary record of multi-coil data: the coil count, how the maps were made, and
     whether the coils are simulated or compressed."""
     record = {"coils": coils, "maps": options.maps_method,
-              "coil_source": "simulated (birdcage)" if options.coils is not None else "acquired"}
+              "coil_source": SIMULATED_COILS if options.coils is not None else ACQUIRED_COILS}
     if options.coil_compress is not None:
         record["coil_compress"] = options.coil_compress
     return record

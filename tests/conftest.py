@@ -190,11 +190,14 @@ def make_multicoil_dataset(root: Path, size: int = 16, coils: int = 4, accs=("4x
         for _ in range(count):
             magnitude = phantom(size, slices, seed + index)
             images = np.moveaxis(magnitude * synthetic_phase(magnitude.shape, seed, f"vol{index}"), -1, 0)
-            arrays = undersample_coils(simulate_coil_kspace(images, maps), masks, method, maps)
-            for acc, a in arrays.items():
+            coil_kspace = simulate_coil_kspace(images, maps)
+            coil_images = np.fft.ifft2(coil_kspace.astype(np.complex128), axes=(-2, -1), norm="ortho")
+            rss = np.moveaxis(np.sqrt((np.abs(coil_images) ** 2).sum(axis=1)), 0, -1).astype(np.float32)
+            for acc, a in undersample_coils(coil_kspace, masks, method, maps).items():
                 folder = root / split / f"acc_{acc}"
                 folder.mkdir(parents=True, exist_ok=True)
                 write_layout_volume(folder / f"vol{index}.h5", a["volfs"], a["kspace"], a["zf"], acc,
-                                    {"kspace_source": "test fixture", MAPS_METHOD_ATTR: method}, maps=a["maps"])
+                                    {"kspace_source": "test fixture", MAPS_METHOD_ATTR: method}, maps=a["maps"],
+                                    rss=rss)
             index += 1
     return root

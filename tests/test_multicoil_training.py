@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import evaluate
 import train_sft
 import train_student_kd
 import train_teacher
-from conftest import make_multicoil_dataset
+from conftest import cli_error, make_multicoil_dataset
 from data.dataset import SliceDataset
 from data.fft import expand, reduce, to_complex
 from models.distill.losses import KD_METHODS
@@ -29,7 +31,8 @@ def common(data: Path, exp: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def mc_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multicoil")
-    data = make_multicoil_dataset(root / "data", size=SIZE, coils=COILS)
+    data = make_multicoil_dataset(root / "data", size=SIZE, coils=COILS,
+                                  volumes=(("train", 2), ("validation", 1), ("test", 1)))
     runs = {"data": data}
     for name, script, extra in (("teacher", train_teacher, ("--model", "teacher")),
                                 ("student", train_teacher, ("--model", "student")),
@@ -72,3 +75,41 @@ def test_every_kd_method_trains_on_multicoil_data(tmp_path, mc_runs, method):
                                  "--kd-method", method))
     ckpt = torch.load(exp / "best_model.pt", map_location="cpu", weights_only=True)
     assert np.isfinite(ckpt["val_metrics"]["loss"])
+
+
+def test_evaluate_scores_multicoil_models_against_the_rss_with_the_cs_row(tmp_path, mc_runs):
+    out = tmp_path / "eval"
+    evaluate.main(["--checkpoints", str(mc_runs["teacher"] / "best_model.pt"), str(mc_runs["sft"] / "best_model.pt"),
+                   "--data-root", str(mc_runs["data"]), "--acc", "4x", "--out-dir", str(out), "--metrics", "all"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["coils"], summary["maps"], summary["image"]) == (COILS, "true", "complex")
+    assert summary["cs"]["lambda"] in (1e-4, 1e-3, 1e-2) and len(summary["cs"]["candidates"]) == 3
+    for name in ("ZF", "CS (L1-wavelet)", "teacher", "sft"):
+        assert np.isfinite(summary[name]["PSNR"]["mean"]) and summary[name]["PSNR"]["n"] == 3, name
+        assert name in summary["fastmri"], name
+    # The CS row beats zero-filling (its lambda was chosen on validation slices, its data term is E^H's).
+    assert summary["CS (L1-wavelet)"]["PSNR"]["mean"] > summary["ZF"]["PSNR"]["mean"]
+    # ZF is scored as |E^H y| against the stored RSS, recomputed here for the first slice.
+    dataset = SliceDataset(mc_runs["data"], "test", "4x")
+    item = dataset[0]
+    with h5py.File(dataset.files[0]) as f:
+        rss = f["reconstruction_rss"][:, :, 0]
+    zf = reduce(item.kspace_under[None], item.maps[None])[0, 0].abs().numpy()
+    psnr = 10 * np.log10(rss.max() ** 2 / np.mean((rss.astype(np.float64) - zf) ** 2))
+    row = next(r for r in (out / "metrics.csv").read_text().splitlines() if r.startswith("ZF,vol3,0,"))
+    assert float(row.split(",")[3]) == pytest.approx(psnr, abs=1e-3)
+
+
+def test_a_multicoil_checkpoint_on_single_coil_data_and_the_reverse_are_refused(tmp_path, capsys, mc_runs):
+    from test_complex import make_complex_dataset
+    single = make_complex_dataset(tmp_path / "single")
+    err = cli_error(evaluate.main, ["--checkpoints", str(mc_runs["teacher"] / "best_model.pt"), "--data-root",
+                                    str(single), "--acc", "4x", "--out-dir", str(tmp_path / "e1")], capsys)
+    assert "trained on multi-coil data (4 coils" in err and "single-coil data" in err
+    assert not (tmp_path / "e1").exists() or not any((tmp_path / "e1").iterdir())
+    single_teacher = tmp_path / "single-teacher"
+    train_teacher.main(common(single, single_teacher, "--model", "student"))
+    err = cli_error(train_student_kd.main, common(mc_runs["data"], tmp_path / "kd", "--teacher-checkpoint",
+                                                  str(single_teacher / "best_model.pt")), capsys)
+    assert err.startswith("error: --teacher-checkpoint") and "single-coil data" in err and "multi-coil" in err
+    assert not (tmp_path / "kd").exists()
