@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+import evaluate
 import train_sft
 import train_student_kd
 import train_teacher
@@ -208,7 +209,8 @@ def common(data: Path, exp: Path, *extra: str) -> list[str]:
 def runs(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     if request.param == "multicoil":
-        data = make_multicoil_dataset(root / "data", size=SIZE, coils=COILS)
+        data = make_multicoil_dataset(root / "data", size=SIZE, coils=COILS,
+                                      volumes=(("train", 2), ("validation", 1), ("test", 1)))
     else:
         data = make_dataset(root / "data", size=SIZE, slices=3)
     result = {"data": data, "kind": request.param}
@@ -231,6 +233,18 @@ def test_teacher_student_and_sft_train_an_epoch(runs):
             assert (config["image"], config["coils"]) == ("complex", COILS), name
         else:
             assert config["image"] == "magnitude" and "coils" not in config, name
+
+
+def test_evaluate_scores_varnets_on_multicoil_data(tmp_path, runs):
+    if runs["kind"] != "multicoil":
+        pytest.skip("the single-coil fixture has no test split")
+    out = tmp_path / "eval"
+    evaluate.main(["--checkpoints", str(runs["teacher"] / "best_model.pt"), str(runs["sft"] / "best_model.pt"),
+                   "--data-root", str(runs["data"]), "--acc", "4x", "--out-dir", str(out), "--no-cs"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["coils"] == COILS
+    for name in ("varnet-teacher", "sft"):
+        assert np.isfinite(summary[name]["PSNR"]["mean"]) and summary[name]["PSNR"]["n"] == 3, name
 
 
 @pytest.mark.parametrize("method", sorted(KD_METHODS))
