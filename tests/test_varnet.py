@@ -22,6 +22,7 @@ from conftest import make_dataset, make_multicoil_dataset, smooth_maps
 from data.masks import cartesian_row_mask
 from models.distill.losses import KD_METHODS
 from models.nets.registry import PRESETS, describe_networks
+from models.nets.sft import SFTConfig, sft_forward_backward, sft_loss
 from models.nets.varnet import VarNetConfig, acs_lines
 
 SIZE, COILS = 16, 4
@@ -176,6 +177,43 @@ def test_acs_lines_are_the_block_through_dc_of_row_and_column_masks():
     got = acs_lines(batch)
     assert torch.equal(got[0], acs_lines(row_mask)[0])
     assert torch.equal(got[1], no_dc[0] > 0.5) and torch.equal(got[2], points[0] > 0.5)
+
+
+@pytest.mark.parametrize("variant", ["branchwise", "joint", "joint-batched"])
+def test_every_sft_variant_gives_the_one_backward_gradients(variant):
+    """SFT on a VarNet pair: the branch-by-branch backward (the graph cut at the teacher's k-space states and at
+    the student's learned maps, models/nets/sft.py) and the batched branches give the gradients of one plain
+    backward of sft_loss, up to float32 summation order."""
+    y, mask, maps, _ = fixture(7)
+    target = torch.randn(1, 2, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
+    config = SFTConfig(VarNetConfig(**{**TINY, "image_channels": 2}),
+                       VarNetConfig(**{**TINY, "channels": 2, "image_channels": 2}))
+    zf = torch.zeros(1, 2, SIZE, SIZE)
+
+    def gradients(run):
+        torch.manual_seed(0)
+        model = config.build()
+        loss = run(model)
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    def plain(model):
+        loss, _ = sft_loss(*model(zf, y, mask, maps), target)
+        loss.backward()
+        return loss
+
+    def chosen(model):
+        if variant == "branchwise":
+            return sft_forward_backward(model, zf, y, mask, target, maps=maps)[0]
+        loss, _ = sft_loss(*model(zf, y, mask, maps, batch_branches=variant == "joint-batched"), target)
+        loss.backward()
+        return loss
+
+    expected_loss, expected = gradients(plain)
+    loss, got = gradients(chosen)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-7)
+    assert got.keys() == expected.keys() and any(key.startswith("student.sens_net.") for key in got)
+    for key, value in got.items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-5 * expected[key].abs().max().item())
 
 
 def test_presets_and_features():
