@@ -273,6 +273,18 @@ def test_teacher_student_and_sft_train_an_epoch(runs):
             assert config["image"] == "magnitude" and "coils" not in config, name
 
 
+def test_the_same_seed_gives_the_same_weights_bit_for_bit(tmp_path, runs):
+    """One process, one CPU: a second SFT run from the same seed (learned maps, k-space states, the branch-by-branch
+    backward) ends at exactly the first run's weights."""
+    again = tmp_path / "again"
+    train_sft.main(common(runs["data"], again, *SFT_ARCH))
+    first = torch.load(runs["sft"] / "model.pt", map_location="cpu", weights_only=True)
+    second = torch.load(again / "model.pt", map_location="cpu", weights_only=True)
+    assert first["model"].keys() == second["model"].keys()
+    for key, value in first["model"].items():
+        assert torch.equal(value, second["model"][key]), key
+
+
 def test_evaluate_scores_varnets_on_multicoil_data(tmp_path, runs):
     if runs["kind"] != "multicoil":
         pytest.skip("the single-coil fixture has no test split")
