@@ -161,6 +161,18 @@ def test_the_sensitivity_model_reads_only_the_acs_lines_and_normalises_to_rss_1(
     assert torch.equal(network(sens_refine=False).cascade_maps(y, mask, maps), maps)
 
 
+@pytest.mark.parametrize("refine", [False, True])
+def test_all_zero_kspace_gives_finite_outputs_and_gradients(refine):
+    """An empty slice (zero k-space, as padding slices are): the per-channel standard deviation, the RSS of the
+    maps and of the output and the output's phase are all taken at 0; nothing may turn into NaN or inf."""
+    _, mask, maps, _ = fixture(8)
+    net = network(sens_refine=refine)
+    out = net(torch.zeros(1, 2, SIZE, SIZE), torch.zeros_like(maps), mask, maps)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
 def test_acs_lines_are_the_block_through_dc_of_row_and_column_masks():
     rows = torch.zeros(SIZE)
     rows[[0, 1, 2, 5, 9, 14, 15]] = 1  # DC block: rows -2..2 (14, 15, 0, 1, 2)

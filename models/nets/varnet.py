@@ -34,8 +34,9 @@ from data.fft import expand, ifft2, reduce, to_channels, to_complex
 from models.nets.cascaded_unet import UNet
 from models.nets.family import Family, arch_dict
 
-# Divides by a standard deviation or an RSS only where it is not zero (an all-zero input stays zero).
-TINY = torch.finfo(torch.float32).tiny
+# Added to a variance before its square root: far below any image's (fastMRI's k-space gives variances of about
+# 1e-10), so that a constant input (an empty slice) has a finite standard deviation and finite gradients.
+VARIANCE_FLOOR = 1e-30
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,11 @@ class NormUNet(nn.Module):
         """x: (B, 2, H, W) float32. Returns the output (B, 2, H, W) float32 in x's units and the U-Net's
         full-resolution maps [first encoder level, last decoder level], each (B, channels, H, W)."""
         mean = x.mean(dim=(-2, -1), keepdim=True)
-        std = x.std(dim=(-2, -1), keepdim=True).clamp_min(TINY)
-        out, hidden = self.unet((x - mean) / std)
+        centred = x - mean
+        # The unbiased variance (torch.std's, fastMRI's), floored: torch.std's gradient is NaN at 0.
+        variance = centred.square().sum(dim=(-2, -1), keepdim=True) / max(x.shape[-2] * x.shape[-1] - 1, 1)
+        std = (variance + VARIANCE_FLOOR).sqrt()
+        out, hidden = self.unet(centred / std)
         return out.float() * std + mean, hidden
 
 
@@ -149,7 +153,9 @@ class SensitivityModel(nn.Module):
         coil_images = to_channels(ifft2(acs).reshape(batch * coils, 1, height, width))
         maps, _ = self.norm_unet(coil_images)
         maps = to_complex(maps).reshape(batch, coils, height, width)
-        return maps / rss(maps).clamp_min(TINY)
+        norm = rss(maps)
+        # Where every coil's map is 0 it stays 0 (dividing by 1 keeps its gradient finite).
+        return maps / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
 class Cascade(nn.Module):
