@@ -113,3 +113,20 @@ def test_a_multicoil_checkpoint_on_single_coil_data_and_the_reverse_are_refused(
                                                   str(single_teacher / "best_model.pt")), capsys)
     assert err.startswith("error: --teacher-checkpoint") and "single-coil data" in err and "multi-coil" in err
     assert not (tmp_path / "kd").exists()
+
+
+def test_augmentation_moves_the_maps_with_the_image(tmp_path, mc_runs):
+    from data.augment import AugmentedSlices
+    dataset = SliceDataset(mc_runs["data"], "train", "4x")
+    augmented = AugmentedSlices(dataset, seed=0)
+    for key in [(index, epoch) for index in range(3) for epoch in range(3)]:
+        item = augmented[key]
+        assert item.kspace_under.shape == item.maps.shape == (COILS, SIZE, SIZE)
+        # The coil k-space is E of the augmented target with the augmented maps, zero off the mask (float32
+        # rounding of 16 x 16 FFTs), and the maps keep unit RSS where they had it.
+        expected = expand(to_complex(item.target), item.maps) * item.mask
+        assert torch.allclose(item.kspace_under, expected, atol=1e-6)
+        assert torch.allclose(to_complex(item.zero_filled), reduce(item.kspace_under, item.maps), atol=1e-6)
+        assert torch.allclose((item.maps.abs() ** 2).sum(0), torch.ones(SIZE, SIZE), atol=1e-5)
+    train_teacher.main(common(mc_runs["data"], tmp_path / "augmented", "--model", "student", "--augment"))
+    assert (tmp_path / "augmented" / "best_model.pt").is_file()
