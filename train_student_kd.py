@@ -117,6 +117,9 @@ def build_parser():
     g.add_argument("--residual", action="store_true", default=None,
                    help="add the block input to its output (not in the paper; default: as the loaded "
                         "student, else off)")
+    g.add_argument("--prepared-maps", action="store_true", default=None,
+                   help="E2E-VarNet student from scratch: use the data's prepared coil maps as they are instead of "
+                        "a sensitivity model (default: as the loaded student, else the sensitivity model)")
     return parser
 
 

@@ -333,3 +333,16 @@ def test_prepared_maps_flag_uses_the_data_maps_unrefined(tmp_path, runs, capsys)
     err = cli_error(train_teacher.main, common(runs["data"], tmp_path / "dccnn", "--model", "student",
                                                "--prepared-maps"), capsys)
     assert "--prepared-maps does not apply to DC-CNN" in err
+
+
+def test_prepared_maps_for_a_kd_student(tmp_path, runs, capsys):
+    from conftest import cli_error
+    sft = str(runs["sft"] / "best_model.pt")
+    exp = tmp_path / "scratch"
+    train_student_kd.main(common(runs["data"], exp, "--teacher-checkpoint", sft, "--kd-method", "at",
+                                 "--student-model", "varnet-student", *ARCH, "--prepared-maps"))
+    ckpt = torch.load(exp / "best_model.pt", map_location="cpu", weights_only=True)
+    assert ckpt["arch"]["sens_refine"] is False and np.isfinite(ckpt["val_metrics"]["loss"])
+    err = cli_error(train_student_kd.main, common(runs["data"], tmp_path / "init", "--teacher-checkpoint", sft,
+                                                  "--init-from-sft", sft, "--prepared-maps"), capsys)
+    assert "--prepared-maps conflicts with --init-from-sft" in err

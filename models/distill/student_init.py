@@ -82,7 +82,9 @@ def student_config(args, init: Init):
     the size flags, ``--ref-padding`` (default 0) and ``--residual``."""
     if init.source is None:
         return configure(chosen_student(args), {"--ref-padding": ("ref_padding", args.ref_padding or None),
-                                                "--residual": ("residual", args.residual or None)})
+                                                "--residual": ("residual", args.residual or None),
+                                                "--prepared-maps": ("sens_refine",
+                                                                    False if args.prepared_maps else None)})
     config = init.source.config
     if args.student_model is not None or any(value is not None for _, value in size_flags(args).values()):
         if _shape(chosen_student(args)) != _shape(config):
@@ -90,6 +92,9 @@ def student_config(args, init: Init):
                             f"{describe_arch(chosen_student(args).to_dict())} but {init.flag} {init.path} holds "
                             f"{describe_arch(config.to_dict())}; drop them (the loaded student's architecture is "
                             "used)")
+    if args.prepared_maps and getattr(config, "sens_refine", False):
+        raise UserError(f"--prepared-maps conflicts with {init.flag} {init.path}, whose student refines its maps with "
+                        "a sensitivity model (its cascades were trained on those maps); drop --prepared-maps")
     if args.residual and not getattr(config, "residual", False):
         raise UserError(f"--residual conflicts with {init.flag} {init.path}, whose student has no residual "
                         "connections (its weights were trained without them); drop --residual")
