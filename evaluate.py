@@ -28,7 +28,7 @@ from data.outputs import check_replaceable, clean_up, folder_lock, new_files, sw
 from models.checkpoints.format import load_model
 from models.evaluation.cs_row import CS_ITERATIONS, choose_cs_row
 from models.evaluation.engine import evaluate_sets
-from models.evaluation.provenance import check_trained_on, recorded_roles, trained_on
+from models.evaluation.provenance import check_scored_split, check_trained_on, recorded_roles, trained_on
 from models.evaluation.recons import RECON_KEY
 from models.evaluation.results import check_names, default_names, owned_results, write_results
 from models.evaluation.sets import METRIC_CHOICES, METRIC_SETS, format_table
@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="leave out the 'CS (L1-wavelet)' row (sigpy's L1WaveletRecon, seconds per slice at 320 x "
                              "320 on a CPU)")
     parser.add_argument("--cs-lambda", type=float, default=None, metavar="LAM",
-                        help="the CS row's lambda (default: the best of 1e-4, 1e-3, 1e-2 by mean PSNR on 4 "
+                        help="the CS row's lambda (default: the best of 1e-5, 1e-4, 1e-3, 1e-2 by mean PSNR on 4 "
                              "validation slices; recorded in summary.json 'cs')")
     parser.add_argument("--cs-iterations", type=int, default=CS_ITERATIONS, metavar="N",
                         help="FISTA iterations of the CS row")
@@ -126,6 +126,7 @@ def _main(args: argparse.Namespace) -> None:
     if names is None:
         names = default_names(args.checkpoints, [ckpt for _, ckpt in loaded])
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
+    check_scored_split(args.data_root, split, args.acc)
     scored = split_listing(args.data_root, split, args.acc)
     trained_acc = {name: check_trained_on(path, ckpt, dataset, scored, acc=args.acc, split=split,
                                           data_root=args.data_root, cross_acc=args.cross_acc)

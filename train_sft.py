@@ -6,7 +6,9 @@ from models.nets.registry import ModelName, capacity, with_image_channels
 from models.distill.roles import BASE_MODELS, sft_kind
 from models.nets.sft import SFTNet
 from models.training.steps import SFTStep
-from models.training.flags import add_arch_args, arch_config, common_parser, parse_args, weight_type
+from models.training.config import ResumeRules
+from models.training.flags import (add_arch_args, arch_config, arch_keys, common_parser, parse_args, train_config,
+                                   weight_type)
 from models.training.loop import train
 from utils import UserError, run_cli
 
@@ -22,20 +24,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="the teacher network (train_teacher.py --model list shows them)")
     parser.add_argument("--student-model", default="student", metavar="NAME", action=ModelName,
                         help="the student network, with as many cascades as the teacher")
-    add_arch_args(parser, roles=("teacher-", "student-"))
+    sides = ("teacher-", "student-")
+    add_arch_args(parser, roles=sides)
     args = parse_args(parser, argv)
-    teacher = arch_config(args.teacher_model, args, "teacher-")
-    student = arch_config(args.student_model, args, "student-")
+    teacher = arch_config(args.teacher_model, vars(args), "teacher-")
+    student = arch_config(args.student_model, vars(args), "student-")
     if teacher.n_cascades != student.n_cascades:
         raise UserError(f"--teacher-model {args.teacher_model} has {teacher.n_cascades} cascades but --student-model "
                         f"{args.student_model} {student.n_cascades}; SFT pairs them one to one: give --cascades")
+    config = train_config(args, ResumeRules(network_own=("teacher_model", "student_model", *arch_keys(sides))))
     kind = sft_kind(args.imitation_weight)
-    # The image type (1 or 2 channels) is the data's, known once train() has opened it.
-    def step(a):
-        teacher_i, student_i = (with_image_channels(config, IMAGE_CHANNELS[a.image]) for config in (teacher, student))
-        return SFTStep(SFTNet(teacher_i, student_i), a.student_rec_weight, a.imitation_weight)
 
-    train(args, step, run_name=BASE_MODELS[kind][0],
+    def step(image: str, coils: int | None = None) -> SFTStep:
+        teacher_i, student_i = (with_image_channels(net, IMAGE_CHANNELS[image]) for net in (teacher, student))
+        return SFTStep(SFTNet(teacher_i, student_i), args.student_rec_weight, args.imitation_weight)
+
+    train(config, step, run_name=BASE_MODELS[kind][0],
           roles={"model": kind, "nets": {"teacher": capacity(teacher), "student": capacity(student)}})
 
 

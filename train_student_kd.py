@@ -21,59 +21,116 @@ of the student, as for every run. ``best_model.pt`` is the second stage's best.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from models.checkpoints.format import load_reconstructor
-from models.checkpoints.io import load_checkpoint
+from models.checkpoints.format import UNCHECKED, CheckpointFile, model_from, read_checkpoint
 from models.distill.losses import KD_METHODS, KDMethodError, build_kd_loss, describe_methods
-from models.nets.registry import ModelName, capacity
 from models.distill.roles import kd_run_name, teacher_kind
-from models.training.steps import KDStep
-from models.distill.student_init import build_student, load_init
-from models.training.flags import common_parser, parse_args, positive, weight_type
+from models.distill.student_init import Init, StudentSpec, build_student, sft_blocks, student_blocks
+from models.nets.registry import ModelName, capacity, reconstructor
+from models.training.config import ResumeRules
+from models.training.flags import common_parser, parse_args, positive, train_config, weight_type
 from models.training.loop import train
+from models.training.steps import KDConfig, KDStep
 from utils import UserError, run_cli
 
-
-def teacher_role(path) -> str:
-    """The ``teacher`` role of ``--teacher-checkpoint`` (models/distill/roles.py), from what its checkpoint records."""
-    ckpt = load_checkpoint(path, "--teacher-checkpoint")
-    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), dict) else {}
-    return teacher_kind(config.get("roles"), arch.get("kind") == "sft", config.get("imitation_weight"))
+# The settings whose None means the student's own (its size, padding): --resume compares them through the
+# network they build.
+STUDENT_KEYS = ("student_model", "cascades", "depth", "width", "ref_padding", "residual")
 
 
-def build_step(args, roles: dict | None = None) -> KDStep:
-    """The KD step; records the sizes of its teacher (an SFT checkpoint's teacher side) and student as
-    ``roles["nets"]`` when given the run's roles (the loop writes them into config.json after building the
-    step)."""
-    # Loading builds networks, which draws from the RNG: on a forked RNG, so that the fresh S1 and KD
-    # connectors below are the same draw in every arm of one seed, whatever teacher and init it loads.
+@dataclass(frozen=True)
+class KDRun:
+    """What a KD run distils, each checkpoint file read once: the teacher (``--teacher-checkpoint``), where the
+    student's S2..S5 come from (``init_kind`` a models/distill/roles.py init role; ``init`` the file of
+    ``--init-from-sft`` / ``--init-student``, None from scratch), the student asked for and the KD settings."""
+
+    teacher: CheckpointFile
+    init_kind: str
+    init: CheckpointFile | None
+    student: StudentSpec
+    kd: KDConfig
+
+    @property
+    def teacher_role(self) -> str:
+        """The ``teacher`` role (models/distill/roles.py), from what the teacher checkpoint records."""
+        ckpt = self.teacher.ckpt
+        config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), dict) else {}
+        return teacher_kind(config.get("roles"), arch.get("kind") == "sft", config.get("imitation_weight"))
+
+    def digests(self) -> dict[str, str]:
+        """The SHA-256 of each checkpoint read, by setting (config.json's ``content.checkpoints``)."""
+        init = {"sft-blocks": "init_from_sft", "student": "init_student"}.get(self.init_kind)
+        return {"teacher_checkpoint": self.teacher.digest, **({init: self.init.digest} if init else {})}
+
+
+def kd_run(args: argparse.Namespace) -> KDRun:
+    """The :class:`KDRun` of parsed flags; a file given to two flags (SFT-KD-Recon's teacher and init) is read
+    once."""
+    read: dict[Path, CheckpointFile] = {}
+
+    def checkpoint(path, flag: str) -> CheckpointFile:
+        key = Path(path).resolve()
+        if key not in read:
+            read[key] = read_checkpoint(path, flag)
+        return read[key]
+
+    teacher = checkpoint(args.teacher_checkpoint, "--teacher-checkpoint")
+    if args.init_from_sft is not None:
+        init_kind, init = "sft-blocks", checkpoint(args.init_from_sft, "--init-from-sft")
+    elif args.init_student is not None:
+        init_kind, init = "student", checkpoint(args.init_student, "--init-student")
+    else:
+        init_kind, init = "scratch", None
+    student = StudentSpec(args.student_model, args.cascades, args.depth, args.width, args.ref_padding, args.residual,
+                          args.prepared_maps)
+    kd = KDConfig(args.kd_method, args.kd_weight, args.feature_epochs, args.cache_teacher)
+    return KDRun(teacher, init_kind, init, student, kd)
+
+
+def build_step(run: KDRun, image: str = "magnitude", roles: dict | None = None,
+               coils: int | None | str = UNCHECKED) -> KDStep:
+    """The KD step for the data's ``image`` type (and ``coils``: the data's coil count, None for single-coil data,
+    which the checkpoints must have been trained on); records the sizes of its teacher (an SFT checkpoint's teacher
+    side) and student as ``roles["nets"]`` when given the run's roles (the loop writes them into config.json
+    after building the step)."""
+    # Building networks draws from the RNG: on a forked RNG, so that the fresh S1 and KD connectors below are the
+    # same draw in every arm of one seed, whatever teacher and init it loads.
     with torch.random.fork_rng(devices=[]):
         # A standard teacher as is, the teacher of an SFT checkpoint (detected from its architecture).
-        teacher = load_reconstructor(args.teacher_checkpoint, "--teacher-checkpoint", args.image,
-                                     getattr(args, "coils", None))
-        init = load_init(args)
-    student = build_student(args, init)
+        teacher = reconstructor(model_from(run.teacher, image, "--teacher-checkpoint", coils))
+        if run.init_kind == "sft-blocks":
+            init = sft_blocks(run.init, image, coils=coils)
+        elif run.init_kind == "student":
+            init = student_blocks(run.init, run.student, image, coils=coils)
+        else:
+            init = Init("scratch")
+    student = build_student(run.student, init, image)
     if roles is not None:
         roles["nets"] = {"teacher": capacity(teacher.config), "student": capacity(student.config)}
     try:
-        kd_loss = build_kd_loss(args.kd_method, student.config, teacher.config)
+        kd_loss = build_kd_loss(run.kd.method, student.config, teacher.config)
     except KDMethodError as exc:
         raise UserError(f"--kd-method {exc}") from exc
-    weight = kd_loss.default_weight if args.kd_weight is None else args.kd_weight
-    return KDStep(student, teacher, kd_loss, weight, args.feature_epochs, args.cache_teacher)
+    weight = kd_loss.default_weight if run.kd.weight is None else run.kd.weight
+    return KDStep(student, teacher, kd_loss, weight, run.kd.feature_epochs, run.kd.cache_teacher)
 
 
 class _KDMethod(argparse.Action):
-    """``--kd-method NAME``; ``--kd-method list`` prints the registry and exits before the required flags
-    are checked."""
+    """``--kd-method NAME``, checked against the registry here, where it is parsed; ``--kd-method list`` prints
+    the registry and exits before the required flags are checked."""
 
     def __call__(self, parser, namespace, value, option_string=None):
         if value == "list":
             print(describe_methods())
             parser.exit(0)
+        if value not in KD_METHODS:
+            raise UserError(f"unknown --kd-method {value!r}; choose one of: {', '.join(KD_METHODS)} "
+                            "(--kd-method list describes them)")
         setattr(namespace, self.dest, value)
 
 
@@ -100,7 +157,7 @@ def build_parser():
     parser.add_argument("--cache-teacher", action="store_true",
                         help="keep the teacher's outputs in memory after the first epoch (output-only KD: "
                              "imitation, none); ~H*W*4 bytes per slice, about a third "
-                             "less time per later epoch; not with --augment)")
+                             "less time per later epoch; not with --augment; may change on --resume)")
     g = parser.add_argument_group("architecture (default: the --init-from-sft / --init-student student's)")
     g.add_argument("--student-model", default=None, metavar="NAME", action=ModelName,
                    help="the student network (train_teacher.py --model list shows them); None: the loaded "
@@ -135,15 +192,15 @@ def main(argv: list[str] | None = None) -> None:
         # teacher's output for another flip or rotation of the slice.
         raise UserError("--cache-teacher keeps one teacher output per slice, but --augment changes the slice "
                         "every epoch; drop one of the two flags")
-    if args.kd_method not in KD_METHODS:
-        raise UserError(f"unknown --kd-method {args.kd_method!r}; choose one of: {', '.join(KD_METHODS)} "
-                        "(--kd-method list describes them)")
-    init = "sft-blocks" if args.init_from_sft else "student" if args.init_student else "scratch"
-    roles = {"model": "kd", "teacher": teacher_role(args.teacher_checkpoint), "init": init,
-             "kd_method": args.kd_method}
+    run = kd_run(args)
+    roles = {"model": "kd", "teacher": run.teacher_role, "init": run.init_kind, "kd_method": run.kd.method}
     # --kd-weight None is the method's own weight: --resume compares that, so giving it explicitly is no change.
-    defaults = {"kd_weight": lambda values: getattr(KD_METHODS.get(values.get("kd_method")), "default_weight", None)}
-    train(args, lambda a: build_step(a, roles), run_name=kd_run_name(roles), roles=roles, defaults=defaults)
+    rules = ResumeRules(may_change=("cache_teacher",), network_own=STUDENT_KEYS,
+                        resolve={"kd_weight": lambda values: getattr(KD_METHODS.get(values.get("kd_method")),
+                                                                     "default_weight", None)})
+    config = train_config(args, rules, run.digests())
+    train(config, lambda image, coils=UNCHECKED: build_step(run, image, roles, coils), run_name=kd_run_name(roles),
+          roles=roles)
 
 
 if __name__ == "__main__":

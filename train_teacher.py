@@ -4,7 +4,8 @@ from __future__ import annotations
 from data.fft import IMAGE_CHANNELS
 from models.nets.registry import ModelName, capacity, with_image_channels
 from models.training.steps import ReconStep
-from models.training.flags import add_arch_args, arch_config, common_parser, parse_args
+from models.training.config import ResumeRules
+from models.training.flags import add_arch_args, arch_config, arch_keys, common_parser, parse_args, train_config
 from models.training.loop import train
 from utils import run_cli
 
@@ -15,11 +16,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="teacher = D5C5 (141,765 parameters), student = D3C5 (49,285); 'list' shows every "
                              "registered network")
     add_arch_args(parser)
-    args = parse_args(parser, argv)
-    config = arch_config(args.model, args)
-    # The image type (1 or 2 channels) is the data's, known once train() has opened it.
-    train(args, lambda a: ReconStep(with_image_channels(config, IMAGE_CHANNELS[a.image]).build()),
-          run_name=args.model, roles={"model": args.model, "nets": {args.model: capacity(config)}})
+    config = train_config(parse_args(parser, argv), ResumeRules(network_own=("model", *arch_keys())))
+    model = config.settings["model"]
+    net = arch_config(model, config.settings)
+    train(config, lambda image, coils=None: ReconStep(with_image_channels(net, IMAGE_CHANNELS[image]).build()),
+          run_name=model, roles={"model": model, "nets": {model: capacity(net)}})
 
 
 if __name__ == "__main__":

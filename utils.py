@@ -12,6 +12,7 @@ import os
 import platform
 import random
 import re
+import stat
 import sys
 import unicodedata
 from pathlib import Path
@@ -91,6 +92,56 @@ def clean_text(text: str, limit: int | None = 200) -> str:
     files (run names, attributes, lock contents) goes through it before it is printed or stored."""
     escaped = "".join(repr(c)[1:-1] if unicodedata.category(c)[0] == "C" else c for c in str(text))
     return escaped if limit is None else escaped[:limit]
+
+
+def format_bytes(nbytes: int | float) -> str:
+    """A size for messages, in the largest binary unit that keeps it at 1 or more: ``"0 B"``, ``"140.0 KiB"``,
+    ``"1.5 MiB"``, ``"37.3 GiB"`` (so nothing reads "0.0 MiB")."""
+    for unit, scale in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} B"
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the smaller of the machine's RAM and a cgroup (container) limit."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def check_fits_memory(nbytes: int | float, what: str, fix: str) -> None:
+    """A :class:`UserError` naming ``what`` and the estimate when ``nbytes`` exceeds :func:`machine_memory`:
+    asked before an allocation that would otherwise end in an allocator traceback or the OOM killer."""
+    available = machine_memory()
+    if nbytes > available:
+        raise UserError(f"{what} needs about {format_bytes(nbytes)} of memory, more than this machine's "
+                        f"{format_bytes(available)}; {fix}")
+
+
+def clean_lines(text: str) -> str:
+    """:func:`clean_text` of every line of ``text``, whole, its line breaks kept: for a table or report that is
+    printed or written and quotes names read from files."""
+    return "\n".join(clean_text(line, None) for line in str(text).split("\n"))
+
+
+def not_a_file(path: Path) -> str:
+    """What ``path`` is when it is not a regular file, for an error: ``"does not exist"``, ``"is a FIFO (named
+    pipe), not a file"``, ``"is a folder, not a file"``, ``"is a broken link"``, ..."""
+    if not os.path.lexists(path):
+        return "does not exist"
+    if not path.exists():
+        return "is a broken link"
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return f"is {next((name for test, name in kinds if test(mode)), 'not a regular file')}, not a file"
 
 
 def first_line(exc: BaseException, limit: int = 120) -> str:
@@ -277,7 +328,9 @@ def machine() -> dict:
 
 def describe_machine(info: dict) -> str:
     """One line for a :func:`machine` record, e.g. ``"AMD EPYC (family 25, model 1), 2 cores, ISA AVX2,
-    torch 2.13.0+cpu, 1 thread"``; fields a record lacks are left out."""
+    torch 2.13.0+cpu, 1 thread"``; fields a record lacks are left out. The record is read from files
+    (checkpoints, summary.json): every field goes through :func:`clean_text`."""
+    info = {key: clean_text(value) if isinstance(value, str) else value for key, value in info.items()}
     parts = [str(info.get("cpu", "unknown CPU"))]
     if info.get("cores"):
         parts.append(f"{info['cores']} cores")

@@ -182,13 +182,15 @@ def acs_region(mask: np.ndarray, min_lines: int = MIN_ACS_LINES) -> AcsRegion:
 
 def estimate_maps(kspace_under: np.ndarray, mask: np.ndarray, method: str = "espirit", *,
                   thresh: float = 0.02, kernel_width: int = 6, crop: float = 0.95,
-                  max_iter: int = 100) -> np.ndarray:
+                  max_iter: int = 100, max_calib_width: int = 64) -> np.ndarray:
     """Coil sensitivity maps from the ACS region of one slice's undersampled k-space.
 
     - ``"espirit"``: ESPIRiT (Uecker et al., MRM 2014) through ``sigpy.mri.app.EspiritCalib``. sigpy calibrates
-      on a centred square of side ``calib_width``; here that side is the ACS block's width (at most H and W), and
-      the block is rolled to sigpy's centre so an off-centre block is used whole (the calibration matrix depends
-      only on the block's values, not on where it sits). ``thresh`` (singular values kept above ``thresh`` times
+      on a centred square of side ``calib_width``; here that side is the ACS block's width (at most H, W and
+      ``max_calib_width``: the SVD's cost grows with the square's area, for little gain past sigpy's and BART's
+      default of 24; data/README.md has timings), and the block is rolled to sigpy's centre so
+      an off-centre block is used whole (the calibration matrix depends only on the block's values, not on where
+      it sits); a block wider than the square gives its lines nearest DC. ``thresh`` (singular values kept above ``thresh`` times
       the largest) and ``crop`` (maps set to 0 where the top eigenvalue is below ``crop``, i.e. outside the
       object) are sigpy's defaults; the kernel is ``kernel_width`` wide, shrunk to ``calib_width - 2`` for narrow
       blocks so the calibration matrix keeps several rows. Maps have unit RSS where not cropped, and coil 0 has a
@@ -200,7 +202,8 @@ def estimate_maps(kspace_under: np.ndarray, mask: np.ndarray, method: str = "esp
     kspace_under: (N, H, W) complex, unshifted; mask: (H, W) {0, 1} line mask (see :func:`acs_region`, whose
     ValueError passes through). Returns (N, H, W) complex64.
     """
-    if kspace_under.ndim != 3 or kspace_under.shape[-2:] != np.shape(mask):
+    mask = np.asarray(mask)
+    if kspace_under.ndim != 3 or kspace_under.shape[-2:] != mask.shape:
         raise ValueError(f"kspace_under {kspace_under.shape} is not (N, H, W) with the mask's (H, W) "
                          f"{np.shape(mask)}")
     region = acs_region(mask)
@@ -212,16 +215,27 @@ def estimate_maps(kspace_under: np.ndarray, mask: np.ndarray, method: str = "esp
         raise ValueError(f"map method {method!r} is unknown; choose one of: {', '.join(MAP_METHODS)}")
     import sigpy.mri  # noqa: PLC0415 - slow import, only for multi-coil work
     height, width = mask.shape
-    calib_width = min(region.width, height, width)
+    calib_width = min(region.width, height, width, max_calib_width)
+    first, last = int(region.offsets[0]), int(region.offsets[-1])
+    start = min(max(-(calib_width // 2), first), last - calib_width + 1)  # the square's first line, from DC
     centered = to_centered(kspace_under.astype(np.complex64))
     n = mask.shape[region.axis]
-    # sigpy crops centred indices n//2 - c//2 ...; the block's first line sits at n//2 + offsets[0].
-    shift = -(calib_width // 2) - int(region.offsets[0])
+    # sigpy crops centred indices n//2 - c//2 ...; the square's first line sits at n//2 + start.
+    shift = -(calib_width // 2) - start
     centered = np.roll(centered, shift, axis=1 + region.axis) if shift % n else centered
     kernel = max(2, min(kernel_width, (calib_width + 2) // 3))
     maps = sigpy.mri.app.EspiritCalib(centered, calib_width=calib_width, thresh=thresh, kernel_width=kernel,
                                       crop=crop, max_iter=max_iter, show_pbar=False).run()
     return np.asarray(maps, dtype=np.complex64)
+
+
+def estimate_volume_maps(kspace_under: np.ndarray, mask: np.ndarray, method: str = "espirit",
+                         **options) -> np.ndarray:
+    """:func:`estimate_maps` of each slice of a volume (maps are estimated per slice, as a scanner would).
+    kspace_under: (S, N, H, W) complex; mask: (H, W). Returns (S, N, H, W) complex64."""
+    if kspace_under.ndim != 4:
+        raise ValueError(f"kspace_under {kspace_under.shape} is not (S, N, H, W)")
+    return np.stack([estimate_maps(slice_kspace, mask, method, **options) for slice_kspace in kspace_under])
 
 
 # --------------------------------------------------------------------------- coil compression
@@ -246,12 +260,21 @@ def compression_matrix(kspace: np.ndarray, k: int) -> np.ndarray:
     return vectors.conj().T.astype(np.complex64)
 
 
+def apply_compression(matrix: np.ndarray, coils: np.ndarray) -> np.ndarray:
+    """Apply a (k, N) :func:`compression_matrix` across the coil axis (-3) of k-space, coil images or maps (all
+    transform alike: compressed k-space is the FFT of ``matrix @ (maps * image)``). True maps compressed this way
+    keep ``RSS <= 1``, with equality only where the map vector lies in the kept subspace.
+
+    coils: (..., N, H, W) complex. Returns (..., k, H, W) complex64.
+    """
+    return np.einsum("kn,...nhw->...khw", matrix, coils.astype(np.complex64)).astype(np.complex64)
+
+
 def coil_compress(kspace: np.ndarray, k: int) -> np.ndarray:
     """SVD coil compression of one volume to ``k`` virtual coils, one matrix for all its slices
     (:func:`compression_matrix`). Compress before estimating maps: maps estimated from the compressed k-space
-    describe the virtual coils. (True maps transform as ``matrix @ maps`` and then no longer have unit RSS.)
+    describe the virtual coils (simulated true maps go through :func:`apply_compression` with the same matrix).
 
     kspace: (S, N, H, W) or (N, H, W) complex. Returns (S, k, H, W) or (k, H, W) complex64.
     """
-    matrix = compression_matrix(kspace, k)
-    return np.einsum("kn,...nhw->...khw", matrix, kspace.astype(np.complex64)).astype(np.complex64)
+    return apply_compression(compression_matrix(kspace, k), kspace)

@@ -23,7 +23,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from data.fft import IMAGE_CHANNELS, magnitude, to_channels
 from data.layout import COIL_SOURCE_ATTR, MAPS_METHOD_ATTR, RSS_KEY, acc_folder, keys_for, maps_key, mask_name
 from data.masks import load_mask, parse_acc
-from utils import UserError, first_line
+from utils import UserError, first_line, format_bytes
 
 
 # The kspace_source of data whose k-space was computed from real magnitude images (the paper's protocol):
@@ -104,8 +104,8 @@ def check_stored(path: Path, ds: h5py.Dataset) -> None:
     declared = float(np.prod(ds.shape, dtype=np.float64)) * ds.dtype.itemsize
     size = path.stat().st_size
     if ds.compression is None and declared > size:
-        raise UserError(f"{path}: '{ds.name.lstrip('/')}' declares shape {ds.shape} ({declared / 2 ** 20:,.0f} MiB) "
-                        f"but the file holds {size / 2 ** 20:,.1f} MiB: it is damaged; re-copy it or re-run "
+        raise UserError(f"{path}: '{ds.name.lstrip('/')}' declares shape {ds.shape} ({format_bytes(declared)}) "
+                        f"but the file holds {format_bytes(size)}: it is damaged; re-copy it or re-run "
                         "data/prepare.py")
 
 

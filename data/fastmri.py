@@ -75,16 +75,24 @@ class FastmriVolume:
             kspace = f["kspace"][()]  # (S, H, W) complex64, DC in the middle
         if kspace.dtype.kind != "c":
             raise FastmriError(f"{self.path}: 'kspace' has dtype {kspace.dtype}, not complex; it is not raw k-space")
-        image = ifft2c(torch.from_numpy(kspace.astype(np.complex128))).numpy()
-        _, height, width = image.shape
-        if height < size or width < size:
-            raise FastmriError(f"{self.path}: its k-space gives {height} x {width} images, smaller than --size {size}; "
-                               "complex_center_crop only crops: pass a smaller --size")
-        top, left = (height - size) // 2, (width - size) // 2
-        cropped = np.moveaxis(image[:, top:top + size, left:left + size], 0, -1)
-        peak = float(np.abs(cropped).max())
-        scale = 1.0 / peak if peak > 0 else 1.0
-        return cropped * scale, scale
+        return complex_images(kspace, size, self.path)
+
+
+def complex_images(kspace: np.ndarray, size: int, label) -> tuple[np.ndarray, float]:
+    """fastMRI's complex images of centred single-coil k-space: ``(slices, scale)`` with slices (size, size, S)
+    complex128 = scale * complex_center_crop(ifft2c(kspace)) and scale the float ``1 / max |image|`` over the
+    volume (1.0 for an all-zero volume). kspace: (S, H, W) complex, DC in the middle; ``label`` names it in
+    errors."""
+    image = ifft2c(torch.from_numpy(kspace.astype(np.complex128))).numpy()
+    _, height, width = image.shape
+    if height < size or width < size:
+        raise FastmriError(f"{label}: its k-space gives {height} x {width} images, smaller than --size {size}; "
+                           "complex_center_crop only crops: pass a smaller --size")
+    top, left = (height - size) // 2, (width - size) // 2
+    cropped = np.moveaxis(image[:, top:top + size, left:left + size], 0, -1)
+    peak = float(np.abs(cropped).max())
+    scale = 1.0 / peak if peak > 0 else 1.0
+    return cropped * scale, scale
 
     def coil_images(self, size: int) -> tuple[np.ndarray, float]:
         """The coil images of a multi-coil file, fastMRI's way: ``(images, scale)`` with images (N, size, size, S)

@@ -22,6 +22,8 @@ fastMRI's files are in the other, centred convention: :func:`ifft2c` reads them 
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 # Network channels of each image type; the type is read from the data (data/dataset.py).
@@ -165,3 +167,48 @@ def coil_data_fidelity(image: torch.Tensor, kspace_under: torch.Tensor, mask: to
     """
     keep = mask if mask.dtype == torch.bool else mask > 0.5
     return torch.where(keep, kspace_under, expand(image, maps))
+
+
+class HalfSpectrum(NamedTuple):
+    """What :func:`data_fidelity_half` needs of the measured k-space and mask, computed once per forward pass
+    (inference only), on the half plane of ``rfft2`` (B, 1, H, W // 2 + 1): ``measured`` complex64, the measured
+    part of the Hermitian part of DF's spectrum, ``(m[k] y[k] + m[-k] conj(y[-k])) / 2``, and ``weight`` complex64
+    (values 0, 1/2, 1), the weight of the network's own spectrum there, ``((1 - m[k]) + (1 - m[-k])) / 2``;
+    ``width`` is W."""
+
+    measured: torch.Tensor
+    weight: torch.Tensor
+    width: int
+
+
+def _mirror(values: torch.Tensor) -> torch.Tensor:
+    """values[..., -kh, -kw] (indices modulo H, W) over the last two dims."""
+    return torch.roll(torch.flip(values, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
+
+
+def half_spectrum(kspace_under: torch.Tensor, mask: torch.Tensor) -> HalfSpectrum:
+    """kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W) or broadcastable, float {0, 1} or bool."""
+    keep = (mask if mask.dtype == torch.bool else mask > 0.5).expand(kspace_under.shape)
+    keep_mirror = _mirror(keep)
+    zero = torch.zeros((), dtype=kspace_under.dtype, device=kspace_under.device)
+    measured = (torch.where(keep, kspace_under, zero) + torch.where(keep_mirror, _mirror(kspace_under).conj(), zero))
+    weight = ((~keep).to(kspace_under.dtype) + (~keep_mirror).to(kspace_under.dtype)) * 0.5
+    half = kspace_under.shape[-1] // 2 + 1
+    return HalfSpectrum((measured * 0.5)[..., :half].contiguous(), weight[..., :half].contiguous(),
+                        kspace_under.shape[-1])
+
+
+def data_fidelity_half(x_cnn: torch.Tensor, df: HalfSpectrum) -> torch.Tensor:
+    """:func:`data_fidelity` of a magnitude image with real-to-complex FFTs: the same value up to float rounding
+    (not bit for bit), at about half the FFT work, one elementwise pass instead of three, and without the real ->
+    complex and complex -> real copies.
+
+    ``Re(ifft2(Z))`` is the inverse real FFT of Z's Hermitian part ``(Z[k] + conj(Z[-k])) / 2``; for real x,
+    ``fft2(x)[-k] = conj(fft2(x)[k])``, so with ``Z = where(m, y, fft2(x))`` that part is, on the half plane,
+    ``df.measured + df.weight * rfft2(x)`` (:class:`HalfSpectrum`).
+
+    x_cnn: (B, 1, H, W) float32; df: :func:`half_spectrum` of the measured k-space and mask. Returns (B, 1, H, W)
+    float32."""
+    spectrum = torch.fft.rfft2(x_cnn.float(), dim=(-2, -1), norm="ortho")
+    return torch.fft.irfft2(torch.addcmul(df.measured, df.weight, spectrum), s=(x_cnn.shape[-2], df.width),
+                            dim=(-2, -1), norm="ortho")

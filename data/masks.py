@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from data.outputs import atomic_write
-from utils import UserError
+from utils import UserError, not_a_file
 
 _ACC_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)x$")
 
@@ -253,8 +253,8 @@ def validate_mask(mask: np.ndarray, source: str, shape: tuple[int, int] | None =
 def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Load and validate an (H, W) ``.npy`` mask; returns float32 {0, 1}. Errors name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"mask {path} does not exist; pass --mask FILE or run data/prepare.py, "
+    if not path.is_file():  # opening a FIFO would wait forever for a writer
+        raise UserError(f"mask {path} {not_a_file(path)}; pass --mask FILE or run data/prepare.py, "
                         "which writes mask_{acc}.npy next to train/ and validation/")
     try:
         mask = np.load(path, allow_pickle=False)

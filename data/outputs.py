@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from utils import UserError, clean_text, os_error_message, refuse_to_overwrite
+from utils import UserError, clean_text, format_bytes, os_error_message, refuse_to_overwrite
 
 MANIFEST = "manifest.json"
 NEW, OLD = ".swap-new", ".swap-old"
@@ -192,6 +192,8 @@ def folder_lock(folder: str | Path, flag: str) -> Iterator[None]:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{flag} {folder} is a file; choose a folder")
+    if folder.resolve() == Path(folder.resolve().anchor):
+        raise UserError(f"{flag} {folder} is the file system's root; give the outputs a folder of their own")
     created = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -257,6 +259,11 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         raise
 
 
+# Free space to ask beyond an HDF5 file's arrays: its superblock, object headers, attributes and page buffer,
+# whose failing flush on a full disk crashes h5py instead of raising.
+HDF5_MARGIN = 1 << 20
+
+
 def check_free_space(path: str | Path, nbytes: int) -> None:
     """An ``OSError`` (ENOSPC) naming ``path`` and the space needed when its file system has less than
     ``nbytes`` free: asked before writes whose library fails badly on a full disk (h5py can crash the process,
@@ -264,10 +271,12 @@ def check_free_space(path: str | Path, nbytes: int) -> None:
     folder = Path(path)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    free = shutil.disk_usage(folder).free
-    if free < nbytes:
-        raise OSError(errno.ENOSPC, f"No space left on device: {nbytes / 2 ** 20:.1f} MiB needed, "
-                                    f"{free / 2 ** 20:.1f} MiB free", str(path))
+    usage = shutil.disk_usage(folder)
+    free = usage.free
+    # A pseudo file system (/proc, /sys) reports no size at all: the write itself then gives the true error.
+    if usage.total > 0 and free < nbytes:
+        raise OSError(errno.ENOSPC, f"No space left on device: {format_bytes(nbytes)} needed, "
+                                    f"{format_bytes(free)} free", str(path))
 
 
 def write_json(path: str | Path, obj: Any) -> None:

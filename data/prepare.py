@@ -9,7 +9,7 @@
 The flags fill ``Options``; the volumes are read by their source (data/sources.py), split by subject
 (data/subjects.py), sliced (data/slicing.py), written into a staging folder and checked for leaks
 (data/staging.py, data/split_check.py) before anything is moved into ``--out-dir``. Presets, inputs, masks, the
-split rules, fastMRI, complex images and the layout written: data/README.md.
+split rules, fastMRI, complex images, multi-coil data and the layout written: data/README.md.
 """
 from __future__ import annotations
 
@@ -38,10 +38,12 @@ from data.slicing import fft_friendly, kept_slices, make_slices, synthetic_phase
 from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, SOURCE_KINDS, Source,  # noqa: E402
                           SourceKind, check_unique_names, read_volumes)
 from data.split_check import check_split, slice_hashes  # noqa: E402
+from data.fingerprint import HASH_KEY, tree_hashes  # noqa: E402
 from data.staging import check_apart, check_output, staged_output  # noqa: E402
 from data.subjects import BLOCK_GAP, assign_subjects, block_split  # noqa: E402
-from data.outputs import check_free_space, folder_lock, write_json  # noqa: E402
-from utils import CliParser, UserError, check_seed, clean_text, old_spellings, run_cli, seed_type  # noqa: E402
+from data.outputs import HDF5_MARGIN, check_free_space, folder_lock, write_json  # noqa: E402
+from utils import (CliParser, UserError, check_fits_memory, check_seed, clean_text,  # noqa: E402
+                   old_spellings, run_cli, seed_type)
 
 DEFAULT_ACCS = ("4x", "5x")
 DEFAULT_CENTER_FRACTION = 0.08
@@ -395,8 +397,9 @@ class Staging:
             self._write_multicoil(source, name, volfs, split, attrs)
         else:
             attrs["slice_hashes"] = slice_hashes(volfs)
-            # h5py can crash the process on a full disk instead of raising: ask first (volfs, complex kspace, zf).
-            check_free_space(self.stage, 4 * volfs.nbytes * len(self.masks))
+            # h5py can crash the process on a full disk instead of raising (its page buffer fails in a flush): ask
+            # first, for volfs, complex kspace and zf, and room for HDF5's own metadata.
+            check_free_space(self.stage, (4 * volfs.nbytes + HDF5_MARGIN) * len(self.masks))
             for acc, (kspace, zf) in undersample(volfs, self.masks).items():
                 write_volume(self.folder(split, acc) / f"{name}.h5", volfs, kspace, zf, acc, attrs)
         self.volumes[split].append(name)
@@ -421,7 +424,7 @@ class Staging:
                  COIL_SOURCE_ATTR: SIMULATED_COILS if rules.coils is not None else ACQUIRED_COILS}
         if rules.coil_compress is not None:
             attrs["coil_compress"] = rules.coil_compress
-        check_free_space(self.stage, 2 * (coils + 2) * 8 * volume.rss.size * len(self.masks))
+        check_free_space(self.stage, (2 * (coils + 2) * 8 * volume.rss.size + HDF5_MARGIN) * len(self.masks))
         for acc, arrays in volume.arrays.items():
             write_volume(self.folder(split, acc) / f"{name}.h5", arrays["volfs"], arrays["kspace"], arrays["zf"], acc,
                          attrs, maps=arrays["maps"], rss=volume.rss)
@@ -547,7 +550,7 @@ def _fill_stage(stage: Path, options: Options, sources: list[Source], assigned: 
     coils = {} if staging.coils is None else _coil_record(options, staging.coils)
     write_json(stage / "split.json", {
         "split_by": split_by, "how": _split_how(options), "subjects_found": found_line, **coils, **per_split,
-        "subjects": staging.record})
+        "subjects": staging.record, HASH_KEY: tree_hashes(stage)})
     return {"split": split_by, "subjects_found": found_line, **coils, **per_split,
             **{f"{split}_volumes": staging.volumes[split] for split in SPLITS},
             **{f"{split}_slices": counts[split] for split in SPLITS},
@@ -608,6 +611,11 @@ def _prepare(opts: Options, start: float) -> dict[str, Any]:
     size = opts.size
     if size is None:
         size = fft_friendly(max(extent for s in sources for i, extent in enumerate(s.shape[:3]) if i != opts.axis))
+    # A volume's arrays at the output size (float32 image, complex64 k-space, float32 zero-filled, a float64 copy
+    # while resampling), before the first is allocated.
+    deepest = max(s.shape[opts.axis] for s in sources)
+    check_fits_memory(24 * size ** 2 * deepest, f"{'--size ' if opts.size else 'slices of '}{size}: a {size} x {size} "
+                      f"x {deepest} volume", "choose a smaller --size")
     masks = _masks(opts, size)
     multicoil = [s for s in sources if getattr(s.image, "coils", 1) > 1] if opts.image == "complex" else []
     if multicoil and len(multicoil) < len(sources):
@@ -675,7 +683,8 @@ def _add_image_flags(parser: CliParser) -> None:
     g = parser.add_argument_group("image type")
     g.add_argument("--image", choices=tuple(IMAGE_CHANNELS), default="magnitude",
                    help="magnitude (default, the paper's protocol): real images, k-space synthesised from them; "
-                        "complex: with --fastmri single-coil files, the complex image of the file's kspace "
+                        "complex: with --fastmri single-coil files, the complex image of the file's kspace (multi-coil "
+                        "files: their coil k-space, maps estimated, data/README.md 'Multi-coil') "
                         "(fastMRI's ifft2c and complex_center_crop to --size, scaled to max |x| = 1), networks "
                         "get 2 channels (real, imaginary)")
     g.add_argument("--synthetic-phase", type=seed_type, default=None, metavar="SEED",

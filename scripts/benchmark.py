@@ -54,13 +54,13 @@ from data.layout import acc_folder, mask_name, undersample, write_volume  # noqa
 from data.masks import cartesian_row_mask  # noqa: E402
 from models.training import speed  # noqa: E402
 from models.checkpoints.format import model_payload  # noqa: E402
-from models.checkpoints.io import save_checkpoint  # noqa: E402
+from models.checkpoints.io import load_checkpoint, save_checkpoint  # noqa: E402
 from models.distill.losses import build_kd_loss  # noqa: E402
 from models.nets.registry import PRESETS  # noqa: E402
 from models.nets.sft import SFTConfig  # noqa: E402
 from models.training.steps import KDStep, ReconStep, SFTStep  # noqa: E402
 from models.training.loop import TrainStep  # noqa: E402
-from utils import CliParser, UserError, describe_machine, machine, old_spellings, run_cli  # noqa: E402
+from utils import CliParser, UserError, clean_lines, describe_machine, machine, old_spellings, run_cli  # noqa: E402
 
 CONV_FLOP = 2 * 9  # multiply-add per 3x3 tap
 # On CUDA the training scripts' float32 is "tf32" (PyTorch's default for convolutions); "fp32" is IEEE.
@@ -414,14 +414,14 @@ def interrupt_and_resume(args: list[str], exp: Path, logs: Path, threads: int | 
     if child.proc.returncode != 128 + signal.SIGINT:
         raise RuntimeError(f"not interrupted by SIGINT (exit {child.proc.returncode}); log {child.log}: "
                            f"{child.tail()}")
-    stopped_at = torch.load(exp / "model.pt", weights_only=True, map_location="cpu")
+    stopped_at = load_checkpoint(exp / "model.pt")
     position = f"epoch {stopped_at['epoch'] + 1}, batch {stopped_at['batch_in_epoch']}"
     resumed = Child(command + ["--resume"], logs / "resumed.log", threads)
     try:
         resumed.run(deadline.limit(process_limit))
     except (Overran, RuntimeError) as exc:
         raise type(exc)(f"--resume: {exc}") from None
-    final = torch.load(exp / "model.pt", weights_only=True, map_location="cpu")
+    final = load_checkpoint(exp / "model.pt")
     if final["epoch"] != epochs or final["batch_in_epoch"] != 0:
         raise RuntimeError(f"--resume ended at epoch {final['epoch']}, not {epochs}")
     return f"SIGINT stopped it in {position} (exit 130); --resume finished epoch {epochs} in {resumed.seconds:.1f} s"
@@ -482,7 +482,7 @@ class Report:
 
     def write(self) -> None:
         if self.out is not None:
-            for name, text in (("table.md", self.markdown()),
+            for name, text in (("table.md", clean_lines(self.markdown())),
                                ("report.json", json.dumps({"notes": self.notes, "rows": self.rows,
                                                            "failed": self.failed}, indent=1))):
                 (self.out / f"{name}.tmp").write_text(text)
@@ -980,7 +980,7 @@ def main(argv: list[str] | None = None) -> None:
             report.note("time: " + ", ".join(f"{part} {s:.0f} s" for part, s in seconds.items()) +
                         f"; total {sum(seconds.values()):.0f} s")
         print()
-        print(report.markdown(), flush=True)
+        print(clean_lines(report.markdown()), flush=True)
         if args.out is not None:
             print(f"wrote {args.out / 'table.md'}")
     if report.failed:

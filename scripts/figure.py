@@ -41,7 +41,7 @@ from models.evaluation.engine import ZF_NAME  # noqa: E402
 from models.evaluation.recons import RECON_KEY  # noqa: E402
 from models.evaluation.metrics import psnr, ssim  # noqa: E402
 from data.outputs import atomic_write  # noqa: E402
-from utils import CliParser, UserError, first_line, old_spellings, refuse_to_overwrite, run_cli  # noqa: E402
+from utils import CliParser, UserError, clean_text, first_line, old_spellings, refuse_to_overwrite, run_cli  # noqa: E402
 
 
 def _magnitude(values: np.ndarray) -> np.ndarray:
@@ -112,7 +112,8 @@ def model_scores(eval_dir: Path, model: str, volume: str | None) -> dict[tuple[s
                 if row.get("model") == model and (volume is None or row.get("volume") == volume):
                     scores[(row["volume"], int(row["slice"]))] = float(row["PSNR"])
     except (KeyError, ValueError, TypeError) as exc:
-        raise UserError(f"{path} is not an evaluate.py metrics.csv ({first_line(exc, 100)}); rerun evaluate.py") from exc
+        raise UserError(f"{path} is not an evaluate.py metrics.csv ({first_line(exc, 100)}); "
+                        "rerun evaluate.py") from exc
     if not scores:
         raise UserError(f"--median-of {model}: {path} has no rows of that model"
                         + (f" on volume {volume}" if volume else "") + "; name a model it scored")
@@ -151,6 +152,7 @@ def draw(target: np.ndarray, recons: dict[str, np.ndarray], title: str, error_sc
     vmax = float(target.max()) or 1.0
     error_image = None
     for col, (name, image) in enumerate([("Target", target), *recons.items()]):
+        name = clean_text(name)  # a folder name
         top, bottom = axes[0, col], axes[1, col]
         top.imshow(image, cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest")
         if col == 0:
@@ -175,7 +177,7 @@ def draw(target: np.ndarray, recons: dict[str, np.ndarray], title: str, error_sc
 
 
 def evaluated_split(eval_dir: Path) -> str:
-    """The split an evaluate.py folder scored (its summary.json), ``validation`` for folders that predate it."""
+    """The split an evaluate.py folder scored (its summary.json), ``validation`` for folders that record none."""
     try:
         return str(json.loads((eval_dir / "summary.json").read_text()).get("split") or "validation")
     except (OSError, ValueError, AttributeError):
@@ -277,8 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     atomic_write(args.out, lambda f: f.write(buffer.getvalue()))
-    print(f"wrote {args.out} ({data_file.stem}, slice {slice_idx}, models: {', '.join(recons)})"
-          + (f"; title: {suptitle}" if suptitle else ""))
+    print(clean_text(f"wrote {args.out} ({data_file.stem}, slice {slice_idx}, models: {', '.join(recons)})"
+                     + (f"; title: {suptitle}" if suptitle else ""), None))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 from data.masks import parse_acc
 from scripts import contrasts, report
 from data.outputs import atomic_write, write_text
-from utils import CliParser, UserError, refuse_to_overwrite, run_cli
+from utils import CliParser, UserError, clean_lines, refuse_to_overwrite, run_cli
 
 PRIMARY_PREFIX = "B - C"
 
@@ -53,7 +53,7 @@ def student_width(table: dict, column: str, folder: Path) -> int:
 
 def cell_recipes(folder: Path, table: dict, column: str) -> dict[str, dict]:
     """``{row label: the recipe its runs recorded}`` (evaluate.py's ``recipe``, read by report.collect), checked to
-    be the same for every seed of the cell; empty for cells of older versions, which recorded none."""
+    be the same for every seed of the cell; empty for cells whose runs recorded none."""
     found: dict[str, tuple[dict, int | None]] = {}
     for (role, method), per_column in table.items():
         run_label = role if method is None else f"{role} ({method})"
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     if all(c.primary is None for c in cells):
         raise UserError(f"no cell of {args.map_dir} has B - C for --kd-method {args.kd_method}; name a method the "
                         "cells trained")
-    text = markdown(cells, args.test_set, args.kd_method)
+    text = clean_lines(markdown(cells, args.test_set, args.kd_method))  # it quotes what the cells' files hold
     png = heatmaps(cells, args.test_set, args.kd_method)
     atomic_write(args.out, lambda f: f.write(png))
     write_text(table_path, text)

@@ -34,8 +34,8 @@ from models.evaluation.metrics import metric as registered, used_for  # noqa: E4
 from models.distill.roles import ARM_LABELS, BASE_MODELS, arm_prefix  # noqa: E402
 from scripts import contrasts  # noqa: E402
 from data.outputs import atomic_write, staged, write_text  # noqa: E402
-from utils import (CliParser, UserError, clean_text, csv_text, describe_machine, refuse_to_overwrite,  # noqa: E402
-                   run_cli)
+from utils import (CliParser, UserError, clean_lines, clean_text, csv_text, describe_machine,  # noqa: E402
+                   refuse_to_overwrite, run_cli)
 
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
 # vanishing imitation term trains in effect (scripts/study.sh runs it beside the paper's formula).
@@ -75,8 +75,8 @@ class Run:
     values: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
     test_set: str | None = None
     key: tuple[str, str | None, int | None] | None = None
-    nets: dict | None = None  # the sizes its roles record (models/distill/roles.py), None for older runs
-    recipe: dict | None = None  # the training setting evaluate.py recorded (its ``recipe``), None for older runs
+    nets: dict | None = None  # the sizes its roles record (models/distill/roles.py), None if unrecorded
+    recipe: dict | None = None  # the training setting evaluate.py recorded (its ``recipe``), None if unrecorded
 
     def mean(self, metric: str) -> float:
         return float(np.mean(list(self.values[metric].values())))
@@ -196,7 +196,7 @@ def collect(folders: list[Path]) -> tuple[dict, list[str]]:
 
 def check_one_size(runs: list[tuple[int | None, Run]]) -> None:
     """A :class:`UserError` when the runs of one row recorded networks of different sizes (e.g. a width-8 and a
-    width-32 student): their mean would describe neither. Runs that record no sizes (older versions) pass."""
+    width-32 student): their mean would describe neither. Runs that record no sizes pass."""
     sized = [(seed, run) for seed, run in runs if run.nets is not None]
     for seed, run in sized[1:]:
         if run.nets != sized[0][1].nets:
@@ -415,9 +415,9 @@ VOLUME_TABLES = {
 def machine_line(folders: list[Path], fallback: dict | None = None) -> str:
     """Markdown: the machines that trained the models of a table (summary.json's ``trained_on``, which
     evaluate.py copies from each checkpoint), each with the number of its runs; ``fallback`` (a utils.machine
-    record, ``--machine``) stands for runs whose checkpoints recorded none, such as the committed study's,
-    which predate the record. A single seed's numbers, and which arm comes first, depend on the CPU kind: a
-    kernel's ISA and blocking change the rounding, and training amplifies it."""
+    record, ``--machine``) stands for runs whose checkpoints recorded none, such as the committed study's. A
+    single seed's numbers, and which arm comes first, depend on the CPU kind: a kernel's ISA and blocking change
+    the rounding, and training amplifies it."""
     runs: dict[str, set[str]] = {}  # machine -> checkpoints (a run scored on two test sets counts once)
     for folder in folders:
         summary = json.loads((folder / "summary.json").read_text())
@@ -425,7 +425,7 @@ def machine_line(folders: list[Path], fallback: dict | None = None) -> str:
         for name, path in summary.get("checkpoints", {}).items():
             record = recorded.get(name) if isinstance(recorded.get(name), dict) else fallback
             runs.setdefault(describe_machine(record) if record else "not recorded", set()).add(path)
-    if not runs:  # summary.json files of older versions list no checkpoints
+    if not runs:  # a summary.json without a "checkpoints" entry
         return f"Trained on: {describe_machine(fallback) if fallback else 'not recorded'}."
     if len(runs) == 1:
         return f"Trained on: {next(iter(runs))}."
@@ -545,8 +545,9 @@ def scored_line(table: dict) -> str:
         keys = {key for run in runs for key in run.values["PSNR"]}
         names = sorted({split_of(run.source) for run in runs})
         volumes = len({volume for volume, _ in keys})
+        slices = f"{len(keys)} slice{'s' if len(keys) != 1 else ''}"
         parts.append((column, f"the {' and '.join(names)} split{'s' if len(names) > 1 else ''}",
-                      f"{len(keys)} slice{'s' if len(keys) != 1 else ''} of {volumes} volume{'s' if volumes != 1 else ''}"))
+                      f"{slices} of {volumes} volume{'s' if volumes != 1 else ''}"))
     if len(parts) == 1:
         return f"Scored on {parts[0][1]}, {parts[0][2]}."
     if len({split for _, split, _ in parts}) == 1:
@@ -579,8 +580,8 @@ def main(argv: list[str] | None = None) -> None:
             refuse_to_overwrite(path, args.overwrite, "--out-dir")
     table, unknown = collect(args.eval_dirs)
     if unknown:
-        print("left out (names fit no role: teacher, student, sft, stdkd-M, sftkd-M[-seedN]): "
-              + ", ".join(unknown))
+        print(clean_text("left out (names fit no role: teacher, student, sft, stdkd-M, sftkd-M[-seedN]): "
+                         + ", ".join(unknown), None))
     if not table:
         raise UserError("no model in --eval-dirs has a known role; name them with evaluate.py --names")
     markdown, csv_rows = build_report(table, data_lines(args.eval_dirs))
@@ -598,7 +599,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot is not None:
         draw = contrasts.plot if found else plot
         draw(found or table, args.plot, lambda path, data: pngs.__setitem__(path, data))
-    write_outputs(args, {"table.md": markdown, "table.csv": csv_text(csv_rows)}, pngs)
+    # Names, machines and data descriptions come from files: nothing in them may move a terminal's cursor.
+    markdown = clean_lines(markdown)
+    write_outputs(args, {"table.md": markdown, "table.csv": clean_lines(csv_text(csv_rows))}, pngs)
     print(markdown)
     print(f"wrote {md_path} and {csv_path}" + (f" and {args.plot}" if args.plot is not None else ""))
 

@@ -65,7 +65,7 @@ report() {
         echo "error: no evaluation under $DOCS/{mni152,colin27}/seed*; run bash scripts/study.sh first" >&2
         exit 2
     fi
-    # The committed studies' checkpoints predate the machine record: DOCS/machine.json names their machine.
+    # The committed studies' checkpoints record no machine: DOCS/machine.json names it.
     local machine=() contrasts=(--contrasts)
     [ -f "$DOCS/machine.json" ] && machine=(--machine "$DOCS/machine.json")
     [ "$CONTROLS" = 1 ] || contrasts=()

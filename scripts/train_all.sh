@@ -17,7 +17,9 @@
 #                and --depth N: the student run, the SFT run's student side (as --student-width ...) and every
 #                KD student / the teacher run and the SFT run's teacher side; every run records them in its
 #                roles), CHECK_ONLY=1 (only check these flags, run nothing)
-# Each run's wall time is printed and appended to RESULTS/ACC/times.tsv (run, seconds, fresh|resumed|skipped).
+# Each run's wall time is printed and recorded in RESULTS/ACC/times.tsv, one row per run (run, seconds,
+# trained|resumed|skipped): a rerun replaces the run's row, except that a run found finished ("skipped") keeps the
+# row of the invocation that trained it (a row "skipped" only where none exists).
 set -euo pipefail
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
     echo "error: expected 2 or 3 arguments, got $#; usage: bash scripts/train_all.sh DATA_ROOT ACC [EPOCHS]" \
@@ -69,15 +71,32 @@ run() {  # run NAME SCRIPT ARGS...: fresh, resumed or skipped depending on what 
         resume=(--overwrite)
     fi
     echo "== $name ($script) -> $exp"
-    local start how=fresh
+    local start how=trained output rc=0
     start=$(date +%s)
     [ ${#resume[@]} -gt 0 ] && [ "${resume[0]}" = --resume ] && how=resumed
+    mkdir -p "$OUT"
+    output=$(mktemp "$OUT/.run-output.XXXXXX")
     # shellcheck disable=SC2086
     "$PYTHON" "$script" --data-root "$DATA_ROOT" --acc "$ACC" --epochs "$RUN_EPOCHS" --exp-dir "$exp" \
-        "${resume[@]}" ${TRAIN_FLAGS:-} "$@"
+        "${resume[@]}" ${TRAIN_FLAGS:-} "$@" | tee "$output" || rc=$?
+    [ $rc -eq 0 ] || { rm -f "$output"; exit $rc; }
     local seconds=$(( $(date +%s) - start ))
-    echo "== $name done in ${seconds} s"
-    printf '%s\t%s\t%s\n' "$name" "$seconds" "$how" >> "$OUT/times.tsv"
+    # The loop's own words for a run that had nothing left to do (models/training/loop.py).
+    grep -q "nothing to resume" "$output" && how=skipped
+    rm -f "$output"
+    echo "== $name $how in ${seconds} s"
+    log_time "$name" "$seconds" "$how"
+}
+
+log_time() {  # log_time NAME SECONDS OUTCOME: NAME's one row of times.tsv, replaced atomically
+    local file="$OUT/times.tsv" tmp
+    if [ "$3" = skipped ] && [ -f "$file" ] && awk -F'\t' -v n="$1" '$1 == n {f = 1} END {exit !f}' "$file"; then
+        return
+    fi
+    tmp=$(mktemp "$OUT/.times.XXXXXX")
+    [ -f "$file" ] && awk -F'\t' -v n="$1" '$1 != n' "$file" > "$tmp"
+    printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$tmp"
+    mv -f "$tmp" "$file"
 }
 
 # shellcheck disable=SC2086

@@ -245,8 +245,8 @@ def test_lazy_read_error_in_a_dataloader_worker_is_one_line(broken, tmp_path):
 
 
 def test_data_damaged_since_the_run_started_is_refused_on_resume(broken, run_dir, tmp_path):
-    # The NaN used to surface as a read error in the resumed epoch; the content check (config.json's
-    # "content") now names the changed file before anything is read or written.
+    # Without the content check (config.json's "content") the NaN would surface as a read error in the resumed
+    # epoch; with it the changed file is named before anything is read or written.
     exp = tmp_path / "exp"
     shutil.copytree(run_dir, exp)
     before = {name: (exp / name).read_bytes() for name in ("model.pt", "best_model.pt", "config.json")}

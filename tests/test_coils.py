@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import phantom
-from data.coils import (MIN_ACS_LINES, acs_region, align_phase, birdcage_maps, coil_compress, compression_matrix,
-                        estimate_maps, fft2, from_centered, ifft2, rss, to_centered)
+from data.coils import (MIN_ACS_LINES, acs_region, align_phase, apply_compression, birdcage_maps, coil_compress,
+                        compression_matrix, estimate_maps, estimate_volume_maps, fft2, from_centered, ifft2, rss,
+                        to_centered)
 from data.masks import (cartesian_row_mask, fastmri_column_mask, make_mask, public_mask,
                         variable_density_row_mask)
 from data.slicing import synthetic_phase
@@ -172,6 +173,21 @@ def test_acs_rss_maps_match_the_true_maps_more_loosely(simulation):
     assert espirit_error.mean() < error.mean()
 
 
+def test_espirit_is_robust_to_noise(simulation):
+    # Complex Gaussian noise of 0.03 per k-space sample (orthonormal FFT: 0.03 per image pixel and coil, against
+    # image values of 0.5-1.5). Measured: ESPIRiT max 0.048, mean 0.013 (noise-free 0.036, 0.0068), no pixel of the
+    # object cropped; acs-rss max 0.17, mean 0.050 (its maps are ratios of noisy low-resolution images).
+    image, true_maps, kspace_under, mask, inside = simulation
+    rng = np.random.default_rng(0)
+    noise = 0.03 * (rng.standard_normal(kspace_under.shape) + 1j * rng.standard_normal(kspace_under.shape)) / 2 ** 0.5
+    noisy = kspace_under + noise * mask
+    espirit = estimate_maps(noisy, mask, "espirit")
+    error = map_error(espirit, true_maps)[inside]
+    assert error.max() < 0.08 and error.mean() < 0.025, (error.max(), error.mean())
+    np.testing.assert_allclose(rss(espirit)[inside], 1.0, atol=1e-5)
+    assert 2 * error.mean() < map_error(estimate_maps(noisy, mask, "acs-rss"), true_maps)[inside].mean()
+
+
 def test_espirit_on_an_off_centre_column_block():
     # A column mask whose ACS block (-3..8) is not centred: the block is rolled to sigpy's centre and used whole.
     image, true_maps, kspace, inside = simulate(32, 6, seed=1)
@@ -183,6 +199,15 @@ def test_espirit_on_an_off_centre_column_block():
     error = map_error(maps, true_maps)[inside]
     # Measured: max 0.049, mean 0.016 (seed 0: 0.034, 0.013); 12 lines at 32 px.
     assert error.max() < 0.1 and error.mean() < 0.02, (error.max(), error.mean())
+
+
+def test_espirit_calibrates_on_at_most_max_calib_width_lines():
+    # A fully sampled slice calibrates on the central 24 x 24 square. Measured: max 0.017, mean 0.0036, as with
+    # the whole 48 x 48 (0.016, 0.0037): the cap costs no accuracy here.
+    image, true_maps, kspace, inside = simulate(48, 8, seed=0)
+    maps = estimate_maps(kspace, np.ones((48, 48)), "espirit", max_calib_width=24)
+    error = map_error(maps, true_maps)[inside]
+    assert error.max() < 0.03 and error.mean() < 0.006, (error.max(), error.mean())
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -198,6 +223,14 @@ def test_espirit_at_the_smallest_acs_block(seed):
     maps = estimate_maps(kspace * mask, mask, "espirit")
     np.testing.assert_allclose(rss(maps)[inside], 1.0, atol=1e-5)
     assert map_error(maps, true_maps)[inside].max() < 0.3
+
+
+def test_volume_maps_are_per_slice_maps(simulation):
+    _, _, kspace_under, mask, _ = simulation
+    volume = np.stack([kspace_under, kspace_under[::-1]])  # two slices, the second with its coils reordered
+    maps = estimate_volume_maps(volume, mask, "acs-rss")
+    assert maps.shape == (2, 8, 64, 64) and maps.dtype == np.complex64
+    np.testing.assert_allclose(maps[1], estimate_maps(kspace_under[::-1], mask, "acs-rss"), atol=1e-6)
 
 
 def test_unknown_method_and_mismatched_shapes_raise(simulation):
@@ -224,6 +257,15 @@ def test_coil_compression_keeps_the_energy(simulation):
     largest = matrix[np.arange(4), np.argmax(np.abs(matrix), axis=1)]
     np.testing.assert_allclose(largest.imag, 0, atol=1e-6)  # the phase fixed for determinism
     assert (largest.real > 0).all()
+
+
+def test_compression_transforms_maps_as_it_does_kspace(simulation):
+    image, true_maps, kspace_under, mask, _ = simulation
+    matrix = compression_matrix(kspace_under, 4)
+    maps = apply_compression(matrix, true_maps)
+    scale = np.abs(kspace_under).max()
+    np.testing.assert_allclose(apply_compression(matrix, kspace_under), fft2(maps * image) * mask, atol=1e-5 * scale)
+    assert rss(maps).max() <= 1 + 1e-5  # orthonormal rows: a projection of unit-RSS maps
 
 
 def test_coil_compression_to_all_coils_is_lossless(simulation):

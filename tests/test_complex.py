@@ -102,7 +102,7 @@ def test_every_registered_network_maps_two_channels_to_two_channels(name):
     assert features[0]["cnn_out"].shape == (2, 2, SIZE, SIZE)
     # Data consistency holds on the complex k-space of the output.
     assert torch.allclose((fft2(to_complex(out)) * mask), kspace_under, atol=1e-5)
-    # A magnitude network's arch is the dict it always was: no image_channels entry.
+    # A magnitude network's arch has no image_channels entry, so its checkpoints keep their keys.
     assert "image_channels" not in PRESETS[name].to_dict()
 
 

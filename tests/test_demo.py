@@ -37,6 +37,15 @@ def test_demo_writes_table_and_figure_and_refuses_to_overwrite(tmp_path):
     config = json.loads((out / "runs" / "4x" / "teacher" / "config.json").read_text())
     assert (config["image"], config["kspace"]) == ("magnitude", "synthetic from magnitude")
     assert "k-space: synthetic from magnitude (magnitude images)" in table
+    # The table says what it scored: the test split, every scored slice of the one demo volume.
+    with open(out / "eval" / "metrics.csv") as f:
+        scored = [row for row in csv.DictReader(f) if row["model"] == "teacher"]
+    assert f"\nScored on the test split, {len(scored)} slices of 1 volume.\n" in table
+    # The figure shows the test slice with the median teacher PSNR and says so in its title.
+    ranked = sorted(scored, key=lambda row: (float(row["PSNR"]), row["volume"], int(row["slice"])))
+    median = ranked[(len(ranked) - 1) // 2]
+    assert (f"title: test split, {median['volume']} slice {median['slice']}: the median teacher PSNR "
+            f"({float(median['PSNR']):.2f} dB) of {len(scored)} slices of 1 volume") in result.stdout
     for run in ("teacher", "student", "sft", "stdkd-at", "sftkd-at"):
         assert list((out / "runs" / "4x" / run / "summary").glob("events.out.tfevents.*")), run
     assert "tensorboard --logdir" in result.stdout

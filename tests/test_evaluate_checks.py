@@ -48,7 +48,7 @@ def edited(trained, tmp_path: Path, **content) -> Path:
 
 
 def test_a_5x_checkpoint_on_4x_data_is_refused(trained_5x, tmp_path, capsys):
-    # Issue case 4: it used to be scored silently and filed in the 4x row.
+    # Issue case 4: scored silently, it would be filed in the 4x row.
     out = tmp_path / "eval"
     err = refused(eval_args(trained_5x, out, "--acc", "4x"), capsys)
     assert f"--checkpoints {trained_5x['checkpoint']} was trained at 5x, but --acc 4x" in err and "--cross-acc" in err

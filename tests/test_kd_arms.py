@@ -51,7 +51,7 @@ def arm_argv(base: dict, arm: str, exp: Path, *extra: str) -> list[str]:
 def build(base: dict, arm: str):
     argv = arm_argv(base, arm, base["root"] / "unused")
     torch.manual_seed(7)  # what Trainer.build's seed_everything does before build_step
-    return train_student_kd.build_step(train_student_kd.build_parser().parse_args(argv))
+    return train_student_kd.build_step(train_student_kd.kd_run(train_student_kd.build_parser().parse_args(argv)))
 
 
 def test_every_arm_of_a_seed_draws_the_same_s1_and_connectors(base):

@@ -83,7 +83,7 @@ def test_evaluate_scores_multicoil_models_against_the_rss_with_the_cs_row(tmp_pa
                    "--data-root", str(mc_runs["data"]), "--acc", "4x", "--out-dir", str(out), "--metrics", "all"])
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["coils"], summary["maps"], summary["image"]) == (COILS, "true", "complex")
-    assert summary["cs"]["lambda"] in (1e-4, 1e-3, 1e-2) and len(summary["cs"]["candidates"]) == 3
+    assert summary["cs"]["lambda"] in (1e-5, 1e-4, 1e-3, 1e-2) and len(summary["cs"]["candidates"]) == 4
     for name in ("ZF", "CS (L1-wavelet)", "teacher", "sft"):
         assert np.isfinite(summary[name]["PSNR"]["mean"]) and summary[name]["PSNR"]["n"] == 3, name
         assert name in summary["fastmri"], name
@@ -130,3 +130,23 @@ def test_augmentation_moves_the_maps_with_the_image(tmp_path, mc_runs):
         assert torch.allclose((item.maps.abs() ** 2).sum(0), torch.ones(SIZE, SIZE), atol=1e-5)
     train_teacher.main(common(mc_runs["data"], tmp_path / "augmented", "--model", "student", "--augment"))
     assert (tmp_path / "augmented" / "best_model.pt").is_file()
+
+
+@pytest.mark.parametrize("damage", ["maps", "coils"])
+def test_mismatched_maps_or_coil_counts_are_refused_in_one_line(tmp_path, capsys, damage):
+    data = make_multicoil_dataset(tmp_path / "data", size=SIZE, coils=COILS)
+    victim = data / "train" / "acc_4x" / "vol1.h5"
+    if damage == "maps":
+        with h5py.File(victim, "a") as f:
+            maps = f["maps_4x"][()]
+            del f["maps_4x"]
+            f["maps_4x"] = maps[:, :, :-1]  # one slice short
+    else:
+        other = make_multicoil_dataset(tmp_path / "other", size=SIZE, coils=COILS - 1)
+        victim.unlink()
+        (other / "train" / "acc_4x" / "vol1.h5").rename(victim)
+    exp = tmp_path / "run"
+    err = cli_error(train_teacher.main, common(data, exp, "--model", "student"), capsys)
+    assert "vol1.h5" in err
+    assert ("do not match the k-space" in err) if damage == "maps" else ("3 coils" in err and "4 coils" in err)
+    assert not exp.exists()

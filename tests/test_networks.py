@@ -23,8 +23,8 @@ from models.nets.sft import SFTNet
 from utils import UserError, seed_everything
 
 # The initial weights (names, shapes, values, arch) and the next RNG draws of each script's step for seed 7, as
-# computed with the code before the registry (31b20a4): a controlled study compares runs started from these.
-# They were pinned as sha256 digests of the weight bytes until those were found to depend on the CPU kind: the
+# computed at commit 31b20a4: a controlled study compares runs started from these.
+# Not sha256 digests of the weight bytes, because those depend on the CPU kind: the
 # vectorised uniform_ of an AVX2 / AVX-512 CPU and the scalar code of a CPU without AVX2 (measured with
 # ATEN_CPU_CAPABILITY=default) round `low + u * (high - low)` differently, so about half of the weights differ
 # there by 1 ulp (<= 3e-8). Fingerprinted (see fingerprint), the same weights here and under that setting differ
@@ -74,12 +74,12 @@ def fingerprint(state: dict, arch) -> tuple:
 
 
 def built_step(script, argv: list[str]):
-    """The step ``script.main(argv)`` hands the loop, built as the loop does: seed, then build_step(args)."""
+    """The step ``script.main(argv)`` hands the loop, built as the loop does: seed, then build_step(image)."""
     got = {}
 
-    def fake_train(args, build_step, run_name, roles):
-        seed_everything(args.seed)
-        got["step"] = build_step(args)
+    def fake_train(config, build_step, run_name, roles):
+        seed_everything(config.optim.seed)
+        got["step"] = build_step("magnitude")
 
     original, script.train = script.train, fake_train
     try:
@@ -110,7 +110,7 @@ def test_default_networks_start_from_the_weights_they_had_before_the_registry(tm
         args = train_student_kd.build_parser().parse_args(
             [*base, "--teacher-checkpoint", str(tmp_path / teacher), "--kd-method", method, *init_flags])
         seed_everything(args.seed)
-        step = train_student_kd.build_step(args)
+        step = train_student_kd.build_step(train_student_kd.kd_run(args))
         state = {**step.state_dict(), **{"teacher." + k: v for k, v in step.teacher.state_dict().items()}}
         found[key] = fingerprint(state, [arch_of(step.model), arch_of(step.teacher)])
     assert list(found) == list(BEFORE_REGISTRY)
@@ -228,17 +228,18 @@ def test_kd_student_flags(tmp_path):
     torch.manual_seed(0)
     save_checkpoint(model_payload(DCCNN(TEACHER), "teacher"), tmp_path / "teacher.pt")
     save_checkpoint(model_payload(SFTNet(), "sft"), tmp_path / "sft.pt")
-    parse = train_student_kd.build_parser().parse_args
-    step = train_student_kd.build_step(parse([*base, "--teacher-checkpoint", str(tmp_path / "teacher.pt"),
-                                              "--depth", "4", "--width", "16", "--kd-method", "vid"]))
+    def built(argv):
+        return train_student_kd.build_step(train_student_kd.kd_run(train_student_kd.build_parser().parse_args(argv)))
+    step = built([*base, "--teacher-checkpoint", str(tmp_path / "teacher.pt"), "--depth", "4", "--width", "16",
+                  "--kd-method", "vid"])
     assert (step.model.config.n_convs, step.model.config.channels) == (4, 16)
     assert step.kd_loss.regressors[0][0].weight.shape == (32, 16, 1, 1)
     with pytest.raises(UserError, match="--depth / --width ask for DC-CNN D4C5 .* holds DC-CNN D3C5"):
-        train_student_kd.build_step(parse([*base, "--teacher-checkpoint", str(tmp_path / "teacher.pt"),
-                                           "--init-from-sft", str(tmp_path / "sft.pt"), "--depth", "4"]))
+        built([*base, "--teacher-checkpoint", str(tmp_path / "teacher.pt"), "--init-from-sft", str(tmp_path / "sft.pt"),
+               "--depth", "4"])
     # The loaded student's own size, spelt out, is no conflict.
-    step = train_student_kd.build_step(parse([*base, "--teacher-checkpoint", str(tmp_path / "sft.pt"),
-                                              "--init-from-sft", str(tmp_path / "sft.pt"), "--depth", "3"]))
+    step = built([*base, "--teacher-checkpoint", str(tmp_path / "sft.pt"), "--init-from-sft", str(tmp_path / "sft.pt"),
+                  "--depth", "3"])
     assert step.model.config == STUDENT
 
 

@@ -401,17 +401,18 @@ def test_kd_student_takes_its_architecture_from_an_imported_sft_checkpoint(tmp_p
     base = ["--data-root", "unused", "--exp-dir", "unused", "--teacher-checkpoint", str(imported),
             "--init-from-sft", str(imported)]
     parser = train_student_kd.build_parser()
-    step = train_student_kd.build_step(parser.parse_args(base))
+    step = train_student_kd.build_step(train_student_kd.kd_run(parser.parse_args(base)))
     assert step.model.config.ref_padding == 5 and step.teacher.config.ref_padding == 5
     sft = torch.load(imported, weights_only=True)["model"]
     for key, value in step.model.state_dict().items():
         assert key.startswith("cascades.0.") or torch.equal(value, sft[f"student.{key}"]), key
 
     capsys.readouterr()
-    override = train_student_kd.build_step(parser.parse_args([*base, "--ref-padding", "0"]))
+    override = train_student_kd.build_step(train_student_kd.kd_run(parser.parse_args([*base, "--ref-padding", "0"])))
     assert override.model.config.ref_padding == 0
     assert "--ref-padding 0 overrides the 5" in capsys.readouterr().err
     with pytest.raises(UserError, match="--residual conflicts with --init-from-sft"):
-        train_student_kd.build_step(parser.parse_args([*base, "--residual"]))
-    plain = train_student_kd.build_step(parser.parse_args(base[:6]))  # Std-KD: no checkpoint to follow
+        train_student_kd.build_step(train_student_kd.kd_run(parser.parse_args([*base, "--residual"])))
+    # Std-KD: no checkpoint to follow.
+    plain = train_student_kd.build_step(train_student_kd.kd_run(parser.parse_args(base[:6])))
     assert plain.model.config.ref_padding == 0

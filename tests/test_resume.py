@@ -64,7 +64,7 @@ def assert_identical(a: Path, b: Path) -> None:
             assert all(torch.equal(v, sb[k]) for k, v in sa.items())
     assert ca["best_val_loss"] == cb["best_val_loss"]
     # The RNG states too: a resumed run draws nothing an uninterrupted one does not (rebuilding the
-    # interrupted epoch's DataLoader iterator used to take one extra draw from the global torch RNG).
+    # interrupted epoch's DataLoader iterator must not take an extra draw from the global torch RNG).
     (ra,), (rb,) = ca["rng_per_rank"], cb["rng_per_rank"]
     assert torch.equal(ra["torch"], rb["torch"]) and torch.equal(ra["numpy"]["key"], rb["numpy"]["key"])
     assert ra["python"] == rb["python"] and ra["numpy"]["pos"] == rb["numpy"]["pos"]

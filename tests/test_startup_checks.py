@@ -101,6 +101,11 @@ def test_a_tampered_resume_position_is_refused(tiny_data, tmp_path):
     ckpt = torch.load(exp / "model.pt", weights_only=True)
     ckpt["epoch"] = "1; rm -rf /"
     torch.save(ckpt, exp / "model.pt")
+    # The run recorded model.pt's SHA-256 (checksums.json): any edit is refused as a replaced file first.
+    with pytest.raises(UserError, match="model.pt is not the file this run wrote"):
+        train_teacher.main([*argv, "--resume", "--epochs", "2"])
+    # A run that recorded no checksums (started before they were written) still checks the entry itself.
+    (exp / "checksums.json").unlink()
     with pytest.raises(UserError, match="model.pt has a damaged 'epoch' entry"):
         train_teacher.main([*argv, "--resume", "--epochs", "2"])
 

@@ -114,7 +114,7 @@ def test_init_from_sft_copies_s2_to_s5_and_reinitialises_s1(runs):
     sft_path = runs["sft"] / "best_model.pt"
     argv = common(runs["data"], runs["root"] / "unused", "--teacher-checkpoint", str(sft_path),
                   "--init-from-sft", str(sft_path), "--kd-method", "at")
-    step = train_student_kd.build_step(train_student_kd.build_parser().parse_args(argv))
+    step = train_student_kd.build_step(train_student_kd.kd_run(train_student_kd.build_parser().parse_args(argv)))
     sft = torch.load(sft_path, weights_only=True)["model"]
     student = step.model.state_dict()
     assert count_parameters(step.model) == 49_285
@@ -246,7 +246,7 @@ def test_cached_teacher_outputs_give_the_same_training(tmp_path, runs):
 def test_teacher_cache_skips_the_teacher_once_filled(runs):
     argv = common(runs["data"], runs["root"] / "unused", "--teacher-checkpoint",
                   str(runs["teacher"] / "best_model.pt"), "--kd-method", "imitation", "--cache-teacher")
-    step = train_student_kd.build_step(train_student_kd.build_parser().parse_args(argv))
+    step = train_student_kd.build_step(train_student_kd.kd_run(train_student_kd.build_parser().parse_args(argv)))
     calls = []
     step.teacher.register_forward_hook(lambda *_: calls.append(1))
     from data.dataset import SliceDataset
@@ -261,7 +261,7 @@ def test_teacher_cache_skips_the_teacher_once_filled(runs):
 def test_frozen_teacher_moves_with_the_step_but_is_neither_saved_nor_trained(runs):
     argv = common(runs["data"], runs["root"] / "unused", "--teacher-checkpoint",
                   str(runs["teacher"] / "best_model.pt"), "--kd-method", "vid")
-    step = train_student_kd.build_step(train_student_kd.build_parser().parse_args(argv))
+    step = train_student_kd.build_step(train_student_kd.kd_run(train_student_kd.build_parser().parse_args(argv)))
     step.to(dtype=torch.float64, memory_format=torch.channels_last)
     weight = step.teacher.cascades[0].conv1.weight
     assert weight.dtype == torch.float64 and weight.is_contiguous(memory_format=torch.channels_last)
@@ -282,11 +282,11 @@ class _Detached(ReconStep):
 
 def test_a_detached_loss_is_an_error_not_a_step_that_trains_nothing(tmp_path, runs):
     from models.nets.dccnn import DCCNN, STUDENT
-    from models.training.flags import common_parser
+    from models.training.flags import common_parser, train_config
     from models.training.loop import train
-    args = common_parser("t").parse_args(common(runs["data"], tmp_path / "exp"))
+    config = train_config(common_parser("t").parse_args(common(runs["data"], tmp_path / "exp")))
     with pytest.raises(RuntimeError, match="runs_own_backward"):
-        train(args, lambda a: _Detached(DCCNN(STUDENT)), run_name="detached", roles={"model": "student"})
+        train(config, lambda image: _Detached(DCCNN(STUDENT)), run_name="detached", roles={"model": "student"})
     assert not (tmp_path / "exp" / "model.pt").exists()
 
 

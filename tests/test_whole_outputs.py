@@ -51,7 +51,7 @@ def one_line(argv, capsys) -> str:
 @pytest.mark.parametrize("failing", ["table.csv", "plot.png"])
 def test_report_on_a_full_disk_leaves_a_new_out_dir_empty_and_a_rerun_works(eval_dir, tmp_path, capsys,
                                                                              monkeypatch, failing):
-    # Issue case 5: table.md used to be left complete, table.csv missing, and the rerun refused.
+    # Issue case 5: a failure must not leave table.md complete and table.csv missing, nor refuse the rerun.
     out = tmp_path / "report"
     argv = ["--eval-dirs", str(eval_dir), "--out-dir", str(out), "--plot", str(out / "plot.png")]
     full_disk_at(monkeypatch, failing)

@@ -16,6 +16,8 @@ A checkpoint is a dict of plain tensors and JSON-able values, loadable with
 """
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +26,7 @@ from torch import nn
 from data.fft import IMAGE_CHANNELS, IMAGE_TYPES
 from models.nets.registry import (FAMILIES, build_network, describe_arch, image_channels_of, out_of_bounds,
                                   reconstructor)
-from models.checkpoints.io import load_checkpoint
+from models.checkpoints.io import check_file, load_checkpoint
 from utils import UserError, first_line
 
 FORMAT = "sftkd-v1"
@@ -80,17 +82,31 @@ def _misfit(model: nn.Module, state) -> str:
 
 
 def _check_declared_size(arch: dict, state, path, what: str) -> None:
-    """Refuse an ``arch`` entry whose sizes are out of its family's bounds or that declares far more weights than
-    the file holds (counted on the meta device, which allocates nothing), before anything is allocated."""
+    """Refuse an ``arch`` entry whose sizes are out of its family's bounds, or whose weights differ in number from
+    those the file's ``model`` holds by much (counted on the meta device, which allocates nothing). Run on the
+    file's meta-device copy, before any tensor is materialised (see load_checkpoint's ``inspect``)."""
     problem = out_of_bounds(arch)
     if problem:
         raise UserError(f"{what} {path}: its 'arch' entry has {problem}; the file was edited or damaged")
     with torch.device("meta"):
         declared = sum(p.numel() for p in build_model(arch).state_dict().values())
     stored = sum(v.numel() for v in state.values() if torch.is_tensor(v)) if isinstance(state, dict) else 0
-    if declared > 4 * stored + 10 ** 6:
+    if declared > 4 * stored + 10 ** 6 or stored > 4 * declared + 10 ** 6:
         raise UserError(f"{what} {path}: its 'arch' entry declares {declared:,} weights but the file holds "
                         f"{stored:,}; the file was edited or damaged")
+
+
+def _inspect(path, what: str):
+    """load_checkpoint's ``inspect`` for :func:`load_model`: the architecture's bounds and its weight count
+    against the file's, on the meta-device copy; anything unusual is left to the checks after loading."""
+    def check(meta) -> None:
+        arch = meta.get("arch") if isinstance(meta, dict) else None
+        if isinstance(arch, dict) and arch.get("kind") in FAMILIES:
+            try:
+                _check_declared_size(arch, meta.get("model"), path, what)
+            except (TypeError, KeyError, ValueError):
+                pass  # an arch that cannot build: load_model says so
+    return check
 
 
 def check_image(arch: dict, image: str, path, what: str) -> None:
@@ -128,7 +144,39 @@ def load_model(path: str | Path, what: str = "checkpoint", image: str | None = N
     ``"complex"``), when given, is the data's image type, which the network must take (:func:`check_image`);
     ``coils``, when given, the data's coil count (None: single-coil), checked by :func:`check_coils`.
     """
-    ckpt = load_checkpoint(path, what)
+    ckpt = load_checkpoint(path, what, inspect=_inspect(path, what))
+    return _model_of(ckpt, path, what, image, coils), ckpt
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint read once: its ``path``, the flag that named it (``what``, for messages), the loaded dict
+    (``ckpt``) and the SHA-256 (hex) of the bytes it was loaded from (``digest``, data/fingerprint.file_digest's)."""
+
+    path: Path
+    what: str
+    ckpt: dict
+    digest: str
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> CheckpointFile:
+    """The checkpoint as :func:`load_model` loads it, and the file's SHA-256, from one read of its bytes."""
+    path = Path(path)
+    check_file(path, what)
+    data = path.read_bytes()
+    ckpt = load_checkpoint(path, what, inspect=_inspect(path, what), data=data)
+    return CheckpointFile(path, what, ckpt, hashlib.sha256(data).hexdigest())
+
+
+def model_from(file: CheckpointFile, image: str | None = None, what: str | None = None,
+               coils: int | None | str = UNCHECKED) -> nn.Module:
+    """The model of a checkpoint already read (:func:`read_checkpoint`), checked as :func:`load_model` checks
+    it; ``what`` overrides the flag named in errors (one file may serve two flags)."""
+    return _model_of(file.ckpt, file.path, what or file.what, image, coils)
+
+
+def _model_of(ckpt: dict, path: str | Path, what: str, image: str | None,
+              coils: int | None | str = UNCHECKED) -> nn.Module:
     check_format(ckpt, path, what)
     arch = ckpt["arch"]
     kind = arch.get("kind") if isinstance(arch, dict) else None
@@ -158,7 +206,7 @@ def load_model(path: str | Path, what: str = "checkpoint", image: str | None = N
     if bad is not None:
         raise UserError(f"{what} {path} holds NaN or Inf weights (e.g. {bad}): the run that wrote it diverged; use "
                         "an earlier checkpoint of it, or retrain with a lower --lr")
-    return model, ckpt
+    return model
 
 
 def load_reconstructor(path: str | Path, what: str = "checkpoint", image: str | None = None,

@@ -1,6 +1,12 @@
 """Checkpoint file I/O and the pickle policy: writing a checkpoint atomically, and reading one with
 ``torch.load(weights_only=True)`` only, never unpickling code, with one-line errors that name the file and the
-pickled globals that made it refuse.
+pickled globals that made it refuse. :func:`load_checkpoint` is the one loader of this project's checkpoints.
+
+The run's record: a training run writes its ``model.pt`` and ``best_model.pt`` with ``record=True``, which keeps
+their SHA-256 in ``checksums.json`` beside them (:data:`RECORD`); :func:`load_checkpoint` compares a file with
+the record of its folder, when there is one, before reading it, so --resume and the two-stage switch read only
+what the run wrote. The record is updated in two steps around each write (the old and the new digest, then the
+new one alone), so a run killed in between finds its file accepted either way.
 
 The pickle policy: torch's ``weights_only`` unpickler is the only reader, for this project's files with torch's
 own allow-list (tensors, containers, plain values) and for the public code's files (:func:`load_public`) with
@@ -11,19 +17,21 @@ pickle's opcodes with :mod:`pickletools`, which executes nothing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
+import json
 import pathlib
 import pickletools
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from data.outputs import atomic_write, check_free_space
-from utils import UserError, clean_text
+from data.outputs import atomic_write, check_free_space, write_json
+from utils import UserError, clean_text, format_bytes, not_a_file
 
 try:  # numpy >= 2 (numpy.core is a deprecated alias there)
     from numpy._core.multiarray import scalar as _numpy_scalar
@@ -31,27 +39,62 @@ except ImportError:  # numpy 1.x
     from numpy.core.multiarray import scalar as _numpy_scalar
 
 
-def save_checkpoint(obj: dict, path: str | Path) -> None:
+RECORD = "checksums.json"
+
+
+def save_checkpoint(obj: dict, path: str | Path, record: bool = False) -> None:
     """Atomically ``torch.save`` a dict of tensors and JSON-able values; a full disk is an ``OSError``
-    (ENOSPC) naming ``path``, and the file that was there stays as it was."""
+    (ENOSPC) naming ``path``, and the file that was there stays as it was. With ``record`` (a training run's own
+    files), its SHA-256 goes into the folder's :data:`RECORD`."""
+    path = Path(path)
+    # Serialised in memory first: the digest is known before the file exists, and a full disk fails the plain
+    # write (ENOSPC) rather than inside torch's zip writer ("unexpected pos", no errno).
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    digest = hashlib.sha256(data).hexdigest()
+    if path.parent.is_dir():  # else the write names what is missing
+        check_free_space(path, len(data))
+    if record:
+        _record(path, digest, keep_previous=True)
+    atomic_write(path, lambda f: f.write(data))
+    if record:
+        _record(path, digest, keep_previous=False)
+
+
+def _read_record(folder: Path) -> dict[str, list[str]] | None:
+    """``{file name: accepted SHA-256 digests}`` of ``folder``'s :data:`RECORD`; None when there is none."""
+    path = folder / RECORD
+    if not path.is_file():
+        return None
     try:
-        atomic_write(path, lambda f: torch.save(obj, f))
-    except RuntimeError:
-        # torch's zip writer turns a failed write into "unexpected pos ..." with no errno: ask the disk.
-        nbytes = sum(v.nbytes for v in _tensors(obj))
-        check_free_space(path, nbytes)
-        raise
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not all(isinstance(v, list) for v in record.values()):
+            raise ValueError("not a {file: [digests]} object")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is damaged ({clean_text(str(exc), 80)}), so the run's checkpoints cannot be "
+                        "verified; restore it, or delete it to load them unverified") from exc
+    return record
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from _tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _tensors(value)
+def _record(path: Path, digest: str, keep_previous: bool) -> None:
+    """Record ``digest`` for ``path`` in its folder's :data:`RECORD`, beside the previous one while the file is
+    being replaced."""
+    record = _read_record(path.parent) or {}
+    previous = record.get(path.name, [])[-1:] if keep_previous else []
+    record[path.name] = [d for d in previous if d != digest] + [digest]
+    write_json(path.parent / RECORD, record)
+
+
+def check_recorded(path: Path, data: bytes | memoryview, what: str) -> None:
+    """A :class:`UserError` when the :data:`RECORD` beside ``path`` lists it with other contents than ``data``
+    (the file's bytes): a checkpoint of a run replaced or edited since the run wrote it."""
+    record = _read_record(path.parent)
+    accepted = record.get(path.name) if record else None
+    if accepted and hashlib.sha256(data).hexdigest() not in accepted:
+        raise UserError(f"{what} {path} is not the file this run wrote (its SHA-256 differs from the one in "
+                        f"{path.parent / RECORD}): it was replaced or edited since; restore the run's own file, or "
+                        "start the run again")
 
 
 # Every global a checkpoint of the public SFT-KD-Recon / KD-MRI code pickles besides what torch allows by default
@@ -179,18 +222,83 @@ def _cannot_load(what: str, path: Path, exc: Exception, advice: str) -> UserErro
     return UserError(f"{what} {path} cannot be loaded: it is {unreadable_reason(path)}; {advice}")
 
 
-def _weights_only_load(path: Path, allowed: dict[str, Any] | None = None):
-    """``torch.load(path, weights_only=True)`` onto the CPU with the extra globals ``allowed`` (name -> object).
+def _weights_only_load(path: Path | io.BytesIO, allowed: dict[str, Any] | None = None, device: str = "cpu"):
+    """``torch.load(path, weights_only=True)`` onto ``device`` (``"meta"``: shapes and storage sizes, no data)
+    with the extra globals ``allowed`` (name -> object); ``path`` may be the file's bytes already read.
 
     torch's warnings are held back while it reads: a refused file must give one line, not a UserWarning about its
     pickle protocol first. A file that loads gets its warnings shown after all."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with torch.serialization.safe_globals([(obj, name) for name, obj in (allowed or {}).items()]):
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch.load(path, map_location=device, weights_only=True)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return loaded
+
+
+def _named_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in nested dicts, lists and tuples, with its path (``model.cascades.0.conv1.weight``)."""
+    if torch.is_tensor(obj):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield from _named_tensors(value, f"{prefix}.{index}" if prefix else str(index))
+
+
+def _viewed_bytes(tensor: torch.Tensor) -> int:
+    """The bytes of its storage a tensor can reach: up to its last element, from the storage's start."""
+    if tensor.numel() == 0:
+        return 0
+    last = tensor.storage_offset() + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
+    return (last + 1) * tensor.element_size()
+
+
+# What a checkpoint's zip may hold outside its tensor data (data.pkl, version, byteorder, ...) once inflated:
+# this project's pickles are a few KiB; torch reads each entry whole.
+MAX_ZIP_METADATA = 64 << 20
+
+
+def check_storage_sizes(data: bytes | memoryview, path: Path, what: str, allowed: dict[str, Any] | None = None):
+    """The file's object on the meta device (shapes and storage sizes as its pickle declares them, nothing
+    allocated), after refusing storages larger than the tensors that view them: a small file, e.g. a deflated
+    zip, whose weight views a few bytes of a huge zero storage would allocate all of it. Also refuses zip
+    entries (what torch reads whole, inflated) larger than the tensors in all, or a pickle larger than
+    :data:`MAX_ZIP_METADATA`. None when the file does not even load on the meta device (the real load then
+    says why)."""
+    entries = {}
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                entries = {info.filename: info.file_size for info in archive.infolist()}
+        except zipfile.BadZipFile:
+            return None
+    metadata = sum(size for name, size in entries.items() if "/data/" not in name)
+    if metadata > MAX_ZIP_METADATA:
+        raise UserError(f"{what} {path} inflates to {format_bytes(metadata)} of pickled objects (a checkpoint holds "
+                        "a few KiB): the file was crafted or damaged, so it is not loaded")
+    try:
+        meta = _weights_only_load(io.BytesIO(data), allowed, device="meta")
+    except Exception:  # refused or damaged: the real load gives the one-line reason
+        return None
+    tensors = list(_named_tensors(meta))
+    viewed = sum(_viewed_bytes(t) for _, t in tensors)
+    for name, tensor in tensors:
+        storage = tensor.untyped_storage().nbytes()
+        if storage > _viewed_bytes(tensor):
+            raise UserError(f"{what} {path}: {clean_text(name, 80)} lies in a storage of {format_bytes(storage)} that "
+                            f"its tensors view only {format_bytes(_viewed_bytes(tensor))} of: loading the "
+                            f"{format_bytes(len(data))} file would allocate that storage whole; torch.save never "
+                            "writes this (the file was crafted or damaged), so it is not loaded")
+    stored = sum(size for name, size in entries.items() if "/data/" in name)
+    if stored > viewed:
+        raise UserError(f"{what} {path} holds {format_bytes(stored)} of tensor data for tensors of "
+                        f"{format_bytes(viewed)} in all: loading it would allocate the rest too; torch.save "
+                        "never writes this (the file was crafted or damaged), so it is not loaded")
+    return meta
 
 
 def _malicious(what: str, path: Path, names: list[str]) -> UserError:
@@ -207,19 +315,32 @@ def check_file(path: Path, what: str) -> None:
         hint = f"pass the file, e.g. {path / inside[0]}" if inside else "pass a checkpoint file"
         raise UserError(f"{what} {path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
-        raise UserError(f"{what} {path} does not exist (check the path)")
+        raise UserError(f"{what} {path} {not_a_file(path)} (check the path)")
 
 
-def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+def load_checkpoint(path: str | Path, what: str = "checkpoint",
+                    inspect: Callable[[Any], None] | None = None, data: bytes | None = None) -> dict:
     """``torch.load(path, weights_only=True)`` onto the CPU, with one-line errors naming the file (and the
-    globals that made it refuse); a checkpoint of the public code is sent to scripts/import_checkpoint.py.
+    globals that made it refuse); a checkpoint of the public code is sent to scripts/import_checkpoint.py. A
+    file its folder's run record lists must have the recorded content (:func:`check_recorded`). The one loader
+    of this project's checkpoints: every caller reads them through it.
 
-    ``what`` names the role in messages, e.g. ``"--teacher-checkpoint"``.
+    Nothing is materialised before :func:`check_storage_sizes` has passed and ``inspect`` (given the file's
+    object on the meta device, e.g. to compare an architecture with its weights) has returned.
+
+    ``what`` names the role in messages, e.g. ``"--teacher-checkpoint"``; ``data``: the file's bytes when the
+    caller has read them already (models.checkpoints.format.read_checkpoint hashes them too).
     """
     path = Path(path)
     check_file(path, what)
+    if data is None:
+        data = path.read_bytes()  # read once: what is verified is what is loaded
+    check_recorded(path, data, what)
+    meta = check_storage_sizes(data, path, what)
+    if inspect is not None and meta is not None:
+        inspect(meta)
     try:
-        ckpt = _weights_only_load(path)
+        ckpt = _weights_only_load(io.BytesIO(data))
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         names = refused_globals(path)
         if names and set(names) <= set(PUBLIC_CODE_GLOBALS):
@@ -242,8 +363,10 @@ def load_public(path: str | Path, what: str = "--input") -> Any:
     """
     path = Path(path)
     check_file(path, what)
+    data = path.read_bytes()
+    check_storage_sizes(data, path, what, PUBLIC_CODE_GLOBALS)
     try:
-        return _weights_only_load(path, PUBLIC_CODE_GLOBALS)
+        return _weights_only_load(io.BytesIO(data), PUBLIC_CODE_GLOBALS)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         names = refused_globals(path, PUBLIC_CODE_GLOBALS)
         if names:

@@ -12,8 +12,8 @@ A run's ``roles`` (``config["roles"]`` in ``config.json`` and in every checkpoin
 - every run also records ``"nets"``: the size of each network it trains or distils from, by side, e.g.
   ``{"teacher": {"cascades": 5, "depth": 5, "width": 32}, "student": {"cascades": 5, "depth": 3, "width": 8}}``
   (train_teacher.py: its one network under its ``--model`` name; the KD teacher of an SFT checkpoint: its
-  teacher side), so that runs of different capacities are never reported as one (runs of older versions
-  lack it).
+  teacher side), so that runs of different capacities are never reported as one (runs without it are
+  reported by their other roles).
 
 The KD arms with names of their own (the paper's Std-KD and SFT-KD-Recon, the study's controls) are the
 entries of models/distill/arms.py; any other (teacher, init) pair gets a descriptive name here. Pure Python:
@@ -34,7 +34,7 @@ BASE_MODELS = {"teacher": ("teacher", "Teacher"), "student": ("student", "Studen
 
 def teacher_kind(roles: dict | None, is_sft_network: bool, imitation_weight: float | None) -> str:
     """The ``teacher`` role of a KD run from what its teacher checkpoint records: its own ``roles`` when it
-    has them, else (runs of older versions, imported public checkpoints) its network and SFT weights."""
+    has them, else (checkpoints without roles, such as imported public ones) its network and SFT weights."""
     model = (roles or {}).get("model")
     if model == "teacher":
         return "standard"

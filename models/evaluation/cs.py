@@ -11,6 +11,10 @@ from data.coils import rss, to_centered
 from models.evaluation.metrics import psnr
 
 CS_ROW = "CS (L1-wavelet)"
+# The lambdas choose_lambda tries by default: a half-decade grid for images scaled to max |x| = 1, as data/prepare.py
+# writes them (lambda is in image units). On the noise-free 4x simulations of tests/test_cs.py the best is 1e-3 for
+# one coil and 1e-4 or lower for 8 coils (the coils alone nearly determine the image); noise moves it up.
+LAMBDA_CANDIDATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 
 
 def l1_wavelet_recon(kspace_under: np.ndarray, mask: np.ndarray, maps: np.ndarray, lam: float,
@@ -44,12 +48,14 @@ def l1_wavelet_recon(kspace_under: np.ndarray, mask: np.ndarray, maps: np.ndarra
 
 
 def choose_lambda(slices: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
-                  candidates: Sequence[float], iterations: int = 100) -> tuple[float, list[dict]]:
+                  candidates: Sequence[float] = LAMBDA_CANDIDATES,
+                  iterations: int = 100) -> tuple[float, list[dict]]:
     """The lambda of :func:`l1_wavelet_recon` with the best mean PSNR over validation ``slices``.
 
     slices: (target, kspace_under, mask, maps) per slice: target (H, W), the reference image (real or complex;
     scored as magnitude, PSNR with the target's maximum as data range, models/evaluation/metrics.psnr), the others
-    as :func:`l1_wavelet_recon` takes them. candidates: the lambdas to try, e.g. ``(1e-4, 1e-3, 1e-2)``.
+    as :func:`l1_wavelet_recon` takes them. candidates: the lambdas to try (default :data:`LAMBDA_CANDIDATES`);
+    each costs one reconstruction per slice.
 
     Returns ``(lam, table)``: the chosen candidate (ties go to the earliest) and, in candidate order, one
     ``{"lambda": float, "psnr": mean dB}`` per candidate, JSON-able to record beside the result.

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from data.dataset import Sample, SliceDataset
-from models.evaluation.cs import CS_ROW, choose_lambda, l1_wavelet_recon
+from models.evaluation.cs import CS_ROW, LAMBDA_CANDIDATES, choose_lambda, l1_wavelet_recon
 
-# Candidate lambdas, in the units of images scaled to about [0, 1] (data/prepare.py scales every volume so).
-CS_LAMBDAS = (1e-4, 1e-3, 1e-2)
+# Candidate lambdas, in the units of images scaled to about [0, 1] (data/prepare.py scales every volume so): the
+# decades of models/evaluation/cs.py's half-decade list, 1e-5 to 1e-2; decades rank them at a quarter of the cost.
+CS_LAMBDAS = LAMBDA_CANDIDATES[::2]
 CS_ITERATIONS = 100
 # Validation slices the lambda is chosen on, evenly spread over the split: enough to rank three candidates whose
 # PSNRs differ by decibels, few enough that the row costs seconds at 320 x 320.

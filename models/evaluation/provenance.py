@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.dataset import SliceDataset
+from data.fingerprint import matching_files
+from data.layout import acc_folder
 from data.masks import mask_lines
+from data.split_check import check_split
 from utils import UserError, clean_text
 
 
 def recorded_roles(ckpt: dict) -> dict:
-    """The roles a checkpoint's run recorded (models/distill/roles.py) plus its ``seed``; empty for checkpoints of
-    older versions and imported ones, which scripts/report.py then names by their model name."""
+    """The roles a checkpoint's run recorded (models/distill/roles.py) plus its ``seed``; empty for checkpoints
+    without roles (imported ones among them), which scripts/report.py then names by their model name."""
     config = ckpt.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("roles"), dict):
         return {}
@@ -20,8 +23,8 @@ def recorded_roles(ckpt: dict) -> dict:
 
 
 def trained_on(ckpt: dict) -> dict | None:
-    """The machine (utils.machine) of the training process that wrote a checkpoint; None for checkpoints of older
-    versions and imported ones."""
+    """The machine (utils.machine) of the training process that wrote a checkpoint; None for checkpoints that record
+    none (imported ones among them)."""
     config = ckpt.get("config")
     recorded = config.get("machine") if isinstance(config, dict) else None
     return recorded if isinstance(recorded, dict) else None
@@ -39,6 +42,15 @@ def trained_accs(ckpt: dict) -> list[str]:
 
 
 _PATTERN = {"rows": "whole rows", "columns": "whole columns", "2-D": "a 2-D pattern"}
+
+
+def check_scored_split(data_root: Path, split: str, acc: str) -> None:
+    """Refuse a scored split that shares a subject, a source slice or an identical slice with the training or
+    validation split of ``data_root``: the check training start-up runs (data/split_check.check_split), by
+    content, so a training file renamed into test/ is caught."""
+    check_split(data_root, [acc], label=f"--data-root {data_root}", splits=("train", "validation", split),
+                fix="score a split that holds none of the training slices (data/prepare.py's test/), or remove "
+                    "the copy")
 
 
 def check_trained_on(path: Path, ckpt: dict, dataset: SliceDataset, scored: dict[str, str], *, acc: str,
@@ -68,8 +80,9 @@ def check_trained_on(path: Path, ckpt: dict, dataset: SliceDataset, scored: dict
                         f"{acc} mask of this data samples {_PATTERN[found]}; score it with the mask kind it "
                         "was trained with (--mask, or data prepared with its --mask-kind)")
     listings = content.get("data", {}).get("train", {}) if isinstance(content.get("data"), dict) else {}
-    seen = sorted({name for listing in listings.values() if isinstance(listing, dict)
-                   for name, digest in listing.items() if scored.get(name) == digest})
+    # By content: a training file renamed, or copied into another data set, is the same file.
+    trained = [digest for listing in listings.values() if isinstance(listing, dict) for digest in listing.values()]
+    seen = matching_files(trained, scored, acc_folder(data_root, split, acc))
     if seen:
         raise UserError(f"--checkpoints {path} was trained on {len(seen)} of the {len(scored)} files of --split "
                         f"{split} ({', '.join(seen[:3])}{', ...' if len(seen) > 3 else ''}): scores there "

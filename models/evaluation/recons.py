@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data.outputs import atomic_write, check_free_space
+from data.outputs import HDF5_MARGIN, atomic_write, check_free_space
 
 RECON_KEY = "reconstruction"
 
@@ -19,6 +19,6 @@ def write_recon(path: Path, volume: np.ndarray, model: str, acc: str) -> None:
             h5.create_dataset(RECON_KEY, data=volume.astype(np.float32))
             h5.attrs.update({"model": model, "acc": acc, "layout": "(S, H, W)"})
     # h5py can crash the process on a full disk instead of raising: ask first.
-    check_free_space(path, volume.size * 4)
+    check_free_space(path, volume.size * 4 + HDF5_MARGIN)
     atomic_write(path, write, mode="w+b")
 

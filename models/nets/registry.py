@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models.nets.family import Family
-from utils import UserError
+from utils import UserError, check_fits_memory
 
 # One line per family: the module that defines its FAMILY.
 FAMILY_MODULES = (
@@ -164,12 +164,20 @@ def configure(config, flags: dict[str, tuple[str, object]]):
                             f"(they take: {', '.join(family.flags) or 'no architecture flags'})")
         changes[family.flags[generic]] = value
     configured = replace(config, **changes)
+    set_flags = [(spelling, value) for spelling, (_, value) in flags.items() if value is not None]
     try:
         with torch.device("meta"):
-            configured.build()
+            parameters = sum(p.numel() for p in configured.build().parameters())
     except ValueError as exc:
-        given = [spelling for spelling, (_, value) in flags.items() if value is not None]
-        raise UserError(f"{' / '.join(given)}: {exc}") from exc
+        raise UserError(f"{' / '.join(spelling for spelling, _ in set_flags)}: {exc}") from exc
+    given = " / ".join(f"{spelling} {value}" if value is not True else spelling
+                       for spelling, value in set_flags) or family.title
+    # Training holds each weight four times (itself, its gradient, Adam's two moments), in float32.
+    check_fits_memory(16 * parameters, f"{given}: a network of {parameters:,} parameters",
+                      "choose smaller --width / --depth / --cascades")
+    problem = out_of_bounds(configured.to_dict())
+    if problem:
+        raise UserError(f"{given}: {problem} (far beyond any real network); choose a smaller size")
     return configured
 
 

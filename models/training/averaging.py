@@ -74,8 +74,8 @@ class WeightAverage:
         self.snapshots = [on_device(s) for s in state["snapshots"]]
 
 
-def from_args(args, model: nn.Module) -> WeightAverage | None:
-    """The averaging of ``--ema`` / ``--average-last`` (None when neither is given)."""
-    if args.ema is None and args.average_last is None:
+def weight_average(model: nn.Module, ema: float | None, average_last: int | None) -> WeightAverage | None:
+    """The averaging of ``--ema DECAY`` / ``--average-last K`` (None when neither is given)."""
+    if ema is None and average_last is None:
         return None
-    return WeightAverage(model, args.ema, args.average_last)
+    return WeightAverage(model, ema, average_last)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 from data.masks import acc_type
 from models.nets.registry import PRESETS, configure
+from models.training.config import DataConfig, OptimConfig, ResumeRules, RunConfig, TrainConfig
 from models.training.experiment import MAY_CHANGE_ON_RESUME, flag_names
 from models.training.speed import MEMORY_FORMATS
 from utils import CliParser, UserError, seed_type
@@ -50,9 +53,6 @@ def positive(kind):
 def common_parser(description: str) -> CliParser:
     """Parser with the flags every training script shares (defaults are the paper's)."""
     p = CliParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # The data's image type and k-space origin (models/training/loop.py sets them from --data-root before the
-    # networks are built); magnitude until then, so a step built without the loop is the paper's.
-    p.set_defaults(image="magnitude", kspace=None)
     g = p.add_argument_group("data")
     g.add_argument("--data-root", type=Path, required=True,
                    help="folder with train/ and validation/ (acc_{acc}/*.h5) and mask_{acc}.npy")
@@ -123,6 +123,22 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+def train_config(args: argparse.Namespace, rules: ResumeRules = ResumeRules(),
+                 checkpoints: Mapping[str, str] | None = None) -> TrainConfig:
+    """The :class:`~models.training.config.TrainConfig` of parsed flags (:func:`parse_args`): the common flags
+    typed, every other flag of the script a setting under its argparse name, in the parser's order.
+    ``rules`` and ``checkpoints`` (setting -> SHA-256 of the checkpoint file it names): the script's own."""
+    values = vars(args)
+    common = {}
+    for kind in (DataConfig, OptimConfig, RunConfig):
+        names = [f.name for f in fields(kind)]
+        common[kind] = kind(**{name: values[name] for name in names})
+        values = {key: value for key, value in values.items() if key not in names}
+    data = common[DataConfig]
+    data = replace(data, acc=tuple(data.acc), mask=tuple(data.mask) if data.mask else None)
+    return TrainConfig(data, common[OptimConfig], common[RunConfig], values, dict(checkpoints or {}), rules)
+
+
 # The flags (and resolved sizes) that make two runs of one role comparable: what evaluate.py records per model as
 # its ``recipe``, so that scripts/map.py can refuse cells trained in different settings. Seeds, paths and speed
 # flags are left out: they differ between runs that are meant to be compared.
@@ -133,7 +149,7 @@ RECIPE_KEYS = ("epochs", "batch_size", "lr", "lr_schedule", "lr_step_size", "lr_
 
 def recipe(config: dict | None) -> dict:
     """The :data:`RECIPE_KEYS` a run's ``config`` (config.json, a checkpoint's ``config``) holds; empty for
-    checkpoints of older versions and imported ones."""
+    checkpoints that record none (imported ones among them)."""
     if not isinstance(config, dict):
         return {}
     return {key: config[key] for key in RECIPE_KEYS if key in config}
@@ -161,15 +177,22 @@ def add_arch_args(parser: argparse.ArgumentParser, roles: tuple[str, ...] = ("",
                        help=f"{whose} width: channels of the hidden layers; None: its own")
 
 
-def arch_config(name: str, args: argparse.Namespace, role: str = ""):
-    """The config of the registered network ``name`` with the flags of :func:`add_arch_args` applied."""
+def arch_keys(roles: tuple[str, ...] = ("",)) -> tuple[str, ...]:
+    """The settings :func:`add_arch_args` adds for ``roles``, where None means the network's own."""
+    return ("cascades", *(f"{role.replace('-', '_')}{size}" for role in roles for size in ("depth", "width")),
+            "ref_padding", "residual")
+
+
+def arch_config(name: str, settings: Mapping[str, Any], role: str = ""):
+    """The config of the registered network ``name`` with the flags of :func:`add_arch_args` applied
+    (``settings``: their values by argparse name, e.g. :attr:`TrainConfig.settings`)."""
     attr = role.replace("-", "_")
     return configure(PRESETS[name], {
-        "--cascades": ("cascades", args.cascades),
-        f"--{role}depth": ("depth", getattr(args, f"{attr}depth")),
-        f"--{role}width": ("width", getattr(args, f"{attr}width")),
+        "--cascades": ("cascades", settings["cascades"]),
+        f"--{role}depth": ("depth", settings[f"{attr}depth"]),
+        f"--{role}width": ("width", settings[f"{attr}width"]),
         # Off is every family's default, so only a value that turns something on must fit the family.
-        "--ref-padding": ("ref_padding", args.ref_padding or None),
-        "--residual": ("residual", args.residual or None),
-        "--prepared-maps": ("sens_refine", False if args.prepared_maps else None),
+        "--ref-padding": ("ref_padding", settings["ref_padding"] or None),
+        "--residual": ("residual", settings["residual"] or None),
+        "--prepared-maps": ("sens_refine", False if settings.get("prepared_maps") else None),
     })

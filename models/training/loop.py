@@ -1,15 +1,14 @@
 """The one training loop behind train_teacher.py, train_sft.py and train_student_kd.py.
 
 A script builds a :class:`TrainStep` (the network to train, its loss, its validation output; the project's are
-in models/training/steps.py) and calls :func:`train`. The loop owns everything else (its flags are in
-models/training/flags.py): seeding, device, data loaders with a resumable shuffle, Adam + StepLR (or cosine),
-optional weight averaging (models/training/averaging.py), validation
-with PSNR/SSIM, ``model.pt`` / ``best_model.pt``, exact ``--resume``, SIGINT/SIGTERM handling, torchrun (DDP),
-tqdm and TensorBoard.
+in models/training/steps.py) and calls :func:`train` with its :class:`~models.training.config.TrainConfig`. The
+loop owns everything else (the flags behind the config are in models/training/flags.py): seeding, device, data
+loaders with a resumable shuffle, Adam + StepLR (or cosine), optional weight averaging
+(models/training/averaging.py), validation with PSNR/SSIM, ``model.pt`` / ``best_model.pt``, exact ``--resume``,
+SIGINT/SIGTERM handling, torchrun (DDP), tqdm and TensorBoard.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import signal
 import sys
@@ -24,10 +23,11 @@ from tqdm import tqdm
 from data.dataset import Sample
 from data.fft import magnitude
 from models.checkpoints.format import arch_of, describe_arch, model_payload
-from models.checkpoints.io import save_checkpoint
-from models.training import averaging
+from models.checkpoints.io import load_checkpoint, save_checkpoint
+from models.training.averaging import weight_average
+from models.training.config import TrainConfig
 from models.training.distributed import Dist
-from models.training.experiment import (drop_replaced_run, git_commit, jsonable, prepare_exp_dir, restore_old_run,
+from models.training.experiment import (drop_replaced_run, git_commit, prepare_exp_dir, restore_old_run,
                                         set_aside_old_run)
 from models.evaluation.metrics import psnr, used_for
 from models.training.logs import RunLog
@@ -36,7 +36,6 @@ from models.training.speed import MEMORY_FORMATS, resolve_memory_format
 from models.training.state import RunState
 from data.outputs import folder_lock, write_json
 from utils import UserError, first_line, machine, seed_everything
-
 
 
 class TrainStep(nn.Module):
@@ -195,22 +194,21 @@ class Trainer:
     # instead of racing a timer. A staticmethod when set; None in every real run.
     after_step = None
 
-    def __init__(self, args: argparse.Namespace, build_step, run_name: str, dist: Dist, roles: dict,
-                 defaults: dict | None = None):
-        self.args, self.build_step, self.run_name, self.dist = args, build_step, run_name, dist
-        self.roles, self.defaults = roles, defaults
-        self.exp: Path = args.exp_dir
+    def __init__(self, config: TrainConfig, build_step, run_name: str, dist: Dist, roles: dict):
+        self.config, self.build_step, self.run_name, self.dist, self.roles = config, build_step, run_name, dist, roles
+        self.optim, self.run_config = config.optim, config.run
+        self.exp: Path = config.run.exp_dir
         self.state = RunState()  # position, best validation loss, RNG: what --resume restores
         self.log: RunLog | None = None
         # A fresh run before its first model.pt: on failure its files go and a run it replaced comes back.
         self.before_first_model = False
 
     def run(self) -> Path:
-        resume = prepare_exp_dir(self.args, self.defaults)
-        if resume is not None and RunState.finished(resume, self.args.epochs):
+        epochs = self.optim.epochs
+        resume = prepare_exp_dir(self.config)
+        if resume is not None and RunState.finished(resume, epochs):
             if self.dist.main:
-                print(f"{self.exp} already finished {resume['epoch']} of {self.args.epochs} epochs; "
-                      "nothing to resume")
+                print(f"{self.exp} already finished {resume['epoch']} of {epochs} epochs; nothing to resume")
             return self.exp
         self.build(resume)
         if resume is not None:
@@ -218,9 +216,9 @@ class Trainer:
         self.make_loaders()
         self.wrap()
         self.open_logs(resume)
-        show = self.dist.main and not self.args.no_progress
+        show = self.dist.main and not self.run_config.no_progress
         state = self.state
-        epochs_bar = tqdm(range(state.epoch, self.args.epochs), initial=state.epoch, total=self.args.epochs,
+        epochs_bar = tqdm(range(state.epoch, epochs), initial=state.epoch, total=epochs,
                           desc=self.run_name, unit="epoch", disable=not show, dynamic_ncols=True)
         with _StopRequest() as stop:
             for epoch in epochs_bar:
@@ -245,39 +243,42 @@ class Trainer:
     def build(self, resume: dict | None) -> None:
         """Seed, the run's data (checked against a resumed run), the step on its device in its memory layout,
         Adam and its schedule."""
-        args, dist = self.args, self.dist
-        seed_everything(args.seed + dist.rank)
-        self.data = RunData.load(args, self.exp, resume)
-        self.step = step = self.build_step(args)
+        optim, run, dist = self.optim, self.run_config, self.dist
+        seed_everything(optim.seed + dist.rank)
+        self.data = RunData.load(self.config, resume)
+        # The step is built for the data's image type (1 or 2 channels), known now.
+        self.step = step = self.build_step(self.data.image, coils=self.data.coils)
         recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
-        args.memory_format = resolve_memory_format(args.memory_format, dist.device, self.data.shape, bool(args.amp),
-                                                   recorded, batch=args.batch_size)
-        step.to(device=dist.device, memory_format=MEMORY_FORMATS[args.memory_format])
-        self.amp = bool(args.amp)
-        self.lr = args.lr * (dist.world if args.scale_lr else 1)
+        self.memory_format = resolve_memory_format(run.memory_format, dist.device, self.data.shape, bool(run.amp),
+                                                   recorded, batch=optim.batch_size)
+        step.to(device=dist.device, memory_format=MEMORY_FORMATS[self.memory_format])
+        self.amp = bool(run.amp)
+        self.lr = optim.lr * (dist.world if optim.scale_lr else 1)
         self.params = [p for p in step.parameters() if p.requires_grad]
-        self.average = averaging.from_args(args, step.model)
+        self.average = weight_average(step.model, optim.ema, optim.average_last)
         self.build_optimizer()
 
     def build_optimizer(self) -> None:
         """A fresh Adam over the trainable parameters and its schedule (``--lr-schedule``; cosine over the epochs
         left from here)."""
+        optim = self.optim
         self.optimizer = torch.optim.Adam(self.params, lr=self.lr)
-        if self.args.lr_schedule == "cosine":
+        if optim.lr_schedule == "cosine":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
-                                                                        T_max=self.args.epochs - self.state.epoch)
+                                                                        T_max=optim.epochs - self.state.epoch)
         else:
-            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=self.args.lr_step_size,
-                                                             gamma=self.args.lr_gamma)
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=optim.lr_step_size,
+                                                             gamma=optim.lr_gamma)
 
     def begin_stage(self) -> None:
         """Start a stage of the step's schedule (:meth:`TrainStep.begins_stage`) from the previous stage's best
         model, with a fresh optimiser and schedule; every rank reads the same ``best_model.pt``. A run resumed
         at the stage's first epoch passes here again and gets the same start."""
-        best = torch.load(self.exp / "best_model.pt", map_location=self.dist.device, weights_only=True)
+        best = load_checkpoint(self.exp / "best_model.pt", "new stage:")
         self.step.model.load_state_dict(best["model"])
         self.build_optimizer()
-        self.average = averaging.from_args(self.args, self.step.model)  # a stage averages its own weights
+        # A stage averages its own weights.
+        self.average = weight_average(self.step.model, self.optim.ema, self.optim.average_last)
         self.state.new_stage()
         if self.dist.main:
             tqdm.write(f"epoch {self.state.epoch + 1}: new stage from best_model.pt of epoch {best['epoch']}, fresh "
@@ -286,7 +287,7 @@ class Trainer:
     def resume_from(self, resume: dict) -> None:
         """Weights, optimiser, schedule, and the run's state (position, best loss, RNG) from ``model.pt``."""
         step = self.step
-        # The architecture first: the flags that choose it are compared through it (experiment.ARCH_FLAGS).
+        # The architecture first: the settings that choose it are compared through it (ResumeRules.network_own).
         if resume.get("arch") != arch_of(step.model):
             raise UserError(f"--resume: {self.exp / 'model.pt'} holds a {describe_arch(resume.get('arch'), True)}, "
                             f"but these flags build a {describe_arch(arch_of(step.model), True)}; resume with the "
@@ -305,7 +306,8 @@ class Trainer:
 
     def make_loaders(self) -> None:
         """The loaders, built after the RNG is restored, as the original run did."""
-        self.train_loader, self.train_sampler, self.val_loader = self.data.loaders(self.args, self.dist)
+        self.train_loader, self.train_sampler, self.val_loader = self.data.loaders(self.config.data, self.optim,
+                                                                                  self.dist)
 
     def wrap(self) -> None:
         """The module the loop calls: the step itself, or under torchrun the step inside DDP."""
@@ -320,10 +322,12 @@ class Trainer:
 
     def open_logs(self, resume: dict | None) -> None:
         """``config.json`` (fresh runs), the TensorBoard writer and the start-up line, on rank 0."""
-        args, dist = self.args, self.dist
-        self.config = {**jsonable(args), "run_name": self.run_name, "roles": self.roles, "git_commit": git_commit(),
+        dist, batch_size = self.dist, self.optim.batch_size
+        self.settings = self.config.record(memory_format=self.memory_format, image=self.data.image,
+                                           kspace=self.data.kspace, **self.data.coil_kind)
+        self.record = {**self.settings, "run_name": self.run_name, "roles": self.roles, "git_commit": git_commit(),
                        "torch_version": str(torch.__version__), "machine": machine(), "device": str(dist.device),
-                       "world_size": dist.world, "effective_batch_size": args.batch_size * dist.world,
+                       "world_size": dist.world, "effective_batch_size": batch_size * dist.world,
                        "effective_lr": self.lr, "train_slices": len(self.data.train),
                        "validation_slices": len(self.data.validation),
                        "trainable_parameters": sum(p.numel() for p in self.params),
@@ -334,11 +338,12 @@ class Trainer:
         if resume is None:
             self.before_first_model = True
             set_aside_old_run(self.exp)
-            write_json(self.exp / "config.json", self.config)
-        self.log = RunLog(self.exp, self.state.global_step if resume else None, args.epochs, args.image_every)
+            write_json(self.exp / "config.json", self.record)
+        self.log = RunLog(self.exp, self.state.global_step if resume else None, self.optim.epochs,
+                          self.run_config.image_every)
         print(f"{self.run_name}: {len(self.data.train)} training / {len(self.data.validation)} validation slices, "
-              f"{self.config['model_parameters']:,} parameters, device {dist.device}, "
-              f"batch {args.batch_size} x {dist.world} process(es) = {self.config['effective_batch_size']}, "
+              f"{self.record['model_parameters']:,} parameters, device {dist.device}, "
+              f"batch {batch_size} x {dist.world} process(es) = {self.record['effective_batch_size']}, "
               f"lr {self.lr:g}; writing to {self.exp}", flush=True)
 
     # ----------------------------------------------------------------------- training
@@ -346,15 +351,15 @@ class Trainer:
     def train_epoch(self, first_batch: int, stop: _StopRequest, show: bool) -> tuple[float, float]:
         """The state's epoch from batch ``first_batch`` on (non-zero when resumed inside it); returns (mean
         training loss, seconds)."""
-        args, dist, state = self.args, self.dist, self.state
+        optim, run, dist, state = self.optim, self.run_config, self.dist, self.state
         epoch = state.epoch
-        self.train_sampler.set_epoch(epoch, first_batch * args.batch_size)
+        self.train_sampler.set_epoch(epoch, first_batch * optim.batch_size)
         self.step.start_epoch(epoch)
         self.step.train()
         pending: list[tuple[int, torch.Tensor, dict]] = []
         running, seen = 0.0, 0
         last = first_batch + len(self.train_loader) - 1
-        batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+        batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{optim.epochs}", leave=False,
                        disable=not show, unit="batch", dynamic_ncols=True, initial=first_batch,
                        total=last + 1)
         t0 = time.time()
@@ -362,13 +367,13 @@ class Trainer:
             loss, terms = self.train_step(batch.to(dist.device))
             pending.append((i, loss, terms))
             # Losses stay on the device until the logging interval: no per-iteration host sync.
-            if len(pending) >= args.log_every or i == last:
+            if len(pending) >= run.log_every or i == last:
                 losses = self.log_interval(pending)
                 running += float(losses.sum())
                 seen += len(losses)
                 batches.set_postfix(loss=f"{running / seen:.4g}")
                 pending.clear()
-            saved = bool(args.save_every_iters and state.global_step % args.save_every_iters == 0)
+            saved = bool(run.save_every_iters and state.global_step % run.save_every_iters == 0)
             if saved:
                 self.save_last()
             if self.after_step is not None:
@@ -424,7 +429,7 @@ class Trainer:
 
     def checkpoint(self) -> dict:
         """Everything ``--resume`` needs (the state's entries gather every rank's RNG: a collective call)."""
-        return {**model_payload(self.step.model, self.run_name, self.config), "extra": self.step.extra_state(),
+        return {**model_payload(self.step.model, self.run_name, self.record), "extra": self.step.extra_state(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 **self.state.entries(self.dist.world),
                 **({"average": self.average.state_dict()} if self.average is not None else {})}
@@ -433,7 +438,7 @@ class Trainer:
         """``model.pt`` at the state's position (all ranks take part; rank 0 writes); the replaced run goes."""
         state = self.checkpoint()
         if self.dist.main:
-            save_checkpoint(state, self.exp / "model.pt")
+            save_checkpoint(state, self.exp / "model.pt", record=True)
             drop_replaced_run(self.exp)
             self.before_first_model = False
 
@@ -445,39 +450,40 @@ class Trainer:
         improved = self.state.record(metrics["loss"])
         if self.dist.main:
             if improved:
-                save_checkpoint({**model_payload(self.step.model, self.run_name, self.config), "epoch": epoch,
-                                 "val_metrics": metrics}, self.exp / "best_model.pt")
+                save_checkpoint({**model_payload(self.step.model, self.run_name, self.record), "epoch": epoch,
+                                 "val_metrics": metrics}, self.exp / "best_model.pt", record=True)
             epochs_bar.set_postfix(val_loss=f"{metrics['loss']:.4g}")
             self.log.epoch(epoch, train_loss, self.optimizer.param_groups[0]["lr"], seconds, metrics, images, improved)
 
     def finish(self) -> None:
         """TensorBoard's hparams entry and the closing line (rank 0)."""
         if self.log is not None:
-            self.log.close({**jsonable(self.args), **self.step.hparams()}, self.state.best_loss)
+            self.log.close({**self.settings, **self.step.hparams()}, self.state.best_loss)
 
 
-def train(args: argparse.Namespace, build_step, run_name: str, roles: dict, defaults: dict | None = None) -> Path:
-    """Train ``build_step(args)`` (a :class:`TrainStep`) with the common flags in ``args``; ``roles`` (what the
-    network is, see models/distill/roles.py) goes into ``config.json`` and every checkpoint. ``defaults``: flags
-    whose None default is resolved from the others, for --resume's comparison
-    (models/training/experiment.check_resume_flags).
+def train(config: TrainConfig, build_step, run_name: str, roles: dict) -> Path:
+    """Train ``build_step(image, coils=N)`` (a :class:`TrainStep` for the data's image type, ``"magnitude"`` or
+    ``"complex"``; ``coils`` the data's coil count, None for single-coil data, against which a step that loads
+    checkpoints checks them) as ``config`` says; ``roles`` (what the network is, see models/distill/roles.py) goes into
+    ``config.json`` and every checkpoint, beside ``config.record()``.
 
-    Writes into ``args.exp_dir``: ``config.json``, ``model.pt`` (every epoch, and every
+    Writes into ``config.run.exp_dir``: ``config.json``, ``model.pt`` (every epoch, and every
     ``--save-every-iters``), ``best_model.pt`` (best validation L1) and ``summary/`` (TensorBoard).
     Returns the experiment folder.
     """
-    dist = Dist(args.device)
-    trainer = Trainer(args, build_step, run_name, dist, roles, defaults)
+    dist = Dist(config.run.device)
+    trainer = Trainer(config, build_step, run_name, dist, roles)
+    exp = config.run.exp_dir
     try:
         # Rank 0 writes every file, so it alone holds the folder's lock (ranks of one job must not refuse each other).
-        with folder_lock(args.exp_dir, "--exp-dir") if dist.main else contextlib.nullcontext():
+        with folder_lock(exp, "--exp-dir") if dist.main else contextlib.nullcontext():
             try:
                 return trainer.run()
             except BaseException:
                 # A fresh run that never saved a model.pt leaves nothing of its own (a best_model.pt without
                 # model.pt would pass for a result) and gives the run it replaced back.
                 if trainer.before_first_model:
-                    restore_old_run(args.exp_dir)
+                    restore_old_run(exp)
                 raise
     finally:
         dist.close()

@@ -5,6 +5,8 @@ training scripts build one from their flags; scripts/benchmark.py times these sa
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -66,6 +68,18 @@ class SFTStep(TrainStep):
 
     def hparams(self):
         return {"student_rec_weight": self.student_rec_weight, "imitation_weight": self.imitation_weight}
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """A KD run's distillation settings: the registered KD ``method`` (models/distill/losses.py), its ``weight``
+    lambda (None: the method's own), ``feature_epochs`` (N epochs of the KD loss alone first, the public code's
+    two stages; 0: one stage) and ``cache_teacher`` (keep the teacher's outputs after the first epoch)."""
+
+    method: str = "at"
+    weight: float | None = None
+    feature_epochs: int = 0
+    cache_teacher: bool = False
 
 
 class KDStep(TrainStep):

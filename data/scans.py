@@ -1,0 +1,374 @@
+"""A user's own scans as inputs of scripts/reconstruct.py: one reader per file format (:data:`SCAN_FORMATS`), and
+the network inputs of a scan at a checkpoint's image size and mask (:func:`network_inputs`).
+
+A reader turns a file into :class:`Scan` volumes of one of two kinds:
+
+- ``image``: a real magnitude volume (NIfTI; a fastMRI train / validation file's reference for a magnitude
+  network). It is sliced and scaled as data/prepare.py does (:func:`data.slicing.make_slices`) and undersampled
+  synthetically with the checkpoint's mask (the paper's protocol, :func:`data.layout.undersample`), so a slice
+  gives exactly the network inputs that evaluate.py reads from data prepared from the same file.
+- ``kspace``: acquired single-coil Cartesian k-space, (S, coils, H, W) complex, centred (fastMRI's and
+  ISMRMRD's convention: readout along H, phase-encode lines along W). Fully sampled k-space (a fastMRI train /
+  validation file, an ISMRMRD scan with every line) becomes fastMRI's complex images at the checkpoint's size
+  (:func:`data.fastmri.complex_images`, as ``data.prepare --image complex``) and is undersampled with the
+  checkpoint's mask. Undersampled k-space (a fastMRI test file with its ``mask``, an ISMRMRD scan with lines
+  missing, or any file with ``--no-undersample``) keeps its own lines: the zero-filled image is cropped along the
+  readout only (which keeps every unacquired line exactly zero), the network runs on all acquired columns, and
+  the output is centre-cropped to the checkpoint's width, as fastMRI's ``complex_center_crop``.
+
+Acquired k-space needs a network for complex images (``--image complex``): a magnitude network's data-fidelity
+step assumes the Hermitian k-space of a real image. Multi-coil data are refused in one line here; the multi-coil
+operators (issue 36) take their place in :func:`network_inputs`.
+
+Intensities: every scan is scaled as the network's training data were (magnitude: min-max to [0, 1] per volume;
+complex: ``1 / max |image|`` per volume); :class:`NetworkInputs` keeps the factor, so outputs can be given back in
+the input's units.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import torch
+
+from data.fastmri import REFERENCE_OF, complex_images
+from data.fft import ifft2c, to_channels
+from data.layout import undersample
+from data.slicing import make_slices
+from data.sources import Source, nifti_sources, read_volumes
+from utils import UserError, first_line
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One volume of a user's file.
+
+    kind ``"image"``: ``data`` (X, Y, Z) float64 magnitude volume, sliced along ``axis``; ``affine`` its 4 x 4
+    voxel-to-world matrix where the file has one. kind ``"kspace"``: ``data`` (S, coils, H, W) complex64 centred
+    k-space; ``lines`` (W,) bool, the acquired phase-encode lines in centred order, or None when fully sampled.
+    """
+
+    name: str
+    label: str
+    kind: str
+    data: np.ndarray
+    lines: np.ndarray | None = None
+    affine: np.ndarray | None = None
+    axis: int = 2
+
+    @property
+    def coils(self) -> int:
+        return self.data.shape[1] if self.kind == "kspace" else 1
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a reader needs to know: the network's ``image`` type (``"magnitude"`` or ``"complex"``), the slice
+    ``axis`` of image volumes, and ``no_undersample`` (take a file's k-space as acquired)."""
+
+    image: str
+    axis: int = 2
+    no_undersample: bool = False
+
+
+@dataclass(frozen=True)
+class ScanFormat:
+    """One input format: ``claims(path)`` says whether a file is one of its kind (by name or content), ``read``
+    gives its volumes."""
+
+    name: str
+    what: str
+    claims: Callable[[Path], bool]
+    read: Callable[[Path, ReadOptions], list[Scan]]
+
+
+def _is_hdf5(path: Path) -> bool:
+    return path.suffix.lower() in (".h5", ".hdf5", ".mrd") and h5py.is_hdf5(path)
+
+
+def _hdf5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise UserError(f"{path} is not a readable HDF5 file ({first_line(exc)}); re-copy it") from exc
+
+
+# --------------------------------------------------------------------------- fastMRI
+
+def _claims_fastmri(path: Path) -> bool:
+    if not _is_hdf5(path):
+        return False
+    with _hdf5(path) as f:
+        return isinstance(f.get("kspace"), h5py.Dataset)
+
+
+def read_fastmri(path: Path, options: ReadOptions) -> list[Scan]:
+    """A fastMRI file as one scan: a test file's undersampled ``kspace`` with its ``mask``; a train / validation
+    file's reference image (magnitude networks) or its fully sampled ``kspace`` (complex networks)."""
+    with _hdf5(path) as f:
+        kspace = f["kspace"]
+        if kspace.ndim not in REFERENCE_OF or kspace.dtype.kind != "c":
+            raise UserError(f"{path}: 'kspace' has shape {kspace.shape} and dtype {kspace.dtype}; fastMRI files hold "
+                            "(S, H, W) single-coil or (S, C, H, W) multi-coil complex k-space")
+        reference = REFERENCE_OF[kspace.ndim]
+        if "mask" in f:
+            lines = np.asarray(f["mask"][()]).astype(bool).ravel()
+        elif options.no_undersample:
+            lines = None
+        elif options.image == "magnitude" and reference in f:
+            image = np.moveaxis(f[reference][()], 0, -1)
+            source = Source(path.stem, str(path), path.stem, _Volume(image), image.shape)
+            return [Scan(name, str(path), "image", volume) for name, volume in read_volumes(source)]
+        else:
+            lines = False  # fully sampled, read below
+        data = kspace[()]
+    data = data[:, None] if data.ndim == 3 else data
+    if lines is None:  # --no-undersample: the lines the file holds
+        lines = np.abs(data).max(axis=(0, 1, 2)) > 0
+    if lines is False:
+        lines = None
+    elif lines.shape != (data.shape[-1],):
+        raise UserError(f"{path}: 'mask' has {lines.size} entries for {data.shape[-1]} phase-encode columns of "
+                        "'kspace'; the file is damaged")
+    return [Scan(path.stem, str(path), "kspace", data.astype(np.complex64, copy=False), lines)]
+
+
+@dataclass(frozen=True)
+class _Volume:
+    """An in-memory array offered like a nibabel image (``dataobj``), for data/sources.py's reader."""
+
+    dataobj: np.ndarray
+
+
+# --------------------------------------------------------------------------- ISMRMRD
+
+# Acquisitions that are no image lines: noise, navigator and phase-correction data.
+_SKIPPED_FLAGS = ("ACQ_IS_NOISE_MEASUREMENT", "ACQ_IS_NAVIGATION_DATA", "ACQ_IS_PHASECORR_DATA")
+
+
+def _claims_ismrmrd(path: Path) -> bool:
+    if not _is_hdf5(path):
+        return False
+    with _hdf5(path) as f:
+        return isinstance(f.get("dataset"), h5py.Group) and "xml" in f["dataset"]
+
+
+def read_ismrmrd(path: Path, options: ReadOptions) -> list[Scan]:
+    """An ISMRMRD raw-data file (Cartesian 2-D, through the ``ismrmrd`` package) as one scan of its slices:
+    k-space (S, coils, readout samples, phase-encode lines), each line placed by ``kspace_encode_step_1``
+    relative to the encoding's centre line, averages added up and divided by their count."""
+    import ismrmrd  # only this format needs it
+    import ismrmrd.xsd
+
+    try:
+        dataset = ismrmrd.Dataset(str(path), "dataset", mode="r")
+        header = ismrmrd.xsd.CreateFromDocument(dataset.read_xml_header())
+    except Exception as exc:  # the package raises many types for foreign or damaged files
+        raise UserError(f"{path} is not a readable ISMRMRD file ({first_line(exc)}); re-export it") from exc
+    with dataset:
+        encoding = header.encoding[0]
+        trajectory = getattr(encoding.trajectory, "value", str(encoding.trajectory))
+        if trajectory != "cartesian":
+            raise UserError(f"{path}: unsupported trajectory {trajectory!r}; reconstruct takes Cartesian 2-D data "
+                            "(grid non-Cartesian k-space first, e.g. with BART or sigpy)")
+        matrix = encoding.encodedSpace.matrixSize
+        if (matrix.z or 1) > 1:
+            raise UserError(f"{path}: a 3-D Cartesian encoding ({matrix.x} x {matrix.y} x {matrix.z}); reconstruct "
+                            "takes 2-D (multi-slice) data: inverse-FFT along the partitions first")
+        limit = encoding.encodingLimits.kspace_encoding_step_1
+        n_lines = int(matrix.y)
+        centre = int(limit.center) if limit is not None and limit.center is not None else n_lines // 2
+        skipped = [getattr(ismrmrd, flag) for flag in _SKIPPED_FLAGS]
+        lines: dict[tuple[int, int], list[np.ndarray]] = {}
+        for index in range(dataset.number_of_acquisitions()):
+            acq = dataset.read_acquisition(index)
+            if any(acq.is_flag_set(flag) for flag in skipped):
+                continue
+            data = np.asarray(acq.data)  # (coils, samples) complex64
+            # Centre the readout: the centre sample to the middle, as fastMRI's centred k-space has it.
+            data = np.roll(data, data.shape[1] // 2 - int(acq.center_sample), axis=1)
+            column = int(acq.idx.kspace_encode_step_1) - centre + n_lines // 2
+            if not 0 <= column < n_lines:
+                raise UserError(f"{path}: acquisition {index} is line {acq.idx.kspace_encode_step_1}, outside the "
+                                f"{n_lines} lines of the encoding (centre {centre}); the header does not fit the data")
+            lines.setdefault((int(acq.idx.slice), column), []).append(data)
+    if not lines:
+        raise UserError(f"{path} holds no imaging acquisitions (only noise, navigator or phase-correction data)")
+    shapes = {line[0].shape for line in lines.values()}
+    if len(shapes) > 1:
+        raise UserError(f"{path}: acquisitions of different sizes {sorted(shapes)}; reconstruct takes one readout "
+                        "length and one coil count per scan")
+    coils, samples = shapes.pop()
+    slices = sorted({s for s, _ in lines})
+    kspace = np.zeros((len(slices), coils, samples, n_lines), dtype=np.complex64)
+    acquired = np.zeros((len(slices), n_lines), dtype=bool)
+    for (s, column), repeats in lines.items():
+        kspace[slices.index(s), :, :, column] = np.mean(repeats, axis=0)
+        acquired[slices.index(s), column] = True
+    if not (acquired == acquired[:1]).all():
+        raise UserError(f"{path}: its slices are sampled on different lines; reconstruct takes one mask per scan")
+    full = acquired[0].all() and not options.no_undersample
+    return [Scan(path.stem, str(path), "kspace", kspace, None if full else acquired[0])]
+
+
+# --------------------------------------------------------------------------- NIfTI
+
+def _claims_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def read_nifti(path: Path, options: ReadOptions) -> list[Scan]:
+    """A NIfTI magnitude volume (a 4-D series: one scan per frame) through data/sources.py's reader, affine kept."""
+    if options.no_undersample:
+        raise UserError(f"--no-undersample takes a file's k-space as acquired, but {path} is a magnitude image with "
+                        "none; drop --no-undersample (it is undersampled synthetically, the paper's protocol)")
+    sources, _ = nifti_sources([path], exclude=())
+    source = sources[0]
+    affine = getattr(source.image, "affine", None)
+    return [Scan(name, source.label, "image", volume, None, None if affine is None else np.asarray(affine),
+                 options.axis) for name, volume in read_volumes(source)]
+
+
+# One entry per format, tried in this order.
+SCAN_FORMATS: dict[str, ScanFormat] = {
+    "fastmri": ScanFormat("fastmri", "fastMRI HDF5 (kspace, and mask in test files)", _claims_fastmri, read_fastmri),
+    "ismrmrd": ScanFormat("ismrmrd", "ISMRMRD HDF5 raw data (Cartesian 2-D)", _claims_ismrmrd, read_ismrmrd),
+    "nifti": ScanFormat("nifti", "NIfTI magnitude volume (.nii, .nii.gz)", _claims_nifti, read_nifti),
+}
+
+
+def read_scans(path: str | Path, options: ReadOptions) -> list[Scan]:
+    """The volumes of one input file, read by the first format of :data:`SCAN_FORMATS` that claims it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"input {path} {'is not a file' if path.exists() else 'does not exist'}; pass fastMRI, "
+                        "ISMRMRD or NIfTI files")
+    for scan_format in SCAN_FORMATS.values():
+        if scan_format.claims(path):
+            return scan_format.read(path, options)
+    kinds = "; ".join(f.what for f in SCAN_FORMATS.values())
+    raise UserError(f"input {path} is none of the formats reconstruct reads ({kinds})")
+
+
+# --------------------------------------------------------------------------- to the network's inputs
+
+@dataclass(frozen=True)
+class Target:
+    """What the network was trained on (from its checkpoint): ``image`` type, slice ``size`` (H, W), its
+    sampling pattern ``lines`` (data/masks.mask_lines: ``rows``, ``columns`` or ``2-D``; None: not recorded), and
+    the (H, W) float32 {0, 1} unshifted ``mask`` of its file ``mask_file``, or None with ``mask_problem`` saying
+    why (one line): only scans undersampled synthetically need it."""
+
+    image: str
+    size: tuple[int, int]
+    lines: str | None
+    mask: np.ndarray | None
+    mask_file: str
+    mask_problem: str | None = None
+
+    def synthetic_mask(self) -> np.ndarray:
+        """The mask for synthetic undersampling; a :class:`UserError` when the checkpoint's cannot be had."""
+        if self.mask is None:
+            raise UserError(self.mask_problem or "no mask: pass --mask FILE")
+        return self.mask
+
+
+@dataclass(frozen=True)
+class NetworkInputs:
+    """One scan ready for the network: ``zero_filled`` (S, C, H, W') float32, ``kspace_under`` (S, 1, H, W')
+    complex64, ``mask`` (1, 1, H, W') float32 (W' >= W: acquired k-space keeps all its columns), ``width`` the
+    checkpoint's W the output is centre-cropped to, ``slope``, ``intercept``: input units = slope * network
+    units + intercept, and ``affine`` the 4 x 4 voxel-to-world matrix of the (H, W, S) slices, or None."""
+
+    zero_filled: torch.Tensor
+    kspace_under: torch.Tensor
+    mask: torch.Tensor
+    width: int
+    slope: float
+    intercept: float
+    affine: np.ndarray | None = None
+
+    def crop(self, images: np.ndarray) -> np.ndarray:
+        """(S, H, W') -> (S, H, W), the centre columns (fastMRI's complex_center_crop)."""
+        left = (images.shape[-1] - self.width) // 2
+        return images[..., left:left + self.width]
+
+
+def network_inputs(scan: Scan, target: Target) -> NetworkInputs:
+    """The inputs of ``scan`` for a network trained as ``target`` says (see the module docstring)."""
+    if scan.coils != 1:
+        raise UserError(f"{scan.label} is multi-coil ({scan.coils} coils); reconstruct takes single-coil data for "
+                        "now (multi-coil support is issue 36): pass single-coil files")
+    height, width = target.size
+    if scan.kind == "image":
+        if target.image != "magnitude":
+            raise UserError(f"{scan.label} is a magnitude image, but the checkpoint reconstructs complex images from "
+                            "acquired k-space; use a checkpoint trained on magnitude images (the paper's protocol)")
+        if height != width:
+            raise UserError(f"the checkpoint was trained on {height} x {width} slices; magnitude volumes are cut "
+                            "into square slices (data/prepare.py --size)")
+        slices = make_slices(scan.data, scan.axis, height)
+        low, high = float(scan.data.min()), float(scan.data.max())
+        inputs = _undersampled(slices, target.synthetic_mask(), width, high - low if high > low else 1.0, low)
+        return replace(inputs, affine=slice_affine(scan.affine, scan.data.shape, scan.axis, height))
+    if target.image != "complex":
+        raise UserError(f"{scan.label} holds acquired k-space, but the checkpoint is a magnitude network (its data "
+                        "fidelity assumes the Hermitian k-space of a real image); use a checkpoint trained with "
+                        "data.prepare --image complex")
+    kspace = scan.data[:, 0]
+    n_rows, n_columns = kspace.shape[-2:]
+    if n_rows < height or n_columns < width:
+        raise UserError(f"{scan.label}: its k-space gives {n_rows} x {n_columns} images, smaller than the "
+                        f"{height} x {width} slices the checkpoint was trained on; use a checkpoint of its size")
+    if scan.lines is None:
+        if height != width:
+            raise UserError(f"the checkpoint was trained on {height} x {width} slices; fastMRI's complex images are "
+                            "square (data.prepare --size)")
+        slices, scale = complex_images(kspace, height, scan.label)
+        return _undersampled(slices.astype(np.complex64), target.synthetic_mask(), width, 1.0 / scale, 0.0)
+    if target.lines not in ("columns", None):
+        raise UserError(f"{scan.label} samples whole phase-encode columns, but the checkpoint was trained with "
+                        f"masks sampling {target.lines} ({target.mask_file}); use a checkpoint trained with column "
+                        "masks (data.prepare --mask-kind fastmri-random / fastmri-equispaced)")
+    image = ifft2c(torch.from_numpy(kspace.astype(np.complex128))).numpy()
+    top = (n_rows - height) // 2
+    # Cropping the readout only: every unacquired column stays zero in the cropped image's k-space.
+    image = np.moveaxis(image[:, top:top + height], 0, -1)
+    peak = float(np.abs(image).max())
+    scale = 1.0 / peak if peak > 0 else 1.0
+    mask = np.zeros((height, n_columns), dtype=np.float32)
+    mask[:, np.fft.ifftshift(scan.lines)] = 1.0
+    return _undersampled((image * scale).astype(np.complex64), mask, width, 1.0 / scale, 0.0)
+
+
+def slice_affine(affine: np.ndarray | None, shape: tuple[int, ...], axis: int, size: int) -> np.ndarray | None:
+    """The affine of the (size, size, S) slices that :func:`data.slicing.make_slices` cuts from a volume of
+    ``shape`` along ``axis``: the volume's ``affine`` with its axes in slice order and its origin moved by the
+    centre crop or pad (:func:`data.slicing.crop_or_pad`)."""
+    if affine is None:
+        return None
+    order = [a for a in range(3) if a != axis] + [axis]
+    moved = np.asarray(affine, dtype=np.float64)[:, [*order, 3]]
+    offset = np.zeros(4)
+    offset[3] = 1.0
+    for out_axis, extent in enumerate(shape[a] for a in order[:2]):
+        offset[out_axis] = (extent - size) // 2 if extent > size else -((size - extent) // 2)
+    moved[:, 3] = moved @ offset
+    return moved
+
+
+def _undersampled(slices: np.ndarray, mask: np.ndarray, width: int, slope: float, intercept: float) -> NetworkInputs:
+    """slices: (H, W', S) float32 or complex64 in network units; mask (H, W') float32."""
+    if mask.shape != slices.shape[:2]:
+        raise UserError(f"the mask is {mask.shape[0]}x{mask.shape[1]} but the slices are "
+                        f"{slices.shape[0]}x{slices.shape[1]}; pass a mask of the checkpoint's size (--mask)")
+    kspace, zero_filled = undersample(slices, {"scan": mask})["scan"]
+    zero_filled = torch.from_numpy(np.moveaxis(zero_filled, -1, 0))[:, None]
+    if zero_filled.is_complex():
+        zero_filled = to_channels(zero_filled)
+    return NetworkInputs(zero_filled.contiguous(), torch.from_numpy(np.moveaxis(kspace, -1, 0))[:, None].contiguous(),
+                         torch.from_numpy(mask)[None, None], width, slope, intercept)
+

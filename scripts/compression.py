@@ -1,0 +1,361 @@
+"""The compression report: what each network costs (parameters, FLOPs, peak memory, latency against a convolution
+roofline measured in the same run) and what it gives (PSNR / SSIM from an evaluation folder), the ratios of each
+to the first (the teacher), and a PSNR-against-latency plot with the Pareto front.
+
+Usage::
+
+    python -m scripts.compression --checkpoints TEACHER.pt STUDENT.pt [KD.pt ...] [--names ...]
+        [--eval-dir EVAL_DIR] --out-dir DIR [--sizes 256 320] [--throughput-batch 8] [--repeats 7]
+
+Latency is per slice, median and range over ``--repeats`` interleaved rounds (every network once per round, so a
+burst of load from other processes hits all alike), at batch 1 and ``--throughput-batch``, each ``--sizes``, on
+1 thread and on all (and on CUDA where present), in the fastest exact mode (``torch.inference_mode``, float32,
+the memory layout evaluate.py takes). Each cell's fraction of the roofline compares the FLOPs the network does
+per second with a 3x3 32 -> 32 forward convolution at the same batch, size, threads and device, measured in the
+same run (scripts/benchmark.py's probe). FLOPs are FlopCounterMode's (the convolutions; models/cost.py).
+``--eval-dir``: evaluate.py's folder; a network's PSNR / SSIM are its row in summary.json, matched by checkpoint
+path, else by name.
+
+Outputs in ``--out-dir`` (all or nothing): ``compression.md`` (the machine, the table, the ratios),
+``compression.json`` (every figure), ``compression.png`` (PSNR, or FLOPs without --eval-dir, against latency at
+the largest size, batch 1, all threads).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if not __package__:  # run by path: the repository root, which holds the packages, is not importable
+    print("error: run it as a module from the repository root: python -m scripts.compression ...", file=sys.stderr)
+    sys.exit(2)
+
+import torch  # noqa: E402
+
+from data.outputs import staged, write_json, write_text  # noqa: E402
+from models.checkpoints.format import load_model  # noqa: E402
+from models.cost import count_parameters, forward_flops, pareto_front, peak_memory_bytes, synthetic_inputs  # noqa: E402
+from models.inference import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
+from models.nets.registry import describe_arch, image_channels_of, reconstructor  # noqa: E402
+from scripts.benchmark import profile_category, roofline, time_interleaved  # noqa: E402
+from utils import CliParser, UserError, clean_text, describe_machine, machine, run_cli  # noqa: E402
+
+STAGE_PREFIX = ".compression-"
+ROOFLINE_ROUNDS = 3
+
+
+def network_names(paths: list[Path], checkpoints: list[dict], given: list[str] | None) -> list[str]:
+    """``--names``, else each checkpoint's run_name, else its folder's name; repeats get ``-2``, ``-3``."""
+    if given is not None:
+        if len(given) != len(paths) or len(set(given)) != len(given):
+            raise UserError(f"--names needs {len(paths)} different names, one per checkpoint")
+        return given
+    names, taken = [], set()
+    for path, ckpt in zip(paths, checkpoints):
+        name = clean_text(ckpt.get("run_name") or "").strip() or path.resolve().parent.name or path.stem
+        candidate, copy = name, 1
+        while candidate in taken:
+            copy += 1
+            candidate = f"{name}-{copy}"
+        taken.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def quality(eval_dir: Path | None, paths: list[Path], names: list[str]) -> dict[str, dict[str, float]]:
+    """``{name: {"PSNR": mean, "SSIM": mean}}`` from evaluate.py's summary.json, by checkpoint path, else name."""
+    if eval_dir is None:
+        return {}
+    try:
+        summary = json.loads((eval_dir / "summary.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--eval-dir {eval_dir}: no readable summary.json ({exc}); pass a folder evaluate.py "
+                        "wrote") from exc
+    by_path = {str(Path(p).resolve()): model for model, p in (summary.get("checkpoints") or {}).items()}
+    found = {}
+    for path, name in zip(paths, names):
+        model = by_path.get(str(path.resolve()), name)
+        stats = summary.get(model)
+        if isinstance(stats, dict) and "PSNR" in stats:
+            found[name] = {metric: float(stats[metric]["mean"]) for metric in ("PSNR", "SSIM") if metric in stats}
+    if not found:
+        raise UserError(f"--eval-dir {eval_dir}: none of the checkpoints was evaluated there (it holds "
+                        f"{', '.join(m for m in summary.get('checkpoints') or {})}); pass the folder that scored them")
+    return found
+
+
+def settings(devices: list[torch.device], sizes: list[int], batches: list[int]) -> list[dict]:
+    """Every measured cell: device, threads (1 and all on a CPU), size, batch."""
+    cells = []
+    all_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for device in devices:
+        for threads in ((1, all_threads) if device.type == "cpu" else (None,)):
+            for size in sizes:
+                for batch in batches:
+                    cells.append({"device": device.type, "threads": threads, "size": size, "batch": batch})
+    return cells
+
+
+def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: list[dict], repeats: int,
+            modes: dict[str, tuple[str, str]]) -> list[dict]:
+    """Latency rows: one per cell and network in each mode (``modes``: entry name -> (network, mode of
+    models/inference.py)), with seconds per slice (median, min, max), FLOP/s (the exact network's FLOPs: a mode
+    changes how, not what, is computed) and the fraction of the cell's roofline."""
+    rows = []
+    saved_threads = torch.get_num_threads()
+    try:
+        for cell in cells:
+            device = torch.device(cell["device"])
+            if cell["threads"]:
+                torch.set_num_threads(cell["threads"])
+            size, batch = cell["size"], cell["batch"]
+            calls, flops = {}, {}
+            for entry, (name, mode) in modes.items():
+                ready = for_inference(nets[name], device, (size, size), batch)
+                inputs = tuple(t.to(device) for t in synthetic_inputs(size, batch, channels[name]))
+                flops[entry] = forward_flops(ready, *inputs)
+                ready = inference_network(ready, mode)
+
+                def call(ready=ready, inputs=inputs):
+                    with torch.inference_mode():
+                        ready(*inputs)
+                calls[entry] = call
+            roof = roofline(batch, size, device, torch.float32, backward=False, rounds=ROOFLINE_ROUNDS)
+            timings = time_interleaved(calls, repeats, device)
+            for name, timing in timings.items():
+                median, fastest, slowest = timing.per_slice(batch)
+                gflops = flops[name] / batch / median / 1e9
+                rows.append({**cell, "network": name, "mode": modes[name][1], "median_s": median, "min_s": fastest, "max_s": slowest,
+                             "gflops": gflops, "roofline_gflops": roof.median, "roofline_layout": roof.layout,
+                             "of_roofline": gflops / roof.median})
+    finally:
+        torch.set_num_threads(saved_threads)
+    return rows
+
+
+WIDE_CONVOLUTIONS = "32 -> 32 convolutions"
+NARROW_CONVOLUTIONS = "1-channel convolutions (first and last of each block)"
+PROFILE_CALLS = 3
+
+
+def profile(nets: dict[str, torch.nn.Module], channels: dict[str, int], modes: dict[str, tuple[str, str]],
+            size: int) -> dict[str, dict]:
+    """Where a batch-1 forward pass at ``size`` spends its time, on all threads, per network and mode: seconds
+    per forward of each of scripts/benchmark.py's op categories, the convolutions split into the 32 -> 32 ones
+    (the work the roofline measures) and the 1-channel ones, plus the wall-clock time and the time outside every
+    op (Python, the profiler's own cost)."""
+    found = {}
+    for entry, (name, mode) in modes.items():
+        ready = inference_network(for_inference(nets[name], torch.device("cpu"), (size, size), 1), mode)
+        inputs = synthetic_inputs(size, 1, channels[name])
+        with torch.inference_mode():
+            ready(*inputs)  # kernel selection, compilation
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+                start = time.perf_counter()
+                for _ in range(PROFILE_CALLS):
+                    ready(*inputs)
+                wall = (time.perf_counter() - start) / PROFILE_CALLS
+        seconds: dict[str, float] = {}
+        for event in prof.key_averages(group_by_input_shape=True):
+            category = profile_category(event.key)
+            if category == "convolutions":
+                shapes = [shape for shape in event.input_shapes if len(shape) == 4]
+                wide = len(shapes) >= 2 and shapes[0][1] == 32 and shapes[1][0] == 32
+                category = WIDE_CONVOLUTIONS if wide else NARROW_CONVOLUTIONS
+            seconds[category] = seconds.get(category, 0.0) + event.self_cpu_time_total / 1e6 / PROFILE_CALLS
+        inside = sum(seconds.values())
+        found[entry] = {"wall_s": wall, "outside_ops_s": max(wall - inside, 0.0),
+                        "seconds": dict(sorted(seconds.items(), key=lambda item: -item[1]))}
+    return found
+
+
+def profile_text(profiles: dict[str, dict], size: int, threads: int) -> list[str]:
+    """compression.md's profile section."""
+    lines = ["", f"Profile of one batch-1 forward at {size} x {size}, {threads} threads (torch.profiler, self CPU "
+             f"time per op category, mean of {PROFILE_CALLS} calls; wall-clock under the profiler):", ""]
+    for entry, found in profiles.items():
+        wall = found["wall_s"]
+        parts = [f"{what} {s * 1e3:.1f} ms ({s / wall:.0%})" for what, s in found["seconds"].items() if s >= 5e-4]
+        lines.append(f"- {entry}: {wall * 1e3:.1f} ms; " + ", ".join(parts)
+                     + f"; outside every op {found['outside_ops_s'] * 1e3:.1f} ms")
+    return lines
+
+
+def static_costs(nets: dict[str, torch.nn.Module], channels: dict[str, int], sizes: list[int]) -> dict[str, dict]:
+    """Parameters, FLOPs per slice and peak memory (batch 1) per network and size."""
+    costs = {}
+    for name, net in nets.items():
+        ready = for_inference(net, torch.device("cpu"), (sizes[-1], sizes[-1]), 1)
+        costs[name] = {"parameters": count_parameters(net), "flops": {}, "peak_bytes": {}}
+        for size in sizes:
+            inputs = synthetic_inputs(size, 1, channels[name])
+            costs[name]["flops"][str(size)] = forward_flops(ready, *inputs)
+            costs[name]["peak_bytes"][str(size)] = peak_memory_bytes(ready, *inputs)
+    return costs
+
+
+def ratios(costs: dict, rows: list[dict], scores: dict, reference: str, cell: dict) -> dict[str, dict]:
+    """Each network against ``reference`` (the first): parameters and FLOPs as reference / network (the
+    compression), latency as reference / network (the speed-up) in ``cell``, in the exact mode and (``speed_up_by_mode``)
+    in each mode against the reference in the same mode, PSNR and SSIM as differences."""
+    latency = {row["network"]: row["median_s"] for row in rows
+               if all(row[key] == value for key, value in cell.items())}
+    modes = sorted({row["mode"] for row in rows if row["mode"] != "exact"})
+    size = str(cell["size"])
+    out = {}
+    for name, cost in costs.items():
+        entry = {"parameters": costs[reference]["parameters"] / cost["parameters"],
+                 "flops": costs[reference]["flops"][size] / cost["flops"][size],
+                 "speed_up": latency[reference] / latency[name] if name in latency else None,
+                 "speed_up_by_mode": {mode: latency[f"{reference}+{mode}"] / latency[f"{name}+{mode}"]
+                                      for mode in modes if f"{name}+{mode}" in latency}}
+        for metric in ("PSNR", "SSIM"):
+            if name in scores and reference in scores and metric in scores[name]:
+                entry[f"{metric}_difference"] = scores[name][metric] - scores[reference][metric]
+        out[name] = entry
+    return out
+
+
+def table(report: dict) -> str:
+    """compression.md's text."""
+    names, costs, scores = report["networks"], report["costs"], report["quality"]
+    sizes = report["sizes"]
+    lines = ["# Compression report", "", f"Measured on: {report['machine_line']}", "",
+             f"Latency per slice: median (min-max) over {report['repeats']} interleaved rounds, "
+             "torch.inference_mode, float32. FLOPs: torch.utils.flop_counter (convolutions). Fraction: the "
+             "network's FLOP/s over a 3x3 32->32 forward convolution's at the same batch, size and threads, "
+             "measured in the same run.", ""]
+    head = ["network", "parameters", *(f"GFLOP/slice {s}" for s in sizes), *(f"peak MB {s}" for s in sizes)]
+    if scores:
+        head += ["PSNR", "SSIM"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        cost = costs[name]
+        cells = [f"{name} ({report['describe'][name]})", f"{cost['parameters']:,}",
+                 *(f"{cost['flops'][str(s)] / 1e9:.2f}" for s in sizes),
+                 *(f"{cost['peak_bytes'][str(s)] / 2 ** 20:.0f}" for s in sizes)]
+        if scores:
+            cells += [f"{scores[name]['PSNR']:.2f}" if name in scores else "-",
+                      f"{scores[name]['SSIM']:.4f}" if name in scores and "SSIM" in scores[name] else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    entries = list(report["modes"])
+    lines += ["", "| device | threads | size | batch | " + " | ".join(entries) + " |",
+              "|" + "---|" * (4 + len(entries))]
+    by_cell: dict[tuple, dict[str, dict]] = {}
+    for row in report["latency"]:
+        by_cell.setdefault((row["device"], row["threads"], row["size"], row["batch"]), {})[row["network"]] = row
+    for (device, threads, size, batch), cell in by_cell.items():
+        texts = [f"{r['median_s'] * 1e3:.1f} ms ({r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}), "
+                 f"{r['gflops']:.0f} GFLOP/s, {r['of_roofline']:.2f} of {r['roofline_gflops']:.0f}"
+                 for r in (cell[entry] for entry in entries)]
+        lines.append(f"| {device} | {threads or '-'} | {size} | {batch} | " + " | ".join(texts) + " |")
+    reference = names[0]
+    lines += ["", f"Against {reference} (parameters and FLOPs: {reference} / network; speed-up at "
+              f"{report['ratio_cell_text']}; in another mode: against {reference} in that mode):", "",
+              "| network | parameters | FLOPs | speed-up | speed-up in other modes | PSNR | SSIM |",
+              "|---|---|---|---|---|---|---|"]
+    for name in names:
+        r = report["ratios"][name]
+        lines.append(f"| {name} | {r['parameters']:.2f}:1 | {r['flops']:.2f}:1 | "
+                     f"{r['speed_up']:.2f}x | "
+                     f"{', '.join(f'{m} {v:.2f}x' for m, v in r['speed_up_by_mode'].items()) or '-'} | "
+                     f"{r.get('PSNR_difference', float('nan')):+.2f} dB | "
+                     f"{r.get('SSIM_difference', float('nan')):+.4f} |")
+    if report.get("profile"):
+        lines += profile_text(report["profile"], report["ratio_cell"]["size"], report["ratio_cell"]["threads"])
+    lines += ["", "Modes (models/inference.py): " + "; ".join(f"{mode}: {INFERENCE_MODES[mode][0]}"
+                                                         for mode in dict.fromkeys(report["modes"].values())) + ".",
+              "", "![latency against quality](compression.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Quality (PSNR, else GFLOP per slice) against latency in the ratio cell, the Pareto front drawn through."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    cell = report["ratio_cell"]
+    latency = {row["network"]: row["median_s"] * 1e3 for row in report["latency"]
+               if all(row[key] == value for key, value in cell.items())}
+    names = report["networks"]
+    if report["quality"]:
+        names = [n for n in names if n in report["quality"]]
+        values, label = [report["quality"][n]["PSNR"] for n in names], "PSNR (dB)"
+    else:
+        values = [-report["costs"][n]["flops"][str(cell["size"])] / 1e9 for n in names]
+        label = "- GFLOP per slice (higher is cheaper)"
+    points = [(latency[n], v) for n, v in zip(names, values)]
+    front = pareto_front(points)
+    figure, axes = plt.subplots(figsize=(5.5, 4))
+    axes.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue")
+    axes.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:orange", label="Pareto front")
+    for name, point in zip(names, points):
+        axes.annotate(name, point, textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes.set_xlabel(f"latency per slice (ms), {report['ratio_cell_text']}")
+    axes.set_ylabel(label)
+    axes.legend(loc="lower right")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = CliParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True,
+                        help="the teacher first (the ratios' reference), then students")
+    parser.add_argument("--names", nargs="+", help="one name per checkpoint (default: run_name)")
+    parser.add_argument("--eval-dir", type=Path, help="evaluate.py's folder that scored them (PSNR, SSIM)")
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 320], help="slice sizes (square)")
+    parser.add_argument("--throughput-batch", type=int, default=8, help="the batch of the throughput rows")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per cell")
+    parser.add_argument("--modes", nargs="+", choices=tuple(INFERENCE_MODES), default=["exact", "fused"],
+                        help="inference modes to time (models/inference.py); exact is the training forward, the "
+                             "others are named {network}+{mode} in the latency table")
+    parser.add_argument("--device", choices=("auto", "cpu"), default="auto",
+                        help="auto: the CPU, and CUDA too where present")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile a batch-1 forward at the largest size on all threads, per network and mode")
+    parser.add_argument("--overwrite", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.repeats < 1 or args.throughput_batch < 1 or min(args.sizes) < 8:
+        raise UserError("--repeats and --throughput-batch must be at least 1, --sizes at least 8")
+    loaded = [load_model(path, "--checkpoints") for path in args.checkpoints]
+    names = network_names(args.checkpoints, [ckpt for _, ckpt in loaded], args.names)
+    nets = {name: reconstructor(model).eval() for name, (model, _) in zip(names, loaded)}
+    channels = {name: image_channels_of(ckpt["arch"]) for name, (_, ckpt) in zip(names, loaded)}
+    scores = quality(args.eval_dir, args.checkpoints, names)
+    sizes = sorted(set(args.sizes))
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if args.device == "auto" and torch.cuda.is_available()
+                                       else [])
+    costs = static_costs(nets, channels, sizes)
+    modes = {name if mode == "exact" else f"{name}+{mode}": (name, mode)
+             for mode in dict.fromkeys(["exact", *args.modes]) for name in names}
+    rows = measure(nets, channels, settings(devices, sizes, sorted({1, args.throughput_batch})), args.repeats, modes)
+    all_threads = max(row["threads"] or 0 for row in rows)
+    cell = {"device": "cpu", "threads": all_threads, "size": sizes[-1], "batch": 1}
+    report = {"machine": machine(), "machine_line": describe_machine(machine()), "networks": names,
+              "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)},
+              "describe": {n: describe_arch(ckpt["arch"]).split(" (")[0] for n, (_, ckpt) in zip(names, loaded)},
+              "sizes": sizes, "repeats": args.repeats, "modes": {entry: mode for entry, (_, mode) in modes.items()}, "costs": costs, "quality": scores, "latency": rows,
+              "ratio_cell": cell, "ratio_cell_text": f"{sizes[-1]} x {sizes[-1]}, batch 1, {all_threads} threads, CPU"}
+    report["ratios"] = ratios(costs, rows, scores, names[0], cell)
+    report["profile"] = profile(nets, channels, modes, sizes[-1]) if args.profile else {}
+    with staged(args.out_dir, "--out-dir", STAGE_PREFIX, "compression_manifest.json", args.overwrite) as stage:
+        write_json(stage / "compression.json", report)
+        write_text(stage / "compression.md", table(report))
+        plot(report, stage / "compression.png")
+    print(table(report))
+    print(f"wrote {args.out_dir / 'compression.md'}, compression.json and compression.png")
+
+
+if __name__ == "__main__":
+    run_cli(main)
