@@ -346,3 +346,27 @@ def test_prepared_maps_for_a_kd_student(tmp_path, runs, capsys):
     err = cli_error(train_student_kd.main, common(runs["data"], tmp_path / "init", "--teacher-checkpoint", sft,
                                                   "--init-from-sft", sft, "--prepared-maps"), capsys)
     assert "--prepared-maps conflicts with --init-from-sft" in err
+
+
+@pytest.mark.slow  # the report measures its convolution roofline in every run: ~30 s on one core
+def test_compression_report_times_varnets_on_coil_kspace(tmp_path, runs):
+    """scripts/compression.py on a VarNet teacher and student: multi-coil checkpoints run on coil k-space and maps
+    (--coils N overrides their coil count), single-coil ones on one coil; the FLOPs grow with the coils."""
+    from scripts import compression
+    out = {}
+    for coils in (None, 8):
+        out[coils] = tmp_path / f"report-{coils}"
+        compression.main(["--checkpoints", str(runs["teacher"] / "best_model.pt"),
+                          str(runs["student"] / "best_model.pt"), "--out-dir", str(out[coils]), "--sizes", "16",
+                          "--throughput-batch", "1", "--repeats", "1",
+                          "--modes", "exact", *(["--coils", str(coils)] if coils else [])])
+    reports = {coils: json.loads((path / "compression.json").read_text()) for coils, path in out.items()}
+    teacher, student = reports[None]["networks"]
+    costs = reports[None]["costs"]
+    assert costs[teacher]["parameters"] > costs[student]["parameters"] and reports[None]["ratios"][student]["flops"] > 1
+    assert all(np.isfinite(row["median_s"]) for row in reports[8]["latency"])
+    flops = {coils: report["costs"][teacher]["flops"]["16"] for coils, report in reports.items()}
+    if runs["kind"] == "multicoil":  # the sensitivity model runs once per coil: 8 coils cost more than the 4
+        assert flops[8] > flops[None]
+    else:
+        assert flops[8] == flops[None]
