@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                         resolve={"kd_weight": lambda values: getattr(KD_METHODS.get(values.get("kd_method")),
                                                                      "default_weight", None)})
     config = train_config(args, rules, run.digests())
-    train(config, lambda image, coils=UNCHECKED: build_step(run, image, roles, coils), run_name=kd_run_name(roles),
+    train(config, lambda image, coils=None: build_step(run, image, roles, coils), run_name=kd_run_name(roles),
           roles=roles)
 
 

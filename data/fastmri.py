@@ -77,6 +77,15 @@ class FastmriVolume:
             raise FastmriError(f"{self.path}: 'kspace' has dtype {kspace.dtype}, not complex; it is not raw k-space")
         return complex_images(kspace, size, self.path)
 
+    def coil_images(self, size: int) -> tuple[np.ndarray, float]:
+        """The coil images of a multi-coil file, fastMRI's way: :func:`coil_images` of its ``kspace``."""
+        with h5py.File(self.path, "r") as f:
+            check_stored(self.path, f["kspace"])
+            kspace = f["kspace"][()]  # (S, N, H, W) complex64, DC in the middle
+        if kspace.dtype.kind != "c":
+            raise FastmriError(f"{self.path}: 'kspace' has dtype {kspace.dtype}, not complex; it is not raw k-space")
+        return coil_images(kspace, size, self.path)
+
 
 def complex_images(kspace: np.ndarray, size: int, label) -> tuple[np.ndarray, float]:
     """fastMRI's complex images of centred single-coil k-space: ``(slices, scale)`` with slices (size, size, S)
@@ -94,26 +103,22 @@ def complex_images(kspace: np.ndarray, size: int, label) -> tuple[np.ndarray, fl
     scale = 1.0 / peak if peak > 0 else 1.0
     return cropped * scale, scale
 
-    def coil_images(self, size: int) -> tuple[np.ndarray, float]:
-        """The coil images of a multi-coil file, fastMRI's way: ``(images, scale)`` with images (N, size, size, S)
-        complex128 = scale * complex_center_crop(ifft2c(kspace)) per coil (the crop drops the readout
-        oversampling) and scale the float ``1 / max RSS`` over the volume, so that the images' root sum of squares
-        is ``scale * reconstruction_rss`` (fastMRI's reference: the RSS of exactly these cropped images)."""
-        with h5py.File(self.path, "r") as f:
-            check_stored(self.path, f["kspace"])
-            kspace = f["kspace"][()]  # (S, N, H, W) complex64, DC in the middle
-        if kspace.dtype.kind != "c":
-            raise FastmriError(f"{self.path}: 'kspace' has dtype {kspace.dtype}, not complex; it is not raw k-space")
-        image = ifft2c(torch.from_numpy(kspace.astype(np.complex128))).numpy()
-        height, width = image.shape[-2:]
-        if height < size or width < size:
-            raise FastmriError(f"{self.path}: its k-space gives {height} x {width} images, smaller than --size {size}; "
-                               "complex_center_crop only crops: pass a smaller --size")
-        top, left = (height - size) // 2, (width - size) // 2
-        cropped = np.moveaxis(image[..., top:top + size, left:left + size], 0, -1)  # (N, size, size, S)
-        peak = float(np.sqrt((np.abs(cropped) ** 2).sum(axis=0)).max())
-        scale = 1.0 / peak if peak > 0 else 1.0
-        return cropped * scale, scale
+def coil_images(kspace: np.ndarray, size: int, label) -> tuple[np.ndarray, float]:
+    """fastMRI's coil images of centred multi-coil k-space: ``(images, scale)`` with images (N, size, size, S)
+    complex128 = scale * complex_center_crop(ifft2c(kspace)) per coil (the crop drops the readout oversampling)
+    and scale the float ``1 / max RSS`` over the volume, so that the images' root sum of squares is ``scale *
+    reconstruction_rss`` (fastMRI's reference: the RSS of exactly these cropped images). kspace: (S, N, H, W)
+    complex, DC in the middle; ``label`` names it in errors."""
+    image = ifft2c(torch.from_numpy(kspace.astype(np.complex128))).numpy()
+    height, width = image.shape[-2:]
+    if height < size or width < size:
+        raise FastmriError(f"{label}: its k-space gives {height} x {width} images, smaller than --size {size}; "
+                           "complex_center_crop only crops: pass a smaller --size")
+    top, left = (height - size) // 2, (width - size) // 2
+    cropped = np.moveaxis(image[..., top:top + size, left:left + size], 0, -1)  # (N, size, size, S)
+    peak = float(np.sqrt((np.abs(cropped) ** 2).sum(axis=0)).max())
+    scale = 1.0 / peak if peak > 0 else 1.0
+    return cropped * scale, scale
 
 
 def _text(value) -> str | None:

@@ -591,12 +591,13 @@ def _check_acs(options: Options, masks: dict[str, np.ndarray]) -> None:
     """Maps are estimated from each acceleration's autocalibration lines: a mask without them is refused before
     anything is written."""
     from data.coils import acs_region  # noqa: PLC0415 - multi-coil work only
-    for acc, mask in masks.items():
+    for (acc, mask), fraction in zip(masks.items(), options.center_fraction):
+        where = (f"{Path(options.mask_dir) / mask_name(acc)}" if options.mask_dir else
+                 f"(--mask-kind {options.mask_kind}, --center-fraction {fraction})")
         try:
-            acs_region(mask)
+            acs_region(mask, source=f"the {acc} mask {where}")
         except ValueError as exc:
-            where = f"--mask-dir {options.mask_dir}" if options.mask_dir else f"--mask-kind {options.mask_kind}"
-            raise UserError(f"the {acc} mask ({where}): {exc}") from exc
+            raise UserError(str(exc)) from exc
 
 
 def _prepare(opts: Options, start: float) -> dict[str, Any]:

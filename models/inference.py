@@ -168,7 +168,8 @@ class FusedDCCNN(nn.Module):
         self.net = net
         self.config = net.config
 
-    def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
+                maps: torch.Tensor | None = None) -> torch.Tensor:
         keep = mask if mask.dtype == torch.bool else mask > 0.5
         real = zero_filled.shape[1] == 1
         half = half_spectrum(kspace_under, keep) if real else None
@@ -187,7 +188,7 @@ class FusedDCCNN(nn.Module):
                 out = out + cnn_in
             if pad:
                 out = out[..., pad:-pad, pad:-pad]
-            x = data_fidelity_half(out, half) if real else data_fidelity(out, kspace_under, keep)
+            x = data_fidelity_half(out, half) if real else data_fidelity(out, kspace_under, keep, maps)
         return x
 
 

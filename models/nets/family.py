@@ -42,8 +42,8 @@ from typing import Any, Callable, Protocol
 
 def arch_dict(config) -> dict:
     """A dataclass config as its checkpoint ``arch`` JSON, ``{"kind": ..., its fields}``. ``image_channels`` is
-    written only when it is not 1, so the arch of every magnitude network (the paper's, the public imports,
-    checkpoints written before complex images) stays the dict it always was; a missing entry reads as 1."""
+    written only when it is not 1, so every magnitude network (the paper's, the public imports, checkpoints
+    without the entry) has one arch dict, and a missing entry reads as 1."""
     fields = asdict(config)
     if fields.get("image_channels") == 1:
         del fields["image_channels"]
