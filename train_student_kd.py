@@ -86,7 +86,8 @@ def kd_run(args: argparse.Namespace) -> KDRun:
         init_kind, init = "student", checkpoint(args.init_student, "--init-student")
     else:
         init_kind, init = "scratch", None
-    student = StudentSpec(args.student_model, args.cascades, args.depth, args.width, args.ref_padding, args.residual)
+    student = StudentSpec(args.student_model, args.cascades, args.depth, args.width, args.ref_padding, args.residual,
+                          args.prepared_maps)
     kd = KDConfig(args.kd_method, args.kd_weight, args.feature_epochs, args.cache_teacher)
     return KDRun(teacher, init_kind, init, student, kd)
 
@@ -173,6 +174,9 @@ def build_parser():
     g.add_argument("--residual", action="store_true", default=None,
                    help="add the block input to its output (not in the paper; default: as the loaded "
                         "student, else off)")
+    g.add_argument("--prepared-maps", action="store_true", default=None,
+                   help="E2E-VarNet student from scratch: use the data's prepared coil maps as they are instead of "
+                        "a sensitivity model (default: as the loaded student, else the sensitivity model)")
     return parser
 
 

@@ -7,7 +7,7 @@ PSNR-against-latency plot with the Pareto front.
 Usage::
 
     python -m scripts.compression --checkpoints TEACHER.pt STUDENT.pt [KD.pt ...] [--names ...]
-        [--eval-dir EVAL_DIR] --out-dir DIR [--sizes 256 320] [--throughput-batch 8] [--repeats 7]
+        [--eval-dir EVAL_DIR] --out-dir DIR [--sizes 256 320] [--throughput-batch 8] [--repeats 7] [--coils 8]
 
 Latency is per slice, median and range over ``--repeats`` interleaved rounds (every network once per round, so a
 burst of load from other processes hits all alike), at batch 1 and ``--throughput-batch``, each ``--sizes``, on
@@ -102,7 +102,14 @@ def settings(devices: list[torch.device], sizes: list[int], batches: list[int]) 
     return cells
 
 
-def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: list[dict], repeats: int,
+def network_inputs(kinds: dict[str, tuple[int, int | None]], name: str, size: int, batch: int) -> tuple:
+    """:func:`models.cost.synthetic_inputs` for network ``name``; kinds: name -> (image channels, coils or None
+    for single-coil networks)."""
+    channels, coils = kinds[name]
+    return synthetic_inputs(size, batch, channels, coils=coils)
+
+
+def measure(nets: dict[str, torch.nn.Module], kinds: dict[str, tuple], cells: list[dict], repeats: int,
             modes: dict[str, tuple[str, str]]) -> list[dict]:
     """Latency rows: one per cell and network in each mode (``modes``: entry name -> (network, mode of
     models/inference/forward.py)), with seconds per slice (median, min, max), FLOP/s (the exact network's FLOPs: a mode
@@ -119,7 +126,7 @@ def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: l
             calls, flops = {}, {}
             for entry, (name, mode) in modes.items():
                 ready = for_inference(nets[name], device, (size, size), batch)
-                inputs = tuple(t.to(device) for t in synthetic_inputs(size, batch, channels[name]))
+                inputs = tuple(t.to(device) for t in network_inputs(kinds, name, size, batch))
                 key = (name, device.type, size, batch)
                 if key not in counted:
                     counted[key] = forward_flops(ready, *inputs)
@@ -149,7 +156,7 @@ NARROW_CONVOLUTIONS = "1-channel convolutions (first and last of each block)"
 PROFILE_CALLS = 3
 
 
-def profile(nets: dict[str, torch.nn.Module], channels: dict[str, int], modes: dict[str, tuple[str, str]],
+def profile(nets: dict[str, torch.nn.Module], kinds: dict[str, tuple], modes: dict[str, tuple[str, str]],
             size: int) -> dict[str, dict]:
     """Where a batch-1 forward pass at ``size`` spends its time, on all threads, per network and mode: seconds
     per forward of each of scripts/benchmark.py's op categories, the convolutions split into the 32 -> 32 ones
@@ -158,7 +165,7 @@ def profile(nets: dict[str, torch.nn.Module], channels: dict[str, int], modes: d
     found = {}
     for entry, (name, mode) in modes.items():
         ready = inference_network(for_inference(nets[name], torch.device("cpu"), (size, size), 1), mode)
-        inputs = synthetic_inputs(size, 1, channels[name])
+        inputs = network_inputs(kinds, name, size, 1)
         with torch.inference_mode():
             ready(*inputs)  # kernel selection, compilation
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -192,14 +199,14 @@ def profile_text(profiles: dict[str, dict], size: int, threads: int) -> list[str
     return lines
 
 
-def static_costs(nets: dict[str, torch.nn.Module], channels: dict[str, int], sizes: list[int]) -> dict[str, dict]:
+def static_costs(nets: dict[str, torch.nn.Module], kinds: dict[str, tuple], sizes: list[int]) -> dict[str, dict]:
     """Parameters, FLOPs per slice and peak memory (batch 1) per network and size."""
     costs = {}
     for name, net in nets.items():
         ready = for_inference(net, torch.device("cpu"), (sizes[-1], sizes[-1]), 1)
         costs[name] = {"parameters": count_parameters(net), "flops": {}, "peak_bytes": {}}
         for size in sizes:
-            inputs = synthetic_inputs(size, 1, channels[name])
+            inputs = network_inputs(kinds, name, size, 1)
             costs[name]["flops"][str(size)] = forward_flops(ready, *inputs)
             costs[name]["peak_bytes"][str(size)] = peak_memory_bytes(ready, *inputs)
     return costs
@@ -331,26 +338,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="auto: the CPU, and CUDA too where present")
     parser.add_argument("--profile", action="store_true",
                         help="also profile a batch-1 forward at the largest size on all threads, per network and mode")
+    parser.add_argument("--coils", type=int, default=None, metavar="N",
+                        help="run multi-coil networks on N coils (default: as many as each was trained on); "
+                             "single-coil networks stay single-coil")
     parser.add_argument("--overwrite", action="store_true")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.repeats < 1 or args.throughput_batch < 1 or min(args.sizes) < 8:
-        raise UserError("--repeats and --throughput-batch must be at least 1, --sizes at least 8")
+    if args.repeats < 1 or args.throughput_batch < 1 or min(args.sizes) < 8 or (args.coils or 1) < 1:
+        raise UserError("--repeats, --throughput-batch and --coils must be at least 1, --sizes at least 8")
     loaded = [load_model(path, "--checkpoints") for path in args.checkpoints]
     names = network_names(args.checkpoints, [ckpt for _, ckpt in loaded], args.names)
     nets = {name: reconstructor(model).eval() for name, (model, _) in zip(names, loaded)}
-    channels = {name: image_channels_of(ckpt["arch"]) for name, (_, ckpt) in zip(names, loaded)}
+    # A multi-coil network runs on as many coils as it was trained on, --coils N where given.
+    kinds = {name: (image_channels_of(ckpt["arch"]), (args.coils or ckpt["config"]["coils"])
+                    if ckpt.get("config", {}).get("coils") else None)
+             for name, (_, ckpt) in zip(names, loaded)}
     scores = quality(args.eval_dir, args.checkpoints, names)
     sizes = sorted(set(args.sizes))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if args.device == "auto" and torch.cuda.is_available()
                                        else [])
-    costs = static_costs(nets, channels, sizes)
+    costs = static_costs(nets, kinds, sizes)
     modes = {name if mode == "exact" else f"{name}+{mode}": (name, mode)
              for mode in dict.fromkeys(["exact", *args.modes]) for name in names}
-    rows = measure(nets, channels, settings(devices, sizes, sorted({1, args.throughput_batch})), args.repeats, modes)
+    rows = measure(nets, kinds, settings(devices, sizes, sorted({1, args.throughput_batch})), args.repeats, modes)
     all_threads = max(row["threads"] or 0 for row in rows)
     cell = {"device": "cpu", "threads": all_threads, "size": sizes[-1], "batch": 1}
     report = {"machine": machine(), "machine_line": describe_machine(machine()), "networks": names,
@@ -360,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
               "costs": costs, "quality": scores, "latency": rows,
               "ratio_cell": cell, "ratio_cell_text": f"{sizes[-1]} x {sizes[-1]}, batch 1, {all_threads} threads, CPU"}
     report["ratios"] = ratios(costs, rows, scores, names[0], cell)
-    report["profile"] = profile(nets, channels, modes, sizes[-1]) if args.profile else {}
+    report["profile"] = profile(nets, kinds, modes, sizes[-1]) if args.profile else {}
     with staged(args.out_dir, "--out-dir", STAGE_PREFIX, "compression_manifest.json", args.overwrite) as stage:
         write_json(stage / "compression.json", report)
         write_text(stage / "compression.md", table(report))

@@ -100,8 +100,10 @@ def test_every_registered_network_maps_two_channels_to_two_channels(name):
     out, features = net(zero_filled(kspace_under, 2), kspace_under, mask, return_features=True)
     assert out.shape == (2, 2, SIZE, SIZE)
     assert features[0]["cnn_out"].shape == (2, 2, SIZE, SIZE)
-    # Data consistency holds on the complex k-space of the output.
-    assert torch.allclose((fft2(to_complex(out)) * mask), kspace_under, atol=1e-5)
+    # Data consistency holds on the complex k-space of the output (hard DF; an E2E-VarNet's DC is soft, a learned
+    # weight, and its U-Net's term reaches sampled k-space too: tests/test_varnet.py checks its formula).
+    if PRESETS[name].kind != "varnet":
+        assert torch.allclose((fft2(to_complex(out)) * mask), kspace_under, atol=1e-5)
     # A magnitude network's arch has no image_channels entry, so its checkpoints keep their keys.
     assert "image_channels" not in PRESETS[name].to_dict()
 

@@ -22,7 +22,9 @@ from utils import UserError
 class StudentSpec:
     """The student the flags ask for: ``model`` a registered network (None: the loaded student's, else
     ``student``, D3C5), ``cascades`` / ``depth`` / ``width`` (None: its own), ``ref_padding`` (None: as the
-    loaded student was trained, else 0) and ``residual`` (None: as the loaded student, else off)."""
+    loaded student was trained, else 0), ``residual`` (None: as the loaded student, else off) and
+    ``prepared_maps`` (an E2E-VarNet from scratch uses the data's maps unrefined; None: as the loaded student,
+    else its sensitivity model)."""
 
     model: str | None = None
     cascades: int | None = None
@@ -30,6 +32,7 @@ class StudentSpec:
     width: int | None = None
     ref_padding: int | None = None
     residual: bool | None = None
+    prepared_maps: bool | None = None
 
     def size_flags(self) -> dict:
         """The size flags, for :func:`models.nets.registry.configure`."""
@@ -100,7 +103,9 @@ def student_config(spec: StudentSpec, init: Init, image: str):
     the size flags, ``--ref-padding`` (default 0) and ``--residual``."""
     if init.source is None:
         return configure(spec.chosen(image), {"--ref-padding": ("ref_padding", spec.ref_padding or None),
-                                              "--residual": ("residual", spec.residual or None)})
+                                              "--residual": ("residual", spec.residual or None),
+                                              "--prepared-maps": ("sens_refine",
+                                                                  False if spec.prepared_maps else None)})
     config = init.source.config
     if spec.model is not None or any(value is not None for _, value in spec.size_flags().values()):
         if _shape(spec.chosen(image)) != _shape(config):
@@ -108,6 +113,9 @@ def student_config(spec: StudentSpec, init: Init, image: str):
                             f"{describe_arch(spec.chosen(image).to_dict())} but {init.flag} {init.path} holds "
                             f"{describe_arch(config.to_dict())}; drop them (the loaded student's architecture is "
                             "used)")
+    if spec.prepared_maps and getattr(config, "sens_refine", False):
+        raise UserError(f"--prepared-maps conflicts with {init.flag} {init.path}, whose student refines its maps with "
+                        "a sensitivity model (its cascades were trained on those maps); drop --prepared-maps")
     if spec.residual and not getattr(config, "residual", False):
         raise UserError(f"--residual conflicts with {init.flag} {init.path}, whose student has no residual "
                         "connections (its weights were trained without them); drop --residual")

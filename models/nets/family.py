@@ -26,6 +26,13 @@ DF through data/fft.py's ``data_fidelity(..., maps)``):
   out, so that without autograd it is freed at once);
 - ``forward(zero_filled, kspace_under, mask, maps=None, return_features=False, keep_hidden=None)``: the cascades in
   turn; the reconstruction, and with ``return_features`` also the list of per-cascade feature dicts.
+
+A network whose state between cascades is not its image (E2E-VarNet, models/nets/varnet.py: coil k-space) also
+provides ``cascade_maps(kspace_under, mask, maps)`` (the maps its cascades take, e.g. refined by a sensitivity
+model), ``initial_state(zero_filled, kspace_under)`` (what cascade 0 starts from) and ``image(state, maps)`` (the
+reconstruction of a state); ``run_cascade`` then takes and returns states. :func:`cascade_maps`,
+:func:`initial_state` and :func:`state_image` call them, or for an image-domain network give the batch's maps,
+zero_filled and the state itself; SFT (models/nets/sft.py) goes through them.
 """
 from __future__ import annotations
 
@@ -79,3 +86,22 @@ class Family:
     parts: tuple[str, ...] = ()
     bounds: dict[str, int] = field(default_factory=dict)
     reconstructor: Callable[[Any], Any] | None = None
+
+
+def cascade_maps(network, kspace_under, mask, maps):
+    """The maps ``network``'s cascades take: its own ``cascade_maps`` (see the module docstring), else ``maps``
+    (None for single-coil data)."""
+    own = getattr(network, "cascade_maps", None)
+    return maps if own is None else own(kspace_under, mask, maps)
+
+
+def initial_state(network, zero_filled, kspace_under):
+    """What ``network``'s first cascade starts from: its own ``initial_state``, else the zero-filled image."""
+    own = getattr(network, "initial_state", None)
+    return zero_filled if own is None else own(zero_filled, kspace_under)
+
+
+def state_image(network, state, maps):
+    """The reconstruction of a state of ``network``'s cascades: its own ``image``, else the state (an image)."""
+    own = getattr(network, "image", None)
+    return state if own is None else own(state, maps)
