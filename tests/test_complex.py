@@ -168,7 +168,7 @@ def test_evaluate_scores_the_magnitude_of_complex_images(tmp_path, complex_runs)
     assert lines[2].startswith("CS (L1-wavelet): sigpy's L1WaveletRecon, lambda ") and len(lines) == 3
     figure.main(["--eval-dir", str(tmp_path / "eval"), "--data-root", str(data), "--acc", "4x", "--out-dir",
                  str(tmp_path / "figure"), "--models", "teacher", "sft"])
-    assert (tmp_path / "figure" / "figure.png").read_bytes()[:4] == b"PNG"
+    assert (tmp_path / "figure" / "figure.png").read_bytes()[:4] == b"\x89PNG"
     shown_target, _ = figure.read_volume(dataset.files[0], "4x")
     assert np.allclose(shown_target[0], target)
 
