@@ -1,6 +1,8 @@
-"""The compression report: what each network costs (parameters, FLOPs, peak memory, latency against a convolution
-roofline measured in the same run) and what it gives (PSNR / SSIM from an evaluation folder), the ratios of each
-to the first (the teacher), and a PSNR-against-latency plot with the Pareto front.
+"""The compression report: what each network costs and gives, its ratios to the teacher, PSNR against latency.
+
+Costs: parameters, FLOPs, peak memory, latency against a convolution roofline measured in the same run; gains:
+PSNR / SSIM from an evaluation folder; the ratios of each network to the first (the teacher), and a
+PSNR-against-latency plot with the Pareto front.
 
 Usage::
 
@@ -12,7 +14,7 @@ burst of load from other processes hits all alike), at batch 1 and ``--throughpu
 1 thread and on all (and on CUDA where present), in the fastest exact mode (``torch.inference_mode``, float32,
 the memory layout evaluate.py takes). Each cell's fraction of the roofline compares the FLOPs the network does
 per second with a 3x3 32 -> 32 forward convolution at the same batch, size, threads and device, measured in the
-same run (scripts/benchmark.py's probe). FLOPs are FlopCounterMode's (the convolutions; models/cost.py).
+same run (scripts/benchmark.py's probe). FLOPs are FlopCounterMode's (the convolutions; models/inference/cost.py).
 ``--eval-dir``: evaluate.py's folder; a network's PSNR / SSIM are its row in summary.json, matched by checkpoint
 path, else by name.
 
@@ -37,8 +39,9 @@ import torch  # noqa: E402
 
 from data.outputs import staged, write_json, write_text  # noqa: E402
 from models.checkpoints.format import load_model  # noqa: E402
-from models.cost import count_parameters, forward_flops, pareto_front, peak_memory_bytes, synthetic_inputs  # noqa: E402
-from models.inference import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
+from models.inference.cost import (count_parameters, forward_flops, pareto_front, peak_memory_bytes,  # noqa: E402
+                                   synthetic_inputs)
+from models.inference.forward import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
 from models.nets.registry import describe_arch, image_channels_of, reconstructor  # noqa: E402
 from scripts.benchmark import profile_category, roofline, time_interleaved  # noqa: E402
 from utils import CliParser, UserError, clean_text, describe_machine, machine, run_cli  # noqa: E402
@@ -102,9 +105,10 @@ def settings(devices: list[torch.device], sizes: list[int], batches: list[int]) 
 def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: list[dict], repeats: int,
             modes: dict[str, tuple[str, str]]) -> list[dict]:
     """Latency rows: one per cell and network in each mode (``modes``: entry name -> (network, mode of
-    models/inference.py)), with seconds per slice (median, min, max), FLOP/s (the exact network's FLOPs: a mode
+    models/inference/forward.py)), with seconds per slice (median, min, max), FLOP/s (the exact network's FLOPs: a mode
     changes how, not what, is computed) and the fraction of the cell's roofline."""
     rows = []
+    counted: dict[tuple, int] = {}  # FLOPs do not depend on the threads or the mode
     saved_threads = torch.get_num_threads()
     try:
         for cell in cells:
@@ -116,7 +120,10 @@ def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: l
             for entry, (name, mode) in modes.items():
                 ready = for_inference(nets[name], device, (size, size), batch)
                 inputs = tuple(t.to(device) for t in synthetic_inputs(size, batch, channels[name]))
-                flops[entry] = forward_flops(ready, *inputs)
+                key = (name, device.type, size, batch)
+                if key not in counted:
+                    counted[key] = forward_flops(ready, *inputs)
+                flops[entry] = counted[key]
                 ready = inference_network(ready, mode)
 
                 def call(ready=ready, inputs=inputs):
@@ -128,7 +135,8 @@ def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: l
             for name, timing in timings.items():
                 median, fastest, slowest = timing.per_slice(batch)
                 gflops = flops[name] / batch / median / 1e9
-                rows.append({**cell, "network": name, "mode": modes[name][1], "median_s": median, "min_s": fastest, "max_s": slowest,
+                rows.append({**cell, "network": name, "mode": modes[name][1], "median_s": median, "min_s": fastest,
+                             "max_s": slowest,
                              "gflops": gflops, "roofline_gflops": roof.median, "roofline_layout": roof.layout,
                              "of_roofline": gflops / roof.median})
     finally:
@@ -199,8 +207,8 @@ def static_costs(nets: dict[str, torch.nn.Module], channels: dict[str, int], siz
 
 def ratios(costs: dict, rows: list[dict], scores: dict, reference: str, cell: dict) -> dict[str, dict]:
     """Each network against ``reference`` (the first): parameters and FLOPs as reference / network (the
-    compression), latency as reference / network (the speed-up) in ``cell``, in the exact mode and (``speed_up_by_mode``)
-    in each mode against the reference in the same mode, PSNR and SSIM as differences."""
+    compression), latency as reference / network (the speed-up) in ``cell``, in the exact mode and
+    (``speed_up_by_mode``) in each mode against the reference in the same mode, PSNR and SSIM as differences."""
     latency = {row["network"]: row["median_s"] for row in rows
                if all(row[key] == value for key, value in cell.items())}
     modes = sorted({row["mode"] for row in rows if row["mode"] != "exact"})
@@ -266,7 +274,7 @@ def table(report: dict) -> str:
                      f"{r.get('SSIM_difference', float('nan')):+.4f} |")
     if report.get("profile"):
         lines += profile_text(report["profile"], report["ratio_cell"]["size"], report["ratio_cell"]["threads"])
-    lines += ["", "Modes (models/inference.py): " + "; ".join(f"{mode}: {INFERENCE_MODES[mode][0]}"
+    lines += ["", "Modes (models/inference/forward.py): " + "; ".join(f"{mode}: {INFERENCE_MODES[mode][0]}"
                                                          for mode in dict.fromkeys(report["modes"].values())) + ".",
               "", "![latency against quality](compression.png)", ""]
     return "\n".join(lines)
@@ -280,12 +288,15 @@ def plot(report: dict, path: Path) -> None:
     cell = report["ratio_cell"]
     latency = {row["network"]: row["median_s"] * 1e3 for row in report["latency"]
                if all(row[key] == value for key, value in cell.items())}
-    names = report["networks"]
+    # Every network in the exact mode and in the modes equal to it up to float32 rounding (fused): their PSNR is
+    # the evaluated one. bf16 changes the output beyond that and its PSNR is not evaluated here.
+    names = [entry for entry, mode in report["modes"].items() if mode in ("exact", "fused")]
+    base = {entry: entry.split("+")[0] for entry in names}
     if report["quality"]:
-        names = [n for n in names if n in report["quality"]]
-        values, label = [report["quality"][n]["PSNR"] for n in names], "PSNR (dB)"
+        names = [n for n in names if base[n] in report["quality"]]
+        values, label = [report["quality"][base[n]]["PSNR"] for n in names], "PSNR (dB)"
     else:
-        values = [-report["costs"][n]["flops"][str(cell["size"])] / 1e9 for n in names]
+        values = [-report["costs"][base[n]]["flops"][str(cell["size"])] / 1e9 for n in names]
         label = "- GFLOP per slice (higher is cheaper)"
     points = [(latency[n], v) for n, v in zip(names, values)]
     front = pareto_front(points)
@@ -314,8 +325,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--throughput-batch", type=int, default=8, help="the batch of the throughput rows")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per cell")
     parser.add_argument("--modes", nargs="+", choices=tuple(INFERENCE_MODES), default=["exact", "fused"],
-                        help="inference modes to time (models/inference.py); exact is the training forward, the "
-                             "others are named {network}+{mode} in the latency table")
+                        help="inference modes to time (models/inference/forward.py); exact is the training forward, "
+                             "the others are named {network}+{mode} in the latency table")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto",
                         help="auto: the CPU, and CUDA too where present")
     parser.add_argument("--profile", action="store_true",
@@ -345,7 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     report = {"machine": machine(), "machine_line": describe_machine(machine()), "networks": names,
               "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)},
               "describe": {n: describe_arch(ckpt["arch"]).split(" (")[0] for n, (_, ckpt) in zip(names, loaded)},
-              "sizes": sizes, "repeats": args.repeats, "modes": {entry: mode for entry, (_, mode) in modes.items()}, "costs": costs, "quality": scores, "latency": rows,
+              "sizes": sizes, "repeats": args.repeats, "modes": {entry: mode for entry, (_, mode) in modes.items()},
+              "costs": costs, "quality": scores, "latency": rows,
               "ratio_cell": cell, "ratio_cell_text": f"{sizes[-1]} x {sizes[-1]}, batch 1, {all_threads} threads, CPU"}
     report["ratios"] = ratios(costs, rows, scores, names[0], cell)
     report["profile"] = profile(nets, channels, modes, sizes[-1]) if args.profile else {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from data.fft import IMAGE_CHANNELS
-from models.checkpoints.format import CheckpointFile, describe_arch, load_model, model_from
+from models.checkpoints.format import UNCHECKED, CheckpointFile, describe_arch, load_model, model_from
 from models.nets.registry import PRESETS, configure, short_name, with_image_channels
 from models.nets.sft import SFTNet, student_from_blocks
 from utils import UserError
@@ -72,16 +72,18 @@ def _sft(model: nn.Module, ckpt: dict, path, what: str) -> SFTNet:
     return model
 
 
-def sft_blocks(file: CheckpointFile, image: str, flag: str = "--init-from-sft") -> Init:
-    """S2..S5 from the student side of an SFT checkpoint read once (``flag`` names it in errors)."""
-    model = model_from(file, image, flag)
+def sft_blocks(file: CheckpointFile, image: str, flag: str = "--init-from-sft", coils=UNCHECKED) -> Init:
+    """S2..S5 from the student side of an SFT checkpoint read once (``flag`` names it in errors; ``coils``: the
+    data's coil count, checked as models.checkpoints.format.check_coils does)."""
+    model = model_from(file, image, flag, coils)
     return Init("sft-blocks", _sft(model, file.ckpt, file.path, flag).student, flag, str(file.path))
 
 
-def student_blocks(file: CheckpointFile, spec: StudentSpec, image: str, flag: str = "--init-student") -> Init:
+def student_blocks(file: CheckpointFile, spec: StudentSpec, image: str, flag: str = "--init-student",
+                   coils=UNCHECKED) -> Init:
     """S2..S5 from a student checkpoint read once (train_teacher.py --model student, or a KD student), which must
-    be the student ``spec`` asks for."""
-    model = model_from(file, image, flag)
+    be the student ``spec`` asks for (``coils`` as in :func:`sft_blocks`)."""
+    model = model_from(file, image, flag, coils)
     expected = spec.chosen(image)
     if isinstance(model, SFTNet) or _shape(model.config) != _shape(expected):
         raise UserError(f"{flag} {file.path} is a {describe_arch(file.ckpt['arch'])} checkpoint, but a "

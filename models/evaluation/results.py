@@ -7,12 +7,14 @@ from collections import Counter
 from pathlib import Path
 
 from data.outputs import owned_files, write_json, write_text
+from models.evaluation.cs import CS_ROW
 from models.evaluation.engine import ZF_NAME
 from models.evaluation.sets import METRIC_SETS, summarize
 from utils import UserError, clean_text, csv_text
 
 META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "trained_acc", "machine",
-             "trained_on", "recipe", "fastmri", "public_volume", "image", "kspace")
+             "trained_on", "recipe", "fastmri", "public_volume", "image", "kspace", "coils", "maps", "coil_source",
+             "cs")
 
 
 def default_names(paths: list[Path], checkpoints: list[dict]) -> list[str]:
@@ -26,7 +28,7 @@ def default_names(paths: list[Path], checkpoints: list[dict]) -> list[str]:
         # A run name is text from a file: it becomes a folder name and is printed.
         run_name = clean_text(ckpt.get("run_name") or "").strip()
         names.append(run_name or path.resolve().parent.name or path.stem)
-    taken: set[str] = {ZF_NAME, *META_KEYS}
+    taken: set[str] = {ZF_NAME, CS_ROW, *META_KEYS}
     unique = []
     for name in names:
         candidate, copy = name, 1
@@ -47,8 +49,9 @@ def check_names(names: list[str], n_checkpoints: int) -> None:
     if repeated:
         raise UserError(f"--names repeats {', '.join(repeated)}; every model needs its own name")
     for name in names:
-        if name == ZF_NAME or name in META_KEYS:
-            raise UserError(f"model name {name!r} is reserved ({ZF_NAME} is the zero-filled input, "
+        if name in (ZF_NAME, CS_ROW) or name in META_KEYS:
+            raise UserError(f"model name {name!r} is reserved ({ZF_NAME} is the zero-filled input, {CS_ROW} the CS "
+                            "baseline, "
                             f"{', '.join(META_KEYS)} are summary.json entries); pass another with --names")
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise UserError(f"model name {name!r} cannot be a folder name; pass another with --names")

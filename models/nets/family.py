@@ -14,15 +14,17 @@ The config (stored as ``to_dict()`` JSON under a checkpoint's ``arch``) provides
 
 An unrolled network (one that can be a standalone reconstructor, an SFT teacher or student, or a KD student)
 provides, for zero_filled / x (B, C, H, W) float32 (C = ``image_channels``), kspace_under (B, 1, H, W)
-complex64 and mask (B or 1, 1, H, W) float32 (the (B, 1, H, W) images below are (B, C, H, W)):
+complex64 and mask (B or 1, 1, H, W) float32 (the (B, 1, H, W) images below are (B, C, H, W)), and maps: None
+(single-coil) or (B, N, H, W) complex64 coil sensitivity maps with kspace_under (B, N, H, W) (multi-coil: C = 2,
+DF through data/fft.py's ``data_fidelity(..., maps)``):
 
 - ``cascades``: an ``nn.ModuleList``, one entry per cascade (SFT copies and freezes them one by one);
-- ``run_cascade(index, x, kspace_under, mask, keep_hidden=None)`` -> ``(out, features)``: cascade ``index``
+- ``run_cascade(index, x, kspace_under, mask, maps=None, keep_hidden=None)`` -> ``(out, features)``: cascade ``index``
   (0-based) followed by data fidelity; out (B, 1, H, W) float32; features ``{"hidden": [...], "cnn_out":
   (B, 1, H, W), "out": out}`` with ``hidden`` one (B, hidden_channels[j], H + 2 border, W + 2 border)
   tensor per entry of ``hidden_channels`` (None where ``keep_hidden``, a set of 0-based indices, leaves it
   out, so that without autograd it is freed at once);
-- ``forward(zero_filled, kspace_under, mask, return_features=False, keep_hidden=None)``: the cascades in
+- ``forward(zero_filled, kspace_under, mask, maps=None, return_features=False, keep_hidden=None)``: the cascades in
   turn; the reconstruction, and with ``return_features`` also the list of per-cascade feature dicts.
 """
 from __future__ import annotations

@@ -56,8 +56,9 @@ class SFTNet(nn.Module):
         return self.config.to_dict()
 
     def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
-                branches: bool = True, batch_branches: bool = False):
-        """zero_filled: (B, 1, H, W) float32; kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W).
+                maps: torch.Tensor | None = None, branches: bool = True, batch_branches: bool = False):
+        """zero_filled: (B, 1, H, W) float32; kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W); maps: None,
+        or (B, N, H, W) complex64 for multi-coil data (kspace_under (B, N, H, W), images 2 channels).
 
         Returns the teacher output (B, 1, H, W) and, with ``branches``, the list of the four branch outputs
         [x^S_1, ..., x^S_4], each (B, 1, H, W) float32.
@@ -66,36 +67,36 @@ class SFTNet(nn.Module):
         student cascade as one batch instead (B, 2B, 3B, 4B: fewer, larger kernels). Which is faster on
         which device is measured by scripts/benchmark.py and recorded in models/training/speed.py.
         """
-        intermediate = self.teacher_states(zero_filled, kspace_under, mask)
+        intermediate = self.teacher_states(zero_filled, kspace_under, mask, maps)
         x = intermediate[-1]
         if not branches:
             return x
         if batch_branches:
-            return x, self._batched_branches(intermediate, kspace_under, mask)
-        return x, [self.branch(start, intermediate[start - 1], kspace_under, mask)
+            return x, self._batched_branches(intermediate, kspace_under, mask, maps)
+        return x, [self.branch(start, intermediate[start - 1], kspace_under, mask, maps)
                    for start in range(1, len(intermediate))]
 
-    def teacher_states(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor,
-                       mask: torch.Tensor) -> list[torch.Tensor]:
+    def teacher_states(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
+                       maps: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The teacher's outputs after each cascade, x_1..x_5, each (B, 1, H, W) float32 (inputs as in
         :meth:`forward`); the last is the teacher's reconstruction."""
         x, states = zero_filled, []
         for index in range(len(self.teacher.cascades)):
-            x, _ = self.teacher.run_cascade(index, x, kspace_under, mask)
+            x, _ = self.teacher.run_cascade(index, x, kspace_under, mask, maps)
             states.append(x)
         return states
 
-    def branch(self, start: int, x_start: torch.Tensor, kspace_under: torch.Tensor,
-               mask: torch.Tensor) -> torch.Tensor:
+    def branch(self, start: int, x_start: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
+               maps: torch.Tensor | None = None) -> torch.Tensor:
         """Student branch ``start`` (1..4): S_{start+1}..S_5 run on the teacher's x_start, (B, 1, H, W)
         float32 in and out."""
         y = x_start
         for index in range(start, len(self.student.cascades)):
-            y, _ = self.student.run_cascade(index, y, kspace_under, mask)
+            y, _ = self.student.run_cascade(index, y, kspace_under, mask, maps)
         return y
 
     def _batched_branches(self, intermediate: list[torch.Tensor], kspace_under: torch.Tensor,
-                          mask: torch.Tensor) -> list[torch.Tensor]:
+                          mask: torch.Tensor, maps: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Branch outputs of :meth:`forward` with one call per student cascade: cascade S_{i+1} runs on the
         states of branches 1..i stacked along the batch. intermediate: the teacher outputs x_1..x_5, each
         (B, 1, H, W); kspace_under (B, 1, H, W); mask (B or 1, 1, H, W). Returns [x^S_1, ..., x^S_4], each
@@ -106,41 +107,42 @@ class SFTNet(nn.Module):
             # Branch `index` joins here, starting from the teacher's x_index, behind the branches already running.
             y = intermediate[index - 1] if y is None else torch.cat([y, intermediate[index - 1]])
             branch_mask = mask if mask.shape[0] == 1 else mask.repeat(index, 1, 1, 1)
-            y, _ = self.student.run_cascade(index, y, kspace_under.repeat(index, 1, 1, 1), branch_mask)
+            branch_maps = None if maps is None else maps.repeat(index, 1, 1, 1)
+            y, _ = self.student.run_cascade(index, y, kspace_under.repeat(index, 1, 1, 1), branch_mask, branch_maps)
         return list(y.split(batch))
 
-    def teacher_and_branch1(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor,
-                            mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher_and_branch1(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
+                            maps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher output and branch 1 (S2..S5 on x_1) only, each (B, 1, H, W) float32: what validation
         logs, at 4 of the 10 student cascades of :meth:`forward`."""
-        x, _ = self.teacher.run_cascade(0, zero_filled, kspace_under, mask)
+        x, _ = self.teacher.run_cascade(0, zero_filled, kspace_under, mask, maps)
         y = x
         for index in range(1, len(self.teacher.cascades)):
-            x, _ = self.teacher.run_cascade(index, x, kspace_under, mask)
-            y, _ = self.student.run_cascade(index, y, kspace_under, mask)
+            x, _ = self.teacher.run_cascade(index, x, kspace_under, mask, maps)
+            y, _ = self.student.run_cascade(index, y, kspace_under, mask, maps)
         return x, y
 
 
 def sft_forward_backward(model: SFTNet, zero_filled: torch.Tensor, kspace_under: torch.Tensor,
                          mask: torch.Tensor, target: torch.Tensor, student_rec_weight: float = 1.0,
-                         imitation_weight: float = 1.0):
+                         imitation_weight: float = 1.0, maps: torch.Tensor | None = None):
     """``sft_loss(*model(...), ...).backward()`` with one student branch's activations alive at a time.
 
-    Inputs as in :meth:`SFTNet.forward`, target (B, 1, H, W) float32. Accumulates the same gradients (up to
+    Inputs (maps included) as in :meth:`SFTNet.forward`, target (B, 1, H, W) float32. Accumulates the same gradients (up to
     float32 summation order) into the parameters and returns the detached loss and terms of :func:`sft_loss`.
 
     The graph is cut at the branch inputs x_j and at the teacher output; each branch runs forward and
     backward alone, leaving gradients on those cut points, and a last backward carries them through the
     teacher. Peak memory drops by the activations of three branches (~350 MB at 240 x 240, batch 4).
     """
-    intermediate = model.teacher_states(zero_filled, kspace_under, mask)
+    intermediate = model.teacher_states(zero_filled, kspace_under, mask, maps)
     n_branches = len(intermediate) - 1
     teacher_out = intermediate[-1]
     teacher_cut = teacher_out.detach().requires_grad_()
     starts = [t.detach().requires_grad_() for t in intermediate[:-1]]
     branch_losses, imitation_losses = [], []
     for start, x_start in enumerate(starts, 1):
-        y = model.branch(start, x_start, kspace_under, mask)
+        y = model.branch(start, x_start, kspace_under, mask, maps)
         loss_branch, loss_imitation = F.l1_loss(y, target), F.l1_loss(y, teacher_cut)
         (student_rec_weight * loss_branch + imitation_weight * loss_imitation).div(n_branches).backward()
         branch_losses.append(loss_branch.detach())
