@@ -10,13 +10,14 @@ time.
 
     python -m scripts.benchmark [--size 240] [--precision fp32 bf16] [--out-dir DIR] ...
 
-The run itself (its flags, the whole-process parts, the GPU check of ``scripts/gpu_check.sh``) is
-scripts/gpu_check.py; the supervision of its blocks and processes is scripts/supervise.py.
+``python -m scripts.benchmark`` is the command of scripts/gpu_check.py (its flags, the whole-process parts, the GPU
+check of ``scripts/gpu_check.sh``); the supervision of its blocks and processes is scripts/supervise.py.
 """
 from __future__ import annotations
 
 import math
 import resource
+import runpy
 import statistics
 import sys
 import time
@@ -43,7 +44,6 @@ from models.training import speed  # noqa: E402
 from models.training.loop import TrainStep  # noqa: E402
 from models.training.steps import KDStep, ReconStep, SFTStep  # noqa: E402
 from scripts.supervise import Run  # noqa: E402
-from utils import run_cli  # noqa: E402
 
 CONV_FLOP = 2 * 9  # multiply-add per 3x3 tap
 # On CUDA the training scripts' float32 is "tf32" (PyTorch's default for convolutions); "fp32" is IEEE.
@@ -417,11 +417,6 @@ def largest_ops(events, categories: tuple[str, ...], count: int = 4) -> str:
     return ", ".join(f"{e.key} {e.self_cpu_time_total / 1e6:.2f} s" for e in chosen)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The benchmark's command line (scripts/gpu_check.py runs it, with its flags and parts)."""
-    from scripts import gpu_check
-    gpu_check.main(argv)
-
-
 if __name__ == "__main__":
-    run_cli(main)
+    # The command is the runner's (flags, parts, the check): scripts/gpu_check.py, which imports this module.
+    runpy.run_module("scripts.gpu_check", run_name="__main__", alter_sys=True)

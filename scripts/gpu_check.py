@@ -1,9 +1,9 @@
 """The GPU check, and the runner of the benchmark: flags, parts, whole processes.
 
-``python -m scripts.benchmark`` (scripts/benchmark.py times the steps) runs the parts ``--only`` names: ``steps``
-(in-process step timings), ``processes`` (the whole 1-epoch ``train_sft.py`` and ``train_student_kd.py`` as
-separate processes: start-up, data, validation and checkpoints included), ``profile`` (one SFT and one KD epoch
-under torch.profiler) and, for the check, ``tests`` and ``resume``.
+``python -m scripts.benchmark`` (or ``python -m scripts.gpu_check``; scripts/benchmark.py times the steps) runs the
+parts ``--only`` names: ``steps`` (in-process step timings), ``processes`` (the whole 1-epoch ``train_sft.py`` and
+``train_student_kd.py`` as separate processes: start-up, data, validation and checkpoints included), ``profile``
+(one SFT and one KD epoch under torch.profiler) and, for the check, ``tests`` and ``resume``.
 
 ``--check`` is the GPU check that ``scripts/gpu_check.sh`` runs, in four parts (``--only`` picks some): ``tests``
 (``tests/test_cuda.py``, as a supervised child), ``steps`` (the timings in all three precisions and the SFT step
@@ -252,7 +252,7 @@ PART_FUNCTIONS = {"tests": part_tests, "steps": part_steps, "processes": part_pr
 
 def part_command(argv: list[str], part: str, out: Path, limit: float, precisions: list[str]) -> list[str]:
     """This script with the run's own flags for one part alone (argparse keeps the last of a repeated flag)."""
-    return [sys.executable, "-m", "scripts.benchmark", *argv, "--only", part, "--out-dir", str(out),
+    return [sys.executable, "-m", "scripts.gpu_check", *argv, "--only", part, "--out-dir", str(out),
             "--time-limit", f"{limit:.1f}", "--precision", *precisions]
 
 
@@ -315,7 +315,8 @@ def build_parser() -> CliParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds per benchmark (default 3 on CPU, 20 on CUDA)")
-    p.add_argument("--sft-variants", action="store_true", help="also time the SFT step variants of models/training/speed.py")
+    p.add_argument("--sft-variants", action="store_true",
+                   help="also time the SFT step variants of models/training/speed.py")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of the whole-process runs")
     p.add_argument("--process-repeats", type=int, default=None,
                    help="rounds of the whole-process runs, each after a roofline probe (default 3; 1 with --tiny "

@@ -12,8 +12,8 @@
 # is a FAILED cell with its log's end, and the rest still runs. Everything lands in DIR (default
 # results/gpu_check): table.md, printed at the end whatever happened, and one folder of logs per part. Exit code 1
 # when anything failed. Needs python3 with torch, numpy, h5py, scipy, scikit-image, tqdm, tensorboard,
-# torchmetrics, matplotlib and pytest; no pytest-xdist, nibabel or network. Other flags go to scripts/benchmark.py
+# torchmetrics, matplotlib and pytest; no pytest-xdist, nibabel or network. Other flags go to scripts/gpu_check.py
 # (see its --help). Set PYTHON to choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-python3}" -m scripts.benchmark --check "$@"
+exec "${PYTHON:-python3}" -m scripts.gpu_check --check "$@"

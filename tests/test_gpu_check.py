@@ -77,7 +77,7 @@ def test_without_a_gpu_the_gpu_run_is_a_one_line_error(tmp_path):
 def check(tmp_path, capsys, *flags: str) -> tuple[str, str]:
     """benchmark.py --check on the CPU in this process; (table.md, stdout). It must exit 1: something failed."""
     with pytest.raises(SystemExit) as exit_:
-        benchmark.main(["--check", "--device", "cpu", "--tiny", "--threads", "1", "--out-dir", str(tmp_path),
+        runner.main(["--check", "--device", "cpu", "--tiny", "--threads", "1", "--out-dir", str(tmp_path),
                         *flags])
     assert exit_.value.code == 1
     return (tmp_path / "table.md").read_text(), capsys.readouterr().out
@@ -180,7 +180,8 @@ def stuck_step(self, name, fmt):
 benchmark.Workload.step = stuck_step
 from scripts import supervise
 supervise.STUCK_GRACE_S = 1
-benchmark.run_cli(benchmark.main, sys.argv[1:])
+from scripts import gpu_check
+gpu_check.run_cli(gpu_check.main, sys.argv[1:])
 """
 
 
@@ -195,7 +196,7 @@ def test_a_step_stuck_in_a_call_ends_its_part_and_the_next_part_runs(tmp_path, c
         (out / "report.json").write_text(json.dumps({"notes": ["resume: ran"], "rows": {}, "failed": False}))
         return [sys.executable, "-c", "pass"]
     monkeypatch.setattr(runner, "part_command", command)
-    monkeypatch.chdir(ROOT)  # the steps child imports scripts.benchmark from the repository root
+    monkeypatch.chdir(ROOT)  # the steps child imports scripts.gpu_check from the repository root
     start = time.monotonic()
     table, stdout = check(tmp_path, capsys, "--only", "steps", "resume", "--precision", "fp32",
                           "--memory-format", "contiguous", "--cell-timeout", "5")
