@@ -46,7 +46,7 @@ def undersample_coils(coil_kspace: np.ndarray, masks: dict[str, np.ndarray], met
 
     coil_kspace: (S, N, H, W) complex fully sampled, unshifted; masks: acc -> (H, W) float {0, 1}; method: one of
     :data:`MAP_METHODS`; true_maps: (S, N, H, W) or (N, H, W) complex, required for (only used by) "true".
-    Returns acc -> ``{"volfs": (H, W, S) complex64 E^H k, "kspace": (N, H, W, S) complex64 m * k, "zf": (H, W, S)
+    Returns acc -> ``{"target": (H, W, S) complex64 E^H k, "kspace": (N, H, W, S) complex64 m * k, "zf": (H, W, S)
     complex64 E^H (m * k), "maps": (N, H, W, S) complex64}``, the combinations computed in double precision.
     """
     if method not in MAP_METHODS:
@@ -66,7 +66,7 @@ def undersample_coils(coil_kspace: np.ndarray, masks: dict[str, np.ndarray], met
         # The stored (complex64) k-space, so that the files satisfy zf = E^H y to float32 rounding.
         volfs = reduce(full, maps_t)[:, 0].to(torch.complex64)
         zf = reduce(under64.to(torch.complex128), maps_t)[:, 0].to(torch.complex64)
-        result[acc] = {"volfs": _slices_last(volfs.numpy()), "kspace": _slices_last(under64.numpy()),
+        result[acc] = {"target": _slices_last(volfs.numpy()), "kspace": _slices_last(under64.numpy()),
                        "zf": _slices_last(zf.numpy()), "maps": _slices_last(maps)}
     return result
 

@@ -426,7 +426,7 @@ class Staging:
             attrs["coil_compress"] = rules.coil_compress
         check_free_space(self.stage, (2 * (coils + 2) * 8 * volume.rss.size + HDF5_MARGIN) * len(self.masks))
         for acc, arrays in volume.arrays.items():
-            write_volume(self.folder(split, acc) / f"{name}.h5", arrays["volfs"], arrays["kspace"], arrays["zf"], acc,
+            write_volume(self.folder(split, acc) / f"{name}.h5", arrays["target"], arrays["kspace"], arrays["zf"], acc,
                          attrs, maps=arrays["maps"], rss=volume.rss)
 
     def by_subject(self, sources: list[Source], assigned: dict[str, str]) -> None:
