@@ -44,7 +44,8 @@ from models.inference.cost import (count_parameters, forward_flops, pareto_front
 from models.inference.forward import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
 from models.nets.registry import describe_arch, image_channels_of, reconstructor  # noqa: E402
 from scripts.benchmark import profile_category, roofline, time_interleaved  # noqa: E402
-from utils import CliParser, UserError, clean_text, describe_machine, machine, run_cli  # noqa: E402
+from models.evaluation.results import default_names  # noqa: E402
+from utils import CliParser, UserError, describe_machine, machine, run_cli  # noqa: E402
 
 STAGE_PREFIX = ".compression-"
 ROOFLINE_ROUNDS = 3
@@ -56,16 +57,7 @@ def network_names(paths: list[Path], checkpoints: list[dict], given: list[str] |
         if len(given) != len(paths) or len(set(given)) != len(given):
             raise UserError(f"--names needs {len(paths)} different names, one per checkpoint")
         return given
-    names, taken = [], set()
-    for path, ckpt in zip(paths, checkpoints):
-        name = clean_text(ckpt.get("run_name") or "").strip() or path.resolve().parent.name or path.stem
-        candidate, copy = name, 1
-        while candidate in taken:
-            copy += 1
-            candidate = f"{name}-{copy}"
-        taken.add(candidate)
-        names.append(candidate)
-    return names
+    return default_names(paths, checkpoints, reserved=())
 
 
 def quality(eval_dir: Path | None, paths: list[Path], names: list[str]) -> dict[str, dict[str, float]]:

@@ -196,7 +196,7 @@ def make_multicoil_dataset(root: Path, size: int = 16, coils: int = 4, accs=("4x
             for acc, a in undersample_coils(coil_kspace, masks, method, maps).items():
                 folder = root / split / f"acc_{acc}"
                 folder.mkdir(parents=True, exist_ok=True)
-                write_layout_volume(folder / f"vol{index}.h5", a["volfs"], a["kspace"], a["zf"], acc,
+                write_layout_volume(folder / f"vol{index}.h5", a["target"], a["kspace"], a["zf"], acc,
                                     {"kspace_source": "test fixture", MAPS_METHOD_ATTR: method}, maps=a["maps"],
                                     rss=rss)
             index += 1

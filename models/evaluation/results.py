@@ -17,18 +17,19 @@ META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "ro
              "cs")
 
 
-def default_names(paths: list[Path], checkpoints: list[dict]) -> list[str]:
+def default_names(paths: list[Path], checkpoints: list[dict], reserved: tuple[str, ...] | None = None) -> list[str]:
     """Each checkpoint's ``run_name`` (``checkpoints``: the loaded dicts of ``paths``), else its folder name,
     else its file stem.
 
-    Repeats and reserved words (``ZF``, the summary.json entries) get ``-2``, ``-3``, ... appended.
+    Repeats and reserved words (default: ``ZF``, the CS row, the summary.json entries) get ``-2``, ``-3``, ...
+    appended.
     """
     names = []
     for path, ckpt in zip(paths, checkpoints):
         # A run name is text from a file: it becomes a folder name and is printed.
         run_name = clean_text(ckpt.get("run_name") or "").strip()
         names.append(run_name or path.resolve().parent.name or path.stem)
-    taken: set[str] = {ZF_NAME, CS_ROW, *META_KEYS}
+    taken: set[str] = {ZF_NAME, CS_ROW, *META_KEYS} if reserved is None else set(reserved)
     unique = []
     for name in names:
         candidate, copy = name, 1
