@@ -7,7 +7,8 @@ Usage::
         [--save-recons]
 
 Scores ``test/`` when the data has one (else ``validation/``, with a note: its slices chose ``best_model.pt``),
-every model and the zero-filled input (model ``ZF``), and refuses checkpoints trained on other data. What it
+every model, the zero-filled input (model ``ZF``) and the classical baseline "CS (L1-wavelet)" (its lambda chosen
+on validation slices; ``--no-cs`` leaves it out), and refuses checkpoints trained on other data. What it
 writes (``metrics.csv``, ``summary.json`` and its entries, ``recons/``), the metric sets and how models are named:
 scripts/README.md, "Outputs" and "Model names, roles and the report".
 """
@@ -25,6 +26,7 @@ from data.layout import acc_folder
 from data.masks import acc_type
 from data.outputs import check_replaceable, clean_up, folder_lock, new_files, swap_in
 from models.checkpoints.format import load_model
+from models.evaluation.cs_row import CS_ITERATIONS, choose_cs_row
 from models.evaluation.engine import evaluate_sets
 from models.evaluation.provenance import check_scored_split, check_trained_on, recorded_roles, trained_on
 from models.evaluation.recons import RECON_KEY
@@ -81,6 +83,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--save-recons", action="store_true",
                         help="also write recons/{name}/{volume}.h5, dataset 'reconstruction' (S, H, W)")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out-dir")
+    parser.add_argument("--no-cs", action="store_true",
+                        help="leave out the 'CS (L1-wavelet)' row (sigpy's L1WaveletRecon, seconds per slice at 320 x "
+                             "320 on a CPU)")
+    parser.add_argument("--cs-lambda", type=float, default=None, metavar="LAM",
+                        help="the CS row's lambda (default: the best of 1e-5, 1e-4, 1e-3, 1e-2 by mean PSNR on 4 "
+                             "validation slices; recorded in summary.json 'cs')")
+    parser.add_argument("--cs-iterations", type=int, default=CS_ITERATIONS, metavar="N",
+                        help="FISTA iterations of the CS row")
     return parser.parse_args(argv)
 
 
@@ -103,6 +113,8 @@ def _main(args: argparse.Namespace) -> None:
                         "--out-dir")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size} must be at least 1")
+    if args.cs_iterations < 1 or (args.cs_lambda is not None and not args.cs_lambda >= 0):
+        raise UserError("--cs-iterations must be at least 1 and --cs-lambda a number >= 0")
     names = args.names
     if names is not None:
         check_names(names, len(args.checkpoints))
@@ -110,7 +122,7 @@ def _main(args: argparse.Namespace) -> None:
     split = args.split or default_split(args.data_root, args.acc)
     dataset = build_dataset(args.data_root, split, [args.acc], {args.acc: str(args.mask)} if args.mask else None)
     # Read once: net, name, roles; each must take the data's image type.
-    loaded = [load_model(path, "--checkpoints", dataset.image) for path in args.checkpoints]
+    loaded = [load_model(path, "--checkpoints", dataset.image, dataset.coils) for path in args.checkpoints]
     if names is None:
         names = default_names(args.checkpoints, [ckpt for _, ckpt in loaded])
         check_names(names, len(args.checkpoints))  # a run_name may still hold a path separator
@@ -127,12 +139,21 @@ def _main(args: argparse.Namespace) -> None:
             "roles": {name: recorded_roles(ckpt) for name, ckpt in ckpts.items()}, "trained_acc": trained_acc,
             "machine": machine(), "trained_on": {name: trained_on(ckpt) for name, ckpt in ckpts.items()},
             "recipe": {name: recipe(ckpt.get("config")) for name, ckpt in ckpts.items()}, **data_kind(dataset)}
+    cs = None
+    if not args.no_cs:
+        if args.cs_lambda is None and not acc_folder(args.data_root, "validation", args.acc).is_dir():
+            print(f"note: {args.data_root} has no validation/ split to choose the CS (L1-wavelet) lambda on: the row "
+                  "is left out (pass --cs-lambda to give one)", file=sys.stderr)
+        else:
+            cs = choose_cs_row(args.data_root, args.acc, str(args.mask) if args.mask else None, split,
+                               iterations=args.cs_iterations, lam=args.cs_lambda)
+            meta["cs"] = cs.choice
     # Results go to a staging folder that replaces the previous run's files (and only those) once complete, so a
     # failed or killed run leaves the old results as they were (data/outputs.py).
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=args.out_dir))
     try:
         rows = evaluate_sets(models, dataset, metric_sets, device, args.batch_size,
-                             stage / "recons" if args.save_recons else None, amp=args.amp)
+                             stage / "recons" if args.save_recons else None, amp=args.amp, cs=cs)
         stats = write_results(stage, rows, meta)
         owned = owned_results(args.out_dir) if args.overwrite else []
         check_replaceable(args.out_dir, new_files(stage), owned, ["recons"], "--out-dir")

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     config = train_config(args, ResumeRules(network_own=("teacher_model", "student_model", *arch_keys(sides))))
     kind = sft_kind(args.imitation_weight)
 
-    def step(image: str) -> SFTStep:
+    def step(image: str, coils: int | None = None) -> SFTStep:
         teacher_i, student_i = (with_image_channels(net, IMAGE_CHANNELS[image]) for net in (teacher, student))
         return SFTStep(SFTNet(teacher_i, student_i), args.student_rec_weight, args.imitation_weight)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoints.format import CheckpointFile, model_from, read_checkpoint
+from models.checkpoints.format import UNCHECKED, CheckpointFile, model_from, read_checkpoint
 from models.distill.losses import KD_METHODS, KDMethodError, build_kd_loss, describe_methods
 from models.distill.roles import kd_run_name, teacher_kind
 from models.distill.student_init import Init, StudentSpec, build_student, sft_blocks, student_blocks
@@ -86,24 +86,27 @@ def kd_run(args: argparse.Namespace) -> KDRun:
         init_kind, init = "student", checkpoint(args.init_student, "--init-student")
     else:
         init_kind, init = "scratch", None
-    student = StudentSpec(args.student_model, args.cascades, args.depth, args.width, args.ref_padding, args.residual)
+    student = StudentSpec(args.student_model, args.cascades, args.depth, args.width, args.ref_padding, args.residual,
+                          args.prepared_maps)
     kd = KDConfig(args.kd_method, args.kd_weight, args.feature_epochs, args.cache_teacher)
     return KDRun(teacher, init_kind, init, student, kd)
 
 
-def build_step(run: KDRun, image: str = "magnitude", roles: dict | None = None) -> KDStep:
-    """The KD step for the data's ``image`` type; records the sizes of its teacher (an SFT checkpoint's teacher
+def build_step(run: KDRun, image: str = "magnitude", roles: dict | None = None,
+               coils: int | None | str = UNCHECKED) -> KDStep:
+    """The KD step for the data's ``image`` type (and ``coils``: the data's coil count, None for single-coil data,
+    which the checkpoints must have been trained on); records the sizes of its teacher (an SFT checkpoint's teacher
     side) and student as ``roles["nets"]`` when given the run's roles (the loop writes them into config.json
     after building the step)."""
     # Building networks draws from the RNG: on a forked RNG, so that the fresh S1 and KD connectors below are the
     # same draw in every arm of one seed, whatever teacher and init it loads.
     with torch.random.fork_rng(devices=[]):
         # A standard teacher as is, the teacher of an SFT checkpoint (detected from its architecture).
-        teacher = reconstructor(model_from(run.teacher, image, "--teacher-checkpoint"))
+        teacher = reconstructor(model_from(run.teacher, image, "--teacher-checkpoint", coils))
         if run.init_kind == "sft-blocks":
-            init = sft_blocks(run.init, image)
+            init = sft_blocks(run.init, image, coils=coils)
         elif run.init_kind == "student":
-            init = student_blocks(run.init, run.student, image)
+            init = student_blocks(run.init, run.student, image, coils=coils)
         else:
             init = Init("scratch")
     student = build_student(run.student, init, image)
@@ -171,6 +174,9 @@ def build_parser():
     g.add_argument("--residual", action="store_true", default=None,
                    help="add the block input to its output (not in the paper; default: as the loaded "
                         "student, else off)")
+    g.add_argument("--prepared-maps", action="store_true", default=None,
+                   help="E2E-VarNet student from scratch: use the data's prepared coil maps as they are instead of "
+                        "a sensitivity model (default: as the loaded student, else the sensitivity model)")
     return parser
 
 
@@ -193,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
                         resolve={"kd_weight": lambda values: getattr(KD_METHODS.get(values.get("kd_method")),
                                                                      "default_weight", None)})
     config = train_config(args, rules, run.digests())
-    train(config, lambda image: build_step(run, image, roles), run_name=kd_run_name(roles), roles=roles)
+    train(config, lambda image, coils=None: build_step(run, image, roles, coils), run_name=kd_run_name(roles),
+          roles=roles)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     config = train_config(parse_args(parser, argv), ResumeRules(network_own=("model", *arch_keys())))
     model = config.settings["model"]
     net = arch_config(model, config.settings)
-    train(config, lambda image: ReconStep(with_image_channels(net, IMAGE_CHANNELS[image]).build()),
+    train(config, lambda image, coils=None: ReconStep(with_image_channels(net, IMAGE_CHANNELS[image]).build()),
           run_name=model, roles={"model": model, "nets": {model: capacity(net)}})
 
 

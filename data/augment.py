@@ -3,7 +3,8 @@
 Each training item's fully sampled image is flipped, rotated by a multiple of 90 degrees (square slices
 only) and scaled in intensity, then its undersampled k-space and zero-filled image are computed again
 from it with the one FFT convention of ``data/fft.py``, so an augmented item obeys
-``kspace_under == mask * fft2(target)`` exactly as stored data does. Rotation matters more than it seems:
+``kspace_under == mask * fft2(target)`` exactly as stored data does (multi-coil data: the maps take the same pose
+and ``kspace_under == mask * E target``). Rotation matters more than it seems:
 the mask keeps whole rows, so a rotated slice is undersampled along the other anatomical axis.
 
 The transform of an item is a function of ``(seed, epoch, index)`` alone, never of a worker's or the
@@ -18,28 +19,37 @@ import torch
 from torch.utils.data import Dataset
 
 from data.dataset import Sample
-from data.fft import image_kspace, zero_filled
+from data.fft import expand, image_kspace, to_complex, zero_filled
 
 # Scaling by at most 10 % either way: metrics use each slice's own maximum, so this changes what the
 # network sees, not what it is scored on.
 INTENSITY_RANGE = (0.9, 1.1)
 
 
-def augment_target(target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+def augment_target(target: torch.Tensor, rng: np.random.Generator,
+                   maps: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """One random pose and intensity of a fully sampled image.
 
     target: (C, H, W) float32 (C = 1 magnitude, 2 real and imaginary). Returns (C, H, W) float32 (a new
     tensor). Rotations by 90 / 270 degrees are drawn only when H == W, so the shape never changes.
+    With ``maps`` (N, H, W) complex64 (multi-coil data) returns ``(target, maps)``, the maps in the same pose
+    (not scaled: they stay of unit RSS).
     """
     out = target
+    flips = []
     if rng.random() < 0.5:
-        out = torch.flip(out, dims=(-1,))
+        out, flips = torch.flip(out, dims=(-1,)), flips + [-1]
     if rng.random() < 0.5:
-        out = torch.flip(out, dims=(-2,))
+        out, flips = torch.flip(out, dims=(-2,)), flips + [-2]
     quarter_turns = int(rng.integers(4)) if target.shape[-1] == target.shape[-2] else 2 * int(rng.integers(2))
     out = torch.rot90(out, quarter_turns, dims=(-2, -1))
     scale = rng.uniform(*INTENSITY_RANGE)
-    return (out * scale).to(torch.float32).contiguous()
+    out = (out * scale).to(torch.float32).contiguous()
+    if maps is None:
+        return out
+    for dim in flips:
+        maps = torch.flip(maps, dims=(dim,))
+    return out, torch.rot90(maps, quarter_turns, dims=(-2, -1)).contiguous()
 
 
 def undersample(target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +62,14 @@ def undersample(target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     channels = target.shape[-3]
     kspace = image_kspace(target) * mask
     return kspace, zero_filled(kspace, channels)
+
+
+def undersample_with_maps(target: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`undersample` for multi-coil data: ``(mask * E x, E^H (mask * E x))``, (N, H, W) complex64 and
+    (2, H, W) float32. target: (2, H, W) float32; mask: (1, H, W); maps: (N, H, W) complex64."""
+    kspace = expand(to_complex(target), maps) * mask
+    return kspace, zero_filled(kspace, 2, maps)
 
 
 class AugmentedSlices(Dataset):
@@ -72,6 +90,11 @@ class AugmentedSlices(Dataset):
         index, epoch = key
         item = self.base[index]
         rng = np.random.default_rng([self.seed, epoch, index])
-        target = augment_target(item.target, rng)
-        kspace_under, zero_filled = undersample(target, item.mask)
-        return item._replace(target=target, kspace_under=kspace_under, zero_filled=zero_filled)
+        maps = item.coil_maps
+        if maps is None:
+            target = augment_target(item.target, rng)
+            kspace_under, zero_filled = undersample(target, item.mask)
+            return item._replace(target=target, kspace_under=kspace_under, zero_filled=zero_filled)
+        target, maps = augment_target(item.target, rng, maps)
+        kspace_under, zero_filled = undersample_with_maps(target, item.mask, maps)
+        return item._replace(target=target, kspace_under=kspace_under, zero_filled=zero_filled, maps=maps)

@@ -137,7 +137,7 @@ class AcsRegion(NamedTuple):
         return keep
 
 
-def acs_region(mask: np.ndarray, min_lines: int = MIN_ACS_LINES) -> AcsRegion:
+def acs_region(mask: np.ndarray, min_lines: int = MIN_ACS_LINES, source: str = "mask") -> AcsRegion:
     """The autocalibration region of an unshifted line mask (DC at index 0): the longest run of contiguous sampled
     lines through DC, wrapping around index 0 (e.g. rows 0..3 and H-4..H-1 are the block -4..3).
 
@@ -147,19 +147,19 @@ def acs_region(mask: np.ndarray, min_lines: int = MIN_ACS_LINES) -> AcsRegion:
 
     mask: (H, W) {0, 1} float or bool. Raises ValueError if the mask is not a line mask or if the block through DC
     has fewer than ``min_lines`` lines (DC unsampled included); the message reads
-    ``mask has no autocalibration region: ...`` so a caller can prefix the mask's name.
+    ``{source} has no autocalibration region: ...``, so ``source="mask datasets/x/mask_4x.npy"`` makes it a
+    complete ``error:`` line.
     """
     mask = np.asarray(mask) > 0.5
     if mask.ndim != 2:
-        raise ValueError(f"mask has no autocalibration region: it has shape {mask.shape}, not (H, W)")
+        raise ValueError(f"{source} has no autocalibration region: it has shape {mask.shape}, not (H, W)")
     if (mask == mask[:, :1]).all():
         axis, lines = 0, mask[:, 0]
     elif (mask == mask[:1, :]).all():
         axis, lines = 1, mask[0, :]
     else:
-        raise ValueError("mask has no autocalibration region that this code can find: it samples neither whole "
-                         "rows nor whole columns; coil maps need a Cartesian line mask with a fully sampled "
-                         "centre")
+        raise ValueError(f"{source} has no autocalibration region: it samples neither whole rows nor whole "
+                         "columns; coil maps need a Cartesian line mask with a fully sampled centre")
     n = len(lines)
     if lines.all():
         return AcsRegion(axis, np.arange(-(n // 2), n - n // 2, dtype=np.int64))
@@ -172,7 +172,7 @@ def acs_region(mask: np.ndarray, min_lines: int = MIN_ACS_LINES) -> AcsRegion:
     width = above + below
     if width < min_lines:
         name = ("rows", "columns")[axis]
-        raise ValueError(f"mask has no autocalibration region: only {width} contiguous {name} through DC are "
+        raise ValueError(f"{source} has no autocalibration region: only {width} contiguous {name} through DC are "
                          f"sampled and coil maps need at least {min_lines}; use a mask with a larger fully "
                          "sampled centre (--center-fraction)")
     return AcsRegion(axis, np.arange(-below, above, dtype=np.int64))
@@ -182,37 +182,39 @@ def acs_region(mask: np.ndarray, min_lines: int = MIN_ACS_LINES) -> AcsRegion:
 
 def estimate_maps(kspace_under: np.ndarray, mask: np.ndarray, method: str = "espirit", *,
                   thresh: float = 0.02, kernel_width: int = 6, crop: float = 0.95,
-                  max_iter: int = 100, max_calib_width: int = 64) -> np.ndarray:
+                  max_iter: int = 100, max_calib_width: int = 64, source: str = "mask") -> np.ndarray:
     """Coil sensitivity maps from the ACS region of one slice's undersampled k-space.
 
     - ``"espirit"``: ESPIRiT (Uecker et al., MRM 2014) through ``sigpy.mri.app.EspiritCalib``. sigpy calibrates
-      on a centred square of side ``calib_width``; here that side is the ACS block's width (at most H, W and
-      ``max_calib_width``: the SVD's cost grows with the square's area, for little gain past sigpy's and BART's
-      default of 24; data/README.md has timings), and the block is rolled to sigpy's centre so
-      an off-centre block is used whole (the calibration matrix depends only on the block's values, not on where
-      it sits); a block wider than the square gives its lines nearest DC. ``thresh`` (singular values kept above ``thresh`` times
-      the largest) and ``crop`` (maps set to 0 where the top eigenvalue is below ``crop``, i.e. outside the
-      object) are sigpy's defaults; the kernel is ``kernel_width`` wide, shrunk to ``calib_width - 2`` for narrow
-      blocks so the calibration matrix keeps several rows. Maps have unit RSS where not cropped, and coil 0 has a
-      real phase.
+      on a centred square of side ``calib_width``; here that side is the ACS block's width, at most H, W and
+      ``max_calib_width`` (the SVD's cost grows with the square's area, for little gain past sigpy's and BART's
+      default of 24; data/README.md has timings). The block is rolled to sigpy's centre, so an off-centre block
+      is used whole (the calibration matrix depends only on the block's values, not on where it sits); a block
+      wider than the square gives its lines nearest DC. The kernel is ``(calib_width + 2) // 3`` wide, at most
+      ``kernel_width`` (6, sigpy's and BART's default, reached from 16 lines): the square has ``(calib_width -
+      kernel + 1)^2`` calibration rows, and a wide kernel on a narrow block leaves too few, so that pixels inside
+      the object get eigenvalues below ``crop`` (measured on tests/test_coils.py's simulations). ``thresh`` (singular values
+      kept above ``thresh`` times the largest) and ``crop`` (maps set to 0 where the top eigenvalue is below it:
+      outside the object) are sigpy's defaults. The maps have unit RSS where not cropped; coil 0 has a real
+      phase.
     - ``"acs-rss"``: DIRECT's default: the low-resolution coil images of the ACS lines alone (other lines
       zeroed), each divided by their RSS; unit RSS wherever that RSS is nonzero. The maps carry the image's
       phase and the ACS resolution.
 
     kspace_under: (N, H, W) complex, unshifted; mask: (H, W) {0, 1} line mask (see :func:`acs_region`, whose
-    ValueError passes through). Returns (N, H, W) complex64.
+    ValueError, naming ``source``, passes through). Returns (N, H, W) complex64.
     """
     mask = np.asarray(mask)
     if kspace_under.ndim != 3 or kspace_under.shape[-2:] != mask.shape:
         raise ValueError(f"kspace_under {kspace_under.shape} is not (N, H, W) with the mask's (H, W) "
                          f"{np.shape(mask)}")
-    region = acs_region(mask)
+    if method not in MAP_METHODS:
+        raise ValueError(f"map method {method!r} is unknown; choose one of: {', '.join(MAP_METHODS)}")
+    region = acs_region(mask, source=source)
     if method == "acs-rss":
         low = ifft2(np.where(region.lines_mask(mask.shape), kspace_under, 0))
         norm = rss(low, axis=0)
         return np.divide(low, norm, out=np.zeros_like(low), where=norm > 0).astype(np.complex64)
-    if method != "espirit":
-        raise ValueError(f"map method {method!r} is unknown; choose one of: {', '.join(MAP_METHODS)}")
     import sigpy.mri  # noqa: PLC0415 - slow import, only for multi-coil work
     height, width = mask.shape
     calib_width = min(region.width, height, width, max_calib_width)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from data.fft import IMAGE_CHANNELS, to_channels
-from data.layout import acc_folder, keys_for, mask_name
+from data.fft import IMAGE_CHANNELS, magnitude, to_channels
+from data.layout import COIL_SOURCE_ATTR, MAPS_METHOD_ATTR, RSS_KEY, acc_folder, keys_for, maps_key, mask_name
 from data.masks import load_mask, parse_acc
 from utils import UserError, first_line, format_bytes
 
@@ -29,17 +29,21 @@ from utils import UserError, first_line, format_bytes
 # The kspace_source of data whose k-space was computed from real magnitude images (the paper's protocol):
 # Hermitian-symmetric, unlike acquired k-space (Shimron et al., PNAS 2022).
 SYNTHETIC_FROM_MAGNITUDE = "synthetic from magnitude"
+# A single-coil item's maps: empty, so that collating a batch needs no special case.
+NO_MAPS = torch.zeros(0, dtype=torch.complex64)
 KSPACE_SOURCE_ATTR = "kspace_source"
 
 
 class ReconInputs(NamedTuple):
     """What every network reads from a :class:`Sample`: ``zero_filled`` (B, C, H, W) float32 image (C = 1
-    magnitude, 2 real and imaginary), ``kspace_under`` (B, 1, H, W) complex64 undersampled k-space and ``mask``
-    (B, 1, H, W) float32 of {0, 1}. Call a network as ``model(*batch.inputs)``."""
+    magnitude, 2 real and imaginary), ``kspace_under`` (B, 1, H, W) complex64 undersampled k-space ((B, N, H,
+    W) for N-coil data), ``mask`` (B, 1, H, W) float32 of {0, 1} and ``maps``: None (single-coil) or (B, N, H,
+    W) complex64 coil sensitivity maps. Call a network as ``model(*batch.inputs)``."""
 
     zero_filled: torch.Tensor
     kspace_under: torch.Tensor
     mask: torch.Tensor
+    maps: torch.Tensor | None = None
 
 
 class Sample(NamedTuple):
@@ -49,8 +53,11 @@ class Sample(NamedTuple):
     zero_filled: (C, H, W) float32 image, ``|F^-1(y)|`` (C = 1, magnitude data) or ``F^-1(y)`` as (real,
     imaginary) (C = 2, complex data; data/fft.py); kspace_under: (1, H, W) complex64 undersampled k-space
     ``y``; target: (C, H, W) float32 fully sampled image; mask: (1, H, W) float32 of {0, 1}; fname: the file's
-    name; slice: the slice's index in its file; acc: its acceleration (``"4x"``). In a batch: (B, C, H, W),
-    a tuple of B names, a (B,) int64 tensor and a tuple of B accelerations."""
+    name; slice: the slice's index in its file; acc: its acceleration (``"4x"``); maps: multi-coil data's
+    (N, H, W) complex64 coil sensitivity maps (then kspace_under is (N, H, W) and C = 2), and for single-coil
+    data :data:`NO_MAPS`, an empty tensor so that the default collate stacks it like any other field (None
+    also reads as single-coil). In a batch: (B, C, H, W), a tuple of B names, a (B,) int64 tensor and a tuple
+    of B accelerations."""
 
     zero_filled: torch.Tensor
     kspace_under: torch.Tensor
@@ -59,10 +66,16 @@ class Sample(NamedTuple):
     fname: str | tuple[str, ...]
     slice: int | torch.Tensor
     acc: str | tuple[str, ...]
+    maps: torch.Tensor | None = None
 
     @property
     def inputs(self) -> ReconInputs:
-        return ReconInputs(self.zero_filled, self.kspace_under, self.mask)
+        return ReconInputs(self.zero_filled, self.kspace_under, self.mask, self.coil_maps)
+
+    @property
+    def coil_maps(self) -> torch.Tensor | None:
+        """The sensitivity maps, or None for single-coil data."""
+        return self.maps if self.maps is not None and self.maps.numel() else None
 
     def to(self, device: torch.device) -> "Sample":
         """The sample with its tensors on ``device`` (names, indices and accelerations as they are)."""
@@ -132,8 +145,17 @@ class SliceDataset(Dataset):
                             "data with data/prepare.py")
         self.samples: list[tuple[int, int]] = []
         shape = kinds = None
+        self.coils: int | None = None
+        self.maps_method: str | None = None
+        self.coil_source: str | None = None  # "simulated (birdcage)" or "acquired" (files without it: None)
         for file_idx, path in enumerate(self.files):
-            n_slices, file_shape, file_kinds = self._inspect(path)
+            n_slices, file_shape, file_kinds, (coils, maps_method, coil_source) = self._inspect(path)
+            if file_idx and (coils, maps_method) != (self.coils, self.maps_method):
+                have = f"{coils} coils (maps: {maps_method})" if coils else "single-coil data"
+                want = f"{self.coils} coils (maps: {self.maps_method})" if self.coils else "single-coil data"
+                raise UserError(f"{path} holds {have} but {self.files[0].name} {want}; one coil count and one map "
+                                "estimate per data set: prepare them together (--coils, --coil-compress K)")
+            self.coils, self.maps_method, self.coil_source = coils, maps_method, coil_source
             if shape is not None and file_shape != shape:
                 raise UserError(f"{path} has {file_shape[0]}x{file_shape[1]} slices but "
                                 f"{self.files[0].name} has {shape[0]}x{shape[1]}; one size per data set")
@@ -165,16 +187,23 @@ class SliceDataset(Dataset):
         """Image channels of the items: 1 (magnitude) or 2 (real, imaginary)."""
         return IMAGE_CHANNELS[self.image]
 
-    def _inspect(self, path: Path) -> tuple[int, tuple[int, int], tuple[str, str]]:
-        """Check keys, dtypes and shapes of one file; return its slice count, (H, W) and (image type, k-space
-        source)."""
+    @property
+    def multicoil(self) -> bool:
+        return self.coils is not None
+
+    def _inspect(self, path: Path) -> tuple[int, tuple[int, int], tuple[str, str], tuple]:
+        """Check keys, dtypes and shapes of one file; return its slice count, (H, W), (image type, k-space
+        source) and (coils, maps method, coil source), all None for single-coil data."""
         with _open_h5(path) as f:
             shapes = []
             target = f.get(self.keys[0])
             complex_image = isinstance(target, h5py.Dataset) and target.dtype.kind == "c"
             source = f.attrs.get(KSPACE_SOURCE_ATTR, SYNTHETIC_FROM_MAGNITUDE)
             source = source.decode(errors="replace") if isinstance(source, bytes) else str(source)
-            for key in self.keys:
+            kspace = f.get(self.keys[2])
+            multicoil = isinstance(kspace, h5py.Dataset) and kspace.ndim == 4
+            keys = self.keys + ((maps_key(self.acc),) if multicoil else ())
+            for key in keys:
                 if key not in f:
                     raise UserError(f"{path} has no dataset '{key}' (found: {', '.join(sorted(f.keys()))}); "
                                     f"is it prepared for acceleration {self.acc}?")
@@ -183,7 +212,7 @@ class SliceDataset(Dataset):
                     raise UserError(f"{path}: '{key}' is an HDF5 group, not a dataset; expected an (H, W, S) "
                                     "array (re-run data/prepare.py)")
                 # A complex data set holds complex images and zero-filled images; k-space is always complex.
-                want_complex = key.startswith("kspace") or complex_image
+                want_complex = key.startswith(("kspace", "maps")) or complex_image
                 kind = ds.dtype.kind
                 if (want_complex and kind != "c") or (not want_complex and kind not in "fiu"):
                     raise UserError(f"{path}: dataset '{key}' has dtype {ds.dtype}; expected "
@@ -191,15 +220,33 @@ class SliceDataset(Dataset):
                                     f"{' (its ' + self.keys[0] + ' is complex)' if complex_image else ''}")
                 check_stored(path, ds)
                 shapes.append(tuple(ds.shape))
+            coils = maps_method = coil_source = None
+            if multicoil:
+                if not complex_image:
+                    raise UserError(f"{path}: multi-coil k-space ('{self.keys[2]}' {kspace.shape}) needs complex "
+                                    f"images, but '{self.keys[0]}' is real; re-run data/prepare.py --coils")
+                if shapes[3] != shapes[2]:
+                    raise UserError(f"{path}: the maps '{keys[3]}' {shapes[3]} do not match the k-space "
+                                    f"'{keys[2]}' {shapes[2]} (coils, H, W, slices); re-run data/prepare.py")
+                coils = shapes[2][0]
+                maps_method = f.attrs.get(MAPS_METHOD_ATTR, "unknown")
+                maps_method = maps_method.decode(errors="replace") if isinstance(maps_method, bytes) else str(maps_method)
+                coil_source = f.attrs.get(COIL_SOURCE_ATTR)
+                if isinstance(coil_source, bytes):
+                    coil_source = coil_source.decode(errors="replace")
+                coil_source = None if coil_source is None else str(coil_source)
+                shapes = shapes[:2] + [shapes[2][1:]]
         if len(set(shapes)) != 1:
             detail = ", ".join(f"{k} {s}" for k, s in zip(self.keys, shapes))
-            raise UserError(f"{path}: datasets disagree in shape ({detail}); all three must be (H, W, S)")
+            raise UserError(f"{path}: datasets disagree in shape ({detail}); all three must be (H, W, S)"
+                            f"{' (k-space and maps (N, H, W, S))' if coils else ''}")
         shape = shapes[0]
         if len(shape) == 2:
             shape = (*shape, 1)
         if len(shape) != 3 or min(shape) < 1:
             raise UserError(f"{path}: datasets have shape {shapes[0]}; expected (H, W, S)")
-        return shape[2], (shape[0], shape[1]), ("complex" if complex_image else "magnitude", source)
+        return (shape[2], (shape[0], shape[1]), ("complex" if complex_image else "magnitude", source),
+                (coils, maps_method, coil_source))
 
     def _check_mask_fits(self, mask: np.ndarray, mask_file: Path, n_files: int = 3) -> None:
         """The stored k-space must be zero wherever ``mask`` (H, W) is: a mask the files were not made with
@@ -210,11 +257,11 @@ class SliceDataset(Dataset):
             path = self.files[file_idx]
             with _open_h5(path) as f:
                 ds = f[k_key]
-                index = ds.shape[2] // 2 if ds.ndim == 3 else None
-                kspace = np.abs(ds[()] if index is None else ds[:, :, index])
-            outside = kspace[mask == 0]
+                index = ds.shape[-1] // 2 if ds.ndim >= 3 else None
+                kspace = np.abs(ds[()] if index is None else ds[..., index])
+            outside = kspace[..., mask == 0]
             if outside.size and outside.max() > 1e-6 * kspace.max():
-                transposed = mask.shape[0] == mask.shape[1] and not (kspace[mask.T == 0] > 1e-6 * kspace.max()).any()
+                transposed = mask.shape[0] == mask.shape[1] and not (kspace[..., mask.T == 0] > 1e-6 * kspace.max()).any()
                 why = "the mask is transposed" if transposed else "another mask"
                 raise UserError(f"{mask_file} does not fit {path}: its '{k_key}' is non-zero at "
                                 f"{int((outside > 1e-6 * kspace.max()).sum())} positions the mask leaves out (slice "
@@ -234,11 +281,14 @@ class SliceDataset(Dataset):
         target_key, zf_key, k_key = self.keys
         arrays = {}
         image_dtype = np.complex64 if self.image == "complex" else np.float32
-        for name, key, dtype in (("target", target_key, image_dtype), ("zero_filled", zf_key, image_dtype),
-                                 ("kspace_under", k_key, np.complex64)):
+        fields = [("target", target_key, image_dtype), ("zero_filled", zf_key, image_dtype),
+                  ("kspace_under", k_key, np.complex64)]
+        if self.multicoil:
+            fields.append(("maps", maps_key(self.acc), np.complex64))
+        for name, key, dtype in fields:
             ds = f[key]
             try:
-                values = ds[()] if ds.ndim == 2 else ds[:, :, index]
+                values = ds[()] if ds.ndim == 2 else ds[..., index]
             except (OSError, KeyError) as exc:
                 raise UserError(f"{self.files[file_idx]}: cannot read '{key}' ({str(exc)[:80]}); the file "
                                 "is probably truncated: re-copy it or re-run data/prepare.py") from exc
@@ -271,13 +321,35 @@ class SliceDataset(Dataset):
         zf, target = (torch.from_numpy(np.array(arrays[key]))[None] for key in ("zero_filled", "target"))
         if self.image == "complex":
             zf, target = to_channels(zf), to_channels(target)
-        return Sample(zero_filled=zf, kspace_under=torch.from_numpy(np.array(arrays["kspace_under"]))[None],
-                      target=target, mask=self.mask, fname=self.files[file_idx].name, slice=s, acc=self.acc)
+        kspace_under = torch.from_numpy(np.array(arrays["kspace_under"]))
+        maps = torch.from_numpy(np.array(arrays["maps"])) if self.multicoil else NO_MAPS
+        return Sample(zero_filled=zf, kspace_under=kspace_under if self.multicoil else kspace_under[None],
+                      target=target, mask=self.mask, fname=self.files[file_idx].name, slice=s, acc=self.acc,
+                      maps=maps)
+
+    def scoring_targets(self, batch: Sample) -> np.ndarray:
+        """The (B, H, W) float32 images a batch's slices are scored against: the magnitude of the target, and for
+        multi-coil data the root sum of squares of the fully sampled coil images (``reconstruction_rss``,
+        fastMRI's multi-coil reference; files without it: the target's magnitude). The coil-combined images
+        with maps of unit RSS have exactly the magnitude of the RSS of their coil images, so a reconstruction's
+        magnitude is scored in the same convention."""
+        magnitudes = magnitude(batch.target)[:, 0].numpy()
+        if not self.multicoil:
+            return magnitudes
+        index = {path.name: i for i, path in enumerate(self.files)}
+        rss = []
+        for i, (fname, s) in enumerate(zip(batch.fname, batch.slice.tolist())):
+            f = self._handle(index[fname])
+            rss.append(np.asarray(f[RSS_KEY][:, :, s], dtype=np.float32) if RSS_KEY in f else magnitudes[i])
+        return np.stack(rss)
 
     def nbytes(self) -> int:
         """Bytes that :attr:`preload` would hold (float32 + float32 + complex64 per pixel; complex images: three
         complex64)."""
-        return len(self.samples) * self.shape[0] * self.shape[1] * (16 if self.image == "magnitude" else 24)
+        per_pixel = 16 if self.image == "magnitude" else 24
+        if self.multicoil:  # coil k-space and maps, complex64 each, instead of one k-space
+            per_pixel += 16 * self.coils - 8
+        return len(self.samples) * self.shape[0] * self.shape[1] * per_pixel
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -309,8 +381,15 @@ def build_dataset(root: str | Path, split: str, accs: list[str], mask_paths: dic
 
 def data_kind(dataset: Dataset) -> dict[str, str]:
     """``{"image": "magnitude" | "complex", "kspace": where it came from}`` of a :func:`build_dataset` result
-    (or a wrapper of one with a ``base``), as config.json, checkpoints and summary.json record it."""
+    (or a wrapper of one with a ``base``), as config.json, checkpoints and summary.json record it; multi-coil
+    data add ``"coils"`` (N), ``"maps"`` (how the sensitivity maps were made) and ``"coil_source"`` (simulated or
+    acquired coils)."""
     while not isinstance(dataset, (SliceDataset, ConcatDataset)):
         dataset = dataset.base
     parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
-    return {"image": parts[0].image, "kspace": parts[0].kspace_source}
+    kind = {"image": parts[0].image, "kspace": parts[0].kspace_source}
+    if parts[0].multicoil:
+        kind.update(coils=parts[0].coils, maps=parts[0].maps_method)
+        if parts[0].coil_source is not None:
+            kind["coil_source"] = parts[0].coil_source
+    return kind

@@ -19,8 +19,9 @@ Two ways to use a file (data/prepare.py's ``--image``):
   centred k-space (orthonormal), then ``complex_center_crop`` to the output size (fastMRI's 320 x 320; the
   start of the crop is ``(extent - size) // 2`` on each axis, which drops the readout oversampling), scaled by
   ``1 / max |image|`` per volume (recorded as the ``scale`` attribute). Its magnitude is then
-  ``scale * reconstruction_esc``. A multi-coil file would need coil sensitivities to combine its coils into
-  one complex image, which the file does not hold: it is refused.
+  ``scale * reconstruction_esc``. A multi-coil file gives its coil images the same way
+  (:meth:`FastmriVolume.coil_images`), scaled by ``1 / max RSS``, so their RSS is ``scale * reconstruction_rss``;
+  data/prepare.py estimates the coil sensitivities from their undersampled k-space (data/multicoil.py).
 """
 from __future__ import annotations
 
@@ -65,15 +66,25 @@ class FastmriVolume:
     def complex_slices(self, size: int) -> tuple[np.ndarray, float]:
         """The complex image of a single-coil file, fastMRI's way (see the module docstring): ``(slices, scale)``
         with slices (size, size, S) complex128 = scale * complex_center_crop(ifft2c(kspace)) and scale the
-        float ``1 / max |image|`` over the volume (1.0 for an all-zero volume)."""
+        float ``1 / max |image|`` over the volume (1.0 for an all-zero volume). A multi-coil file gives
+        :meth:`coil_images`: slices (N, size, size, S), ``scale = 1 / max RSS``."""
         if self.coils != 1:
-            raise FastmriError(multi_coil_message(self.path, self.coils))
+            return self.coil_images(size)
         with h5py.File(self.path, "r") as f:
             check_stored(self.path, f["kspace"])
             kspace = f["kspace"][()]  # (S, H, W) complex64, DC in the middle
         if kspace.dtype.kind != "c":
             raise FastmriError(f"{self.path}: 'kspace' has dtype {kspace.dtype}, not complex; it is not raw k-space")
         return complex_images(kspace, size, self.path)
+
+    def coil_images(self, size: int) -> tuple[np.ndarray, float]:
+        """The coil images of a multi-coil file, fastMRI's way: :func:`coil_images` of its ``kspace``."""
+        with h5py.File(self.path, "r") as f:
+            check_stored(self.path, f["kspace"])
+            kspace = f["kspace"][()]  # (S, N, H, W) complex64, DC in the middle
+        if kspace.dtype.kind != "c":
+            raise FastmriError(f"{self.path}: 'kspace' has dtype {kspace.dtype}, not complex; it is not raw k-space")
+        return coil_images(kspace, size, self.path)
 
 
 def complex_images(kspace: np.ndarray, size: int, label) -> tuple[np.ndarray, float]:
@@ -92,12 +103,22 @@ def complex_images(kspace: np.ndarray, size: int, label) -> tuple[np.ndarray, fl
     scale = 1.0 / peak if peak > 0 else 1.0
     return cropped * scale, scale
 
-
-def multi_coil_message(path: Path, coils: int) -> str:
-    """Why a multi-coil file cannot give a complex image here (one line)."""
-    return (f"{path} is multi-coil ({coils} coils): --image complex needs coil sensitivities to combine the coils "
-            "into one complex image, and the file holds none; prepare it without --image complex (its magnitude "
-            "reconstruction_rss) or use single-coil files")
+def coil_images(kspace: np.ndarray, size: int, label) -> tuple[np.ndarray, float]:
+    """fastMRI's coil images of centred multi-coil k-space: ``(images, scale)`` with images (N, size, size, S)
+    complex128 = scale * complex_center_crop(ifft2c(kspace)) per coil (the crop drops the readout oversampling)
+    and scale the float ``1 / max RSS`` over the volume, so that the images' root sum of squares is ``scale *
+    reconstruction_rss`` (fastMRI's reference: the RSS of exactly these cropped images). kspace: (S, N, H, W)
+    complex, DC in the middle; ``label`` names it in errors."""
+    image = ifft2c(torch.from_numpy(kspace.astype(np.complex128))).numpy()
+    height, width = image.shape[-2:]
+    if height < size or width < size:
+        raise FastmriError(f"{label}: its k-space gives {height} x {width} images, smaller than --size {size}; "
+                           "complex_center_crop only crops: pass a smaller --size")
+    top, left = (height - size) // 2, (width - size) // 2
+    cropped = np.moveaxis(image[..., top:top + size, left:left + size], 0, -1)  # (N, size, size, S)
+    peak = float(np.sqrt((np.abs(cropped) ** 2).sum(axis=0)).max())
+    scale = 1.0 / peak if peak > 0 else 1.0
+    return cropped * scale, scale
 
 
 def _text(value) -> str | None:

@@ -9,6 +9,15 @@ real channel, (B, 1, H, W). A complex image (acquired k-space, or a magnitude gi
 real channels, (B, 2, H, W) = (real, imaginary), as in Schlemper et al.'s DC-CNN (IEEE TMI 2018); k-space is
 (B, 1, H, W) complex64 for both. Metrics are computed on the magnitude (:func:`magnitude`), as fastMRI does.
 
+Multi-coil data (N coils) add coil sensitivity maps S (B, N, H, W) complex64, normalised so that
+``sum_c |S_c|^2 = 1`` wherever the object is (ESPIRiT's and the birdcage simulation's convention). The forward
+operator E = :func:`expand` maps a coil-combined image to coil k-space (multiply by each map, FFT); its adjoint
+E^H = :func:`reduce` maps coil k-space back (inverse FFT, multiply by each map's conjugate, sum over coils),
+DIRECT's ``expand_operator`` / ``reduce_operator``. Multi-coil images are complex (two channels); k-space is
+(B, N, H, W) complex64, the mask (B, 1, H, W) broadcasts over coils. The zero-filled image is E^H y and DF
+(:func:`data_fidelity` with ``maps``) replaces the sampled k-space of every coil, then reduces. Without maps
+(``maps=None``) every function is the single-coil one, unchanged.
+
 fastMRI's files are in the other, centred convention: :func:`ifft2c` reads them (data/fastmri.py), nothing else.
 """
 from __future__ import annotations
@@ -45,6 +54,32 @@ def ifft2c(kspace: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(ifft2(shifted), dim=(-2, -1))
 
 
+def fft2c(image: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`ifft2c`: ``fftshift(fft2(ifftshift(x)))`` over the last two dims (fastMRI's ``fft2c``).
+    image: (..., H, W) complex. Returns (..., H, W) complex."""
+    shifted = torch.fft.ifftshift(image, dim=(-2, -1))
+    return torch.fft.fftshift(fft2(shifted), dim=(-2, -1))
+
+
+def expand(image: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """The multi-coil forward operator E: each coil's image ``S_c x``, Fourier-transformed.
+
+    image: (B, 1, H, W) complex64 coil-combined image; maps: (B, N, H, W) complex64 sensitivity maps (B may be
+    1 on either side and broadcasts). Returns (B, N, H, W) complex64 coil k-space (unshifted, orthonormal).
+    """
+    return fft2(image * maps)
+
+
+def reduce(kspace: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """The adjoint E^H of :func:`expand`: ``sum_c conj(S_c) ifft2(k_c)``.
+
+    kspace: (B, N, H, W) complex64 coil k-space; maps: (B, N, H, W) complex64. Returns (B, 1, H, W) complex64.
+    With ``sum_c |S_c|^2 = 1`` it inverts :func:`expand` (E^H E = I), and for exact maps ``|E^H k|`` is the
+    root-sum-of-squares (RSS) of the coil images, the magnitude fastMRI scores.
+    """
+    return (ifft2(kspace) * maps.conj()).sum(dim=-3, keepdim=True)
+
+
 def to_channels(image: torch.Tensor) -> torch.Tensor:
     """A complex image as (real, imaginary) channels. image: (..., 1, H, W) complex64 (or complex128).
     Returns (..., 2, H, W) float32 (float64 for complex128)."""
@@ -74,31 +109,64 @@ def image_kspace(image: torch.Tensor) -> torch.Tensor:
     return fft2(image if image.shape[-3] == 1 else to_complex(image))
 
 
-def zero_filled(kspace_under: torch.Tensor, channels: int = 1) -> torch.Tensor:
+def zero_filled(kspace_under: torch.Tensor, channels: int = 1, maps: torch.Tensor | None = None) -> torch.Tensor:
     """The zero-filled image of ``channels`` (1: the magnitude ``|ifft2(y)|``, 2: ``ifft2(y)`` as (real,
     imaginary)). kspace_under: (..., 1, H, W) complex (or (..., H, W) for 1 channel). Returns (..., channels,
-    H, W) float (or (..., H, W))."""
+    H, W) float (or (..., H, W)).
+
+    With ``maps`` (..., N, H, W) complex, kspace_under is (..., N, H, W) coil k-space and the image is
+    E^H y (:func:`reduce`), as 2 channels (multi-coil images are complex)."""
+    if maps is not None:
+        if channels != 2:
+            raise ValueError("multi-coil images are complex: zero_filled with maps needs channels=2")
+        return to_channels(reduce(kspace_under, maps))
     image = ifft2(kspace_under)
     return image.abs() if channels == 1 else to_channels(image)
 
 
-def data_fidelity(x_cnn: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def data_fidelity(x_cnn: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
+                  maps: torch.Tensor | None = None) -> torch.Tensor:
     """Hard data consistency ``ifft2(m * y + (1 - m) * fft2(x_cnn))``: its real part for a magnitude image,
-    both parts for a complex one.
+    both parts for a complex one; with ``maps``, sensitivity-weighted: ``E^H(m * y + (1 - m) * E x_cnn)``
+    (:func:`coil_data_fidelity`, then :func:`reduce`).
 
     x_cnn: (B, C, H, W) float32 (or bfloat16 under autocast) CNN output, C = 1 (magnitude) or 2 (real,
-    imaginary); kspace_under: (B, 1, H, W) complex64 measured k-space y;
-    mask: (B, 1, H, W) or broadcastable, float {0, 1} (or bool). Returns (B, C, H, W) float32.
+    imaginary); kspace_under: (B, 1, H, W) complex64 measured k-space y ((B, N, H, W) with maps);
+    mask: (B, 1, H, W) or broadcastable, float {0, 1} (or bool); maps: None (single-coil) or (B, N, H, W)
+    complex64 sensitivity maps (then C must be 2). Returns (B, C, H, W) float32.
 
     With a binary mask, ``m * y + (1 - m) * k`` equals ``where(m, y, k)`` bit for bit; ``where`` avoids two
     complex multiplies and one temporary per call, and DF runs ten to thirty times per training step.
+    With one coil and unit maps every step is exact (a product with 1 + 0i, a sum of one term), so the result
+    equals the single-coil DF bit for bit.
     """
     keep = mask if mask.dtype == torch.bool else mask > 0.5
+    if maps is not None:
+        if x_cnn.shape[1] != 2:
+            raise ValueError("multi-coil DF needs a complex image (2 channels); got "
+                             f"{x_cnn.shape[1]} channel(s)")
+        coil_kspace = coil_data_fidelity(to_complex(x_cnn), kspace_under, keep, maps)
+        return to_channels(reduce(coil_kspace, maps)).contiguous()
     if x_cnn.shape[1] == 2:
         return to_channels(ifft2(torch.where(keep, kspace_under, fft2(to_complex(x_cnn))))).contiguous()
     # Under bf16 autocast the CNN output is bfloat16, which FFTs do not take: DF always runs in float32.
     kspace_cnn = fft2(x_cnn.float())
     return ifft2(torch.where(keep, kspace_under, kspace_cnn)).real.contiguous()
+
+
+def coil_data_fidelity(image: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
+                       maps: torch.Tensor) -> torch.Tensor:
+    """DF in coil k-space, before the coils are combined: ``where(m, y, E x)``, each coil's sampled k-space
+    replaced by the acquired one.
+
+    image: (B, 1, H, W) complex64; kspace_under: (B, N, H, W) complex64 y; mask: (B, 1, H, W) bool or float
+    {0, 1}; maps: (B, N, H, W) complex64. Returns (B, N, H, W) complex64, equal to y at every sampled location
+    bit for bit. After :func:`reduce` that holds only to the extent the result lies in E's range: E E^H is a
+    projection (with ``sum |S|^2 = 1``), and a mix of acquired and predicted coil k-space need not be the
+    k-space of any single image, so exactness is a property of this coil k-space, not of the reduced image.
+    """
+    keep = mask if mask.dtype == torch.bool else mask > 0.5
+    return torch.where(keep, kspace_under, expand(image, maps))
 
 
 class HalfSpectrum(NamedTuple):

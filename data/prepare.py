@@ -9,7 +9,7 @@
 The flags fill ``Options``; the volumes are read by their source (data/sources.py), split by subject
 (data/subjects.py), sliced (data/slicing.py), written into a staging folder and checked for leaks
 (data/staging.py, data/split_check.py) before anything is moved into ``--out-dir``. Presets, inputs, masks, the
-split rules, fastMRI, complex images and the layout written: data/README.md.
+split rules, fastMRI, complex images, multi-coil data and the layout written: data/README.md.
 """
 from __future__ import annotations
 
@@ -28,10 +28,12 @@ if not __package__:  # run by path: the repository root, which holds the package
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data.layout import SPLITS, acc_folder, mask_name, undersample, write_volume  # noqa: E402
+from data.layout import (COIL_SOURCE_ATTR, MAPS_METHOD_ATTR, SPLITS, acc_folder, mask_name, undersample,  # noqa: E402
+                         write_volume)
 from data.masks import MASK_KINDS, MaskError, acc_type, load_mask, make_mask, parse_acc, save_mask  # noqa: E402
 from data.dataset import KSPACE_SOURCE_ATTR, SYNTHETIC_FROM_MAGNITUDE  # noqa: E402
 from data.fft import IMAGE_CHANNELS  # noqa: E402
+from data.multicoil import MAP_METHODS, TRUE_MAPS, multicoil_volume  # noqa: E402
 from data.slicing import fft_friendly, kept_slices, make_slices, synthetic_phase, window_slices  # noqa: E402
 from data.sources import (DEFAULT_EXCLUDE, FASTMRI, LABEL_LIKE_VALUES, NIFTI, SOURCE_KINDS, Source,  # noqa: E402
                           SourceKind, check_unique_names, read_volumes)
@@ -50,6 +52,11 @@ DEFAULT_CENTER_FRACTION = 0.08
 SHOWN_SUBJECT_CHARS = 1000
 # The kspace_source of data/fastmri.py's complex images, formed from the files' own k-space.
 ACQUIRED_FASTMRI = "acquired (fastMRI single-coil kspace)"
+ACQUIRED_FASTMRI_MC = "acquired (fastMRI multi-coil kspace)"
+DEFAULT_MAPS = "espirit"
+SIMULATED_COILS, ACQUIRED_COILS = "simulated (birdcage)", "acquired"
+# More simulated coils than any scanner's receive array (fastMRI's have at most 20-odd).
+MAX_COILS = 64
 FASTMRI_NOTE = ("This is retrospective undersampling of the magnitude reference (the paper's protocol), not "
                 "reconstruction of the raw (multi-coil) k-space: numbers are not comparable with fastMRI leaderboard "
                 "entries that reconstruct raw k-space.")
@@ -113,6 +120,9 @@ class Options:
     allow_label_like: bool = False
     image: str = "magnitude"
     synthetic_phase: int | None = None
+    coils: int | None = None
+    maps: str | None = None
+    coil_compress: int | None = None
 
     @property
     def given(self) -> list[SourceKind]:
@@ -175,7 +185,43 @@ class Options:
             raise UserError("--subject-regex does not apply to --fastmri: a file's subject is its patient_id "
                             "attribute (else its name); use --val-subjects or --split-file to fix the split")
 
+    def _check_coils(self) -> None:
+        """--coils, --maps and --coil-compress: multi-coil data are simulated (--coils on --input / --demo) or
+        read (--fastmri multi-coil files with --image complex)."""
+        if self.coils is not None:
+            if self.kind is FASTMRI:
+                raise UserError("--coils simulates coils on --input / --demo images; fastMRI multi-coil files bring "
+                                "their own coils: pass them with --image complex and drop --coils")
+            if not 1 <= self.coils <= MAX_COILS:
+                raise UserError(f"--coils {self.coils} must be between 1 and {MAX_COILS}, e.g. 8")
+            if self.synthetic_phase is None:
+                raise UserError("--coils multiplies a complex image by the coils' maps: give the magnitude images a "
+                                "phase with --synthetic-phase SEED")
+        multicoil_possible = self.coils is not None or (self.kind is FASTMRI and self.image == "complex")
+        for flag, value in (("--maps", self.maps), ("--coil-compress", self.coil_compress)):
+            if value is not None and not multicoil_possible:
+                raise UserError(f"{flag} applies to multi-coil data: simulate coils with --coils N (and "
+                                "--synthetic-phase), or read fastMRI multi-coil files with --image complex")
+        if self.maps is not None and self.maps not in MAP_METHODS:
+            raise UserError(f"--maps {self.maps!r} is unknown; choose one of: {', '.join(MAP_METHODS)}")
+        if self.maps == TRUE_MAPS and self.kind is FASTMRI:
+            raise UserError("--maps true keeps a simulation's own coil maps (a control), but acquired data "
+                            "(--fastmri) have no true maps: use --maps espirit or --maps acs-rss")
+        if self.coil_compress is not None:
+            if self.coil_compress < 1 or (self.coils is not None and self.coil_compress > self.coils):
+                raise UserError(f"--coil-compress {self.coil_compress} must be between 1 and the number of coils"
+                                f"{f' ({self.coils})' if self.coils else ''}")
+            if self.maps == TRUE_MAPS:
+                raise UserError("--maps true keeps the simulated coils' maps, which compressed (virtual) coils do "
+                                "not have: drop --coil-compress or estimate the maps (--maps espirit)")
+
+    @property
+    def maps_method(self) -> str:
+        """How the sensitivity maps of multi-coil data are made (--maps, default ESPIRiT)."""
+        return self.maps or DEFAULT_MAPS
+
     def _check_image(self) -> None:
+        self._check_coils()
         if self.image not in IMAGE_CHANNELS:
             raise UserError(f"--image {self.image!r} is unknown; choose one of: {', '.join(IMAGE_CHANNELS)}")
         if self.image == "complex" and self.kind is not FASTMRI:
@@ -196,7 +242,10 @@ class Options:
         if self.image == "complex":
             return ACQUIRED_FASTMRI
         if self.synthetic_phase is not None:
-            return f"{SYNTHETIC_FROM_MAGNITUDE} with a smooth random phase (--synthetic-phase {self.synthetic_phase})"
+            source = f"{SYNTHETIC_FROM_MAGNITUDE} with a smooth random phase (--synthetic-phase {self.synthetic_phase})"
+            if self.coils is not None:
+                source += f", {self.coils} simulated birdcage coils (--coils {self.coils})"
+            return source
         return SYNTHETIC_FROM_MAGNITUDE
 
     def _check_slices(self) -> None:
@@ -278,14 +327,20 @@ class SliceRules:
     image: str = "magnitude"
     phase_seed: int | None = None
     kspace_source: str = SYNTHETIC_FROM_MAGNITUDE
+    coils: int | None = None  # --coils: simulate this many coils
+    maps: str = DEFAULT_MAPS
+    coil_compress: int | None = None
     dropped: Counter = field(default_factory=Counter)  # "near-empty" / "outside --slice-range" -> slices
 
     def frames(self, source: Source) -> list[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]]:
         """``[(name, slices (N, N, S) float32 or complex64, kept slice indices int64 (K,), extra file
-        attributes)]`` of one source. Slices are kept by their magnitude."""
+        attributes)]`` of one source; fastMRI multi-coil files give coil images (C, N, N, S) complex64. Slices are
+        kept by their magnitude (coil images: their root sum of squares)."""
         frames = []
         for name, slices, attrs in self._volumes(source):
             magnitudes = slices if np.isrealobj(slices) else np.abs(slices)
+            if magnitudes.ndim == 4:
+                magnitudes = np.sqrt((magnitudes ** 2).sum(axis=0))
             window = window_slices(slices.shape[2], self.window)
             kept = kept_slices(magnitudes, self.min_foreground, self.max_slices, window)
             self.dropped["outside --slice-range"] += slices.shape[2] - len(window)
@@ -315,6 +370,9 @@ class Staging:
                                  "files": {split: [] for split in SPLITS}, "slices": dict.fromkeys(SPLITS, 0)}
                        for subject in dict.fromkeys(s.group for s in sources)}
         self.volumes: dict[str, list[str]] = {split: [] for split in SPLITS}
+        # Multi-coil data: the coil count of the volumes written so far, and the first file that had it.
+        self.coils: int | None = None
+        self.coils_from: str | None = None
         for acc, mask in masks.items():
             save_mask(stage / mask_name(acc), mask)
 
@@ -331,19 +389,45 @@ class Staging:
         of ``split``, with the ``extra`` attributes of its frame."""
         if len(indices) == 0:
             return
-        volfs = np.ascontiguousarray(slices[:, :, indices])
+        volfs = np.ascontiguousarray(slices[..., indices])
         attrs = {"source_file": source.label, "slice_axis": self.rules.axis,
                  "source_slices": indices.astype(np.int64), "subject": source.group,
-                 "slice_hashes": slice_hashes(volfs), KSPACE_SOURCE_ATTR: self.rules.kspace_source,
-                 **source.attrs, **extra}
-        # h5py can crash the process on a full disk instead of raising (its page buffer fails in a flush): ask
-        # first, for volfs, complex kspace and zf, and room for HDF5's own metadata.
-        check_free_space(self.stage, (4 * volfs.nbytes + HDF5_MARGIN) * len(self.masks))
-        for acc, (kspace, zf) in undersample(volfs, self.masks).items():
-            write_volume(self.folder(split, acc) / f"{name}.h5", volfs, kspace, zf, acc, attrs)
+                 KSPACE_SOURCE_ATTR: self.rules.kspace_source, **source.attrs, **extra}
+        if self.rules.coils is not None or volfs.ndim == 4:
+            self._write_multicoil(source, name, volfs, split, attrs)
+        else:
+            attrs["slice_hashes"] = slice_hashes(volfs)
+            # h5py can crash the process on a full disk instead of raising (its page buffer fails in a flush): ask
+            # first, for volfs, complex kspace and zf, and room for HDF5's own metadata.
+            check_free_space(self.stage, (4 * volfs.nbytes + HDF5_MARGIN) * len(self.masks))
+            for acc, (kspace, zf) in undersample(volfs, self.masks).items():
+                write_volume(self.folder(split, acc) / f"{name}.h5", volfs, kspace, zf, acc, attrs)
         self.volumes[split].append(name)
         self.record[source.group]["files"][split].append(f"{name}.h5")
         self.record[source.group]["slices"][split] += len(indices)
+
+    def _write_multicoil(self, source: Source, name: str, images: np.ndarray, split: str,
+                         attrs: dict[str, Any]) -> None:
+        """Write one multi-coil volume (data/multicoil.py): ``images`` (N, N, S) complex, a simulation's image
+        (--coils), or (C, N, N, S) complex acquired coil images (fastMRI)."""
+        rules = self.rules
+        try:
+            volume = multicoil_volume(images, self.masks, rules.maps, rules.coils, rules.coil_compress)
+        except ValueError as exc:
+            raise UserError(f"{source.label}: {exc}") from exc
+        coils = volume.coils
+        if self.coils is not None and coils != self.coils:
+            raise UserError(f"{source.label} has {coils} coils but {self.coils_from} has {self.coils}; one coil count "
+                            "per data set: pass --coil-compress K (K at most the smallest count) to make them equal")
+        self.coils, self.coils_from = coils, self.coils_from or source.label
+        attrs = {**attrs, "slice_hashes": slice_hashes(volume.rss), MAPS_METHOD_ATTR: rules.maps, "coils": coils,
+                 COIL_SOURCE_ATTR: SIMULATED_COILS if rules.coils is not None else ACQUIRED_COILS}
+        if rules.coil_compress is not None:
+            attrs["coil_compress"] = rules.coil_compress
+        check_free_space(self.stage, (2 * (coils + 2) * 8 * volume.rss.size + HDF5_MARGIN) * len(self.masks))
+        for acc, arrays in volume.arrays.items():
+            write_volume(self.folder(split, acc) / f"{name}.h5", arrays["target"], arrays["kspace"], arrays["zf"], acc,
+                         attrs, maps=arrays["maps"], rss=volume.rss)
 
     def by_subject(self, sources: list[Source], assigned: dict[str, str]) -> None:
         """Every volume of a subject goes whole to the subject's split."""
@@ -463,10 +547,11 @@ def _fill_stage(stage: Path, options: Options, sources: list[Source], assigned: 
     split_by = "slice blocks" if assigned is None else "subjects"
     found_line = _subjects_line(sources)
     per_split = {f"{split}_subjects": subjects[split] for split in SPLITS}
+    coils = {} if staging.coils is None else _coil_record(options, staging.coils)
     write_json(stage / "split.json", {
-        "split_by": split_by, "how": _split_how(options), "subjects_found": found_line, **per_split,
+        "split_by": split_by, "how": _split_how(options), "subjects_found": found_line, **coils, **per_split,
         "subjects": staging.record, HASH_KEY: tree_hashes(stage)})
-    return {"split": split_by, "subjects_found": found_line, **per_split,
+    return {"split": split_by, "subjects_found": found_line, **coils, **per_split,
             **{f"{split}_volumes": staging.volumes[split] for split in SPLITS},
             **{f"{split}_slices": counts[split] for split in SPLITS},
             "duplicates": leak_check["duplicates"], "skipped_slices": rules.dropped["near-empty"],
@@ -492,6 +577,29 @@ def prepare(*, out: str | Path, **options: Any) -> dict[str, Any]:
         return _prepare(opts, start)
 
 
+def _coil_record(options: Options, coils: int) -> dict[str, Any]:
+    """What split.json and the summary record of multi-coil data: the coil count, how the maps were made, and
+    whether the coils are simulated or compressed."""
+    record = {"coils": coils, "maps": options.maps_method,
+              "coil_source": SIMULATED_COILS if options.coils is not None else ACQUIRED_COILS}
+    if options.coil_compress is not None:
+        record["coil_compress"] = options.coil_compress
+    return record
+
+
+def _check_acs(options: Options, masks: dict[str, np.ndarray]) -> None:
+    """Maps are estimated from each acceleration's autocalibration lines: a mask without them is refused before
+    anything is written."""
+    from data.coils import acs_region  # noqa: PLC0415 - multi-coil work only
+    for (acc, mask), fraction in zip(masks.items(), options.center_fraction):
+        where = (f"{Path(options.mask_dir) / mask_name(acc)}" if options.mask_dir else
+                 f"(--mask-kind {options.mask_kind}, --center-fraction {fraction})")
+        try:
+            acs_region(mask, source=f"the {acc} mask {where}")
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+
+
 def _prepare(opts: Options, start: float) -> dict[str, Any]:
     """:func:`prepare` for resolved options, holding the lock of ``opts.out``."""
     check_output(opts.out, opts.overwrite)
@@ -510,14 +618,35 @@ def _prepare(opts: Options, start: float) -> dict[str, Any]:
     check_fits_memory(24 * size ** 2 * deepest, f"{'--size ' if opts.size else 'slices of '}{size}: a {size} x {size} "
                       f"x {deepest} volume", "choose a smaller --size")
     masks = _masks(opts, size)
+    multicoil = [s for s in sources if getattr(s.image, "coils", 1) > 1] if opts.image == "complex" else []
+    if multicoil and len(multicoil) < len(sources):
+        single = next(s for s in sources if s not in multicoil)
+        raise UserError(f"{single.label} is single-coil but {multicoil[0].label} is multi-coil "
+                        f"({multicoil[0].image.coils} coils): prepare them separately")
+    if opts.image == "complex" and not multicoil and (opts.maps or opts.coil_compress):
+        raise UserError("--maps / --coil-compress apply to multi-coil data, but the --fastmri files are single-coil")
+    if multicoil and opts.coil_compress is not None and opts.coil_compress > min(s.image.coils for s in multicoil):
+        fewest = min(multicoil, key=lambda s: s.image.coils)
+        raise UserError(f"--coil-compress {opts.coil_compress}: {fewest.label} has only {fewest.image.coils} coils; "
+                        "pass a smaller K")
+    if multicoil and opts.coil_compress is None and len({s.image.coils for s in multicoil}) > 1:
+        counts = Counter(s.image.coils for s in multicoil)
+        odd = next(s for s in multicoil if s.image.coils != multicoil[0].image.coils)
+        raise UserError(f"the --fastmri files hold different coil counts ({', '.join(f'{n} files with {c}' for c, n in sorted(counts.items()))}; "
+                        f"e.g. {multicoil[0].label}: {multicoil[0].image.coils}, {odd.label}: {odd.image.coils}); "
+                        "pass --coil-compress K to compress every volume to K virtual coils")
+    if (opts.coils is not None or multicoil) and opts.maps_method != TRUE_MAPS:
+        _check_acs(opts, masks)
+    kspace_source = ACQUIRED_FASTMRI_MC if multicoil else opts.kspace_source
     rules = SliceRules(opts.axis, size, opts.resize, opts.pad_to, opts.min_foreground, opts.max_slices_per_volume,
                        None if opts.slice_range is None else tuple(opts.slice_range), opts.allow_label_like,
-                       opts.image, opts.synthetic_phase, opts.kspace_source)
+                       opts.image, opts.synthetic_phase, kspace_source, opts.coils, opts.maps_method,
+                       opts.coil_compress)
     with staged_output(opts.out, opts.overwrite) as stage:
         written = _fill_stage(stage, opts, sources, assigned, masks, rules)
     references = Counter(s.attrs["reference"] for s in sources if "reference" in s.attrs)
     return {"out": str(opts.out), "size": size, "accs": list(opts.accs), "mask_kind": opts.mask_kind,
-            "image": "complex" if opts.synthetic_phase is not None else opts.image, "kspace": opts.kspace_source,
+            "image": "complex" if opts.synthetic_phase is not None else opts.image, "kspace": kspace_source,
             **written,
             "per_file_subjects": sorted({s.group for s in sources if s.found_by == "file"}),
             "skipped_files": [str(p) for p in skipped_files], "skipped_acquisitions": skipped_acquisitions,
@@ -555,13 +684,25 @@ def _add_image_flags(parser: CliParser) -> None:
     g = parser.add_argument_group("image type")
     g.add_argument("--image", choices=tuple(IMAGE_CHANNELS), default="magnitude",
                    help="magnitude (default, the paper's protocol): real images, k-space synthesised from them; "
-                        "complex: with --fastmri single-coil files, the complex image of the file's kspace "
+                        "complex: with --fastmri single-coil files, the complex image of the file's kspace (multi-coil "
+                        "files: their coil k-space, maps estimated, data/README.md 'Multi-coil') "
                         "(fastMRI's ifft2c and complex_center_crop to --size, scaled to max |x| = 1), networks "
                         "get 2 channels (real, imaginary)")
     g.add_argument("--synthetic-phase", type=seed_type, default=None, metavar="SEED",
                    help="--input / --demo: multiply each magnitude slice by a smooth random phase (a degree-2 "
                         "polynomial drawn from SEED, the volume and the slice; data/README.md), so the k-space "
                         "is not Hermitian-symmetric; the images become complex (2 channels)")
+    g.add_argument("--coils", type=int, default=None, metavar="N",
+                   help="--input / --demo with --synthetic-phase: simulate N receive coils (birdcage "
+                        "sensitivities) on the complex image; multi-coil data: coil k-space, maps, E^H images")
+    g.add_argument("--maps", choices=MAP_METHODS, default=None,
+                   help="multi-coil sensitivity maps, estimated per slice from the undersampled k-space's "
+                        "autocalibration lines: espirit (default, sigpy's EspiritCalib) or acs-rss (the ACS "
+                        "coil images over their RSS, DIRECT's default); true: the simulation's own maps, a "
+                        "control (refused for acquired data)")
+    g.add_argument("--coil-compress", type=int, default=None, metavar="K",
+                   help="multi-coil data: SVD-compress each volume's coils to K virtual coils before the maps are "
+                        "estimated (fastMRI's 15-20 coils to 8 keeps CPU runs practical)")
 
 
 def _add_split_flags(parser: CliParser) -> None:
@@ -685,6 +826,12 @@ def _report(summary: dict[str, Any], preset: str | None) -> None:
     outside = f", {summary['slices_outside_range']} outside --slice-range" if summary["slices_outside_range"] else ""
     counts = "; ".join(f"{split}: {len(summary[f'{split}_volumes'])} volumes, {summary[f'{split}_slices']} slices"
                        for split in SPLITS if summary[f"{split}_volumes"])
+    if "coils" in summary:
+        compressed = f", compressed to {summary['coil_compress']} virtual coils" if "coil_compress" in summary else ""
+        how = ("the simulation's own maps, a control" if summary["maps"] == TRUE_MAPS else
+               "estimated per slice from the undersampled k-space's ACS lines")
+        print(f"multi-coil: {summary['coils']} coils ({summary['coil_source']}{compressed}), maps: {summary['maps']} "
+              f"({how})")
     print(f"{counts} (split by {summary['split']}; {summary['skipped_slices']} near-empty slices skipped{outside}; leak "
           f"check passed); {size}x{size} {summary['image']} images (k-space: {summary['kspace']}), "
           f"{summary['mask_kind']} masks, acc {' '.join(summary['accs'])} -> "

@@ -121,7 +121,9 @@ def read_fastmri(path: Path, options: ReadOptions) -> list[Scan]:
         elif options.image == "magnitude" and reference in f:
             image = np.moveaxis(f[reference][()], 0, -1)
             source = Source(path.stem, str(path), path.stem, _Volume(image), image.shape)
-            return [Scan(name, str(path), "image", volume) for name, volume in read_volumes(source)]
+            # The user named this file: an image of few distinct values is still theirs to reconstruct.
+            volumes = read_volumes(source, allow_label_like=True)
+            return [Scan(name, str(path), "image", volume) for name, volume in volumes]
         else:
             lines = False  # fully sampled, read below
         data = kspace[()]
@@ -229,7 +231,7 @@ def read_nifti(path: Path, options: ReadOptions) -> list[Scan]:
     source = sources[0]
     affine = getattr(source.image, "affine", None)
     return [Scan(name, source.label, "image", volume, None, None if affine is None else np.asarray(affine),
-                 options.axis) for name, volume in read_volumes(source)]
+                 options.axis) for name, volume in read_volumes(source, allow_label_like=True)]
 
 
 # One entry per format, tried in this order.

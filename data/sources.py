@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import nibabel as nib
 import numpy as np
 
-from data.fastmri import multi_coil_message, open_volume
+from data.fastmri import open_volume
 from utils import UserError, clean_text, first_line
 
 # Label maps: ACDC's *_gt, MRBrainS's LabelsForTraining / LabelsForTesting, and the usual names elsewhere.
@@ -279,15 +279,14 @@ def fastmri_sources(inputs: list[str | Path], include: tuple[str, ...] | list[st
 
     A file's subject is its ``patient_id`` attribute, else its file name; its output volume is named after the
     file. Files whose ``acquisition`` attribute is not in ``acquisitions`` (None: keep all) are left out.
-    ``image="complex"`` (its k-space made into complex images) refuses multi-coil files.
+    ``image="complex"``: its k-space is made into complex images (multi-coil files: coil images, data/prepare.py
+    checks that their coil counts agree).
     Returns the sources, the files skipped by name, and ``{acquisition: files left out}``.
     """
     files, skipped = find_files(inputs, include, exclude, FASTMRI)
     sources, left_out = [], Counter()
     for file in files:
         volume = open_volume(_present(file.path))
-        if image == "complex" and volume.coils != 1:
-            raise UserError(multi_coil_message(volume.path, volume.coils))
         if acquisitions is not None and volume.acquisition not in acquisitions:
             left_out[volume.acquisition or "(none)"] += 1
             continue

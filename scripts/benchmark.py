@@ -34,11 +34,11 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from data.dataset import Sample  # noqa: E402
-from data.fft import fft2  # noqa: E402
+from data.fft import data_fidelity, fft2, reduce, to_channels  # noqa: E402
 from data.layout import acc_folder, mask_name, undersample, write_volume  # noqa: E402
 from data.masks import cartesian_row_mask  # noqa: E402
 from models.distill.losses import build_kd_loss  # noqa: E402
-from models.nets.registry import PRESETS  # noqa: E402
+from models.nets.registry import PRESETS, with_image_channels  # noqa: E402
 from models.nets.sft import SFTConfig  # noqa: E402
 from models.training import speed  # noqa: E402
 from models.training.loop import TrainStep  # noqa: E402
@@ -51,6 +51,8 @@ PRECISIONS = {"fp32": "float32, TF32 off", "tf32": "float32, TF32 conv", "bf16":
 # The paper's networks, the ones the training scripts default to (--model teacher / student).
 TEACHER, STUDENT = PRESETS["teacher"], PRESETS["student"]
 STEPS = ("teacher", "student", "sft", "kd-imitation", "kd-at", "kd-fsp", "eval")
+# The steps timed on multi-coil batches (--coils): a training step and an evaluation slice.
+MULTICOIL_STEPS = ("teacher", "eval")
 ROOFLINE_ROUND_S = 0.05  # back-to-back convolutions per round of the roofline, in seconds
 ROOFLINE_ROUNDS = 7  # rounds of the roofline probe; its figure is their median
 
@@ -195,16 +197,45 @@ def roofline(batch: int, size: int, device: torch.device, dtype: torch.dtype, ba
 
 class Workload:
     """One random batch at (batch, 1, size, size) on ``device`` and the timed calls of the training steps of
-    models/training/steps.py (the ones the training scripts run) on it."""
+    models/training/steps.py (the ones the training scripts run) on it. With ``coils`` N: a multi-coil batch
+    instead, complex images (batch, 2, size, size), N coils' k-space and random maps of unit RSS
+    (data/fft.py), for the teacher and evaluation steps only."""
 
-    def __init__(self, batch: int, size: int, device: torch.device, amp: bool, compile_models: bool):
-        self.device, self.amp, self.compile = device, amp, compile_models
-        zero_filled = torch.rand(batch, 1, size, size, device=device)
+    def __init__(self, batch: int, size: int, device: torch.device, amp: bool, compile_models: bool,
+                 coils: int | None = None):
+        self.device, self.amp, self.compile, self.coils = device, amp, compile_models, coils
         mask = torch.from_numpy(cartesian_row_mask((size, size), "4x"))[None, None]
         mask = mask.expand(batch, 1, size, size).contiguous().to(device)
-        self.batch = Sample(zero_filled=zero_filled, kspace_under=fft2(zero_filled) * mask,
-                            target=torch.rand(batch, 1, size, size, device=device), mask=mask,
-                            fname=("benchmark",) * batch, slice=torch.arange(batch), acc=("4x",) * batch)
+        if coils is None:
+            zero_filled = torch.rand(batch, 1, size, size, device=device)
+            kspace, maps, target = fft2(zero_filled) * mask, None, torch.rand(batch, 1, size, size, device=device)
+        else:
+            generator = torch.Generator().manual_seed(0)
+            maps = torch.randn(batch, coils, size, size, dtype=torch.complex64, generator=generator)
+            maps = (maps / torch.linalg.vector_norm(maps, dim=1, keepdim=True)).to(device)
+            kspace = torch.randn(batch, coils, size, size, dtype=torch.complex64, generator=generator).to(device) * mask
+            zero_filled = to_channels(reduce(kspace, maps))
+            target = torch.rand(batch, 2, size, size, device=device)
+        self.batch = Sample(zero_filled=zero_filled, kspace_under=kspace, target=target, mask=mask,
+                            fname=("benchmark",) * batch, slice=torch.arange(batch), acc=("4x",) * batch, maps=maps)
+
+    def net(self, config):
+        """``config`` for this workload's images (2 channels for multi-coil data)."""
+        return with_image_channels(config, 1 if self.coils is None else 2)
+
+    def data_fidelity(self, backward: bool) -> Callable[[], None]:
+        """The teacher's five DF calls alone (forward, and with ``backward`` their backward too), on this
+        workload's images: the FFT / DF share of a step."""
+        inputs = self.batch.inputs
+        image = torch.rand_like(inputs.zero_filled, requires_grad=backward)
+
+        def calls():
+            x = image
+            for _ in range(TEACHER.n_cascades):
+                x = data_fidelity(x, inputs.kspace_under, inputs.mask, inputs.maps)
+            if backward:
+                x.sum().backward()
+        return calls
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -233,11 +264,11 @@ class Workload:
     def step(self, name: str, fmt) -> Callable[[], None]:
         """The training (or, for ``eval``, inference) step ``name`` of :data:`STEPS` in layout ``fmt``."""
         if name in ("teacher", "student"):
-            return self.trainer(ReconStep((TEACHER if name == "teacher" else STUDENT).build()), fmt)
+            return self.trainer(ReconStep(self.net(TEACHER if name == "teacher" else STUDENT).build()), fmt)
         if name == "sft":
             return self.sft_step(fmt, speed.sft_variant(self.device))
         if name == "eval":
-            teacher = ReconStep(TEACHER.build()).to(self.device, memory_format=fmt).eval()
+            teacher = ReconStep(self.net(TEACHER).build()).to(self.device, memory_format=fmt).eval()
 
             @torch.inference_mode()
             def evaluate():
@@ -321,6 +352,25 @@ def measure_precision(run: Run, precision: str, layouts: list[str] | None) -> No
             fastest = min(timings, key=lambda v: statistics.median(timings[v].seconds))
             report.note(f"{label}: fastest SFT step variant on {device.type}: {fastest}; models/training/speed.py "
                         f"SFT_VARIANT[{device.type!r}] = {speed.sft_variant(device)!r}")
+    for coils in args.coils or ():
+        layout = chosen[0]  # the asked layout, else the one training picks
+        cells = [(f"{name}, multi-coil {coils} coils, {layout}", precision) for name in MULTICOIL_STEPS]
+        with run.block(f"{label}: multi-coil, {coils} coils", cells):
+            work = Workload(batch, size, device, amp, args.compile, coils)
+            fmt = speed.MEMORY_FORMATS[layout]
+            steps = {name: work.step(name, fmt) for name in MULTICOIL_STEPS}
+            steps.update({f"df-{name}": work.data_fidelity(name != "eval") for name in MULTICOIL_STEPS})
+            timings = time_interleaved(steps, run.repeats, device)
+            shares = []
+            for (row, _), name in zip(cells, MULTICOIL_STEPS):
+                timing = timings[name]
+                roof = roofs.get(name != "eval")
+                report.cell(row, precision, step_cell(timing, batch, flops[name] * pixels, roof))
+                share = statistics.median(timings[f"df-{name}"].seconds) / statistics.median(timing.seconds)
+                shares.append(f"{name} {100 * share:.0f} %")
+            report.note(f"{label}: multi-coil, {coils} coils (teacher D5C5, 2-channel images): the five DF calls "
+                        f"(expand, replace, reduce; forward, and backward when training) take {', '.join(shares)} of "
+                        "the step, timed alone in the same rounds")
     del work
     if device.type == "cpu":
         report.note(f"{label}: peak RSS of the step timings so far "

@@ -1,18 +1,20 @@
-"""The compression report: what each network costs (parameters, FLOPs, peak memory, latency against a convolution
-roofline measured in the same run) and what it gives (PSNR / SSIM from an evaluation folder), the ratios of each
-to the first (the teacher), and a PSNR-against-latency plot with the Pareto front.
+"""The compression report: what each network costs and gives, its ratios to the teacher, PSNR against latency.
+
+Costs: parameters, FLOPs, peak memory, latency against a convolution roofline measured in the same run; gains:
+PSNR / SSIM from an evaluation folder; the ratios of each network to the first (the teacher), and a
+PSNR-against-latency plot with the Pareto front.
 
 Usage::
 
     python -m scripts.compression --checkpoints TEACHER.pt STUDENT.pt [KD.pt ...] [--names ...]
-        [--eval-dir EVAL_DIR] --out-dir DIR [--sizes 256 320] [--throughput-batch 8] [--repeats 7]
+        [--eval-dir EVAL_DIR] --out-dir DIR [--sizes 256 320] [--throughput-batch 8] [--repeats 7] [--coils 8]
 
 Latency is per slice, median and range over ``--repeats`` interleaved rounds (every network once per round, so a
 burst of load from other processes hits all alike), at batch 1 and ``--throughput-batch``, each ``--sizes``, on
 1 thread and on all (and on CUDA where present), in the fastest exact mode (``torch.inference_mode``, float32,
 the memory layout evaluate.py takes). Each cell's fraction of the roofline compares the FLOPs the network does
 per second with a 3x3 32 -> 32 forward convolution at the same batch, size, threads and device, measured in the
-same run (scripts/benchmark.py's probe). FLOPs are FlopCounterMode's (the convolutions; models/cost.py).
+same run (scripts/benchmark.py's probe). FLOPs are FlopCounterMode's (the convolutions; models/inference/cost.py).
 ``--eval-dir``: evaluate.py's folder; a network's PSNR / SSIM are its row in summary.json, matched by checkpoint
 path, else by name.
 
@@ -37,11 +39,13 @@ import torch  # noqa: E402
 
 from data.outputs import staged, write_json, write_text  # noqa: E402
 from models.checkpoints.format import load_model  # noqa: E402
-from models.cost import count_parameters, forward_flops, pareto_front, peak_memory_bytes, synthetic_inputs  # noqa: E402
-from models.inference import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
+from models.inference.cost import (count_parameters, forward_flops, pareto_front, peak_memory_bytes,  # noqa: E402
+                                   synthetic_inputs)
+from models.inference.forward import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
 from models.nets.registry import describe_arch, image_channels_of, reconstructor  # noqa: E402
 from scripts.benchmark import profile_category, roofline, time_interleaved  # noqa: E402
-from utils import CliParser, UserError, clean_text, describe_machine, machine, run_cli  # noqa: E402
+from models.evaluation.results import default_names  # noqa: E402
+from utils import CliParser, UserError, describe_machine, machine, run_cli  # noqa: E402
 
 STAGE_PREFIX = ".compression-"
 ROOFLINE_ROUNDS = 3
@@ -53,16 +57,7 @@ def network_names(paths: list[Path], checkpoints: list[dict], given: list[str] |
         if len(given) != len(paths) or len(set(given)) != len(given):
             raise UserError(f"--names needs {len(paths)} different names, one per checkpoint")
         return given
-    names, taken = [], set()
-    for path, ckpt in zip(paths, checkpoints):
-        name = clean_text(ckpt.get("run_name") or "").strip() or path.resolve().parent.name or path.stem
-        candidate, copy = name, 1
-        while candidate in taken:
-            copy += 1
-            candidate = f"{name}-{copy}"
-        taken.add(candidate)
-        names.append(candidate)
-    return names
+    return default_names(paths, checkpoints, reserved=())
 
 
 def quality(eval_dir: Path | None, paths: list[Path], names: list[str]) -> dict[str, dict[str, float]]:
@@ -99,12 +94,20 @@ def settings(devices: list[torch.device], sizes: list[int], batches: list[int]) 
     return cells
 
 
-def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: list[dict], repeats: int,
+def network_inputs(kinds: dict[str, tuple[int, int | None]], name: str, size: int, batch: int) -> tuple:
+    """:func:`models.cost.synthetic_inputs` for network ``name``; kinds: name -> (image channels, coils or None
+    for single-coil networks)."""
+    channels, coils = kinds[name]
+    return synthetic_inputs(size, batch, channels, coils=coils)
+
+
+def measure(nets: dict[str, torch.nn.Module], kinds: dict[str, tuple], cells: list[dict], repeats: int,
             modes: dict[str, tuple[str, str]]) -> list[dict]:
     """Latency rows: one per cell and network in each mode (``modes``: entry name -> (network, mode of
-    models/inference.py)), with seconds per slice (median, min, max), FLOP/s (the exact network's FLOPs: a mode
+    models/inference/forward.py)), with seconds per slice (median, min, max), FLOP/s (the exact network's FLOPs: a mode
     changes how, not what, is computed) and the fraction of the cell's roofline."""
     rows = []
+    counted: dict[tuple, int] = {}  # FLOPs do not depend on the threads or the mode
     saved_threads = torch.get_num_threads()
     try:
         for cell in cells:
@@ -115,8 +118,11 @@ def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: l
             calls, flops = {}, {}
             for entry, (name, mode) in modes.items():
                 ready = for_inference(nets[name], device, (size, size), batch)
-                inputs = tuple(t.to(device) for t in synthetic_inputs(size, batch, channels[name]))
-                flops[entry] = forward_flops(ready, *inputs)
+                inputs = tuple(t.to(device) for t in network_inputs(kinds, name, size, batch))
+                key = (name, device.type, size, batch)
+                if key not in counted:
+                    counted[key] = forward_flops(ready, *inputs)
+                flops[entry] = counted[key]
                 ready = inference_network(ready, mode)
 
                 def call(ready=ready, inputs=inputs):
@@ -128,7 +134,8 @@ def measure(nets: dict[str, torch.nn.Module], channels: dict[str, int], cells: l
             for name, timing in timings.items():
                 median, fastest, slowest = timing.per_slice(batch)
                 gflops = flops[name] / batch / median / 1e9
-                rows.append({**cell, "network": name, "mode": modes[name][1], "median_s": median, "min_s": fastest, "max_s": slowest,
+                rows.append({**cell, "network": name, "mode": modes[name][1], "median_s": median, "min_s": fastest,
+                             "max_s": slowest,
                              "gflops": gflops, "roofline_gflops": roof.median, "roofline_layout": roof.layout,
                              "of_roofline": gflops / roof.median})
     finally:
@@ -141,7 +148,7 @@ NARROW_CONVOLUTIONS = "1-channel convolutions (first and last of each block)"
 PROFILE_CALLS = 3
 
 
-def profile(nets: dict[str, torch.nn.Module], channels: dict[str, int], modes: dict[str, tuple[str, str]],
+def profile(nets: dict[str, torch.nn.Module], kinds: dict[str, tuple], modes: dict[str, tuple[str, str]],
             size: int) -> dict[str, dict]:
     """Where a batch-1 forward pass at ``size`` spends its time, on all threads, per network and mode: seconds
     per forward of each of scripts/benchmark.py's op categories, the convolutions split into the 32 -> 32 ones
@@ -150,7 +157,7 @@ def profile(nets: dict[str, torch.nn.Module], channels: dict[str, int], modes: d
     found = {}
     for entry, (name, mode) in modes.items():
         ready = inference_network(for_inference(nets[name], torch.device("cpu"), (size, size), 1), mode)
-        inputs = synthetic_inputs(size, 1, channels[name])
+        inputs = network_inputs(kinds, name, size, 1)
         with torch.inference_mode():
             ready(*inputs)  # kernel selection, compilation
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -184,14 +191,14 @@ def profile_text(profiles: dict[str, dict], size: int, threads: int) -> list[str
     return lines
 
 
-def static_costs(nets: dict[str, torch.nn.Module], channels: dict[str, int], sizes: list[int]) -> dict[str, dict]:
+def static_costs(nets: dict[str, torch.nn.Module], kinds: dict[str, tuple], sizes: list[int]) -> dict[str, dict]:
     """Parameters, FLOPs per slice and peak memory (batch 1) per network and size."""
     costs = {}
     for name, net in nets.items():
         ready = for_inference(net, torch.device("cpu"), (sizes[-1], sizes[-1]), 1)
         costs[name] = {"parameters": count_parameters(net), "flops": {}, "peak_bytes": {}}
         for size in sizes:
-            inputs = synthetic_inputs(size, 1, channels[name])
+            inputs = network_inputs(kinds, name, size, 1)
             costs[name]["flops"][str(size)] = forward_flops(ready, *inputs)
             costs[name]["peak_bytes"][str(size)] = peak_memory_bytes(ready, *inputs)
     return costs
@@ -199,8 +206,8 @@ def static_costs(nets: dict[str, torch.nn.Module], channels: dict[str, int], siz
 
 def ratios(costs: dict, rows: list[dict], scores: dict, reference: str, cell: dict) -> dict[str, dict]:
     """Each network against ``reference`` (the first): parameters and FLOPs as reference / network (the
-    compression), latency as reference / network (the speed-up) in ``cell``, in the exact mode and (``speed_up_by_mode``)
-    in each mode against the reference in the same mode, PSNR and SSIM as differences."""
+    compression), latency as reference / network (the speed-up) in ``cell``, in the exact mode and
+    (``speed_up_by_mode``) in each mode against the reference in the same mode, PSNR and SSIM as differences."""
     latency = {row["network"]: row["median_s"] for row in rows
                if all(row[key] == value for key, value in cell.items())}
     modes = sorted({row["mode"] for row in rows if row["mode"] != "exact"})
@@ -266,7 +273,7 @@ def table(report: dict) -> str:
                      f"{r.get('SSIM_difference', float('nan')):+.4f} |")
     if report.get("profile"):
         lines += profile_text(report["profile"], report["ratio_cell"]["size"], report["ratio_cell"]["threads"])
-    lines += ["", "Modes (models/inference.py): " + "; ".join(f"{mode}: {INFERENCE_MODES[mode][0]}"
+    lines += ["", "Modes (models/inference/forward.py): " + "; ".join(f"{mode}: {INFERENCE_MODES[mode][0]}"
                                                          for mode in dict.fromkeys(report["modes"].values())) + ".",
               "", "![latency against quality](compression.png)", ""]
     return "\n".join(lines)
@@ -280,12 +287,15 @@ def plot(report: dict, path: Path) -> None:
     cell = report["ratio_cell"]
     latency = {row["network"]: row["median_s"] * 1e3 for row in report["latency"]
                if all(row[key] == value for key, value in cell.items())}
-    names = report["networks"]
+    # Every network in the exact mode and in the modes equal to it up to float32 rounding (fused): their PSNR is
+    # the evaluated one. bf16 changes the output beyond that and its PSNR is not evaluated here.
+    names = [entry for entry, mode in report["modes"].items() if mode in ("exact", "fused")]
+    base = {entry: entry.split("+")[0] for entry in names}
     if report["quality"]:
-        names = [n for n in names if n in report["quality"]]
-        values, label = [report["quality"][n]["PSNR"] for n in names], "PSNR (dB)"
+        names = [n for n in names if base[n] in report["quality"]]
+        values, label = [report["quality"][base[n]]["PSNR"] for n in names], "PSNR (dB)"
     else:
-        values = [-report["costs"][n]["flops"][str(cell["size"])] / 1e9 for n in names]
+        values = [-report["costs"][base[n]]["flops"][str(cell["size"])] / 1e9 for n in names]
         label = "- GFLOP per slice (higher is cheaper)"
     points = [(latency[n], v) for n, v in zip(names, values)]
     front = pareto_front(points)
@@ -314,41 +324,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--throughput-batch", type=int, default=8, help="the batch of the throughput rows")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per cell")
     parser.add_argument("--modes", nargs="+", choices=tuple(INFERENCE_MODES), default=["exact", "fused"],
-                        help="inference modes to time (models/inference.py); exact is the training forward, the "
-                             "others are named {network}+{mode} in the latency table")
+                        help="inference modes to time (models/inference/forward.py); exact is the training forward, "
+                             "the others are named {network}+{mode} in the latency table")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto",
                         help="auto: the CPU, and CUDA too where present")
     parser.add_argument("--profile", action="store_true",
                         help="also profile a batch-1 forward at the largest size on all threads, per network and mode")
+    parser.add_argument("--coils", type=int, default=None, metavar="N",
+                        help="run multi-coil networks on N coils (default: as many as each was trained on); "
+                             "single-coil networks stay single-coil")
     parser.add_argument("--overwrite", action="store_true")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.repeats < 1 or args.throughput_batch < 1 or min(args.sizes) < 8:
-        raise UserError("--repeats and --throughput-batch must be at least 1, --sizes at least 8")
+    if args.repeats < 1 or args.throughput_batch < 1 or min(args.sizes) < 8 or (args.coils or 1) < 1:
+        raise UserError("--repeats, --throughput-batch and --coils must be at least 1, --sizes at least 8")
     loaded = [load_model(path, "--checkpoints") for path in args.checkpoints]
     names = network_names(args.checkpoints, [ckpt for _, ckpt in loaded], args.names)
     nets = {name: reconstructor(model).eval() for name, (model, _) in zip(names, loaded)}
-    channels = {name: image_channels_of(ckpt["arch"]) for name, (_, ckpt) in zip(names, loaded)}
+    # A multi-coil network runs on as many coils as it was trained on, --coils N where given.
+    kinds = {name: (image_channels_of(ckpt["arch"]), (args.coils or ckpt["config"]["coils"])
+                    if ckpt.get("config", {}).get("coils") else None)
+             for name, (_, ckpt) in zip(names, loaded)}
     scores = quality(args.eval_dir, args.checkpoints, names)
     sizes = sorted(set(args.sizes))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if args.device == "auto" and torch.cuda.is_available()
                                        else [])
-    costs = static_costs(nets, channels, sizes)
+    costs = static_costs(nets, kinds, sizes)
     modes = {name if mode == "exact" else f"{name}+{mode}": (name, mode)
              for mode in dict.fromkeys(["exact", *args.modes]) for name in names}
-    rows = measure(nets, channels, settings(devices, sizes, sorted({1, args.throughput_batch})), args.repeats, modes)
+    rows = measure(nets, kinds, settings(devices, sizes, sorted({1, args.throughput_batch})), args.repeats, modes)
     all_threads = max(row["threads"] or 0 for row in rows)
     cell = {"device": "cpu", "threads": all_threads, "size": sizes[-1], "batch": 1}
     report = {"machine": machine(), "machine_line": describe_machine(machine()), "networks": names,
               "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)},
               "describe": {n: describe_arch(ckpt["arch"]).split(" (")[0] for n, (_, ckpt) in zip(names, loaded)},
-              "sizes": sizes, "repeats": args.repeats, "modes": {entry: mode for entry, (_, mode) in modes.items()}, "costs": costs, "quality": scores, "latency": rows,
+              "sizes": sizes, "repeats": args.repeats, "modes": {entry: mode for entry, (_, mode) in modes.items()},
+              "costs": costs, "quality": scores, "latency": rows,
               "ratio_cell": cell, "ratio_cell_text": f"{sizes[-1]} x {sizes[-1]}, batch 1, {all_threads} threads, CPU"}
     report["ratios"] = ratios(costs, rows, scores, names[0], cell)
-    report["profile"] = profile(nets, channels, modes, sizes[-1]) if args.profile else {}
+    report["profile"] = profile(nets, kinds, modes, sizes[-1]) if args.profile else {}
     with staged(args.out_dir, "--out-dir", STAGE_PREFIX, "compression_manifest.json", args.overwrite) as stage:
         write_json(stage / "compression.json", report)
         write_text(stage / "compression.md", table(report))

@@ -2,7 +2,11 @@
 # The whole SFT-KD-Recon pipeline on the MNI152 brain template shipped with nilearn (no data, no network):
 # prepare -> teacher, student, SFT teacher -> Std-KD and SFT-KD-Recon with AT -> evaluate -> table + figure.
 #
-#   bash scripts/demo.sh [--overwrite]
+#   bash scripts/demo.sh [--overwrite] [--coils N]
+#
+# --coils N: multi-coil data instead, N simulated birdcage coils on the template given a smooth random phase
+# (--synthetic-phase 1), maps estimated by ESPIRiT from the undersampled k-space's ACS rows (DEMO_MAPS: espirit,
+# acs-rss or true), a 5-row fully sampled centre at 32 x 32 (--center-fraction 0.16: ESPIRiT needs 4 rows or more).
 #
 # Outputs in results/demo (DEMO_OUT): table.md, figure.png (the test slice with the median teacher PSNR), eval/
 # (per-slice metrics), runs/ (checkpoints and TensorBoard logs), data/. The defaults (32 x 32, 40 epochs, lr / 10
@@ -23,25 +27,34 @@ METHOD=${DEMO_METHOD:-at}
 PYTHON=${PYTHON:-python}
 ACC=${DEMO_ACC:-4x}
 DEMO_TRAIN_FLAGS=${DEMO_TRAIN_FLAGS:-}
+MAPS=${DEMO_MAPS:-espirit}
+USAGE="usage: bash scripts/demo.sh [--overwrite] [--coils N]"
 
-if [ $# -gt 1 ]; then
-    echo "error: expected at most one argument, got $#; usage: bash scripts/demo.sh [--overwrite]" >&2
-    exit 2
-fi
-case "${1:-}" in
-    "") ;;
-    --overwrite) rm -rf "$OUT" ;;
-    *) echo "error: unknown argument '$1'; usage: bash scripts/demo.sh [--overwrite]" >&2; exit 2 ;;
-esac
+OVERWRITE=
+COILS=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --overwrite) OVERWRITE=1; shift ;;
+        --coils)
+            if [ $# -lt 2 ] || ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then
+                echo "error: --coils needs a number of coils, e.g. --coils 8; $USAGE" >&2
+                exit 2
+            fi
+            COILS=$2; shift 2 ;;
+        *) echo "error: unknown argument '$1'; $USAGE" >&2; exit 2 ;;
+    esac
+done
+[ -n "$OVERWRITE" ] && rm -rf "$OUT"
 if [ -e "$OUT" ]; then
     echo "error: $OUT already exists; rerun with --overwrite to replace it (or set DEMO_OUT)" >&2
     exit 2
 fi
 start=$(date +%s)
-echo "SFT-KD-Recon demo: MNI152 template, ${SIZE}x${SIZE} slices, ${SLICES:-all} slices, ${EPOCHS} epochs, acc ${ACC}, KD method ${METHOD} -> ${OUT}"
+echo "SFT-KD-Recon demo: MNI152 template, ${SIZE}x${SIZE} slices, ${SLICES:-all} slices, ${EPOCHS} epochs, acc ${ACC}, KD method ${METHOD}${COILS:+, ${COILS} simulated coils (maps: ${MAPS})} -> ${OUT}"
 
 "$PYTHON" -m data.prepare --demo --out-dir "$OUT/data" --size "$SIZE" --resize --acc "$ACC" \
-    ${SLICES:+--max-slices-per-volume "$SLICES"}
+    ${SLICES:+--max-slices-per-volume "$SLICES"} \
+    ${COILS:+--synthetic-phase 1 --coils "$COILS" --maps "$MAPS" --center-fraction 0.16}
 RESULTS="$OUT/runs" KD_METHODS="$METHOD" TRAIN_FLAGS="--device auto --image-every 2 --lr-step-size 20 $DEMO_TRAIN_FLAGS" \
     bash scripts/train_all.sh "$OUT/data" "$ACC" "$EPOCHS"
 

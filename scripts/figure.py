@@ -36,7 +36,7 @@ if not __package__:  # run by path: the repository root, which holds the package
     print("error: run it as a module from the repository root: python -m scripts.figure ...", file=sys.stderr)
     sys.exit(2)
 
-from data.layout import acc_folder, keys_for  # noqa: E402
+from data.layout import RSS_KEY, acc_folder, keys_for  # noqa: E402
 from data.masks import acc_type  # noqa: E402
 from models.evaluation.engine import ZF_NAME  # noqa: E402
 from models.evaluation.recons import RECON_KEY  # noqa: E402
@@ -54,14 +54,16 @@ def _magnitude(values: np.ndarray) -> np.ndarray:
 
 def read_volume(path: Path, acc: str) -> tuple[np.ndarray, np.ndarray]:
     """Target and ZF images of one data file, each (S, H, W) float64 (the file stores (H, W, S)); complex images
-    are shown as their magnitude, which evaluate.py scores and saves."""
+    are shown as their magnitude, which evaluate.py scores and saves; multi-coil targets are the stored RSS."""
     target_key, zf_key, _ = keys_for(acc)
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in (target_key, zf_key) if k not in f]
             if missing:
                 raise UserError(f"{path} has no dataset {missing[0]!r}; is it prepared for --acc {acc}?")
-            target, zero_filled = (_magnitude(f[k][()]) for k in (target_key, zf_key))
+            # Multi-coil data are scored against the RSS of the fully sampled coils (data/layout.py).
+            target = _magnitude(f[RSS_KEY][()] if RSS_KEY in f else f[target_key][()])
+            zero_filled = _magnitude(f[zf_key][()])
     except OSError as exc:
         raise UserError(f"{path} is not a readable HDF5 file ({first_line(exc, 100)})") from exc
     if target.ndim == 2:

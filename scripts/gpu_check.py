@@ -298,6 +298,9 @@ def build_parser() -> CliParser:
                         "slices, one round (checks that everything runs; the times mean nothing)")
     p.add_argument("--size", type=int, default=240, help="slice size N (N x N)")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--coils", type=int, nargs="+", default=None, metavar="N",
+                   help="also time the teacher's training step and evaluation on multi-coil batches of N coils "
+                        "each (e.g. 15 8: fastMRI brain and after --coil-compress 8), with the DF share")
     p.add_argument("--slices", type=int, default=32, help="training slices of the whole-process runs")
     p.add_argument("--val-slices", type=int, default=8)
     p.add_argument("--data-root", type=Path, default=None, help="use this data instead of synthetic data")

@@ -1,10 +1,9 @@
-"""Reconstruct one's own scans with a trained checkpoint: fastMRI, ISMRMRD or NIfTI files in, NIfTI volumes or
-fastMRI submission files out.
+"""Reconstruct one's own scans (fastMRI, ISMRMRD, NIfTI) with a trained checkpoint, to NIfTI or fastMRI submissions.
 
 Usage::
 
     python -m scripts.reconstruct CHECKPOINT INPUT... --out-dir DIR [--format nifti|fastmri] [--png]
-        [--no-undersample] [--mask FILE] [--acc 4x] [--mode exact|fused|bf16|compile] [--batch-size 4]
+        [--no-undersample] [--mask FILE] [--acc 4x] [--mode exact|fused|bf16] [--batch-size 4]
         [--device auto|cpu|cuda] [--overwrite]
     python -m scripts.reconstruct CHECKPOINT --export student.pt2 [--mode exact|fused]
 
@@ -21,8 +20,8 @@ the input's affine where it has one) or ``{name}.h5`` (``--format fastmri``: dat
 in the input's units, which fastMRI's evaluate.py scores); with ``--png`` also ``png/{name}_{slice}.png``. They
 replace the previous run's files only once every input is done (``manifest.json``); on any error nothing is
 written. A slice's reconstruction is evaluate.py's for the same slice and checkpoint, bit for bit, in the default
-``--mode exact`` (the training forward); the faster modes (models/inference.py) differ by float rounding (fused,
-compile) or bfloat16 rounding (bf16), as tests/test_inference_modes.py bounds.
+``--mode exact`` (the training forward); the faster modes (models/inference/forward.py) differ by float rounding
+(fused) or bfloat16 rounding (bf16), as tests/test_inference_modes.py bounds.
 
 ``--export FILE.pt2`` writes the network instead, as a torch.export program that runs with torch alone (no
 checkout of this repository): ``torch.export.load(FILE).module()(zero_filled, kspace_under, mask)``; the file's
@@ -44,7 +43,7 @@ from data.outputs import staged  # noqa: E402
 from data.recon_files import FILE_NAMES, WRITERS, write_png  # noqa: E402
 from data.scans import ReadOptions, network_inputs, read_scans  # noqa: E402
 from models.checkpoints.format import load_model  # noqa: E402
-from models.inference import (EXPORT_USAGE, INFERENCE_MODES, checkpoint_target, export_program,  # noqa: E402
+from models.inference.forward import (EXPORT_USAGE, INFERENCE_MODES, checkpoint_target, export_program,  # noqa: E402
                               for_inference, inference_network, reconstruct)
 from models.nets.registry import describe_arch, image_channels_of, reconstructor  # noqa: E402
 from models.training.distributed import resolve_device  # noqa: E402

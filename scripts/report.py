@@ -29,6 +29,7 @@ if not __package__:  # run by path: the repository root, which holds the package
     sys.exit(2)
 
 from data.masks import parse_acc  # noqa: E402
+from models.evaluation.cs import CS_ROW  # noqa: E402
 from models.evaluation.metrics import metric as registered, used_for  # noqa: E402
 from models.distill.roles import BASE_RUNS, kd_prefix  # noqa: E402
 from scripts.study import contrasts  # noqa: E402
@@ -41,8 +42,10 @@ from utils import (CliParser, UserError, clean_lines, clean_text, csv_text, desc
 # sft0 / sft0kd: the SFT arm trained with --imitation-weight 0, which is what the public code's
 # vanishing imitation term trains in effect (scripts/study/study.sh runs it beside the paper's formula).
 # Row key (a base run's name) -> table label.
-BASE_ROLES = {"zf": "ZF", "teacher": "Teacher", "student": "Student", "sft": "SFT teacher",
+BASE_ROLES = {"zf": "ZF", "cs": CS_ROW, "teacher": "Teacher", "student": "Student", "sft": "SFT teacher",
               "sft0": "SFT teacher, imitation 0"}
+# Rows that are not trained models (one per column, no seeds): the zero-filled input and the CS baseline.
+BASELINE_ROLES = ("zf", "cs")
 KD_ROLES = ARM_LABELS
 _NAME = re.compile(r"^(?:(?P<base>zf|teacher|student|sft0|sft)|(?P<kd>stdkd|sftkd|sft0kd)-(?P<method>.+?))"
                    r"(?:-seed(?P<seed>\d+))?$")
@@ -58,6 +61,8 @@ def parse_model_name(name: str) -> tuple[str, str | None, int | None] | None:
 
     role is one of ``zf, teacher, student, sft, stdkd, sftkd``; kd_method is None for the first four.
     """
+    if name.strip() == CS_ROW:
+        return "cs", None, None
     match = _NAME.match(name.strip().lower())
     if match is None or (match["base"] == "zf" and match["seed"] is not None):
         return None
@@ -183,7 +188,7 @@ def collect(folders: list[Path]) -> tuple[dict, list[str]]:
             role, method, seed = run.key
             seeds = table.setdefault((role, method), {}).setdefault(column, {})
             if seed in seeds:
-                if role == "zf":
+                if role in BASELINE_ROLES:
                     continue
                 raise UserError(f"model {name} at {column} is in both {seeds[seed].source} and {folder}; "
                                 "keep one, or rename one with a -seed{N} suffix (evaluate.py --names)")
@@ -390,7 +395,7 @@ def per_seed_table(table: dict, accs: list[str]) -> list[str]:
     for key, label in row_order(table):
         for acc in accs:
             seeds = table[key].get(acc)
-            if not seeds or key[0] == "zf":
+            if not seeds or key[0] in BASELINE_ROLES:
                 continue
             cells = [f"{seeds[s].mean('PSNR'):.2f} / {seeds[s].mean('SSIM'):.4f}" if s in seeds else "–"
                      for s in all_seeds]
@@ -470,7 +475,7 @@ def plot(table: dict, path: Path, write) -> None:
     import matplotlib.pyplot as plt
 
     accs = table_columns(table)
-    rows = [(key, label) for key, label in row_order(table) if key[0] != "zf"]
+    rows = [(key, label) for key, label in row_order(table) if key[0] not in BASELINE_ROLES]
     fig, axes = plt.subplots(len(accs), 2, figsize=(11, 1.2 + 0.45 * len(rows) * len(accs)), squeeze=False)
     for r, acc in enumerate(accs):
         for c, metric in enumerate(table_metrics()):
@@ -509,15 +514,27 @@ def read_machine(path: Path) -> dict:
 
 
 def data_lines(folders: list[Path]) -> list[str]:
-    """What the scored data were, from each summary.json's ``image`` and ``kspace`` (evaluate.py): one line per
-    kind, naming the folders when they differ. Folders written before these entries add nothing (all data were
+    """What the scored data were, from each summary.json's ``image`` and ``kspace`` (evaluate.py; multi-coil data
+    also ``coils``, ``coil_source`` and ``maps``): one line per kind, naming the folders when they differ, and the
+    CS row's lambdas. Folders written before these entries add nothing (all data were
     magnitude-derived then), so the committed study tables rebuild as they were."""
     kinds: dict[str, list[str]] = {}
+    lambdas: list[str] = []
     for folder in folders:
         summary = json.loads((folder / "summary.json").read_text())
         if "kspace" in summary:
-            kinds.setdefault(f"k-space: {summary['kspace']} ({summary.get('image')} images)", []).append(str(folder))
+            kind = f"k-space: {summary['kspace']} ({summary.get('image')} images)"
+            if "coils" in summary:
+                source = clean_text(str(summary.get("coil_source") or "")).split(" (")[0]
+                kind = (f"multi-coil, {summary['coils']} coils{f' ({source})' if source else ''}, maps: "
+                        f"{clean_text(str(summary.get('maps')))}; {kind}")
+            kinds.setdefault(kind, []).append(str(folder))
+        cs = summary.get("cs")
+        if isinstance(cs, dict) and isinstance(cs.get("lambda"), (int, float)):
+            lambdas.append(f"{cs['lambda']:g} ({clean_text(str(cs.get('chosen_on')))}, {folder.name})")
     lines = list(kinds) if len(kinds) == 1 else [f"{kind}: {', '.join(names)}" for kind, names in kinds.items()]
+    if lambdas:
+        lines.append(f"{CS_ROW}: sigpy's L1WaveletRecon, lambda {'; '.join(lambdas)}")
     return ["", *lines] if lines else []
 
 

@@ -156,3 +156,48 @@ def assert_gradients_follow_df(model: torch.nn.Module, mask: torch.Tensor, scale
             assert p.grad.abs().sum().item() <= 1e-4 * scale[name], f"{name}: DF does not keep the sampled DC"
         else:
             assert p.grad.abs().sum() > 0, name
+
+
+def smooth_maps(coils: int, size: int) -> np.ndarray:
+    """(coils, size, size) complex64 smooth coil sensitivities with sum_c |S_c|^2 = 1: coil c peaks at angle
+    2 pi c / coils on a circle around the centre, its phase turning across the field of view (a cheap stand-in
+    for birdcage maps that needs no sigpy)."""
+    yy, xx = (np.mgrid[0:size, 0:size] + 0.5) / size * 2 - 1
+    maps = []
+    for c in range(coils):
+        angle = 2 * np.pi * c / coils
+        cy, cx = 1.5 * np.sin(angle), 1.5 * np.cos(angle)
+        maps.append(np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 4) * np.exp(1j * (angle + xx * np.cos(angle))))
+    maps = np.stack(maps)
+    return (maps / np.sqrt((np.abs(maps) ** 2).sum(0))).astype(np.complex64)
+
+
+def make_multicoil_dataset(root: Path, size: int = 16, coils: int = 4, accs=("4x",),
+                           volumes=(("train", 2), ("validation", 1)), slices: int = 3, method: str = "true",
+                           seed: int = 0) -> Path:
+    """A tiny multi-coil data set as data/prepare.py --coils writes it: smooth complex images times
+    :func:`smooth_maps`, row masks with a fully sampled centre, maps by ``method`` ("true": the simulation's)."""
+    from data.layout import MAPS_METHOD_ATTR, write_volume as write_layout_volume
+    from data.multicoil import simulate_coil_kspace, undersample_coils
+    from data.slicing import synthetic_phase
+    root.mkdir(parents=True, exist_ok=True)
+    masks = {acc: cartesian_row_mask((size, size), acc, seed=seed, center_fraction=0.25) for acc in accs}
+    for acc, mask in masks.items():
+        np.save(root / f"mask_{acc}.npy", mask)
+    maps = smooth_maps(coils, size)
+    index = 0
+    for split, count in volumes:
+        for _ in range(count):
+            magnitude = phantom(size, slices, seed + index)
+            images = np.moveaxis(magnitude * synthetic_phase(magnitude.shape, seed, f"vol{index}"), -1, 0)
+            coil_kspace = simulate_coil_kspace(images, maps)
+            coil_images = np.fft.ifft2(coil_kspace.astype(np.complex128), axes=(-2, -1), norm="ortho")
+            rss = np.moveaxis(np.sqrt((np.abs(coil_images) ** 2).sum(axis=1)), 0, -1).astype(np.float32)
+            for acc, a in undersample_coils(coil_kspace, masks, method, maps).items():
+                folder = root / split / f"acc_{acc}"
+                folder.mkdir(parents=True, exist_ok=True)
+                write_layout_volume(folder / f"vol{index}.h5", a["target"], a["kspace"], a["zf"], acc,
+                                    {"kspace_source": "test fixture", MAPS_METHOD_ATTR: method}, maps=a["maps"],
+                                    rss=rss)
+            index += 1
+    return root

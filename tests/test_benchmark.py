@@ -34,12 +34,16 @@ def test_benchmark_prints_every_step_in_both_layouts(tmp_path):
 @pytest.mark.slow
 def test_one_layout_and_bf16_only_time_what_was_asked(tmp_path):
     result = run_cli("-m", "scripts.benchmark", "--size", "8", "--repeats", "1", "--threads", "1",
-                     "--memory-format", "contiguous", "--precision", "bf16", "--skip-processes",
+                     "--memory-format", "contiguous", "--precision", "bf16", "--skip-processes", "--coils", "3",
                      "--out-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "table.md").is_file()
     assert "| teacher, contiguous | " in result.stdout and "channels_last |" not in result.stdout
     assert "| step | bf16 (--amp) |" in result.stdout
+    # --coils: the multi-coil rows and the DF share beside them.
+    assert "| teacher, multi-coil 3 coils, contiguous | " in result.stdout
+    assert "| eval, multi-coil 3 coils, contiguous | " in result.stdout
+    assert "multi-coil, 3 coils (teacher D5C5, 2-channel images): the five DF calls" in result.stdout
 
 
 @pytest.mark.slow

@@ -133,8 +133,8 @@ def test_mask_without_acs_raises(name, mask):
         assert len(acs_region(mask, min_lines=1).offsets) < MIN_ACS_LINES  # the premise
     with pytest.raises(ValueError, match="mask has no autocalibration region"):
         acs_region(mask)
-    with pytest.raises(ValueError, match="mask has no autocalibration region"):
-        estimate_maps(np.zeros((2, 32, 32), np.complex64), mask)
+    with pytest.raises(ValueError, match="^mask data/mask_4x.npy has no autocalibration region: "):
+        estimate_maps(np.zeros((2, 32, 32), np.complex64), mask, source="mask data/mask_4x.npy")
 
 
 # --------------------------------------------------------------------------- map estimation

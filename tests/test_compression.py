@@ -1,5 +1,5 @@
-"""The compression report (scripts/compression.py, models/cost.py): FLOPs as the formula gives them, ratios that
-agree with the counts, the table, JSON and plot written. No timing is asserted."""
+"""The compression report (scripts/compression.py, models/inference/cost.py): FLOPs as the formula gives them, ratios
+that agree with the counts, the table, JSON and plot written. No timing is asserted."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from torch import nn
 from conftest import cli_error
 from models.checkpoints.format import model_payload
 from models.checkpoints.io import save_checkpoint
-from models.cost import count_parameters, forward_flops, pareto_front, peak_memory_bytes, synthetic_inputs
+from models.inference.cost import count_parameters, forward_flops, pareto_front, peak_memory_bytes, synthetic_inputs
 from models.nets.dccnn import DCCNN, STUDENT, TEACHER
 from scripts import compression
 
@@ -45,7 +45,10 @@ def test_pareto_front():
     assert pareto_front(points) == [4, 0, 2, 3]
 
 
-def test_report_is_written_and_its_ratios_agree_with_the_counts(tmp_path, capsys):
+def test_report_is_written_and_its_ratios_agree_with_the_counts(tmp_path, capsys, monkeypatch):
+    # Properties only: one roofline round per cell and one profiled call are enough.
+    monkeypatch.setattr(compression, "ROOFLINE_ROUNDS", 1)
+    monkeypatch.setattr(compression, "PROFILE_CALLS", 1)
     torch.manual_seed(0)
     paths = {"teacher": tmp_path / "t.pt", "student": tmp_path / "s.pt"}
     for name, config in (("teacher", TEACHER), ("student", STUDENT)):
@@ -79,11 +82,13 @@ def test_report_is_written_and_its_ratios_agree_with_the_counts(tmp_path, capsys
     assert {(r["threads"], r["batch"]) for r in report["latency"]} >= {(1, 1), (1, 2)}
     for row in report["latency"]:
         assert row["min_s"] <= row["median_s"] <= row["max_s"]
-        assert row["of_roofline"] == pytest.approx(flops[row["network"].split("+")[0]] / row["median_s"] / 1e9 / row["roofline_gflops"])
+        gflops = flops[row["network"].split("+")[0]] / row["median_s"] / 1e9
+        assert row["of_roofline"] == pytest.approx(gflops / row["roofline_gflops"])
     # The profile splits the convolutions into the 32 -> 32 ones and the 1-channel ones, per network and mode.
     assert set(report["profile"]) == {"teacher", "student", "teacher+fused", "student+fused"}
     for found in report["profile"].values():
-        assert found["seconds"][compression.WIDE_CONVOLUTIONS] > 0 and found["seconds"][compression.NARROW_CONVOLUTIONS] > 0
+        seconds = found["seconds"]
+        assert seconds[compression.WIDE_CONVOLUTIONS] > 0 and seconds[compression.NARROW_CONVOLUTIONS] > 0
     text = (out / "compression.md").read_text()
     assert "Measured on:" in text and "2.88:1" in text and "-0.75 dB" in text
     assert (out / "compression.png").stat().st_size > 1000

@@ -62,8 +62,9 @@ def test_items_shapes_dtypes_and_names(tiny_data):
 def test_recon_inputs_are_a_batch_s_network_inputs_as_documented(tiny_data):
     batch = next(iter(DataLoader(SliceDataset(tiny_data, "train", "4x"), batch_size=3)))
     inputs = batch.inputs
-    assert inputs._fields == ("zero_filled", "kspace_under", "mask")
-    for name, dtype in zip(inputs._fields, (torch.float32, torch.complex64, torch.float32)):
+    assert inputs._fields == ("zero_filled", "kspace_under", "mask", "maps")
+    assert inputs.maps is None  # single-coil data
+    for name, dtype in zip(inputs._fields[:3], (torch.float32, torch.complex64, torch.float32)):
         assert getattr(inputs, name) is getattr(batch, name) and getattr(batch, name).dtype == dtype
         assert getattr(batch, name).shape == (3, 1, SIZE, SIZE)
     assert set(torch.unique(inputs.mask).tolist()) <= {0.0, 1.0}

@@ -25,12 +25,12 @@ def test_demo_writes_table_and_figure_and_refuses_to_overwrite(tmp_path):
     result = run_demo(out)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "table.md").read_text()
-    for row in ("ZF", "Teacher", "Student", "SFT teacher", "Std-KD (at)", "SFT-KD-Recon (at)"):
+    for row in ("ZF", "CS (L1-wavelet)", "Teacher", "Student", "SFT teacher", "Std-KD (at)", "SFT-KD-Recon (at)"):
         assert f"| {row} |" in table, row
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "eval" / "metrics.csv") as f:
         models = {row["model"] for row in csv.DictReader(f)}
-    assert models == {"ZF", "teacher", "student", "sft", "stdkd-at", "sftkd-at"}
+    assert models == {"ZF", "CS (L1-wavelet)", "teacher", "student", "sft", "stdkd-at", "sftkd-at"}
     # The demo's k-space is computed from magnitude images, and every record of the run says so.
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert (summary["image"], summary["kspace"]) == ("magnitude", "synthetic from magnitude")
@@ -54,6 +54,20 @@ def test_demo_writes_table_and_figure_and_refuses_to_overwrite(tmp_path):
     again = run_demo(out)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert (out / "table.md").read_bytes() == before
+
+
+def test_multicoil_demo_says_what_it_ran_on(tmp_path):
+    out = tmp_path / "demo"
+    result = run_demo(out, "--coils", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (out / "table.md").read_text()
+    assert "multi-coil, 8 coils (simulated), maps: espirit" in table
+    for row in ("ZF", "CS (L1-wavelet)", "Teacher", "SFT-KD-Recon (at)"):
+        assert f"| {row} |" in table, row
+    config = json.loads((out / "runs" / "4x" / "sftkd-at" / "config.json").read_text())
+    assert (config["coils"], config["maps"], config["image"]) == (8, "espirit", "complex")
+    bad = run_demo(tmp_path / "other", "--coils", "eight")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --coils needs a number")
 
 
 def test_paper_protocol_runs_and_reruns_skip_finished_runs(tmp_path):

@@ -31,7 +31,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, script):
     result = run_cli(script, *common, "--exp-dir", str(one), "--batch-size", "4")
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((two / "summary").glob("events.out.tfevents.*"))) == 2  # rank 0's scalars + hparams
-    assert sorted(p.name for p in two.iterdir()) == ["best_model.pt", "config.json", "model.pt", "summary"]
+    assert sorted(p.name for p in two.iterdir()) == ["best_model.pt", "checksums.json", "config.json", "model.pt",
+                                                     "summary"]
     assert torch.load(two / "model.pt", weights_only=True)["world_size"] == 2
     assert epoch_losses(two) == pytest.approx(epoch_losses(one), rel=1e-5)
     a = torch.load(two / "model.pt", weights_only=True)["model"]

@@ -65,7 +65,9 @@ def evaluated(tmp_path_factory):
 def test_csv_layout(evaluated):
     out, rows = evaluated["out"], evaluated["rows"]
     assert (out / "metrics.csv").read_text().splitlines()[0] == HEADER
-    names = ["ZF", "teacher", "student_run", "sft"]  # student_run: no run_name, so its folder's name
+    # The baselines first (the zero-filled input, the CS row), then the models; student_run: no run_name, so its
+    # folder's name.
+    names = ["ZF", "CS (L1-wavelet)", "teacher", "student_run", "sft"]
     assert [r["model"] for r in rows] == [name for name in names for _ in range(4)]
     assert [(r["volume"], int(r["slice"])) for r in rows[:4]] == [("vol02", s) for s in range(4)]
     assert len({(r["model"], r["volume"], r["slice"]) for r in rows}) == len(rows)
@@ -210,8 +212,11 @@ def test_public_volume_metrics_file_and_summary(tmp_path):
     assert (out / "metrics_public_volume.csv").read_text().splitlines()[0] == "model,volume,NMSE,PSNR,SSIM,HFN"
     with (out / "metrics_public_volume.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["model"], r["volume"]) for r in rows] == [(m, v) for m in ("ZF", "student") for v in ("vol02", "vol03")]
+    assert [(r["model"], r["volume"]) for r in rows] == [(m, v) for m in ("ZF", "CS (L1-wavelet)", "student")
+                                                         for v in ("vol02", "vol03")]
     for row in rows:
+        if row["model"] == "CS (L1-wavelet)":  # not saved with --save-recons: recomputed for ZF and a net
+            continue
         with h5py.File(root / "validation" / "acc_4x" / f"{row['volume']}.h5", "r") as f:
             target = f["volfs"][()].astype(np.float32).astype(np.float64)  # (H, W, S), the public layout
             zero_filled = f["img_volus_4x"][()].astype(np.float32).astype(np.float64)

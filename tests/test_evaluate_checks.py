@@ -66,7 +66,7 @@ def test_cross_acc_records_both_and_report_gives_its_own_row(trained_5x, tmp_pat
     assert set(table[("student", None)]) == {"5x"}
     assert set(table[("student@5x", None)]) == {"4x"}
     labels = [label for _, label in report.row_order(table)]
-    assert labels == ["ZF", "Student", "Student, trained at 5x"]
+    assert labels == ["ZF", "CS (L1-wavelet)", "Student", "Student, trained at 5x"]
 
 
 def test_another_slice_size_is_refused(trained_5x, tmp_path, capsys):

@@ -18,7 +18,7 @@ from models.nets.sft import SFTConfig, SFTNet, sft_loss
 SEEDS = range(10)
 SIZE = 16
 # (teacher, student) --model names of each family, for its SFT network.
-SFT_PAIRS = [("teacher", "student"), ("unet-teacher", "unet-student")]
+SFT_PAIRS = [("teacher", "student"), ("unet-teacher", "unet-student"), ("varnet-teacher", "varnet-student")]
 
 
 def batch(seed: int, n: int = 2, dc: bool = True):

@@ -95,8 +95,11 @@ def test_cli_writes_volume_rows_computed_as_fastmri_does(evaluated):
     out = evaluated["out"]
     assert (out / "metrics_fastmri.csv").read_text().splitlines()[0] == FASTMRI_HEADER
     rows = read_rows(out / "metrics_fastmri.csv")
-    assert [(r["model"], r["volume"]) for r in rows] == [(m, v) for m in ("ZF", "student") for v in ("vol02", "vol03")]
+    assert [(r["model"], r["volume"]) for r in rows] == [(m, v) for m in ("ZF", "CS (L1-wavelet)", "student")
+                                                         for v in ("vol02", "vol03")]
     for row in rows:
+        if row["model"] == "CS (L1-wavelet)":  # not saved with --save-recons: recomputed for ZF and a net
+            continue
         with h5py.File(evaluated["root"] / "validation" / "acc_4x" / f"{row['volume']}.h5", "r") as f:
             target = np.moveaxis(f["volfs"][()], -1, 0).astype(np.float32)  # the layout is (H, W, S)
             zero_filled = np.moveaxis(f["img_volus_4x"][()], -1, 0).astype(np.float32)
@@ -111,7 +114,7 @@ def test_cli_writes_volume_rows_computed_as_fastmri_does(evaluated):
         assert float(row["PSNR"]) == pytest.approx(10 * np.log10(target.max() ** 2 * target.size / error), rel=1e-9)
         assert float(row["SSIM"]) == pytest.approx(np.mean(
             [structural_similarity(t, r, data_range=target.max()) for t, r in zip(target, recon)]), rel=1e-9)
-    assert "fastMRI volume-wise metrics" in evaluated["stdout"] and "metrics_fastmri.csv (4 rows)" in evaluated["stdout"]
+    assert "fastMRI volume-wise metrics" in evaluated["stdout"] and "metrics_fastmri.csv (6 rows)" in evaluated["stdout"]
 
 
 def test_summary_has_a_fastmri_block_over_volumes(evaluated):
@@ -140,9 +143,10 @@ def test_paper_output_is_unchanged_and_sets_are_separate(evaluated):
     paper = json.loads((tmp / "paper" / "summary.json").read_text())
     fastmri = json.loads((tmp / "fastmri" / "summary.json").read_text())
     assert paper == {k: v for k, v in both.items() if k not in ("fastmri", "public_volume")}
-    assert list(paper) == ["ZF", "student", "acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles",
-                           "trained_acc", "machine", "trained_on", "recipe", "image", "kspace"]
-    assert fastmri == {k: v for k, v in both.items() if k not in ("ZF", "student", "public_volume")}
+    assert list(paper) == ["ZF", "CS (L1-wavelet)", "student", "acc", "split", "test_set", "data_root", "mask",
+                           "checkpoints", "roles", "trained_acc", "machine", "trained_on", "recipe", "image", "kspace",
+                           "cs"]
+    assert fastmri == {k: v for k, v in both.items() if k not in ("ZF", "CS (L1-wavelet)", "student", "public_volume")}
 
 
 def test_overwrite_refusal_and_stale_files(evaluated, tmp_path):

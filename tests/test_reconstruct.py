@@ -62,8 +62,8 @@ def write_ismrmrd(path, kspace: np.ndarray, lines: np.ndarray, trajectory: str =
                                                                          center=n_lines // 2))
     encoding = xsd.encodingType(encodedSpace=space, reconSpace=space, encodingLimits=limits,
                                 trajectory=xsd.trajectoryType(trajectory))
-    header = xsd.ismrmrdHeader(experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=63_500_000),
-                               encoding=[encoding])
+    conditions = xsd.experimentalConditionsType(H1resonanceFrequency_Hz=63_500_000)
+    header = xsd.ismrmrdHeader(experimentalConditions=conditions, encoding=[encoding])
     dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
     dataset.write_xml_header(header.toXML("utf-8"))
     noise = ismrmrd.Acquisition.from_array(np.ones((1, readout), np.complex64))
@@ -184,6 +184,25 @@ def test_a_nifti_volume_equals_evaluate_bit_for_bit(runs, tmp_path):
     assert 300 < written.get_fdata().max() < 1400
 
 
+def test_a_fully_sampled_ismrmrd_scan_equals_evaluate_bit_for_bit(runs, tmp_path):
+    """Every line acquired: the scan is undersampled with the checkpoint's mask like the fastMRI file of the same
+    k-space that data.prepare --image complex prepared, and reconstructs to evaluate.py's slices exactly."""
+    run = runs["complex"]
+    write_ismrmrd(tmp_path / "file2.h5", runs["kspace"]["p2"], np.ones(PHASE_ENCODE, dtype=bool))
+    out = tmp_path / "out"
+    reconstruct.main([run["checkpoint"], str(tmp_path / "file2.h5"), "--out-dir", str(out), "--no-progress"])
+    recon = np.moveaxis(np.asarray(nib.load(out / "file2.nii.gz").dataobj.get_unscaled()), -1, 0)
+    assert np.array_equal(recon[source_slices(run["data"], "file2")], evaluated(run["recons"], "file2"))
+
+
+def test_the_command_line_refuses_in_one_line(runs, tmp_path):
+    from conftest import run_cli
+    result = run_cli("-m", "scripts.reconstruct", runs["magnitude"]["checkpoint"], str(tmp_path / "missing.h5"),
+                     "--out-dir", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "does not exist" in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_a_fastmri_test_file_and_the_same_ismrmrd_scan_agree(runs, tmp_path):
     """Undersampled k-space keeps its own lines: a fastMRI test file and an ISMRMRD file of the same lines give
     one reconstruction, the network sees every acquired column, and the output is the checkpoint's size."""
@@ -274,7 +293,7 @@ torch.save(program(*inputs), "out.pt")
 """
 
 
-@pytest.mark.parametrize("image", ["magnitude", "complex"])
+@pytest.mark.parametrize("image", ["magnitude", pytest.param("complex", marks=pytest.mark.slow)])
 def test_exported_program_runs_without_the_repository(runs, tmp_path, image):
     """The .pt2 program, in a fresh interpreter that cannot import this repository, at another batch and size than
     it was traced at, against the checkpoint's network. It runs the same ATen operations in the same order, so the
@@ -285,7 +304,7 @@ def test_exported_program_runs_without_the_repository(runs, tmp_path, image):
     import torch
 
     from models.checkpoints.format import load_reconstructor
-    from models.cost import synthetic_inputs
+    from models.inference.cost import synthetic_inputs
     checkpoint = runs[image]["checkpoint"]
     reconstruct.main([checkpoint, "--export", str(tmp_path / "net.pt2")])
     channels = 2 if image == "complex" else 1

@@ -83,11 +83,35 @@ def sft_checkpoint(data, tmp_path_factory) -> Path:
     return exp / "best_model.pt"
 
 
-@pytest.mark.parametrize("kind", ["teacher", "augment", "sft", "kd", "ema-cosine", "average-last"])
-def test_kill_and_resume_is_bit_identical(tmp_path, data, sft_checkpoint, kind):
+# A small E2E-VarNet pair (models/nets/varnet.py): k-space states, a learned DC weight and a sensitivity model.
+VARNET_SFT = ("--teacher-model", "varnet-teacher", "--student-model", "varnet-student", "--cascades", "3",
+              "--teacher-depth", "2", "--teacher-width", "4", "--student-depth", "1", "--student-width", "4")
+
+
+@pytest.fixture(scope="module")
+def varnet_sft_checkpoint(data, tmp_path_factory) -> Path:
+    exp = tmp_path_factory.mktemp("varnet-sft") / "sft"
+    result = run_cli("train_sft.py", "--data-root", str(data), "--exp-dir", str(exp), "--epochs", "1",
+                     "--no-progress", *VARNET_SFT)
+    assert result.returncode == 0, result.stderr
+    return exp / "best_model.pt"
+
+
+@pytest.mark.parametrize("kind", ["teacher", "augment", "sft", "kd", "ema-cosine", "average-last", "varnet",
+                                  "varnet-sft", "varnet-kd"])
+def test_kill_and_resume_is_bit_identical(tmp_path, data, sft_checkpoint, kind, request):
     def args(exp):
         if kind == "teacher":
             return teacher_args(data, exp)
+        if kind == "varnet":
+            return command("train_teacher.py", data, exp, "--model", "varnet-student", "--cascades", "3", "--depth",
+                           "2", "--width", "4")
+        if kind == "varnet-sft":
+            return command("train_sft.py", data, exp, *VARNET_SFT)
+        if kind == "varnet-kd":
+            varnet_sft = str(request.getfixturevalue("varnet_sft_checkpoint"))
+            return command("train_student_kd.py", data, exp, "--kd-method", "vid", "--teacher-checkpoint",
+                           varnet_sft, "--init-from-sft", varnet_sft)
         if kind == "ema-cosine":
             return [*teacher_args(data, exp), "--ema", "0.9", "--lr-schedule", "cosine"]
         if kind == "average-last":

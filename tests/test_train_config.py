@@ -24,7 +24,7 @@ KD_KEYS = ["data_root", "acc", "mask", "num_workers", "augment", "preload", "epo
            "overwrite", "device", "memory_format", "amp", "save_every_iters", "log_every", "image_every",
            "no_progress", "teacher_checkpoint", "init_from_sft", "init_student", "kd_method", "kd_weight",
            "feature_epochs", "cache_teacher", "student_model", "cascades", "depth", "width", "ref_padding",
-           "residual", "image", "kspace"]
+           "residual", "prepared_maps", "image", "kspace"]
 
 
 @pytest.fixture

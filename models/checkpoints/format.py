@@ -119,14 +119,33 @@ def check_image(arch: dict, image: str, path, what: str) -> None:
                         f"{image} images, or the data of its own type")
 
 
-def load_model(path: str | Path, what: str = "checkpoint", image: str | None = None) -> tuple[nn.Module, dict]:
+# load_model's ``coils`` when the caller has no data to check the checkpoint against.
+UNCHECKED = "unchecked"
+
+
+def check_coils(ckpt: dict, coils: int | None, path, what: str) -> None:
+    """A :class:`UserError` when a checkpoint trained on multi-coil data meets single-coil data or the reverse.
+    ``coils``: the data's coil count, None for single-coil data; the checkpoint's is its config's ``coils``
+    (absent: single-coil). Networks do not depend on the number of coils, so two coil counts may meet."""
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    trained = config.get("coils")
+    if (trained is None) != (coils is None):
+        have = f"multi-coil data ({trained} coils, maps: {config.get('maps')})" if trained else "single-coil data"
+        want = f"multi-coil data ({coils} coils)" if coils else "single-coil data"
+        raise UserError(f"{what} {path} was trained on {have}, but the data are {want}; pass a checkpoint "
+                        "trained on data of the same kind, or prepare the data with(out) --coils")
+
+
+def load_model(path: str | Path, what: str = "checkpoint", image: str | None = None,
+               coils: int | None | str = UNCHECKED) -> tuple[nn.Module, dict]:
     """Model and checkpoint dict of a file this project wrote (``weights_only=True``).
 
     ``what`` names the role in errors (e.g. ``"--teacher-checkpoint"``); ``image`` (``"magnitude"`` or
-    ``"complex"``), when given, is the data's image type, which the network must take (:func:`check_image`).
+    ``"complex"``), when given, is the data's image type, which the network must take (:func:`check_image`);
+    ``coils``, when given, the data's coil count (None: single-coil), checked by :func:`check_coils`.
     """
     ckpt = load_checkpoint(path, what, inspect=_inspect(path, what))
-    return _model_of(ckpt, path, what, image), ckpt
+    return _model_of(ckpt, path, what, image, coils), ckpt
 
 
 @dataclass(frozen=True)
@@ -149,13 +168,15 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> CheckpointFil
     return CheckpointFile(path, what, ckpt, hashlib.sha256(data).hexdigest())
 
 
-def model_from(file: CheckpointFile, image: str | None = None, what: str | None = None) -> nn.Module:
+def model_from(file: CheckpointFile, image: str | None = None, what: str | None = None,
+               coils: int | None | str = UNCHECKED) -> nn.Module:
     """The model of a checkpoint already read (:func:`read_checkpoint`), checked as :func:`load_model` checks
     it; ``what`` overrides the flag named in errors (one file may serve two flags)."""
-    return _model_of(file.ckpt, file.path, what or file.what, image)
+    return _model_of(file.ckpt, file.path, what or file.what, image, coils)
 
 
-def _model_of(ckpt: dict, path: str | Path, what: str, image: str | None) -> nn.Module:
+def _model_of(ckpt: dict, path: str | Path, what: str, image: str | None,
+              coils: int | None | str = UNCHECKED) -> nn.Module:
     check_format(ckpt, path, what)
     arch = ckpt["arch"]
     kind = arch.get("kind") if isinstance(arch, dict) else None
@@ -165,6 +186,8 @@ def _model_of(ckpt: dict, path: str | Path, what: str, image: str | None) -> nn.
                         "training scripts")
     if image is not None:
         check_image(arch, image, path, what)
+    if coils != UNCHECKED:
+        check_coils(ckpt, coils, path, what)
     try:
         _check_declared_size(arch, ckpt["model"], path, what)
         model = build_model(arch)
@@ -186,6 +209,8 @@ def _model_of(ckpt: dict, path: str | Path, what: str, image: str | None) -> nn.
     return model
 
 
-def load_reconstructor(path: str | Path, what: str = "checkpoint", image: str | None = None) -> nn.Module:
-    """:func:`models.nets.registry.reconstructor` of a checkpoint's network (``image`` as in :func:`load_model`)."""
-    return reconstructor(load_model(path, what, image)[0])
+def load_reconstructor(path: str | Path, what: str = "checkpoint", image: str | None = None,
+                       coils: int | None | str = UNCHECKED) -> nn.Module:
+    """:func:`models.nets.registry.reconstructor` of a checkpoint's network (``image`` and ``coils`` as in
+    :func:`load_model`)."""
+    return reconstructor(load_model(path, what, image, coils)[0])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from data.fft import IMAGE_CHANNELS
-from models.checkpoints.format import CheckpointFile, describe_arch, load_model, model_from
+from models.checkpoints.format import UNCHECKED, CheckpointFile, describe_arch, load_model, model_from
 from models.nets.registry import PRESETS, configure, short_name, with_image_channels
 from models.nets.sft import SFTNet, student_from_blocks
 from utils import UserError
@@ -22,7 +22,9 @@ from utils import UserError
 class StudentSpec:
     """The student the flags ask for: ``model`` a registered network (None: the loaded student's, else
     ``student``, D3C5), ``cascades`` / ``depth`` / ``width`` (None: its own), ``ref_padding`` (None: as the
-    loaded student was trained, else 0) and ``residual`` (None: as the loaded student, else off)."""
+    loaded student was trained, else 0), ``residual`` (None: as the loaded student, else off) and
+    ``prepared_maps`` (an E2E-VarNet from scratch uses the data's maps unrefined; None: as the loaded student,
+    else its sensitivity model)."""
 
     model: str | None = None
     cascades: int | None = None
@@ -30,6 +32,7 @@ class StudentSpec:
     width: int | None = None
     ref_padding: int | None = None
     residual: bool | None = None
+    prepared_maps: bool | None = None
 
     def size_flags(self) -> dict:
         """The size flags, for :func:`models.nets.registry.configure`."""
@@ -72,16 +75,18 @@ def _sft(model: nn.Module, ckpt: dict, path, what: str) -> SFTNet:
     return model
 
 
-def sft_blocks(file: CheckpointFile, image: str, flag: str = "--init-from-sft") -> Init:
-    """S2..S5 from the student side of an SFT checkpoint read once (``flag`` names it in errors)."""
-    model = model_from(file, image, flag)
+def sft_blocks(file: CheckpointFile, image: str, flag: str = "--init-from-sft", coils=UNCHECKED) -> Init:
+    """S2..S5 from the student side of an SFT checkpoint read once (``flag`` names it in errors; ``coils``: the
+    data's coil count, checked as models.checkpoints.format.check_coils does)."""
+    model = model_from(file, image, flag, coils)
     return Init("sft-blocks", _sft(model, file.ckpt, file.path, flag).student, flag, str(file.path))
 
 
-def student_blocks(file: CheckpointFile, spec: StudentSpec, image: str, flag: str = "--init-student") -> Init:
+def student_blocks(file: CheckpointFile, spec: StudentSpec, image: str, flag: str = "--init-student",
+                   coils=UNCHECKED) -> Init:
     """S2..S5 from a student checkpoint read once (train_teacher.py --model student, or a KD student), which must
-    be the student ``spec`` asks for."""
-    model = model_from(file, image, flag)
+    be the student ``spec`` asks for (``coils`` as in :func:`sft_blocks`)."""
+    model = model_from(file, image, flag, coils)
     expected = spec.chosen(image)
     if isinstance(model, SFTNet) or _shape(model.config) != _shape(expected):
         raise UserError(f"{flag} {file.path} is a {describe_arch(file.ckpt['arch'])} checkpoint, but a "
@@ -98,7 +103,9 @@ def student_config(spec: StudentSpec, init: Init, image: str):
     the size flags, ``--ref-padding`` (default 0) and ``--residual``."""
     if init.source is None:
         return configure(spec.chosen(image), {"--ref-padding": ("ref_padding", spec.ref_padding or None),
-                                              "--residual": ("residual", spec.residual or None)})
+                                              "--residual": ("residual", spec.residual or None),
+                                              "--prepared-maps": ("sens_refine",
+                                                                  False if spec.prepared_maps else None)})
     config = init.source.config
     if spec.model is not None or any(value is not None for _, value in spec.size_flags().values()):
         if _shape(spec.chosen(image)) != _shape(config):
@@ -106,6 +113,9 @@ def student_config(spec: StudentSpec, init: Init, image: str):
                             f"{describe_arch(spec.chosen(image).to_dict())} but {init.flag} {init.path} holds "
                             f"{describe_arch(config.to_dict())}; drop them (the loaded student's architecture is "
                             "used)")
+    if spec.prepared_maps and getattr(config, "sens_refine", False):
+        raise UserError(f"--prepared-maps conflicts with {init.flag} {init.path}, whose student refines its maps with "
+                        "a sensitivity model (its cascades were trained on those maps); drop --prepared-maps")
     if spec.residual and not getattr(config, "residual", False):
         raise UserError(f"--residual conflicts with {init.flag} {init.path}, whose student has no residual "
                         "connections (its weights were trained without them); drop --residual")

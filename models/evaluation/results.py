@@ -7,26 +7,29 @@ from collections import Counter
 from pathlib import Path
 
 from data.outputs import owned_files, write_json, write_text
+from models.evaluation.cs import CS_ROW
 from models.evaluation.engine import ZF_NAME
 from models.evaluation.sets import METRIC_SETS, summarize
 from utils import UserError, clean_text, csv_text
 
 META_KEYS = ("acc", "split", "test_set", "data_root", "mask", "checkpoints", "roles", "trained_acc", "machine",
-             "trained_on", "recipe", "fastmri", "public_volume", "image", "kspace")
+             "trained_on", "recipe", "fastmri", "public_volume", "image", "kspace", "coils", "maps", "coil_source",
+             "cs")
 
 
-def default_names(paths: list[Path], checkpoints: list[dict]) -> list[str]:
+def default_names(paths: list[Path], checkpoints: list[dict], reserved: tuple[str, ...] | None = None) -> list[str]:
     """Each checkpoint's ``run_name`` (``checkpoints``: the loaded dicts of ``paths``), else its folder name,
     else its file stem.
 
-    Repeats and reserved words (``ZF``, the summary.json entries) get ``-2``, ``-3``, ... appended.
+    Repeats and reserved words (default: ``ZF``, the CS row, the summary.json entries) get ``-2``, ``-3``, ...
+    appended.
     """
     names = []
     for path, ckpt in zip(paths, checkpoints):
         # A run name is text from a file: it becomes a folder name and is printed.
         run_name = clean_text(ckpt.get("run_name") or "").strip()
         names.append(run_name or path.resolve().parent.name or path.stem)
-    taken: set[str] = {ZF_NAME, *META_KEYS}
+    taken: set[str] = {ZF_NAME, CS_ROW, *META_KEYS} if reserved is None else set(reserved)
     unique = []
     for name in names:
         candidate, copy = name, 1
@@ -47,8 +50,9 @@ def check_names(names: list[str], n_checkpoints: int) -> None:
     if repeated:
         raise UserError(f"--names repeats {', '.join(repeated)}; every model needs its own name")
     for name in names:
-        if name == ZF_NAME or name in META_KEYS:
-            raise UserError(f"model name {name!r} is reserved ({ZF_NAME} is the zero-filled input, "
+        if name in (ZF_NAME, CS_ROW) or name in META_KEYS:
+            raise UserError(f"model name {name!r} is reserved ({ZF_NAME} is the zero-filled input, {CS_ROW} the CS "
+                            "baseline, "
                             f"{', '.join(META_KEYS)} are summary.json entries); pass another with --names")
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise UserError(f"model name {name!r} cannot be a folder name; pass another with --names")

@@ -115,25 +115,28 @@ class CascadedUNet(nn.Module):
         self.cascades = nn.ModuleList(UNet(config.levels, config.channels, config.image_channels)
                                       for _ in range(config.n_cascades))
 
-    def run_cascade(self, index: int, x: torch.Tensor, kspace_under: torch.Tensor,
-                    mask: torch.Tensor, keep_hidden: set[int] | None = None) -> tuple[torch.Tensor, dict]:
+    def run_cascade(self, index: int, x: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
+                    maps: torch.Tensor | None = None, keep_hidden: set[int] | None = None
+                    ) -> tuple[torch.Tensor, dict]:
         """Cascade ``index`` (0-based) then DF. x: (B, 1, H, W) float32; kspace_under: (B, 1, H, W) complex64;
-        mask: (B or 1, 1, H, W) float32. Returns the DF output (B, 1, H, W) and ``{"hidden": [(B, C, H, W)] * 2,
+        mask: (B or 1, 1, H, W) float32; maps: None, or (B, N, H, W) complex64 sensitivity maps, kspace_under then
+        (B, N, H, W) (multi-coil, data/fft.py). Returns the DF output (B, 1, H, W) and ``{"hidden": [(B, C, H, W)] * 2,
         "cnn_out": (B, 1, H, W), "out": (B, 1, H, W)}``; ``keep_hidden`` (0-based) puts None in the others."""
         cnn_out, hidden = self.cascades[index](x)
         if self.config.residual:
             cnn_out = cnn_out + x
         hidden = [h if keep_hidden is None or j in keep_hidden else None for j, h in enumerate(hidden)]
-        out = data_fidelity(cnn_out, kspace_under, mask)
+        out = data_fidelity(cnn_out, kspace_under, mask, maps)
         return out, {"hidden": hidden, "cnn_out": cnn_out, "out": out}
 
     def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
-                return_features: bool = False, keep_hidden: set[int] | None = None):
+                maps: torch.Tensor | None = None, return_features: bool = False,
+                keep_hidden: set[int] | None = None):
         """Inputs as in :meth:`run_cascade` (zero_filled for x). Returns the reconstruction (B, 1, H, W) float32,
         and with ``return_features`` also the list of per-cascade feature dicts."""
         x, features = zero_filled, []
         for index in range(len(self.cascades)):
-            x, feats = self.run_cascade(index, x, kspace_under, mask, keep_hidden)
+            x, feats = self.run_cascade(index, x, kspace_under, mask, maps, keep_hidden)
             if return_features:
                 features.append(feats)
         return (x, features) if return_features else x

@@ -108,11 +108,13 @@ class DCCNN(nn.Module):
         self.cascades = nn.ModuleList(ConvBlock(config.n_convs, config.channels, config.residual,
                                                 config.image_channels) for _ in range(config.n_cascades))
 
-    def run_cascade(self, index: int, x: torch.Tensor, kspace_under: torch.Tensor,
-                    mask: torch.Tensor, keep_hidden: set[int] | None = None) -> tuple[torch.Tensor, dict]:
+    def run_cascade(self, index: int, x: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
+                    maps: torch.Tensor | None = None, keep_hidden: set[int] | None = None
+                    ) -> tuple[torch.Tensor, dict]:
         """Cascade ``index`` (0-based) then DF.
 
-        x: (B, I, H, W) float32; kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W) float32.
+        x: (B, I, H, W) float32; kspace_under: (B, 1, H, W) complex64 ((B, N, H, W) multi-coil); mask: (B, 1,
+        H, W) float32; maps: None, or (B, N, H, W) complex64 sensitivity maps for multi-coil data (data/fft.py).
         Returns the DF output (B, I, H, W) float32 and the features
         ``{"hidden": [(B, C, H', W')] * (n_convs - 1), "cnn_out": (B, I, H, W), "out": (B, I, H, W)}``
         (H' = H + 2 * ref_padding); ``keep_hidden`` as in :meth:`ConvBlock.forward`.
@@ -122,12 +124,14 @@ class DCCNN(nn.Module):
         cnn_out, hidden = self.cascades[index](cnn_in, keep_hidden)
         if pad:
             cnn_out = cnn_out[..., pad:-pad, pad:-pad]
-        out = data_fidelity(cnn_out, kspace_under, mask)
+        out = data_fidelity(cnn_out, kspace_under, mask, maps)
         return out, {"hidden": hidden, "cnn_out": cnn_out, "out": out}
 
     def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
-                return_features: bool = False, keep_hidden: set[int] | None = None):
-        """zero_filled: (B, I, H, W) float32; kspace_under: (B, 1, H, W) complex64; mask: (B, 1, H, W).
+                maps: torch.Tensor | None = None, return_features: bool = False,
+                keep_hidden: set[int] | None = None):
+        """zero_filled: (B, I, H, W) float32; kspace_under: (B, 1, H, W) complex64 ((B, N, H, W) multi-coil);
+        mask: (B, 1, H, W); maps: None or (B, N, H, W) complex64 (see :meth:`run_cascade`).
 
         Returns the reconstruction (B, I, H, W) float32, and with ``return_features`` also a list with one
         feature dict per cascade (see :meth:`run_cascade`; ``keep_hidden`` selects hidden layers).
@@ -135,7 +139,7 @@ class DCCNN(nn.Module):
         x = zero_filled
         features = []
         for index in range(len(self.cascades)):
-            x, feats = self.run_cascade(index, x, kspace_under, mask, keep_hidden)
+            x, feats = self.run_cascade(index, x, kspace_under, mask, maps, keep_hidden)
             if return_features:
                 features.append(feats)
         return (x, features) if return_features else x

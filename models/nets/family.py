@@ -14,16 +14,25 @@ The config (stored as ``to_dict()`` JSON under a checkpoint's ``arch``) provides
 
 An unrolled network (one that can be a standalone reconstructor, an SFT teacher or student, or a KD student)
 provides, for zero_filled / x (B, C, H, W) float32 (C = ``image_channels``), kspace_under (B, 1, H, W)
-complex64 and mask (B or 1, 1, H, W) float32 (the (B, 1, H, W) images below are (B, C, H, W)):
+complex64 and mask (B or 1, 1, H, W) float32 (the (B, 1, H, W) images below are (B, C, H, W)), and maps: None
+(single-coil) or (B, N, H, W) complex64 coil sensitivity maps with kspace_under (B, N, H, W) (multi-coil: C = 2,
+DF through data/fft.py's ``data_fidelity(..., maps)``):
 
 - ``cascades``: an ``nn.ModuleList``, one entry per cascade (SFT copies and freezes them one by one);
-- ``run_cascade(index, x, kspace_under, mask, keep_hidden=None)`` -> ``(out, features)``: cascade ``index``
+- ``run_cascade(index, x, kspace_under, mask, maps=None, keep_hidden=None)`` -> ``(out, features)``: cascade ``index``
   (0-based) followed by data fidelity; out (B, 1, H, W) float32; features ``{"hidden": [...], "cnn_out":
   (B, 1, H, W), "out": out}`` with ``hidden`` one (B, hidden_channels[j], H + 2 border, W + 2 border)
   tensor per entry of ``hidden_channels`` (None where ``keep_hidden``, a set of 0-based indices, leaves it
   out, so that without autograd it is freed at once);
-- ``forward(zero_filled, kspace_under, mask, return_features=False, keep_hidden=None)``: the cascades in
+- ``forward(zero_filled, kspace_under, mask, maps=None, return_features=False, keep_hidden=None)``: the cascades in
   turn; the reconstruction, and with ``return_features`` also the list of per-cascade feature dicts.
+
+A network whose state between cascades is not its image (E2E-VarNet, models/nets/varnet.py: coil k-space) also
+provides ``cascade_maps(kspace_under, mask, maps)`` (the maps its cascades take, e.g. refined by a sensitivity
+model), ``initial_state(zero_filled, kspace_under)`` (what cascade 0 starts from) and ``image(state, maps)`` (the
+reconstruction of a state); ``run_cascade`` then takes and returns states. :func:`cascade_maps`,
+:func:`initial_state` and :func:`state_image` call them, or for an image-domain network give the batch's maps,
+zero_filled and the state itself; SFT (models/nets/sft.py) goes through them.
 """
 from __future__ import annotations
 
@@ -77,3 +86,22 @@ class Family:
     parts: tuple[str, ...] = ()
     bounds: dict[str, int] = field(default_factory=dict)
     reconstructor: Callable[[Any], Any] | None = None
+
+
+def cascade_maps(network, kspace_under, mask, maps):
+    """The maps ``network``'s cascades take: its own ``cascade_maps`` (see the module docstring), else ``maps``
+    (None for single-coil data)."""
+    own = getattr(network, "cascade_maps", None)
+    return maps if own is None else own(kspace_under, mask, maps)
+
+
+def initial_state(network, zero_filled, kspace_under):
+    """What ``network``'s first cascade starts from: its own ``initial_state``, else the zero-filled image."""
+    own = getattr(network, "initial_state", None)
+    return zero_filled if own is None else own(zero_filled, kspace_under)
+
+
+def state_image(network, state, maps):
+    """The reconstruction of a state of ``network``'s cascades: its own ``image``, else the state (an image)."""
+    own = getattr(network, "image", None)
+    return state if own is None else own(state, maps)

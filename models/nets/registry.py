@@ -21,6 +21,7 @@ FAMILY_MODULES = (
     "models.nets.dccnn",
     "models.nets.sft",
     "models.nets.cascaded_unet",
+    "models.nets.varnet",
 )
 
 

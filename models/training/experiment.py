@@ -26,8 +26,10 @@ REPLACED = ".replaced"
 # run's (check_resume_data). A script adds its own in its ResumeRules.
 MAY_CHANGE_ON_RESUME = ("epochs", "num_workers", "preload", "device", "memory_format", "save_every_iters",
                         "log_every", "image_every", "no_progress", "data_root")
-# image and kspace are read from the data, not given: resume compares the network's image type with the data's.
-_NOT_COMPARED = (*MAY_CHANGE_ON_RESUME, "exp_dir", "resume", "overwrite", "image", "kspace")
+# image, kspace and (multi-coil data) coils, maps and coil_source are read from the data, not given: resume compares
+# the network's image type and the coils with the data's.
+_NOT_COMPARED = (*MAY_CHANGE_ON_RESUME, "exp_dir", "resume", "overwrite", "image", "kspace", "coils", "maps",
+                 "coil_source")
 SPLITS_READ = ("train", "validation")
 
 

@@ -156,14 +156,17 @@ def recipe(config: dict | None) -> dict:
 
 
 def add_arch_args(parser: argparse.ArgumentParser, roles: tuple[str, ...] = ("",)) -> None:
-    """Architecture flags of the scripts that build fresh networks: ``--ref-padding``, ``--residual`` and
-    ``--cascades`` for every network, ``--{role}depth`` and ``--{role}width`` per role (``""``, or
-    ``"teacher-"`` and ``"student-"`` for SFT's two networks). Each applies to the families that have it
+    """Architecture flags of the scripts that build fresh networks: ``--ref-padding``, ``--residual``,
+    ``--prepared-maps`` and ``--cascades`` for every network, ``--{role}depth`` and ``--{role}width`` per role
+    (``""``, or ``"teacher-"`` and ``"student-"`` for SFT's two networks). Each applies to the families that have it
     (models/nets/registry.py); None keeps the named network's own."""
     g = parser.add_argument_group("architecture")
     g.add_argument("--ref-padding", type=int, default=0, choices=[0, 5],
                    help="zero-pad each block input by 5 pixels and crop before DF, as the public code does")
     g.add_argument("--residual", action="store_true", help="add the block input to its output (not in the paper)")
+    g.add_argument("--prepared-maps", action="store_true",
+                   help="E2E-VarNet: use the data's prepared coil maps as they are instead of refining them from the "
+                        "ACS lines with the sensitivity model")
     g.add_argument("--cascades", type=positive(int), default=None, metavar="N",
                    help="number of cascades; None: the network's own (5 for the paper's)")
     for role in roles:
@@ -191,4 +194,5 @@ def arch_config(name: str, settings: Mapping[str, Any], role: str = ""):
         # Off is every family's default, so only a value that turns something on must fit the family.
         "--ref-padding": ("ref_padding", settings["ref_padding"] or None),
         "--residual": ("residual", settings["residual"] or None),
+        "--prepared-maps": ("sens_refine", False if settings.get("prepared_maps") else None),
     })

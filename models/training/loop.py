@@ -247,7 +247,9 @@ class Trainer:
         seed_everything(optim.seed + dist.rank)
         self.data = RunData.load(self.config, resume)
         # The step is built for the data's image type (1 or 2 channels), known now.
-        self.step = step = self.build_step(self.data.image)
+        # Multi-coil data also give their coil count (a step that loads checkpoints checks them against it).
+        coils = {} if self.data.coils is None else {"coils": self.data.coils}
+        self.step = step = self.build_step(self.data.image, **coils)
         recorded = resume.get("config", {}).get("memory_format") if resume is not None else None
         self.memory_format = resolve_memory_format(run.memory_format, dist.device, self.data.shape, bool(run.amp),
                                                    recorded, batch=optim.batch_size)
@@ -324,7 +326,7 @@ class Trainer:
         """``config.json`` (fresh runs), the TensorBoard writer and the start-up line, on rank 0."""
         dist, batch_size = self.dist, self.optim.batch_size
         self.settings = self.config.record(memory_format=self.memory_format, image=self.data.image,
-                                           kspace=self.data.kspace)
+                                           kspace=self.data.kspace, **self.data.coil_kind)
         self.record = {**self.settings, "run_name": self.run_name, "roles": self.roles, "git_commit": git_commit(),
                        "torch_version": str(torch.__version__), "machine": machine(), "device": str(dist.device),
                        "world_size": dist.world, "effective_batch_size": batch_size * dist.world,
@@ -463,7 +465,8 @@ class Trainer:
 
 def train(config: TrainConfig, build_step, run_name: str, roles: dict) -> Path:
     """Train ``build_step(image)`` (a :class:`TrainStep` for the data's image type, ``"magnitude"`` or
-    ``"complex"``) as ``config`` says; ``roles`` (what the network is, see models/distill/roles.py) goes into
+    ``"complex"``; for multi-coil data ``build_step(image, coils=N)``, N the coil count, against which a step that
+    loads checkpoints checks them) as ``config`` says; ``roles`` (what the network is, see models/distill/roles.py) goes into
     ``config.json`` and every checkpoint, beside ``config.record()``.
 
     Writes into ``config.run.exp_dir``: ``config.json``, ``model.pt`` (every epoch, and every

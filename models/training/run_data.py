@@ -2,7 +2,7 @@
 it resumes, and their loaders over the resumable shuffle (models/training/distributed.EpochSampler)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from data.augment import AugmentedSlices
 from data.dataset import build_dataset, data_kind
 from data.split_check import check_split
-from models.checkpoints.format import check_image
+from models.checkpoints.format import check_coils, check_image
 from models.training.config import DataConfig, OptimConfig, TrainConfig
 from models.training.distributed import Dist, EpochSampler
 from models.training.experiment import check_resume_content, check_resume_data, content_record
@@ -22,7 +22,9 @@ class RunData:
     """``train`` / ``validation``: the splits' slices (data.dataset.Sample items); ``shape``: a slice's (H, W);
     ``content``: the fingerprint record of what the run reads (masks, data files, checkpoints), which
     ``config.json`` keeps for ``--resume``; ``image`` (``magnitude`` or ``complex``) and ``kspace`` (its origin):
-    what the data hold, which the networks are built for; ``note``: the line that says data files were hashed at
+    what the data hold, which the networks are built for; ``coils``: the coil count of multi-coil data (None:
+    single-coil) and ``coil_kind`` what config.json records of it (``coils``, ``maps``, ``coil_source``; empty for
+    single-coil data, whose records keep the keys they always had); ``note``: the line that says data files were hashed at
     their first use (a fresh run prints it once its set-up has succeeded, so that a refusal stays one line)."""
 
     train: Dataset
@@ -32,6 +34,11 @@ class RunData:
     image: str
     kspace: str | None
     note: str | None = None
+    coil_kind: dict = field(default_factory=dict)
+
+    @property
+    def coils(self) -> int | None:
+        return self.coil_kind.get("coils")
 
     @classmethod
     def load(cls, config: TrainConfig, resume: dict | None) -> "RunData":
@@ -47,6 +54,9 @@ class RunData:
         # The image type is the data's: config.json, every checkpoint and evaluate.py's summary.json record it
         # with the k-space's origin.
         kind = data_kind(train)
+        if data_kind(validation).get("coils") != kind.get("coils"):
+            raise UserError(f"--data-root {data.data_root}: train/ and validation/ hold different coil counts; "
+                            "prepare both splits in one data/prepare.py run")
         if data_kind(validation) != kind:
             raise UserError(f"--data-root {data.data_root}: train/ holds {kind['image']} images, validation/ "
                             f"{data_kind(validation)['image']} ones; prepare both splits in one data/prepare.py run")
@@ -56,9 +66,11 @@ class RunData:
             check_resume_data(resume, config, len(train), len(validation))
             # The image type first: data of the other type differs in content too, but this says why.
             check_image(resume.get("arch") or {}, kind["image"], config.run.exp_dir / "model.pt", "--resume:")
+            check_coils(resume, kind.get("coils"), config.run.exp_dir / "model.pt", "--resume:")
             check_resume_content(resume, content, config)
+        coil_kind = {key: kind[key] for key in ("coils", "maps", "coil_source") if key in kind}
         return cls(train, validation, shape, content, kind["image"], kind["kspace"],
-                   note if resume is None else None)
+                   note if resume is None else None, coil_kind)
 
     def loaders(self, data: DataConfig, optim: OptimConfig, dist: Dist
                 ) -> tuple[DataLoader, EpochSampler, DataLoader]:

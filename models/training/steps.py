@@ -58,7 +58,7 @@ class SFTStep(TrainStep):
         inputs = batch.inputs
         weights = (self.student_rec_weight, self.imitation_weight)
         if self.runs_own_backward(batch):
-            return sft_forward_backward(self.model, *inputs, batch.target, *weights)
+            return sft_forward_backward(self.model, *inputs[:3], batch.target, *weights, maps=inputs.maps)
         teacher_out, branches = self.model(*inputs, batch_branches=self.variant_for(batch) == "joint-batched")
         return sft_loss(teacher_out, branches, batch.target, *weights)
 

@@ -22,7 +22,7 @@ from data.layout import mask_name
 from data.masks import load_mask, mask_lines
 from data.outputs import atomic_write
 from data.scans import NetworkInputs, Target
-from models.cost import synthetic_inputs
+from models.inference.cost import synthetic_inputs
 from models.nets.registry import image_channels_of
 from models.training.speed import MEMORY_FORMATS, auto_layout
 from utils import UserError
@@ -168,7 +168,8 @@ class FusedDCCNN(nn.Module):
         self.net = net
         self.config = net.config
 
-    def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, zero_filled: torch.Tensor, kspace_under: torch.Tensor, mask: torch.Tensor,
+                maps: torch.Tensor | None = None) -> torch.Tensor:
         keep = mask if mask.dtype == torch.bool else mask > 0.5
         real = zero_filled.shape[1] == 1
         half = half_spectrum(kspace_under, keep) if real else None
@@ -187,7 +188,7 @@ class FusedDCCNN(nn.Module):
                 out = out + cnn_in
             if pad:
                 out = out[..., pad:-pad, pad:-pad]
-            x = data_fidelity_half(out, half) if real else data_fidelity(out, kspace_under, keep)
+            x = data_fidelity_half(out, half) if real else data_fidelity(out, kspace_under, keep, maps)
         return x
 
 
@@ -211,19 +212,14 @@ class _Autocast(nn.Module):
             return self.net(*inputs).float()
 
 
-def _compiled(net: nn.Module) -> nn.Module:
-    compiled = torch.compile(_fused(net), dynamic=False)
-    compiled.config = net.config
-    return compiled
-
-
-# --mode NAME -> (what it is, how the network is wrapped). "exact" is the training forward itself.
+# --mode NAME -> (what it is, how the network is wrapped). "exact" is the training forward itself. torch.compile
+# was tried and left out: inductor generates no code for complex ops (DF stays eager), and compiling the fused
+# student took over 10 minutes on the shared 2-core EPYC (docs/measurements.md).
 INFERENCE_MODES = {
     "exact": ("the training forward, float32 (bit-identical to evaluate.py)", lambda net: net),
     "fused": ("conv+ReLU fused (oneDNN post-op), DF on real FFTs, mask once; float32, equal up to rounding",
               _fused),
     "bf16": ("bfloat16 autocast of the convolutions, DF in float32", _Autocast),
-    "compile": ("torch.compile (inductor) of the fused mode; float32, equal up to rounding", _compiled),
 }
 
 

@@ -25,18 +25,25 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def synthetic_inputs(size: int, batch: int, channels: int = 1, acc: str = "4x", seed: int = 0
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def synthetic_inputs(size: int, batch: int, channels: int = 1, acc: str = "4x", seed: int = 0,
+                     coils: int | None = None) -> tuple[torch.Tensor, ...]:
     """Network inputs of random smooth-ish images: zero_filled (B, C, H, W) float32, kspace_under (B, 1, H, W)
-    complex64, mask (B, 1, H, W) float32 (a seeded rows mask), H = W = ``size``. For timing: the values do not
-    change the work."""
+    complex64, mask (B, 1, H, W) float32 (a seeded rows mask), H = W = ``size``. With ``coils`` N (multi-coil
+    networks, complex images), kspace_under is (B, N, H, W) coil k-space and random maps (B, N, H, W) complex64
+    with ``sum_c |S_c|^2 = 1`` come fourth. For timing: the values do not change the work."""
     generator = torch.Generator().manual_seed(seed)
     image = torch.rand(batch, 1, size, size, generator=generator)
-    if channels == 2:
+    if channels == 2 or coils is not None:
         image = image * torch.exp(1j * torch.rand(batch, 1, size, size, generator=generator))
     mask = torch.from_numpy(cartesian_row_mask((size, size), acc, seed=seed))[None, None].expand(batch, 1, -1, -1)
-    kspace = (fft2(image) * mask).to(torch.complex64)
-    return zero_filled(kspace, channels).float().contiguous(), kspace, mask.contiguous()
+    if coils is None:
+        kspace = (fft2(image) * mask).to(torch.complex64)
+        return zero_filled(kspace, channels).float().contiguous(), kspace, mask.contiguous()
+    maps = torch.complex(torch.rand(batch, coils, size, size, generator=generator),
+                         torch.rand(batch, coils, size, size, generator=generator))
+    maps = maps / torch.linalg.vector_norm(maps, dim=1, keepdim=True)
+    kspace = (fft2(image * maps) * mask).to(torch.complex64)
+    return zero_filled(kspace, 2, maps).float().contiguous(), kspace, mask.contiguous(), maps
 
 
 def forward_flops(net: nn.Module, *inputs: torch.Tensor) -> int:
