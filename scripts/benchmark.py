@@ -34,10 +34,11 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from data.dataset import Sample  # noqa: E402
-from data.fft import data_fidelity, fft2, reduce, to_channels  # noqa: E402
+from data.fft import data_fidelity, fft2  # noqa: E402
 from data.layout import acc_folder, mask_name, undersample, write_volume  # noqa: E402
 from data.masks import cartesian_row_mask  # noqa: E402
 from models.distill.losses import build_kd_loss  # noqa: E402
+from models.inference.cost import synthetic_inputs  # noqa: E402
 from models.nets.registry import PRESETS, with_image_channels  # noqa: E402
 from models.nets.sft import SFTConfig  # noqa: E402
 from models.training import speed  # noqa: E402
@@ -209,12 +210,8 @@ class Workload:
         if coils is None:
             zero_filled = torch.rand(batch, 1, size, size, device=device)
             kspace, maps, target = fft2(zero_filled) * mask, None, torch.rand(batch, 1, size, size, device=device)
-        else:
-            generator = torch.Generator().manual_seed(0)
-            maps = torch.randn(batch, coils, size, size, dtype=torch.complex64, generator=generator)
-            maps = (maps / torch.linalg.vector_norm(maps, dim=1, keepdim=True)).to(device)
-            kspace = torch.randn(batch, coils, size, size, dtype=torch.complex64, generator=generator).to(device) * mask
-            zero_filled = to_channels(reduce(kspace, maps))
+        else:  # the compression report's multi-coil inputs: maps of unit RSS, coil k-space, E^H y
+            zero_filled, kspace, mask, maps = (t.to(device) for t in synthetic_inputs(size, batch, 2, coils=coils))
             target = torch.rand(batch, 2, size, size, device=device)
         self.batch = Sample(zero_filled=zero_filled, kspace_under=kspace, target=target, mask=mask,
                             fname=("benchmark",) * batch, slice=torch.arange(batch), acc=("4x",) * batch, maps=maps)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 SIZE, SLICES = 32, 4
 # file name -> patient_id: file1000002 and file1000003 are one patient, who must land in one split.
 FILES = {"file1000001": "p1", "file1000002": "p2", "file1000003": "p2", "file1000004": "p3"}
-MODELS = ["ZF", "sft", "sftkd-at"]
+MODELS = ["ZF", "CS (L1-wavelet)", "sft", "sftkd-at"]  # evaluate.py adds the CS baseline row after ZF
 
 
 def write_single_coil(path: Path, seed: int, patient_id: str) -> None:

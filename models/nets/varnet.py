@@ -130,6 +130,9 @@ def _run_through_dc(lines: torch.Tensor) -> torch.Tensor:
     return (index < above) | (index >= n - below)
 
 
+MAPS_RSS_FLOOR = 1e-6  # maps' RSS below this (their scale is about 1) counts as no coil signal
+
+
 def rss(coil_images: torch.Tensor) -> torch.Tensor:
     """Root-sum-of-squares over coils. coil_images: (B, N, H, W) complex. Returns (B, 1, H, W) float (its
     gradient is 0, not NaN, where every coil is 0)."""
@@ -154,8 +157,10 @@ class SensitivityModel(nn.Module):
         maps, _ = self.norm_unet(coil_images)
         maps = to_complex(maps).reshape(batch, coils, height, width)
         norm = rss(maps)
-        # Where every coil's map is 0 it stays 0 (dividing by 1 keeps its gradient finite).
-        return maps / torch.where(norm > 0, norm, torch.ones_like(norm))
+        # Where the coils' maps are (near) 0 they become 0: dividing by a tiny RSS gives infinite gradients (seen
+        # on an all-zero slice with SSE4.1 kernels), and dividing by 1 there keeps the gradient finite.
+        keep = norm > MAPS_RSS_FLOOR
+        return torch.where(keep, maps / torch.where(keep, norm, torch.ones_like(norm)), torch.zeros_like(maps))
 
 
 class Cascade(nn.Module):
