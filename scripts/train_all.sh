@@ -32,7 +32,7 @@ fi
 DATA_ROOT=$1 ACC=$2 EPOCHS=${3:-150}
 RUN_EPOCHS=$EPOCHS  # of the run() calls below; the KD runs may get KD_EPOCHS
 RESULTS=${RESULTS:-results/$(basename "$DATA_ROOT")}
-KD_METHODS=${KD_METHODS:-at fitnet cc fsp sp}
+KD_METHODS=${KD_METHODS-at fitnet cc fsp sp}  # set but empty: the base runs only
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 OUT="$RESULTS/$ACC"

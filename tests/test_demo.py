@@ -104,7 +104,7 @@ def test_train_all_restarts_a_run_killed_before_its_first_checkpoint(tmp_path):
     stale = results / "4x" / "teacher"
     stale.mkdir(parents=True)
     (stale / "config.json").write_text("{}")
-    env = {**os.environ, "RESULTS": str(results), "KD_METHODS": "none", "OMP_NUM_THREADS": "2",
+    env = {**os.environ, "RESULTS": str(results), "KD_METHODS": "", "OMP_NUM_THREADS": "2",
            "TRAIN_FLAGS": "--no-progress"}
     result = subprocess.run(["bash", "scripts/train_all.sh", str(data), "4x", "1"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)

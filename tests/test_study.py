@@ -80,7 +80,7 @@ def test_study_says_when_the_second_brain_is_missing(tmp_path):
 
 def test_student_and_teacher_flags_reach_every_run_and_its_recorded_roles(tmp_path):
     result = study(tmp_path, SEEDS="3", COLIN27=str(tmp_path / "absent.nii.gz"), STUDENT_FLAGS="--width 8",
-                   TEACHER_FLAGS="--width 12 --depth 4")
+                   TEACHER_FLAGS="--width 12 --depth 4", NOKD="1")
     assert result.returncode == 0, result.stderr[-3000:]
     teacher, student = {"cascades": 5, "depth": 4, "width": 12}, {"cascades": 5, "depth": 3, "width": 8}
     # SFT and every KD run have both sides; a KD run from an SFT checkpoint records its teacher side.
