@@ -164,34 +164,42 @@ class Roofline:
                 f"{len(self.gflops)} rounds; {self.layout})")
 
 
+def conv_probe(batch: int, size: int, device: torch.device, dtype: torch.dtype, backward: bool,
+               layout: str) -> tuple[Callable[[], None], float]:
+    """The roofline's unit of work in memory layout ``layout`` (a key of models/training/speed.MEMORY_FORMATS):
+    a call running enough back-to-back 3x3 32 -> 32 convolutions (forward, or forward + input and weight gradients
+    with ``backward``) on (batch, 32, size, size) to last :data:`ROOFLINE_ROUND_S`, so launch and synchronisation
+    costs do not count, and the FLOPs of one such call. Input and weight in ``dtype`` itself (no autocast)."""
+    fmt = speed.MEMORY_FORMATS[layout]
+    x = torch.randn(batch, 32, size, size, device=device, dtype=dtype).to(memory_format=fmt)
+    weight = torch.randn(32, 32, 3, 3, device=device, dtype=dtype).to(memory_format=fmt)
+    grad = torch.randn_like(x)
+    x.requires_grad_(backward)
+    weight.requires_grad_(backward)
+
+    def conv():
+        out = F.conv2d(x, weight, padding=1)
+        if backward:
+            torch.autograd.grad(out, (x, weight), grad)
+    for _ in range(2):  # kernel selection
+        conv()
+    calls = max(1, min(1000, math.ceil(ROOFLINE_ROUND_S / time_calls(conv, 1, device))))
+
+    def call():
+        for _ in range(calls):
+            conv()
+    return call, calls * (3 if backward else 1) * CONV_FLOP * 32 * 32 * size * size * batch
+
+
 def roofline(batch: int, size: int, device: torch.device, dtype: torch.dtype, backward: bool,
              rounds: int = ROOFLINE_ROUNDS) -> Roofline:
-    """GFLOP/s of a 3x3 32 -> 32 convolution per round, in the memory layout whose median is highest.
-
-    Input and weight in ``dtype`` itself (no autocast casts), forward + input and weight gradients with
-    ``backward`` (returned, not accumulated into ``.grad``), else forward alone; each round is enough
-    back-to-back calls to last :data:`ROOFLINE_ROUND_S`, so launch and synchronisation costs do not count, and
-    the layouts take turns round by round, so a burst of load hits both."""
-    calls = {}
-    for name, fmt in speed.MEMORY_FORMATS.items():
-        x = torch.randn(batch, 32, size, size, device=device, dtype=dtype).to(memory_format=fmt)
-        weight = torch.randn(32, 32, 3, 3, device=device, dtype=dtype).to(memory_format=fmt)
-        grad = torch.randn_like(x)
-        x.requires_grad_(backward)
-        weight.requires_grad_(backward)
-
-        def call(x=x, weight=weight, grad=grad):
-            out = F.conv2d(x, weight, padding=1)
-            if backward:
-                torch.autograd.grad(out, (x, weight), grad)
-        for _ in range(2):  # kernel selection
-            call()
-        calls[name] = (call, max(1, min(1000, math.ceil(ROOFLINE_ROUND_S / time_calls(call, 1, device)))))
-    flops = (3 if backward else 1) * CONV_FLOP * 32 * 32 * size * size * batch
-    gflops = {name: [] for name in calls}
+    """GFLOP/s of a 3x3 32 -> 32 convolution (:func:`conv_probe`) per round, in the memory layout whose median is
+    highest; the layouts take turns round by round, so a burst of load hits both."""
+    probes = {name: conv_probe(batch, size, device, dtype, backward, name) for name in speed.MEMORY_FORMATS}
+    gflops = {name: [] for name in probes}
     for _ in range(rounds):
-        for name, (call, n) in calls.items():
-            gflops[name].append(flops / time_calls(call, n, device) / 1e9)
+        for name, (call, flops) in probes.items():
+            gflops[name].append(flops / time_calls(call, 1, device) / 1e9)
     best = max(gflops, key=lambda name: statistics.median(gflops[name]))
     return Roofline(gflops[best], best)
 

@@ -13,8 +13,8 @@ Latency is per slice, median and range over ``--repeats`` interleaved rounds (ev
 burst of load from other processes hits all alike), at batch 1 and ``--throughput-batch``, each ``--sizes``, on
 1 thread and on all (and on CUDA where present), in the fastest exact mode (``torch.inference_mode``, float32,
 the memory layout evaluate.py takes). Each cell's fraction of the roofline compares the FLOPs the network does
-per second with a 3x3 32 -> 32 forward convolution at the same batch, size, threads and device, measured in the
-same run (scripts/benchmark.py's probe). FLOPs are FlopCounterMode's (the convolutions; models/inference/cost.py).
+per second with a 3x3 32 -> 32 forward convolution at the same batch, size, threads and device, timed in the same
+interleaved rounds as the networks (scripts/benchmark.py's probe), its median over the rounds. FLOPs are FlopCounterMode's (the convolutions; models/inference/cost.py).
 ``--eval-dir``: evaluate.py's folder; a network's PSNR / SSIM are its row in summary.json, matched by checkpoint
 path, else by name.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,12 +44,13 @@ from models.inference.cost import (count_parameters, forward_flops, pareto_front
                                    synthetic_inputs)
 from models.inference.forward import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
 from models.nets.registry import describe_arch, image_channels_of, reconstructor  # noqa: E402
-from scripts.benchmark import profile_category, roofline, time_interleaved  # noqa: E402
+from scripts.benchmark import conv_probe, profile_category, roofline, time_interleaved  # noqa: E402
 from models.evaluation.results import default_names  # noqa: E402
 from utils import CliParser, UserError, describe_machine, machine, run_cli  # noqa: E402
 
 STAGE_PREFIX = ".compression-"
-ROOFLINE_ROUNDS = 3
+ROOFLINE_PROBE_ROUNDS = 2  # rounds of the layout choice; the roofline itself is timed in the networks' rounds
+ROOFLINE = "roofline"  # its entry among the interleaved calls (not a network name: names come from checkpoints)
 
 
 def network_names(paths: list[Path], checkpoints: list[dict], given: list[str] | None) -> list[str]:
@@ -129,15 +131,19 @@ def measure(nets: dict[str, torch.nn.Module], kinds: dict[str, tuple], cells: li
                     with torch.inference_mode():
                         ready(*inputs)
                 calls[entry] = call
-            roof = roofline(batch, size, device, torch.float32, backward=False, rounds=ROOFLINE_ROUNDS)
-            timings = time_interleaved(calls, repeats, device)
+            # The roofline convolution takes its turn in every round with the networks, so its figure and theirs
+            # share the same moments of load (a roofline timed apart once came out at half speed, fractions > 1).
+            layout = roofline(batch, size, device, torch.float32, False, rounds=ROOFLINE_PROBE_ROUNDS).layout
+            probe, probe_flops = conv_probe(batch, size, device, torch.float32, False, layout)
+            timings = time_interleaved({**calls, ROOFLINE: probe}, repeats, device)
+            roof = statistics.median(probe_flops / seconds / 1e9 for seconds in timings.pop(ROOFLINE).seconds)
             for name, timing in timings.items():
                 median, fastest, slowest = timing.per_slice(batch)
                 gflops = flops[name] / batch / median / 1e9
                 rows.append({**cell, "network": name, "mode": modes[name][1], "median_s": median, "min_s": fastest,
                              "max_s": slowest,
-                             "gflops": gflops, "roofline_gflops": roof.median, "roofline_layout": roof.layout,
-                             "of_roofline": gflops / roof.median})
+                             "gflops": gflops, "roofline_gflops": roof, "roofline_layout": layout,
+                             "of_roofline": gflops / roof})
     finally:
         torch.set_num_threads(saved_threads)
     return rows
@@ -234,7 +240,7 @@ def table(report: dict) -> str:
              f"Latency per slice: median (min-max) over {report['repeats']} interleaved rounds, "
              "torch.inference_mode, float32. FLOPs: torch.utils.flop_counter (convolutions). Fraction: the "
              "network's FLOP/s over a 3x3 32->32 forward convolution's at the same batch, size and threads, "
-             "measured in the same run.", ""]
+             "timed in the same interleaved rounds (median over the rounds).", ""]
     head = ["network", "parameters", *(f"GFLOP/slice {s}" for s in sizes), *(f"peak MB {s}" for s in sizes)]
     if scores:
         head += ["PSNR", "SSIM"]

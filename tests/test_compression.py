@@ -47,7 +47,7 @@ def test_pareto_front():
 
 def test_report_is_written_and_its_ratios_agree_with_the_counts(tmp_path, capsys, monkeypatch):
     # Properties only: one roofline round per cell and one profiled call are enough.
-    monkeypatch.setattr(compression, "ROOFLINE_ROUNDS", 1)
+    monkeypatch.setattr(compression, "ROOFLINE_PROBE_ROUNDS", 1)
     monkeypatch.setattr(compression, "PROFILE_CALLS", 1)
     torch.manual_seed(0)
     paths = {"teacher": tmp_path / "t.pt", "student": tmp_path / "s.pt"}

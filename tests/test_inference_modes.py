@@ -76,8 +76,11 @@ def test_every_mode_is_described():
 
 @pytest.mark.parametrize("outputs", [1, 2])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_narrow_convolution_as_a_matrix_product_equals_conv2d(outputs, layout):
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn-1x1", "matmul"])
+def test_narrow_convolution_as_a_matrix_product_equals_conv2d(outputs, layout, onednn, monkeypatch):
     from models.inference.forward import _narrow_conv
+    if not onednn:  # the product's other path (GPUs, builds without oneDNN)
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(32, outputs, 3, padding=1)
     hidden = torch.randn(2, 32, 13, 17).to(memory_format=layout)
