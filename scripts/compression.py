@@ -244,11 +244,12 @@ def ratios(costs: dict, rows: list[dict], scores: dict, reference: str, cell: di
     return out
 
 
-def table(report: dict) -> str:
-    """compression.md's text."""
+def table(report: dict, title: str = "# Compression report", image: str | None = "compression.png") -> str:
+    """compression.md's text (``report``: compression.json's), under ``title``, the plot linked as ``image``
+    (None: not linked)."""
     names, costs, scores = report["networks"], report["costs"], report["quality"]
     sizes = report["sizes"]
-    lines = ["# Compression report", "", f"Measured on: {report['machine_line']}", "",
+    lines = [title, "", f"Measured on: {report['machine_line']}", "",
              *([f"Latency and profile: from {report['timings_from']} (that run's figures, not timed again).", ""]
                if report.get("timings_from") else []),
              f"Latency per slice: median (min-max) over {report['repeats']} interleaved rounds, "
@@ -298,7 +299,7 @@ def table(report: dict) -> str:
     scored = [mode for per_mode in (report.get("mode_quality") or {}).get("networks", {}).values() for mode in per_mode]
     lines += ["", "Modes (models/inference/forward.py): " + "; ".join(
         f"{mode}: {INFERENCE_MODES[mode][0]}" for mode in dict.fromkeys([*report["modes"].values(), *scored])) + ".",
-              "", "![latency against quality](compression.png)", ""]
+              *(["", f"![latency against quality]({image})"] if image else []), ""]
     return "\n".join(lines)
 
 
