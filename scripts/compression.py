@@ -61,6 +61,7 @@ from models.evaluation.results import default_names  # noqa: E402
 from utils import CliParser, UserError, describe_machine, machine, run_cli  # noqa: E402
 
 STAGE_PREFIX = ".compression-"
+ROUNDING_MODES = ("exact", "fused")  # the modes equal to the training forward up to float32 rounding
 ROOFLINE_PROBE_ROUNDS = 2  # rounds of the layout choice; the roofline itself is timed in the networks' rounds
 ROOFLINE = "roofline"  # its entry among the interleaved calls (not a network name: names come from checkpoints)
 
@@ -338,15 +339,17 @@ def plot(report: dict, path: Path) -> None:
     cell = report["ratio_cell"]
     latency = {row["network"]: row["median_s"] * 1e3 for row in report["latency"]
                if all(row[key] == value for key, value in cell.items())}
-    # Every network in the exact mode and in the modes equal to it up to float32 rounding (fused): their PSNR is
-    # the evaluated one. bf16 changes the output beyond that: it is drawn only with its own PSNR (--data-root).
+    # Every network in the exact mode and in the modes equal to it up to float32 rounding: their PSNR is the
+    # exact one (a rounding-level difference would put the slower exact network on the front). bf16 changes the
+    # output beyond that: it is drawn only with its own PSNR (--data-root).
     by_mode = (report.get("mode_quality") or {}).get("networks", {})
     names = [entry for entry, mode in report["modes"].items()
-             if mode in ("exact", "fused") or mode in by_mode.get(entry.split("+")[0], {})]
+             if mode in ROUNDING_MODES or mode in by_mode.get(entry.split("+")[0], {})]
     base = {entry: entry.split("+")[0] for entry in names}
     if by_mode:
-        names = [n for n in names if report["modes"][n] in by_mode.get(base[n], {})]
-        values, label = [by_mode[base[n]][report["modes"][n]]["PSNR"] for n in names], "PSNR (dB)"
+        scored = {n: "exact" if report["modes"][n] in ROUNDING_MODES else report["modes"][n] for n in names}
+        names = [n for n in names if scored[n] in by_mode.get(base[n], {})]
+        values, label = [by_mode[base[n]][scored[n]]["PSNR"] for n in names], "PSNR (dB)"
     elif report["quality"]:
         names = [n for n in names if base[n] in report["quality"]]
         values, label = [report["quality"][base[n]]["PSNR"] for n in names], "PSNR (dB)"
