@@ -425,9 +425,10 @@ def earlier_timings(folder: Path, names: list[str], parameters: dict[str, int]) 
         raise UserError(f"--timings-from {folder}: no readable compression.json ({exc}); pass a folder "
                         "python -m scripts.compression wrote") from exc
     if list(found) != names or found != parameters:
-        raise UserError(f"--timings-from {folder} timed {', '.join(f'{n} ({p:,} parameters)' for n, p in found.items())}"
-                        f", not {', '.join(f'{n} ({p:,} parameters)' for n, p in parameters.items())}; pass the "
-                        "report of these checkpoints, or time them again without --timings-from")
+        def listed(counts: dict[str, int]) -> str:
+            return ", ".join(f"{name} ({count:,} parameters)" for name, count in counts.items())
+        raise UserError(f"--timings-from {folder} timed {listed(found)}, not {listed(parameters)}; pass the report "
+                        "of these checkpoints, or time them again without --timings-from")
     return timings
 
 
