@@ -72,7 +72,7 @@ def test_multicoil_demo_says_what_it_ran_on(tmp_path):
 
 def test_paper_protocol_runs_and_reruns_skip_finished_runs(tmp_path):
     from conftest import make_dataset
-    data = make_dataset(tmp_path / "data", accs=("4x",), train_volumes=1, slices=4)
+    data = make_dataset(tmp_path / "data", size=16, accs=("4x",), train_volumes=1, slices=4)
     env = {**os.environ, "EPOCHS": "1", "ACCS": "4x", "KD_METHODS": "at", "OMP_NUM_THREADS": "2",
            "TRAIN_FLAGS": "--no-progress"}
     results = tmp_path / "results"
@@ -82,11 +82,11 @@ def test_paper_protocol_runs_and_reruns_skip_finished_runs(tmp_path):
     table = (results / "table.md").read_text()
     assert "| SFT-KD-Recon (at) |" in table and "public SFT-KD-Recon evaluate.py's volume-wise" in table
     # The public protocol: padding 5, the SFT imitation weight 1 / (4 H W), two KD stages of EPOCHS each.
-    assert "mask_4x.npy is not the public SFT-KD-Recon mask" in first.stderr  # 32 x 32 test data
+    assert "mask_4x.npy is not the public SFT-KD-Recon mask" in first.stderr  # 16 x 16 test data
     configs = {run: json.loads((results / "4x" / run / "config.json").read_text())
                for run in ("teacher", "sft", "stdkd-at", "sftkd-at")}
     assert {c["ref_padding"] for c in configs.values()} == {5}
-    assert configs["sft"]["imitation_weight"] == 1 / (4 * 32 * 32)
+    assert configs["sft"]["imitation_weight"] == 1 / (4 * 16 * 16)
     assert [(configs[r]["epochs"], configs[r]["feature_epochs"]) for r in ("stdkd-at", "sftkd-at")] == [(2, 1)] * 2
     assert configs["teacher"]["epochs"] == 1
     best = (results / "4x" / "sft" / "best_model.pt").read_bytes()
