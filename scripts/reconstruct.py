@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 if not __package__:  # run by path: the repository root, which holds the packages, is not importable
@@ -110,9 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     net = reconstructor(model)
     write = WRITERS[args.format]
     total = 0
-    with staged(args.out_dir, "--out-dir", STAGE_PREFIX, "manifest.json", args.overwrite) as stage:
+    record: dict = {"checkpoint": str(args.checkpoint), "mode": args.mode, "scans": {}}
+    with staged(args.out_dir, "--out-dir", STAGE_PREFIX, "manifest.json", args.overwrite, record) as stage:
         for scan in scans:
+            start = time.perf_counter()
             inputs = network_inputs(scan, target)
+            preparing = (time.perf_counter() - start) / len(inputs.zero_filled)
             ready = inference_network(for_inference(net, device, tuple(inputs.zero_filled.shape[-2:]), args.batch_size),
                                       args.mode)
             recon, seconds = reconstruct(ready, inputs, device, args.batch_size, not args.no_progress, scan.name)
@@ -121,8 +125,14 @@ def main(argv: list[str] | None = None) -> None:
             if args.png:
                 write_png(stage, scan.name, recon)
             total += len(recon)
+            record["scans"][scan.name] = {"input": scan.label, "slices": len(recon),
+                                          **({"multicoil": inputs.coil_record} if inputs.coil_record else {})}
+            coils = inputs.coil_record
+            how = "" if coils is None else (
+                f"; {coils['coils']} coils{' compressed to ' + str(coils['coil_compress']) if coils['coil_compress'] else ''}"
+                f", {coils['maps']} maps")
             print(f"{scan.name}: {len(recon)} slices of {recon.shape[1]} x {recon.shape[2]}, "
-                  f"{seconds * 1e3:.1f} ms per slice ({device.type})")
+                  f"{seconds * 1e3:.1f} ms per slice ({device.type}), inputs {preparing * 1e3:.1f} ms per slice{how}")
     print(f"wrote {len(scans)} reconstruction(s), {total} slices, to {args.out_dir} (--format {args.format}"
           f"{', png/' if args.png else ''})")
 
@@ -132,7 +142,11 @@ def export(args: argparse.Namespace, model, ckpt: dict) -> None:
     if args.export.suffix != ".pt2":
         raise UserError(f"--export {args.export}: name the program FILE.pt2 (torch.export's format)")
     refuse_to_overwrite(args.export, args.overwrite, "--export path", "--export")
-    content = ckpt.get("config", {}).get("content", {}) if isinstance(ckpt.get("config"), dict) else {}
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    if config.get("coils"):
+        raise UserError(f"{args.checkpoint} was trained on multi-coil data ({config['coils']} coils); --export writes "
+                        "single-coil programs (zero_filled, kspace_under, mask): reconstruct its scans with INPUT files")
+    content = config.get("content", {})
     channels = image_channels_of(ckpt["arch"])
     info = {"checkpoint": str(args.checkpoint), "arch": ckpt["arch"], "run_name": ckpt.get("run_name"),
             "image": IMAGE_TYPES.get(channels), "trained_size": content.get("image_size") if isinstance(content, dict)
