@@ -7,7 +7,7 @@ A reader turns a file into :class:`Scan` volumes of one of two kinds:
   network). It is sliced and scaled as data/prepare.py does (:func:`data.slicing.make_slices`) and undersampled
   synthetically with the checkpoint's mask (the paper's protocol, :func:`data.layout.undersample`), so a slice
   gives exactly the network inputs that evaluate.py reads from data prepared from the same file.
-- ``kspace``: acquired single-coil Cartesian k-space, (S, coils, H, W) complex, centred (fastMRI's and
+- ``kspace``: acquired Cartesian k-space, (S, coils, H, W) complex, centred (fastMRI's and
   ISMRMRD's convention: readout along H, phase-encode lines along W). Fully sampled k-space (a fastMRI train /
   validation file, an ISMRMRD scan with every line) becomes fastMRI's complex images at the checkpoint's size
   (:func:`data.fastmri.complex_images`, as ``data.prepare --image complex``) and is undersampled with the

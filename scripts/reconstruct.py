@@ -7,18 +7,22 @@ Usage::
         [--device auto|cpu|cuda] [--overwrite]
     python -m scripts.reconstruct CHECKPOINT --export student.pt2 [--mode exact|fused]
 
-Inputs (data/scans.py, one reader per format): fastMRI single-coil HDF5 (test files hold undersampled ``kspace``
-and its ``mask``; train / validation files are undersampled with the checkpoint's mask unless
-``--no-undersample``), ISMRMRD HDF5 raw data (Cartesian 2-D, single coil), NIfTI magnitude volumes (undersampled
-synthetically, the paper's protocol). The checkpoint's mask is the one its run recorded (its ``--mask`` or
-``{data_root}/mask_{acc}.npy``, checked by content); ``--mask`` replaces it. A magnitude network (the paper's)
-takes NIfTI volumes and fastMRI references, a complex one (``data.prepare --image complex``) acquired k-space.
+Inputs (data/scans.py, one reader per format): fastMRI single- and multi-coil HDF5 (test files hold undersampled
+``kspace`` and its ``mask``; train / validation files are undersampled with the checkpoint's mask unless
+``--no-undersample``), ISMRMRD HDF5 raw data (Cartesian 2-D, any number of coils), NIfTI magnitude volumes
+(undersampled synthetically, the paper's protocol). The checkpoint's mask is the one its run recorded (its
+``--mask`` or ``{data_root}/mask_{acc}.npy``, checked by content); ``--mask`` replaces it. A magnitude network
+(the paper's) takes NIfTI volumes and fastMRI references, a complex one (``data.prepare --image complex``)
+acquired single-coil k-space, and a multi-coil one (trained on K coils) acquired k-space of at least K coils,
+SVD-compressed to K where it has more, with sensitivity maps estimated from its ACS lines by the method its run
+used, exactly as data.prepare made its training data (data/scans.py says how).
 
 Outputs in ``--out-dir``, one per input volume, named after it (data/recon_files.py): ``{name}.nii.gz``
 (``--format nifti``, the default: network units with ``scl_slope`` / ``scl_inter`` back to the input's units,
 the input's affine where it has one) or ``{name}.h5`` (``--format fastmri``: dataset ``reconstruction`` (S, H, W)
 in the input's units, which fastMRI's evaluate.py scores); with ``--png`` also ``png/{name}_{slice}.png``. They
-replace the previous run's files only once every input is done (``manifest.json``); on any error nothing is
+replace the previous run's files only once every input is done (``manifest.json``, which also records each
+scan's input, slices and, for multi-coil data, its coil count, compression and maps); on any error nothing is
 written. A slice's reconstruction is evaluate.py's for the same slice and checkpoint, bit for bit, in the default
 ``--mode exact`` (the training forward); the faster modes (models/inference/forward.py) differ by float rounding
 (fused) or bfloat16 rounding (bf16), as tests/test_inference_modes.py bounds.

@@ -192,3 +192,13 @@ def test_multicoil_refusals_are_one_line_and_write_nothing(mc, tmp_path, capsys)
     assert "true maps" in refused([mc["true-maps"], raw, "--out-dir", str(out)])
     assert "--export writes single-coil programs" in refused([checkpoint, "--export", str(tmp_path / "net.pt2")])
     assert not (tmp_path / "net.pt2").exists()
+
+
+def test_the_fused_mode_is_close_to_the_exact_multicoil_reconstruction(mc, tmp_path):
+    """--mode fused runs the DC-CNN's multi-coil DF (maps) too; tests/test_inference_modes.py argues 1e-5."""
+    raw = str(mc["root"] / "raw" / "file2.h5")
+    for mode in ("exact", "fused"):
+        reconstruct.main([mc["student"]["checkpoint"], raw, "--out-dir", str(tmp_path / mode), "--no-progress",
+                          "--mode", mode])
+    exact, fused = (nifti_slices(tmp_path / mode / "file2.nii.gz") for mode in ("exact", "fused"))
+    assert np.abs(fused - exact).max() <= 1e-5 * np.abs(exact).max()
