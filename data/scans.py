@@ -320,8 +320,10 @@ class NetworkInputs:
         return images[..., left:left + self.width]
 
 
-def network_inputs(scan: Scan, target: Target) -> NetworkInputs:
-    """The inputs of ``scan`` for a network trained as ``target`` says (see the module docstring)."""
+def check_scan(scan: Scan, target: Target) -> None:
+    """Refuse, in one line and before any work, a scan the network trained as ``target`` says cannot take: an image
+    for a complex network, acquired k-space for a magnitude one, coils it was not trained on, a size it cannot
+    give, a missing mask, a mask without the ACS lines its coil maps are estimated from."""
     height, width = target.size
     if scan.kind == "image":
         if target.image != "magnitude":
@@ -330,36 +332,75 @@ def network_inputs(scan: Scan, target: Target) -> NetworkInputs:
         if height != width:
             raise UserError(f"the checkpoint was trained on {height} x {width} slices; magnitude volumes are cut "
                             "into square slices (data/prepare.py --size)")
-        slices = make_slices(scan.data, scan.axis, height)
-        low, high = float(scan.data.min()), float(scan.data.max())
-        inputs = _undersampled(slices, target.synthetic_mask(), width, high - low if high > low else 1.0, low)
-        return replace(inputs, affine=slice_affine(scan.affine, scan.data.shape, scan.axis, height))
+        target.synthetic_mask()
+        return
     if target.image != "complex":
         raise UserError(f"{scan.label} holds acquired k-space, but the checkpoint is a magnitude network (its data "
                         "fidelity assumes the Hermitian k-space of a real image); use a checkpoint trained with "
                         "data.prepare --image complex")
-    if target.coils is not None:
-        return _multicoil_inputs(scan, target)
-    if scan.coils != 1:
+    if target.coils is None and scan.coils != 1:
         raise UserError(f"{scan.label} is multi-coil ({scan.coils} coils), but the checkpoint was trained on "
                         "single-coil data; use a checkpoint trained on multi-coil data (data.prepare --fastmri "
                         "MULTICOIL_FILES --image complex)")
-    kspace = scan.data[:, 0]
+    if target.coils is not None:
+        _check_coils(scan, target)
     _check_size(scan, target)
+    mask = target.synthetic_mask() if scan.lines is None else _column_mask(scan.lines, height)
+    if target.coils is not None:
+        from data.coils import acs_region  # noqa: PLC0415 - only multi-coil scans need it
+        which = f"the mask of {scan.label}" if scan.lines is not None else f"the checkpoint's mask {target.mask_file}"
+        try:
+            acs_region(mask, source=which)
+        except ValueError as exc:
+            raise UserError(f"{exc}; the checkpoint's coil maps ({target.maps}) are estimated from them") from exc
+
+
+def network_inputs(scan: Scan, target: Target) -> NetworkInputs:
+    """The inputs of ``scan`` for a network trained as ``target`` says (see the module docstring), after
+    :func:`check_scan`."""
+    check_scan(scan, target)
+    height, width = target.size
+    if scan.kind == "image":
+        slices = make_slices(scan.data, scan.axis, height)
+        low, high = float(scan.data.min()), float(scan.data.max())
+        inputs = _undersampled(slices, target.synthetic_mask(), width, high - low if high > low else 1.0, low)
+        return replace(inputs, affine=slice_affine(scan.affine, scan.data.shape, scan.axis, height))
+    if target.coils is not None:
+        return _multicoil_inputs(scan, target)
+    kspace = scan.data[:, 0]
     if scan.lines is None:
         slices, scale = complex_images(kspace, height, scan.label)
         return _undersampled(slices.astype(np.complex64), target.synthetic_mask(), width, 1.0 / scale, 0.0)
-    n_rows, n_columns = kspace.shape[-2:]
     image = ifft2c(torch.from_numpy(kspace.astype(np.complex128))).numpy()
-    top = (n_rows - height) // 2
+    top = (kspace.shape[-2] - height) // 2
     # Cropping the readout only: every unacquired column stays zero in the cropped image's k-space.
     image = np.moveaxis(image[:, top:top + height], 0, -1)
     peak = float(np.abs(image).max())
     scale = 1.0 / peak if peak > 0 else 1.0
-    mask = np.zeros((height, n_columns), dtype=np.float32)
-    mask[:, np.fft.ifftshift(scan.lines)] = 1.0
-    return _undersampled((image * scale).astype(np.complex64), mask, width, 1.0 / scale, 0.0)
+    return _undersampled((image * scale).astype(np.complex64), _column_mask(scan.lines, height), width, 1.0 / scale,
+                         0.0)
 
+
+def _column_mask(lines: np.ndarray, height: int) -> np.ndarray:
+    """(height, W) float32 {0, 1} unshifted mask of acquired phase-encode ``lines`` (W,) bool in centred order."""
+    mask = np.zeros((height, lines.size), dtype=np.float32)
+    mask[:, np.fft.ifftshift(lines)] = 1.0
+    return mask
+
+
+def _check_coils(scan: Scan, target: Target) -> None:
+    """A multi-coil checkpoint takes acquired k-space of at least its coil count, and maps acquired data can have."""
+    wanted = target.coils
+    if scan.coils < wanted:
+        have = "single-coil k-space" if scan.coils == 1 else f"{scan.coils} coils"
+        raise UserError(f"{scan.label} holds {have}, but the checkpoint was trained on {wanted}-coil data and coil "
+                        f"compression only reduces the count; use a checkpoint trained on at most {scan.coils} "
+                        "(virtual) coils (data.prepare --coil-compress K)")
+    if target.maps not in ESTIMATED_MAPS:
+        why = ("a simulation's true maps (--maps true), which acquired data do not have"
+               if target.maps == TRUE_MAPS else f"maps made by {target.maps!r}, which reconstruct cannot make")
+        raise UserError(f"the checkpoint's run used {why}; use a checkpoint trained with --maps "
+                        f"{' or --maps '.join(ESTIMATED_MAPS)} ({scan.label} is acquired data)")
 
 def _check_size(scan: Scan, target: Target) -> None:
     """Refuse k-space that cannot give the checkpoint's slices: images smaller than its size; fully sampled
@@ -380,20 +421,10 @@ def _check_size(scan: Scan, target: Target) -> None:
 
 
 def _multicoil_inputs(scan: Scan, target: Target) -> NetworkInputs:
-    """The inputs of acquired coil k-space for a multi-coil checkpoint (see the module docstring): exactly
-    data.prepare's multi-coil arrays (:func:`data.multicoil.multicoil_volume`) for a fully sampled scan."""
+    """The inputs of acquired coil k-space for a multi-coil checkpoint (see the module docstring), after
+    :func:`check_scan`: exactly data.prepare's multi-coil arrays (:func:`data.multicoil.multicoil_volume`) for a
+    fully sampled scan."""
     wanted = target.coils
-    if scan.coils < wanted:
-        have = "single-coil k-space" if scan.coils == 1 else f"{scan.coils} coils"
-        raise UserError(f"{scan.label} holds {have}, but the checkpoint was trained on {wanted}-coil data and coil "
-                        f"compression only reduces the count; use a checkpoint trained on at most {scan.coils} "
-                        "(virtual) coils (data.prepare --coil-compress K)")
-    if target.maps not in ESTIMATED_MAPS:
-        why = ("a simulation's true maps (--maps true), which acquired data do not have"
-               if target.maps == TRUE_MAPS else f"maps made by {target.maps!r}, which reconstruct cannot make")
-        raise UserError(f"the checkpoint's run used {why}; use a checkpoint trained with --maps "
-                        f"{' or --maps '.join(ESTIMATED_MAPS)} ({scan.label} is acquired data)")
-    _check_size(scan, target)
     height, width = target.size
     if scan.lines is None:
         images, scale = coil_images(scan.data, height, scan.label)
@@ -406,14 +437,10 @@ def _multicoil_inputs(scan: Scan, target: Target) -> NetworkInputs:
         peak = float(np.sqrt((np.abs(images) ** 2).sum(axis=0)).max())
         scale = 1.0 / peak if peak > 0 else 1.0
         images = images * scale
-        mask = np.zeros((height, images.shape[2]), dtype=np.float32)
-        mask[:, np.fft.ifftshift(scan.lines)] = 1.0
+        mask = _column_mask(scan.lines, height)
     compress = wanted if scan.coils > wanted else None
-    try:  # data.prepare stores complex64 coil images before it builds the arrays
-        volume = multicoil_volume(images.astype(np.complex64), {"scan": mask}, target.maps, None, compress)
-    except ValueError as exc:  # a mask without an autocalibration region
-        raise UserError(f"{scan.label}: {exc} (the checkpoint's maps, {target.maps}, are estimated from them)") \
-            from exc
+    # data.prepare stores complex64 coil images before it builds the arrays.
+    volume = multicoil_volume(images.astype(np.complex64), {"scan": mask}, target.maps, None, compress)
     arrays = volume.arrays["scan"]
 
     def slices_first(key: str) -> torch.Tensor:

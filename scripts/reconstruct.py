@@ -46,7 +46,7 @@ from data.fft import IMAGE_TYPES  # noqa: E402
 from data.masks import acc_type  # noqa: E402
 from data.outputs import staged  # noqa: E402
 from data.recon_files import FILE_NAMES, WRITERS, write_png  # noqa: E402
-from data.scans import ReadOptions, network_inputs, read_scans  # noqa: E402
+from data.scans import ReadOptions, check_scan, network_inputs, read_scans  # noqa: E402
 from models.checkpoints.format import load_model  # noqa: E402
 from models.inference.forward import (EXPORT_USAGE, INFERENCE_MODES, checkpoint_target, export_program,  # noqa: E402
                               for_inference, inference_network, reconstruct)
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         if other != scan.label:
             raise UserError(f"{other} and {scan.label} would both be written as {scan.name}; rename one of them")
     for scan in scans:  # before any work; staged() checks again, under the folder's lock
+        check_scan(scan, target)
         refuse_to_overwrite(args.out_dir / FILE_NAMES[args.format].format(name=scan.name), args.overwrite, "--out-dir")
     device = resolve_device(args.device)
     net = reconstructor(model)
