@@ -28,7 +28,8 @@ from data.outputs import check_replaceable, clean_up, folder_lock, new_files, sw
 from models.checkpoints.format import load_model
 from models.evaluation.cs_row import CS_ITERATIONS, choose_cs_row
 from models.evaluation.engine import evaluate_sets
-from models.evaluation.provenance import check_scored_split, check_trained_on, recorded_roles, trained_on
+from models.evaluation.provenance import (check_scored_split, check_trained_on, default_split, recorded_roles,
+                                          trained_on)
 from models.evaluation.recons import RECON_KEY
 from models.evaluation.results import check_names, default_names, owned_results, write_results
 from models.evaluation.sets import METRIC_CHOICES, METRIC_SETS, format_table
@@ -38,16 +39,6 @@ from models.training.flags import recipe
 from utils import CliParser, UserError, machine, run_cli
 
 STAGE_PREFIX = ".evaluate-"
-
-
-def default_split(data_root: Path, acc: str) -> str:
-    """``test`` when ``data_root`` has a test split for ``acc``, else ``validation`` (with a note saying what
-    that means for the numbers)."""
-    if acc_folder(data_root, "test", acc).is_dir():
-        return "test"
-    print(f"note: {data_root} has no test/ split (the original two-split layout): scoring validation, the slices "
-          "best_model.pt was chosen on, so the numbers are optimistic; data/prepare.py writes test/ by default")
-    return "validation"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,13 +1,14 @@
 """The compression report: what each network costs and gives, its ratios to the teacher, PSNR against latency.
 
 Costs: parameters, FLOPs, peak memory, latency against a convolution roofline measured in the same run; gains:
-PSNR / SSIM from an evaluation folder; the ratios of each network to the first (the teacher), and a
-PSNR-against-latency plot with the Pareto front.
+PSNR / SSIM from an evaluation folder, or scored here in every inference mode on a prepared data set; the ratios of
+each network to the first (the teacher), and a PSNR-against-latency plot with the Pareto front.
 
 Usage::
 
     python -m scripts.compression --checkpoints TEACHER.pt STUDENT.pt [KD.pt ...] [--names ...]
-        [--eval-dir EVAL_DIR] --out-dir DIR [--sizes 256 320] [--throughput-batch 8] [--repeats 7] [--coils 8]
+        [--eval-dir EVAL_DIR] [--data-root DATA --acc 4x [--split test]] --out-dir DIR [--sizes 256 320]
+        [--throughput-batch 8] [--repeats 7] [--coils 8] [--timings-from EARLIER_DIR]
 
 Latency is per slice, median and range over ``--repeats`` interleaved rounds (every network once per round, so a
 burst of load from other processes hits all alike), at batch 1 and ``--throughput-batch``, each ``--sizes``, on
@@ -16,7 +17,13 @@ the memory layout evaluate.py takes). Each cell's fraction of the roofline compa
 per second with a 3x3 32 -> 32 forward convolution at the same batch, size, threads and device, timed in the same
 interleaved rounds as the networks (scripts/benchmark.py's probe), its median over the rounds. FLOPs are FlopCounterMode's (the convolutions; models/inference/cost.py).
 ``--eval-dir``: evaluate.py's folder; a network's PSNR / SSIM are its row in summary.json, matched by checkpoint
-path, else by name.
+path, else by name. ``--data-root`` and ``--acc``: a prepared data set whose split (evaluate.py's default, or
+``--split``) every network reconstructs in every inference mode, through evaluate.py's forward and metrics on the
+CPU (models/evaluation/modes.py): per network and mode its PSNR and SSIM, their change against the exact mode and the
+largest per-slice max |difference| of the outputs. The exact mode's figures are evaluate.py's for the same
+``--batch-size``; without ``--eval-dir`` they are the table's PSNR / SSIM. ``--timings-from``: take the latency
+table, profile and machine of an earlier report of the same networks instead of timing again (to add the quality
+columns on a machine that is busy now).
 
 Outputs in ``--out-dir`` (all or nothing): ``compression.md`` (the machine, the table, the ratios),
 ``compression.json`` (every figure), ``compression.png`` (PSNR, or FLOPs without --eval-dir, against latency at
@@ -39,7 +46,12 @@ if not __package__:  # run by path: the repository root, which holds the package
 import torch  # noqa: E402
 
 from data.outputs import staged, write_json, write_text  # noqa: E402
+from data.dataset import build_dataset  # noqa: E402
+from data.fingerprint import split_listing  # noqa: E402
+from data.masks import acc_type  # noqa: E402
 from models.checkpoints.format import load_model  # noqa: E402
+from models.evaluation.modes import mode_quality  # noqa: E402
+from models.evaluation.provenance import check_scored_split, check_trained_on, default_split  # noqa: E402
 from models.inference.cost import (count_parameters, forward_flops, pareto_front, peak_memory_bytes,  # noqa: E402
                                    synthetic_inputs)
 from models.inference.forward import INFERENCE_MODES, for_inference, inference_network  # noqa: E402
@@ -49,6 +61,7 @@ from models.evaluation.results import default_names  # noqa: E402
 from utils import CliParser, UserError, describe_machine, machine, run_cli  # noqa: E402
 
 STAGE_PREFIX = ".compression-"
+ROUNDING_MODES = ("exact", "fused")  # the modes equal to the training forward up to float32 rounding
 ROOFLINE_PROBE_ROUNDS = 2  # rounds of the layout choice; the roofline itself is timed in the networks' rounds
 ROOFLINE = "roofline"  # its entry among the interleaved calls (not a network name: names come from checkpoints)
 
@@ -232,11 +245,14 @@ def ratios(costs: dict, rows: list[dict], scores: dict, reference: str, cell: di
     return out
 
 
-def table(report: dict) -> str:
-    """compression.md's text."""
+def table(report: dict, title: str = "# Compression report", image: str | None = "compression.png") -> str:
+    """compression.md's text (``report``: compression.json's), under ``title``, the plot linked as ``image``
+    (None: not linked)."""
     names, costs, scores = report["networks"], report["costs"], report["quality"]
     sizes = report["sizes"]
-    lines = ["# Compression report", "", f"Measured on: {report['machine_line']}", "",
+    lines = [title, "", f"Measured on: {report['machine_line']}", "",
+             *([f"Latency and profile: from {report['timings_from']} (that run's figures, not timed again).", ""]
+               if report.get("timings_from") else []),
              f"Latency per slice: median (min-max) over {report['repeats']} interleaved rounds, "
              "torch.inference_mode, float32. FLOPs: torch.utils.flop_counter (convolutions). Fraction: the "
              "network's FLOP/s over a 3x3 32->32 forward convolution's at the same batch, size and threads, "
@@ -277,12 +293,42 @@ def table(report: dict) -> str:
                      f"{', '.join(f'{m} {v:.2f}x' for m, v in r['speed_up_by_mode'].items()) or '-'} | "
                      f"{r.get('PSNR_difference', float('nan')):+.2f} dB | "
                      f"{r.get('SSIM_difference', float('nan')):+.4f} |")
+    if report.get("mode_quality"):
+        lines += mode_quality_text(report["mode_quality"], names)
     if report.get("profile"):
         lines += profile_text(report["profile"], report["ratio_cell"]["size"], report["ratio_cell"]["threads"])
-    lines += ["", "Modes (models/inference/forward.py): " + "; ".join(f"{mode}: {INFERENCE_MODES[mode][0]}"
-                                                         for mode in dict.fromkeys(report["modes"].values())) + ".",
-              "", "![latency against quality](compression.png)", ""]
+    scored = [mode for per_mode in (report.get("mode_quality") or {}).get("networks", {}).values() for mode in per_mode]
+    lines += ["", "Modes (models/inference/forward.py): " + "; ".join(
+        f"{mode}: {INFERENCE_MODES[mode][0]}" for mode in dict.fromkeys([*report["modes"].values(), *scored])) + ".",
+              *(["", f"![latency against quality]({image})"] if image else []), ""]
     return "\n".join(lines)
+
+
+def _change(value: float, unit: str = "") -> str:
+    """A signed change, in fixed point unless it is below what fixed point shows (fused: about 1e-6 dB)."""
+    text = f"{value:+.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:+.1e}"
+    return text + unit
+
+
+def mode_quality_text(found: dict, names: list[str]) -> list[str]:
+    """compression.md's section of each mode's quality (``found``: compression.json's ``mode_quality``)."""
+    slices = {mode["slices"] for per_mode in found["networks"].values() for mode in per_mode.values()}
+    lines = ["", f"Quality in each mode: {found['test_set']} at {found['acc']}, {', '.join(map(str, sorted(slices)))} "
+             f"slices, evaluate.py's forward (batch {found['batch_size']}) and metrics, scored on "
+             f"{found['machine_line']}. Change: the mode's mean minus the exact mode's; |difference|: "
+             "max |mode - exact| of the output magnitudes per slice, the largest over the slices, in network units "
+             "and as a fraction of the slice's maximum of the exact output:", "",
+             "| network | mode | PSNR | SSIM | PSNR change | SSIM change | max abs difference | of the maximum |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        for mode, q in found["networks"].get(name, {}).items():
+            if mode == "exact":
+                changes = ["-"] * 4
+            else:
+                changes = [_change(q["PSNR_change"], " dB"), _change(q["SSIM_change"]),
+                           f"{q['max_abs_difference']:.1e}", f"{q['max_relative_difference']:.1e}"]
+            lines.append(f"| {name} | {mode} | {q['PSNR']:.2f} | {q['SSIM']:.4f} | " + " | ".join(changes) + " |")
+    return lines
 
 
 def plot(report: dict, path: Path) -> None:
@@ -293,11 +339,18 @@ def plot(report: dict, path: Path) -> None:
     cell = report["ratio_cell"]
     latency = {row["network"]: row["median_s"] * 1e3 for row in report["latency"]
                if all(row[key] == value for key, value in cell.items())}
-    # Every network in the exact mode and in the modes equal to it up to float32 rounding (fused): their PSNR is
-    # the evaluated one. bf16 changes the output beyond that and its PSNR is not evaluated here.
-    names = [entry for entry, mode in report["modes"].items() if mode in ("exact", "fused")]
+    # Every network in the exact mode and in the modes equal to it up to float32 rounding: their PSNR is the
+    # exact one (a rounding-level difference would put the slower exact network on the front). bf16 changes the
+    # output beyond that: it is drawn only with its own PSNR (--data-root).
+    by_mode = (report.get("mode_quality") or {}).get("networks", {})
+    names = [entry for entry, mode in report["modes"].items()
+             if mode in ROUNDING_MODES or mode in by_mode.get(entry.split("+")[0], {})]
     base = {entry: entry.split("+")[0] for entry in names}
-    if report["quality"]:
+    if by_mode:
+        scored = {n: "exact" if report["modes"][n] in ROUNDING_MODES else report["modes"][n] for n in names}
+        names = [n for n in names if scored[n] in by_mode.get(base[n], {})]
+        values, label = [by_mode[base[n]][scored[n]]["PSNR"] for n in names], "PSNR (dB)"
+    elif report["quality"]:
         names = [n for n in names if base[n] in report["quality"]]
         values, label = [report["quality"][base[n]]["PSNR"] for n in names], "PSNR (dB)"
     else:
@@ -325,6 +378,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the teacher first (the ratios' reference), then students")
     parser.add_argument("--names", nargs="+", help="one name per checkpoint (default: run_name)")
     parser.add_argument("--eval-dir", type=Path, help="evaluate.py's folder that scored them (PSNR, SSIM)")
+    parser.add_argument("--data-root", type=Path,
+                        help="a prepared data set (data/prepare.py) to reconstruct in every inference mode and score "
+                             "(PSNR, SSIM, change against exact); needs --acc")
+    parser.add_argument("--acc", type=acc_type, help="its acceleration, e.g. 4x")
+    parser.add_argument("--split", default=None,
+                        help="its split (default: evaluate.py's, test when DATA_ROOT has it, else validation)")
+    parser.add_argument("--mask", type=Path, help="mask .npy (default: DATA_ROOT/mask_{acc}.npy)")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="slices per forward when scoring (evaluate.py's default; the exact mode's figures equal "
+                             "evaluate.py's at the same batch size)")
+    parser.add_argument("--timings-from", type=Path, metavar="DIR",
+                        help="an earlier report's --out-dir of the same networks: its latency table, profile and "
+                             "machine are kept (--sizes, --throughput-batch, --repeats, --modes, --device and "
+                             "--profile are then its own), the rest is computed again")
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 320], help="slice sizes (square)")
     parser.add_argument("--throughput-batch", type=int, default=8, help="the batch of the throughput rows")
@@ -343,11 +410,74 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+TIMING_KEYS = ("machine", "machine_line", "sizes", "repeats", "modes", "latency", "ratio_cell", "ratio_cell_text",
+               "profile")
+
+
+def earlier_timings(folder: Path, names: list[str], parameters: dict[str, int]) -> dict:
+    """The timing entries (:data:`TIMING_KEYS`) of the report in ``folder`` (``--timings-from``), which must be of
+    the same networks: the same names, in order, with the same parameter counts."""
+    try:
+        earlier = json.loads((folder / "compression.json").read_text())
+        timings = {key: earlier[key] for key in TIMING_KEYS}
+        found = {name: earlier["costs"][name]["parameters"] for name in earlier["networks"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--timings-from {folder}: no readable compression.json ({exc}); pass a folder "
+                        "python -m scripts.compression wrote") from exc
+    if list(found) != names or found != parameters:
+        def listed(counts: dict[str, int]) -> str:
+            return ", ".join(f"{name} ({count:,} parameters)" for name, count in counts.items())
+        raise UserError(f"--timings-from {folder} timed {listed(found)}, not {listed(parameters)}; pass the report "
+                        "of these checkpoints, or time them again without --timings-from")
+    return timings
+
+
+def scored_data(args: argparse.Namespace, paths: list[Path]):
+    """``(dataset, split, loaded checkpoints)`` for ``--data-root``: the split evaluate.py would score and the
+    checkpoints loaded for its image type and coils, with evaluate.py's refusals (a split that shares slices with
+    training, a checkpoint trained at another acceleration or size, or on these files)."""
+    if args.acc is None:
+        raise UserError("--data-root needs --acc, the acceleration to score (e.g. --acc 4x)")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size} must be at least 1")
+    split = args.split or default_split(args.data_root, args.acc)
+    dataset = build_dataset(args.data_root, split, [args.acc], {args.acc: str(args.mask)} if args.mask else None)
+    loaded = [load_model(path, "--checkpoints", dataset.image, dataset.coils) for path in paths]
+    check_scored_split(args.data_root, split, args.acc)
+    scored = split_listing(args.data_root, split, args.acc)
+    for path, (_, ckpt) in zip(paths, loaded):
+        check_trained_on(path, ckpt, dataset, scored, acc=args.acc, split=split, data_root=args.data_root)
+    return dataset, split, loaded
+
+
+def time_networks(args: argparse.Namespace, nets: dict[str, torch.nn.Module], kinds: dict[str, tuple],
+                  names: list[str]) -> dict:
+    """The timing entries (:data:`TIMING_KEYS`): every network in every ``--modes`` entry, each cell measured, the
+    ratio cell (the largest size, batch 1, all threads, CPU) and ``--profile``'s profile."""
+    sizes = sorted(set(args.sizes))
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if args.device == "auto" and torch.cuda.is_available()
+                                       else [])
+    modes = {name if mode == "exact" else f"{name}+{mode}": (name, mode)
+             for mode in dict.fromkeys(["exact", *args.modes]) for name in names}
+    rows = measure(nets, kinds, settings(devices, sizes, sorted({1, args.throughput_batch})), args.repeats, modes)
+    all_threads = max(row["threads"] or 0 for row in rows)
+    return {"machine": machine(), "machine_line": describe_machine(machine()), "sizes": sizes,
+            "repeats": args.repeats, "modes": {entry: mode for entry, (_, mode) in modes.items()}, "latency": rows,
+            "ratio_cell": {"device": "cpu", "threads": all_threads, "size": sizes[-1], "batch": 1},
+            "ratio_cell_text": f"{sizes[-1]} x {sizes[-1]}, batch 1, {all_threads} threads, CPU",
+            "profile": profile(nets, kinds, modes, sizes[-1]) if args.profile else {}}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.repeats < 1 or args.throughput_batch < 1 or min(args.sizes) < 8 or (args.coils or 1) < 1:
         raise UserError("--repeats, --throughput-batch and --coils must be at least 1, --sizes at least 8")
-    loaded = [load_model(path, "--checkpoints") for path in args.checkpoints]
+    if args.data_root is None and (args.acc or args.split or args.mask):
+        raise UserError("--acc, --split and --mask choose what --data-root scores; pass --data-root too")
+    if args.data_root is not None:
+        dataset, split, loaded = scored_data(args, args.checkpoints)
+    else:
+        loaded = [load_model(path, "--checkpoints") for path in args.checkpoints]
     names = network_names(args.checkpoints, [ckpt for _, ckpt in loaded], args.names)
     nets = {name: reconstructor(model).eval() for name, (model, _) in zip(names, loaded)}
     # A multi-coil network runs on as many coils as it was trained on, --coils N where given.
@@ -355,23 +485,32 @@ def main(argv: list[str] | None = None) -> None:
                     if ckpt.get("config", {}).get("coils") else None)
              for name, (_, ckpt) in zip(names, loaded)}
     scores = quality(args.eval_dir, args.checkpoints, names)
-    sizes = sorted(set(args.sizes))
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if args.device == "auto" and torch.cuda.is_available()
-                                       else [])
+    timings = (earlier_timings(args.timings_from, names, {n: count_parameters(net) for n, net in nets.items()})
+               if args.timings_from else None)
+    by_mode = {}
+    if args.data_root is not None:
+        found = mode_quality(nets, list(INFERENCE_MODES), dataset, "cpu", args.batch_size)
+        by_mode = {"data_root": str(args.data_root), "acc": args.acc, "split": split,
+                   "test_set": f"{args.data_root.resolve().name}/{split}", "batch_size": args.batch_size,
+                   "machine_line": describe_machine(machine()), "networks": found}
+        # evaluate.py's figures, computed here: the table's PSNR / SSIM where no --eval-dir gives them.
+        scores = scores or {name: {metric: found[name]["exact"][metric] for metric in ("PSNR", "SSIM")}
+                            for name in names}
+    if timings is None:
+        timings = time_networks(args, nets, kinds, names)
+    sizes = timings["sizes"]
     costs = static_costs(nets, kinds, sizes)
-    modes = {name if mode == "exact" else f"{name}+{mode}": (name, mode)
-             for mode in dict.fromkeys(["exact", *args.modes]) for name in names}
-    rows = measure(nets, kinds, settings(devices, sizes, sorted({1, args.throughput_batch})), args.repeats, modes)
-    all_threads = max(row["threads"] or 0 for row in rows)
-    cell = {"device": "cpu", "threads": all_threads, "size": sizes[-1], "batch": 1}
-    report = {"machine": machine(), "machine_line": describe_machine(machine()), "networks": names,
+    report = {"machine": timings["machine"], "machine_line": timings["machine_line"], "networks": names,
               "checkpoints": {n: str(p) for n, p in zip(names, args.checkpoints)},
               "describe": {n: describe_arch(ckpt["arch"]).split(" (")[0] for n, (_, ckpt) in zip(names, loaded)},
-              "sizes": sizes, "repeats": args.repeats, "modes": {entry: mode for entry, (_, mode) in modes.items()},
-              "costs": costs, "quality": scores, "latency": rows,
-              "ratio_cell": cell, "ratio_cell_text": f"{sizes[-1]} x {sizes[-1]}, batch 1, {all_threads} threads, CPU"}
-    report["ratios"] = ratios(costs, rows, scores, names[0], cell)
-    report["profile"] = profile(nets, kinds, modes, sizes[-1]) if args.profile else {}
+              "sizes": sizes, "repeats": timings["repeats"], "modes": timings["modes"], "costs": costs,
+              "quality": scores, "latency": timings["latency"], "ratio_cell": timings["ratio_cell"],
+              "ratio_cell_text": timings["ratio_cell_text"],
+              **({"timings_from": str(args.timings_from)} if args.timings_from else {})}
+    report["ratios"] = ratios(costs, report["latency"], scores, names[0], report["ratio_cell"])
+    report["profile"] = timings["profile"]
+    if by_mode:
+        report["mode_quality"] = by_mode
     with staged(args.out_dir, "--out-dir", STAGE_PREFIX, "compression_manifest.json", args.overwrite) as stage:
         write_json(stage / "compression.json", report)
         write_text(stage / "compression.md", table(report))

@@ -8,7 +8,8 @@ Each ``--eval-dirs`` folder is what ``evaluate.py`` wrote (``summary.json`` + ``
 same acceleration are merged (e.g. one per seed), and each model's row comes from the roles its checkpoint
 recorded, else from its name. Writes ``OUT/table.md`` (the machine that trained the runs, the split and slices
 scored, every role's PSNR and SSIM, the Wilcoxon and ordering tables, the teacher-student gap) and
-``OUT/table.csv``; ``--contrasts`` adds the study's contrasts, ``--plot`` a figure. Model names, rows, columns
+``OUT/table.csv``; ``--contrasts`` adds the study's contrasts, ``--plot`` a figure, ``--compression DIR`` the tables
+of scripts/compression.py's report (read from DIR/compression.json). Model names, rows, columns
 and statistics: scripts/README.md, "Model names, roles and the report".
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -567,6 +569,25 @@ def scored_line(table: dict) -> str:
     return "Scored on: " + "; ".join(f"{column} {split}, {count}" for column, split, count in parts) + "."
 
 
+def compression_section(folder: Path, out_dir: Path) -> str:
+    """The tables of scripts/compression.py's report in ``folder`` (``--compression``), as its compression.md
+    gives them, read from its compression.json (nothing is measured again), with the machine they were measured
+    on; its plot linked relative to ``out_dir`` where it is there."""
+    try:
+        report = json.loads((folder / "compression.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--compression {folder}: no readable compression.json ({exc}); pass the --out-dir of "
+                        "python -m scripts.compression") from exc
+    from scripts.compression import table  # torch and the benchmark's modules: imported only when asked for
+    png = folder / "compression.png"
+    image = Path(os.path.relpath(png.resolve(), out_dir.resolve())).as_posix() if png.is_file() else None
+    try:
+        return table(report, f"## Compression: what each network costs ({folder / 'compression.json'})", image)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"--compression {folder}: compression.json lacks what the report needs ({exc!r}); "
+                        "write it again with python -m scripts.compression") from exc
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dirs", nargs="+", required=True, type=Path,
@@ -583,8 +604,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--machine", type=Path, default=None, metavar="JSON",
                         help="the machine (a utils.machine record) that trained the runs whose checkpoints recorded "
                              "none, e.g. the committed study's docs/study/machine.json")
+    parser.add_argument("--compression", type=Path, default=None, metavar="DIR",
+                        help="append the tables of python -m scripts.compression's report in DIR (its "
+                             "compression.json: parameters, FLOPs, latency, ratios, quality per mode)")
     args = parser.parse_args(argv)
     fallback = read_machine(args.machine) if args.machine else None
+    compression = compression_section(args.compression, args.out_dir) if args.compression else ""
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} is a file; choose a folder")
     md_path, csv_path = args.out_dir / "table.md", args.out_dir / "table.csv"
@@ -609,6 +634,8 @@ def main(argv: list[str] | None = None) -> None:
                             "scripts/study/study.sh")
         markdown += "".join(f"{line}\n" for line in contrasts.markdown(found))
     markdown += "".join(f"{line}\n" for key in VOLUME_TABLES for line in volume_table(args.eval_dirs, key))
+    if compression:
+        markdown += "\n" + compression
     pngs: dict[Path, bytes] = {}
     if args.plot is not None:
         draw = contrasts.plot if found else plot

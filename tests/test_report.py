@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import wilcoxon
 
 from scripts.report import build_report, collect, format_p, main, parse_model_name
-from conftest import run_cli
+from conftest import cli_error, run_cli
 from utils import UserError
 
 KEYS = [(f"vol{v}", s) for v in range(2) for s in range(5)]  # 10 slices in 2 volumes
@@ -328,3 +328,27 @@ def test_phase_compare_pairs_the_settings_by_seed(tmp_path):
     with pytest.raises(UserError, match="--out-dir"):
         compare(["--magnitude", str(tmp_path / "magnitude"), "--phase", str(tmp_path / "phase"), "--out-dir",
                  str(tmp_path / "out")])
+
+
+def test_report_includes_the_compression_tables(eval_dirs, tmp_path, capsys):
+    dirs, _ = eval_dirs
+    docs = Path(__file__).resolve().parents[1] / "docs" / "compression"
+    compression = json.loads((docs / "compression.json").read_text())
+    out = tmp_path / "report"
+    main(["--eval-dirs", *map(str, dirs), "--out-dir", str(out), "--compression", str(docs)])
+    text = (out / "table.md").read_text()
+    # The committed report's tables as written there (read, not measured again), with the machine they ran on.
+    committed = (docs / "compression.md").read_text()
+    section = text[text.index("## Compression"):]
+    assert f"Measured on: {compression['machine_line']}" in section
+    for line in committed.splitlines():
+        if line.startswith("| "):
+            assert line in section
+    linked = section[section.index("](") + 2:section.index(".png)") + 4]
+    assert (out / linked).resolve() == (docs / "compression.png").resolve()
+
+    capsys.readouterr()
+    err = cli_error(main, ["--eval-dirs", *map(str, dirs), "--out-dir", str(tmp_path / "refused"),
+                           "--compression", str(tmp_path)], capsys)
+    assert f"--compression {tmp_path}" in err and "compression.json" in err
+    assert not (tmp_path / "refused").exists()

@@ -60,6 +60,12 @@ def reconstructed_volumes(nets: Mapping[str, nn.Module], dataset: SliceDataset, 
                 del targets[volume], outputs[volume]
 
 
+def scored_slices(target: np.ndarray) -> list[int]:
+    """The slices of a volume's target (S, H, W) that per-slice metrics score: those not all zero (PSNR is -inf,
+    NMSE inf on an all-zero target)."""
+    return [int(s) for s in np.flatnonzero(target.max(axis=(1, 2)) > 0)]
+
+
 def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDataset,
                   metric_sets: Sequence[str] = ("paper",), device: str | torch.device = "cpu", batch_size: int = 4,
                   recons_dir: str | Path | None = None, progress: bool = True, amp: bool = False,
@@ -95,7 +101,7 @@ def evaluate_sets(models: Mapping[str, nn.Module | str | Path], dataset: SliceDa
     rows = {metric_set: {name: [] for name in [*baselines, *nets]} for metric_set in metric_sets}
     empty_slices = empty_volumes = 0
     for volume, target, outputs in reconstructed_volumes(nets, dataset, device, batch_size, amp, progress, cs):
-        scored = [int(s) for s in np.flatnonzero(target.max(axis=(1, 2)) > 0)]
+        scored = scored_slices(target)
         empty_slices += len(target) - len(scored)
         empty_volumes += not scored
         for name, recon in outputs.items():

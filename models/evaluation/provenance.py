@@ -44,6 +44,16 @@ def trained_accs(ckpt: dict) -> list[str]:
 _PATTERN = {"rows": "whole rows", "columns": "whole columns", "2-D": "a 2-D pattern"}
 
 
+def default_split(data_root: Path, acc: str) -> str:
+    """The split evaluate.py scores without ``--split``: ``test`` when ``data_root`` has a test split for ``acc``,
+    else ``validation`` (with a note saying what that means for the numbers)."""
+    if acc_folder(data_root, "test", acc).is_dir():
+        return "test"
+    print(f"note: {data_root} has no test/ split (the original two-split layout): scoring validation, the slices "
+          "best_model.pt was chosen on, so the numbers are optimistic; data/prepare.py writes test/ by default")
+    return "validation"
+
+
 def check_scored_split(data_root: Path, split: str, acc: str) -> None:
     """Refuse a scored split that shares a subject, a source slice or an identical slice with the training or
     validation split of ``data_root``: the check training start-up runs (data/split_check.check_split), by

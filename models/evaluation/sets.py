@@ -41,8 +41,15 @@ METRIC_CHOICES = {**{name: (name,) for name in METRIC_SETS}, "all": tuple(METRIC
 
 def score(metric_set: MetricSet, target: np.ndarray, recon: np.ndarray) -> dict[str, float]:
     """Every metric of ``metric_set`` for one slice (H, W) or one volume (S, H, W), compared in float64."""
+    return score_with(metric_set.functions, target, recon)
+
+
+def score_with(functions: Mapping[str, Callable[[np.ndarray, np.ndarray], float]], target: np.ndarray,
+               recon: np.ndarray) -> dict[str, float]:
+    """:func:`score` with the metric functions (name -> fn(target, recon)) given: evaluate.py's float64
+    comparison for a subset of a metric set (scripts/compression.py scores PSNR and SSIM only)."""
     target, recon = target.astype(np.float64), recon.astype(np.float64)
-    return {name: fn(target, recon) for name, fn in metric_set.functions.items()}
+    return {name: fn(target, recon) for name, fn in functions.items()}
 
 
 def summarize(rows: list[dict], metrics: Sequence[str] = tuple(METRICS)) -> dict[str, dict[str, dict]]:
