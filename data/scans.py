@@ -26,7 +26,8 @@ readout only, as above), SVD-compressed to K virtual coils when the file has mor
 undersampled, sensitivity maps estimated from the undersampled ACS lines by the run's method (ESPIRiT or
 ACS-over-RSS; a run on a simulation's ``true`` maps is refused: acquired data have none), and the zero-filled
 image E^H y. A fully sampled file thus gives exactly the inputs data.prepare wrote for it. A single-coil file is
-one coil: only a checkpoint of one (virtual) coil takes it. Multi-coil k-space to a single-coil checkpoint is
+one coil: only a checkpoint of one (virtual) coil takes it, whose run saw one coil per slice as such a file has
+(more coils cannot be made from fewer). Multi-coil k-space to a single-coil checkpoint is
 refused (a magnitude network still takes a fastMRI train / validation file's ``reconstruction_rss``, as
 data.prepare's magnitude protocol does).
 

@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> None:
                                           **({"multicoil": inputs.coil_record} if inputs.coil_record else {})}
             coils = inputs.coil_record
             how = "" if coils is None else (
-                f"; {coils['coils']} coils{' compressed to ' + str(coils['coil_compress']) if coils['coil_compress'] else ''}"
-                f", {coils['maps']} maps")
+                f"; {coils['coils']} coil{'s' if coils['coils'] > 1 else ''}"
+                f"{' compressed to ' + str(coils['coil_compress']) if coils['coil_compress'] else ''}, {coils['maps']} maps")
             print(f"{scan.name}: {len(recon)} slices of {recon.shape[1]} x {recon.shape[2]}, "
                   f"{seconds * 1e3:.1f} ms per slice ({device.type}), inputs {preparing * 1e3:.1f} ms per slice{how}")
     print(f"wrote {len(scans)} reconstruction(s), {total} slices, to {args.out_dir} (--format {args.format}"

@@ -202,3 +202,25 @@ def test_the_fused_mode_is_close_to_the_exact_multicoil_reconstruction(mc, tmp_p
                           "--mode", mode])
     exact, fused = (nifti_slices(tmp_path / mode / "file2.nii.gz") for mode in ("exact", "fused"))
     assert np.abs(fused - exact).max() <= 1e-5 * np.abs(exact).max()
+
+
+def test_a_single_coil_file_is_one_coil_for_a_checkpoint_of_one_virtual_coil(mc, tmp_path):
+    """The reverse case that is well defined: a run compressed to one virtual coil (acs-rss maps: the phase of the
+    ACS image) saw one coil per slice, as a single-coil file has; the same files reconstruct, compressed 4 -> 1."""
+    prepare(out=tmp_path / "data", fastmri=[mc["root"] / "raw"], image="complex", size=SIZE, accs=["4x"],
+            mask_kind="fastmri-equispaced", center_fraction=0.2, min_foreground=0.0, val_subjects=["p1", "p3"],
+            test_subjects=["p2"], coil_compress=1, maps="acs-rss")
+    train_teacher.main(["--data-root", str(tmp_path / "data"), "--acc", "4x", "--epochs", "1", "--batch-size", "4",
+                        "--exp-dir", str(tmp_path / "run"), "--no-progress", "--seed", "3", "--model", "student"])
+    lines = acquired_lines()
+    with h5py.File(tmp_path / "single.h5", "w") as f:
+        f["kspace"] = mc["kspace"]["p2"][:, 0] * lines
+        f["mask"] = lines.astype(np.float32)
+    out = tmp_path / "out"
+    reconstruct.main([str(tmp_path / "run" / "best_model.pt"), str(tmp_path / "single.h5"),
+                      str(mc["root"] / "raw" / "file2.h5"), "--out-dir", str(out), "--no-progress"])
+    record = json.loads((out / "manifest.json").read_text())["scans"]
+    assert record["single"]["multicoil"] == {"coils": 1, "coil_compress": None, "maps": "acs-rss"}
+    assert record["file2"]["multicoil"] == {"coils": COILS, "coil_compress": 1, "maps": "acs-rss"}
+    single = nifti_slices(out / "single.nii.gz")
+    assert single.shape == (SLICES, SIZE, SIZE) and np.isfinite(single).all() and single.max() > 0
