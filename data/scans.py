@@ -7,8 +7,8 @@ A reader turns a file into :class:`Scan` volumes of one of two kinds:
   network). It is sliced and scaled as data/prepare.py does (:func:`data.slicing.make_slices`) and undersampled
   synthetically with the checkpoint's mask (the paper's protocol, :func:`data.layout.undersample`), so a slice
   gives exactly the network inputs that evaluate.py reads from data prepared from the same file.
-- ``kspace``: acquired Cartesian k-space, (S, coils, H, W) complex, centred (fastMRI's and
-  ISMRMRD's convention: readout along H, phase-encode lines along W). Fully sampled k-space (a fastMRI train /
+- ``kspace``: acquired Cartesian k-space, (S, coils, H, W) complex, centred (fastMRI's and ISMRMRD's
+  convention: readout along H, phase-encode lines along W). Fully sampled k-space (a fastMRI train /
   validation file, an ISMRMRD scan with every line) becomes fastMRI's complex images at the checkpoint's size
   (:func:`data.fastmri.complex_images`, as ``data.prepare --image complex``) and is undersampled with the
   checkpoint's mask. Undersampled k-space (a fastMRI test file with its ``mask``, an ISMRMRD scan with lines
@@ -27,9 +27,9 @@ undersampled, sensitivity maps estimated from the undersampled ACS lines by the 
 ACS-over-RSS; a run on a simulation's ``true`` maps is refused: acquired data have none), and the zero-filled
 image E^H y. A fully sampled file thus gives exactly the inputs data.prepare wrote for it. A single-coil file is
 one coil: only a checkpoint of one (virtual) coil takes it, whose run saw one coil per slice as such a file has
-(more coils cannot be made from fewer). Multi-coil k-space to a single-coil checkpoint is
-refused (a magnitude network still takes a fastMRI train / validation file's ``reconstruction_rss``, as
-data.prepare's magnitude protocol does).
+(more coils cannot be made from fewer). Multi-coil k-space to a single-coil checkpoint is refused (a magnitude
+network still takes a fastMRI train / validation file's ``reconstruction_rss``, as data.prepare's magnitude
+protocol does).
 
 Intensities: every scan is scaled as the network's training data were (magnitude: min-max to [0, 1] per volume;
 complex: ``1 / max |image|`` per volume); :class:`NetworkInputs` keeps the factor, so outputs can be given back in
@@ -346,14 +346,10 @@ def check_scan(scan: Scan, target: Target) -> None:
     if target.coils is not None:
         _check_coils(scan, target)
     _check_size(scan, target)
-    mask = target.synthetic_mask() if scan.lines is None else _column_mask(scan.lines, height)
+    if scan.lines is None:
+        target.synthetic_mask()
     if target.coils is not None:
-        from data.coils import acs_region  # noqa: PLC0415 - only multi-coil scans need it
-        which = f"the mask of {scan.label}" if scan.lines is not None else f"the checkpoint's mask {target.mask_file}"
-        try:
-            acs_region(mask, source=which)
-        except ValueError as exc:
-            raise UserError(f"{exc}; the checkpoint's coil maps ({target.maps}) are estimated from them") from exc
+        _check_acs(scan, target)
 
 
 def network_inputs(scan: Scan, target: Target) -> NetworkInputs:
@@ -402,6 +398,21 @@ def _check_coils(scan: Scan, target: Target) -> None:
                if target.maps == TRUE_MAPS else f"maps made by {target.maps!r}, which reconstruct cannot make")
         raise UserError(f"the checkpoint's run used {why}; use a checkpoint trained with --maps "
                         f"{' or --maps '.join(ESTIMATED_MAPS)} ({scan.label} is acquired data)")
+
+
+def _check_acs(scan: Scan, target: Target) -> None:
+    """The mask a multi-coil scan is reconstructed with (its own lines, or the checkpoint's for fully sampled
+    k-space) must have the autocalibration block its coil maps are estimated from (data/coils.py's acs_region)."""
+    from data.coils import acs_region  # noqa: PLC0415 - only multi-coil scans need it
+    if scan.lines is None:
+        mask, which = target.synthetic_mask(), f"the checkpoint's mask {target.mask_file}"
+    else:
+        mask, which = _column_mask(scan.lines, target.size[0]), f"the mask of {scan.label}"
+    try:
+        acs_region(mask, source=which)
+    except ValueError as exc:
+        raise UserError(f"{exc}; the checkpoint's coil maps ({target.maps}) are estimated from them") from exc
+
 
 def _check_size(scan: Scan, target: Target) -> None:
     """Refuse k-space that cannot give the checkpoint's slices: images smaller than its size; fully sampled

@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     record: dict = {"checkpoint": str(args.checkpoint), "mode": args.mode, "scans": {}}
     with staged(args.out_dir, "--out-dir", STAGE_PREFIX, "manifest.json", args.overwrite, record) as stage:
         for scan in scans:
+            if target.coils and not args.no_progress:  # maps take seconds a slice, before the progress bar starts
+                print(f"{scan.name}: {target.maps} coil maps of {len(scan.data)} slices ...", file=sys.stderr,
+                      flush=True)
             start = time.perf_counter()
             inputs = network_inputs(scan, target)
             preparing = (time.perf_counter() - start) / len(inputs.zero_filled)
