@@ -135,14 +135,19 @@ def main(argv: list[str] | None = None) -> None:
             total += len(recon)
             record["scans"][scan.name] = {"input": scan.label, "slices": len(recon),
                                           **({"multicoil": inputs.coil_record} if inputs.coil_record else {})}
-            coils = inputs.coil_record
-            how = "" if coils is None else (
-                f"; {coils['coils']} coil{'s' if coils['coils'] > 1 else ''}"
-                f"{' compressed to ' + str(coils['coil_compress']) if coils['coil_compress'] else ''}, {coils['maps']} maps")
             print(f"{scan.name}: {len(recon)} slices of {recon.shape[1]} x {recon.shape[2]}, "
-                  f"{seconds * 1e3:.1f} ms per slice ({device.type}), inputs {preparing * 1e3:.1f} ms per slice{how}")
+                  f"{seconds * 1e3:.1f} ms per slice ({device.type}), inputs {preparing * 1e3:.1f} ms per slice"
+                  f"{_coil_note(inputs.coil_record)}")
     print(f"wrote {len(scans)} reconstruction(s), {total} slices, to {args.out_dir} (--format {args.format}"
           f"{', png/' if args.png else ''})")
+
+
+def _coil_note(coils: dict | None) -> str:
+    """'; 16 coils compressed to 8, espirit maps' for a multi-coil scan's record, '' for single-coil ones."""
+    if coils is None:
+        return ""
+    compressed = f" compressed to {coils['coil_compress']}" if coils["coil_compress"] else ""
+    return f"; {coils['coils']} coil{'s' if coils['coils'] > 1 else ''}{compressed}, {coils['maps']} maps"
 
 
 def export(args: argparse.Namespace, model, ckpt: dict) -> None:
@@ -152,8 +157,9 @@ def export(args: argparse.Namespace, model, ckpt: dict) -> None:
     refuse_to_overwrite(args.export, args.overwrite, "--export path", "--export")
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     if config.get("coils"):
-        raise UserError(f"{args.checkpoint} was trained on multi-coil data ({config['coils']} coils); --export writes "
-                        "single-coil programs (zero_filled, kspace_under, mask): reconstruct its scans with INPUT files")
+        raise UserError(f"{args.checkpoint} was trained on multi-coil data ({config['coils']} coils); --export "
+                        "writes single-coil programs (zero_filled, kspace_under, mask): reconstruct its scans with "
+                        "INPUT files")
     content = config.get("content", {})
     channels = image_channels_of(ckpt["arch"])
     info = {"checkpoint": str(args.checkpoint), "arch": ckpt["arch"], "run_name": ckpt.get("run_name"),
