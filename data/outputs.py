@@ -88,10 +88,11 @@ def check_replaceable(out: Path, files: list[str], owned: list[str], layout: lis
                         f"them away or choose another {flag}")
 
 
-def swap_in(out: Path, stage: Path, owned: list[str], manifest: str = MANIFEST) -> None:
+def swap_in(out: Path, stage: Path, owned: list[str], manifest: str = MANIFEST, record: dict | None = None) -> None:
     """Replace the files ``owned`` (the previous run's, relative to ``out``) by the complete tree ``stage``
-    (a folder inside ``out``), crash-safely; writes the new ``manifest``."""
-    write_json(stage / manifest, {"files": new_files(stage)})
+    (a folder inside ``out``), crash-safely; writes the new ``manifest``, with the JSON-able ``record`` (how the
+    files were made) beside its file list."""
+    write_json(stage / manifest, {"files": new_files(stage), **(record or {})})
     if owned and not (out / manifest).is_file():
         # An older run that wrote no manifest: record what it owns, so an interrupted swap can be finished.
         write_json(out / manifest, {"files": owned})
@@ -146,11 +147,13 @@ def _prune(out: Path, moved: list[str]) -> None:
 
 
 @contextmanager
-def staged(out: Path, flag: str, stage_prefix: str, manifest: str, overwrite: bool) -> Iterator[Path]:
+def staged(out: Path, flag: str, stage_prefix: str, manifest: str, overwrite: bool,
+           record: dict | None = None) -> Iterator[Path]:
     """Hold ``out``'s lock and yield a fresh staging folder inside it for the tool to write its files into. When
     the block succeeds, they replace the previous run's files (those ``manifest`` lists; for a run older than
     the manifest, same-named files) in one crash-safe swap; when it fails, ``out`` is as it was, so a plain
-    rerun works. Without ``overwrite`` a file already where one of the new ones goes is refused, naming it."""
+    rerun works. Without ``overwrite`` a file already where one of the new ones goes is refused, naming it.
+    ``record``, a dict the block may fill, goes into the manifest beside the file list (:func:`swap_in`)."""
     with folder_lock(out, flag):
         clean_up(out, stage_prefix, manifest)
         stage = Path(tempfile.mkdtemp(prefix=stage_prefix, dir=out))
@@ -166,7 +169,7 @@ def staged(out: Path, flag: str, stage_prefix: str, manifest: str, overwrite: bo
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
-        swap_in(out, stage, owned, manifest)
+        swap_in(out, stage, owned, manifest, record)
 
 
 # --------------------------------------------------------------------------- one run per folder

@@ -7,8 +7,8 @@ A reader turns a file into :class:`Scan` volumes of one of two kinds:
   network). It is sliced and scaled as data/prepare.py does (:func:`data.slicing.make_slices`) and undersampled
   synthetically with the checkpoint's mask (the paper's protocol, :func:`data.layout.undersample`), so a slice
   gives exactly the network inputs that evaluate.py reads from data prepared from the same file.
-- ``kspace``: acquired single-coil Cartesian k-space, (S, coils, H, W) complex, centred (fastMRI's and
-  ISMRMRD's convention: readout along H, phase-encode lines along W). Fully sampled k-space (a fastMRI train /
+- ``kspace``: acquired Cartesian k-space, (S, coils, H, W) complex, centred (fastMRI's and ISMRMRD's
+  convention: readout along H, phase-encode lines along W). Fully sampled k-space (a fastMRI train /
   validation file, an ISMRMRD scan with every line) becomes fastMRI's complex images at the checkpoint's size
   (:func:`data.fastmri.complex_images`, as ``data.prepare --image complex``) and is undersampled with the
   checkpoint's mask. Undersampled k-space (a fastMRI test file with its ``mask``, an ISMRMRD scan with lines
@@ -17,8 +17,19 @@ A reader turns a file into :class:`Scan` volumes of one of two kinds:
   the output is centre-cropped to the checkpoint's width, as fastMRI's ``complex_center_crop``.
 
 Acquired k-space needs a network for complex images (``--image complex``): a magnitude network's data-fidelity
-step assumes the Hermitian k-space of a real image. Multi-coil data are refused in one line here; the multi-coil
-operators (issue 36) take their place in :func:`network_inputs`.
+step assumes the Hermitian k-space of a real image.
+
+Multi-coil k-space (S, N, H, W) goes to a checkpoint trained on multi-coil data (its config's ``coils`` K and
+``maps``), through the code that prepared its training data (:func:`data.multicoil.multicoil_volume`): fastMRI's
+coil images (:func:`data.fastmri.coil_images`, scaled by ``1 / max RSS``; acquired k-space: cropped along the
+readout only, as above), SVD-compressed to K virtual coils when the file has more (N > K; fewer is refused),
+undersampled, sensitivity maps estimated from the undersampled ACS lines by the run's method (ESPIRiT or
+ACS-over-RSS; a run on a simulation's ``true`` maps is refused: acquired data have none), and the zero-filled
+image E^H y. A fully sampled file thus gives exactly the inputs data.prepare wrote for it. A single-coil file is
+one coil: only a checkpoint of one (virtual) coil takes it, whose run saw one coil per slice as such a file has
+(more coils cannot be made from fewer). Multi-coil k-space to a single-coil checkpoint is refused (a magnitude
+network still takes a fastMRI train / validation file's ``reconstruction_rss``, as data.prepare's magnitude
+protocol does).
 
 Intensities: every scan is scaled as the network's training data were (magnitude: min-max to [0, 1] per volume;
 complex: ``1 / max |image|`` per volume); :class:`NetworkInputs` keeps the factor, so outputs can be given back in
@@ -34,12 +45,16 @@ import h5py
 import numpy as np
 import torch
 
-from data.fastmri import REFERENCE_OF, complex_images
+from data.fastmri import REFERENCE_OF, coil_images, complex_images
 from data.fft import ifft2c, to_channels
 from data.layout import undersample
+from data.multicoil import MAP_METHODS, TRUE_MAPS, multicoil_volume
 from data.slicing import make_slices
 from data.sources import Source, nifti_sources, read_volumes
 from utils import UserError, first_line
+
+# The map methods that acquired data allow: all but a simulation's own maps.
+ESTIMATED_MAPS = tuple(method for method in MAP_METHODS if method != TRUE_MAPS)
 
 
 @dataclass(frozen=True)
@@ -262,7 +277,8 @@ class Target:
     """What the network was trained on (from its checkpoint): ``image`` type, slice ``size`` (H, W), its
     sampling pattern ``lines`` (data/masks.mask_lines: ``rows``, ``columns`` or ``2-D``; None: not recorded), and
     the (H, W) float32 {0, 1} unshifted ``mask`` of its file ``mask_file``, or None with ``mask_problem`` saying
-    why (one line): only scans undersampled synthetically need it."""
+    why (one line): only scans undersampled synthetically need it. Multi-coil checkpoints: ``coils``, the coil
+    count of their training data, and ``maps``, how its sensitivity maps were made; None for single-coil ones."""
 
     image: str
     size: tuple[int, int]
@@ -270,6 +286,8 @@ class Target:
     mask: np.ndarray | None
     mask_file: str
     mask_problem: str | None = None
+    coils: int | None = None
+    maps: str | None = None
 
     def synthetic_mask(self) -> np.ndarray:
         """The mask for synthetic undersampling; a :class:`UserError` when the checkpoint's cannot be had."""
@@ -281,9 +299,11 @@ class Target:
 @dataclass(frozen=True)
 class NetworkInputs:
     """One scan ready for the network: ``zero_filled`` (S, C, H, W') float32, ``kspace_under`` (S, 1, H, W')
-    complex64, ``mask`` (1, 1, H, W') float32 (W' >= W: acquired k-space keeps all its columns), ``width`` the
-    checkpoint's W the output is centre-cropped to, ``slope``, ``intercept``: input units = slope * network
-    units + intercept, and ``affine`` the 4 x 4 voxel-to-world matrix of the (H, W, S) slices, or None."""
+    complex64 ((S, N, H, W') for N coils), ``mask`` (1, 1, H, W') float32 (W' >= W: acquired k-space keeps all
+    its columns), ``width`` the checkpoint's W the output is centre-cropped to, ``slope``, ``intercept``: input
+    units = slope * network units + intercept, ``affine`` the 4 x 4 voxel-to-world matrix of the (H, W, S)
+    slices, or None, and for multi-coil data ``maps`` (S, N, H, W') complex64 and ``coil_record`` (JSON-able:
+    the file's coil count, the compression to the network's, the maps method), else None."""
 
     zero_filled: torch.Tensor
     kspace_under: torch.Tensor
@@ -292,6 +312,8 @@ class NetworkInputs:
     slope: float
     intercept: float
     affine: np.ndarray | None = None
+    maps: torch.Tensor | None = None
+    coil_record: dict | None = None
 
     def crop(self, images: np.ndarray) -> np.ndarray:
         """(S, H, W') -> (S, H, W), the centre columns (fastMRI's complex_center_crop)."""
@@ -299,11 +321,10 @@ class NetworkInputs:
         return images[..., left:left + self.width]
 
 
-def network_inputs(scan: Scan, target: Target) -> NetworkInputs:
-    """The inputs of ``scan`` for a network trained as ``target`` says (see the module docstring)."""
-    if scan.coils != 1:
-        raise UserError(f"{scan.label} is multi-coil ({scan.coils} coils); reconstruct takes single-coil data for "
-                        "now (multi-coil support is issue 36): pass single-coil files")
+def check_scan(scan: Scan, target: Target) -> None:
+    """Refuse, in one line and before any work, a scan the network trained as ``target`` says cannot take: an image
+    for a complex network, acquired k-space for a magnitude one, coils it was not trained on, a size it cannot
+    give, a missing mask, a mask without the ACS lines its coil maps are estimated from."""
     height, width = target.size
     if scan.kind == "image":
         if target.image != "magnitude":
@@ -312,38 +333,135 @@ def network_inputs(scan: Scan, target: Target) -> NetworkInputs:
         if height != width:
             raise UserError(f"the checkpoint was trained on {height} x {width} slices; magnitude volumes are cut "
                             "into square slices (data/prepare.py --size)")
-        slices = make_slices(scan.data, scan.axis, height)
-        low, high = float(scan.data.min()), float(scan.data.max())
-        inputs = _undersampled(slices, target.synthetic_mask(), width, high - low if high > low else 1.0, low)
-        return replace(inputs, affine=slice_affine(scan.affine, scan.data.shape, scan.axis, height))
+        target.synthetic_mask()
+        return
     if target.image != "complex":
         raise UserError(f"{scan.label} holds acquired k-space, but the checkpoint is a magnitude network (its data "
                         "fidelity assumes the Hermitian k-space of a real image); use a checkpoint trained with "
                         "data.prepare --image complex")
-    kspace = scan.data[:, 0]
-    n_rows, n_columns = kspace.shape[-2:]
-    if n_rows < height or n_columns < width:
-        raise UserError(f"{scan.label}: its k-space gives {n_rows} x {n_columns} images, smaller than the "
-                        f"{height} x {width} slices the checkpoint was trained on; use a checkpoint of its size")
+    if target.coils is None and scan.coils != 1:
+        raise UserError(f"{scan.label} is multi-coil ({scan.coils} coils), but the checkpoint was trained on "
+                        "single-coil data; use a checkpoint trained on multi-coil data (data.prepare --fastmri "
+                        "MULTICOIL_FILES --image complex)")
+    if target.coils is not None:
+        _check_coils(scan, target)
+    _check_size(scan, target)
     if scan.lines is None:
-        if height != width:
-            raise UserError(f"the checkpoint was trained on {height} x {width} slices; fastMRI's complex images are "
-                            "square (data.prepare --size)")
+        target.synthetic_mask()
+    if target.coils is not None:
+        _check_acs(scan, target)
+
+
+def network_inputs(scan: Scan, target: Target) -> NetworkInputs:
+    """The inputs of ``scan`` for a network trained as ``target`` says (see the module docstring), after
+    :func:`check_scan`."""
+    check_scan(scan, target)
+    height, width = target.size
+    if scan.kind == "image":
+        slices = make_slices(scan.data, scan.axis, height)
+        low, high = float(scan.data.min()), float(scan.data.max())
+        inputs = _undersampled(slices, target.synthetic_mask(), width, high - low if high > low else 1.0, low)
+        return replace(inputs, affine=slice_affine(scan.affine, scan.data.shape, scan.axis, height))
+    if target.coils is not None:
+        return _multicoil_inputs(scan, target)
+    kspace = scan.data[:, 0]
+    if scan.lines is None:
         slices, scale = complex_images(kspace, height, scan.label)
         return _undersampled(slices.astype(np.complex64), target.synthetic_mask(), width, 1.0 / scale, 0.0)
-    if target.lines not in ("columns", None):
-        raise UserError(f"{scan.label} samples whole phase-encode columns, but the checkpoint was trained with "
-                        f"masks sampling {target.lines} ({target.mask_file}); use a checkpoint trained with column "
-                        "masks (data.prepare --mask-kind fastmri-random / fastmri-equispaced)")
     image = ifft2c(torch.from_numpy(kspace.astype(np.complex128))).numpy()
-    top = (n_rows - height) // 2
+    top = (kspace.shape[-2] - height) // 2
     # Cropping the readout only: every unacquired column stays zero in the cropped image's k-space.
     image = np.moveaxis(image[:, top:top + height], 0, -1)
     peak = float(np.abs(image).max())
     scale = 1.0 / peak if peak > 0 else 1.0
-    mask = np.zeros((height, n_columns), dtype=np.float32)
-    mask[:, np.fft.ifftshift(scan.lines)] = 1.0
-    return _undersampled((image * scale).astype(np.complex64), mask, width, 1.0 / scale, 0.0)
+    return _undersampled((image * scale).astype(np.complex64), _column_mask(scan.lines, height), width, 1.0 / scale,
+                         0.0)
+
+
+def _column_mask(lines: np.ndarray, height: int) -> np.ndarray:
+    """(height, W) float32 {0, 1} unshifted mask of acquired phase-encode ``lines`` (W,) bool in centred order."""
+    mask = np.zeros((height, lines.size), dtype=np.float32)
+    mask[:, np.fft.ifftshift(lines)] = 1.0
+    return mask
+
+
+def _check_coils(scan: Scan, target: Target) -> None:
+    """A multi-coil checkpoint takes acquired k-space of at least its coil count, and maps acquired data can have."""
+    wanted = target.coils
+    if scan.coils < wanted:
+        have = "single-coil k-space" if scan.coils == 1 else f"{scan.coils} coils"
+        raise UserError(f"{scan.label} holds {have}, but the checkpoint was trained on {wanted}-coil data and coil "
+                        f"compression only reduces the count; use a checkpoint trained on at most {scan.coils} "
+                        "(virtual) coils (data.prepare --coil-compress K)")
+    if target.maps not in ESTIMATED_MAPS:
+        why = ("a simulation's true maps (--maps true), which acquired data do not have"
+               if target.maps == TRUE_MAPS else f"maps made by {target.maps!r}, which reconstruct cannot make")
+        raise UserError(f"the checkpoint's run used {why}; use a checkpoint trained with --maps "
+                        f"{' or --maps '.join(ESTIMATED_MAPS)} ({scan.label} is acquired data)")
+
+
+def _check_acs(scan: Scan, target: Target) -> None:
+    """The mask a multi-coil scan is reconstructed with (its own lines, or the checkpoint's for fully sampled
+    k-space) must have the autocalibration block its coil maps are estimated from (data/coils.py's acs_region)."""
+    from data.coils import acs_region  # noqa: PLC0415 - only multi-coil scans need it
+    if scan.lines is None:
+        mask, which = target.synthetic_mask(), f"the checkpoint's mask {target.mask_file}"
+    else:
+        mask, which = _column_mask(scan.lines, target.size[0]), f"the mask of {scan.label}"
+    try:
+        acs_region(mask, source=which)
+    except ValueError as exc:
+        raise UserError(f"{exc}; the checkpoint's coil maps ({target.maps}) are estimated from them") from exc
+
+
+def _check_size(scan: Scan, target: Target) -> None:
+    """Refuse k-space that cannot give the checkpoint's slices: images smaller than its size; fully sampled
+    k-space for a non-square size (fastMRI's complex images are square crops); acquired lines of another kind
+    than its masks'."""
+    height, width = target.size
+    n_rows, n_columns = scan.data.shape[-2:]
+    if n_rows < height or n_columns < width:
+        raise UserError(f"{scan.label}: its k-space gives {n_rows} x {n_columns} images, smaller than the "
+                        f"{height} x {width} slices the checkpoint was trained on; use a checkpoint of its size")
+    if scan.lines is None and height != width:
+        raise UserError(f"the checkpoint was trained on {height} x {width} slices; fastMRI's complex images are "
+                        "square (data.prepare --size)")
+    if scan.lines is not None and target.lines not in ("columns", None):
+        raise UserError(f"{scan.label} samples whole phase-encode columns, but the checkpoint was trained with "
+                        f"masks sampling {target.lines} ({target.mask_file}); use a checkpoint trained with column "
+                        "masks (data.prepare --mask-kind fastmri-random / fastmri-equispaced)")
+
+
+def _multicoil_inputs(scan: Scan, target: Target) -> NetworkInputs:
+    """The inputs of acquired coil k-space for a multi-coil checkpoint (see the module docstring), after
+    :func:`check_scan`: exactly data.prepare's multi-coil arrays (:func:`data.multicoil.multicoil_volume`) for a
+    fully sampled scan."""
+    wanted = target.coils
+    height, width = target.size
+    if scan.lines is None:
+        images, scale = coil_images(scan.data, height, scan.label)
+        mask = target.synthetic_mask()
+    else:
+        # Cropping the readout only: every unacquired column stays unacquired (the mask zeroes its rounding).
+        image = ifft2c(torch.from_numpy(scan.data.astype(np.complex128))).numpy()
+        top = (image.shape[-2] - height) // 2
+        images = np.moveaxis(image[..., top:top + height, :], 0, -1)  # (N, H, W', S)
+        peak = float(np.sqrt((np.abs(images) ** 2).sum(axis=0)).max())
+        scale = 1.0 / peak if peak > 0 else 1.0
+        images = images * scale
+        mask = _column_mask(scan.lines, height)
+    compress = wanted if scan.coils > wanted else None
+    # data.prepare stores complex64 coil images before it builds the arrays.
+    volume = multicoil_volume(images.astype(np.complex64), {"scan": mask}, target.maps, None, compress)
+    arrays = volume.arrays["scan"]
+
+    def slices_first(key: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(arrays[key], -1, 0)))
+
+    record = {"coils": scan.coils, "coil_compress": compress, "maps": target.maps}
+    return NetworkInputs(to_channels(slices_first("zf")[:, None]).contiguous(), slices_first("kspace"),
+                         torch.from_numpy(mask)[None, None], width, 1.0 / scale, 0.0, maps=slices_first("maps"),
+                         coil_record=record)
 
 
 def slice_affine(affine: np.ndarray | None, shape: tuple[int, ...], axis: int, size: int) -> np.ndarray | None:

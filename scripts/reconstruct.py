@@ -7,18 +7,22 @@ Usage::
         [--device auto|cpu|cuda] [--overwrite]
     python -m scripts.reconstruct CHECKPOINT --export student.pt2 [--mode exact|fused]
 
-Inputs (data/scans.py, one reader per format): fastMRI single-coil HDF5 (test files hold undersampled ``kspace``
-and its ``mask``; train / validation files are undersampled with the checkpoint's mask unless
-``--no-undersample``), ISMRMRD HDF5 raw data (Cartesian 2-D, single coil), NIfTI magnitude volumes (undersampled
-synthetically, the paper's protocol). The checkpoint's mask is the one its run recorded (its ``--mask`` or
-``{data_root}/mask_{acc}.npy``, checked by content); ``--mask`` replaces it. A magnitude network (the paper's)
-takes NIfTI volumes and fastMRI references, a complex one (``data.prepare --image complex``) acquired k-space.
+Inputs (data/scans.py, one reader per format): fastMRI single- and multi-coil HDF5 (test files hold undersampled
+``kspace`` and its ``mask``; train / validation files are undersampled with the checkpoint's mask unless
+``--no-undersample``), ISMRMRD HDF5 raw data (Cartesian 2-D, any number of coils), NIfTI magnitude volumes
+(undersampled synthetically, the paper's protocol). The checkpoint's mask is the one its run recorded (its
+``--mask`` or ``{data_root}/mask_{acc}.npy``, checked by content); ``--mask`` replaces it. A magnitude network
+(the paper's) takes NIfTI volumes and fastMRI references, a complex one (``data.prepare --image complex``)
+acquired single-coil k-space, and a multi-coil one (trained on K coils) acquired k-space of at least K coils,
+SVD-compressed to K where it has more, with sensitivity maps estimated from its ACS lines by the method its run
+used, exactly as data.prepare made its training data (data/scans.py says how).
 
 Outputs in ``--out-dir``, one per input volume, named after it (data/recon_files.py): ``{name}.nii.gz``
 (``--format nifti``, the default: network units with ``scl_slope`` / ``scl_inter`` back to the input's units,
 the input's affine where it has one) or ``{name}.h5`` (``--format fastmri``: dataset ``reconstruction`` (S, H, W)
 in the input's units, which fastMRI's evaluate.py scores); with ``--png`` also ``png/{name}_{slice}.png``. They
-replace the previous run's files only once every input is done (``manifest.json``); on any error nothing is
+replace the previous run's files only once every input is done (``manifest.json``, which also records each
+scan's input, slices and, for multi-coil data, its coil count, compression and maps); on any error nothing is
 written. A slice's reconstruction is evaluate.py's for the same slice and checkpoint, bit for bit, in the default
 ``--mode exact`` (the training forward); the faster modes (models/inference/forward.py) differ by float rounding
 (fused) or bfloat16 rounding (bf16), as tests/test_inference_modes.py bounds.
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 if not __package__:  # run by path: the repository root, which holds the packages, is not importable
@@ -41,7 +46,7 @@ from data.fft import IMAGE_TYPES  # noqa: E402
 from data.masks import acc_type  # noqa: E402
 from data.outputs import staged  # noqa: E402
 from data.recon_files import FILE_NAMES, WRITERS, write_png  # noqa: E402
-from data.scans import ReadOptions, network_inputs, read_scans  # noqa: E402
+from data.scans import ReadOptions, check_scan, network_inputs, read_scans  # noqa: E402
 from models.checkpoints.format import load_model  # noqa: E402
 from models.inference.forward import (EXPORT_USAGE, INFERENCE_MODES, checkpoint_target, export_program,  # noqa: E402
                               for_inference, inference_network, reconstruct)
@@ -105,14 +110,21 @@ def main(argv: list[str] | None = None) -> None:
         if other != scan.label:
             raise UserError(f"{other} and {scan.label} would both be written as {scan.name}; rename one of them")
     for scan in scans:  # before any work; staged() checks again, under the folder's lock
+        check_scan(scan, target)
         refuse_to_overwrite(args.out_dir / FILE_NAMES[args.format].format(name=scan.name), args.overwrite, "--out-dir")
     device = resolve_device(args.device)
     net = reconstructor(model)
     write = WRITERS[args.format]
     total = 0
-    with staged(args.out_dir, "--out-dir", STAGE_PREFIX, "manifest.json", args.overwrite) as stage:
+    record: dict = {"checkpoint": str(args.checkpoint), "mode": args.mode, "scans": {}}
+    with staged(args.out_dir, "--out-dir", STAGE_PREFIX, "manifest.json", args.overwrite, record) as stage:
         for scan in scans:
+            if target.coils and not args.no_progress:  # maps take seconds a slice, before the progress bar starts
+                print(f"{scan.name}: {target.maps} coil maps of {len(scan.data)} slices ...", file=sys.stderr,
+                      flush=True)
+            start = time.perf_counter()
             inputs = network_inputs(scan, target)
+            preparing = (time.perf_counter() - start) / len(inputs.zero_filled)
             ready = inference_network(for_inference(net, device, tuple(inputs.zero_filled.shape[-2:]), args.batch_size),
                                       args.mode)
             recon, seconds = reconstruct(ready, inputs, device, args.batch_size, not args.no_progress, scan.name)
@@ -121,10 +133,21 @@ def main(argv: list[str] | None = None) -> None:
             if args.png:
                 write_png(stage, scan.name, recon)
             total += len(recon)
+            record["scans"][scan.name] = {"input": scan.label, "slices": len(recon),
+                                          **({"multicoil": inputs.coil_record} if inputs.coil_record else {})}
             print(f"{scan.name}: {len(recon)} slices of {recon.shape[1]} x {recon.shape[2]}, "
-                  f"{seconds * 1e3:.1f} ms per slice ({device.type})")
+                  f"{seconds * 1e3:.1f} ms per slice ({device.type}), inputs {preparing * 1e3:.1f} ms per slice"
+                  f"{_coil_note(inputs.coil_record)}")
     print(f"wrote {len(scans)} reconstruction(s), {total} slices, to {args.out_dir} (--format {args.format}"
           f"{', png/' if args.png else ''})")
+
+
+def _coil_note(coils: dict | None) -> str:
+    """'; 16 coils compressed to 8, espirit maps' for a multi-coil scan's record, '' for single-coil ones."""
+    if coils is None:
+        return ""
+    compressed = f" compressed to {coils['coil_compress']}" if coils["coil_compress"] else ""
+    return f"; {coils['coils']} coil{'s' if coils['coils'] > 1 else ''}{compressed}, {coils['maps']} maps"
 
 
 def export(args: argparse.Namespace, model, ckpt: dict) -> None:
@@ -132,7 +155,12 @@ def export(args: argparse.Namespace, model, ckpt: dict) -> None:
     if args.export.suffix != ".pt2":
         raise UserError(f"--export {args.export}: name the program FILE.pt2 (torch.export's format)")
     refuse_to_overwrite(args.export, args.overwrite, "--export path", "--export")
-    content = ckpt.get("config", {}).get("content", {}) if isinstance(ckpt.get("config"), dict) else {}
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    if config.get("coils"):
+        raise UserError(f"{args.checkpoint} was trained on multi-coil data ({config['coils']} coils); --export "
+                        "writes single-coil programs (zero_filled, kspace_under, mask): reconstruct its scans with "
+                        "INPUT files")
+    content = config.get("content", {})
     channels = image_channels_of(ckpt["arch"])
     info = {"checkpoint": str(args.checkpoint), "arch": ckpt["arch"], "run_name": ckpt.get("run_name"),
             "image": IMAGE_TYPES.get(channels), "trained_size": content.get("image_size") if isinstance(content, dict)

@@ -51,11 +51,11 @@ def write_fastmri(path, seed: int, patient: str, lines: np.ndarray | None = None
 
 
 def write_ismrmrd(path, kspace: np.ndarray, lines: np.ndarray, trajectory: str = "cartesian") -> None:
-    """The acquired lines of centred k-space (S, R, P) as ISMRMRD acquisitions, one coil, in an order other than
-    the lines' (as scanners interleave them)."""
+    """The acquired lines of centred k-space (S, R, P), one coil, or (S, C, R, P), C coils, as ISMRMRD
+    acquisitions, in an order other than the lines' (as scanners interleave them)."""
     import ismrmrd
     from ismrmrd import xsd
-    n_slices, readout, n_lines = kspace.shape
+    n_slices, readout, n_lines = kspace.shape[0], *kspace.shape[-2:]
     space = xsd.encodingSpaceType(matrixSize=xsd.matrixSizeType(x=readout, y=n_lines, z=1),
                                   fieldOfView_mm=xsd.fieldOfViewMm(x=2 * readout, y=n_lines, z=3.0))
     limits = xsd.encodingLimitsType(kspace_encoding_step_1=xsd.limitType(minimum=0, maximum=n_lines - 1,
@@ -71,7 +71,7 @@ def write_ismrmrd(path, kspace: np.ndarray, lines: np.ndarray, trajectory: str =
     dataset.append_acquisition(noise)
     for column in np.flatnonzero(lines)[::-1]:
         for s in range(n_slices):
-            acq = ismrmrd.Acquisition.from_array(kspace[s, :, column][None].astype(np.complex64),
+            acq = ismrmrd.Acquisition.from_array(np.atleast_2d(kspace[s, ..., column]).astype(np.complex64),
                                                  center_sample=readout // 2)
             acq.idx.kspace_encode_step_1, acq.idx.slice = int(column), s
             dataset.append_acquisition(acq)

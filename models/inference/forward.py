@@ -52,10 +52,13 @@ def checkpoint_target(path: Path, ckpt: dict, acc: str | None = None, mask: Path
                       size: int | None = None) -> Target:
     """What the network of ``ckpt`` (read from ``path``) was trained on: its image type, slice size (recorded;
     ``size`` only for checkpoints that record none) and the mask for synthetic undersampling (``mask``, else the
-    run's own for ``acc``, default its first acceleration, checked against the SHA-256 the run recorded)."""
+    run's own for ``acc``, default its first acceleration, checked against the SHA-256 the run recorded) and, for
+    a run on multi-coil data, its coil count and maps method."""
     config = _config(ckpt)
     content = config.get("content") if isinstance(config.get("content"), dict) else {}
     image = IMAGE_TYPES.get(image_channels_of(ckpt["arch"]), "magnitude")
+    coils = config.get("coils")
+    coil = {"coils": int(coils), "maps": str(config.get("maps"))} if coils else {}
     recorded = content.get("image_size")
     if isinstance(recorded, list) and len(recorded) == 2:
         shape = (int(recorded[0]), int(recorded[1]))
@@ -77,21 +80,21 @@ def checkpoint_target(path: Path, ckpt: dict, acc: str | None = None, mask: Path
         if lines and mask_lines(loaded) != lines:
             raise UserError(f"--mask {mask} samples {mask_lines(loaded)}, but {path} was trained with masks sampling "
                             f"{lines}; pass a mask of the kind it was trained with")
-        return Target(image, shape, lines or mask_lines(loaded), loaded, str(mask))
+        return Target(image, shape, lines or mask_lines(loaded), loaded, str(mask), **coil)
     file = recorded_mask_file(ckpt, acc) if acc else None
     if file is None:
         return Target(image, shape, lines, None, "", f"{path} records no mask; pass --mask FILE, the mask it was "
-                                                       "trained with")
+                                                       "trained with", **coil)
     digest = content.get("masks", {}).get(acc) if isinstance(content.get("masks"), dict) else None
     if not file.is_file():
         return Target(image, shape, lines, None, str(file),
-                      f"the mask {path} was trained with, {file}, is missing; pass it with --mask FILE")
+                      f"the mask {path} was trained with, {file}, is missing; pass it with --mask FILE", **coil)
     if digest is not None and file_digest(file) != digest:
         return Target(image, shape, lines, None, str(file),
                       f"{file} has other contents than the mask {path} was trained with (prepared again?); pass "
-                      "that mask with --mask FILE")
+                      "that mask with --mask FILE", **coil)
     loaded = load_mask(file, shape)
-    return Target(image, shape, lines or mask_lines(loaded), loaded, str(file))
+    return Target(image, shape, lines or mask_lines(loaded), loaded, str(file), **coil)
 
 
 def for_inference(net: nn.Module, device: torch.device, size: tuple[int, int], batch: int = 4) -> nn.Module:
@@ -113,8 +116,9 @@ def reconstruct(net: nn.Module, inputs: NetworkInputs, device: torch.device, bat
             part = slice(first, first + batch_size)
             zero_filled, kspace = inputs.zero_filled[part].to(device), inputs.kspace_under[part].to(device)
             mask = inputs.mask.expand(zero_filled.shape[0], -1, -1, -1).to(device)
+            maps = () if inputs.maps is None else (inputs.maps[part].to(device),)
             with torch.inference_mode():
-                out = net(zero_filled, kspace, mask)
+                out = net(zero_filled, kspace, mask, *maps)
             outputs.append(magnitude(out.float()).cpu().numpy()[:, 0])
             bar.update(zero_filled.shape[0])
     seconds = (time.perf_counter() - start) / max(n_slices, 1)
