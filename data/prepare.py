@@ -341,9 +341,9 @@ class SliceRules:
             magnitudes = slices if np.isrealobj(slices) else np.abs(slices)
             if magnitudes.ndim == 4:
                 magnitudes = np.sqrt((magnitudes ** 2).sum(axis=0))
-            window = window_slices(slices.shape[2], self.window)
+            window = window_slices(slices.shape[-1], self.window)
             kept = kept_slices(magnitudes, self.min_foreground, self.max_slices, window)
-            self.dropped["outside --slice-range"] += slices.shape[2] - len(window)
+            self.dropped["outside --slice-range"] += slices.shape[-1] - len(window)
             self.dropped["near-empty"] += len(window) - len(kept)
             if self.phase_seed is not None:
                 slices = (slices * synthetic_phase(slices.shape, self.phase_seed, name)).astype(np.complex64)
@@ -796,7 +796,11 @@ def _report(summary: dict[str, Any], preset: str | None) -> None:
     if summary["skipped_acquisitions"]:
         left_out = ", ".join(f"{n} {acq}" for acq, n in sorted(summary["skipped_acquisitions"].items()))
         print(f"skipped {sum(summary['skipped_acquisitions'].values())} fastMRI file(s) by --acquisition: {left_out}")
-    if summary["fastmri_references"] and summary["image"] == "complex":
+    if summary["fastmri_references"] and summary.get("coils"):
+        n_files = sum(summary["fastmri_references"].values())
+        print(f"fastMRI: the kspace of {n_files} multi-coil file(s) made into {summary['coils']} coil images each; "
+              "targets are their root sum of squares")
+    elif summary["fastmri_references"] and summary["image"] == "complex":
         n_files = sum(summary["fastmri_references"].values())
         print(f"fastMRI: the kspace of {n_files} single-coil file(s) made into complex images (ifft2c, "
               f"complex_center_crop to {summary['size']} x {summary['size']}, each volume scaled to max |x| = 1, "

@@ -64,6 +64,8 @@ def fastmri_mc(tmp_path_factory):
 def test_fastmri_multicoil_rss_matches_the_files_reconstruction_rss(fastmri_mc):
     root, rss, summary = fastmri_mc
     assert (summary["coils"], summary["maps"], summary["kspace"]) == (COILS, "acs-rss", ACQUIRED_FASTMRI_MC)
+    # --min-foreground 0 and no --slice-range: every slice kept and counted by slices, not by image columns.
+    assert (summary["skipped_slices"], summary["slices_outside_range"]) == (0, 0)
     files = sorted((root / "data").glob("*/acc_4x/*.h5"))
     assert sorted(f.stem for f in files) == sorted(rss)
     for file in files:
