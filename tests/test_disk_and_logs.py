@@ -60,6 +60,7 @@ touch "$exp/done"
 """
 
 
+@pytest.mark.slow  # train_all.sh killed and rerun: several training processes
 def test_times_tsv_has_one_row_per_run_however_often_it_was_killed_and_rerun(tmp_path):
     # F5: killed and rerun twice, train_all.sh left 11 rows for 5 runs, finished runs logged as "resumed".
     fake = tmp_path / "python"
