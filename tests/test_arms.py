@@ -122,8 +122,9 @@ def test_a_new_arm_is_one_registry_entry(tmp_path, monkeypatch):
     assert "| 4x | 3 | +1.0" in row
 
 
-def test_train_all_trains_the_registry_s_arms(tmp_path):
-    """train_all.sh with a fake interpreter that records each call: the KD runs are the registry's."""
+def recording_python(tmp_path):
+    """A fake interpreter for train_all.sh: ``-m`` calls (the arm registry) run for real, every other call is
+    appended to the returned log and leaves a model.pt in its --exp-dir, so each run counts as finished."""
     fake = tmp_path / "python"
     log = tmp_path / "calls"
     real = __import__("sys").executable
@@ -131,6 +132,12 @@ def test_train_all_trains_the_registry_s_arms(tmp_path):
                     f"echo \"$*\" >> {log}\nexp=''; while [ $# -gt 0 ]; do [ \"$1\" = --exp-dir ] && exp=$2; shift; done\n"
                     "mkdir -p \"$exp\" && touch \"$exp/model.pt\"\n")
     fake.chmod(0o755)
+    return fake, log
+
+
+def test_train_all_trains_the_registry_s_arms(tmp_path):
+    """train_all.sh with a fake interpreter that records each call: the KD runs are the registry's."""
+    fake, log = recording_python(tmp_path)
     import os
     import subprocess
     result = subprocess.run(["bash", "scripts/train_all.sh", str(tmp_path / "data"), "4x", "1"],
@@ -147,13 +154,7 @@ def test_train_all_trains_the_registry_s_arms(tmp_path):
 
 
 def test_train_all_trains_the_no_kd_arms_once_and_l_for_the_total_epochs(tmp_path):
-    fake = tmp_path / "python"
-    log = tmp_path / "calls"
-    real = __import__("sys").executable
-    fake.write_text(f"#!/usr/bin/env bash\nif [ \"$1\" = -m ]; then exec {real} \"$@\"; fi\n"
-                    f"echo \"$*\" >> {log}\nexp=''; while [ $# -gt 0 ]; do [ \"$1\" = --exp-dir ] && exp=$2; shift; done\n"
-                    "mkdir -p \"$exp\" && touch \"$exp/model.pt\"\n")
-    fake.chmod(0o755)
+    fake, log = recording_python(tmp_path)
     import os
     import subprocess
 
