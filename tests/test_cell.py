@@ -12,17 +12,46 @@ import pytest
 
 from conftest import ROOT
 
-CELL = "w32-4x"  # a cell as the map committed it (no N, L or Colin27 yet; w8-4x has nokd/)
+CELL = "w16-4x"  # a cell run in full by cell.sh: every arm, N and L, Colin27, imitation
+# The models the map scored before plan-N-L (ZF and arms A-D with AT); the rest of a full cell is new.
+MAP_MODELS = ("ZF", "teacher", "student", "sft", "stdkd-at", "sftkd-at", "stdkd-sftinit-at", "stdkd-studentinit-at")
+
+
+def as_the_map_committed(cell):
+    """Turn a full cell's folder back into what the map committed before cell.sh ran: MNI152 only, the map's own
+    models only, no rerun.json."""
+    shutil.rmtree(cell / "colin27")
+    (cell / "rerun.json").unlink()
+    for seed_dir in cell.glob("mni152/seed*"):
+        seed = seed_dir.name.removeprefix("seed")
+        keep = {model if model == "ZF" else f"{model}-seed{seed}" for model in MAP_MODELS}
+        lines = (seed_dir / "metrics.csv").read_text().splitlines()
+        (seed_dir / "metrics.csv").write_text(
+            "\n".join([lines[0], *(line for line in lines[1:] if line.split(",")[0] in keep)]) + "\n")
+        summary = json.loads((seed_dir / "summary.json").read_text())
+        summary = {key: ({run: v for run, v in value.items() if run in keep} if isinstance(value, dict)
+                         and set(value) & keep else value)
+                   for key, value in summary.items() if key not in ("CS (L1-wavelet)", "cs") and
+                   (not key.endswith(f"-seed{seed}") or key in keep)}
+        (seed_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def scored(seed_dir):
+    """The models a seed folder's metrics.csv scored."""
+    return {line.split(",")[0] for line in (seed_dir / "metrics.csv").read_text().splitlines()[1:]}
 
 
 def setup(tmp_path):
-    """A copy of the committed map and a scratch rerun of one cell that equals the committed evaluation."""
+    """A copy of the committed map with CELL as the map committed it, and a scratch rerun of that cell in full
+    (the committed evaluation: the old arms reproduce it)."""
     docs = tmp_path / "map"
     shutil.copytree(ROOT / "docs" / "map", docs)
     scratch = tmp_path / "results" / "docs" / CELL
-    shutil.copytree(docs / CELL / "mni152", scratch / "mni152")
+    for test_set in ("mni152", "colin27"):
+        shutil.copytree(docs / CELL / test_set, scratch / test_set)
     for times in (docs / CELL).glob("times_seed*.tsv"):
         shutil.copy(times, scratch)
+    as_the_map_committed(docs / CELL)
     return docs, scratch
 
 
@@ -48,6 +77,8 @@ def test_a_reproduced_rerun_rebuilds_the_committed_cell_byte_for_byte(tmp_path):
     record = json.loads((docs / CELL / "rerun.json").read_text())
     assert record["old_arms_reproduced"] is True and record["kd_methods"] == ["at", "imitation"]
     assert "AMD EPYC" in record["trained_on"]
+    # The same check lines as the committed run's: the map's models compared, the new ones counted.
+    assert record["check"] == json.loads((ROOT / "docs" / "map" / CELL / "rerun.json").read_text())["check"]
     for name in ("table.md", "table.csv"):
         assert (docs / CELL / name).read_text() == (ROOT / "docs" / "map" / CELL / name).read_text()
     assert (docs / "map.md").read_text() == (ROOT / "docs" / "map" / "map.md").read_text()
@@ -58,18 +89,18 @@ def test_a_rerun_that_differs_is_refused_on_the_map_s_cpu_kind_and_a_new_cell_on
     docs, scratch = setup(tmp_path)
     metrics = scratch / "mni152" / "seed23" / "metrics.csv"
     lines = metrics.read_text().splitlines()
-    fields = lines[40].split(",")
+    row = next(i for i, line in enumerate(lines) if line.startswith("sftkd-at-seed23,"))  # an arm of the map
+    fields = lines[row].split(",")
     fields[3] = repr(float(fields[3]) + 1e-9)
-    metrics.write_text("\n".join([*lines[:40], ",".join(fields), *lines[41:]]) + "\n")
+    metrics.write_text("\n".join([*lines[:row], ",".join(fields), *lines[row + 1:]]) + "\n")
     before = (docs / CELL / "mni152" / "seed23" / "metrics.csv").read_text()
     refused = cell_sh(tmp_path, docs)
     assert refused.returncode == 1 and "the code changed their numbers" in refused.stderr
     assert f"seed23: {fields[0]} differs on 1 of 28 slices" in refused.stdout
     assert (docs / CELL / "mni152" / "seed23" / "metrics.csv").read_text() == before
     assert not (docs / CELL / "rerun.json").exists()
-    # The same difference from another CPU kind: a new cell, copied whole, its record saying so. Its runs scored
-    # a second brain too (here a copy of the first under its name), which the map draws apart.
-    shutil.copytree(scratch / "mni152", scratch / "colin27")
+    # The same difference from another CPU kind: a new cell, copied whole (the second brain too, which the map
+    # draws apart), its record saying so.
     for summary_path in scratch.glob("*/seed*/summary.json"):
         summary = json.loads(summary_path.read_text())
         for record in summary["trained_on"].values():
@@ -103,13 +134,14 @@ def test_reproduced_compares_every_committed_row_as_text(tmp_path):
     same = run_cli("-m", "scripts.study.reproduced", "--committed", str(committed), "--rerun", str(committed))
     assert same.returncode == 0 and same.stdout.splitlines()[-1].startswith("reproduced: every committed")
     rerun = tmp_path / CELL
-    shutil.copytree(committed / "mni152", rerun / "mni152")
+    shutil.copytree(committed, rerun)
     metrics = rerun / "mni152" / "seed21" / "metrics.csv"
     lines = metrics.read_text().splitlines()
     metrics.write_text("\n".join(line for line in lines if not line.startswith("sftkd-at-seed21,")) + "\n")
     missing = run_cli("-m", "scripts.study.reproduced", "--committed", str(committed), "--rerun", str(rerun))
     assert missing.returncode == 1 and "not reproduced: mni152/seed21: sftkd-at-seed21 is missing" in missing.stdout
-    assert "mni152/seed22: 8 of 8 committed models identical, 0 new" in missing.stdout
+    models = scored(committed / "mni152" / "seed22")
+    assert f"mni152/seed22: {len(models)} of {len(models)} committed models identical, 0 new" in missing.stdout
     bad = run_cli("-m", "scripts.study.reproduced", "--committed", str(tmp_path / "nothing"), "--rerun", str(rerun))
     assert bad.returncode == 2 and bad.stderr.startswith("error: --committed")
 
@@ -118,14 +150,18 @@ def test_partial_compares_only_the_rerun_models(tmp_path):
     from conftest import run_cli
     committed = ROOT / "docs" / "map" / CELL
     rerun = tmp_path / CELL
-    shutil.copytree(committed / "mni152", rerun / "mni152")
-    for metrics in rerun.glob("mni152/seed*/metrics.csv"):
+    shutil.copytree(committed, rerun)
+    for metrics in rerun.glob("*/seed*/metrics.csv"):
         lines = metrics.read_text().splitlines()
         metrics.write_text("\n".join(line for line in lines if "kd-" not in line.split(",")[0]) + "\n")
+    models = scored(committed / "mni152" / "seed21")
+    kept = {model for model in models if "kd-" not in model}
     partial = run_cli("-m", "scripts.study.reproduced", "--committed", str(committed), "--rerun", str(rerun),
                       "--partial")
     assert partial.returncode == 0, partial.stdout
-    assert "mni152/seed21: 4 of 8 committed models identical (4 not rerun), 0 new" in partial.stdout
+    assert 2 < len(kept) < len(models)
+    assert (f"mni152/seed21: {len(kept)} of {len(models)} committed models identical ({len(models) - len(kept)} not "
+            "rerun), 0 new") in partial.stdout
 
 
 @pytest.mark.slow  # a report and a map, ~10 s of CPU
@@ -134,6 +170,7 @@ def test_arms_evaluated_apart_join_their_cell_s_table_and_map(tmp_path):
     map.py: their rows and contrasts appear, the rest of the table is unchanged."""
     docs = tmp_path / "map"
     shutil.copytree(ROOT / "docs" / "map" / CELL, docs / CELL)
+    as_the_map_committed(docs / CELL)
     roles = {"stdkd-sftinit-none": {"model": "kd", "teacher": "standard", "init": "sft-blocks", "kd_method": "none"},
              "stdkd-none": {"model": "kd", "teacher": "standard", "init": "scratch", "kd_method": "none"}}
     for seed in range(21, 26):
@@ -158,12 +195,14 @@ def test_arms_evaluated_apart_join_their_cell_s_table_and_map(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     table = (docs / CELL / "table.md").read_text()
     committed = (ROOT / "docs" / "map" / CELL / "table.md").read_text()
-    # N scores like C here, so B - N is B - C; the old rows are the committed ones.
-    primary = next(line for line in committed.splitlines() if line.startswith("| **B - C"))
+    # N scores like C here, so B - N is B - C (n, mean, interval, per seed, SD, MDE); the old rows are the
+    # committed ones.
+    primary = next(line for line in table.splitlines() if line.startswith("| **B - C"))
     b_n = next(line for line in table.splitlines() if line.startswith("| B - N"))
     assert b_n.split("|")[3:9] == primary.split("|")[3:9]
     assert "| SFT blocks, no KD |" in table and "| Student alone, pre-training + KD epochs |" in table
-    assert next(line for line in committed.splitlines() if line.startswith("| Teacher |")) in table
+    teacher = next(line for line in committed.splitlines() if line.startswith("| Teacher | 4x mni152 |"))
+    assert teacher.replace("| 4x mni152 |", "| 4x |") in table
     mapped = subprocess.run([sys.executable, "-m", "scripts.study.map", "--map-dir", str(docs), "--out-dir",
                              str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert mapped.returncode == 0, mapped.stderr[-2000:]
