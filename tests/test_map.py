@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,36 @@ def test_map_sh_runs_a_cell_at_its_width_and_resumes(tmp_path):
     assert again.returncode == 0 and "== cell w4-4x: done" in again.stdout
     refused = map_sh(tmp_path, SEEDS="11 30")
     assert refused.returncode == 2 and refused.stderr.startswith("error: SEEDS has 11, a seed of the study")
+
+
+def nokd_rows(text: str) -> list[str]:
+    """The rows of the no-KD arms' table in a map.md (or docs/map.md, which quotes them)."""
+    return [line for line in text.splitlines() if line.startswith("| w") and line.count("|") == 8]
+
+
+def test_the_no_kd_contrasts_get_one_row_per_cell_and_kd_method(tmp_path):
+    """A cell with N and L (w16-4x, AT and imitation): one row per KD method, each contrast as its table.md gives
+    it; a cell without them has no row."""
+    shutil.copytree(ROOT / "docs" / "map" / "w16-4x", tmp_path / "map" / "w16-4x",
+                    ignore=shutil.ignore_patterns("colin27"))
+    fake_cell(tmp_path / "map" / "w8-8x", "docs/study", 8)
+    main(["--map-dir", str(tmp_path / "map"), "--out-dir", str(tmp_path / "out")])
+    rows = nokd_rows((tmp_path / "out" / "map.md").read_text())
+    assert [row.split(" | ")[:3] for row in rows] == [["| w16-4x", "mni152", "at"], ["| w16-4x", "mni152", "imitation"]]
+    table = (ROOT / "docs" / "map" / "w16-4x" / "table.md").read_text()
+    for row, method in zip(rows, ("at", "imitation")):
+        for column, name in enumerate(("B - N", "C - N", "C - L", "D - L"), start=4):
+            line = next(line for line in table.splitlines()
+                        if line.startswith(f"| {name} (") and f"({method}) | 4x mni152 |" in line)
+            fields = [field.strip() for field in line.split("|")]
+            mean, interval, sd = fields[4], fields[5], fields[7]
+            assert row.split("|")[column].strip().startswith(f"{mean} {interval} ({sd}; ")
+
+
+def test_docs_map_quotes_the_committed_no_kd_rows():
+    """docs/map.md's table of the no-KD arms is the committed map.md's (MNI152) and colin27/map.md's rows, all
+    of them: MAP_ONLY=1 rebuilds its figures."""
+    generated = [row for path in ("docs/map/map.md", "docs/map/colin27/map.md")
+                 for row in nokd_rows((ROOT / path).read_text())]
+    assert len(generated) >= 6
+    assert sorted(nokd_rows((ROOT / "docs" / "map.md").read_text())) == sorted(generated)

@@ -1,7 +1,8 @@
 """The map of scripts/study/map.sh from its committed files: per cell (student width x acceleration) the teacher's lead
 over the student and the primary contrast B - C (the SFT teacher's effect, initialisation held fixed), each the
 mean over seeds with its 95 % t-interval (scripts/study/contrasts.py), as two heatmaps (PNG) and a Markdown table;
-below that table, every contrast of every cell with its interval, per-seed SD, minimum detectable effect and,
+below that table, the no-KD arms' contrasts (B - N, C - N, C - L, D - L) a row per cell and KD method, and every
+contrast of every cell with its interval, per-seed SD, minimum detectable effect and,
 for a null, the effect its interval excludes.
 
     python -m scripts.study.map --map-dir docs/map --out-dir docs/map [--test-set mni152] [--kd-method at]
@@ -158,6 +159,29 @@ def every_contrast(cells: list[Cell]) -> list[str]:
     return lines
 
 
+def nokd_table(cells: list[Cell], test_set: str) -> list[str]:
+    """Markdown lines: the no-KD arms' contrasts (family ``nokd``: B - N, C - N, C - L, D - L) of every cell and KD
+    method in one row each, mean [95 % CI] (per-seed SD; reading); none when no cell has those arms. docs/map.md
+    quotes these rows."""
+    found = [(cell, c) for cell in sorted(cells, key=lambda c: (parse_acc(c.acc), c.width)) for c in cell.every
+             if c.family == "nokd"]
+    if not found:
+        return []
+    names = list(dict.fromkeys(c.label.split(" (")[0] for _, c in found))
+    lines = ["", f"The no-KD arms' contrasts (N: the SFT blocks without KD; L: the student alone for the pre-trained "
+             f"arms' epochs), {test_set}, PSNR dB: mean [95 % t-interval] (per-seed SD; reading).", "",
+             "| cell | test set | KD | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
+    rows: dict[tuple[str, str], dict[str, contrasts.Contrast]] = {}
+    for cell, c in found:
+        rows.setdefault((cell.folder.name, c.method or "–"), {})[c.label.split(" (")[0]] = c
+    for (name, method), by_name in rows.items():
+        texts = [f"{_interval(c)} ({c.sd:.2f}; {_reading(c).replace('null: ', 'null, ').replace(' excluded', '')})"
+                 if c is not None and np.isfinite(c.sd) else _interval(c)
+                 for c in (by_name.get(label) for label in names)]
+        lines.append(f"| {name} | {test_set} | {method} | " + " | ".join(texts) + " |")
+    return lines
+
+
 def markdown(cells: list[Cell], test_set: str, kd_method: str) -> str:
     lines = [f"Map, {test_set} test set, PSNR dB: mean over seeds [95 % t-interval]; B - C with KD method "
              f"{kd_method}; SD: per-seed SD of B - C; MDE: its minimum detectable effect (80 % power, two-sided "
@@ -171,7 +195,7 @@ def markdown(cells: list[Cell], test_set: str, kd_method: str) -> str:
         n = len(p.diffs) if p is not None else len(cell.gap.diffs) if cell.gap is not None else 0
         lines.append(f"| {cell.folder.name} | {cell.width} | {cell.acc} | {n} | {_interval(cell.gap)} | "
                      f"{_interval(p)} | {sd} | {mde} |")
-    return "\n".join(lines + setting_line(cells) + every_contrast(cells)) + "\n"
+    return "\n".join(lines + setting_line(cells) + nokd_table(cells, test_set) + every_contrast(cells)) + "\n"
 
 
 def setting_line(cells: list[Cell]) -> list[str]:
