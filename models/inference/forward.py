@@ -212,7 +212,8 @@ def _fused(net: nn.Module) -> nn.Module:
 
 
 class _Autocast(nn.Module):
-    """The network under bfloat16 autocast (its convolutions in bf16, DF in float32 as data/fft.py casts)."""
+    """The network under bfloat16 autocast (its convolutions in bf16; DF in float32 as data/fft.py casts, a
+    VarNet's sensitivity model in float32 as models/nets/varnet.py keeps it)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -231,7 +232,7 @@ INFERENCE_MODES = {
     "exact": ("the training forward, float32 (bit-identical to evaluate.py)", lambda net: net),
     "fused": ("conv+ReLU fused (oneDNN post-op), DF on real FFTs, mask once; float32, equal up to rounding",
               _fused),
-    "bf16": ("bfloat16 autocast of the convolutions, DF in float32", _Autocast),
+    "bf16": ("bfloat16 autocast of the convolutions, DF (and a VarNet's sensitivity maps) in float32", _Autocast),
 }
 
 

@@ -154,7 +154,11 @@ class SensitivityModel(nn.Module):
         acs = torch.where(acs_lines(mask), kspace_under, torch.zeros((), dtype=kspace_under.dtype,
                                                                      device=kspace_under.device))
         coil_images = to_channels(ifft2(acs).reshape(batch * coils, 1, height, width))
-        maps, _ = self.norm_unet(coil_images)
+        # float32 even under bfloat16 autocast (--amp, --mode bf16): every cascade uses these maps and the RSS
+        # division amplifies their rounding (bf16 maps tripled a small VarNet's bf16 error; see
+        # tests/test_reconstruct_multicoil.py).
+        with torch.autocast(kspace_under.device.type, enabled=False):
+            maps, _ = self.norm_unet(coil_images)
         maps = to_complex(maps).reshape(batch, coils, height, width)
         norm = rss(maps)
         # Where the coils' maps are (near) 0 they become 0: dividing by a tiny RSS gives infinite gradients (seen

@@ -97,7 +97,8 @@ def common_parser(description: str) -> CliParser:
                    help="tensor layout of the CNNs; auto times both at start-up (a fraction of a second) and "
                         "takes channels_last unless contiguous is 10%% faster; --resume reuses the run's layout")
     g.add_argument("--amp", action="store_true",
-                   help="bfloat16 autocast for the CNNs (DF stays float32): faster on GPUs and on CPUs with "
+                   help="bfloat16 autocast for the CNNs (DF and a VarNet's sensitivity maps stay float32): faster on "
+                        "GPUs and on CPUs with "
                         "AMX/AVX-512 bf16, numerically not identical to float32")
     g.add_argument("--save-every-iters", type=positive(int), default=None,
                    help="also write model.pt every N iterations inside an epoch")
