@@ -98,6 +98,10 @@ def map_sh(tmp_path, **env):
 def test_map_sh_runs_a_cell_at_its_width_and_resumes(tmp_path):
     result = map_sh(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    # Without the second brain (COLIN27 names no file) the study says so and scores MNI152 alone.
+    assert ("is not installed (Debian: apt-get install mricron-data); the study skips the Colin27 test set"
+            in result.stdout)
+    assert not (tmp_path / "docs" / "w4-4x" / "colin27").exists()
     config = json.loads((tmp_path / "runs" / "w4-4x" / "seed1" / "4x" / "stdkd-imitation" / "config.json").read_text())
     assert config["roles"]["nets"]["student"]["width"] == 4
     assert config["augment"] is True and config["lr_step_size"] == 20  # the map's setting, not study.sh's default

@@ -30,7 +30,9 @@ def study(tmp_path, **env):
 
 def test_study_runs_every_arm_scores_two_test_sets_and_rebuilds_from_docs(tmp_path):
     brain = write_nifti(tmp_path / "other_brain.nii.gz", synthetic_volume(3, size=200, n_slices=16))  # ~ the demo's 233-pixel field of view
-    result = study(tmp_path, COLIN27=str(brain), NOKD="1")
+    # Non-default sizes, so that the flags are seen to reach every run (the map's widths are STUDENT_FLAGS).
+    result = study(tmp_path, COLIN27=str(brain), NOKD="1", STUDENT_FLAGS="--width 8",
+                   TEACHER_FLAGS="--width 12 --depth 4")
     assert result.returncode == 0, result.stderr[-3000:]
     docs = tmp_path / "docs"
     for seed in (1, 2):
@@ -63,36 +65,28 @@ def test_study_runs_every_arm_scores_two_test_sets_and_rebuilds_from_docs(tmp_pa
                      "| D - L (student pre-training + KD vs the student alone, same epochs) (imitation) | 4x mni152 | 2 |"):
         assert fragment in table, fragment
     assert (docs / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    teacher, student = {"cascades": 5, "depth": 4, "width": 12}, {"cascades": 5, "depth": 3, "width": 8}
+    # SFT and every KD run have both sides; a KD run from an SFT checkpoint records its teacher side.
+    expected = {"teacher": {"teacher": teacher}, "student": {"student": student},
+                **{run: {"teacher": teacher, "student": student} for run in RUNS[2:]}}
+    summary = json.loads((docs / "mni152" / "seed2" / "summary.json").read_text())
+    for run in RUNS:
+        config = json.loads((tmp_path / "study" / "seed2" / "4x" / run / "config.json").read_text())
+        assert config["roles"]["nets"] == expected[run], run
+        assert summary["roles"][f"{run}-seed2"]["nets"] == expected[run], run
+    # The networks are built at those sizes, not only labelled with them.
+    for run, (side, channels) in {"student": (None, 8), "teacher": (None, 12), "sft": ("student", 8),
+                                  "stdkd-imitation": (None, 8), "sftkd-imitation": (None, 8),
+                                  "stdkd-none": (None, 8)}.items():
+        ckpt = torch.load(tmp_path / "study" / "seed2" / "4x" / run / "best_model.pt", weights_only=True)
+        arch = ckpt["arch"][side] if side else ckpt["arch"]
+        assert arch["channels"] == channels, run
     # The committed files alone rebuild the same table: no run folder needed.
     (docs / "table.md").unlink()
     rebuilt = subprocess.run(["bash", "scripts/study/study.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                              env={**os.environ, "REPORT_ONLY": "1", "DOCS": str(docs), "PYTHON": sys.executable})
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     assert (docs / "table.md").read_text() == table
-
-
-def test_student_and_teacher_flags_reach_every_run_and_its_recorded_roles(tmp_path):
-    result = study(tmp_path, SEEDS="3", COLIN27=str(tmp_path / "absent.nii.gz"), STUDENT_FLAGS="--width 8",
-                   TEACHER_FLAGS="--width 12 --depth 4")
-    assert result.returncode == 0, result.stderr[-3000:]
-    # Without the second brain the study says so and scores MNI152 alone.
-    assert "is not installed (Debian: apt-get install mricron-data); the study skips the Colin27 test set" in result.stdout
-    assert not (tmp_path / "docs" / "colin27").exists()
-    teacher, student = {"cascades": 5, "depth": 4, "width": 12}, {"cascades": 5, "depth": 3, "width": 8}
-    # SFT and every KD run have both sides; a KD run from an SFT checkpoint records its teacher side.
-    expected = {"teacher": {"teacher": teacher}, "student": {"student": student},
-                **{run: {"teacher": teacher, "student": student} for run in RUNS[2:-2]}}
-    summary = json.loads((tmp_path / "docs" / "mni152" / "seed3" / "summary.json").read_text())
-    for run in RUNS[:-2]:  # the no-KD arms (NOKD=1) are the first test's
-        config = json.loads((tmp_path / "study" / "seed3" / "4x" / run / "config.json").read_text())
-        assert config["roles"]["nets"] == expected[run], run
-        assert summary["roles"][f"{run}-seed3"]["nets"] == expected[run], run
-    # The networks are built at those sizes, not only labelled with them.
-    for run, (side, channels) in {"student": (None, 8), "teacher": (None, 12), "sft": ("student", 8),
-                                  "stdkd-imitation": (None, 8), "sftkd-imitation": (None, 8)}.items():
-        ckpt = torch.load(tmp_path / "study" / "seed3" / "4x" / run / "best_model.pt", weights_only=True)
-        arch = ckpt["arch"][side] if side else ckpt["arch"]
-        assert arch["channels"] == channels, run
 
 
 def test_a_bad_student_flag_stops_the_study_before_anything_is_written(tmp_path):
