@@ -1,6 +1,6 @@
 """scripts/study/study.sh end to end at a tiny size: two seeds, every arm of the controlled study (the no-KD arms N and
-L included), evaluation on the MNI152 test block and on a second brain, the committed-data layout, and the report
-rebuilt from it alone."""
+L included) at the network sizes STUDENT_FLAGS and TEACHER_FLAGS give, evaluation on the MNI152 test block and on a
+second brain, the committed-data layout, and the report rebuilt from it alone."""
 from __future__ import annotations
 
 import csv
