@@ -133,8 +133,8 @@ def test_the_no_kd_contrasts_get_one_row_per_cell_and_kd_method(tmp_path):
             line = next(line for line in table.splitlines()
                         if line.startswith(f"| {name} (") and f"({method}) | 4x mni152 |" in line)
             fields = [field.strip() for field in line.split("|")]
-            mean, interval, sd = fields[4], fields[5], fields[7]
-            assert row.split("|")[column].strip().startswith(f"{mean} {interval} ({sd}; ")
+            mean, interval, sd, mde = fields[4], fields[5], fields[7], fields[8]
+            assert row.split("|")[column].strip().startswith(f"{mean} {interval} (SD {sd}, MDE {mde}; ")
 
 
 def test_docs_map_quotes_the_committed_no_kd_rows():

@@ -161,21 +161,23 @@ def every_contrast(cells: list[Cell]) -> list[str]:
 
 def nokd_table(cells: list[Cell], test_set: str) -> list[str]:
     """Markdown lines: the no-KD arms' contrasts (family ``nokd``: B - N, C - N, C - L, D - L) of every cell and KD
-    method in one row each, mean [95 % CI] (per-seed SD; reading); none when no cell has those arms. docs/map.md
-    quotes these rows."""
+    method in one row each, mean [95 % CI] (per-seed SD, MDE; reading); none when no cell has those arms.
+    docs/map.md quotes these rows."""
     found = [(cell, c) for cell in sorted(cells, key=lambda c: (parse_acc(c.acc), c.width)) for c in cell.every
              if c.family == "nokd"]
     if not found:
         return []
     names = list(dict.fromkeys(c.label.split(" (")[0] for _, c in found))
     lines = ["", f"The no-KD arms' contrasts (N: the SFT blocks without KD; L: the student alone for the pre-trained "
-             f"arms' epochs), {test_set}, PSNR dB: mean [95 % t-interval] (per-seed SD; reading).", "",
+             f"arms' epochs), {test_set}, PSNR dB: mean [95 % t-interval] (per-seed SD, MDE; reading: a null's "
+             "upper bound is the effect it excludes).", "",
              "| cell | test set | KD | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
     rows: dict[tuple[str, str], dict[str, contrasts.Contrast]] = {}
     for cell, c in found:
         rows.setdefault((cell.folder.name, c.method or "–"), {})[c.label.split(" (")[0]] = c
     for (name, method), by_name in rows.items():
-        texts = [f"{_interval(c)} ({c.sd:.2f}; {_reading(c).replace('null: ', 'null, ').replace(' excluded', '')})"
+        texts = [f"{_interval(c)} (SD {c.sd:.2f}, MDE {c.mde:.2f}; "
+                 f"{_reading(c).replace('null: ', 'null, ').replace(' excluded', '')})"
                  if c is not None and np.isfinite(c.sd) else _interval(c)
                  for c in (by_name.get(label) for label in names)]
         lines.append(f"| {name} | {test_set} | {method} | " + " | ".join(texts) + " |")
