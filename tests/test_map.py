@@ -87,7 +87,7 @@ def test_a_cell_without_recorded_widths_is_refused(tmp_path):
 
 
 def map_sh(tmp_path, **env):
-    full = {**os.environ, "WIDTHS": "4", "ACCS": "4x", "SEEDS": "1 2", "EPOCHS": "1", "SIZE": "16",
+    full = {**os.environ, "WIDTHS": "4", "ACCS": "4x", "SEEDS": "1", "EPOCHS": "1", "SIZE": "16",
             "KD_METHODS": "imitation", "PREPARE_FLAGS": "--max-slices-per-volume 12", "OMP_NUM_THREADS": "1",
             "PYTHON": sys.executable, "MAP_DOCS": str(tmp_path / "docs"), "COLIN27": str(tmp_path / "none"), **env}
     return subprocess.run(["bash", "scripts/study/map.sh", str(tmp_path / "runs")], cwd=ROOT, env=full,
@@ -106,7 +106,7 @@ def test_map_sh_runs_a_cell_at_its_width_and_resumes(tmp_path):
     assert config["roles"]["nets"]["student"]["width"] == 4
     assert config["augment"] is True and config["lr_step_size"] == 20  # the map's setting, not study.sh's default
     table = (tmp_path / "docs" / "map.md").read_text()
-    assert "| w4-4x | 4 | 4x | 2 |" in table and "recorded and the same in w4-4x." in table
+    assert "| w4-4x | 4 | 4x | 1 |" in table and "recorded and the same in w4-4x." in table
     again = map_sh(tmp_path)
     assert again.returncode == 0 and "== cell w4-4x: done" in again.stdout
     refused = map_sh(tmp_path, SEEDS="11 30")
