@@ -98,8 +98,7 @@ def common_parser(description: str) -> CliParser:
                         "takes channels_last unless contiguous is 10%% faster; --resume reuses the run's layout")
     g.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast for the CNNs (DF and a VarNet's sensitivity maps stay float32): faster on "
-                        "GPUs and on CPUs with "
-                        "AMX/AVX-512 bf16, numerically not identical to float32")
+                        "GPUs and on CPUs with AMX/AVX-512 bf16, numerically not identical to float32")
     g.add_argument("--save-every-iters", type=positive(int), default=None,
                    help="also write model.pt every N iterations inside an epoch")
     g.add_argument("--log-every", type=positive(int), default=10, help="iterations between loss logs")
