@@ -131,8 +131,9 @@ def _interval(c: contrasts.Contrast | None) -> str:
     return f"{c.mean:+.2f} [{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else f"{c.mean:+.2f}"
 
 
-def _reading(c: contrasts.Contrast) -> str:
-    """Where the interval lies: above or below 0, or, for a null, the effect it excludes at 95 %."""
+def _reading(c: contrasts.Contrast, compact: bool = False) -> str:
+    """Where the interval lies: above or below 0, or, for a null, the effect it excludes at 95 % (``compact``:
+    "null, > +0.19" for a table cell that says what the bound means once, in its caption)."""
     low, high = c.interval()
     if not np.isfinite(low):
         return "–"
@@ -140,7 +141,12 @@ def _reading(c: contrasts.Contrast) -> str:
         return "above 0"
     if high < 0:
         return "below 0"
-    return f"null: > {high:+.2f} excluded"
+    return f"null, > {high:+.2f}" if compact else f"null: > {high:+.2f} excluded"
+
+
+def in_map_order(cells: list[Cell]) -> list[Cell]:
+    """The cells by acceleration, then student width: the order of every table of the map."""
+    return sorted(cells, key=lambda c: (parse_acc(c.acc), c.width))
 
 
 def every_contrast(cells: list[Cell]) -> list[str]:
@@ -150,7 +156,7 @@ def every_contrast(cells: list[Cell]) -> list[str]:
              "alpha 0.05); for a null (interval containing 0), the effect above the interval's bound is excluded at "
              "95 %.", "",
              "| cell | contrast | mean [95 % CI] | SD | MDE | reading |", "|---|---|---|---|---|---|"]
-    for cell in sorted(cells, key=lambda c: (parse_acc(c.acc), c.width)):
+    for cell in in_map_order(cells):
         for c in cell.every:
             label = f"**{c.label}** (primary)" if c.primary else c.label
             sd = f"{c.sd:.2f}" if np.isfinite(c.sd) else "–"
@@ -163,21 +169,21 @@ def nokd_table(cells: list[Cell], test_set: str) -> list[str]:
     """Markdown lines: the no-KD arms' contrasts (family ``nokd``: B - N, C - N, C - L, D - L) of every cell and KD
     method in one row each, mean [95 % CI] (per-seed SD, MDE; reading); none when no cell has those arms.
     docs/map.md quotes these rows."""
-    found = [(cell, c) for cell in sorted(cells, key=lambda c: (parse_acc(c.acc), c.width)) for c in cell.every
-             if c.family == "nokd"]
-    if not found:
+    # (cell, KD method) -> {short name ("B - N"): contrast}, in the map's order
+    rows: dict[tuple[str, str], dict[str, contrasts.Contrast]] = {}
+    for cell in in_map_order(cells):
+        for c in cell.every:
+            if c.family == "nokd":
+                rows.setdefault((cell.folder.name, c.method or "–"), {})[c.label.split(" (")[0]] = c
+    if not rows:
         return []
-    names = list(dict.fromkeys(c.label.split(" (")[0] for _, c in found))
+    names = list(dict.fromkeys(name for by_name in rows.values() for name in by_name))
     lines = ["", f"The no-KD arms' contrasts (N: the SFT blocks without KD; L: the student alone for the pre-trained "
              f"arms' epochs), {test_set}, PSNR dB: mean [95 % t-interval] (per-seed SD, MDE; reading: a null's "
              "upper bound is the effect it excludes).", "",
              "| cell | test set | KD | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
-    rows: dict[tuple[str, str], dict[str, contrasts.Contrast]] = {}
-    for cell, c in found:
-        rows.setdefault((cell.folder.name, c.method or "–"), {})[c.label.split(" (")[0]] = c
     for (name, method), by_name in rows.items():
-        texts = [f"{_interval(c)} (SD {c.sd:.2f}, MDE {c.mde:.2f}; "
-                 f"{_reading(c).replace('null: ', 'null, ').replace(' excluded', '')})"
+        texts = [f"{_interval(c)} (SD {c.sd:.2f}, MDE {c.mde:.2f}; {_reading(c, compact=True)})"
                  if c is not None and np.isfinite(c.sd) else _interval(c)
                  for c in (by_name.get(label) for label in names)]
         lines.append(f"| {name} | {test_set} | {method} | " + " | ".join(texts) + " |")
@@ -190,7 +196,7 @@ def markdown(cells: list[Cell], test_set: str, kd_method: str) -> str:
              "paired t, alpha 0.05).", "",
              "| cell | student width | acc | seeds | Teacher - Student | B - C | SD | MDE |",
              "|---|---|---|---|---|---|---|---|"]
-    for cell in sorted(cells, key=lambda c: (parse_acc(c.acc), c.width)):
+    for cell in in_map_order(cells):
         p = cell.primary
         sd = f"{p.sd:.2f}" if p is not None and np.isfinite(p.sd) else "–"
         mde = f"{p.mde:.2f}" if p is not None and np.isfinite(p.mde) else "–"
